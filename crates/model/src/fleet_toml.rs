@@ -1,0 +1,343 @@
+//! The fleet file format (TOML). A fleet is described by node types and, per hall, groups of
+//! identical racks, so a site of thousands of GPUs fits in a page:
+//!
+//! ```toml
+//! name = "example"
+//!
+//! [node_types.hgx-h200]
+//! cpu_milli = 224000
+//! memory_mib = 2097152
+//! gpus = 8
+//! gpu_model = "H200"
+//!
+//! [[sites]]
+//! name = "site-1"
+//! cooling = "immersion"
+//! grid_power_cap_mw = 2.0
+//!
+//! [[sites.halls]]
+//! name = "hall-a"
+//!
+//! [[sites.halls.racks]]
+//! count = 4
+//! nodes_per_rack = 4
+//! node_type = "hgx-h200"
+//! ```
+//!
+//! Parsing is pure: the caller reads the file and adds its path to the error.
+
+use crate::fleet::{Cooling, Fleet, FleetBuilder, NodeSpec};
+use crate::gpu::GpuModel;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Why a fleet file was refused. The message names the field, and for syntax errors the line and
+/// column.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetTomlError {
+    #[error("{0}")]
+    Syntax(#[from] toml::de::Error),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> FleetTomlError {
+    FleetTomlError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetFile {
+    name: String,
+    #[serde(default)]
+    node_types: BTreeMap<String, NodeType>,
+    #[serde(default)]
+    gpu_models: Vec<GpuModelEntry>,
+    sites: Vec<SiteEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeType {
+    cpu_milli: u64,
+    memory_mib: u64,
+    #[serde(default)]
+    gpus: u8,
+    #[serde(default)]
+    gpu_model: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GpuModelEntry {
+    name: String,
+    #[serde(default)]
+    memory_mib: Option<u64>,
+    #[serde(default)]
+    board_power_watts: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiteEntry {
+    name: String,
+    #[serde(default)]
+    cooling: Option<String>,
+    #[serde(default)]
+    grid_power_cap_mw: Option<f64>,
+    #[serde(default)]
+    halls: Vec<HallEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HallEntry {
+    name: String,
+    #[serde(default)]
+    cooling_capacity_mw: Option<f64>,
+    #[serde(default)]
+    racks: Vec<RackGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RackGroup {
+    count: u32,
+    nodes_per_rack: u32,
+    node_type: String,
+    /// Racks that share one leaf switch (default 1: a leaf per rack).
+    #[serde(default)]
+    racks_per_leaf: Option<u32>,
+    #[serde(default)]
+    rack_power_limit_kw: Option<f64>,
+    /// Nodes that share one NVLink domain (default 1: each node its own, as on HGX boards).
+    #[serde(default)]
+    nodes_per_nvlink_domain: Option<u32>,
+}
+
+/// Largest fleet a file may expand to: far above any site planned, low enough that a typo such as
+/// `count = 1000000000` is refused instead of exhausting memory.
+pub const MAX_NODES: u64 = 2_000_000;
+
+fn positive_mw(field: String, mw: Option<f64>) -> Result<Option<f64>, FleetTomlError> {
+    match mw {
+        None => Ok(None),
+        Some(v) if v.is_finite() && v > 0.0 => Ok(Some(v * 1e6)),
+        Some(v) => Err(invalid(
+            field,
+            format!("must be a positive number of MW, got {v}"),
+        )),
+    }
+}
+
+/// Parses fleet TOML text into a [`Fleet`].
+pub fn parse_fleet(text: &str) -> Result<Fleet, FleetTomlError> {
+    let file: FleetFile = toml::from_str(text)?;
+    let mut b = FleetBuilder::new(file.name.clone());
+
+    for (i, m) in file.gpu_models.iter().enumerate() {
+        let mut model = GpuModel::from_name(&m.name);
+        if model.name.is_empty() {
+            return Err(invalid(
+                format!("gpu_models[{i}].name"),
+                "must not be empty",
+            ));
+        }
+        if let Some(mem) = m.memory_mib {
+            model.memory_mib = mem;
+        }
+        if let Some(w) = m.board_power_watts {
+            if !(w.is_finite() && w > 0.0) {
+                return Err(invalid(
+                    format!("gpu_models[{i}].board_power_watts"),
+                    format!("must be positive, got {w}"),
+                ));
+            }
+            model.board_power_watts = w;
+        }
+        b.add_gpu_model(model);
+    }
+
+    for (name, t) in &file.node_types {
+        if t.gpus > 0 && t.gpu_model.as_deref().is_none_or(|m| m.trim().is_empty()) {
+            return Err(invalid(
+                format!("node_types.{name}.gpu_model"),
+                "a node type with GPUs must name their model",
+            ));
+        }
+    }
+
+    if file.sites.is_empty() {
+        return Err(invalid("sites", "a fleet needs at least one site"));
+    }
+    let mut total_nodes: u64 = 0;
+    for (si, site) in file.sites.iter().enumerate() {
+        let cooling = match &site.cooling {
+            None => Cooling::default(),
+            Some(c) => c
+                .parse()
+                .map_err(|e: String| invalid(format!("sites[{si}].cooling"), e))?,
+        };
+        let cap = positive_mw(
+            format!("sites[{si}].grid_power_cap_mw"),
+            site.grid_power_cap_mw,
+        )?;
+        let site_id = b.add_site(site.name.clone(), cooling, cap);
+        for (hi, hall) in site.halls.iter().enumerate() {
+            let field = format!("sites[{si}].halls[{hi}]");
+            let capacity = positive_mw(
+                format!("{field}.cooling_capacity_mw"),
+                hall.cooling_capacity_mw,
+            )?;
+            let hall_id = b.add_hall(site_id, hall.name.clone(), capacity);
+            let mut rack_no = 0u32;
+            for (gi, group) in hall.racks.iter().enumerate() {
+                let field = format!("{field}.racks[{gi}]");
+                let node_type = file.node_types.get(&group.node_type).ok_or_else(|| {
+                    let known: Vec<&str> = file.node_types.keys().map(String::as_str).collect();
+                    invalid(
+                        format!("{field}.node_type"),
+                        format!(
+                            "unknown node type '{}' (defined: {})",
+                            group.node_type,
+                            known.join(", ")
+                        ),
+                    )
+                })?;
+                total_nodes += u64::from(group.count) * u64::from(group.nodes_per_rack);
+                if total_nodes > MAX_NODES {
+                    return Err(invalid(
+                        format!("{field}.count"),
+                        format!("the fleet would exceed {MAX_NODES} nodes"),
+                    ));
+                }
+                let racks_per_leaf = group.racks_per_leaf.unwrap_or(1);
+                if racks_per_leaf == 0 {
+                    return Err(invalid(
+                        format!("{field}.racks_per_leaf"),
+                        "must be at least 1",
+                    ));
+                }
+                let per_domain = group.nodes_per_nvlink_domain.unwrap_or(1);
+                if per_domain == 0 {
+                    return Err(invalid(
+                        format!("{field}.nodes_per_nvlink_domain"),
+                        "must be at least 1",
+                    ));
+                }
+                let rack_power = match group.rack_power_limit_kw {
+                    None => None,
+                    Some(kw) if kw.is_finite() && kw > 0.0 => Some(kw * 1e3),
+                    Some(kw) => {
+                        return Err(invalid(
+                            format!("{field}.rack_power_limit_kw"),
+                            format!("must be positive, got {kw}"),
+                        ));
+                    }
+                };
+                let mut leaf = None;
+                let mut domain: Option<(u32, u32)> = None; // (id, members so far)
+                let mut next_domain = u32::MAX; // allocated downwards to stay clear of node-own domains
+                for r in 0..group.count {
+                    if r % racks_per_leaf == 0 {
+                        leaf = Some(b.new_leaf_switch());
+                    }
+                    rack_no += 1;
+                    let rack_name = format!("{}-r{rack_no:03}", hall.name);
+                    let rack = b.add_rack(hall_id, rack_name.clone(), rack_power);
+                    for n in 0..group.nodes_per_rack {
+                        let nvlink_domain = if per_domain > 1 {
+                            let d = match domain {
+                                Some((id, k)) if k < per_domain => (id, k + 1),
+                                _ => {
+                                    next_domain -= 1;
+                                    (next_domain, 1)
+                                }
+                            };
+                            domain = Some(d);
+                            Some(d.0)
+                        } else {
+                            None
+                        };
+                        b.add_node(
+                            rack,
+                            NodeSpec {
+                                name: format!("{rack_name}-n{:02}", n + 1),
+                                cpu_milli: node_type.cpu_milli,
+                                memory_mib: node_type.memory_mib,
+                                gpu_count: node_type.gpus,
+                                gpu_model: node_type.gpu_model.clone(),
+                                nvlink_domain,
+                                leaf_switch: leaf,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(b.build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: &str = r#"
+name = "small"
+[node_types.h]
+cpu_milli = 1000
+memory_mib = 1024
+gpus = 8
+gpu_model = "H200"
+[[sites]]
+name = "s"
+cooling = "immersion"
+grid_power_cap_mw = 1.5
+[[sites.halls]]
+name = "a"
+[[sites.halls.racks]]
+count = 3
+nodes_per_rack = 2
+node_type = "h"
+racks_per_leaf = 2
+"#;
+
+    #[test]
+    fn expands_rack_groups() {
+        let f = parse_fleet(SMALL).unwrap();
+        assert_eq!(f.nodes.len(), 6);
+        assert_eq!(f.total_gpus(), 48);
+        assert_eq!(f.racks.len(), 3);
+        assert_eq!(f.leaf_switches, 2);
+        assert_eq!(f.nodes[0].leaf_switch, f.nodes[3].leaf_switch);
+        assert_ne!(f.nodes[0].leaf_switch, f.nodes[4].leaf_switch);
+        assert_eq!(f.sites[0].grid_power_cap_watts, Some(1.5e6));
+        assert_eq!(f.sites[0].cooling, Cooling::Immersion);
+        assert_eq!(f.nodes[5].name, "a-r003-n02");
+    }
+
+    fn error_of(text: &str) -> String {
+        parse_fleet(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = error_of(&SMALL.replace("node_type = \"h\"", "node_type = \"x\""));
+        assert!(
+            e.contains("sites[0].halls[0].racks[0].node_type") && e.contains("'x'"),
+            "{e}"
+        );
+        let e = error_of(&SMALL.replace("cooling = \"immersion\"", "cooling = \"ice\""));
+        assert!(e.contains("sites[0].cooling"), "{e}");
+        let e = error_of(&SMALL.replace("grid_power_cap_mw = 1.5", "grid_power_cap_mw = -1"));
+        assert!(e.contains("grid_power_cap_mw"), "{e}");
+        let e = error_of(&SMALL.replace("count = 3", "count = 3000000000"));
+        assert!(e.contains("count"), "{e}");
+        let e = error_of(&SMALL.replace("gpus = 8", "gpus = 8\ngpu_modle = \"H200\""));
+        assert!(e.contains("gpu_modle") && e.contains("line"), "{e}");
+    }
+}
