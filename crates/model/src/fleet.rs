@@ -72,9 +72,7 @@ impl std::str::FromStr for Cooling {
             "air" => Ok(Cooling::Air),
             "liquid" | "dlc" | "direct-to-chip" => Ok(Cooling::Liquid),
             "immersion" | "oil" => Ok(Cooling::Immersion),
-            other => Err(format!(
-                "unknown cooling type '{other}' (expected air, liquid or immersion)"
-            )),
+            other => Err(format!("unknown cooling type '{other}' (expected air, liquid or immersion)")),
         }
     }
 }
@@ -181,10 +179,7 @@ impl Fleet {
     }
 
     pub fn gpu_model_id(&self, name: &str) -> Option<GpuModelId> {
-        self.gpu_models
-            .iter()
-            .position(|m| m.name.eq_ignore_ascii_case(name))
-            .map(|i| GpuModelId(i as u16))
+        self.gpu_models.iter().position(|m| m.name.eq_ignore_ascii_case(name)).map(|i| GpuModelId(i as u16))
     }
 
     pub fn total_gpus(&self) -> u64 {
@@ -212,21 +207,14 @@ impl Fleet {
                 counts[m.0 as usize] += u64::from(n.gpu_count);
             }
         }
-        counts
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| (GpuModelId(i as u16), c))
-            .collect()
+        counts.into_iter().enumerate().map(|(i, c)| (GpuModelId(i as u16), c)).collect()
     }
 
     /// Sum of the GPUs' board power, in watts: the nameplate the power-cap fractions refer to.
     pub fn gpu_board_power_watts(&self) -> f64 {
         self.nodes
             .iter()
-            .filter_map(|n| {
-                n.gpu_model
-                    .map(|m| self.gpu_model(m).board_power_watts * f64::from(n.gpu_count))
-            })
+            .filter_map(|n| n.gpu_model.map(|m| self.gpu_model(m).board_power_watts * f64::from(n.gpu_count)))
             .sum()
     }
 }
@@ -253,56 +241,25 @@ impl FleetBuilder {
         }
     }
 
-    pub fn add_site(
-        &mut self,
-        name: impl Into<String>,
-        cooling: Cooling,
-        grid_power_cap_watts: Option<f64>,
-    ) -> SiteId {
+    pub fn add_site(&mut self, name: impl Into<String>, cooling: Cooling, grid_power_cap_watts: Option<f64>) -> SiteId {
         let id = SiteId(self.fleet.sites.len() as u32);
-        self.fleet.sites.push(Site {
-            name: name.into(),
-            grid_power_cap_watts,
-            cooling,
-            halls: Vec::new(),
-        });
+        self.fleet.sites.push(Site { name: name.into(), grid_power_cap_watts, cooling, halls: Vec::new() });
         id
     }
 
     /// Adds a hall to `site`; each hall gets a spine of its own.
-    pub fn add_hall(
-        &mut self,
-        site: SiteId,
-        name: impl Into<String>,
-        cooling_capacity_watts: Option<f64>,
-    ) -> HallId {
+    pub fn add_hall(&mut self, site: SiteId, name: impl Into<String>, cooling_capacity_watts: Option<f64>) -> HallId {
         let id = HallId(self.fleet.halls.len() as u32);
-        self.fleet.halls.push(Hall {
-            name: name.into(),
-            site,
-            cooling_capacity_watts,
-            racks: Vec::new(),
-        });
+        self.fleet.halls.push(Hall { name: name.into(), site, cooling_capacity_watts, racks: Vec::new() });
         self.fleet.sites[site.index()].halls.push(id);
         self.fleet.spines += 1;
         id
     }
 
-    pub fn add_rack(
-        &mut self,
-        hall: HallId,
-        name: impl Into<String>,
-        power_limit_watts: Option<f64>,
-    ) -> RackId {
+    pub fn add_rack(&mut self, hall: HallId, name: impl Into<String>, power_limit_watts: Option<f64>) -> RackId {
         let id = RackId(self.fleet.racks.len() as u32);
         let site = self.fleet.halls[hall.index()].site;
-        self.fleet.racks.push(Rack {
-            name: name.into(),
-            hall,
-            site,
-            power_limit_watts,
-            nodes: Vec::new(),
-        });
+        self.fleet.racks.push(Rack { name: name.into(), hall, site, power_limit_watts, nodes: Vec::new() });
         self.fleet.halls[hall.index()].racks.push(id);
         id
     }
@@ -334,9 +291,7 @@ impl FleetBuilder {
     pub fn add_node(&mut self, rack: RackId, spec: NodeSpec) -> NodeId {
         let id = NodeId(self.fleet.nodes.len() as u32);
         let gpu_model = match (&spec.gpu_model, spec.gpu_count) {
-            (Some(name), n) if n > 0 && !name.trim().is_empty() => {
-                Some(self.intern_gpu_model(name))
-            }
+            (Some(name), n) if n > 0 && !name.trim().is_empty() => Some(self.intern_gpu_model(name)),
             (None, n) if n > 0 => Some(self.intern_gpu_model("unknown")),
             _ => None,
         };
@@ -384,11 +339,7 @@ impl FleetBuilder {
 
 /// Builds a one-site, one-hall fleet from a flat list of nodes (a node-list trace), putting
 /// `nodes_per_rack` consecutive nodes in each rack under a leaf of its own.
-pub fn flat_fleet(
-    name: &str,
-    nodes: impl IntoIterator<Item = NodeSpec>,
-    nodes_per_rack: usize,
-) -> Fleet {
+pub fn flat_fleet(name: &str, nodes: impl IntoIterator<Item = NodeSpec>, nodes_per_rack: usize) -> Fleet {
     let nodes_per_rack = nodes_per_rack.max(1);
     let mut b = FleetBuilder::new(name);
     let site = b.add_site(name, Cooling::Air, None);
@@ -438,11 +389,7 @@ mod tests {
         let n1 = b.add_node(r1, spec("b", 8, "h200"));
         let n2 = b.add_node(r2, spec("c", 0, "H200"));
         let f = b.build();
-        assert_eq!(
-            f.gpu_models.len(),
-            1,
-            "model names are interned case-insensitively"
-        );
+        assert_eq!(f.gpu_models.len(), 1, "model names are interned case-insensitively");
         assert_eq!(f.node(n0).leaf_switch, f.node(n1).leaf_switch);
         assert_ne!(f.node(n0).leaf_switch, f.node(n2).leaf_switch);
         assert_eq!(f.node(n2).gpu_model, None);

@@ -42,10 +42,7 @@ pub enum FleetTomlError {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> FleetTomlError {
-    FleetTomlError::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
+    FleetTomlError::Invalid { field: field.into(), message: message.into() }
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,10 +123,7 @@ fn positive_mw(field: String, mw: Option<f64>) -> Result<Option<f64>, FleetTomlE
     match mw {
         None => Ok(None),
         Some(v) if v.is_finite() && v > 0.0 => Ok(Some(v * 1e6)),
-        Some(v) => Err(invalid(
-            field,
-            format!("must be a positive number of MW, got {v}"),
-        )),
+        Some(v) => Err(invalid(field, format!("must be a positive number of MW, got {v}"))),
     }
 }
 
@@ -141,10 +135,7 @@ pub fn parse_fleet(text: &str) -> Result<Fleet, FleetTomlError> {
     for (i, m) in file.gpu_models.iter().enumerate() {
         let mut model = GpuModel::from_name(&m.name);
         if model.name.is_empty() {
-            return Err(invalid(
-                format!("gpu_models[{i}].name"),
-                "must not be empty",
-            ));
+            return Err(invalid(format!("gpu_models[{i}].name"), "must not be empty"));
         }
         if let Some(mem) = m.memory_mib {
             model.memory_mib = mem;
@@ -163,10 +154,7 @@ pub fn parse_fleet(text: &str) -> Result<Fleet, FleetTomlError> {
 
     for (name, t) in &file.node_types {
         if t.gpus > 0 && t.gpu_model.as_deref().is_none_or(|m| m.trim().is_empty()) {
-            return Err(invalid(
-                format!("node_types.{name}.gpu_model"),
-                "a node type with GPUs must name their model",
-            ));
+            return Err(invalid(format!("node_types.{name}.gpu_model"), "a node type with GPUs must name their model"));
         }
     }
 
@@ -177,21 +165,13 @@ pub fn parse_fleet(text: &str) -> Result<Fleet, FleetTomlError> {
     for (si, site) in file.sites.iter().enumerate() {
         let cooling = match &site.cooling {
             None => Cooling::default(),
-            Some(c) => c
-                .parse()
-                .map_err(|e: String| invalid(format!("sites[{si}].cooling"), e))?,
+            Some(c) => c.parse().map_err(|e: String| invalid(format!("sites[{si}].cooling"), e))?,
         };
-        let cap = positive_mw(
-            format!("sites[{si}].grid_power_cap_mw"),
-            site.grid_power_cap_mw,
-        )?;
+        let cap = positive_mw(format!("sites[{si}].grid_power_cap_mw"), site.grid_power_cap_mw)?;
         let site_id = b.add_site(site.name.clone(), cooling, cap);
         for (hi, hall) in site.halls.iter().enumerate() {
             let field = format!("sites[{si}].halls[{hi}]");
-            let capacity = positive_mw(
-                format!("{field}.cooling_capacity_mw"),
-                hall.cooling_capacity_mw,
-            )?;
+            let capacity = positive_mw(format!("{field}.cooling_capacity_mw"), hall.cooling_capacity_mw)?;
             let hall_id = b.add_hall(site_id, hall.name.clone(), capacity);
             let mut rack_no = 0u32;
             for (gi, group) in hall.racks.iter().enumerate() {
@@ -200,33 +180,20 @@ pub fn parse_fleet(text: &str) -> Result<Fleet, FleetTomlError> {
                     let known: Vec<&str> = file.node_types.keys().map(String::as_str).collect();
                     invalid(
                         format!("{field}.node_type"),
-                        format!(
-                            "unknown node type '{}' (defined: {})",
-                            group.node_type,
-                            known.join(", ")
-                        ),
+                        format!("unknown node type '{}' (defined: {})", group.node_type, known.join(", ")),
                     )
                 })?;
                 total_nodes += u64::from(group.count) * u64::from(group.nodes_per_rack);
                 if total_nodes > MAX_NODES {
-                    return Err(invalid(
-                        format!("{field}.count"),
-                        format!("the fleet would exceed {MAX_NODES} nodes"),
-                    ));
+                    return Err(invalid(format!("{field}.count"), format!("the fleet would exceed {MAX_NODES} nodes")));
                 }
                 let racks_per_leaf = group.racks_per_leaf.unwrap_or(1);
                 if racks_per_leaf == 0 {
-                    return Err(invalid(
-                        format!("{field}.racks_per_leaf"),
-                        "must be at least 1",
-                    ));
+                    return Err(invalid(format!("{field}.racks_per_leaf"), "must be at least 1"));
                 }
                 let per_domain = group.nodes_per_nvlink_domain.unwrap_or(1);
                 if per_domain == 0 {
-                    return Err(invalid(
-                        format!("{field}.nodes_per_nvlink_domain"),
-                        "must be at least 1",
-                    ));
+                    return Err(invalid(format!("{field}.nodes_per_nvlink_domain"), "must be at least 1"));
                 }
                 let rack_power = match group.rack_power_limit_kw {
                     None => None,
@@ -327,10 +294,7 @@ racks_per_leaf = 2
     #[test]
     fn errors_name_the_field() {
         let e = error_of(&SMALL.replace("node_type = \"h\"", "node_type = \"x\""));
-        assert!(
-            e.contains("sites[0].halls[0].racks[0].node_type") && e.contains("'x'"),
-            "{e}"
-        );
+        assert!(e.contains("sites[0].halls[0].racks[0].node_type") && e.contains("'x'"), "{e}");
         let e = error_of(&SMALL.replace("cooling = \"immersion\"", "cooling = \"ice\""));
         assert!(e.contains("sites[0].cooling"), "{e}");
         let e = error_of(&SMALL.replace("grid_power_cap_mw = 1.5", "grid_power_cap_mw = -1"));

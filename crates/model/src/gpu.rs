@@ -107,12 +107,7 @@ impl GpuModel {
         if let Some(gib) = memory_in_name(&upper) {
             memory_mib = gib * 1024;
         }
-        GpuModel {
-            name: name.to_string(),
-            family,
-            memory_mib,
-            board_power_watts: family.default_board_power_watts(),
-        }
+        GpuModel { name: name.to_string(), family, memory_mib, board_power_watts: family.default_board_power_watts() }
     }
 
     /// True if `wanted` (a model name or a family name, any case) names this model.
@@ -120,16 +115,12 @@ impl GpuModel {
     pub fn answers_to(&self, wanted: &str) -> bool {
         let wanted = wanted.trim();
         wanted.eq_ignore_ascii_case(&self.name)
-            || (self.family != GpuFamily::Other
-                && wanted.eq_ignore_ascii_case(self.family.as_str()))
+            || (self.family != GpuFamily::Other && wanted.eq_ignore_ascii_case(self.family.as_str()))
     }
 }
 
 fn family_of(upper: &str) -> GpuFamily {
-    let upper = upper
-        .strip_prefix("NVIDIA")
-        .map(str::trim_start)
-        .unwrap_or(upper);
+    let upper = upper.strip_prefix("NVIDIA").map(str::trim_start).unwrap_or(upper);
     let upper = upper.strip_prefix('-').unwrap_or(upper);
     // Order matters: "A100" before "A10", and China-market variants map to the part they derive from.
     let table: [(&str, GpuFamily); 10] = [
@@ -159,11 +150,7 @@ fn family_of(upper: &str) -> GpuFamily {
 fn memory_in_name(upper: &str) -> Option<u64> {
     // "...80GB" / "...-40G"
     for (i, _) in upper.match_indices('G') {
-        let digits: String = upper[..i]
-            .chars()
-            .rev()
-            .take_while(|c| c.is_ascii_digit())
-            .collect();
+        let digits: String = upper[..i].chars().rev().take_while(|c| c.is_ascii_digit()).collect();
         if !digits.is_empty() && (upper[i..].starts_with("GB") || i + 1 == upper.len()) {
             let gib: u64 = digits.chars().rev().collect::<String>().parse().ok()?;
             if (1..=1024).contains(&gib) {

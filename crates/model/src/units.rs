@@ -9,15 +9,11 @@ use std::ops::{Add, AddAssign, Sub};
 pub const GPU_MILLI_PER_GPU: u32 = 1000;
 
 /// A point in virtual (or wall) time, in milliseconds since the start of the trace or epoch.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SimTime(pub u64);
 
 /// A span of time in milliseconds.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SimDuration(pub u64);
 
 impl SimTime {
@@ -70,11 +66,7 @@ impl SimDuration {
 fn secs_f64_to_millis(secs: f64) -> u64 {
     if secs.is_finite() && secs > 0.0 {
         let ms = (secs * 1000.0).round();
-        if ms >= u64::MAX as f64 {
-            u64::MAX
-        } else {
-            ms as u64
-        }
+        if ms >= u64::MAX as f64 { u64::MAX } else { ms as u64 }
     } else {
         0
     }

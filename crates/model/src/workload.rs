@@ -10,9 +10,7 @@ use serde::{Deserialize, Serialize};
 pub struct WorkloadId(pub u32);
 
 /// A tenant (customer, team, Philly virtual cluster), by index in the trace's tenant table.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 pub struct TenantId(pub u32);
 
 /// How many GPUs a workload wants, and in what shape.
@@ -36,34 +34,22 @@ impl GpuRequest {
             return GpuRequest::None;
         }
         if gpus <= node_gpus {
-            return GpuRequest::Gang {
-                nodes: 1,
-                gpus_per_node: gpus,
-            };
+            return GpuRequest::Gang { nodes: 1, gpus_per_node: gpus };
         }
         let min_nodes = gpus.div_ceil(node_gpus);
         for nodes in min_nodes..=gpus {
             if gpus % nodes == 0 {
-                return GpuRequest::Gang {
-                    nodes,
-                    gpus_per_node: gpus / nodes,
-                };
+                return GpuRequest::Gang { nodes, gpus_per_node: gpus / nodes };
             }
         }
-        GpuRequest::Gang {
-            nodes: gpus,
-            gpus_per_node: 1,
-        }
+        GpuRequest::Gang { nodes: gpus, gpus_per_node: 1 }
     }
 
     /// A fractional share; 1000 or more becomes one whole GPU, 0 becomes CPU-only.
     pub fn fraction(gpu_milli: u32) -> GpuRequest {
         match gpu_milli {
             0 => GpuRequest::None,
-            m if m >= GPU_MILLI_PER_GPU => GpuRequest::Gang {
-                nodes: 1,
-                gpus_per_node: 1,
-            },
+            m if m >= GPU_MILLI_PER_GPU => GpuRequest::Gang { nodes: 1, gpus_per_node: 1 },
             m => GpuRequest::Fraction { gpu_milli: m },
         }
     }
@@ -73,10 +59,9 @@ impl GpuRequest {
         match *self {
             GpuRequest::None => 0,
             GpuRequest::Fraction { gpu_milli } => u64::from(gpu_milli),
-            GpuRequest::Gang {
-                nodes,
-                gpus_per_node,
-            } => u64::from(nodes) * u64::from(gpus_per_node) * u64::from(GPU_MILLI_PER_GPU),
+            GpuRequest::Gang { nodes, gpus_per_node } => {
+                u64::from(nodes) * u64::from(gpus_per_node) * u64::from(GPU_MILLI_PER_GPU)
+            }
         }
     }
 
@@ -109,11 +94,7 @@ impl ModelFilter {
     /// Parses a `|`- or `,`-separated list (`A10|T4|V100M32`); blanks and duplicates are dropped.
     pub fn parse_list(list: &str) -> Self {
         let mut allowed: Vec<String> = Vec::new();
-        for name in list
-            .split(['|', ','])
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
+        for name in list.split(['|', ',']).map(str::trim).filter(|s| !s.is_empty()) {
             if !allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
                 allowed.push(name.to_string());
             }
@@ -153,12 +134,7 @@ pub struct Workload {
 impl Workload {
     /// A workload with no CPU, memory or model constraints: the shape of a trace row that only
     /// records GPUs.
-    pub fn gpu_job(
-        id: u32,
-        submit_time: SimTime,
-        gpu: GpuRequest,
-        duration: Option<SimDuration>,
-    ) -> Workload {
+    pub fn gpu_job(id: u32, submit_time: SimTime, gpu: GpuRequest, duration: Option<SimDuration>) -> Workload {
         Workload {
             id: WorkloadId(id),
             name: format!("job-{id}"),
@@ -175,8 +151,7 @@ impl Workload {
 
     /// GPU-seconds this workload asks for, if its duration is known.
     pub fn gpu_seconds(&self) -> Option<f64> {
-        self.duration
-            .map(|d| d.as_secs_f64() * self.gpu.total_gpus())
+        self.duration.map(|d| d.as_secs_f64() * self.gpu.total_gpus())
     }
 }
 
@@ -187,10 +162,7 @@ mod tests {
     #[test]
     fn gangs_split_evenly_over_few_nodes() {
         let shape = |g| match GpuRequest::whole_gpus(g, 8) {
-            GpuRequest::Gang {
-                nodes,
-                gpus_per_node,
-            } => (nodes, gpus_per_node),
+            GpuRequest::Gang { nodes, gpus_per_node } => (nodes, gpus_per_node),
             other => panic!("{other:?}"),
         };
         assert_eq!(shape(1), (1, 1));
@@ -206,13 +178,7 @@ mod tests {
     #[test]
     fn fractions_normalise() {
         assert_eq!(GpuRequest::fraction(0), GpuRequest::None);
-        assert_eq!(
-            GpuRequest::fraction(1000),
-            GpuRequest::Gang {
-                nodes: 1,
-                gpus_per_node: 1
-            }
-        );
+        assert_eq!(GpuRequest::fraction(1000), GpuRequest::Gang { nodes: 1, gpus_per_node: 1 });
         assert_eq!(GpuRequest::fraction(460).total_gpu_milli(), 460);
     }
 
