@@ -1,0 +1,463 @@
+//! The cluster's allocation state: what is free on every node and GPU, which workload holds what,
+//! and the indexes placers search.
+
+use crate::demand::{Demand, model_bit};
+use crate::tree::{Capacity, CapacityTree, Need};
+use model::{Fleet, GPU_MILLI_PER_GPU, GpuModelId, GpuRequest, NodeId, WorkloadId};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// A share of one GPU held by a gang member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GpuShare {
+    /// GPU index within its node.
+    pub index: u8,
+    pub milli: u16,
+}
+
+/// What one gang member holds on one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberPlacement {
+    pub node: NodeId,
+    pub cpu_milli: u64,
+    pub memory_mib: u64,
+    pub gpus: Vec<GpuShare>,
+}
+
+/// Where every member of a workload runs. A gang's members are on distinct nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Placement {
+    pub members: Vec<MemberPlacement>,
+}
+
+impl Placement {
+    pub fn gpu_milli(&self) -> u64 {
+        self.members.iter().flat_map(|m| m.gpus.iter()).map(|g| u64::from(g.milli)).sum()
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members.iter().map(|m| m.node)
+    }
+}
+
+/// Why the cluster refused an allocation or release. Refusals protect the invariants: a policy
+/// bug shows up as an error, never as a double-booked GPU.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedError {
+    #[error("workload {0:?} already holds an allocation")]
+    AlreadyAllocated(WorkloadId),
+    #[error("workload {0:?} holds no allocation")]
+    NotAllocated(WorkloadId),
+    #[error("node {0:?} does not exist")]
+    NoSuchNode(NodeId),
+    #[error("gang members share node {0:?}")]
+    SharedNode(NodeId),
+    #[error("placement has {got} members, the request has {want}")]
+    WrongShape { got: usize, want: u32 },
+    #[error("node {node:?} cannot give {what}")]
+    Overcommit { node: NodeId, what: &'static str },
+    #[error("member on node {0:?} holds less CPU or memory than the request asks")]
+    ShortOfDemand(NodeId),
+    #[error("node {0:?} has a GPU model the request does not accept")]
+    ModelNotAllowed(NodeId),
+}
+
+/// How a placer picks GPUs on a chosen node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuPick {
+    /// Lowest-numbered GPUs that fit.
+    First,
+    /// For a fractional request, the GPU whose free share is the smallest that fits.
+    Tightest,
+}
+
+/// Allocation state of a fleet.
+#[derive(Clone, Debug)]
+pub struct ClusterState {
+    fleet: Arc<Fleet>,
+    free_cpu: Vec<u64>,
+    free_memory: Vec<u64>,
+    gpu_offset: Vec<u32>,
+    gpu_free: Vec<u16>,
+    live: CapacityTree,
+    empty: CapacityTree,
+    /// Per model: (whole GPUs free, node), for best fit on whole GPUs.
+    by_full_gpus: Vec<BTreeSet<(u8, u32)>>,
+    /// Per model: (largest free GPU share, node), for best fit on fractions.
+    by_max_share: Vec<BTreeSet<(u16, u32)>>,
+    allocations: FxHashMap<WorkloadId, Placement>,
+    allocated_gpu_milli: u64,
+    total_gpu_milli: u64,
+}
+
+impl ClusterState {
+    /// An empty cluster over `fleet`.
+    pub fn new(fleet: Arc<Fleet>) -> Self {
+        let mut gpu_offset = Vec::with_capacity(fleet.nodes.len() + 1);
+        let mut total = 0u32;
+        for n in &fleet.nodes {
+            gpu_offset.push(total);
+            total += u32::from(n.gpu_count);
+        }
+        gpu_offset.push(total);
+        let gpu_free = vec![GPU_MILLI_PER_GPU as u16; total as usize];
+        let free_cpu: Vec<u64> = fleet.nodes.iter().map(|n| n.cpu_milli).collect();
+        let free_memory: Vec<u64> = fleet.nodes.iter().map(|n| n.memory_mib).collect();
+        let models = fleet.gpu_models.len();
+        let mut state = ClusterState {
+            free_cpu,
+            free_memory,
+            gpu_offset,
+            gpu_free,
+            live: CapacityTree::new(&[]),
+            empty: CapacityTree::new(&[]),
+            by_full_gpus: vec![BTreeSet::new(); models],
+            by_max_share: vec![BTreeSet::new(); models],
+            allocations: FxHashMap::default(),
+            allocated_gpu_milli: 0,
+            total_gpu_milli: u64::from(total) * u64::from(GPU_MILLI_PER_GPU),
+            fleet,
+        };
+        let caps: Vec<Capacity> = (0..state.fleet.nodes.len()).map(|i| state.capacity_of(i)).collect();
+        state.live = CapacityTree::new(&caps);
+        state.empty = state.live.clone();
+        for (i, c) in caps.iter().enumerate() {
+            if let Some(m) = state.fleet.nodes[i].gpu_model {
+                state.by_full_gpus[m.0 as usize].insert((c.full_gpus, i as u32));
+                state.by_max_share[m.0 as usize].insert((c.max_gpu_milli, i as u32));
+            }
+        }
+        state
+    }
+
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.fleet
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.free_cpu.len()
+    }
+
+    pub fn free_cpu_milli(&self, node: NodeId) -> u64 {
+        self.free_cpu[node.index()]
+    }
+
+    pub fn free_memory_mib(&self, node: NodeId) -> u64 {
+        self.free_memory[node.index()]
+    }
+
+    /// Free share of each of the node's GPUs, in `gpu_milli`.
+    pub fn gpu_free_milli(&self, node: NodeId) -> &[u16] {
+        let i = node.index();
+        &self.gpu_free[self.gpu_offset[i] as usize..self.gpu_offset[i + 1] as usize]
+    }
+
+    /// GPUs of the node with nothing allocated on them.
+    pub fn full_free_gpus(&self, node: NodeId) -> u8 {
+        self.gpu_free_milli(node).iter().filter(|&&f| u32::from(f) == GPU_MILLI_PER_GPU).count() as u8
+    }
+
+    pub fn node_model(&self, node: NodeId) -> Option<GpuModelId> {
+        self.fleet.nodes[node.index()].gpu_model
+    }
+
+    pub fn allocated_gpu_milli(&self) -> u64 {
+        self.allocated_gpu_milli
+    }
+
+    pub fn total_gpu_milli(&self) -> u64 {
+        self.total_gpu_milli
+    }
+
+    pub fn allocation(&self, job: WorkloadId) -> Option<&Placement> {
+        self.allocations.get(&job)
+    }
+
+    pub fn allocations(&self) -> impl Iterator<Item = (&WorkloadId, &Placement)> {
+        self.allocations.iter()
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    fn capacity_of(&self, i: usize) -> Capacity {
+        let gpus = &self.gpu_free[self.gpu_offset[i] as usize..self.gpu_offset[i + 1] as usize];
+        Capacity {
+            full_gpus: gpus.iter().filter(|&&f| u32::from(f) == GPU_MILLI_PER_GPU).count() as u8,
+            max_gpu_milli: gpus.iter().copied().max().unwrap_or(0),
+            cpu_milli: self.free_cpu[i],
+            memory_mib: self.free_memory[i],
+            models: model_bit(self.fleet.nodes[i].gpu_model),
+        }
+    }
+
+    fn refresh(&mut self, i: usize) {
+        let old = self.live.get(i);
+        let new = self.capacity_of(i);
+        if old == new {
+            return;
+        }
+        self.live.set(i, new);
+        if let Some(m) = self.fleet.nodes[i].gpu_model {
+            let m = m.0 as usize;
+            if old.full_gpus != new.full_gpus {
+                self.by_full_gpus[m].remove(&(old.full_gpus, i as u32));
+                self.by_full_gpus[m].insert((new.full_gpus, i as u32));
+            }
+            if old.max_gpu_milli != new.max_gpu_milli {
+                self.by_max_share[m].remove(&(old.max_gpu_milli, i as u32));
+                self.by_max_share[m].insert((new.max_gpu_milli, i as u32));
+            }
+        }
+    }
+
+    fn need_of(demand: &Demand) -> Need {
+        Need {
+            full_gpus: demand.whole_gpus_per_member().min(u32::from(u8::MAX)) as u8,
+            gpu_milli: demand.fraction_milli().min(u32::from(u16::MAX)) as u16,
+            cpu_milli: demand.cpu_milli,
+            memory_mib: demand.memory_mib,
+            models: demand.node_mask(),
+        }
+    }
+
+    /// True if one member of `demand` fits on `node` now.
+    pub fn member_fits(&self, node: NodeId, demand: &Demand) -> bool {
+        let i = node.index();
+        if i >= self.free_cpu.len() || self.free_cpu[i] < demand.cpu_milli || self.free_memory[i] < demand.memory_mib {
+            return false;
+        }
+        let model = self.fleet.nodes[i].gpu_model;
+        match demand.gpu {
+            GpuRequest::None => true,
+            GpuRequest::Fraction { gpu_milli } => {
+                model.is_some_and(|m| demand.models.allows(m))
+                    && self.gpu_free_milli(node).iter().any(|&f| u32::from(f) >= gpu_milli)
+            }
+            GpuRequest::Gang { gpus_per_node, .. } => {
+                model.is_some_and(|m| demand.models.allows(m)) && u32::from(self.full_free_gpus(node)) >= gpus_per_node
+            }
+        }
+    }
+
+    /// The lowest-numbered node at or after `from` where one member of `demand` fits and that
+    /// `accept` does not reject.
+    pub fn first_fit_from(
+        &self,
+        demand: &Demand,
+        from: usize,
+        mut accept: impl FnMut(NodeId) -> bool,
+    ) -> Option<NodeId> {
+        let need = Self::need_of(demand);
+        self.live
+            .find_first(from, &need, &mut |i| {
+                let n = NodeId(i as u32);
+                i < self.free_cpu.len() && self.member_fits(n, demand) && accept(n)
+            })
+            .map(|i| NodeId(i as u32))
+    }
+
+    /// Nodes of `model` with at least `min_gpus` whole GPUs free, fewest free first, then by id.
+    pub fn nodes_by_full_gpus(&self, model: GpuModelId, min_gpus: u8) -> impl Iterator<Item = (u8, NodeId)> + '_ {
+        self.by_full_gpus
+            .get(model.0 as usize)
+            .into_iter()
+            .flat_map(move |set| set.range((min_gpus, 0)..))
+            .map(|&(k, n)| (k, NodeId(n)))
+    }
+
+    /// Nodes of `model` whose largest free GPU share is at least `min_milli`, smallest first.
+    pub fn nodes_by_max_share(&self, model: GpuModelId, min_milli: u16) -> impl Iterator<Item = (u16, NodeId)> + '_ {
+        self.by_max_share
+            .get(model.0 as usize)
+            .into_iter()
+            .flat_map(move |set| set.range((min_milli, 0)..))
+            .map(|&(k, n)| (k, NodeId(n)))
+    }
+
+    /// True if `demand` could be placed on the empty fleet: a request that fails this never fits.
+    pub fn could_ever_fit(&self, demand: &Demand) -> bool {
+        if !matches!(demand.gpu, GpuRequest::None) && demand.models.is_empty() {
+            return false;
+        }
+        let need = Self::need_of(demand);
+        let mut from = 0;
+        for _ in 0..demand.members() {
+            let found = self.empty.find_first(from, &need, &mut |i| {
+                let node = &self.fleet.nodes.get(i);
+                let Some(node) = node else { return false };
+                if node.cpu_milli < demand.cpu_milli || node.memory_mib < demand.memory_mib {
+                    return false;
+                }
+                match demand.gpu {
+                    GpuRequest::None => true,
+                    GpuRequest::Fraction { .. } => node.gpu_model.is_some_and(|m| demand.models.allows(m)),
+                    GpuRequest::Gang { gpus_per_node, .. } => {
+                        node.gpu_model.is_some_and(|m| demand.models.allows(m))
+                            && u32::from(node.gpu_count) >= gpus_per_node
+                    }
+                }
+            });
+            match found {
+                Some(i) => from = i + 1,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// The member `demand` would hold on `node`, choosing GPUs by `pick`; `None` if it does not fit.
+    pub fn member_on(&self, node: NodeId, demand: &Demand, pick: GpuPick) -> Option<MemberPlacement> {
+        if !self.member_fits(node, demand) {
+            return None;
+        }
+        let free = self.gpu_free_milli(node);
+        let gpus = match demand.gpu {
+            GpuRequest::None => Vec::new(),
+            GpuRequest::Fraction { gpu_milli } => {
+                let fits = free.iter().enumerate().filter(|(_, f)| u32::from(**f) >= gpu_milli);
+                let (index, _) = match pick {
+                    GpuPick::First => fits.min_by_key(|(i, _)| *i)?,
+                    GpuPick::Tightest => fits.min_by_key(|(i, f)| (**f, *i))?,
+                };
+                vec![GpuShare { index: index as u8, milli: gpu_milli as u16 }]
+            }
+            GpuRequest::Gang { gpus_per_node, .. } => free
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| u32::from(**f) == GPU_MILLI_PER_GPU)
+                .take(gpus_per_node as usize)
+                .map(|(i, _)| GpuShare { index: i as u8, milli: GPU_MILLI_PER_GPU as u16 })
+                .collect(),
+        };
+        Some(MemberPlacement { node, cpu_milli: demand.cpu_milli, memory_mib: demand.memory_mib, gpus })
+    }
+
+    /// Checks `placement` against `demand` and the free state without changing anything.
+    pub fn check(&self, job: WorkloadId, demand: &Demand, placement: &Placement) -> Result<(), SchedError> {
+        if self.allocations.contains_key(&job) {
+            return Err(SchedError::AlreadyAllocated(job));
+        }
+        if placement.members.len() != demand.members() as usize {
+            return Err(SchedError::WrongShape { got: placement.members.len(), want: demand.members() });
+        }
+        for (k, m) in placement.members.iter().enumerate() {
+            let i = m.node.index();
+            if i >= self.free_cpu.len() {
+                return Err(SchedError::NoSuchNode(m.node));
+            }
+            if placement.members[..k].iter().any(|o| o.node == m.node) {
+                return Err(SchedError::SharedNode(m.node));
+            }
+            if m.cpu_milli < demand.cpu_milli || m.memory_mib < demand.memory_mib {
+                return Err(SchedError::ShortOfDemand(m.node));
+            }
+            if self.free_cpu[i] < m.cpu_milli {
+                return Err(SchedError::Overcommit { node: m.node, what: "the CPU asked" });
+            }
+            if self.free_memory[i] < m.memory_mib {
+                return Err(SchedError::Overcommit { node: m.node, what: "the memory asked" });
+            }
+            let want_gpus = match demand.gpu {
+                GpuRequest::None => 0,
+                GpuRequest::Fraction { .. } => 1,
+                GpuRequest::Gang { gpus_per_node, .. } => gpus_per_node as usize,
+            };
+            if m.gpus.len() != want_gpus {
+                return Err(SchedError::Overcommit { node: m.node, what: "the GPUs in the shape asked" });
+            }
+            if want_gpus > 0 {
+                match self.node_model(m.node) {
+                    Some(model) if demand.models.allows(model) => {}
+                    _ => return Err(SchedError::ModelNotAllowed(m.node)),
+                }
+            }
+            let free = self.gpu_free_milli(m.node);
+            for (g, share) in m.gpus.iter().enumerate() {
+                let want = match demand.gpu {
+                    GpuRequest::Fraction { gpu_milli } => gpu_milli,
+                    _ => GPU_MILLI_PER_GPU,
+                };
+                if u32::from(share.milli) != want || m.gpus[..g].iter().any(|o| o.index == share.index) {
+                    return Err(SchedError::Overcommit { node: m.node, what: "the GPU shares in the shape asked" });
+                }
+                match free.get(share.index as usize) {
+                    Some(&f) if f >= share.milli => {}
+                    _ => return Err(SchedError::Overcommit { node: m.node, what: "that GPU share" }),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives `placement` to `job` after checking it; all members or none.
+    pub fn allocate(&mut self, job: WorkloadId, demand: &Demand, placement: Placement) -> Result<(), SchedError> {
+        self.check(job, demand, &placement)?;
+        for m in &placement.members {
+            let i = m.node.index();
+            self.free_cpu[i] -= m.cpu_milli;
+            self.free_memory[i] -= m.memory_mib;
+            let base = self.gpu_offset[i] as usize;
+            for g in &m.gpus {
+                self.gpu_free[base + g.index as usize] -= g.milli;
+            }
+            self.refresh(i);
+        }
+        self.allocated_gpu_milli += placement.gpu_milli();
+        self.allocations.insert(job, placement);
+        Ok(())
+    }
+
+    /// Frees what `job` holds and returns its placement.
+    pub fn release(&mut self, job: WorkloadId) -> Result<Placement, SchedError> {
+        let placement = self.allocations.remove(&job).ok_or(SchedError::NotAllocated(job))?;
+        for m in &placement.members {
+            let i = m.node.index();
+            self.free_cpu[i] += m.cpu_milli;
+            self.free_memory[i] += m.memory_mib;
+            let base = self.gpu_offset[i] as usize;
+            for g in &m.gpus {
+                self.gpu_free[base + g.index as usize] += g.milli;
+            }
+            self.refresh(i);
+        }
+        self.allocated_gpu_milli -= placement.gpu_milli();
+        Ok(placement)
+    }
+
+    /// Recomputes every free figure from the allocations and compares: a self-check for tests.
+    pub fn verify(&self) -> Result<(), String> {
+        let fleet = &self.fleet;
+        let mut cpu: Vec<u64> = fleet.nodes.iter().map(|n| n.cpu_milli).collect();
+        let mut mem: Vec<u64> = fleet.nodes.iter().map(|n| n.memory_mib).collect();
+        let mut gpu = vec![GPU_MILLI_PER_GPU as i64; self.gpu_free.len()];
+        for (job, p) in &self.allocations {
+            for m in &p.members {
+                let i = m.node.index();
+                cpu[i] = cpu[i].checked_sub(m.cpu_milli).ok_or(format!("{job:?} over-commits CPU on node {i}"))?;
+                mem[i] = mem[i].checked_sub(m.memory_mib).ok_or(format!("{job:?} over-commits memory on node {i}"))?;
+                for g in &m.gpus {
+                    gpu[self.gpu_offset[i] as usize + g.index as usize] -= i64::from(g.milli);
+                }
+            }
+        }
+        if let Some(pos) = gpu.iter().position(|&g| g < 0) {
+            return Err(format!("GPU slot {pos} over-committed"));
+        }
+        if cpu != self.free_cpu || mem != self.free_memory {
+            return Err("free CPU/memory out of step with allocations".into());
+        }
+        if gpu.iter().zip(&self.gpu_free).any(|(a, b)| *a != i64::from(*b)) {
+            return Err("free GPU shares out of step with allocations".into());
+        }
+        for i in 0..self.free_cpu.len() {
+            if self.live.get(i) != self.capacity_of(i) {
+                return Err(format!("placement index stale at node {i}"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,23 @@
+//! drome's scheduler core, shared unchanged by the live server and the digital twin.
+//!
+//! - [`ClusterState`] holds what is free on every node and GPU, with indexes that find a node for a
+//!   request in logarithmic time, and refuses any allocation that would over-commit a GPU (fractions
+//!   included), split a gang or break a constraint.
+//! - A [`Placer`] chooses where one request goes (first fit, best fit, ...).
+//! - A [`Policy`] decides, given the pending [`Queue`] and the cluster, what starts now.
+//!
+//! This crate knows nothing about HTTP, SQL, tokio or the clock: time is passed in as
+//! [`model::SimTime`], randomness as a seed.
+
+pub mod cluster;
+pub mod demand;
+pub mod placer;
+pub mod policy;
+pub mod queue;
+mod tree;
+
+pub use cluster::{ClusterState, MemberPlacement, Placement, SchedError};
+pub use demand::{Demand, ModelSet};
+pub use placer::{BestFit, FirstFit, Placer};
+pub use policy::{Decision, Fifo, Policy, PolicyError, policy_by_name, policy_names};
+pub use queue::{Queue, QueuedJob};
