@@ -38,7 +38,7 @@ impl GpuRequest {
         }
         let min_nodes = gpus.div_ceil(node_gpus);
         for nodes in min_nodes..=gpus {
-            if gpus % nodes == 0 {
+            if gpus.is_multiple_of(nodes) {
                 return GpuRequest::Gang { nodes, gpus_per_node: gpus / nodes };
             }
         }
