@@ -11,13 +11,14 @@
 
 pub mod cluster;
 pub mod demand;
+pub mod frag;
 pub mod placer;
 pub mod policy;
 pub mod queue;
 mod tree;
 
-pub use cluster::{ClusterState, MemberPlacement, Placement, SchedError};
+pub use cluster::{ClusterState, GpuPick, GpuShare, MemberPlacement, Placement, SchedError};
 pub use demand::{Demand, ModelSet};
-pub use placer::{BestFit, FirstFit, Placer};
+pub use placer::{BestFit, FirstFit, Placer, ScanFirstFit};
 pub use policy::{Decision, Fifo, Policy, PolicyError, policy_by_name, policy_names};
 pub use queue::{Queue, QueuedJob};

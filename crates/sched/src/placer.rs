@@ -33,6 +33,30 @@ impl Placer for FirstFit {
     }
 }
 
+/// First fit by a plain scan of every node, without the placement index: the reference that
+/// [`FirstFit`] must agree with, and the baseline its speed is measured against.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ScanFirstFit;
+
+impl Placer for ScanFirstFit {
+    fn name(&self) -> &str {
+        "scan-first-fit"
+    }
+
+    fn place(&mut self, cluster: &ClusterState, demand: &Demand) -> Option<Placement> {
+        let mut members = Vec::with_capacity(demand.members() as usize);
+        for n in 0..cluster.node_count() as u32 {
+            if members.len() == demand.members() as usize {
+                break;
+            }
+            if let Some(m) = cluster.member_on(NodeId(n), demand, GpuPick::First) {
+                members.push(m);
+            }
+        }
+        (members.len() == demand.members() as usize).then_some(Placement { members })
+    }
+}
+
 /// The nodes left with the fewest free GPUs after placement (the tightest fit), and for a GPU
 /// share the GPU with the least room that still fits, so whole nodes stay free for large gangs.
 /// CPU-only requests fall back to first fit: GPU capacity is what best fit protects.

@@ -7,7 +7,7 @@ mod common;
 use common::fleet;
 use model::{GpuRequest, ModelFilter, NodeId, SimTime, Workload};
 use proptest::prelude::*;
-use sched::{BestFit, ClusterState, Demand, FirstFit, Placer};
+use sched::{BestFit, ClusterState, Demand, FirstFit, Placer, ScanFirstFit};
 
 const MODELS: [&str; 3] = ["H200", "T4", "V100M32"];
 
@@ -54,6 +54,10 @@ fn run(placer: &mut dyn Placer, nodes: &[(u8, usize)], ops: &[Op]) -> Result<(),
                 }
                 let demand = Demand::of(&w, cluster.fleet());
                 let possible = fits_somewhere(&cluster, &demand);
+                if placer.name() == "first-fit" {
+                    // The index must find exactly what a scan of every node finds.
+                    prop_assert_eq!(placer.place(&cluster, &demand), ScanFirstFit.place(&cluster, &demand));
+                }
                 match placer.place(&cluster, &demand) {
                     Some(p) => {
                         prop_assert_eq!(p.members.len(), demand.members() as usize);

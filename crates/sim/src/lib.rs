@@ -1,0 +1,15 @@
+//! drome's digital twin: replays a trace through a [`sched::Policy`] in virtual time.
+//!
+//! Discrete-event and deterministic: arrivals, starts and completions are processed in time
+//! order, ties broken by a fixed rule (completions, then arrivals in trace order), so the same
+//! inputs and seed give the same result bit for bit. No clock, no I/O: the caller reads traces and
+//! writes reports; progress is reported through a callback.
+
+mod engine;
+mod loadfleet;
+mod metrics;
+pub mod openb;
+
+pub use engine::{Progress, SimConfig, SimError, simulate};
+pub use loadfleet::{LoadFleetShape, fleet_for_load, offered_load};
+pub use metrics::{JobRecord, SimReport, TimePoint, percentile};
