@@ -5,7 +5,20 @@
 //! (case-insensitive, in any order, unknown ones ignored). Malformed input of any kind gives a
 //! [`TraceError`] naming the file, line and column; nothing here panics on input.
 //!
-//! Workloads come back in submit order (stable: ties keep file order) with `WorkloadId == index`.
+//! Workloads come back in submit order (stable: ties keep file order) with `WorkloadId == index`;
+//! rows without a name are called `job-N`, `pod-N` or `instance-N` after their 0-based data row.
+//!
+//! | format | file | mapping choices |
+//! |---|---|---|
+//! | [`TraceFormat::Jobs`] | any job history with a header | submit from `submit_time`/`submission_time`/`timestamp`/`time` (seconds or `YYYY-MM-DD HH:MM:SS`), rebased to 0; GPUs from `num_gpu`/`num_gpus`/`gpus`/`num_replicas` shaped by [`model::GpuRequest::whole_gpus`]; tenant from `tenant`/`user`/`cluster`/`vc`/`organization` |
+//! | [`TraceFormat::Philly`] | Philly `philly.csv` | the jobs importer; the virtual cluster is the tenant |
+//! | [`TraceFormat::Openb`] | Alibaba openb pod list | one tenant (`default`); QoS becomes priority ([`qos_priority`]: LS, Guaranteed 2 > Burstable 1 > BE 0); duration = deletion - scheduled (or creation) time |
+//! | [`TraceFormat::Dlrm`] | Alibaba DLRM instances | the service (`app_name`) is the tenant; empty creation = time 0; duration = deletion - creation (creation 0 when empty), `None` without a deletion |
+//! | [`NodeListFormat::Openb`] | openb node list | as given |
+//! | [`NodeListFormat::Pai`] | PAI machine spec (headerless) | cores x 1000, GB read as GiB, `CPU` = no GPU |
+//! | [`NodeListFormat::Spot`] | spot-GPU node list | memory unknown: [`NodeListOptions::spot_memory_mib_per_cpu`] (8 GiB per vCPU) |
+
+#![warn(missing_docs)]
 
 mod csvio;
 mod detect;
