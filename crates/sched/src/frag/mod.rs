@@ -1,0 +1,166 @@
+//! Fragmentation-aware placers for GPU-sharing workloads, and the fragmentation measure.
+//!
+//! Six published policies, as the FGD paper (Weng et al., USENIX ATC'23) evaluates them on the
+//! Alibaba openb trace — [`RandomFit`], [`DotProd`], [`GpuClustering`], [`GpuPacking`],
+//! [`PaperBestFit`], [`Fgd`] — and drome's own default, [`DromeFit`]. Each scores every node that
+//! can take the request and picks the best; ties go to a node drawn uniformly at random from a
+//! seeded generator (as the Kubernetes scheduler does), so runs are reproducible.
+//!
+//! All of them are [`Placer`]s and read only what a live scheduler knows: the cluster's free
+//! state and, for FGD and drome, the distribution of requests seen so far ([`TypicalPods`]).
+
+mod drome;
+mod measure;
+mod paper;
+mod typical;
+
+pub use drome::{DromeFit, DromeParams};
+pub use measure::{ClusterFrag, FragMeter};
+pub use paper::{DotProd, Fgd, GpuClustering, GpuPacking, PaperBestFit, RandomFit};
+pub use typical::{DEFAULT_POPULARITY, ShapeKey, TypicalPod, TypicalPods};
+
+use crate::cluster::{ClusterState, GpuShare, MemberPlacement, Placement};
+use crate::demand::Demand;
+use crate::placer::Placer;
+use model::{GPU_MILLI_PER_GPU, GpuRequest, NodeId};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+/// Names accepted by [`placer_by_name`], in the order of the paper's tables, drome last.
+pub const POLICY_NAMES: [&str; 7] = ["random", "dotprod", "gpuclustering", "gpupacking", "bestfit", "fgd", "drome"];
+
+/// The paper's name for a policy (`fgd` -> `FGD`).
+pub fn display_name(policy: &str) -> &str {
+    match policy {
+        "random" => "Random",
+        "dotprod" => "DotProd",
+        "gpuclustering" => "GpuClustering",
+        "gpupacking" => "GpuPacking",
+        "bestfit" => "BestFit",
+        "fgd" => "FGD",
+        "drome" => "drome",
+        other => other,
+    }
+}
+
+/// A placer by name, with `typical` as the learned request distribution (used by `fgd` and
+/// `drome`) and `seed` for tie-breaking.
+pub fn placer_by_name(name: &str, typical: &TypicalPods, seed: u64) -> Option<Box<dyn Placer>> {
+    Some(match name {
+        "random" => Box::new(RandomFit::new(seed)),
+        "dotprod" => Box::new(DotProd::new(seed)),
+        "gpuclustering" => Box::new(GpuClustering::new(seed)),
+        "gpupacking" => Box::new(GpuPacking::new(seed)),
+        "bestfit" => Box::new(PaperBestFit::new(seed)),
+        "fgd" => Box::new(Fgd::new(typical.clone(), seed)),
+        "drome" => Box::new(DromeFit::new(typical.clone(), DromeParams::default(), seed)),
+        _ => return None,
+    })
+}
+
+/// Which GPUs of a node a member takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GpuChoice {
+    /// CPU-only request.
+    None,
+    /// A share of this GPU.
+    Share(u8),
+    /// The lowest-numbered whole free GPUs.
+    FirstFree,
+}
+
+pub(crate) fn member(cluster: &ClusterState, node: NodeId, demand: &Demand, choice: GpuChoice) -> MemberPlacement {
+    let gpus = match (choice, demand.gpu) {
+        (GpuChoice::Share(index), GpuRequest::Fraction { gpu_milli }) => {
+            vec![GpuShare { index, milli: gpu_milli as u16 }]
+        }
+        (_, GpuRequest::Gang { gpus_per_node, .. }) => cluster
+            .gpu_free_milli(node)
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| u32::from(**f) == GPU_MILLI_PER_GPU)
+            .take(gpus_per_node as usize)
+            .map(|(i, _)| GpuShare { index: i as u8, milli: GPU_MILLI_PER_GPU as u16 })
+            .collect(),
+        _ => Vec::new(),
+    };
+    MemberPlacement { node, cpu_milli: demand.cpu_milli, memory_mib: demand.memory_mib, gpus }
+}
+
+/// The GPU with the least free share that still fits `milli` (lowest index on ties).
+pub(crate) fn tightest_gpu(free: &[u16], milli: u32) -> Option<u8> {
+    free.iter()
+        .enumerate()
+        .filter(|(_, f)| u32::from(**f) >= milli)
+        .min_by_key(|(i, f)| (**f, *i))
+        .map(|(i, _)| i as u8)
+}
+
+/// Keeps the best-scoring candidate, breaking ties uniformly at random (reservoir sampling, as
+/// the Kubernetes scheduler's host selection does).
+pub(crate) struct Best<S> {
+    best: Option<(S, NodeId, GpuChoice)>,
+    ties: u32,
+}
+
+impl<S: PartialOrd + Copy> Best<S> {
+    pub(crate) fn new() -> Self {
+        Best { best: None, ties: 0 }
+    }
+
+    pub(crate) fn offer(&mut self, score: S, node: NodeId, choice: GpuChoice, rng: &mut ChaCha8Rng) {
+        match &mut self.best {
+            None => {
+                self.best = Some((score, node, choice));
+                self.ties = 1;
+            }
+            Some((s, n, c)) => {
+                if score > *s {
+                    *s = score;
+                    *n = node;
+                    *c = choice;
+                    self.ties = 1;
+                } else if score == *s {
+                    self.ties += 1;
+                    if rng.random_range(0..self.ties) == 0 {
+                        *n = node;
+                        *c = choice;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn get(&self) -> Option<(S, NodeId, GpuChoice)> {
+        self.best
+    }
+}
+
+/// Places every member of `demand` on distinct nodes, each chosen by `pick` among the nodes
+/// where a member fits and that earlier members did not take.
+pub(crate) fn place_members(
+    cluster: &ClusterState,
+    demand: &Demand,
+    mut pick: impl FnMut(&ClusterState, &Demand, &[NodeId]) -> Option<(NodeId, GpuChoice)>,
+) -> Option<Placement> {
+    let want = demand.members() as usize;
+    let mut taken: Vec<NodeId> = Vec::with_capacity(want);
+    let mut members = Vec::with_capacity(want);
+    for _ in 0..want {
+        let (node, choice) = pick(cluster, demand, &taken)?;
+        members.push(member(cluster, node, demand, choice));
+        taken.push(node);
+    }
+    Some(Placement { members })
+}
+
+/// Nodes where one member of `demand` fits, skipping `taken`.
+pub(crate) fn feasible<'a>(
+    cluster: &'a ClusterState,
+    demand: &'a Demand,
+    taken: &'a [NodeId],
+) -> impl Iterator<Item = NodeId> + 'a {
+    (0..cluster.node_count() as u32)
+        .map(NodeId)
+        .filter(move |n| !taken.contains(n) && cluster.member_fits(*n, demand))
+}
