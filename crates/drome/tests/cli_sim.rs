@@ -1,0 +1,102 @@
+//! `drome sim`, `drome fleet show` and `drome trace stats` through the real binary.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn drome(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_drome")).args(args).current_dir(root()).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn json(args: &[&str]) -> Value {
+    let (code, out, err) = drome(args);
+    assert_eq!(code, 0, "drome {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+#[test]
+fn sim_on_a_fleet_file_reports_the_documented_fields() {
+    let trace = fixture("jobs.csv");
+    let v = json(&["sim", "--fleet", "fleets/small.toml", "--trace", &trace, "--policy", "fifo", "--output", "json", "-q"]);
+    for key in ["jobs", "completed", "never_fit", "mean_jct_s", "p50_jct_s", "p99_jct_s", "mean_wait_s", "makespan_s", "gpu_utilization", "fleet_gpus", "policy", "seed"] {
+        assert!(v.get(key).is_some(), "missing {key} in {v}");
+    }
+    assert_eq!(v["jobs"], 7);
+    assert_eq!(v["fleet_gpus"], 48);
+    // The 64-GPU job cannot fit 48 GPUs; the A100 job fits the A100 nodes.
+    assert_eq!(v["never_fit"], 1);
+    assert_eq!(v["completed"], 6);
+    assert_eq!(v["policy"], "fifo");
+}
+
+#[test]
+fn sim_with_load_sizes_the_fleet_and_writes_csv_and_plot() {
+    let dir = std::env::temp_dir().join(format!("drome-cli-sim-{}", std::process::id()));
+    let csv = dir.join("series.csv");
+    let png = dir.join("plot.png");
+    let trace = fixture("jobs.csv");
+    let v = json(&[
+        "sim", "--load", "0.5", "--trace", &trace, "--output", "json", "-q", "--csv", csv.to_str().unwrap(), "--plot",
+        png.to_str().unwrap(),
+    ]);
+    // The generated fleet is of H200 nodes and fits the 64-GPU job; only the A100-only job never fits.
+    assert_eq!(v["never_fit"], 1);
+    assert_eq!(v["completed"], 6);
+    assert_eq!(v["fleet_gpus"].as_u64().unwrap() % 8, 0);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("t_s,gpu_allocation,queue_len,running"), "{text}");
+    assert!(text.lines().count() > 3);
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..4], b"\x89PNG");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn same_seed_same_json() {
+    let trace = fixture("jobs.csv");
+    let args = ["sim", "--load", "0.9", "--trace", &trace, "--policy", "fifo-bestfit", "--seed", "7", "--output", "json", "-q"];
+    assert_eq!(json(&args), json(&args));
+}
+
+#[test]
+fn fleet_show_and_trace_stats_summarise() {
+    let v = json(&["fleet", "show", "fleets/valence.toml", "--output", "json"]);
+    assert_eq!(v["gpus"], 4096);
+    assert_eq!(v["sites"][0]["cooling"], "immersion");
+    let (code, out, _) = drome(&["fleet", "show", "fleets/valence.toml"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("H200") && out.contains("immersion"), "{out}");
+    let v = json(&["trace", "stats", &fixture("jobs.csv"), "--output", "json"]);
+    assert_eq!(v["jobs"], 7);
+    assert_eq!(v["tenants"], 3);
+    assert_eq!(v["max_gpus_per_job"], 64);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_not_a_panic() {
+    let (code, _, err) = drome(&["sim", "--load", "0.8", "--trace", &fixture("bad_jobs.csv"), "-q"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bad_jobs.csv:3") && err.contains("duration"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let (code, _, err) = drome(&["sim", "--fleet", "no/such/fleet.toml", "--trace", &fixture("jobs.csv"), "-q"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no/such/fleet.toml"), "{err}");
+    let (code, _, err) = drome(&["sim", "--fleet", &fixture("jobs.csv"), "--trace", &fixture("jobs.csv"), "-q"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a fleet"), "{err}");
+    let (code, _, err) = drome(&["sim", "--load", "0.8", "--trace", &fixture("jobs.csv"), "--policy", "nope", "-q"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown policy 'nope'") && err.contains("fifo"), "{err}");
+    let (code, _, err) = drome(&["sim", "--load", "0", "--trace", &fixture("jobs.csv"), "-q"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--load"), "{err}");
+}
