@@ -214,16 +214,21 @@ pub fn run(args: OpenbArgs) -> anyhow::Result<()> {
     if !(args.tune > 0.0 && args.tune <= 10.0) {
         bail!("--tune must be in (0, 10], got {}", args.tune);
     }
-    let pod_paths =
-        if args.pods.is_empty() { vec![Path::new(DEFAULT_DIR).join("openb_pod_list_default.csv")] } else { args.pods.clone() };
+    let pod_paths = if args.pods.is_empty() {
+        vec![Path::new(DEFAULT_DIR).join("openb_pod_list_default.csv")]
+    } else {
+        args.pods.clone()
+    };
     let fleet = Arc::new(
-        ::trace::load_node_list(&args.nodes).with_context(|| format!("cannot load node list {}", args.nodes.display()))?,
+        ::trace::load_node_list(&args.nodes)
+            .with_context(|| format!("cannot load node list {}", args.nodes.display()))?,
     );
     let capacity = fleet.total_gpus() * u64::from(model::GPU_MILLI_PER_GPU);
     if capacity == 0 {
         bail!("{} has no GPUs", args.nodes.display());
     }
-    let workloads: Vec<Workload_> = pod_paths.iter().map(|p| load_workload(p, &fleet)).collect::<anyhow::Result<_>>()?;
+    let workloads: Vec<Workload_> =
+        pod_paths.iter().map(|p| load_workload(p, &fleet)).collect::<anyhow::Result<_>>()?;
     let expected_path = args.expected.clone().or_else(|| {
         let p = pod_paths[0].parent()?.join("fgd_expected_results").join("analysis_allo_discrete.csv");
         p.exists().then_some(p)
@@ -496,14 +501,21 @@ fn print_tables(
             let cell = summary.iter().find(|s| s.workload == w.name && &s.policy == p).map(|s| {
                 match s.paper_allocation_pct_mean {
                     Some(paper) => {
-                        format!("{} ({}, {:+.2})", fmt_num(s.allocation_pct_mean, 2), fmt_num(paper, 2), s.allocation_pct_mean - paper)
+                        format!(
+                            "{} ({}, {:+.2})",
+                            fmt_num(s.allocation_pct_mean, 2),
+                            fmt_num(paper, 2),
+                            s.allocation_pct_mean - paper
+                        )
                     }
                     None => fmt_num(s.allocation_pct_mean, 2),
                 }
             });
             row.push(cell.unwrap_or_default());
         }
-        row.push(bounds.iter().find(|b| b.workload == w.name).map(|b| fmt_num(b.bound_pct_mean, 2)).unwrap_or_default());
+        row.push(
+            bounds.iter().find(|b| b.workload == w.name).map(|b| fmt_num(b.bound_pct_mean, 2)).unwrap_or_default(),
+        );
         t.row(row);
     }
     println!("{}", t.render());

@@ -13,6 +13,11 @@
 use super::typical::TypicalPod;
 use model::{Fleet, GPU_MILLI_PER_GPU, GpuModelId};
 
+/// (share of each GPU, GPUs per member).
+type GroupKey = (u16, u8);
+/// (CPU ask, probability).
+type CpuProb = (u64, f64);
+
 #[derive(Clone, Debug)]
 struct Group {
     gpu_milli: u16,
@@ -42,7 +47,7 @@ impl FragMeter {
         let mut groups = Vec::with_capacity(fleet.gpu_models.len());
         for m in 0..fleet.gpu_models.len() {
             let model = GpuModelId(m as u16);
-            let mut by: Vec<((u16, u8), Vec<(u64, f64)>)> = Vec::new();
+            let mut by: Vec<(GroupKey, Vec<CpuProb>)> = Vec::new();
             for t in typical.iter().filter(|t| !t.key.is_cpu_only() && t.demand.models.allows(model)) {
                 let k = (t.key.gpu_milli.min(GPU_MILLI_PER_GPU) as u16, t.key.gpus.min(255) as u8);
                 match by.iter_mut().find(|(g, _)| *g == k) {

@@ -4,7 +4,7 @@
 //! Alibaba openb trace — [`RandomFit`], [`DotProd`], [`GpuClustering`], [`GpuPacking`],
 //! [`PaperBestFit`], [`Fgd`] — and drome's own default, [`DromeFit`]. Each scores every node that
 //! can take the request and picks the best; ties go to a node drawn uniformly at random from a
-//! seeded generator (as the Kubernetes scheduler does), so runs are reproducible.
+//! seeded random priority over the nodes (as in the paper's simulator), so runs are reproducible.
 //!
 //! All of them are [`Placer`]s and read only what a live scheduler knows: the cluster's free
 //! state and, for FGD and drome, the distribution of requests seen so far ([`TypicalPods`]).
@@ -96,43 +96,56 @@ pub(crate) fn tightest_gpu(free: &[u16], milli: u32) -> Option<u8> {
         .map(|(i, _)| i as u8)
 }
 
-/// Keeps the best-scoring candidate, breaking ties uniformly at random (reservoir sampling, as
-/// the Kubernetes scheduler's host selection does).
-pub(crate) struct Best<S> {
-    best: Option<(S, NodeId, GpuChoice)>,
-    ties: u32,
+/// A fixed random priority over the nodes, drawn once from the placer's seed: ties in score go
+/// to the node that comes first in it. The paper's simulator breaks ties the same way (its node
+/// names carry a random prefix and the first best name wins), which packs ties onto the same nodes
+/// instead of scattering them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TieOrder {
+    rank: Vec<u32>,
 }
 
-impl<S: PartialOrd + Copy> Best<S> {
-    pub(crate) fn new() -> Self {
-        Best { best: None, ties: 0 }
+impl TieOrder {
+    pub(crate) fn ensure(&mut self, nodes: usize, rng: &mut ChaCha8Rng) {
+        if self.rank.len() != nodes {
+            let mut perm: Vec<u32> = (0..nodes as u32).collect();
+            for i in (1..perm.len()).rev() {
+                let j = rng.random_range(0..=i);
+                perm.swap(i, j);
+            }
+            self.rank = perm;
+        }
     }
 
-    pub(crate) fn offer(&mut self, score: S, node: NodeId, choice: GpuChoice, rng: &mut ChaCha8Rng) {
-        match &mut self.best {
-            None => {
-                self.best = Some((score, node, choice));
-                self.ties = 1;
-            }
-            Some((s, n, c)) => {
-                if score > *s {
-                    *s = score;
-                    *n = node;
-                    *c = choice;
-                    self.ties = 1;
-                } else if score == *s {
-                    self.ties += 1;
-                    if rng.random_range(0..self.ties) == 0 {
-                        *n = node;
-                        *c = choice;
-                    }
-                }
-            }
+    pub(crate) fn rank(&self, node: NodeId) -> u32 {
+        self.rank.get(node.index()).copied().unwrap_or(u32::MAX)
+    }
+}
+
+/// Keeps the best-scoring candidate; ties go to the node of lowest [`TieOrder`] rank.
+pub(crate) struct Best<'a, S> {
+    best: Option<(S, u32, NodeId, GpuChoice)>,
+    order: &'a TieOrder,
+}
+
+impl<'a, S: PartialOrd + Copy> Best<'a, S> {
+    pub(crate) fn new(order: &'a TieOrder) -> Self {
+        Best { best: None, order }
+    }
+
+    pub(crate) fn offer(&mut self, score: S, node: NodeId, choice: GpuChoice) {
+        let rank = self.order.rank(node);
+        let better = match &self.best {
+            None => true,
+            Some((s, r, _, _)) => score > *s || (score == *s && rank < *r),
+        };
+        if better {
+            self.best = Some((score, rank, node, choice));
         }
     }
 
     pub(crate) fn get(&self) -> Option<(S, NodeId, GpuChoice)> {
-        self.best
+        self.best.map(|(s, _, n, c)| (s, n, c))
     }
 }
 
@@ -160,7 +173,5 @@ pub(crate) fn feasible<'a>(
     demand: &'a Demand,
     taken: &'a [NodeId],
 ) -> impl Iterator<Item = NodeId> + 'a {
-    (0..cluster.node_count() as u32)
-        .map(NodeId)
-        .filter(move |n| !taken.contains(n) && cluster.member_fits(*n, demand))
+    (0..cluster.node_count() as u32).map(NodeId).filter(move |n| !taken.contains(n) && cluster.member_fits(*n, demand))
 }

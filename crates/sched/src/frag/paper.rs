@@ -8,7 +8,7 @@
 
 use super::measure::FragMeter;
 use super::typical::{DEFAULT_POPULARITY, TypicalPods};
-use super::{Best, GpuChoice, feasible, place_members, tightest_gpu};
+use super::{Best, GpuChoice, TieOrder, feasible, place_members, tightest_gpu};
 use crate::cluster::{ClusterState, Placement};
 use crate::demand::Demand;
 use crate::placer::Placer;
@@ -50,13 +50,16 @@ fn place_by_score(
     cluster: &ClusterState,
     demand: &Demand,
     rng: &mut ChaCha8Rng,
+    ties: &mut TieOrder,
     mut score: impl FnMut(&ClusterState, NodeId, &Demand) -> i64,
 ) -> Option<Placement> {
+    ties.ensure(cluster.node_count(), rng);
+    let ties = &*ties;
     place_members(cluster, demand, |cluster, demand, taken| {
-        let mut best = Best::new();
+        let mut best = Best::new(ties);
         for node in feasible(cluster, demand, taken) {
             let s = score(cluster, node, demand);
-            best.offer(s, node, best_fit_choice(cluster, node, demand), rng);
+            best.offer(s, node, best_fit_choice(cluster, node, demand));
         }
         best.get().map(|(_, n, c)| (n, c))
     })
@@ -82,11 +85,11 @@ impl Placer for RandomFit {
     fn place(&mut self, cluster: &ClusterState, demand: &Demand) -> Option<Placement> {
         let rng = &mut self.rng;
         place_members(cluster, demand, |cluster, demand, taken| {
-            let mut best = Best::new();
-            for node in feasible(cluster, demand, taken) {
-                best.offer(0i64, node, GpuChoice::FirstFree, rng);
+            let nodes: Vec<NodeId> = feasible(cluster, demand, taken).collect();
+            if nodes.is_empty() {
+                return None;
             }
-            let (_, node, _) = best.get()?;
+            let node = nodes[rng.random_range(0..nodes.len())];
             let choice = match demand.gpu {
                 GpuRequest::None => GpuChoice::None,
                 GpuRequest::Gang { .. } => GpuChoice::FirstFree,
@@ -114,11 +117,12 @@ impl Placer for RandomFit {
 #[derive(Clone, Debug)]
 pub struct DotProd {
     rng: ChaCha8Rng,
+    ties: TieOrder,
 }
 
 impl DotProd {
     pub fn new(seed: u64) -> Self {
-        DotProd { rng: ChaCha8Rng::seed_from_u64(seed) }
+        DotProd { rng: ChaCha8Rng::seed_from_u64(seed), ties: TieOrder::default() }
     }
 
     pub fn score(cluster: &ClusterState, node: NodeId, demand: &Demand) -> i64 {
@@ -136,7 +140,7 @@ impl Placer for DotProd {
     }
 
     fn place(&mut self, cluster: &ClusterState, demand: &Demand) -> Option<Placement> {
-        place_by_score(cluster, demand, &mut self.rng, Self::score)
+        place_by_score(cluster, demand, &mut self.rng, &mut self.ties, Self::score)
     }
 }
 
@@ -155,11 +159,12 @@ fn affinity(demand_gpu: &GpuRequest) -> Option<u32> {
 #[derive(Clone, Debug)]
 pub struct GpuClustering {
     rng: ChaCha8Rng,
+    ties: TieOrder,
 }
 
 impl GpuClustering {
     pub fn new(seed: u64) -> Self {
-        GpuClustering { rng: ChaCha8Rng::seed_from_u64(seed) }
+        GpuClustering { rng: ChaCha8Rng::seed_from_u64(seed), ties: TieOrder::default() }
     }
 
     /// Kinds of GPU requests running on each node (bit 0: shares, bit k: k whole GPUs).
@@ -186,7 +191,7 @@ impl Placer for GpuClustering {
 
     fn place(&mut self, cluster: &ClusterState, demand: &Demand) -> Option<Placement> {
         let kinds = if affinity(&demand.gpu).is_some() { Self::kinds(cluster) } else { FxHashMap::default() };
-        place_by_score(cluster, demand, &mut self.rng, |cluster, node, demand| {
+        place_by_score(cluster, demand, &mut self.rng, &mut self.ties, |cluster, node, demand| {
             let Some(kind) = affinity(&demand.gpu) else { return 0 };
             let left = i64::from(gpu_total(cluster.gpu_free_milli(node)));
             let packed = 25 * (MAX_SPEC_GPU_MILLI as i64 - left) / MAX_SPEC_GPU_MILLI as i64;
@@ -208,11 +213,12 @@ impl Placer for GpuClustering {
 #[derive(Clone, Debug)]
 pub struct GpuPacking {
     rng: ChaCha8Rng,
+    ties: TieOrder,
 }
 
 impl GpuPacking {
     pub fn new(seed: u64) -> Self {
-        GpuPacking { rng: ChaCha8Rng::seed_from_u64(seed) }
+        GpuPacking { rng: ChaCha8Rng::seed_from_u64(seed), ties: TieOrder::default() }
     }
 
     pub fn score(cluster: &ClusterState, node: NodeId, demand: &Demand) -> i64 {
@@ -259,7 +265,7 @@ impl Placer for GpuPacking {
     }
 
     fn place(&mut self, cluster: &ClusterState, demand: &Demand) -> Option<Placement> {
-        place_by_score(cluster, demand, &mut self.rng, Self::score)
+        place_by_score(cluster, demand, &mut self.rng, &mut self.ties, Self::score)
     }
 }
 
@@ -268,11 +274,12 @@ impl Placer for GpuPacking {
 #[derive(Clone, Debug)]
 pub struct PaperBestFit {
     rng: ChaCha8Rng,
+    ties: TieOrder,
 }
 
 impl PaperBestFit {
     pub fn new(seed: u64) -> Self {
-        PaperBestFit { rng: ChaCha8Rng::seed_from_u64(seed) }
+        PaperBestFit { rng: ChaCha8Rng::seed_from_u64(seed), ties: TieOrder::default() }
     }
 
     pub fn score(cluster: &ClusterState, node: NodeId, demand: &Demand) -> i64 {
@@ -289,7 +296,7 @@ impl Placer for PaperBestFit {
     }
 
     fn place(&mut self, cluster: &ClusterState, demand: &Demand) -> Option<Placement> {
-        place_by_score(cluster, demand, &mut self.rng, Self::score)
+        place_by_score(cluster, demand, &mut self.rng, &mut self.ties, Self::score)
     }
 }
 
@@ -394,6 +401,7 @@ pub struct Fgd {
     typical: TypicalPods,
     cache: FragCache,
     rng: ChaCha8Rng,
+    ties: TieOrder,
     /// Learn the distribution from every request placed (off when it is given up front).
     pub learn: bool,
 }
@@ -401,7 +409,13 @@ pub struct Fgd {
 impl Fgd {
     pub fn new(typical: TypicalPods, seed: u64) -> Self {
         let learn = typical.is_empty();
-        Fgd { typical, cache: FragCache::default(), rng: ChaCha8Rng::seed_from_u64(seed), learn }
+        Fgd {
+            typical,
+            cache: FragCache::default(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            ties: TieOrder::default(),
+            learn,
+        }
     }
 
     /// Counts a request into the typical distribution.
@@ -424,11 +438,12 @@ impl Placer for Fgd {
             self.typical.observe(demand);
         }
         self.cache.sync(&self.typical, cluster);
+        self.ties.ensure(cluster.node_count(), &mut self.rng);
         let cache = &mut self.cache;
-        let rng = &mut self.rng;
+        let ties = &self.ties;
         let mut cands = Vec::with_capacity(8);
         place_members(cluster, demand, |cluster, demand, taken| {
-            let mut best = Best::new();
+            let mut best = Best::new(ties);
             for node in feasible(cluster, demand, taken) {
                 let free = cluster.gpu_free_milli(node);
                 let before = cache.frag(cluster.node_model(node), cluster.free_cpu_milli(node), free);
@@ -441,7 +456,7 @@ impl Placer for Fgd {
                     }
                 }
                 if let Some((s, c)) = node_best {
-                    best.offer(s, node, c, rng);
+                    best.offer(s, node, c);
                 }
             }
             best.get().map(|(_, n, c)| (n, c))

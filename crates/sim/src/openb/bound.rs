@@ -15,6 +15,9 @@ use model::{Fleet, GPU_MILLI_PER_GPU, GpuModelId, GpuRequest};
 use sched::Demand;
 use std::collections::BTreeMap;
 
+/// (cpu, memory, GPU share per GPU, GPUs per member, members, accepted model bits).
+type ShapeKey = (u64, u64, u32, u32, u32, u64);
+
 /// Why the bound could not be computed.
 #[derive(Debug, thiserror::Error)]
 pub enum BoundError {
@@ -41,7 +44,7 @@ pub fn allocation_bound(fleet: &Fleet, pods: &[Demand]) -> Result<f64, BoundErro
         }
     }
     // Pod shapes with GPUs: (cpu, memory, gpu per member milli, gpus per member, members, models).
-    let mut shapes: BTreeMap<(u64, u64, u32, u32, u32, u64), (u64, usize)> = BTreeMap::new();
+    let mut shapes: BTreeMap<ShapeKey, (u64, usize)> = BTreeMap::new();
     for (i, d) in pods.iter().enumerate() {
         let (milli, gpus) = match d.gpu {
             GpuRequest::None => continue,
