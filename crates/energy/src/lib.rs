@@ -1,0 +1,49 @@
+//! drome's data-centre twin: what a fleet draws from the grid, what its cooling costs, and what its
+//! waste heat is worth.
+//!
+//! - [`gpu_power`]: a GPU's draw from idle to its board limit, and its throughput under a power
+//!   cap;
+//! - [`it_power`]: nodes (GPUs, CPUs, memory, NICs, power supplies, fans) and sites, precomputed per
+//!   fleet;
+//! - [`facility`]: distribution losses, fans, pumps, dry coolers and chillers per cooling type, as a
+//!   function of IT load and outdoor temperature: PUE is an output;
+//! - [`heat`]: recoverable heat and its temperature, the heat pump, the heat network's demand;
+//! - [`climate`] and [`grid`]: hourly temperature, price and carbon years (shipped for Valence and
+//!   France, or read from a user's CSV text);
+//! - [`account`]: the hour-by-hour accounting of a utilisation time series, and the cheap
+//!   site-power queries a power-capped scheduler needs.
+//!
+//! The crate is pure and deterministic: no I/O (the shipped data files are compiled in), no clock,
+//! no global state.
+
+pub mod account;
+pub mod climate;
+pub mod facility;
+pub mod gpu_power;
+pub mod grid;
+pub mod heat;
+mod hourly_csv;
+pub mod it_power;
+mod rng;
+
+pub use account::{
+    EnergyModel, EnergyReport, HeatOptions, HourPoint, SiteEnergy, SitePower, Totals, account, site_power_watts,
+    worst_case_site_power_watts,
+};
+pub use climate::{HOURS_PER_YEAR, MonthlyNormals, TemperatureYear, VALENCE_NORMALS};
+pub use facility::{CoolingDesign, FacilityPower};
+pub use gpu_power::{GpuPowerProfile, throughput_at_cap};
+pub use grid::GridYear;
+pub use heat::{HeatNetwork, RecoverableHeat, heat_pump_cop};
+pub use it_power::FleetPower;
+
+/// Why energy inputs were refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EnergyError {
+    /// A CSV file's row or header is malformed; `line` and `column` are 1-based.
+    #[error("line {line}, column {column}: {message}")]
+    Csv { line: usize, column: usize, message: String },
+    /// Values that parse but make no sense.
+    #[error("{0}")]
+    Invalid(String),
+}
