@@ -36,6 +36,12 @@ pub struct SimBenchArgs {
     /// Skip the scan baseline (it is slow on large fleets).
     #[arg(long)]
     pub no_baseline: bool,
+    /// Nodes of the synthetic fleet on which single placements are timed.
+    #[arg(long, default_value_t = 150_000)]
+    pub scale_nodes: u32,
+    /// Placements timed on the synthetic fleet (the scan baseline times a tenth of them).
+    #[arg(long, default_value_t = 20_000)]
+    pub scale_placements: u32,
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -58,9 +64,23 @@ struct BenchRow {
 }
 
 #[derive(Serialize)]
+struct ScaleRow {
+    nodes: u32,
+    gpus: u64,
+    /// Share of GPU capacity held when timing starts.
+    allocated_fraction: f64,
+    placements: u32,
+    us_per_placement: f64,
+    baseline_placements: u32,
+    baseline_us_per_placement: Option<f64>,
+    speedup: Option<f64>,
+}
+
+#[derive(Serialize)]
 struct BenchReport {
     machine: String,
     rows: Vec<BenchRow>,
+    scale: ScaleRow,
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -136,7 +156,8 @@ fn sim_bench(args: SimBenchArgs) -> anyhow::Result<()> {
     let import_ms = t.elapsed().as_secs_f64() * 1000.0;
     rows.push(case("openb default", fleet, &pods.workloads, import_ms, !args.no_baseline)?);
 
-    let report = BenchReport { machine: machine(), rows };
+    let scale = scale_bench(args.scale_nodes, args.scale_placements, !args.no_baseline)?;
+    let report = BenchReport { machine: machine(), rows, scale };
     if args.output == Output::Json {
         return print_json(&report);
     }
@@ -166,6 +187,18 @@ fn sim_bench(args: SimBenchArgs) -> anyhow::Result<()> {
         ]);
     }
     println!("{}", t.render());
+    let s = &report.scale;
+    println!(
+        "one placement on {} nodes ({} GPUs, {:.0}% allocated): {:.2} us indexed first fit{}",
+        fmt_thousands(s.nodes),
+        fmt_thousands(s.gpus),
+        100.0 * s.allocated_fraction,
+        s.us_per_placement,
+        match (s.baseline_us_per_placement, s.speedup) {
+            (Some(b), Some(x)) => format!(", {b:.1} us scanning every node: {x:.0}x faster"),
+            _ => String::new(),
+        }
+    );
     println!("machine: {}", report.machine);
     Ok(())
 }
@@ -183,4 +216,128 @@ fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     format!("{cpu}, {cores} cores")
+}
+
+/// Times single placements (place one job, release one) on a synthetic fleet of `nodes` 8-GPU
+/// nodes filled to about 85% with a seeded mix of 1-8 GPU jobs and multi-node gangs: the cost
+/// the live scheduler pays per decision at hyperscale.
+fn scale_bench(nodes: u32, placements: u32, baseline: bool) -> anyhow::Result<ScaleRow> {
+    use model::{GpuRequest, SimTime, Workload};
+    use rand::{Rng, SeedableRng};
+    use sched::{ClusterState, Demand};
+
+    let shape = LoadFleetShape::default();
+    let gpus = u64::from(nodes) * 8;
+    let fleet = Arc::new(synthetic_fleet(nodes, &shape));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
+    let mut next_id = 0u32;
+    let mut job = |rng: &mut rand_chacha::ChaCha8Rng| {
+        let gpu = match rng.random_range(0..100) {
+            0..40 => GpuRequest::whole_gpus(1, 8),
+            40..60 => GpuRequest::whole_gpus(2, 8),
+            60..75 => GpuRequest::whole_gpus(4, 8),
+            75..95 => GpuRequest::whole_gpus(8, 8),
+            _ => GpuRequest::whole_gpus(8 * rng.random_range(2..8), 8),
+        };
+        let w = Workload::gpu_job(next_id, SimTime::ZERO, gpu, None);
+        next_id += 1;
+        w
+    };
+    let mut cluster = ClusterState::new(fleet.clone());
+    let mut running: Vec<model::WorkloadId> = Vec::new();
+    let target = cluster.total_gpu_milli() * 85 / 100;
+    let mut placer = FirstFit;
+    while cluster.allocated_gpu_milli() < target {
+        let w = job(&mut rng);
+        let d = Demand::of(&w, &fleet);
+        // Fill randomly rather than front to back, so the fleet is fragmented as a busy one is.
+        let from = rng.random_range(0..nodes as usize);
+        let node = cluster.first_fit_from(&d, from, |_| true).or_else(|| cluster.first_fit_from(&d, 0, |_| true));
+        let placement = match (node, d.members()) {
+            (Some(n), 1) => {
+                cluster.member_on(n, &d, sched::GpuPick::First).map(|m| sched::Placement { members: vec![m] })
+            }
+            _ => placer.place(&cluster, &d),
+        };
+        match placement {
+            Some(p) => {
+                cluster.allocate(w.id, &d, p)?;
+                running.push(w.id);
+            }
+            None => break,
+        }
+    }
+    let allocated_fraction = cluster.allocated_gpu_milli() as f64 / cluster.total_gpu_milli() as f64;
+
+    let mut time = |placer: &mut dyn Placer,
+                    count: u32,
+                    cluster: &mut ClusterState,
+                    running: &mut Vec<model::WorkloadId>,
+                    rng: &mut rand_chacha::ChaCha8Rng|
+     -> anyhow::Result<f64> {
+        let jobs: Vec<Workload> = (0..count).map(|_| job(rng)).collect();
+        let t = Instant::now();
+        for w in &jobs {
+            let d = Demand::of(w, &fleet);
+            if let Some(p) = placer.place(cluster, &d) {
+                cluster.allocate(w.id, &d, p)?;
+                running.push(w.id);
+            }
+            if !running.is_empty() {
+                let victim = running.swap_remove(rng.random_range(0..running.len()));
+                cluster.release(victim)?;
+            }
+        }
+        Ok(t.elapsed().as_secs_f64() * 1e6 / f64::from(count.max(1)))
+    };
+    let baseline_placements = (placements / 10).max(1);
+    let baseline_us = if baseline {
+        let mut c = cluster.clone();
+        let mut r = running.clone();
+        let mut rng2 = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        Some(time(&mut ScanFirstFit, baseline_placements, &mut c, &mut r, &mut rng2)?)
+    } else {
+        None
+    };
+    let mut rng2 = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let us = time(&mut FirstFit, placements, &mut cluster, &mut running, &mut rng2)?;
+    Ok(ScaleRow {
+        nodes,
+        gpus,
+        allocated_fraction,
+        placements,
+        us_per_placement: us,
+        baseline_placements,
+        baseline_us_per_placement: baseline_us,
+        speedup: baseline_us.map(|b| b / us.max(1e-9)),
+    })
+}
+
+fn synthetic_fleet(nodes: u32, shape: &LoadFleetShape) -> model::Fleet {
+    let mut b = model::FleetBuilder::new(format!("synthetic-{nodes}"));
+    let site = b.add_site("site-1", model::Cooling::Immersion, None);
+    let mut hall = b.add_hall(site, "hall-1", None);
+    let mut rack = None;
+    for n in 0..nodes {
+        if n > 0 && n % 8192 == 0 {
+            hall = b.add_hall(site, format!("hall-{}", n / 8192 + 1), None);
+        }
+        if n % shape.nodes_per_rack.max(1) == 0 {
+            rack = Some(b.add_rack(hall, format!("r{}", n / shape.nodes_per_rack.max(1) + 1), None));
+        }
+        let Some(rack) = rack else { continue };
+        b.add_node(
+            rack,
+            model::NodeSpec {
+                name: format!("n{n}"),
+                cpu_milli: shape.cpu_milli,
+                memory_mib: shape.memory_mib,
+                gpu_count: shape.gpus_per_node,
+                gpu_model: Some(shape.gpu_model.clone()),
+                nvlink_domain: None,
+                leaf_switch: None,
+            },
+        );
+    }
+    b.build()
 }
