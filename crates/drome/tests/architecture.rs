@@ -25,7 +25,8 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
 }
 
 /// External crates the pure core must never use.
-const IMPURE: &[&str] = &["tokio", "sqlx", "axum", "hyper", "reqwest", "tower", "tower-http", "rusqlite", "tokio-postgres"];
+const IMPURE: &[&str] =
+    &["tokio", "sqlx", "axum", "hyper", "reqwest", "tower", "tower-http", "rusqlite", "tokio-postgres"];
 const PURE: &[&str] = &["model", "sched", "sim", "energy"];
 
 fn deps(manifest: &Path) -> Vec<String> {
@@ -76,8 +77,14 @@ fn the_core_reads_no_clock_and_no_unseeded_randomness() {
                     stack.push(path);
                 } else if path.extension().is_some_and(|e| e == "rs") {
                     let text = std::fs::read_to_string(&path).unwrap();
-                    for banned in ["SystemTime::now", "Instant::now", "thread_rng", "rand::rng()", "std::fs::", "std::net::"] {
-                        assert!(!text.contains(banned), "{} uses {banned}: pass time, seeds and data in", path.display());
+                    for banned in
+                        ["SystemTime::now", "Instant::now", "thread_rng", "rand::rng()", "std::fs::", "std::net::"]
+                    {
+                        assert!(
+                            !text.contains(banned),
+                            "{} uses {banned}: pass time, seeds and data in",
+                            path.display()
+                        );
                     }
                 }
             }

@@ -14,7 +14,11 @@ fn fixture(name: &str) -> String {
 
 fn drome(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_drome")).args(args).current_dir(root()).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 fn json(args: &[&str]) -> Value {
@@ -26,8 +30,22 @@ fn json(args: &[&str]) -> Value {
 #[test]
 fn sim_on_a_fleet_file_reports_the_documented_fields() {
     let trace = fixture("jobs.csv");
-    let v = json(&["sim", "--fleet", "fleets/small.toml", "--trace", &trace, "--policy", "fifo", "--output", "json", "-q"]);
-    for key in ["jobs", "completed", "never_fit", "mean_jct_s", "p50_jct_s", "p99_jct_s", "mean_wait_s", "makespan_s", "gpu_utilization", "fleet_gpus", "policy", "seed"] {
+    let v =
+        json(&["sim", "--fleet", "fleets/small.toml", "--trace", &trace, "--policy", "fifo", "--output", "json", "-q"]);
+    for key in [
+        "jobs",
+        "completed",
+        "never_fit",
+        "mean_jct_s",
+        "p50_jct_s",
+        "p99_jct_s",
+        "mean_wait_s",
+        "makespan_s",
+        "gpu_utilization",
+        "fleet_gpus",
+        "policy",
+        "seed",
+    ] {
         assert!(v.get(key).is_some(), "missing {key} in {v}");
     }
     assert_eq!(v["jobs"], 7);
@@ -45,7 +63,17 @@ fn sim_with_load_sizes_the_fleet_and_writes_csv_and_plot() {
     let png = dir.join("plot.png");
     let trace = fixture("jobs.csv");
     let v = json(&[
-        "sim", "--load", "0.5", "--trace", &trace, "--output", "json", "-q", "--csv", csv.to_str().unwrap(), "--plot",
+        "sim",
+        "--load",
+        "0.5",
+        "--trace",
+        &trace,
+        "--output",
+        "json",
+        "-q",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--plot",
         png.to_str().unwrap(),
     ]);
     // The generated fleet is of H200 nodes and fits the 64-GPU job; only the A100-only job never fits.
@@ -63,7 +91,20 @@ fn sim_with_load_sizes_the_fleet_and_writes_csv_and_plot() {
 #[test]
 fn same_seed_same_json() {
     let trace = fixture("jobs.csv");
-    let args = ["sim", "--load", "0.9", "--trace", &trace, "--policy", "fifo-bestfit", "--seed", "7", "--output", "json", "-q"];
+    let args = [
+        "sim",
+        "--load",
+        "0.9",
+        "--trace",
+        &trace,
+        "--policy",
+        "fifo-bestfit",
+        "--seed",
+        "7",
+        "--output",
+        "json",
+        "-q",
+    ];
     assert_eq!(json(&args), json(&args));
 }
 
