@@ -9,16 +9,22 @@
 //! This crate knows nothing about HTTP, SQL, tokio or the clock: time is passed in as
 //! [`model::SimTime`], randomness as a seed.
 
+pub mod backfill;
 pub mod cluster;
 pub mod demand;
 pub mod frag;
 pub mod placer;
 pub mod policy;
+pub mod prio;
 pub mod queue;
+pub mod rankers;
+pub mod topo;
 mod tree;
 
 pub use cluster::{ClusterState, GpuPick, GpuShare, MemberPlacement, Placement, SchedError};
 pub use demand::{Demand, ModelSet};
 pub use placer::{BestFit, FirstFit, Placer, ScanFirstFit};
 pub use policy::{Decision, Fifo, Policy, PolicyError, policy_by_name, policy_names};
+pub use prio::{PreemptConfig, PriorityPolicy, Ranker, RunningJob};
 pub use queue::{Queue, QueuedJob};
+pub use topo::{TopoPlacer, switches_spanned};

@@ -1,10 +1,12 @@
 //! Queueing policies: given the pending queue and the cluster, decide what starts now. The same
 //! trait object runs inside the simulator and the live server.
 
+use crate::backfill::{Multifactor, MultifactorConfig};
 use crate::cluster::{ClusterState, Placement};
 use crate::placer::{BestFit, FirstFit, Placer};
+use crate::prio::PreemptConfig;
 use crate::queue::Queue;
-use model::{SimTime, Workload, WorkloadId};
+use model::{SimDuration, SimTime, Workload, WorkloadId};
 
 /// What a policy decided in one round. The policy has already applied it to the
 /// [`ClusterState`] it was given; the caller records it (job states, events, the store).
@@ -12,6 +14,10 @@ use model::{SimTime, Workload, WorkloadId};
 pub enum Decision {
     /// Start `job` on `placement`.
     Start { job: WorkloadId, placement: Placement },
+    /// Stop the running `job` and put it back in the queue. The policy has already released its
+    /// whole allocation (every gang member); the caller requeues it with the work it keeps (up to
+    /// its last checkpoint) and charges it a restart delay when it next starts.
+    Preempt { job: WorkloadId },
 }
 
 /// Why a policy name was refused.
@@ -38,6 +44,12 @@ pub trait Policy: Send {
 
     /// A job the policy started has finished at `now` (after the caller released it).
     fn on_finished(&mut self, _workload: &Workload, _started: SimTime, _now: SimTime) {}
+
+    /// The least a job runs after a start before this policy may preempt it; callers check every
+    /// [`Decision::Preempt`] against it. Non-preemptive policies keep the default.
+    fn min_runtime(&self) -> SimDuration {
+        SimDuration::ZERO
+    }
 }
 
 /// Strict first-in first-out: the head starts when it fits; nothing overtakes it.
@@ -76,6 +88,11 @@ pub fn policy_names() -> &'static [(&'static str, &'static str)] {
     &[
         ("fifo", "strict arrival order, first-fit placement (lowest-numbered nodes and GPUs)"),
         ("fifo-bestfit", "strict arrival order, best-fit placement (tightest node, tightest GPU)"),
+        ("backfill", "Slurm-style priority (age) with EASY backfill on estimated walltimes"),
+        ("fairshare", "Slurm-like multifactor fair share between tenants (7-day usage half-life), EASY backfill"),
+        ("tiresias", "Tiresias: discretized 2D least-attained-service, preemptive, never reads durations"),
+        ("srpt", "clairvoyant shortest remaining GPU-time first, preemptive: a lower-bound reference"),
+        ("drome", "drome's default: learned Gittins index per GPU, preemptive, never reads durations"),
     ]
 }
 
@@ -84,6 +101,11 @@ pub fn policy_by_name(name: &str, _seed: u64) -> Result<Box<dyn Policy>, PolicyE
     match name.trim().to_ascii_lowercase().as_str() {
         "fifo" | "fifo-firstfit" => Ok(Box::new(Fifo::new("fifo", Box::new(FirstFit)))),
         "fifo-bestfit" => Ok(Box::new(Fifo::new("fifo-bestfit", Box::new(BestFit)))),
+        "backfill" => Ok(Box::new(Multifactor::new("backfill", MultifactorConfig::backfill()))),
+        "fairshare" => Ok(Box::new(Multifactor::new("fairshare", MultifactorConfig::fairshare()))),
+        "tiresias" => Ok(Box::new(crate::rankers::tiresias(PreemptConfig::default()))),
+        "srpt" => Ok(Box::new(crate::rankers::srpt(PreemptConfig::default()))),
+        "drome" => Ok(Box::new(crate::rankers::drome(PreemptConfig::default()))),
         _ => Err(PolicyError {
             name: name.to_string(),
             known: policy_names().iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),

@@ -1,0 +1,81 @@
+//! Topology-aware placement. A job of up to one node's GPUs stays on one node (one NVLink domain),
+//! placed best fit so whole nodes stay free; a larger gang takes whole, otherwise idle nodes under
+//! as few leaf switches as possible, so its all-reduce crosses the spine as little as it can.
+
+use crate::cluster::{ClusterState, Placement};
+use crate::demand::Demand;
+use crate::placer::{BestFit, Placer};
+use model::{Fleet, GpuModelId, GpuRequest, NodeId};
+use std::collections::BTreeMap;
+
+/// Best fit for single-node requests; whole nodes under the fewest leaf switches for gangs of
+/// several nodes. Among leaves that can hold the whole gang, the one with the fewest idle nodes
+/// (best fit at the switch level); when no single leaf can, the leaves with the most idle nodes
+/// first. Ties go to the lowest leaf and node ids, so placement is deterministic.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TopoPlacer;
+
+impl TopoPlacer {
+    /// Idle nodes (every GPU free) where one member of `demand` fits, grouped by leaf switch.
+    fn idle_nodes_by_leaf(cluster: &ClusterState, demand: &Demand, per_node: u32) -> BTreeMap<u32, Vec<NodeId>> {
+        let fleet = cluster.fleet();
+        let mut by_leaf: BTreeMap<u32, Vec<NodeId>> = BTreeMap::new();
+        let Ok(k) = u8::try_from(per_node) else { return by_leaf };
+        for model in (0..fleet.gpu_models.len() as u16).map(GpuModelId).filter(|&m| demand.models.allows(m)) {
+            for (free, node) in cluster.nodes_by_full_gpus(model, k) {
+                let spec = fleet.node(node);
+                if free == spec.gpu_count && cluster.member_fits(node, demand) {
+                    by_leaf.entry(spec.leaf_switch).or_default().push(node);
+                }
+            }
+        }
+        for nodes in by_leaf.values_mut() {
+            nodes.sort_unstable();
+        }
+        by_leaf
+    }
+}
+
+impl Placer for TopoPlacer {
+    fn name(&self) -> &str {
+        "topology"
+    }
+
+    fn place(&mut self, cluster: &ClusterState, demand: &Demand) -> Option<Placement> {
+        let (nodes, per_node) = match demand.gpu {
+            GpuRequest::Gang { nodes, gpus_per_node } if nodes > 1 => (nodes as usize, gpus_per_node),
+            _ => return BestFit.place(cluster, demand),
+        };
+        let by_leaf = Self::idle_nodes_by_leaf(cluster, demand, per_node);
+        if by_leaf.values().map(Vec::len).sum::<usize>() < nodes {
+            return None;
+        }
+        let mut chosen: Vec<NodeId> = Vec::with_capacity(nodes);
+        let single = by_leaf.iter().filter(|(_, v)| v.len() >= nodes).min_by_key(|(leaf, v)| (v.len(), **leaf));
+        match single {
+            Some((_, v)) => chosen.extend(v.iter().take(nodes)),
+            None => {
+                let mut leaves: Vec<(&u32, &Vec<NodeId>)> = by_leaf.iter().collect();
+                leaves.sort_by_key(|(leaf, v)| (std::cmp::Reverse(v.len()), **leaf));
+                for (_, v) in leaves {
+                    let want = nodes - chosen.len();
+                    chosen.extend(v.iter().take(want));
+                    if chosen.len() == nodes {
+                        break;
+                    }
+                }
+            }
+        }
+        let members: Option<Vec<_>> =
+            chosen.iter().map(|&n| cluster.member_on(n, demand, crate::cluster::GpuPick::First)).collect();
+        Some(Placement { members: members? })
+    }
+}
+
+/// Distinct leaf switches the nodes of `placement` sit under.
+pub fn switches_spanned(fleet: &Fleet, placement: &Placement) -> u32 {
+    let mut leaves: Vec<u32> = placement.nodes().map(|n| fleet.node(n).leaf_switch).collect();
+    leaves.sort_unstable();
+    leaves.dedup();
+    leaves.len() as u32
+}
