@@ -12,4 +12,6 @@ pub mod openb;
 
 pub use engine::{Progress, SimConfig, SimError, simulate};
 pub use loadfleet::{LoadFleetShape, fleet_for_load, offered_load};
-pub use metrics::{JobRecord, SimReport, TimePoint, percentile};
+pub use metrics::{
+    EventKind, JobRecord, SLOWDOWN_FLOOR_S, SimEvent, SimReport, TenantRow, TimePoint, percentile, tenant_rows,
+};

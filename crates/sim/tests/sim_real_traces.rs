@@ -19,7 +19,7 @@ fn philly_at_load_085_completes_every_job_and_repeats_exactly() {
             fleet.clone(),
             &trace.workloads,
             policy.as_mut(),
-            &SimConfig { seed: 42, keep_records: false },
+            &SimConfig { seed: 42, ..SimConfig::default() },
             &mut |_| {},
         )
         .unwrap()

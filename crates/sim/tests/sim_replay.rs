@@ -40,7 +40,8 @@ fn job(id: u32, submit_s: u64, gpus: u32, secs: u64) -> Workload {
 
 fn run(fleet: Arc<Fleet>, jobs: &[Workload], policy: &str) -> SimReport {
     let mut p = policy_by_name(policy, 1).unwrap();
-    simulate(fleet, jobs, p.as_mut(), &SimConfig { seed: 1, keep_records: true }, &mut |_| {}).unwrap()
+    simulate(fleet, jobs, p.as_mut(), &SimConfig { seed: 1, keep_records: true, ..SimConfig::default() }, &mut |_| {})
+        .unwrap()
 }
 
 #[test]
