@@ -17,6 +17,7 @@ pub mod placer;
 pub mod policy;
 pub mod prio;
 pub mod queue;
+pub mod quota;
 pub mod rankers;
 pub mod topo;
 mod tree;

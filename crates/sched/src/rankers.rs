@@ -5,7 +5,7 @@ use crate::prio::{Key, PreemptConfig, PriorityPolicy, Ranker, RunningJob, f64_ke
 use crate::queue::QueuedJob;
 use model::{SimDuration, SimTime, WorkloadId};
 use rustc_hash::FxHashMap;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 fn submit_ms(w: &model::Workload) -> u64 {
     w.submit_time.as_millis()
@@ -134,10 +134,12 @@ fn class_of(gpus: f64) -> usize {
 /// never reads durations: only run times of finished jobs, which any cluster observes.
 ///
 /// Fixed parameters: `a` is looked up on a geometric grid (0, then 10 s x 1.25^k up to ~290 days);
-/// a class with fewer than 32 completions uses all classes pooled, and before 32 completions in
-/// all the index is `1 / (a + 600 s)` (least attained service). Tables are rebuilt when the
-/// completions grow by a quarter (at least 64), which re-keys the queue. A waiting job preempts a
-/// running one only if its priority is more than `margin` (2) times higher.
+/// the distribution is learned per (tenant, size class) from that pair's last 1,000 completions,
+/// falling back to the size class over all tenants, then to all classes pooled, when a pair has
+/// fewer than 32; before 32 completions in all the index is `1 / (a + 600 s)` (least attained
+/// service). Tables are rebuilt every 500 completions (and whenever completions grow by a
+/// quarter), which re-keys the queue. A waiting job preempts a running one only if its priority
+/// is more than `margin` (2) times higher, and only after the victim ran the minimum runtime.
 pub struct Drome {
     pub margin: f64,
     /// Learn a distribution per (tenant, size class) as well, used once it has enough samples.
@@ -145,7 +147,11 @@ pub struct Drome {
     grid: Vec<f64>,
     samples: [Vec<f64>; CLASSES],
     tables: [Option<Vec<f64>>; CLASSES],
-    tenant_samples: BTreeMap<(u32, usize), Vec<f64>>,
+    /// Completions kept per (tenant, size class): the most recent ones (0 keeps all).
+    pub window: usize,
+    /// Tables are rebuilt after this many completions (and when completions grow by a quarter).
+    pub refresh_every: usize,
+    tenant_samples: BTreeMap<(u32, usize), VecDeque<f64>>,
     tenant_tables: FxHashMap<(u32, usize), Vec<f64>>,
     pooled: Option<Vec<f64>>,
     total: usize,
@@ -169,6 +175,8 @@ impl Default for Drome {
             grid,
             samples: Default::default(),
             tables: Default::default(),
+            window: 1000,
+            refresh_every: 500,
             tenant_samples: BTreeMap::new(),
             tenant_tables: FxHashMap::default(),
             pooled: None,
@@ -236,10 +244,11 @@ impl Drome {
         }
         all.sort_by(f64::total_cmp);
         self.tenant_tables.clear();
-        for (k, v) in &mut self.tenant_samples {
+        for (k, v) in &self.tenant_samples {
             if v.len() >= MIN_SAMPLES {
+                let mut v: Vec<f64> = v.iter().copied().collect();
                 v.sort_by(f64::total_cmp);
-                self.tenant_tables.insert(*k, gittins_table(&self.grid, v));
+                self.tenant_tables.insert(*k, gittins_table(&self.grid, &v));
             }
         }
         self.pooled = (all.len() >= MIN_SAMPLES).then(|| gittins_table(&self.grid, &all));
@@ -298,10 +307,15 @@ impl Ranker for Drome {
         let c = class_of(job.gpus());
         self.samples[c].push(ran);
         if self.per_tenant {
-            self.tenant_samples.entry((job.workload.tenant.0, c)).or_default().push(ran);
+            let v = self.tenant_samples.entry((job.workload.tenant.0, c)).or_default();
+            v.push_back(ran);
+            if self.window > 0 && v.len() > self.window {
+                v.pop_front();
+            }
         }
         self.total += 1;
-        if self.total - self.at_refresh >= (self.at_refresh / 4).max(64) {
+        let since = self.total - self.at_refresh;
+        if since >= (self.at_refresh / 4).max(64) || since >= self.refresh_every {
             self.refresh();
         }
     }
@@ -323,6 +337,12 @@ pub fn drome(config: PreemptConfig) -> PriorityPolicy<Drome> {
 }
 
 /// `drome` with a chosen preemption margin and tenant learning, for studies of its parameters.
-pub fn drome_with(config: PreemptConfig, margin: f64, per_tenant: bool) -> PriorityPolicy<Drome> {
-    PriorityPolicy::new(Drome { margin, per_tenant, ..Drome::default() }, config)
+pub fn drome_with(
+    config: PreemptConfig,
+    margin: f64,
+    per_tenant: bool,
+    window: usize,
+    refresh_every: usize,
+) -> PriorityPolicy<Drome> {
+    PriorityPolicy::new(Drome { margin, per_tenant, window, refresh_every, ..Drome::default() }, config)
 }
