@@ -18,12 +18,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "policy", "meanJCT_h", "p50JCT_h", "p99JCT_h", "wait_h", "preempt", "lostGPUh", "sw/gang", "jain", "wall_s"
     );
     for name in policies.split(',') {
-        // `drome:MARGIN:TENANT(0|1):MIN_RUNTIME_S` studies drome's parameters.
+        // `drome:MARGIN:TENANT(0|1):MIN_RUNTIME_S:WINDOW:REFRESH` studies drome's parameters.
         let mut policy: Box<dyn sched::Policy> = match name.split(':').collect::<Vec<_>>().as_slice() {
-            ["drome", m, t, r] => Box::new(sched::rankers::drome_with(
+            ["drome", m, t, r, w, f] => Box::new(sched::rankers::drome_with(
                 sched::PreemptConfig { min_runtime: model::SimDuration::from_secs(r.parse()?), ..Default::default() },
                 m.parse()?,
                 *t == "1",
+                w.parse()?,
+                f.parse()?,
             )),
             _ => sched::policy_by_name(name, 42)?,
         };
