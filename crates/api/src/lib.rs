@@ -1,0 +1,363 @@
+//! drome's REST API as the wire sees it: request and response types (serde + utoipa schemas) and
+//! the OpenAPI document of `/v1`. This crate knows nothing of SQL or of how the server runs; the
+//! server and the CLI client both speak these types.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::{OpenApi, ToSchema};
+
+pub mod paths;
+
+/// Limits the server enforces on a submission (and the client can check before sending).
+pub mod limits {
+    /// Largest request body, in bytes.
+    pub const MAX_BODY_BYTES: usize = 64 * 1024;
+    pub const MAX_NAME_LEN: usize = 128;
+    pub const MAX_COMMAND_LEN: usize = 4096;
+    pub const MAX_ARGS: usize = 256;
+    pub const MAX_ENV: usize = 128;
+    pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+    pub const MAX_NODES: u32 = 4096;
+    pub const MAX_RESTARTS: u32 = 10;
+    pub const MAX_PAGE: u32 = 1000;
+}
+
+/// A job's lifecycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting in the queue.
+    Pending,
+    /// Placed on nodes, not yet started.
+    Scheduled,
+    /// Started on its nodes.
+    Running,
+    /// Ended with exit code 0 (or a GPU instance released at its expiry).
+    Succeeded,
+    /// Ended with a non-zero exit code, or ran past its maximum runtime.
+    Failed,
+    /// Cancelled by its tenant (a GPU instance released).
+    Cancelled,
+    /// Taken off its GPUs by the scheduler; it goes back to the queue.
+    Preempted,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Scheduled => "scheduled",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Preempted => "preempted",
+        }
+    }
+}
+
+/// What to do when a job's command fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// A failed job stays failed.
+    #[default]
+    Never,
+    /// A failed job goes back to the queue, up to `max_restarts` times.
+    OnFailure,
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Never => "never",
+            RestartPolicy::OnFailure => "on-failure",
+        }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_max_restarts() -> u32 {
+    3
+}
+
+/// A submission. A job without `command` is a GPU instance: it holds its GPUs until cancelled
+/// (released) or until `max_runtime_s` passes (expired).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// A name for people; defaults to the command (or `instance`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Program to run on every node of the job; none for a GPU instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Whole GPUs on each node (0 for CPU-only work).
+    #[serde(default = "one")]
+    pub gpus_per_node: u32,
+    /// Nodes the job spans; all start together or none does.
+    #[serde(default = "one")]
+    pub nodes: u32,
+    /// GPU model or family the job needs (`H200`); any when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_model: Option<String>,
+    /// Higher goes first.
+    #[serde(default)]
+    pub priority: i32,
+    /// The job may wait for cheaper or cleaner power: it yields to other work of its priority.
+    #[serde(default)]
+    pub deferrable: bool,
+    /// The job is stopped (failed; an instance: expired) after this many seconds of running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runtime_s: Option<u64>,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// Restarts allowed under `on-failure`.
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+}
+
+impl Default for JobSpec {
+    fn default() -> Self {
+        JobSpec {
+            name: None,
+            command: None,
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            gpus_per_node: 1,
+            nodes: 1,
+            gpu_model: None,
+            priority: 0,
+            deferrable: false,
+            max_runtime_s: None,
+            restart_policy: RestartPolicy::Never,
+            max_restarts: default_max_restarts(),
+        }
+    }
+}
+
+/// One gang member's place.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PlacedMember {
+    pub node: String,
+    /// GPU indexes on the node.
+    pub gpus: Vec<u32>,
+}
+
+/// One entry of a job's state history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StateChange {
+    pub state: JobState,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A job as the server reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: i64,
+    pub tenant: String,
+    pub name: String,
+    pub state: JobState,
+    /// True for a GPU instance (no command).
+    pub instance: bool,
+    pub spec: JobSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Times the job has been started.
+    pub attempts: i64,
+    #[serde(default)]
+    pub placement: Vec<PlacedMember>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub submitted_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<i64>,
+    /// State history, oldest first; only in `GET /v1/jobs/{id}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<StateChange>,
+}
+
+/// `GET /v1/jobs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    /// Newest first.
+    pub jobs: Vec<Job>,
+    /// Pass as `before` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<i64>,
+}
+
+/// `POST /v1/tenants`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    /// Letters, digits, `-` and `_`; 1 to 64 characters.
+    pub name: String,
+    /// GPUs the tenant may hold at once; unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_quota: Option<u32>,
+}
+
+/// A tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Tenant {
+    pub id: i64,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_quota: Option<u32>,
+    pub created_at_ms: i64,
+}
+
+/// A new tenant and its token, shown only this once (the server keeps its hash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TenantCreated {
+    pub tenant: Tenant,
+    pub token: String,
+}
+
+/// `PUT /v1/tenants/{name}/quota`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaUpdate {
+    /// GPUs the tenant may hold at once; `null` for unlimited.
+    pub gpu_quota: Option<u32>,
+}
+
+/// A tenant's quota and what it uses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Quota {
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_quota: Option<u32>,
+    /// GPUs held by the tenant's scheduled and running jobs.
+    pub gpus_used: u64,
+    /// GPUs asked for by the tenant's pending jobs.
+    pub gpus_pending: u64,
+}
+
+/// A node of the fleet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Node {
+    pub name: String,
+    pub site: String,
+    pub hall: String,
+    pub rack: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_model: Option<String>,
+    pub gpus: u32,
+    pub gpus_free: u32,
+    pub gpus_used: u32,
+}
+
+/// A site of the fleet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Site {
+    pub name: String,
+    pub cooling: String,
+    pub nodes: u32,
+    pub gpus: u64,
+    pub gpus_free: u64,
+    pub gpus_used: u64,
+    /// Board power of the GPUs in use, in watts: the load the site's cap is measured against.
+    pub power_watts: f64,
+    /// Board power of every GPU of the site, in watts.
+    pub power_nameplate_watts: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_cap_watts: Option<f64>,
+}
+
+/// One event of `GET /v1/events`: a job of the tenant changed state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Increasing; resume a stream with `Last-Event-ID` or `?after=`.
+    pub id: i64,
+    pub job_id: i64,
+    pub state: JobState,
+    pub at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Every error the API returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable: `unauthorized`, `forbidden`, `not_found`, `invalid_json`,
+    /// `invalid_field`, `too_large`, `conflict`, `unavailable`, `internal`.
+    pub code: String,
+    pub message: String,
+    /// The offending field of the request body, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// `GET /healthz`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub database: String,
+}
+
+/// The OpenAPI document of drome's REST API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "drome", description = "drome's control plane: tenants, jobs, GPU instances and the fleet.", version = "1"),
+    paths(
+        paths::health,
+        paths::create_tenant,
+        paths::list_tenants,
+        paths::set_quota,
+        paths::get_quota,
+        paths::submit_job,
+        paths::list_jobs,
+        paths::get_job,
+        paths::cancel_job,
+        paths::list_nodes,
+        paths::list_sites,
+        paths::events,
+    ),
+    components(schemas(
+        JobState, RestartPolicy, JobSpec, PlacedMember, StateChange, Job, JobList, NewTenant, Tenant,
+        TenantCreated, QuotaUpdate, Quota, Node, Site, Event, ErrorBody, ErrorDetail, Health
+    )),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags((name = "jobs", description = "Work: jobs and GPU instances"), (name = "tenants", description = "Tenants and quotas"), (name = "fleet", description = "Nodes and sites"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document as JSON.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

@@ -1,0 +1,121 @@
+//! The operations of `/v1`, declared for the OpenAPI document. The server implements them; these
+//! declarations are never called.
+#![allow(dead_code)]
+
+use crate::{
+    ErrorBody, Event, Health, Job, JobList, JobSpec, NewTenant, Node, Quota, QuotaUpdate, Site, Tenant, TenantCreated,
+};
+
+/// Liveness and database reachability.
+#[utoipa::path(get, path = "/healthz", security(()), responses(
+    (status = 200, description = "The server and its database answer", body = Health),
+    (status = 503, description = "The database does not answer", body = ErrorBody),
+))]
+pub fn health() {}
+
+/// Creates a tenant and returns its token (admin only). The token is shown only this once.
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = NewTenant, responses(
+    (status = 201, description = "Created", body = TenantCreated),
+    (status = 401, description = "Missing or bad token", body = ErrorBody),
+    (status = 403, description = "Not the admin token", body = ErrorBody),
+    (status = 409, description = "A tenant of that name exists", body = ErrorBody),
+    (status = 422, description = "A field is invalid", body = ErrorBody),
+))]
+pub fn create_tenant() {}
+
+/// Every tenant (admin), or the caller's own tenant.
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", responses(
+    (status = 200, description = "Tenants", body = Vec<Tenant>),
+    (status = 401, description = "Missing or bad token", body = ErrorBody),
+))]
+pub fn list_tenants() {}
+
+/// Sets a tenant's GPU quota (admin only).
+#[utoipa::path(put, path = "/v1/tenants/{name}/quota", tag = "tenants", request_body = QuotaUpdate,
+    params(("name" = String, Path, description = "Tenant name")),
+    responses(
+        (status = 200, description = "Updated", body = Tenant),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Not the admin token", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ))]
+pub fn set_quota() {}
+
+/// The caller's quota and use.
+#[utoipa::path(get, path = "/v1/quota", tag = "tenants", responses(
+    (status = 200, description = "Quota", body = Quota),
+    (status = 401, description = "Missing or bad token", body = ErrorBody),
+))]
+pub fn get_quota() {}
+
+/// Submits a job or a GPU instance. The job is committed to the store before the `201`. A retry
+/// with the same `Idempotency-Key` returns the job stored the first time, with `200`.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = JobSpec,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: one job per key and tenant")),
+    responses(
+        (status = 201, description = "Stored", body = Job),
+        (status = 200, description = "A retry: the job stored for this key", body = Job),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 409, description = "The key was used for a different request", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+    ))]
+pub fn submit_job() {}
+
+/// The caller's jobs, newest first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
+    params(
+        ("state" = Option<String>, Query, description = "Only jobs in this state"),
+        ("limit" = Option<u32>, Query, description = "At most this many (default 100, at most 1000)"),
+        ("before" = Option<i64>, Query, description = "Only jobs with a smaller id (the next page)"),
+    ),
+    responses(
+        (status = 200, description = "Jobs", body = JobList),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+    ))]
+pub fn list_jobs() {}
+
+/// One of the caller's jobs with its state history.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = Job),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 404, description = "No such job for this tenant", body = ErrorBody),
+    ))]
+pub fn get_job() {}
+
+/// Cancels a job, or releases a GPU instance. Cancelling a finished job changes nothing.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = i64, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job after cancelling", body = Job),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 404, description = "No such job for this tenant", body = ErrorBody),
+    ))]
+pub fn cancel_job() {}
+
+/// The fleet's nodes and their free GPUs.
+#[utoipa::path(get, path = "/v1/nodes", tag = "fleet", responses(
+    (status = 200, description = "Nodes", body = Vec<Node>),
+    (status = 401, description = "Missing or bad token", body = ErrorBody),
+))]
+pub fn list_nodes() {}
+
+/// The fleet's sites: GPUs free and used, power against the cap.
+#[utoipa::path(get, path = "/v1/sites", tag = "fleet", responses(
+    (status = 200, description = "Sites", body = Vec<Site>),
+    (status = 401, description = "Missing or bad token", body = ErrorBody),
+))]
+pub fn list_sites() {}
+
+/// Server-sent events: the caller's job state changes, `event: job`, data an `Event`.
+#[utoipa::path(get, path = "/v1/events", tag = "jobs",
+    params(
+        ("after" = Option<i64>, Query, description = "Start after this event id"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id"),
+    ),
+    responses(
+        (status = 200, description = "text/event-stream of Event", body = Event, content_type = "text/event-stream"),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+    ))]
+pub fn events() {}

@@ -1,0 +1,114 @@
+//! Tokens and callers. Tokens are random, shown once, and stored only as SHA-256 hashes.
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use rand::TryRngCore;
+use sha2::{Digest, Sha256};
+
+/// A fresh token: `drome_` and 64 hex digits of operating-system randomness.
+pub fn new_token() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| ApiError::Internal(format!("no randomness for a token: {e}")))?;
+    Ok(format!("drome_{}", hex(&bytes)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The hash a token is stored as.
+pub fn hash_token(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+/// Compares two hashes without an early exit.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Who is calling.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    Admin,
+    Tenant(store::Tenant),
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer TOKEN header".into()))?;
+    let value = value.to_str().map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be 'Bearer TOKEN'".into()))?;
+    Ok(token)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        let hash = hash_token(token);
+        if same(&hash, &state.admin_hash) {
+            return Ok(Caller::Admin);
+        }
+        match state.store.tenant_by_token_hash(&hash).await? {
+            Some(t) => Ok(Caller::Tenant(t)),
+            None => Err(ApiError::Unauthorized("unknown token".into())),
+        }
+    }
+}
+
+/// A caller that must be a tenant: work belongs to tenants.
+pub struct TenantCaller(pub store::Tenant);
+
+impl FromRequestParts<AppState> for TenantCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Tenant(t) => Ok(TenantCaller(t)),
+            Caller::Admin => Err(ApiError::Forbidden("work belongs to tenants: call with a tenant's token".into())),
+        }
+    }
+}
+
+/// A caller that must be the admin.
+pub struct AdminCaller;
+
+impl FromRequestParts<AppState> for AdminCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Admin => Ok(AdminCaller),
+            Caller::Tenant(_) => Err(ApiError::Forbidden("only the admin token may do this".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_fresh_and_hashes_stable() {
+        let a = new_token().unwrap();
+        let b = new_token().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), "drome_".len() + 64);
+        assert_eq!(hash_token(&a), hash_token(&a));
+        assert!(same(&hash_token(&a), &hash_token(&a)));
+        assert!(!same(&hash_token(&a), &hash_token(&b)));
+    }
+}

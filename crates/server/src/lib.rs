@@ -1,0 +1,207 @@
+//! drome's control plane: the REST API under `/v1`, tenants and their tokens, the scheduler loop
+//! and the nodes that run the work.
+//!
+//! - The store ([`store::Store`], SQLite or PostgreSQL) is the truth. A job is committed before
+//!   its `201`; every state change is a conditional update.
+//! - The scheduler loop rebuilds a [`sched::ClusterState`] from the store on every round and runs
+//!   a [`sched::Policy`] on it, unchanged: after a restart it simply carries on.
+//! - Nodes run the work behind the [`node::NodeExecutor`] trait; [`node::VirtualNodes`] runs it in
+//!   process without GPUs.
+
+use model::{Fleet, NodeId};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+
+pub mod auth;
+mod convert;
+pub mod error;
+pub mod json;
+pub mod metrics;
+pub mod node;
+mod routes;
+mod scheduler;
+
+pub use node::{NodeExecutor, RunOutcome, RunSpec, VirtualNodes};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Policy(#[from] sched::PolicyError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Token(String),
+}
+
+/// How to run a server.
+pub struct Config {
+    /// `sqlite://PATH` or `postgres://...`.
+    pub db_url: String,
+    pub listen: SocketAddr,
+    /// The admin token; when `None`, the one stored earlier is kept, or a new one is made.
+    pub admin_token: Option<String>,
+    pub fleet: Fleet,
+    /// A name [`sched::policy_by_name`] knows.
+    pub policy: String,
+    /// The longest the scheduler waits between rounds when nothing wakes it.
+    pub tick: Duration,
+    pub executor: Arc<dyn NodeExecutor>,
+}
+
+impl Config {
+    /// A configuration with in-process virtual nodes, FIFO scheduling and a short tick.
+    pub fn new(db_url: impl Into<String>, listen: SocketAddr, fleet: Fleet) -> Config {
+        Config {
+            db_url: db_url.into(),
+            listen,
+            admin_token: None,
+            fleet,
+            policy: "fifo".into(),
+            tick: Duration::from_millis(500),
+            executor: Arc::new(VirtualNodes::default()),
+        }
+    }
+}
+
+/// What the API reads of the scheduler's last round.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Snapshot {
+    /// GPUs in use per node, by node index.
+    pub node_gpus_used: Vec<u32>,
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) store: store::Store,
+    pub(crate) fleet: Arc<Fleet>,
+    pub(crate) node_ids: Arc<HashMap<String, NodeId>>,
+    pub(crate) admin_hash: Arc<str>,
+    pub(crate) metrics: Arc<metrics::Metrics>,
+    /// Wakes the scheduler (a submission or a cancellation).
+    pub(crate) wake: Arc<Notify>,
+    /// Bumped on every job event, for the event streams.
+    pub(crate) events: watch::Sender<u64>,
+    pub(crate) snapshot: Arc<RwLock<Snapshot>>,
+}
+
+impl AppState {
+    pub(crate) fn job_changed(&self) {
+        self.events.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// A server that is running.
+pub struct Running {
+    /// Where it listens (the real port when asked for port 0).
+    pub addr: SocketAddr,
+    /// The admin token, when this start made one: shown once, stored only as a hash.
+    pub generated_admin_token: Option<String>,
+    store: store::Store,
+    serve: tokio::task::JoinHandle<()>,
+    scheduler: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// The store the server uses (for `drome up` and tests).
+    pub fn store(&self) -> &store::Store {
+        &self.store
+    }
+
+    /// Waits until the HTTP server stops (it does not, unless it fails).
+    pub async fn wait(self) {
+        let _ = (&mut { self.serve }).await;
+    }
+
+    /// Stops serving and scheduling, and closes the store.
+    pub async fn shutdown(self) {
+        self.serve.abort();
+        self.scheduler.abort();
+        let _ = self.serve.await;
+        let _ = self.scheduler.await;
+        self.store.close().await;
+    }
+}
+
+const ADMIN_HASH_KEY: &str = "admin_token_hash";
+
+/// Opens the store (running migrations), settles the admin token, binds the listener and starts
+/// the HTTP server and the scheduler loop.
+pub async fn start(config: Config) -> Result<Running, ServerError> {
+    let store = store::Store::connect(&config.db_url).await?;
+    let mut generated = None;
+    let admin_hash = match (&config.admin_token, store.setting(ADMIN_HASH_KEY).await?) {
+        (Some(token), _) => {
+            let hash = auth::hash_token(token);
+            store.set_setting(ADMIN_HASH_KEY, &hash).await?;
+            hash
+        }
+        (None, Some(hash)) => hash,
+        (None, None) => {
+            let token = auth::new_token().map_err(|e| ServerError::Token(e.to_string()))?;
+            let hash = auth::hash_token(&token);
+            store.set_setting(ADMIN_HASH_KEY, &hash).await?;
+            generated = Some(token);
+            hash
+        }
+    };
+    let policy = sched::policy_by_name(&config.policy, 0)?;
+    let fleet = Arc::new(config.fleet);
+    let node_ids = fleet.node_ids().map(|id| (fleet.node(id).name.clone(), id)).collect();
+    let (events, _) = watch::channel(0u64);
+    let state = AppState {
+        store: store.clone(),
+        fleet: fleet.clone(),
+        node_ids: Arc::new(node_ids),
+        admin_hash: Arc::from(admin_hash.as_str()),
+        metrics: Arc::new(metrics::Metrics::new()),
+        wake: Arc::new(Notify::new()),
+        events,
+        snapshot: Arc::new(RwLock::new(Snapshot { node_gpus_used: vec![0; fleet.nodes.len()] })),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    let scheduler = scheduler::Scheduler::new(state.clone(), policy, config.executor, config.tick);
+    let scheduler = tokio::spawn(scheduler.run());
+    let app = routes::router(state);
+    let serve = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+    tracing::info!(%addr, backend = ?store.backend(), nodes = fleet.nodes.len(), gpus = fleet.total_gpus(), "drome server listening");
+    Ok(Running { addr, generated_admin_token: generated, store, serve, scheduler })
+}
+
+/// Creates a tenant and returns it with its token (for `drome up`; the API does the same).
+pub async fn create_tenant(
+    store: &store::Store,
+    name: &str,
+    gpu_quota: Option<u32>,
+) -> Result<(store::Tenant, String), error::ApiError> {
+    let token = auth::new_token()?;
+    let tenant = store.create_tenant(name, &auth::hash_token(&token), gpu_quota.map(i64::from), now_ms()).await?;
+    Ok((tenant, token))
+}
+
+/// Gives an existing tenant a new token (the old one stops working) and returns it.
+pub async fn rotate_token(store: &store::Store, tenant_id: i64) -> Result<String, error::ApiError> {
+    let token = auth::new_token()?;
+    if !store.set_token_hash(tenant_id, &auth::hash_token(&token)).await? {
+        return Err(error::ApiError::NotFound(format!("no tenant {tenant_id}")));
+    }
+    Ok(token)
+}

@@ -1,0 +1,509 @@
+//! The HTTP surface: `/v1` (see `api::paths`), `/healthz`, `/metrics`, the OpenAPI document and
+//! the Swagger UI.
+
+use crate::auth::{AdminCaller, Caller, TenantCaller};
+use crate::convert::{event_to_api, job_to_api, request_workload, state_from_api, total_gpus};
+use crate::error::ApiError;
+use crate::json::ApiJson;
+use crate::{AppState, now_ms};
+use api::limits;
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use futures_util::Stream;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+use store::{Change, JobFilter, JobState};
+use utoipa_swagger_ui::SwaggerUi;
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/tenants", post(create_tenant).get(list_tenants))
+        .route("/tenants/{name}/quota", put(set_quota))
+        .route("/quota", get(get_quota))
+        .route("/jobs", post(submit_job).get(list_jobs))
+        .route("/jobs/{id}", get(get_job))
+        .route("/jobs/{id}/cancel", post(cancel_job))
+        .route("/nodes", get(list_nodes))
+        .route("/sites", get(list_sites))
+        .route("/events", get(events));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), track))
+        .merge(SwaggerUi::new("/v1/docs").url("/v1/openapi.json", api::openapi()))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let method = req.method().to_string();
+    let t0 = Instant::now();
+    let resp = next.run(req).await;
+    let labels = vec![
+        ("method".to_string(), method),
+        ("route".to_string(), route),
+        ("status".into(), resp.status().as_u16().to_string()),
+    ];
+    st.metrics.api_seconds.get_or_create(&labels).observe(t0.elapsed().as_secs_f64());
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+async fn health(State(st): State<AppState>) -> Result<Json<api::Health>, ApiError> {
+    let database = match st.store.backend() {
+        store::Backend::Sqlite => "sqlite",
+        store::Backend::Postgres => "postgres",
+    };
+    match st.store.ping().await {
+        Ok(()) => Ok(Json(api::Health { status: "ok".into(), database: database.into() })),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: store does not answer");
+            Err(ApiError::Unavailable(format!("the {database} store does not answer")))
+        }
+    }
+}
+
+async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], st.metrics.render())
+}
+
+fn tenant_to_api(t: &store::Tenant) -> api::Tenant {
+    api::Tenant {
+        id: t.id,
+        name: t.name.clone(),
+        gpu_quota: t.gpu_quota.and_then(|q| u32::try_from(q).ok()),
+        created_at_ms: t.created_ms,
+    }
+}
+
+fn valid_tenant_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+async fn create_tenant(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    ApiJson(req): ApiJson<api::NewTenant>,
+) -> Result<(StatusCode, Json<api::TenantCreated>), ApiError> {
+    if !valid_tenant_name(&req.name) {
+        return Err(ApiError::invalid("name", "1 to 64 letters, digits, '-' or '_'"));
+    }
+    let (tenant, token) = crate::create_tenant(&st.store, &req.name, req.gpu_quota).await?;
+    tracing::info!(tenant = %tenant.name, id = tenant.id, "tenant created");
+    Ok((StatusCode::CREATED, Json(api::TenantCreated { tenant: tenant_to_api(&tenant), token })))
+}
+
+async fn list_tenants(State(st): State<AppState>, caller: Caller) -> Result<Json<Vec<api::Tenant>>, ApiError> {
+    match caller {
+        Caller::Admin => Ok(Json(st.store.tenants().await?.iter().map(tenant_to_api).collect())),
+        Caller::Tenant(t) => Ok(Json(vec![tenant_to_api(&t)])),
+    }
+}
+
+async fn set_quota(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<api::QuotaUpdate>,
+) -> Result<Json<api::Tenant>, ApiError> {
+    let tenant =
+        st.store.tenant_by_name(&name).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?;
+    let updated = st
+        .store
+        .set_quota(tenant.id, req.gpu_quota.map(i64::from))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?;
+    tracing::info!(tenant = %name, gpu_quota = ?req.gpu_quota, "quota set");
+    st.wake.notify_one();
+    Ok(Json(tenant_to_api(&updated)))
+}
+
+async fn get_quota(State(st): State<AppState>, TenantCaller(t): TenantCaller) -> Result<Json<api::Quota>, ApiError> {
+    let (mut used, mut pending) = (0, 0);
+    for job in st.store.active_jobs().await?.iter().filter(|j| j.tenant_id == t.id) {
+        match job.state {
+            JobState::Pending => pending += total_gpus(job),
+            _ => used += total_gpus(job),
+        }
+    }
+    Ok(Json(api::Quota {
+        tenant: t.name.clone(),
+        gpu_quota: t.gpu_quota.and_then(|q| u32::try_from(q).ok()),
+        gpus_used: used,
+        gpus_pending: pending,
+    }))
+}
+
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.len() > max {
+        return Err(ApiError::invalid(field, format!("longer than {max} bytes")));
+    }
+    if value.chars().any(|c| c == '\0') {
+        return Err(ApiError::invalid(field, "contains a NUL character"));
+    }
+    Ok(())
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 256
+}
+
+/// Checks a submission against the limits and the fleet, and shapes it for the store.
+fn validate(
+    st: &AppState,
+    tenant: &store::Tenant,
+    spec: &api::JobSpec,
+    key: Option<String>,
+) -> Result<store::NewJob, ApiError> {
+    let fleet = &st.fleet;
+    if let Some(name) = &spec.name {
+        check_text("name", name, limits::MAX_NAME_LEN)?;
+    }
+    if let Some(command) = &spec.command {
+        if command.trim().is_empty() {
+            return Err(ApiError::invalid("command", "empty; leave it out for a GPU instance"));
+        }
+        check_text("command", command, limits::MAX_COMMAND_LEN)?;
+    } else if !spec.args.is_empty() {
+        return Err(ApiError::invalid("args", "a GPU instance (no command) takes no args"));
+    }
+    if spec.args.len() > limits::MAX_ARGS {
+        return Err(ApiError::invalid("args", format!("more than {} args", limits::MAX_ARGS)));
+    }
+    for (i, a) in spec.args.iter().enumerate() {
+        check_text(&format!("args[{i}]"), a, limits::MAX_COMMAND_LEN)?;
+    }
+    if spec.env.len() > limits::MAX_ENV {
+        return Err(ApiError::invalid("env", format!("more than {} variables", limits::MAX_ENV)));
+    }
+    for (k, v) in &spec.env {
+        if !valid_env_name(k) {
+            return Err(ApiError::invalid(&format!("env.{k}"), "not a valid variable name"));
+        }
+        check_text(&format!("env.{k}"), v, limits::MAX_COMMAND_LEN)?;
+    }
+    let max_per_node = u32::from(fleet.max_gpus_per_node());
+    if spec.gpus_per_node > max_per_node {
+        return Err(ApiError::invalid(
+            "gpus_per_node",
+            format!("{} GPUs on one node; the largest node has {max_per_node}", spec.gpus_per_node),
+        ));
+    }
+    if spec.gpus_per_node == 0 && spec.command.is_none() {
+        return Err(ApiError::invalid("gpus_per_node", "a GPU instance needs at least one GPU"));
+    }
+    if spec.nodes == 0 || spec.nodes > limits::MAX_NODES {
+        return Err(ApiError::invalid("nodes", format!("between 1 and {}", limits::MAX_NODES)));
+    }
+    if spec.gpus_per_node == 0 && spec.nodes > 1 {
+        return Err(ApiError::invalid("nodes", "CPU-only work runs on one node"));
+    }
+    if spec.nodes as usize > fleet.nodes.len() {
+        return Err(ApiError::invalid("nodes", format!("the fleet has {} nodes", fleet.nodes.len())));
+    }
+    if let Some(model) = &spec.gpu_model {
+        check_text("gpu_model", model, limits::MAX_NAME_LEN)?;
+        let filter = model::ModelFilter::parse_list(model);
+        if filter.is_any() || !fleet.gpu_models.iter().any(|m| filter.accepts(m)) {
+            let known: Vec<&str> = fleet.gpu_models.iter().map(|m| m.name.as_str()).collect();
+            return Err(ApiError::invalid(
+                "gpu_model",
+                format!("no '{model}' GPUs in the fleet (it has {})", known.join(", ")),
+            ));
+        }
+    }
+    if spec.max_runtime_s == Some(0) || spec.max_runtime_s.is_some_and(|s| s > 366 * 24 * 3600) {
+        return Err(ApiError::invalid("max_runtime_s", "between 1 second and a year"));
+    }
+    if spec.max_restarts > limits::MAX_RESTARTS {
+        return Err(ApiError::invalid("max_restarts", format!("at most {}", limits::MAX_RESTARTS)));
+    }
+    let total = u64::from(spec.gpus_per_node) * u64::from(spec.nodes);
+    if let Some(quota) = tenant.gpu_quota
+        && total > quota.max(0) as u64
+    {
+        return Err(ApiError::invalid(
+            "gpus_per_node",
+            format!("asks for {total} GPUs; the tenant's quota is {quota}"),
+        ));
+    }
+    let name = spec.name.clone().unwrap_or_else(|| match &spec.command {
+        Some(c) => c.rsplit('/').next().unwrap_or(c).chars().take(limits::MAX_NAME_LEN).collect(),
+        None => "instance".into(),
+    });
+    let args_json = serde_json::to_string(&spec.args).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let env_json = serde_json::to_string(&spec.env).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let spec_json = serde_json::to_string(spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let request_hash: String = Sha256::digest(spec_json.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let job = store::NewJob {
+        tenant_id: tenant.id,
+        name,
+        command: spec.command.clone(),
+        args_json,
+        env_json,
+        gpus_per_node: i64::from(spec.gpus_per_node),
+        nodes: i64::from(spec.nodes),
+        gpu_model: spec.gpu_model.clone(),
+        priority: i64::from(spec.priority),
+        deferrable: spec.deferrable,
+        max_runtime_s: spec.max_runtime_s.map(|s| s as i64),
+        restart_policy: spec.restart_policy.as_str().to_string(),
+        max_restarts: i64::from(spec.max_restarts),
+        idempotency_key: key,
+        request_hash,
+    };
+    // A shape no node set of the fleet can ever hold would wait forever: refuse it now.
+    {
+        let w = request_workload(0, job.gpus_per_node, job.nodes, job.gpu_model.as_deref());
+        let cluster = sched::ClusterState::new(fleet.clone());
+        if !cluster.could_ever_fit(&sched::Demand::of(&w, fleet)) {
+            return Err(ApiError::invalid(
+                "nodes",
+                format!(
+                    "{} nodes with {} {} GPUs each never fit this fleet",
+                    spec.nodes,
+                    spec.gpus_per_node,
+                    spec.gpu_model.as_deref().unwrap_or("free")
+                ),
+            ));
+        }
+    }
+    Ok(job)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let bad =
+        |message: &str| ApiError::BadRequest { message: message.to_string(), field: Some("Idempotency-Key".into()) };
+    let key = value.to_str().map_err(|_| bad("the Idempotency-Key header must be visible ASCII"))?.trim();
+    if key.is_empty() || key.len() > limits::MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(bad("the Idempotency-Key header must be 1 to 128 characters"));
+    }
+    Ok(Some(key.to_string()))
+}
+
+async fn submit_job(
+    State(st): State<AppState>,
+    TenantCaller(tenant): TenantCaller,
+    headers: HeaderMap,
+    ApiJson(spec): ApiJson<api::JobSpec>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let new = validate(&st, &tenant, &spec, key)?;
+    let inserted = st.store.insert_job(&new, now_ms()).await?;
+    if !inserted.created && inserted.job.request_hash != new.request_hash {
+        return Err(ApiError::Conflict("this Idempotency-Key was used for a different request".into()));
+    }
+    let job = job_to_api(&inserted.job, &tenant.name, &[])?;
+    if inserted.created {
+        tracing::info!(tenant = %tenant.name, job = job.id, gpus = total_gpus(&inserted.job), "job submitted");
+        st.wake.notify_one();
+        st.job_changed();
+        Ok((StatusCode::CREATED, Json(job)).into_response())
+    } else {
+        Ok((StatusCode::OK, [("idempotent-replayed", "true")], Json(job)).into_response())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    state: Option<api::JobState>,
+    limit: Option<u32>,
+    before: Option<i64>,
+}
+
+fn query_error(e: QueryRejection) -> ApiError {
+    let message = e.body_text();
+    let field = message.split('`').nth(1).map(str::to_string).unwrap_or_else(|| "query".into());
+    ApiError::Invalid { field, message }
+}
+
+async fn list_jobs(
+    State(st): State<AppState>,
+    TenantCaller(tenant): TenantCaller,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<api::JobList>, ApiError> {
+    let Query(params) = params.map_err(query_error)?;
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > limits::MAX_PAGE {
+        return Err(ApiError::invalid("limit", format!("between 1 and {}", limits::MAX_PAGE)));
+    }
+    let filter =
+        JobFilter { state: params.state.map(state_from_api), before_id: params.before, limit: i64::from(limit) };
+    let rows = st.store.jobs(tenant.id, &filter).await?;
+    let jobs = rows.iter().map(|j| job_to_api(j, &tenant.name, &[])).collect::<Result<Vec<_>, _>>()?;
+    let next_before = (jobs.len() == limit as usize).then(|| jobs.last().map(|j| j.id)).flatten();
+    Ok(Json(api::JobList { jobs, next_before }))
+}
+
+/// Job ids in paths: anything that is not one of the tenant's jobs is simply not found.
+async fn tenant_job(st: &AppState, tenant: &store::Tenant, id: &str) -> Result<store::Job, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no job {id}"));
+    let id: i64 = id.parse().map_err(|_| not_found())?;
+    st.store.job(tenant.id, id).await?.ok_or_else(not_found)
+}
+
+async fn get_job(
+    State(st): State<AppState>,
+    TenantCaller(tenant): TenantCaller,
+    Path(id): Path<String>,
+) -> Result<Json<api::Job>, ApiError> {
+    let job = tenant_job(&st, &tenant, &id).await?;
+    let history = st.store.history(job.id).await?;
+    Ok(Json(job_to_api(&job, &tenant.name, &history)?))
+}
+
+async fn cancel_job(
+    State(st): State<AppState>,
+    TenantCaller(tenant): TenantCaller,
+    Path(id): Path<String>,
+) -> Result<Json<api::Job>, ApiError> {
+    let job = tenant_job(&st, &tenant, &id).await?;
+    if !job.state.is_terminal() {
+        let message = if job.command.is_none() { "released by the tenant" } else { "cancelled by the tenant" };
+        let change = Change { finished: true, message: Some(message.into()), ..Default::default() };
+        let from = [JobState::Pending, JobState::Scheduled, JobState::Running, JobState::Preempted];
+        if st.store.transition(job.id, &from, JobState::Cancelled, now_ms(), &change).await? {
+            tracing::info!(tenant = %tenant.name, job = job.id, "job cancelled");
+            st.wake.notify_one();
+            st.job_changed();
+        }
+    }
+    let job = st.store.job(tenant.id, job.id).await?.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+    let history = st.store.history(job.id).await?;
+    Ok(Json(job_to_api(&job, &tenant.name, &history)?))
+}
+
+fn gpus_used(st: &AppState) -> Vec<u32> {
+    let snap = st.snapshot.read().unwrap_or_else(|e| e.into_inner());
+    snap.node_gpus_used.clone()
+}
+
+async fn list_nodes(State(st): State<AppState>, _caller: Caller) -> Json<Vec<api::Node>> {
+    let used = gpus_used(&st);
+    let fleet = &st.fleet;
+    let nodes = fleet
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let gpus = u32::from(n.gpu_count);
+            let used = used.get(i).copied().unwrap_or(0).min(gpus);
+            api::Node {
+                name: n.name.clone(),
+                site: fleet.sites[n.site.index()].name.clone(),
+                hall: fleet.halls[n.hall.index()].name.clone(),
+                rack: fleet.racks[n.rack.index()].name.clone(),
+                gpu_model: n.gpu_model.map(|m| fleet.gpu_model(m).name.clone()),
+                gpus,
+                gpus_free: gpus - used,
+                gpus_used: used,
+            }
+        })
+        .collect();
+    Json(nodes)
+}
+
+async fn list_sites(State(st): State<AppState>, _caller: Caller) -> Json<Vec<api::Site>> {
+    let used = gpus_used(&st);
+    let fleet = &st.fleet;
+    let mut sites: Vec<api::Site> = fleet
+        .sites
+        .iter()
+        .map(|s| api::Site {
+            name: s.name.clone(),
+            cooling: s.cooling.as_str().to_string(),
+            nodes: 0,
+            gpus: 0,
+            gpus_free: 0,
+            gpus_used: 0,
+            power_watts: 0.0,
+            power_nameplate_watts: 0.0,
+            power_cap_watts: s.grid_power_cap_watts,
+        })
+        .collect();
+    for (i, n) in fleet.nodes.iter().enumerate() {
+        let Some(site) = sites.get_mut(n.site.index()) else { continue };
+        let gpus = u32::from(n.gpu_count);
+        let u = used.get(i).copied().unwrap_or(0).min(gpus);
+        let board = fleet.node_gpu_model(model::NodeId(i as u32)).map(|m| m.board_power_watts).unwrap_or(0.0);
+        site.nodes += 1;
+        site.gpus += u64::from(gpus);
+        site.gpus_used += u64::from(u);
+        site.gpus_free += u64::from(gpus - u);
+        site.power_watts += board * f64::from(u);
+        site.power_nameplate_watts += board * f64::from(gpus);
+    }
+    Json(sites)
+}
+
+#[derive(Deserialize)]
+struct EventParams {
+    after: Option<i64>,
+}
+
+struct EventCursor {
+    st: AppState,
+    tenant_id: i64,
+    after: i64,
+    buffer: VecDeque<store::JobEvent>,
+    changes: tokio::sync::watch::Receiver<u64>,
+}
+
+async fn next_event(mut c: EventCursor) -> Option<(Result<SseEvent, Infallible>, EventCursor)> {
+    loop {
+        if let Some(e) = c.buffer.pop_front() {
+            c.after = e.id;
+            let data = serde_json::to_string(&event_to_api(&e)).unwrap_or_default();
+            return Some((Ok(SseEvent::default().id(e.id.to_string()).event("job").data(data)), c));
+        }
+        c.changes.mark_unchanged();
+        match c.st.store.events_after(c.tenant_id, c.after, 100).await {
+            Ok(events) if !events.is_empty() => c.buffer.extend(events),
+            Ok(_) => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), c.changes.changed()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "event stream: store read failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn events(
+    State(st): State<AppState>,
+    TenantCaller(tenant): TenantCaller,
+    headers: HeaderMap,
+    params: Result<Query<EventParams>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let Query(params) = params.map_err(query_error)?;
+    let from_header = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+    let after = match from_header.or(params.after) {
+        Some(a) => a,
+        None => st.store.last_event_id(tenant.id).await?,
+    };
+    let cursor =
+        EventCursor { changes: st.events.subscribe(), st, tenant_id: tenant.id, after, buffer: VecDeque::new() };
+    Ok(Sse::new(futures_util::stream::unfold(cursor, next_event)).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,333 @@
+//! The scheduler loop. Each round rebuilds the cluster from the store, lets the policy start what
+//! fits, records its decisions as conditional state changes, and launches or resumes the work on
+//! the nodes. Every step reads the store first and writes through a conditional update, so a
+//! round repeated after a crash does nothing twice.
+
+use crate::convert::{decode_placement, encode_placement, total_gpus, workload_of};
+use crate::node::{NodeExecutor, RunOutcome, RunSpec};
+use crate::{AppState, Snapshot, now_ms};
+use model::SimTime;
+use sched::{ClusterState, Decision, Demand, Placement, Policy, Queue, QueuedJob};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::{Change, Job, JobState, StoreError};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// How a job's run ended, reported by its task.
+#[derive(Debug)]
+struct Done {
+    job_id: i64,
+    outcome: Ended,
+}
+
+#[derive(Debug)]
+enum Ended {
+    Exited(i32),
+    Lost(String),
+    /// Ran past `max_runtime_s`.
+    Expired(u64),
+}
+
+pub struct Scheduler {
+    st: AppState,
+    policy: Box<dyn Policy>,
+    executor: Arc<dyn NodeExecutor>,
+    tick: Duration,
+    /// Jobs whose work this process runs.
+    runs: HashMap<i64, JoinHandle<()>>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+}
+
+impl Scheduler {
+    pub fn new(st: AppState, policy: Box<dyn Policy>, executor: Arc<dyn NodeExecutor>, tick: Duration) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Scheduler { st, policy, executor, tick, runs: HashMap::new(), done_tx, done_rx }
+    }
+
+    pub async fn run(mut self) {
+        tracing::info!(policy = self.policy.name(), "scheduler started");
+        loop {
+            if let Err(e) = self.round().await {
+                tracing::warn!(error = %e, "scheduling round failed; retrying");
+            }
+            let wake = self.st.wake.clone();
+            tokio::select! {
+                _ = wake.notified() => {}
+                done = self.done_rx.recv() => {
+                    if let Some(done) = done && let Err(e) = self.finish(done).await {
+                        tracing::warn!(error = %e, "cannot record a finished job; retrying next round");
+                    }
+                }
+                _ = tokio::time::sleep(self.tick) => {}
+            }
+        }
+    }
+
+    /// Records how a job ended: success, failure (or a restart), expiry.
+    async fn finish(&mut self, done: Done) -> Result<(), StoreError> {
+        self.runs.remove(&done.job_id);
+        let store = &self.st.store;
+        let Some(job) = store.job_by_id(done.job_id).await? else { return Ok(()) };
+        if job.state != JobState::Running {
+            return Ok(());
+        }
+        let now = now_ms();
+        let (to, change) = match done.outcome {
+            Ended::Exited(0) => {
+                (JobState::Succeeded, Change { finished: true, exit_code: Some(0), ..Default::default() })
+            }
+            Ended::Expired(secs) if job.command.is_none() => (
+                JobState::Succeeded,
+                Change { finished: true, message: Some(format!("expired after {secs} s")), ..Default::default() },
+            ),
+            Ended::Expired(secs) => (
+                JobState::Failed,
+                Change {
+                    finished: true,
+                    message: Some(format!("ran past its maximum runtime of {secs} s")),
+                    ..Default::default()
+                },
+            ),
+            Ended::Exited(code) => self.failure(&job, Some(i64::from(code)), format!("exited with code {code}")),
+            Ended::Lost(message) => self.failure(&job, None, message),
+        };
+        if store.transition(job.id, &[JobState::Running], to, now, &change).await? {
+            tracing::info!(job = job.id, state = %to, "job ended");
+            self.st.job_changed();
+        }
+        Ok(())
+    }
+
+    fn failure(&self, job: &Job, exit_code: Option<i64>, why: String) -> (JobState, Change) {
+        if job.restart_policy == "on-failure" && job.attempts <= job.max_restarts {
+            let message = format!("{why}; restarting (restart {} of {})", job.attempts, job.max_restarts);
+            let change = Change {
+                placement_json: Some(None),
+                reset_times: true,
+                exit_code,
+                message: Some(message),
+                ..Default::default()
+            };
+            (JobState::Pending, change)
+        } else {
+            (JobState::Failed, Change { finished: true, exit_code, message: Some(why), ..Default::default() })
+        }
+    }
+
+    /// One round.
+    async fn round(&mut self) -> Result<(), StoreError> {
+        while let Ok(done) = self.done_rx.try_recv() {
+            self.finish(done).await?;
+        }
+        let store = self.st.store.clone();
+        let active = store.active_jobs().await?;
+        let quotas: HashMap<i64, Option<i64>> =
+            store.tenants().await?.into_iter().map(|t| (t.id, t.gpu_quota)).collect();
+
+        // Work of jobs that are no longer active (cancelled, released) stops here.
+        let active_ids: HashSet<i64> = active.iter().map(|j| j.id).collect();
+        self.runs.retain(|id, handle| {
+            let keep = active_ids.contains(id);
+            if !keep {
+                handle.abort();
+                tracing::info!(job = id, "work stopped");
+            }
+            keep
+        });
+
+        let t0 = Instant::now();
+        let fleet = self.st.fleet.clone();
+        let mut cluster = ClusterState::new(fleet.clone());
+        let mut held: HashMap<i64, u64> = HashMap::new();
+        let mut placed: Vec<(&Job, Placement)> = Vec::new();
+        for job in active.iter().filter(|j| matches!(j.state, JobState::Scheduled | JobState::Running)) {
+            let restored = restore(&self.st, job).and_then(|(w, p)| {
+                let demand = Demand::of(&w, &fleet);
+                cluster.allocate(w.id, &demand, p.clone()).map_err(|e| e.to_string())?;
+                Ok(p)
+            });
+            match restored {
+                Ok(p) => {
+                    *held.entry(job.tenant_id).or_default() += total_gpus(job);
+                    placed.push((job, p));
+                }
+                Err(why) => {
+                    tracing::warn!(job = job.id, error = %why, "job's placement cannot be restored; failing it");
+                    let change = Change {
+                        finished: true,
+                        message: Some(format!("lost its placement: {why}")),
+                        ..Default::default()
+                    };
+                    if store.transition(job.id, &[job.state], JobState::Failed, now_ms(), &change).await? {
+                        self.st.job_changed();
+                    }
+                }
+            }
+        }
+
+        // The queue: priority first, deferrable work after the rest, then arrival; a tenant's
+        // jobs enter only while they fit its quota.
+        let mut pending: Vec<&Job> = active.iter().filter(|j| j.state == JobState::Pending).collect();
+        pending.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.deferrable, j.id));
+        let mut queue = Queue::new();
+        let mut reserved = held.clone();
+        let mut by_id: HashMap<u32, &Job> = HashMap::new();
+        for job in &pending {
+            let Some(w) = workload_of(job) else { continue };
+            let want = total_gpus(job);
+            let used = reserved.entry(job.tenant_id).or_default();
+            if let Some(Some(quota)) = quotas.get(&job.tenant_id)
+                && *used + want > quota.max(&0).unsigned_abs()
+            {
+                continue;
+            }
+            *used += want;
+            by_id.insert(w.id.0, job);
+            let demand = Demand::of(&w, &fleet);
+            let enqueued_at = w.submit_time;
+            queue.push(QueuedJob::new(Arc::new(w), demand, enqueued_at));
+        }
+        let decisions = self.policy.schedule(SimTime(now_ms().max(0) as u64), &queue, &mut cluster);
+        self.st.metrics.placement_seconds.observe(t0.elapsed().as_secs_f64());
+
+        let now = now_ms();
+        let mut scheduled_now = 0usize;
+        for decision in decisions {
+            match decision {
+                Decision::Start { job, placement } => {
+                    let Some(stored) = by_id.get(&job.0) else { continue };
+                    let json = encode_placement(&fleet, &placement);
+                    let change = Change { placement_json: Some(Some(json)), ..Default::default() };
+                    if store.transition(stored.id, &[JobState::Pending], JobState::Scheduled, now, &change).await? {
+                        tracing::info!(job = stored.id, nodes = placement.members.len(), "job scheduled");
+                        self.st.job_changed();
+                        scheduled_now += 1;
+                        placed.push((stored, placement));
+                    }
+                }
+                Decision::Preempt { job } => {
+                    let id = i64::from(job.0);
+                    placed.retain(|(j, _)| j.id != id);
+                    if let Some(handle) = self.runs.remove(&id) {
+                        handle.abort();
+                    }
+                    let off = Change {
+                        placement_json: Some(None),
+                        message: Some("preempted by the scheduler".into()),
+                        ..Default::default()
+                    };
+                    let from = [JobState::Scheduled, JobState::Running];
+                    if store.transition(id, &from, JobState::Preempted, now, &off).await? {
+                        let back = Change { reset_times: true, message: Some("requeued".into()), ..Default::default() };
+                        store.transition(id, &[JobState::Preempted], JobState::Pending, now, &back).await?;
+                        tracing::info!(job = id, "job preempted");
+                        self.st.job_changed();
+                    }
+                }
+            }
+        }
+
+        // Launch what is placed and not yet running here: new work starts, work that was running
+        // before a restart resumes from its recorded start.
+        let mut node_used = vec![0u32; fleet.nodes.len()];
+        for (job, placement) in &placed {
+            for m in &placement.members {
+                if let Some(slot) = node_used.get_mut(m.node.index()) {
+                    *slot += m.gpus.len() as u32;
+                }
+            }
+            if self.runs.contains_key(&job.id) {
+                continue;
+            }
+            let started_at = match job.started_ms {
+                Some(t) if job.state == JobState::Running => t,
+                _ => {
+                    let change = Change { started: true, ..Default::default() };
+                    let from = [JobState::Scheduled];
+                    if !store.transition(job.id, &from, JobState::Running, now, &change).await? {
+                        continue;
+                    }
+                    self.st.job_changed();
+                    now
+                }
+            };
+            self.launch(job, placement, started_at);
+        }
+
+        let running = placed.len();
+        let queued = active.iter().filter(|j| j.state == JobState::Pending).count();
+        self.st.metrics.running_jobs.set(running as i64);
+        self.st.metrics.queue_length.set(queued.saturating_sub(scheduled_now) as i64);
+        self.st.metrics.allocated_gpus.set((cluster.allocated_gpu_milli() / 1000) as i64);
+        let mut snap = self.st.snapshot.write().unwrap_or_else(|e| e.into_inner());
+        *snap = Snapshot { node_gpus_used: node_used };
+        Ok(())
+    }
+
+    fn launch(&mut self, job: &Job, placement: &Placement, started_at_ms: i64) {
+        let (args, env) = match crate::convert::args_env(job) {
+            Ok(ae) => ae,
+            Err(e) => {
+                let _ = self.done_tx.send(Done { job_id: job.id, outcome: Ended::Lost(e.to_string()) });
+                return;
+            }
+        };
+        let fleet = &self.st.fleet;
+        let members = placement.members.len() as u32;
+        let futures: Vec<_> = placement
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                self.executor.run(RunSpec {
+                    job_id: job.id,
+                    node: fleet.node(m.node).name.clone(),
+                    member: i as u32,
+                    members,
+                    command: job.command.clone(),
+                    args: args.clone(),
+                    env: env.clone(),
+                    gpus: m.gpus.iter().map(|g| u32::from(g.index)).collect(),
+                    started_at_ms,
+                })
+            })
+            .collect();
+        let deadline = job.max_runtime_s.map(|s| {
+            let end_ms = started_at_ms.saturating_add(s.saturating_mul(1000));
+            (s.max(0) as u64, Duration::from_millis(end_ms.saturating_sub(now_ms()).max(0) as u64))
+        });
+        let tx = self.done_tx.clone();
+        let job_id = job.id;
+        let handle = tokio::spawn(async move {
+            // The gang ends when every member has exited, or at the first failure.
+            let all = futures_util::future::try_join_all(futures.into_iter().map(|f| async move {
+                match f.await {
+                    RunOutcome::Exited { code: 0 } => Ok(()),
+                    RunOutcome::Exited { code } => Err(Ended::Exited(code)),
+                    RunOutcome::Lost { message } => Err(Ended::Lost(message)),
+                }
+            }));
+            let outcome = match deadline {
+                Some((secs, left)) => match tokio::time::timeout(left, all).await {
+                    Ok(r) => r.err().unwrap_or(Ended::Exited(0)),
+                    Err(_) => Ended::Expired(secs),
+                },
+                None => all.await.err().unwrap_or(Ended::Exited(0)),
+            };
+            let _ = tx.send(Done { job_id, outcome });
+        });
+        tracing::info!(job = job.id, members, "work launched");
+        self.runs.insert(job.id, handle);
+    }
+}
+
+/// A placed job's workload and placement, resolved against the fleet.
+fn restore(st: &AppState, job: &Job) -> Result<(model::Workload, Placement), String> {
+    let w = workload_of(job).ok_or_else(|| format!("job id {} out of range", job.id))?;
+    let json = job.placement_json.as_deref().ok_or("no placement recorded")?;
+    let p = decode_placement(json, &st.node_ids)?;
+    Ok((w, p))
+}
