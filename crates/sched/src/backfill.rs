@@ -197,7 +197,14 @@ impl Multifactor {
         let ok = |n: usize, f: u32| {
             allowed[n] && if whole { f == u32::from(fleet.nodes[n].gpu_count) } else { f >= per_node }
         };
-        let mut fitting: BTreeSet<usize> = (0..n_nodes).filter(|&n| ok(n, free[n])).collect();
+        // Nodes in the order they become able to hold a member: the reservation takes the ones
+        // freed last, leaving nodes idle now to backfill.
+        let mut fitting: Vec<usize> = (0..n_nodes).filter(|&n| ok(n, free[n])).collect();
+        let mut is_fitting: Vec<bool> = (0..n_nodes).map(|n| ok(n, free[n])).collect();
+        let reserve = |fitting: &Vec<usize>| fitting.iter().rev().take(members).map(|&n| NodeId(n as u32)).collect();
+        if fitting.len() >= members {
+            return (now, reserve(&fitting));
+        }
         let mut ends: Vec<(SimTime, WorkloadId)> = self
             .running
             .iter()
@@ -207,25 +214,21 @@ impl Multifactor {
             })
             .collect();
         ends.sort_unstable();
-        for (t, id) in ends {
-            if fitting.len() >= members {
-                break;
-            }
+        for (i, &(t, id)) in ends.iter().enumerate() {
             let Some(p) = cluster.allocation(id) else { continue };
             for m in &p.members {
                 let n = m.node.index();
                 free[n] += m.gpus.iter().filter(|g| u32::from(g.milli) == model::GPU_MILLI_PER_GPU).count() as u32;
-                if ok(n, free[n]) {
-                    fitting.insert(n);
+                if !is_fitting[n] && ok(n, free[n]) {
+                    is_fitting[n] = true;
+                    fitting.push(n);
                 }
             }
-            if fitting.len() >= members {
-                let nodes = fitting.iter().take(members).map(|&n| NodeId(n as u32)).collect();
-                return (t, nodes);
+            // Everything estimated to end at `t` ends before the head starts.
+            let last_at_t = ends.get(i + 1).is_none_or(|(next, _)| *next != t);
+            if last_at_t && fitting.len() >= members {
+                return (t, reserve(&fitting));
             }
-        }
-        if fitting.len() >= members {
-            return (now, fitting.iter().take(members).map(|&n| NodeId(n as u32)).collect());
         }
         (SimTime(u64::MAX), (0..n_nodes as u32).map(NodeId).collect())
     }
