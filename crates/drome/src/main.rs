@@ -26,6 +26,8 @@ enum Command {
     /// Benchmarks: replay speed and published experiments.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// A fleet's year in power, cooling, waste heat, money and carbon, per cooling type.
+    Energy(cmd::energy::EnergyArgs),
 }
 
 fn run() -> anyhow::Result<()> {
@@ -35,6 +37,7 @@ fn run() -> anyhow::Result<()> {
         Command::Fleet(c) => cmd::fleet::run(c),
         Command::Trace(c) => cmd::trace::run(c),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Energy(args) => cmd::energy::run(args),
     }
 }
 

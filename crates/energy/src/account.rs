@@ -424,3 +424,46 @@ pub fn account(
         hourly: points,
     })
 }
+
+/// Parses a utilisation series CSV: a header with `t_s` and `gpu_allocation` columns among others
+/// (as `drome sim --csv` writes them), then one row per point. Errors name the line and column.
+pub fn parse_allocation_csv(text: &str) -> Result<Vec<(f64, f64)>, EnergyError> {
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+    let Some((header_line, header)) = lines.next() else {
+        return Err(EnergyError::Csv {
+            line: 1,
+            column: 1,
+            message: "empty file; expected a header with t_s,gpu_allocation".into(),
+        });
+    };
+    let names: Vec<&str> = header.split(',').map(str::trim).collect();
+    let find = |want: &str| names.iter().position(|n| n.eq_ignore_ascii_case(want));
+    let (Some(t_col), Some(a_col)) = (find("t_s"), find("gpu_allocation")) else {
+        return Err(EnergyError::Csv {
+            line: header_line + 1,
+            column: 1,
+            message: format!("expected columns t_s and gpu_allocation in the header, found `{}`", header.trim()),
+        });
+    };
+    let mut points = Vec::new();
+    for (i, line) in lines {
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if fields.len() != names.len() {
+            return Err(EnergyError::Csv {
+                line: i + 1,
+                column: fields.len().min(names.len()) + 1,
+                message: format!("expected {} fields, found {}", names.len(), fields.len()),
+            });
+        }
+        let num = |col: usize| match fields[col].parse::<f64>() {
+            Ok(v) if v.is_finite() => Ok(v),
+            _ => Err(EnergyError::Csv {
+                line: i + 1,
+                column: col + 1,
+                message: format!("`{}` must be a finite number, found `{}`", names[col], fields[col]),
+            }),
+        };
+        points.push((num(t_col)?, num(a_col)?));
+    }
+    Ok(points)
+}

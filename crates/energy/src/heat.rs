@@ -76,15 +76,16 @@ pub struct HeatNetwork {
 }
 
 impl HeatNetwork {
-    /// A network sized to a site: base load 25% of the site's typical full-load IT power, space
-    /// heating 2.5% of it per kelvin (so a 0 °C hour asks for 70%), 65 °C supply (a
+    /// A network sized to a site: base load 35% of the site's typical full-load IT power, space
+    /// heating 4% of it per kelvin (so a 0 °C hour asks for 107%, more than an air-cooled site
+    /// recovers), 65 °C supply (a
     /// fourth-generation district network or low-pressure process hot water), 40 EUR/MWh (the
     /// order of French heat-network wholesale prices for recovered heat).
     pub fn sized_for(it_watts: f64) -> HeatNetwork {
         HeatNetwork {
             supply_celsius: 65.0,
-            base_load_watts: 0.25 * it_watts,
-            heating_watts_per_kelvin: 0.025 * it_watts,
+            base_load_watts: 0.35 * it_watts,
+            heating_watts_per_kelvin: 0.04 * it_watts,
             price_eur_per_mwh: 40.0,
         }
     }

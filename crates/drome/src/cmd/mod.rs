@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_openb;
+pub mod energy;
 pub mod fleet;
 pub mod sim;
 pub mod trace;

@@ -1,0 +1,71 @@
+//! `drome energy` end to end: the JSON report of the small fleet, the table, and refusals.
+
+use std::path::Path;
+use std::process::Command;
+
+fn drome(args: &[&str]) -> std::process::Output {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    Command::new(env!("CARGO_BIN_EXE_drome")).args(args).current_dir(root).output().unwrap()
+}
+
+#[test]
+fn small_fleet_json_report() {
+    let out = drome(&["energy", "--fleet", "fleets/small.toml", "--output", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    insta::assert_json_snapshot!(value);
+}
+
+#[test]
+fn all_coolings_side_by_side_and_ordered() {
+    let out = drome(&["energy", "--fleet", "fleets/small.toml", "--cooling", "all", "--output", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reports = value["reports"].as_array().unwrap();
+    let pue: Vec<f64> = reports.iter().map(|r| r["pue"].as_f64().unwrap()).collect();
+    let names: Vec<&str> = reports.iter().map(|r| r["cooling"].as_str().unwrap()).collect();
+    assert_eq!(names, ["air", "liquid", "immersion"]);
+    assert!(pue[2] < pue[1] && pue[1] < pue[0] && pue[2] > 1.0, "{pue:?}");
+
+    let out = drome(&["energy", "--fleet", "fleets/small.toml", "--cooling", "all", "--utilization", "0.5"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for row in [
+        "PUE",
+        "IT MWh",
+        "facility MWh",
+        "peak MW",
+        "grid cap MW",
+        "heat exported MWh",
+        "heat revenue EUR",
+        "energy cost EUR",
+        "CO2 t",
+    ] {
+        assert!(table.contains(row), "{row} missing from\n{table}");
+    }
+}
+
+#[test]
+fn series_file_sets_the_span_and_bad_rows_name_line_and_column() {
+    let dir = std::env::temp_dir().join(format!("drome-energy-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("series.csv");
+    std::fs::write(&good, "t_s,gpu_allocation,queue_len,running\n0,0.5,0,1\n3600,1.0,0,2\n7200,1.0,0,2\n").unwrap();
+    let out =
+        drome(&["energy", "--fleet", "fleets/small.toml", "--series", good.to_str().unwrap(), "--output", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["reports"][0]["hours"].as_f64(), Some(2.0));
+    assert_eq!(value["reports"][0]["mean_allocation"].as_f64(), Some(0.75));
+
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, "t_s,gpu_allocation\n0,0.5\n60,lots\n").unwrap();
+    let out = drome(&["energy", "--fleet", "fleets/small.toml", "--series", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3, column 2"), "{err}");
+
+    let out = drome(&["energy", "--fleet", "fleets/small.toml", "--utilization", "1.5"]);
+    assert!(!out.status.success());
+    std::fs::remove_dir_all(&dir).ok();
+}
