@@ -227,7 +227,7 @@ pub fn simulate(
                     let productive = ran.as_millis().saturating_sub(delay.as_millis());
                     let raw = state.progress.as_millis() + productive;
                     let ckpt = config.checkpoint_interval.as_millis();
-                    let saved = if ckpt == 0 { raw } else { (raw / ckpt * ckpt).max(state.progress.as_millis()) };
+                    let saved = raw.checked_div(ckpt).map_or(raw, |n| (n * ckpt).max(state.progress.as_millis()));
                     let kept = saved - state.progress.as_millis();
                     // Work since the last checkpoint is lost; the restart delay was charged when
                     // the run started, less what this run did not get to spend of it.
