@@ -28,6 +28,24 @@ enum Command {
     Bench(cmd::bench::BenchCommand),
     /// A fleet's year in power, cooling, waste heat, money and carbon, per cooling type.
     Energy(cmd::energy::EnergyArgs),
+    /// Start a server, a fleet of virtual nodes and a demo tenant on this machine: the first step.
+    Up(cmd::up::UpArgs),
+    /// Run the control plane: REST API, scheduler and nodes over SQLite or PostgreSQL.
+    Server(cmd::server::ServerArgs),
+    /// Submit a job (or a GPU instance): drome submit --gpus 8 [--nodes 2] -- CMD ARGS.
+    Submit(cmd::client::SubmitArgs),
+    /// List your jobs.
+    Jobs(cmd::client::JobsArgs),
+    /// Show one job and its state history.
+    Job(cmd::client::JobArgs),
+    /// Cancel a job, or release a GPU instance.
+    Cancel(cmd::client::JobArgs),
+    /// List the fleet's nodes (or --sites) and their free GPUs.
+    Nodes(cmd::client::NodesArgs),
+    /// List tenants, or create one (admin).
+    Tenants(cmd::client::TenantsArgs),
+    /// Show your GPU quota, or set a tenant's (admin).
+    Quota(cmd::client::QuotaArgs),
 }
 
 fn run() -> anyhow::Result<()> {
@@ -38,6 +56,15 @@ fn run() -> anyhow::Result<()> {
         Command::Trace(c) => cmd::trace::run(c),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Energy(args) => cmd::energy::run(args),
+        Command::Up(args) => cmd::up::run(args),
+        Command::Server(args) => cmd::server::run(args),
+        Command::Submit(args) => cmd::client::submit(args),
+        Command::Jobs(args) => cmd::client::jobs(args),
+        Command::Job(args) => cmd::client::job(args),
+        Command::Cancel(args) => cmd::client::cancel(args),
+        Command::Nodes(args) => cmd::client::nodes(args),
+        Command::Tenants(args) => cmd::client::tenants(args),
+        Command::Quota(args) => cmd::client::quota(args),
     }
 }
 

@@ -2,10 +2,13 @@
 
 pub mod bench;
 pub mod bench_openb;
+pub mod client;
 pub mod energy;
 pub mod fleet;
+pub mod server;
 pub mod sim;
 pub mod trace;
+pub mod up;
 
 use ::trace::{DetectedFormat, TraceFormat};
 use anyhow::Context;

@@ -1,0 +1,509 @@
+//! The CLI client: `drome submit`, `jobs`, `job`, `cancel`, `nodes`, `tenants`, `quota`. It talks
+//! to a server's REST API; `DROME_URL` and `DROME_TOKEN` say which server and as whom.
+
+use super::{Output, print_json};
+use anyhow::{Context, bail};
+use report::Table;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Which server, as whom, and how to print.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Conn {
+    /// Server URL.
+    #[arg(long, env = "DROME_URL", default_value = "http://127.0.0.1:8420")]
+    pub url: String,
+    /// Bearer token (a tenant's, or the admin's for `tenants` and `quota set`).
+    #[arg(long, env = "DROME_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// GPUs on each node.
+    #[arg(long, default_value_t = 1)]
+    pub gpus: u32,
+    /// Nodes; all start together.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: u32,
+    /// GPU model or family (H200).
+    #[arg(long)]
+    pub gpu_model: Option<String>,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// The job may wait for cheaper or cleaner power.
+    #[arg(long)]
+    pub deferrable: bool,
+    /// Stop the job after this many seconds of running.
+    #[arg(long)]
+    pub max_runtime: Option<u64>,
+    /// Restart a failed job (up to --max-restarts times).
+    #[arg(long, value_parser = ["never", "on-failure"], default_value = "never")]
+    pub restart: String,
+    #[arg(long, default_value_t = 3)]
+    pub max_restarts: u32,
+    /// Environment variable for the job, KEY=VALUE; repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// A GPU instance: no command, holds its GPUs until cancelled or --max-runtime passes.
+    #[arg(long)]
+    pub instance: bool,
+    /// Idempotency key; a fresh one is made for each submission, so retries are safe.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Only jobs in this state (pending, scheduled, running, succeeded, failed, cancelled).
+    #[arg(long)]
+    pub state: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct JobArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    pub id: i64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Sites instead of nodes.
+    #[arg(long)]
+    pub sites: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TenantsArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(subcommand)]
+    pub action: Option<TenantsAction>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TenantsAction {
+    /// Create a tenant (admin) and print its token.
+    Create {
+        name: String,
+        /// GPUs it may hold at once.
+        #[arg(long)]
+        gpu_quota: Option<u32>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QuotaArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(subcommand)]
+    pub action: Option<QuotaAction>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum QuotaAction {
+    /// Set a tenant's GPU quota (admin): a number, or `unlimited`.
+    Set { tenant: String, gpus: String },
+}
+
+/// A small REST client over reqwest.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+fn random_key() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("cli-{}-{nanos:x}", std::process::id())
+}
+
+impl Client {
+    pub fn new(conn: &Conn) -> anyhow::Result<Client> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Client {
+            http,
+            base: conn.url.trim_end_matches('/').to_string(),
+            token: conn.token.clone().filter(|t| !t.is_empty()),
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
+        let Some(token) = &self.token else {
+            bail!("no token: set DROME_TOKEN (or pass --token); `drome up` prints one")
+        };
+        Ok(self.http.request(method, format!("{}{path}", self.base)).bearer_auth(token))
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let resp = req.send().await.with_context(|| format!("cannot reach the drome server at {}", self.base))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.context("cannot read the server's answer")?;
+        if !status.is_success() {
+            if let Ok(e) = serde_json::from_slice::<api::ErrorBody>(&bytes) {
+                match e.error.field {
+                    Some(f) => bail!("{} ({status}): {}: {}", e.error.code, f, e.error.message),
+                    None => bail!("{} ({status}): {}", e.error.code, e.error.message),
+                }
+            }
+            bail!("server answered {status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        serde_json::from_slice(&bytes).context("unexpected answer from the server")
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.request(reqwest::Method::GET, path)?).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        self.send(self.request(reqwest::Method::POST, path)?.json(body)).await
+    }
+
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        self.send(self.request(reqwest::Method::PUT, path)?.json(body)).await
+    }
+
+    /// Submits with an idempotency key, retrying on connection failures: the job is stored once.
+    pub async fn submit(&self, spec: &api::JobSpec, key: &str) -> anyhow::Result<api::Job> {
+        let mut last = None;
+        for attempt in 0..4u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+            }
+            let req = self.request(reqwest::Method::POST, "/v1/jobs")?.header("Idempotency-Key", key).json(spec);
+            match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let bytes = resp.bytes().await.context("cannot read the server's answer")?;
+                    if status.is_success() {
+                        return serde_json::from_slice(&bytes).context("unexpected answer from the server");
+                    }
+                    if let Ok(e) = serde_json::from_slice::<api::ErrorBody>(&bytes) {
+                        match e.error.field {
+                            Some(f) => bail!("{} ({status}): {}: {}", e.error.code, f, e.error.message),
+                            None => bail!("{} ({status}): {}", e.error.code, e.error.message),
+                        }
+                    }
+                    bail!("server answered {status}: {}", String::from_utf8_lossy(&bytes));
+                }
+                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => last = Some(e),
+                Err(e) => return Err(e).context("submission failed"),
+            }
+        }
+        Err(anyhow::anyhow!(
+            "cannot reach the drome server at {}: {}",
+            self.base,
+            last.map(|e| e.to_string()).unwrap_or_default()
+        ))
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+/// `1712345678901` ms as `2024-04-05 19:34:38Z`-style UTC text.
+pub fn fmt_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn gpus_of(job: &api::Job) -> String {
+    let total = u64::from(job.spec.gpus_per_node) * u64::from(job.spec.nodes);
+    match (&job.spec.gpu_model, job.spec.nodes) {
+        (Some(m), 1) => format!("{total} {m}"),
+        (Some(m), n) => format!("{total} {m} ({n}x{})", job.spec.gpus_per_node),
+        (None, 1) => total.to_string(),
+        (None, n) => format!("{total} ({n}x{})", job.spec.gpus_per_node),
+    }
+}
+
+fn command_of(job: &api::Job) -> String {
+    match &job.spec.command {
+        None => "(GPU instance)".into(),
+        Some(c) => {
+            let mut s = std::iter::once(c.as_str())
+                .chain(job.spec.args.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(" ");
+            if s.len() > 60 {
+                s = format!("{}...", s.chars().take(57).collect::<String>());
+            }
+            s
+        }
+    }
+}
+
+pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let mut env = BTreeMap::new();
+    for kv in &args.env {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--env {kv}: expected KEY=VALUE"))?;
+        env.insert(k.to_string(), v.to_string());
+    }
+    let (command, cmd_args) = match (args.command.split_first(), args.instance) {
+        (Some(_), true) => bail!("a GPU instance (--instance) takes no command"),
+        (Some((c, rest)), false) => (Some(c.clone()), rest.to_vec()),
+        (None, true) => (None, Vec::new()),
+        (None, false) => bail!("give the command after `--` (drome submit --gpus 8 -- python train.py), or --instance"),
+    };
+    let spec = api::JobSpec {
+        name: args.name,
+        command,
+        args: cmd_args,
+        env,
+        gpus_per_node: args.gpus,
+        nodes: args.nodes,
+        gpu_model: args.gpu_model,
+        priority: args.priority,
+        deferrable: args.deferrable,
+        max_runtime_s: args.max_runtime,
+        restart_policy: if args.restart == "on-failure" {
+            api::RestartPolicy::OnFailure
+        } else {
+            api::RestartPolicy::Never
+        },
+        max_restarts: args.max_restarts,
+    };
+    let client = Client::new(&args.conn)?;
+    let key = args.idempotency_key.unwrap_or_else(random_key);
+    let job = runtime()?.block_on(client.submit(&spec, &key))?;
+    match args.conn.output {
+        Output::Json => print_json(&job),
+        Output::Table => {
+            println!("job {} submitted: {} ({} GPUs), {}", job.id, job.name, gpus_of(&job), job.state.as_str());
+            println!("follow it with: drome job {}", job.id);
+            Ok(())
+        }
+    }
+}
+
+pub fn jobs(args: JobsArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.conn)?;
+    let mut path = format!("/v1/jobs?limit={}", args.limit);
+    if let Some(s) = &args.state {
+        path.push_str(&format!("&state={s}"));
+    }
+    let list: api::JobList = runtime()?.block_on(client.get(&path))?;
+    match args.conn.output {
+        Output::Json => print_json(&list),
+        Output::Table => {
+            let mut t = Table::new(["ID", "NAME", "STATE", "GPUS", "COMMAND", "SUBMITTED"]);
+            for j in &list.jobs {
+                t.row([
+                    j.id.to_string(),
+                    j.name.clone(),
+                    j.state.as_str().to_string(),
+                    gpus_of(j),
+                    command_of(j),
+                    fmt_time(j.submitted_at_ms),
+                ]);
+            }
+            if t.is_empty() {
+                println!("no jobs yet: try `drome submit --gpus 8 -- sleep 30`");
+            } else {
+                println!("{}", t.render());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_job(job: &api::Job, output: Output) -> anyhow::Result<()> {
+    if output == Output::Json {
+        return print_json(job);
+    }
+    println!("job {}  {}  [{}]", job.id, job.name, job.state.as_str());
+    println!("  tenant     {}", job.tenant);
+    println!("  command    {}", command_of(job));
+    println!("  gpus       {}", gpus_of(job));
+    if !job.placement.is_empty() {
+        let nodes: Vec<String> = job.placement.iter().map(|m| format!("{} {:?}", m.node, m.gpus)).collect();
+        println!("  placement  {}", nodes.join(", "));
+    }
+    if let Some(code) = job.exit_code {
+        println!("  exit code  {code}");
+    }
+    if let Some(m) = &job.message {
+        println!("  message    {m}");
+    }
+    let mut t = Table::new(["STATE", "AT", "MESSAGE"]);
+    for h in &job.history {
+        t.row([h.state.as_str().to_string(), fmt_time(h.at_ms), h.message.clone().unwrap_or_default()]);
+    }
+    println!("{}", t.render());
+    Ok(())
+}
+
+pub fn job(args: JobArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.conn)?;
+    let job: api::Job = runtime()?.block_on(client.get(&format!("/v1/jobs/{}", args.id)))?;
+    print_job(&job, args.conn.output)
+}
+
+pub fn cancel(args: JobArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.conn)?;
+    let job: api::Job =
+        runtime()?.block_on(client.post(&format!("/v1/jobs/{}/cancel", args.id), &serde_json::json!({})))?;
+    print_job(&job, args.conn.output)
+}
+
+pub fn nodes(args: NodesArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.conn)?;
+    let rt = runtime()?;
+    if args.sites {
+        let sites: Vec<api::Site> = rt.block_on(client.get("/v1/sites"))?;
+        if args.conn.output == Output::Json {
+            return print_json(&sites);
+        }
+        let mut t = Table::new(["SITE", "COOLING", "NODES", "GPUS", "USED", "FREE", "GPU POWER", "CAP"]);
+        for s in &sites {
+            t.row([
+                s.name.clone(),
+                s.cooling.clone(),
+                s.nodes.to_string(),
+                s.gpus.to_string(),
+                s.gpus_used.to_string(),
+                s.gpus_free.to_string(),
+                report::fmt_si(s.power_watts, "W"),
+                s.power_cap_watts.map(|w| report::fmt_si(w, "W")).unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        println!("{}", t.render());
+        return Ok(());
+    }
+    let nodes: Vec<api::Node> = rt.block_on(client.get("/v1/nodes"))?;
+    if args.conn.output == Output::Json {
+        return print_json(&nodes);
+    }
+    let mut t = Table::new(["NODE", "SITE", "HALL", "RACK", "MODEL", "GPUS", "USED", "FREE"]);
+    for n in &nodes {
+        t.row([
+            n.name.clone(),
+            n.site.clone(),
+            n.hall.clone(),
+            n.rack.clone(),
+            n.gpu_model.clone().unwrap_or_else(|| "-".into()),
+            n.gpus.to_string(),
+            n.gpus_used.to_string(),
+            n.gpus_free.to_string(),
+        ]);
+    }
+    println!("{}", t.render());
+    Ok(())
+}
+
+pub fn tenants(args: TenantsArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.conn)?;
+    let rt = runtime()?;
+    match args.action {
+        Some(TenantsAction::Create { name, gpu_quota }) => {
+            let created: api::TenantCreated =
+                rt.block_on(client.post("/v1/tenants", &api::NewTenant { name, gpu_quota }))?;
+            if args.conn.output == Output::Json {
+                return print_json(&created);
+            }
+            println!("tenant {} created", created.tenant.name);
+            println!("token (shown once): {}", created.token);
+            Ok(())
+        }
+        None => {
+            let tenants: Vec<api::Tenant> = rt.block_on(client.get("/v1/tenants"))?;
+            if args.conn.output == Output::Json {
+                return print_json(&tenants);
+            }
+            let mut t = Table::new(["ID", "TENANT", "GPU QUOTA", "CREATED"]);
+            for x in &tenants {
+                t.row([
+                    x.id.to_string(),
+                    x.name.clone(),
+                    x.gpu_quota.map(|q| q.to_string()).unwrap_or_else(|| "unlimited".into()),
+                    fmt_time(x.created_at_ms),
+                ]);
+            }
+            println!("{}", t.render());
+            Ok(())
+        }
+    }
+}
+
+pub fn quota(args: QuotaArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.conn)?;
+    let rt = runtime()?;
+    match args.action {
+        Some(QuotaAction::Set { tenant, gpus }) => {
+            let gpu_quota = match gpus.as_str() {
+                "unlimited" | "none" => None,
+                n => Some(n.parse::<u32>().with_context(|| format!("'{n}': a number of GPUs or `unlimited`"))?),
+            };
+            let t: api::Tenant =
+                rt.block_on(client.put(&format!("/v1/tenants/{tenant}/quota"), &api::QuotaUpdate { gpu_quota }))?;
+            if args.conn.output == Output::Json {
+                return print_json(&t);
+            }
+            println!(
+                "tenant {}: GPU quota {}",
+                t.name,
+                t.gpu_quota.map(|q| q.to_string()).unwrap_or_else(|| "unlimited".into())
+            );
+            Ok(())
+        }
+        None => {
+            let q: api::Quota = rt.block_on(client.get("/v1/quota"))?;
+            if args.conn.output == Output::Json {
+                return print_json(&q);
+            }
+            let mut t = Table::new(["TENANT", "GPU QUOTA", "GPUS USED", "GPUS PENDING"]);
+            t.row([
+                q.tenant.clone(),
+                q.gpu_quota.map(|q| q.to_string()).unwrap_or_else(|| "unlimited".into()),
+                q.gpus_used.to_string(),
+                q.gpus_pending.to_string(),
+            ]);
+            println!("{}", t.render());
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_print_in_utc() {
+        assert_eq!(super::fmt_time(0), "1970-01-01 00:00:00Z");
+        assert_eq!(super::fmt_time(1_709_251_199_000), "2024-02-29 23:59:59Z");
+    }
+}

@@ -1,0 +1,84 @@
+//! `drome server`: the control plane on SQLite or PostgreSQL.
+
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The Valence fleet, built in so that `drome server` and `drome up` work from any directory.
+pub const VALENCE_TOML: &str = include_str!("../../../../fleets/valence.toml");
+
+/// Where the embedded database lives by default.
+pub const DEFAULT_DB: &str = "sqlite://drome-data/drome.db";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8420";
+
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// Database: sqlite://PATH (embedded, WAL) or postgres://USER@HOST/DB.
+    #[arg(long, env = "DROME_DB", default_value = DEFAULT_DB)]
+    pub db: String,
+    /// Address to listen on.
+    #[arg(long, env = "DROME_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// The admin token; when unset, the one stored earlier is kept, or a new one is made and
+    /// printed once.
+    #[arg(long, env = "DROME_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Fleet TOML; the built-in Valence fleet when unset.
+    #[arg(long)]
+    pub fleet: Option<PathBuf>,
+    /// Scheduling policy.
+    #[arg(long, default_value = "fifo")]
+    pub policy: String,
+    /// Seconds a virtual node runs a command that declares no duration.
+    #[arg(long, default_value_t = 10.0)]
+    pub virtual_seconds: f64,
+}
+
+/// Logs to stderr, `info` unless `RUST_LOG` says otherwise.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub fn load_fleet(path: Option<&std::path::Path>) -> anyhow::Result<model::Fleet> {
+    match path {
+        Some(p) => super::load_fleet(p),
+        None => {
+            model::fleet_toml::parse_fleet(VALENCE_TOML).map_err(|e| anyhow::anyhow!("built-in valence fleet: {e}"))
+        }
+    }
+}
+
+pub fn config(args: &ServerArgs) -> anyhow::Result<server::Config> {
+    let fleet = load_fleet(args.fleet.as_deref())?;
+    let mut config = server::Config::new(args.db.clone(), args.listen, fleet);
+    config.admin_token = args.admin_token.clone().filter(|t| !t.trim().is_empty());
+    config.policy = args.policy.clone();
+    let secs =
+        if args.virtual_seconds.is_finite() && args.virtual_seconds >= 0.0 { args.virtual_seconds } else { 10.0 };
+    config.executor = std::sync::Arc::new(server::VirtualNodes { default_duration: Duration::from_secs_f64(secs) });
+    Ok(config)
+}
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging();
+    let config = config(&args)?;
+    runtime()?.block_on(async move {
+        let running = server::start(config).await?;
+        println!("drome server listening on http://{}", running.addr);
+        if let Some(token) = &running.generated_admin_token {
+            println!("admin token (shown once, stored hashed): {token}");
+        }
+        tokio::select! {
+            _ = running.wait() => {}
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); }
+        }
+        Ok(())
+    })
+}
