@@ -198,7 +198,7 @@ fn print_table(fleet: &Fleet, reports: &[EnergyReport]) {
     ];
     for (name, f) in &rows {
         let mut cells = vec![name.to_string()];
-        cells.extend(reports.iter().map(|r| f(r)));
+        cells.extend(reports.iter().map(f));
         t.row(cells);
     }
     println!("{}", t.render());
@@ -269,11 +269,11 @@ fn plot(path: &Path, fleet: &Fleet, reports: &[EnergyReport]) -> anyhow::Result<
             r.hourly.iter().map(|h| (days(h.t_s), h.heat_exported_mw)).collect(),
         ));
     }
-    if let Some(r) = reports.first() {
-        if let Some(cap) = r.totals.grid_cap_mw {
-            let end = r.hourly.last().map_or(0.0, |h| days(h.t_s + 3600.0 * h.hours));
-            power = power.series(Series::new("grid cap", vec![(0.0, cap), (end, cap)])).y_range(0.0, cap * 1.1);
-        }
+    if let Some(r) = reports.first()
+        && let Some(cap) = r.totals.grid_cap_mw
+    {
+        let end = r.hourly.last().map_or(0.0, |h| days(h.t_s + 3600.0 * h.hours));
+        power = power.series(Series::new("grid cap", vec![(0.0, cap), (end, cap)])).y_range(0.0, cap * 1.1);
     }
     Chart::new(format!("{}: site power and waste heat", fleet.name))
         .x_label("time (days)")
