@@ -197,6 +197,18 @@ pub struct Change {
     pub message: Option<String>,
 }
 
+/// A node that joined through its agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentNode {
+    pub name: String,
+    pub token_hash: String,
+    /// The node's GPUs as the agent reported them, JSON the store does not look inside.
+    pub inventory_json: String,
+    /// Where the node's gang members reach each other (`DROME_MASTER_ADDR`).
+    pub address: String,
+    pub joined_ms: i64,
+}
+
 /// Filter for [`Store::jobs`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JobFilter {
@@ -211,11 +223,19 @@ const JOB_COLUMNS: &str = "id, tenant_id, name, command, args_json, env_json, gp
      attempts, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms";
 
 fn migrator(backend: Backend) -> Migrator {
-    let sql = match backend {
-        Backend::Sqlite => include_str!("../migrations/sqlite/0001_init.sql"),
-        Backend::Postgres => include_str!("../migrations/postgres/0001_init.sql"),
+    let (init, agents) = match backend {
+        Backend::Sqlite => {
+            (include_str!("../migrations/sqlite/0001_init.sql"), include_str!("../migrations/sqlite/0002_agents.sql"))
+        }
+        Backend::Postgres => (
+            include_str!("../migrations/postgres/0001_init.sql"),
+            include_str!("../migrations/postgres/0002_agents.sql"),
+        ),
     };
-    let migrations = vec![Migration::new(1, Cow::Borrowed("init"), MigrationType::Simple, Cow::Borrowed(sql), false)];
+    let migrations = vec![
+        Migration::new(1, Cow::Borrowed("init"), MigrationType::Simple, Cow::Borrowed(init), false),
+        Migration::new(2, Cow::Borrowed("agents"), MigrationType::Simple, Cow::Borrowed(agents), false),
+    ];
     Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
 
@@ -648,5 +668,60 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(Self::event_of).collect()
+    }
+
+    /// Records a join token (by its hash).
+    pub async fn add_join_token(&self, token_hash: &str, now_ms: i64) -> Result<()> {
+        sqlx::query("INSERT INTO join_tokens (token_hash, created_ms) VALUES ($1, $2) ON CONFLICT (token_hash) DO NOTHING")
+            .bind(token_hash)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether a join token (by its hash) was made by the admin.
+    pub async fn join_token_exists(&self, token_hash: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM join_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Records a node that joined, or replaces its credential, inventory and address when it
+    /// joins again: the old credential stops working.
+    pub async fn upsert_agent_node(&self, node: &AgentNode) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO agent_nodes (name, token_hash, inventory_json, address, joined_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (name) DO UPDATE SET token_hash = $2, inventory_json = $3, address = $4, joined_ms = $5",
+        )
+        .bind(&node.name)
+        .bind(&node.token_hash)
+        .bind(&node.inventory_json)
+        .bind(&node.address)
+        .bind(node.joined_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every node that joined, by name.
+    pub async fn agent_nodes(&self) -> Result<Vec<AgentNode>> {
+        let rows =
+            sqlx::query("SELECT name, token_hash, inventory_json, address, joined_ms FROM agent_nodes ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AgentNode {
+                    name: r.try_get(0)?,
+                    token_hash: r.try_get(1)?,
+                    inventory_json: r.try_get(2)?,
+                    address: r.try_get(3)?,
+                    joined_ms: r.try_get(4)?,
+                })
+            })
+            .collect()
     }
 }

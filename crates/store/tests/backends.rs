@@ -25,6 +25,7 @@ fn new_job(tenant_id: i64, key: Option<&str>) -> NewJob {
 }
 
 async fn exercise(store: Store) {
+    agents(&store).await;
     store.ping().await.unwrap();
     assert_eq!(store.setting("admin").await.unwrap(), None);
     store.set_setting("admin", "a").await.unwrap();
@@ -115,4 +116,23 @@ async fn postgres_store() {
 async fn bad_urls_are_refused() {
     assert!(matches!(Store::connect("mysql://x").await, Err(store::StoreError::BadUrl(_))));
     assert!(matches!(Store::connect("sqlite://").await, Err(store::StoreError::BadUrl(_))));
+}
+
+/// Join tokens and joined nodes: a second join replaces the node's credential.
+async fn agents(store: &Store) {
+    assert!(!store.join_token_exists("h1").await.unwrap());
+    store.add_join_token("h1", 1).await.unwrap();
+    store.add_join_token("h1", 2).await.unwrap();
+    assert!(store.join_token_exists("h1").await.unwrap());
+    let mut node = store::AgentNode {
+        name: "n1".into(),
+        token_hash: "c1".into(),
+        inventory_json: "[]".into(),
+        address: "127.0.0.1".into(),
+        joined_ms: 5,
+    };
+    store.upsert_agent_node(&node).await.unwrap();
+    node.token_hash = "c2".into();
+    store.upsert_agent_node(&node).await.unwrap();
+    assert_eq!(store.agent_nodes().await.unwrap(), vec![node]);
 }

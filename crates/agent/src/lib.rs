@@ -1,0 +1,21 @@
+//! drome's node agent. One agent process serves one or more nodes; each node joins the control
+//! plane with a join token, gets its own credential, and then heartbeats: every heartbeat renews
+//! the node's lease, reports the runs alive and the runs that ended, and brings back the work to
+//! start and the runs to kill. Work runs as real processes, one process group per run, under the
+//! work directory; nothing of a run is left when it ends.
+
+pub mod inventory;
+pub mod runner;
+
+pub use runner::{NodeAgent, NodeConfig};
+
+/// Why an agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot reach the server: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("the server refused the join: {0}")]
+    Refused(String),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}

@@ -1,0 +1,313 @@
+//! One node's agent loop: join, heartbeat, start and kill runs.
+
+use crate::AgentError;
+use api::{AgentJoin, AgentJoined, Assignment, GpuInfo, Heartbeat, HeartbeatReply, RunExit, RunKey};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// One node an agent serves.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The server's base URL, `http://HOST:PORT`.
+    pub server: String,
+    pub join_token: String,
+    /// The node's name in the fleet.
+    pub name: String,
+    /// Where gang members reach this node.
+    pub address: String,
+    pub gpus: Vec<GpuInfo>,
+    /// Runs live under `work_dir/runs/`; the credential is kept in `work_dir/credential`.
+    pub work_dir: PathBuf,
+    /// SIGTERM, then SIGKILL after this long.
+    pub kill_grace: Duration,
+    /// Ask NVML for power draw and apply caps with it (false: recorded and estimated).
+    pub use_nvml: bool,
+}
+
+struct Live {
+    pgid: i32,
+    gpus: usize,
+}
+
+/// The agent of one node.
+pub struct NodeAgent {
+    cfg: NodeConfig,
+    http: reqwest::Client,
+    credential: Option<String>,
+    heartbeat: Duration,
+    live: HashMap<RunKey, Live>,
+    /// Ended runs not yet acknowledged by the server.
+    exited: Vec<RunExit>,
+    /// Runs this agent started, so an assignment repeated after it ended does not run again.
+    seen: HashSet<RunKey>,
+    seen_order: VecDeque<RunKey>,
+    power_cap: Option<f64>,
+    exit_tx: mpsc::UnboundedSender<RunExit>,
+    exit_rx: mpsc::UnboundedReceiver<RunExit>,
+}
+
+fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
+    move |source| AgentError::Io { path: path.display().to_string(), source }
+}
+
+/// Signals a run's process group; a group already gone is fine.
+fn signal_group(pgid: i32, sig: Signal) {
+    if pgid > 1 {
+        let _ = killpg(Pid::from_raw(pgid), sig);
+    }
+}
+
+impl NodeAgent {
+    pub fn new(cfg: NodeConfig) -> Result<NodeAgent, AgentError> {
+        std::fs::create_dir_all(cfg.work_dir.join("runs")).map_err(io(&cfg.work_dir))?;
+        let credential = std::fs::read_to_string(cfg.work_dir.join("credential")).ok().map(|s| s.trim().to_string());
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+        let agent = NodeAgent {
+            cfg,
+            http,
+            credential: credential.filter(|c| !c.is_empty()),
+            heartbeat: Duration::from_secs(5),
+            live: HashMap::new(),
+            exited: Vec::new(),
+            seen: HashSet::new(),
+            seen_order: VecDeque::new(),
+            power_cap: None,
+            exit_tx,
+            exit_rx,
+        };
+        agent.reap_leftovers();
+        Ok(agent)
+    }
+
+    /// Kills process groups an earlier agent of this node left (it was killed itself).
+    fn reap_leftovers(&self) {
+        let dir = self.cfg.work_dir.join("runs");
+        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        for e in entries.flatten() {
+            let pidfile = e.path().join("pgid");
+            if let Ok(text) = std::fs::read_to_string(&pidfile) {
+                if let Ok(pgid) = text.trim().parse::<i32>() {
+                    tracing::info!(node = %self.cfg.name, pgid, "killing a run left by an earlier agent");
+                    signal_group(pgid, Signal::SIGKILL);
+                }
+                let _ = std::fs::remove_file(&pidfile);
+            }
+        }
+    }
+
+    async fn join(&mut self) -> Result<String, AgentError> {
+        let body = AgentJoin {
+            join_token: self.cfg.join_token.clone(),
+            node: self.cfg.name.clone(),
+            address: self.cfg.address.clone(),
+            gpus: self.cfg.gpus.clone(),
+        };
+        let r = self.http.post(format!("{}/v1/agent/join", self.cfg.server)).json(&body).send().await?;
+        if !r.status().is_success() {
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            return Err(AgentError::Refused(format!("{status}: {text}")));
+        }
+        let joined: AgentJoined = r.json().await?;
+        let path = self.cfg.work_dir.join("credential");
+        std::fs::write(&path, &joined.credential).map_err(io(&path))?;
+        self.heartbeat = Duration::from_millis(joined.heartbeat_ms.max(50));
+        tracing::info!(node = %self.cfg.name, heartbeat_ms = joined.heartbeat_ms, lease_ms = joined.lease_ms, "node joined");
+        self.credential = Some(joined.credential.clone());
+        Ok(joined.credential)
+    }
+
+    /// An estimate of the node's draw when NVML cannot measure it: idle GPUs at a tenth of their
+    /// limit, busy ones at 85% of their limit or cap.
+    fn power_estimate(&self) -> f64 {
+        let busy: usize = self.live.values().map(|l| l.gpus).sum();
+        let n = self.cfg.gpus.len().max(1);
+        let limit = self.cfg.gpus.first().map(|g| g.power_limit_watts).unwrap_or(0.0);
+        let busy_w = self.power_cap.map(|c| c.min(limit)).unwrap_or(limit) * 0.85;
+        let busy = busy.min(n) as f64;
+        busy * busy_w + (n as f64 - busy) * limit * 0.1
+    }
+
+    fn power(&self) -> f64 {
+        if self.cfg.use_nvml
+            && let Ok(w) = crate::inventory::power_draw()
+        {
+            return w;
+        }
+        self.power_estimate()
+    }
+
+    fn start(&mut self, a: &Assignment) {
+        let key = a.run;
+        if self.live.contains_key(&key) || self.seen.contains(&key) {
+            return;
+        }
+        self.seen.insert(key);
+        self.seen_order.push_back(key);
+        while self.seen_order.len() > 4096 {
+            if let Some(old) = self.seen_order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        let dir = self.cfg.work_dir.join("runs").join(format!("{}-{}-{}", key.job_id, key.generation, key.member));
+        let tx = self.exit_tx.clone();
+        let spawned = (|| -> std::io::Result<tokio::process::Child> {
+            std::fs::create_dir_all(&dir)?;
+            let stdout = std::fs::File::create(dir.join("stdout"))?;
+            let stderr = std::fs::File::create(dir.join("stderr"))?;
+            let visible: Vec<String> = a.gpus.iter().map(u32::to_string).collect();
+            let mut cmd = tokio::process::Command::new(&a.command);
+            cmd.args(&a.args)
+                .envs(&a.env)
+                .env("CUDA_VISIBLE_DEVICES", visible.join(","))
+                .env("DROME_NODE", &self.cfg.name)
+                .env("DROME_WORK_DIR", &dir)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .stdout(stdout)
+                .stderr(stderr)
+                .process_group(0);
+            cmd.spawn()
+        })();
+        match spawned {
+            Ok(mut child) => {
+                let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+                let _ = std::fs::write(dir.join("pgid"), pgid.to_string());
+                tracing::info!(node = %self.cfg.name, job = key.job_id, member = key.member, generation = key.generation, pgid, "run started");
+                self.live.insert(key, Live { pgid, gpus: a.gpus.len() });
+                tokio::spawn(async move {
+                    let code = match child.wait().await {
+                        Ok(status) => {
+                            use std::os::unix::process::ExitStatusExt;
+                            status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+                        }
+                        Err(_) => 255,
+                    };
+                    // Whatever the leader left behind in its group goes with it.
+                    signal_group(pgid, Signal::SIGKILL);
+                    let _ = std::fs::remove_file(dir.join("pgid"));
+                    let _ = tx.send(RunExit { run: key, code });
+                });
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.cfg.name, job = key.job_id, error = %e, "run cannot start");
+                let _ = std::fs::write(dir.join("stderr"), format!("drome: cannot start {}: {e}\n", a.command));
+                let _ = tx.send(RunExit { run: key, code: 127 });
+                self.live.insert(key, Live { pgid: 0, gpus: 0 });
+            }
+        }
+    }
+
+    fn kill(&self, key: &RunKey) {
+        let Some(live) = self.live.get(key) else { return };
+        let pgid = live.pgid;
+        tracing::info!(node = %self.cfg.name, job = key.job_id, member = key.member, pgid, "killing run");
+        signal_group(pgid, Signal::SIGTERM);
+        let grace = self.cfg.kill_grace;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            signal_group(pgid, Signal::SIGKILL);
+        });
+    }
+
+    fn apply_cap(&mut self, cap: Option<f64>) {
+        if cap == self.power_cap {
+            return;
+        }
+        self.power_cap = cap;
+        if let Some(w) = cap {
+            if self.cfg.use_nvml {
+                if let Err(e) = crate::inventory::set_power_limit(w) {
+                    tracing::warn!(node = %self.cfg.name, watts = w, error = %e, "cannot apply the power cap");
+                }
+            }
+            tracing::info!(node = %self.cfg.name, watts = w, "gpu power cap set");
+        }
+    }
+
+    /// Joins (unless it holds a credential) and heartbeats until the process ends.
+    pub async fn run(mut self) -> Result<(), AgentError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let credential = match self.credential.clone() {
+                Some(c) => c,
+                None => match self.join().await {
+                    Ok(c) => c,
+                    Err(AgentError::Refused(m)) => return Err(AgentError::Refused(m)),
+                    Err(e) => {
+                        tracing::warn!(node = %self.cfg.name, error = %e, "join failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                },
+            };
+            while let Ok(e) = self.exit_rx.try_recv() {
+                self.live.remove(&e.run);
+                self.exited.push(e);
+            }
+            let beat = Heartbeat {
+                running: self.live.keys().copied().collect(),
+                exited: self.exited.clone(),
+                power_watts: Some(self.power()),
+                wait_ms: if self.exited.is_empty() { self.heartbeat.as_millis() as u64 } else { 0 },
+            };
+            let sent_exits = beat.exited.len();
+            let request = self
+                .http
+                .post(format!("{}/v1/agent/heartbeat", self.cfg.server))
+                .bearer_auth(&credential)
+                .json(&beat)
+                .send();
+            let response = tokio::select! {
+                r = request => r,
+                Some(e) = self.exit_rx.recv() => {
+                    // Report an exit at once: the held heartbeat is dropped (the server resends
+                    // anything it carried).
+                    self.live.remove(&e.run);
+                    self.exited.push(e);
+                    continue;
+                }
+            };
+            let reply = match response {
+                Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                    tracing::warn!(node = %self.cfg.name, "credential refused; joining again");
+                    self.credential = None;
+                    continue;
+                }
+                Ok(r) if r.status().is_success() => r.json::<HeartbeatReply>().await,
+                Ok(r) => {
+                    tracing::warn!(node = %self.cfg.name, status = %r.status(), "heartbeat refused; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+                Err(e) => Err(e),
+            };
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(node = %self.cfg.name, error = %e, "heartbeat failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            self.exited.drain(..sent_exits.min(self.exited.len()));
+            for k in &reply.kill {
+                self.kill(k);
+            }
+            for a in &reply.assign {
+                self.start(a);
+            }
+            self.apply_cap(reply.gpu_power_cap_watts);
+        }
+    }
+}
