@@ -222,10 +222,10 @@ impl NodeAgent {
         }
         self.power_cap = cap;
         if let Some(w) = cap {
-            if self.cfg.use_nvml {
-                if let Err(e) = crate::inventory::set_power_limit(w) {
-                    tracing::warn!(node = %self.cfg.name, watts = w, error = %e, "cannot apply the power cap");
-                }
+            if self.cfg.use_nvml
+                && let Err(e) = crate::inventory::set_power_limit(w)
+            {
+                tracing::warn!(node = %self.cfg.name, watts = w, error = %e, "cannot apply the power cap");
             }
             tracing::info!(node = %self.cfg.name, watts = w, "gpu power cap set");
         }

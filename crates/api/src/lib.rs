@@ -292,6 +292,116 @@ pub struct Event {
     pub message: Option<String>,
 }
 
+/// One GPU of a node, as its agent discovered it (NVML) or declared it (virtual).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GpuInfo {
+    pub index: u32,
+    pub model: String,
+    pub memory_mib: u64,
+    /// The board power limit now in force, in watts.
+    pub power_limit_watts: f64,
+    /// Indexes of the GPUs this one reaches over NVLink.
+    #[serde(default)]
+    pub nvlink_peers: Vec<u32>,
+    #[serde(default)]
+    pub mig_enabled: bool,
+    /// True when declared (`--virtual-gpus`) rather than found on a driver.
+    #[serde(default)]
+    pub r#virtual: bool,
+}
+
+/// `POST /v1/join-tokens`: a token agents join with (admin only), shown once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JoinToken {
+    pub token: String,
+}
+
+/// `POST /v1/agent/join`: a node agent joins with a join token.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentJoin {
+    pub join_token: String,
+    /// The node's name in the fleet.
+    pub node: String,
+    /// Where the node's gang members reach each other.
+    pub address: String,
+    pub gpus: Vec<GpuInfo>,
+}
+
+/// The node's own credential (shown once) and the lease timing it must keep.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentJoined {
+    pub node: String,
+    pub credential: String,
+    pub heartbeat_ms: u64,
+    pub lease_ms: u64,
+}
+
+/// One gang member's run on a node: the job, its rank and the generation it was assigned under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub struct RunKey {
+    pub job_id: i64,
+    pub member: u32,
+    /// The job's start count when this run was assigned; a run of an older generation is stale.
+    pub generation: i64,
+}
+
+/// A run that ended on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunExit {
+    pub run: RunKey,
+    /// The exit code; `128 + N` when killed by signal N.
+    pub code: i32,
+}
+
+/// `POST /v1/agent/heartbeat`: renews the node's lease and reports its runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Runs alive on the node.
+    #[serde(default)]
+    pub running: Vec<RunKey>,
+    /// Runs that ended since the last acknowledged heartbeat.
+    #[serde(default)]
+    pub exited: Vec<RunExit>,
+    /// The node's power draw, in watts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_watts: Option<f64>,
+    /// How long the server may hold the call waiting for work, in milliseconds.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// Work for a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Assignment {
+    pub run: RunKey,
+    pub members: u32,
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The job's environment with drome's own variables (`DROME_RANK`, ...) added.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// GPU indexes on the node.
+    pub gpus: Vec<u32>,
+}
+
+/// The server's answer to a heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatReply {
+    pub lease_ms: u64,
+    /// Runs to start (the node ignores those it already runs).
+    #[serde(default)]
+    pub assign: Vec<Assignment>,
+    /// Runs to stop: cancelled, or stale (a newer generation exists, or the job ended).
+    #[serde(default)]
+    pub kill: Vec<RunKey>,
+    /// GPU power cap the scheduler asks for, in watts per GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_power_cap_watts: Option<f64>,
+}
+
 /// Every error the API returns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
@@ -333,14 +443,18 @@ pub struct Health {
         paths::list_nodes,
         paths::list_sites,
         paths::events,
+        paths::create_join_token,
+        paths::agent_join,
+        paths::agent_heartbeat,
     ),
     components(schemas(
         JobState, RestartPolicy, JobSpec, PlacedMember, StateChange, Job, JobList, NewTenant, Tenant,
-        TenantCreated, QuotaUpdate, Quota, Node, Site, Event, ErrorBody, ErrorDetail, Health
+        TenantCreated, QuotaUpdate, Quota, Node, Site, Event, ErrorBody, ErrorDetail, Health,
+        GpuInfo, JoinToken, AgentJoin, AgentJoined, RunKey, RunExit, Heartbeat, Assignment, HeartbeatReply
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "jobs", description = "Work: jobs and GPU instances"), (name = "tenants", description = "Tenants and quotas"), (name = "fleet", description = "Nodes and sites"))
+    tags((name = "jobs", description = "Work: jobs and GPU instances"), (name = "tenants", description = "Tenants and quotas"), (name = "fleet", description = "Nodes and sites"), (name = "agents", description = "Node agents: join, leases, work"))
 )]
 pub struct ApiDoc;
 

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use crate::{
-    ErrorBody, Event, Health, Job, JobList, JobSpec, NewTenant, Node, Quota, QuotaUpdate, Site, Tenant, TenantCreated,
+    AgentJoin, AgentJoined, ErrorBody, Event, Health, Heartbeat, HeartbeatReply, Job, JobList, JobSpec, JoinToken,
+    NewTenant, Node, Quota, QuotaUpdate, Site, Tenant, TenantCreated,
 };
 
 /// Liveness and database reachability.
@@ -119,3 +120,27 @@ pub fn list_sites() {}
         (status = 401, description = "Missing or bad token", body = ErrorBody),
     ))]
 pub fn events() {}
+
+/// Makes a join token for node agents (admin only). Shown only this once.
+#[utoipa::path(post, path = "/v1/join-tokens", tag = "agents", responses(
+    (status = 201, description = "Created", body = JoinToken),
+    (status = 401, description = "Missing or bad token", body = ErrorBody),
+    (status = 403, description = "Not the admin token", body = ErrorBody),
+))]
+pub fn create_join_token() {}
+
+/// A node agent joins with a join token and gets its node's own credential.
+#[utoipa::path(post, path = "/v1/agent/join", tag = "agents", security(()), request_body = AgentJoin, responses(
+    (status = 200, description = "Joined", body = AgentJoined),
+    (status = 401, description = "Unknown join token", body = ErrorBody),
+    (status = 422, description = "No such node in the fleet", body = ErrorBody),
+))]
+pub fn agent_join() {}
+
+/// Renews the calling node's lease, takes its run reports and answers its work and kill list.
+/// Called with the node's credential; it may wait up to `wait_ms` for work.
+#[utoipa::path(post, path = "/v1/agent/heartbeat", tag = "agents", request_body = Heartbeat, responses(
+    (status = 200, description = "Lease renewed", body = HeartbeatReply),
+    (status = 401, description = "Not a node credential", body = ErrorBody),
+))]
+pub fn agent_heartbeat() {}

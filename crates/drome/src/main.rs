@@ -32,6 +32,8 @@ enum Command {
     Up(cmd::up::UpArgs),
     /// Run the control plane: REST API, scheduler and nodes over SQLite or PostgreSQL.
     Server(cmd::server::ServerArgs),
+    /// Run a node agent: join a server and run its work on this machine's GPUs (or declared ones).
+    Agent(cmd::agent::AgentArgs),
     /// Submit a job (or a GPU instance): drome submit --gpus 8 [--nodes 2] -- CMD ARGS.
     Submit(cmd::client::SubmitArgs),
     /// List your jobs.
@@ -58,6 +60,7 @@ fn run() -> anyhow::Result<()> {
         Command::Energy(args) => cmd::energy::run(args),
         Command::Up(args) => cmd::up::run(args),
         Command::Server(args) => cmd::server::run(args),
+        Command::Agent(args) => cmd::agent::run(args),
         Command::Submit(args) => cmd::client::submit(args),
         Command::Jobs(args) => cmd::client::jobs(args),
         Command::Job(args) => cmd::client::job(args),

@@ -15,6 +15,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
+mod agent_routes;
+pub mod agents;
 pub mod auth;
 mod convert;
 pub mod error;
@@ -24,6 +26,7 @@ pub mod node;
 mod routes;
 mod scheduler;
 
+pub use agents::{LeaseConfig, RemoteNodes};
 pub use node::{NodeExecutor, RunOutcome, RunSpec, VirtualNodes};
 
 /// Milliseconds since the Unix epoch.
@@ -57,6 +60,8 @@ pub struct Config {
     /// The longest the scheduler waits between rounds when nothing wakes it.
     pub tick: Duration,
     pub executor: Arc<dyn NodeExecutor>,
+    /// When set, the work runs on node agents with these leases, and `executor` is not used.
+    pub agents: Option<LeaseConfig>,
 }
 
 impl Config {
@@ -70,6 +75,7 @@ impl Config {
             policy: "fifo".into(),
             tick: Duration::from_millis(500),
             executor: Arc::new(VirtualNodes::default()),
+            agents: None,
         }
     }
 }
@@ -94,6 +100,8 @@ pub struct AppState {
     /// Bumped on every job event, for the event streams.
     pub(crate) events: watch::Sender<u64>,
     pub(crate) snapshot: Arc<RwLock<Snapshot>>,
+    /// The node agents, when the work runs on them.
+    pub(crate) remote: Option<RemoteNodes>,
 }
 
 impl AppState {
@@ -111,6 +119,7 @@ pub struct Running {
     store: store::Store,
     serve: tokio::task::JoinHandle<()>,
     scheduler: tokio::task::JoinHandle<()>,
+    leases: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -128,6 +137,9 @@ impl Running {
     pub async fn shutdown(self) {
         self.serve.abort();
         self.scheduler.abort();
+        if let Some(l) = self.leases {
+            l.abort();
+        }
         let _ = self.serve.await;
         let _ = self.scheduler.await;
         self.store.close().await;
@@ -160,21 +172,46 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let fleet = Arc::new(config.fleet);
     let node_ids = fleet.node_ids().map(|id| (fleet.node(id).name.clone(), id)).collect();
     let (events, _) = watch::channel(0u64);
+    let wake = Arc::new(Notify::new());
+    let remote = config.agents.map(|lease| {
+        let mut r = RemoteNodes::new(lease);
+        r.wake = wake.clone();
+        r
+    });
+    if let Some(r) = &remote {
+        for n in store.agent_nodes().await? {
+            r.register(&n.name, &n.token_hash, &n.address);
+        }
+    }
+    let executor: Arc<dyn NodeExecutor> = match &remote {
+        Some(r) => Arc::new(r.clone()),
+        None => config.executor,
+    };
     let state = AppState {
         store: store.clone(),
         fleet: fleet.clone(),
         node_ids: Arc::new(node_ids),
         admin_hash: Arc::from(admin_hash.as_str()),
         metrics: Arc::new(metrics::Metrics::new()),
-        wake: Arc::new(Notify::new()),
+        wake,
         events,
         snapshot: Arc::new(RwLock::new(Snapshot { node_gpus_used: vec![0; fleet.nodes.len()] })),
+        remote: remote.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
-    let scheduler = scheduler::Scheduler::new(state.clone(), policy, config.executor, config.tick);
+    let scheduler = scheduler::Scheduler::new(state.clone(), policy, executor, config.tick);
+    let leases = remote.map(|r| {
+        tokio::spawn(async move {
+            let step = (r.config.lease / 10).clamp(Duration::from_millis(20), Duration::from_millis(500));
+            loop {
+                tokio::time::sleep(step).await;
+                r.expire();
+            }
+        })
+    });
     let scheduler = tokio::spawn(scheduler.run());
     let app = routes::router(state);
     let serve = tokio::spawn(async move {
@@ -183,7 +220,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         }
     });
     tracing::info!(%addr, backend = ?store.backend(), nodes = fleet.nodes.len(), gpus = fleet.total_gpus(), "drome server listening");
-    Ok(Running { addr, generated_admin_token: generated, store, serve, scheduler })
+    Ok(Running { addr, generated_admin_token: generated, store, serve, scheduler, leases })
 }
 
 /// Creates a tenant and returns it with its token (for `drome up`; the API does the same).

@@ -24,6 +24,10 @@ pub struct RunSpec {
     /// When the job started, in milliseconds since the Unix epoch: a member resumed after a
     /// server restart keeps its original start.
     pub started_at_ms: i64,
+    /// The job's start count for this run: a run of another generation is stale.
+    pub generation: i64,
+    /// The node of member 0, where a gang meets.
+    pub master_node: Option<String>,
 }
 
 /// How a member's work ended.
@@ -45,6 +49,12 @@ pub type RunFuture = Pin<Box<dyn Future<Output = RunOutcome> + Send>>;
 /// cancellation and expiry reach the node.
 pub trait NodeExecutor: Send + Sync + 'static {
     fn run(&self, spec: RunSpec) -> RunFuture;
+
+    /// Of `all` nodes, those that cannot take work now (no agent, or lost).
+    fn unavailable(&self, all: &[String]) -> Vec<String> {
+        let _ = all;
+        Vec::new()
+    }
 }
 
 /// In-process nodes without GPUs. A command runs for a declared time and exits with a declared
@@ -117,6 +127,8 @@ mod tests {
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             gpus: vec![0],
             started_at_ms: 0,
+            generation: 1,
+            master_node: None,
         }
     }
 

@@ -35,7 +35,10 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/nodes", get(list_nodes))
         .route("/sites", get(list_sites))
-        .route("/events", get(events));
+        .route("/events", get(events))
+        .route("/join-tokens", post(crate::agent_routes::create_join_token))
+        .route("/agent/join", post(crate::agent_routes::join))
+        .route("/agent/heartbeat", post(crate::agent_routes::heartbeat));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(health))

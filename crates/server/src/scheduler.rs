@@ -168,6 +168,32 @@ impl Scheduler {
             }
         }
 
+        // Nodes without a live agent take no new work: their free GPUs are held by a blocker.
+        let names: Vec<String> = fleet.nodes.iter().map(|n| n.name.clone()).collect();
+        for (k, name) in self.executor.unavailable(&names).iter().enumerate() {
+            let Some(&id) = self.st.node_ids.get(name) else { continue };
+            let free: Vec<sched::GpuShare> = cluster
+                .gpu_free_milli(id)
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| **m >= 1000)
+                .map(|(i, m)| sched::GpuShare { index: i as u8, milli: *m })
+                .collect();
+            if free.is_empty() {
+                continue;
+            }
+            let blocker = model::WorkloadId(u32::MAX - k as u32);
+            let w = crate::convert::request_workload(blocker.0, free.len() as i64, 1, None);
+            let demand = Demand::of(&w, &fleet);
+            let member = sched::MemberPlacement {
+                node: id,
+                cpu_milli: demand.cpu_milli,
+                memory_mib: demand.memory_mib,
+                gpus: free,
+            };
+            let _ = cluster.allocate(blocker, &demand, Placement { members: vec![member] });
+        }
+
         // The queue: priority first, deferrable work after the rest, then arrival; a tenant's
         // jobs enter only while they fit its quota.
         let mut pending: Vec<&Job> = active.iter().filter(|j| j.state == JobState::Pending).collect();
@@ -254,7 +280,8 @@ impl Scheduler {
                     now
                 }
             };
-            self.launch(job, placement, started_at);
+            let generation = if job.state == JobState::Running { job.attempts } else { job.attempts + 1 };
+            self.launch(job, placement, started_at, generation);
         }
 
         let running = placed.len();
@@ -267,7 +294,7 @@ impl Scheduler {
         Ok(())
     }
 
-    fn launch(&mut self, job: &Job, placement: &Placement, started_at_ms: i64) {
+    fn launch(&mut self, job: &Job, placement: &Placement, started_at_ms: i64, generation: i64) {
         let (args, env) = match crate::convert::args_env(job) {
             Ok(ae) => ae,
             Err(e) => {
@@ -277,6 +304,7 @@ impl Scheduler {
         };
         let fleet = &self.st.fleet;
         let members = placement.members.len() as u32;
+        let master_node = placement.members.first().map(|m| fleet.node(m.node).name.clone());
         let futures: Vec<_> = placement
             .members
             .iter()
@@ -292,6 +320,8 @@ impl Scheduler {
                     env: env.clone(),
                     gpus: m.gpus.iter().map(|g| u32::from(g.index)).collect(),
                     started_at_ms,
+                    generation,
+                    master_node: master_node.clone(),
                 })
             })
             .collect();

@@ -672,11 +672,13 @@ impl Store {
 
     /// Records a join token (by its hash).
     pub async fn add_join_token(&self, token_hash: &str, now_ms: i64) -> Result<()> {
-        sqlx::query("INSERT INTO join_tokens (token_hash, created_ms) VALUES ($1, $2) ON CONFLICT (token_hash) DO NOTHING")
-            .bind(token_hash)
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO join_tokens (token_hash, created_ms) VALUES ($1, $2) ON CONFLICT (token_hash) DO NOTHING",
+        )
+        .bind(token_hash)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

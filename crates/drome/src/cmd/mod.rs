@@ -1,5 +1,6 @@
 //! One module per subcommand, plus the loaders they share.
 
+pub mod agent;
 pub mod bench;
 pub mod bench_openb;
 pub mod client;

@@ -33,6 +33,15 @@ pub struct ServerArgs {
     /// Seconds a virtual node runs a command that declares no duration.
     #[arg(long, default_value_t = 10.0)]
     pub virtual_seconds: f64,
+    /// Run the work on node agents (`drome agent`) instead of in-process virtual nodes.
+    #[arg(long)]
+    pub agents: bool,
+    /// Agents heartbeat this often, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub heartbeat_ms: u64,
+    /// A node whose agent is silent this long, in milliseconds, is lost.
+    #[arg(long, default_value_t = 20000)]
+    pub lease_ms: u64,
 }
 
 /// Logs to stderr, `info` unless `RUST_LOG` says otherwise.
@@ -59,6 +68,16 @@ pub fn config(args: &ServerArgs) -> anyhow::Result<server::Config> {
     let secs =
         if args.virtual_seconds.is_finite() && args.virtual_seconds >= 0.0 { args.virtual_seconds } else { 10.0 };
     config.executor = std::sync::Arc::new(server::VirtualNodes { default_duration: Duration::from_secs_f64(secs) });
+    if args.agents {
+        anyhow::ensure!(
+            args.heartbeat_ms > 0 && args.lease_ms > args.heartbeat_ms,
+            "--lease-ms must exceed --heartbeat-ms"
+        );
+        config.agents = Some(server::LeaseConfig {
+            heartbeat: Duration::from_millis(args.heartbeat_ms),
+            lease: Duration::from_millis(args.lease_ms),
+        });
+    }
     Ok(config)
 }
 

@@ -1,0 +1,138 @@
+//! `drome agent`: a node agent. It joins a server with a join token, keeps its node's lease, and
+//! runs the node's work as process groups. GPUs come from NVML where a driver is present, or are
+//! declared (`--virtual-gpus 8 --gpu-model H200`); `--virtual-nodes N` serves N such nodes.
+
+use super::server::{init_logging, runtime};
+use anyhow::{Context, bail};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    /// The server's URL.
+    #[arg(long, env = "DROME_URL", default_value = "http://127.0.0.1:8420")]
+    pub server: String,
+    /// A join token made by the admin (`POST /v1/join-tokens`).
+    #[arg(long, env = "DROME_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// The node's name in the fleet (the host name when unset); with --virtual-nodes, a
+    /// comma-separated list of names, or one prefix that gets -0, -1, ...
+    #[arg(long, value_delimiter = ',')]
+    pub name: Vec<String>,
+    /// Where runs, logs and credentials live.
+    #[arg(long, default_value = "drome-agent")]
+    pub work_dir: PathBuf,
+    /// Declare this many GPUs instead of asking NVML.
+    #[arg(long)]
+    pub virtual_gpus: Option<u32>,
+    /// The model of the declared GPUs.
+    #[arg(long, default_value = "H200")]
+    pub gpu_model: String,
+    /// Serve this many nodes from this process, each with its own identity and credential.
+    #[arg(long, default_value_t = 1)]
+    pub virtual_nodes: u32,
+    /// Where gang members reach this machine.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
+    /// Seconds between SIGTERM and SIGKILL when a run is stopped.
+    #[arg(long, default_value_t = 10.0)]
+    pub kill_grace: f64,
+    /// Print the GPUs NVML finds and exit.
+    #[arg(long)]
+    pub probe: bool,
+}
+
+fn names(args: &AgentArgs) -> anyhow::Result<Vec<String>> {
+    let n = args.virtual_nodes.max(1) as usize;
+    let mut names = args.name.clone();
+    if names.is_empty() {
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        if host.is_empty() {
+            bail!("give the node's name with --name");
+        }
+        names.push(host);
+    }
+    if n > 1 && names.len() == 1 {
+        let prefix = names[0].clone();
+        names = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    }
+    if names.len() != n {
+        bail!("--virtual-nodes {n} needs {n} names (or one prefix), got {}", names.len());
+    }
+    Ok(names)
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    if args.probe {
+        match agent::inventory::probe() {
+            Ok(gpus) if gpus.is_empty() => println!("NVML answers but sees no GPUs"),
+            Ok(gpus) => {
+                for g in gpus {
+                    println!(
+                        "gpu {}: {}, {} MiB, power limit {:.0} W, nvlink peers {:?}, mig {}",
+                        g.index,
+                        g.model,
+                        g.memory_mib,
+                        g.power_limit_watts,
+                        g.nvlink_peers,
+                        if g.mig_enabled { "on" } else { "off" }
+                    );
+                }
+            }
+            Err(e) => println!("no GPUs discovered: {e}"),
+        }
+        return Ok(());
+    }
+    init_logging();
+    let join_token = args.join_token.clone().filter(|t| !t.trim().is_empty()).context("--join-token is required")?;
+    let names = names(&args)?;
+    let (gpus, use_nvml) = match args.virtual_gpus {
+        Some(n) => (agent::inventory::virtual_gpus(n, &args.gpu_model), false),
+        None => match agent::inventory::probe() {
+            Ok(gpus) => (gpus, true),
+            Err(e) => bail!("{e}; declare the GPUs with --virtual-gpus N --gpu-model MODEL"),
+        },
+    };
+    if use_nvml && names.len() > 1 {
+        bail!("--virtual-nodes needs --virtual-gpus: one machine's real GPUs belong to one node");
+    }
+    let grace = if args.kill_grace.is_finite() && args.kill_grace >= 0.0 { args.kill_grace } else { 10.0 };
+    let server = args.server.trim_end_matches('/').to_string();
+    runtime()?.block_on(async move {
+        let mut tasks = Vec::new();
+        for name in names {
+            let work_dir = if args.virtual_nodes > 1 { args.work_dir.join(&name) } else { args.work_dir.clone() };
+            let node = agent::NodeAgent::new(agent::NodeConfig {
+                server: server.clone(),
+                join_token: join_token.clone(),
+                name: name.clone(),
+                address: args.address.clone(),
+                gpus: gpus.clone(),
+                work_dir,
+                kill_grace: Duration::from_secs_f64(grace),
+                use_nvml,
+            })?;
+            tasks.push(tokio::spawn(async move { (name, node.run().await) }));
+        }
+        tokio::select! {
+            done = futures_first(tasks) => {
+                if let Some((name, Err(e))) = done {
+                    bail!("node {name}: {e}");
+                }
+            }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); }
+        }
+        Ok(())
+    })
+}
+
+/// The first node loop to end.
+async fn futures_first(
+    tasks: Vec<tokio::task::JoinHandle<(String, Result<(), agent::AgentError>)>>,
+) -> Option<(String, Result<(), agent::AgentError>)> {
+    if tasks.is_empty() {
+        return None;
+    }
+    let (done, _, _) = futures_util::future::select_all(tasks).await;
+    done.ok()
+}

@@ -1,0 +1,252 @@
+//! Node agents end to end on loopback: the real `drome server --agents` and three `drome agent`
+//! processes. A 2-node gang checks its rank, world size and GPU variables; cancel kills the whole
+//! process tree; `kill -9` of an agent requeues its job within the lease expiry + 5 s; a
+//! restarted controller lets running jobs finish; and over many jobs none ever runs twice at once
+//! (every run leaves marker files that are checked here).
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "agent-e2e-admin";
+const FLEET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fleets/small.toml");
+const NODES: [&str; 3] = ["hall-a-r001-n01", "hall-a-r001-n02", "hall-a-r002-n01"];
+const LEASE_MS: u64 = 1000;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn server(db: &str, port: u16, dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_drome"))
+        .args(["server", "--db", db, "--listen", &format!("127.0.0.1:{port}"), "--admin-token", ADMIN])
+        .args(["--fleet", FLEET, "--agents", "--heartbeat-ms", "200", "--lease-ms", &LEASE_MS.to_string()])
+        .env("RUST_LOG", "info,sqlx=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn agent(base: &str, join: &str, name: &str, dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_drome"))
+        .args(["agent", "--server", base, "--join-token", join, "--name", name])
+        .args(["--virtual-gpus", "8", "--gpu-model", "H200", "--kill-grace", "1"])
+        .arg("--work-dir")
+        .arg(dir.join(name))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn wait_healthy(&self) {
+        let t0 = Instant::now();
+        while !matches!(self.http.get(format!("{}/healthz", self.base)).send().await, Ok(r) if r.status().is_success())
+        {
+            assert!(t0.elapsed() < Duration::from_secs(30), "server never healthy");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn submit(&self, spec: Value) -> i64 {
+        let r = self.http.post(format!("{}/v1/jobs", self.base)).bearer_auth(&self.token).json(&spec).send().await;
+        let v: Value = r.unwrap().json().await.unwrap();
+        v["id"].as_i64().unwrap_or_else(|| panic!("submit failed: {v}"))
+    }
+
+    async fn job(&self, id: i64) -> Value {
+        loop {
+            let r = self.http.get(format!("{}/v1/jobs/{id}", self.base)).bearer_auth(&self.token).send().await;
+            if let Ok(r) = r
+                && let Ok(v) = r.json::<Value>().await
+            {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_state(&self, id: i64, states: &[&str], within: Duration) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let v = self.job(id).await;
+            if states.contains(&v["state"].as_str().unwrap_or("")) {
+                return v;
+            }
+            assert!(t0.elapsed() < within, "job {id} not {states:?} after {within:?}: {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn cancel(&self, id: i64) {
+        self.http.post(format!("{}/v1/jobs/{id}/cancel", self.base)).bearer_auth(&self.token).send().await.unwrap();
+    }
+}
+
+fn sh(script: &str) -> Value {
+    json!(["-c", script])
+}
+
+/// Whether a process is gone (or a zombie nobody reaped yet).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_run_gangs_cancel_survive_and_never_double_run() {
+    let dir: PathBuf = std::env::temp_dir().join(format!("drome-agent-e2e-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marks = dir.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let db = format!("sqlite://{}", dir.join("drome.db").display());
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let mut procs = Procs(vec![server(&db, port, &dir)]);
+    let mut api = Api { http: http.clone(), base: base.clone(), token: String::new() };
+    api.wait_healthy().await;
+    let t: Value = http
+        .post(format!("{base}/v1/tenants"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "e2e"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    api.token = t["token"].as_str().unwrap().to_string();
+    let j: Value =
+        http.post(format!("{base}/v1/join-tokens")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    let join = j["token"].as_str().unwrap().to_string();
+    // A tenant's token is no join token, and no node credential.
+    let bad =
+        http.post(format!("{base}/v1/agent/heartbeat")).bearer_auth(&api.token).json(&json!({})).send().await.unwrap();
+    assert_eq!(bad.status(), 401);
+    let mut agents: Vec<usize> = Vec::new();
+    for name in NODES {
+        agents.push(procs.0.len());
+        procs.0.push(agent(&base, &join, name, &dir));
+    }
+    let t0 = Instant::now();
+    while !NODES.iter().all(|n| dir.join(n).join("credential").exists()) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "agents never joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A 2-node gang checks its variables; each rank leaves a marker.
+    let m = marks.display();
+    let script = format!(
+        "test \"$DROME_WORLD_SIZE\" = 2 && test -n \"$DROME_MASTER_ADDR\" && test -n \"$DROME_MASTER_PORT\" \
+         && test -n \"$DROME_JOB_ID\" && test \"$(echo $CUDA_VISIBLE_DEVICES | tr , ' ' | wc -w)\" = 4 \
+         && echo \"$DROME_MASTER_ADDR:$DROME_MASTER_PORT\" > {m}/gang-rank-$DROME_RANK"
+    );
+    let gang = api.submit(json!({"command": "sh", "args": sh(&script), "gpus_per_node": 4, "nodes": 2})).await;
+    let v = api.wait_state(gang, &["succeeded", "failed"], Duration::from_secs(15)).await;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let r0 = std::fs::read_to_string(marks.join("gang-rank-0")).unwrap();
+    let r1 = std::fs::read_to_string(marks.join("gang-rank-1")).unwrap();
+    assert_eq!(r0, r1, "both ranks meet at one master");
+
+    // Cancel kills the whole tree: the shell and its background child.
+    let script = format!("sleep 300 & echo $! > {m}/child.pid; wait");
+    let tree = api.submit(json!({"command": "sh", "args": sh(&script), "gpus_per_node": 1})).await;
+    api.wait_state(tree, &["running"], Duration::from_secs(10)).await;
+    let t0 = Instant::now();
+    let pid = loop {
+        if let Ok(s) = std::fs::read_to_string(marks.join("child.pid"))
+            && let Ok(p) = s.trim().parse::<i32>()
+        {
+            break p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the tree never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!gone(pid));
+    api.cancel(tree).await;
+    let t0 = Instant::now();
+    while !gone(pid) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the background child of a cancelled job survived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // kill -9 of the agent that runs a job: the job is requeued within the lease expiry + 5 s
+    // and runs on another node.
+    let job = api
+        .submit(json!({"command": "sleep", "args": ["300"], "gpus_per_node": 8, "restart_policy": "on-failure"}))
+        .await;
+    let v = api.wait_state(job, &["running"], Duration::from_secs(10)).await;
+    let first = v["placement"][0]["node"].as_str().unwrap().to_string();
+    let k = NODES.iter().position(|n| *n == first).unwrap();
+    procs.0[agents[k]].kill().unwrap();
+    let _ = procs.0[agents[k]].wait();
+    let killed = Instant::now();
+    let t0 = Instant::now();
+    loop {
+        let v = api.job(job).await;
+        if v["attempts"].as_i64() == Some(2) && v["state"] == "running" {
+            assert_ne!(v["placement"][0]["node"].as_str().unwrap(), first, "{v}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_millis(LEASE_MS + 5000), "job {job} not requeued in time: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("requeued {:?} after kill -9 (lease {LEASE_MS} ms)", killed.elapsed());
+    api.cancel(job).await;
+    // The agent comes back with its credential and kills what its predecessor left.
+    procs.0[agents[k]] = agent(&base, &join, NODES[k], &dir);
+
+    // Many jobs, a controller restart in the middle: every job runs once, never twice at once.
+    let script = format!(
+        "mkdir {m}/run-$DROME_JOB_ID || touch {m}/double-$DROME_JOB_ID; \
+         echo $DROME_NODE >> {m}/ran-$DROME_JOB_ID; sleep 0.6; rmdir {m}/run-$DROME_JOB_ID"
+    );
+    let mut ids = Vec::new();
+    for _ in 0..24 {
+        ids.push(api.submit(json!({"command": "sh", "args": sh(&script), "gpus_per_node": 2})).await);
+    }
+    api.wait_state(ids[0], &["running", "succeeded"], Duration::from_secs(10)).await;
+    procs.0[0].kill().unwrap();
+    let _ = procs.0[0].wait();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    procs.0[0] = server(&db, port, &dir);
+    api.wait_healthy().await;
+    for id in &ids {
+        let v = api.wait_state(*id, &["succeeded", "failed", "cancelled"], Duration::from_secs(30)).await;
+        assert_eq!(v["state"], "succeeded", "{v}");
+        assert_eq!(v["attempts"], 1, "{v}");
+    }
+    for id in &ids {
+        assert!(!marks.join(format!("double-{id}")).exists(), "job {id} ran twice at once");
+        let ran = std::fs::read_to_string(marks.join(format!("ran-{id}"))).unwrap();
+        assert_eq!(ran.lines().count(), 1, "job {id} ran more than once: {ran}");
+    }
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,123 @@
+//! The agent protocol: join tokens, joins and heartbeats.
+
+use crate::AppState;
+use crate::agents::RemoteNodes;
+use crate::auth::{AdminCaller, bearer, hash_token, new_token};
+use crate::error::ApiError;
+use crate::json::ApiJson;
+use crate::now_ms;
+use axum::Json;
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use std::time::{Duration, Instant};
+use store::JobState;
+
+fn remote(st: &AppState) -> Result<&RemoteNodes, ApiError> {
+    st.remote.as_ref().ok_or_else(|| ApiError::NotFound("this server runs its nodes in process, not on agents".into()))
+}
+
+/// A caller that holds a node's credential: it acts only for that node.
+pub(crate) struct NodeCaller(pub String);
+
+impl FromRequestParts<AppState> for NodeCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let hash = hash_token(bearer(parts)?);
+        let remote = remote(state)?;
+        if let Some(node) = remote.node_of(&hash) {
+            return Ok(NodeCaller(node));
+        }
+        Err(ApiError::Unauthorized("not a node credential".into()))
+    }
+}
+
+pub(crate) async fn create_join_token(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+) -> Result<(StatusCode, Json<api::JoinToken>), ApiError> {
+    let token = new_token()?;
+    st.store.add_join_token(&hash_token(&token), now_ms()).await?;
+    tracing::info!("join token created");
+    Ok((StatusCode::CREATED, Json(api::JoinToken { token })))
+}
+
+pub(crate) async fn join(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<api::AgentJoin>,
+) -> Result<Json<api::AgentJoined>, ApiError> {
+    let remote = remote(&st)?;
+    if !st.store.join_token_exists(&hash_token(&req.join_token)).await? {
+        return Err(ApiError::Unauthorized("unknown join token".into()));
+    }
+    let Some(&id) = st.node_ids.get(&req.node) else {
+        return Err(ApiError::invalid("node", format!("no node '{}' in the fleet", req.node)));
+    };
+    let declared = usize::from(st.fleet.node(id).gpu_count);
+    if req.gpus.len() != declared {
+        tracing::warn!(node = %req.node, found = req.gpus.len(), declared, "node's gpus differ from the fleet");
+    }
+    if req.address.len() > 256 || req.gpus.len() > 64 {
+        return Err(ApiError::invalid("address", "too long, or too many GPUs"));
+    }
+    let credential = new_token()?;
+    let hash = hash_token(&credential);
+    let inventory_json = serde_json::to_string(&req.gpus).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let node = store::AgentNode {
+        name: req.node.clone(),
+        token_hash: hash.clone(),
+        inventory_json,
+        address: req.address.clone(),
+        joined_ms: now_ms(),
+    };
+    st.store.upsert_agent_node(&node).await?;
+    remote.register(&req.node, &hash, &req.address);
+    st.wake.notify_one();
+    tracing::info!(node = %req.node, gpus = req.gpus.len(), address = %req.address, "node joined");
+    Ok(Json(api::AgentJoined {
+        node: req.node,
+        credential,
+        heartbeat_ms: remote.config.heartbeat.as_millis() as u64,
+        lease_ms: remote.config.lease.as_millis() as u64,
+    }))
+}
+
+pub(crate) async fn heartbeat(
+    State(st): State<AppState>,
+    NodeCaller(node): NodeCaller,
+    ApiJson(hb): ApiJson<api::Heartbeat>,
+) -> Result<Json<api::HeartbeatReply>, ApiError> {
+    let remote = remote(&st)?.clone();
+    let wait = Duration::from_millis(hb.wait_ms).min(remote.config.heartbeat);
+    let deadline = Instant::now() + wait;
+    let mut first = true;
+    loop {
+        let plan = remote.beat(&node, &hb, first);
+        if first && !hb.exited.is_empty() {
+            st.wake.notify_one();
+        }
+        first = false;
+        let mut kill = plan.kill;
+        for run in plan.unknown {
+            // Not assigned by this process: after a restart the store still knows the run.
+            let valid = st.store.job_by_id(run.job_id).await?.is_some_and(|j| {
+                matches!(j.state, JobState::Scheduled | JobState::Running) && j.attempts == run.generation
+            });
+            if !valid {
+                kill.push(run);
+            }
+        }
+        let now = Instant::now();
+        if !plan.assign.is_empty() || !kill.is_empty() || now >= deadline {
+            let cap = *remote.gpu_power_cap_watts.lock().unwrap_or_else(|e| e.into_inner());
+            return Ok(Json(api::HeartbeatReply {
+                lease_ms: remote.config.lease.as_millis() as u64,
+                assign: plan.assign,
+                kill,
+                gpu_power_cap_watts: cap,
+            }));
+        }
+        let _ = tokio::time::timeout(deadline - now, plan.notify.notified()).await;
+    }
+}

@@ -1,0 +1,249 @@
+//! Remote nodes: the [`NodeExecutor`] whose work runs on node agents. A run is an assignment
+//! that the node's agent picks up on its next heartbeat; it ends when the agent reports the exit,
+//! or when the node's lease expires (the node is lost). Dropping a run's future (cancellation,
+//! preemption) takes the assignment back: the agent, still reporting the run, is told to kill it.
+//! Every assignment carries the job's generation (its start count); a run of any other
+//! generation is stale and killed, so no job runs twice at once.
+
+use crate::node::{NodeExecutor, RunFuture, RunOutcome, RunSpec};
+use api::RunKey;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, oneshot};
+
+/// Lease timing.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseConfig {
+    pub heartbeat: Duration,
+    pub lease: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig { heartbeat: Duration::from_secs(5), lease: Duration::from_secs(20) }
+    }
+}
+
+struct Assigned {
+    assignment: api::Assignment,
+    done: Option<oneshot::Sender<RunOutcome>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// `None`: never heard from (or lost).
+    lease_until: Option<Instant>,
+    address: String,
+    assigned: HashMap<(i64, u32), Assigned>,
+    /// Exits reported before their run was registered here (after a server restart).
+    early_exits: HashMap<RunKey, i32>,
+    notify: Arc<Notify>,
+    power_watts: Option<f64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    slots: HashMap<String, Slot>,
+    /// Credential hash to node name.
+    credentials: HashMap<String, String>,
+}
+
+/// Nodes served by agents.
+#[derive(Clone)]
+pub struct RemoteNodes {
+    inner: Arc<Mutex<Inner>>,
+    pub config: LeaseConfig,
+    /// Wakes the scheduler when a node is lost.
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) gpu_power_cap_watts: Arc<Mutex<Option<f64>>>,
+}
+
+/// What a heartbeat's answer is made of, before the store is asked about unknown runs.
+pub(crate) struct BeatPlan {
+    pub assign: Vec<api::Assignment>,
+    /// Runs the agent reports that this server did not assign: the store decides.
+    pub unknown: Vec<RunKey>,
+    pub kill: Vec<RunKey>,
+    pub notify: Arc<Notify>,
+}
+
+impl RemoteNodes {
+    pub fn new(config: LeaseConfig) -> RemoteNodes {
+        RemoteNodes {
+            inner: Arc::default(),
+            config,
+            wake: Arc::new(Notify::new()),
+            gpu_power_cap_watts: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A node known to have joined: its lease starts now (after a server restart, its agent gets
+    /// one lease to come back).
+    pub fn register(&self, name: &str, credential_hash: &str, address: &str) {
+        let mut inner = self.lock();
+        inner.credentials.retain(|_, n| n != name);
+        inner.credentials.insert(credential_hash.to_string(), name.to_string());
+        let lease = Instant::now() + self.config.lease;
+        let slot = inner.slots.entry(name.to_string()).or_default();
+        slot.lease_until = Some(lease);
+        slot.address = address.to_string();
+    }
+
+    pub fn node_of(&self, credential_hash: &str) -> Option<String> {
+        self.lock().credentials.get(credential_hash).cloned()
+    }
+
+    /// Takes a heartbeat: renews the lease, records exits, and plans the answer.
+    pub(crate) fn beat(&self, node: &str, hb: &api::Heartbeat, renew: bool) -> BeatPlan {
+        let mut inner = self.lock();
+        let slot = inner.slots.entry(node.to_string()).or_default();
+        if renew {
+            slot.lease_until = Some(Instant::now() + self.config.lease);
+            slot.power_watts = hb.power_watts;
+            for e in &hb.exited {
+                match slot.assigned.get_mut(&(e.run.job_id, e.run.member)) {
+                    Some(a) if a.assignment.run.generation == e.run.generation => {
+                        if let Some(tx) = a.done.take() {
+                            let _ = tx.send(RunOutcome::Exited { code: e.code });
+                        }
+                        slot.assigned.remove(&(e.run.job_id, e.run.member));
+                    }
+                    _ => {
+                        slot.early_exits.insert(e.run, e.code);
+                        if slot.early_exits.len() > 10_000 {
+                            slot.early_exits.clear();
+                        }
+                    }
+                }
+            }
+        }
+        let mut assign = Vec::new();
+        let mut unknown = Vec::new();
+        let mut kill = Vec::new();
+        for a in slot.assigned.values() {
+            if !hb.running.contains(&a.assignment.run) && !hb.exited.iter().any(|e| e.run == a.assignment.run) {
+                assign.push(a.assignment.clone());
+            }
+        }
+        for r in &hb.running {
+            match slot.assigned.get(&(r.job_id, r.member)) {
+                Some(a) if a.assignment.run.generation == r.generation => {}
+                Some(_) => kill.push(*r),
+                None => unknown.push(*r),
+            }
+        }
+        assign.sort_by_key(|a| a.run);
+        BeatPlan { assign, unknown, kill, notify: slot.notify.clone() }
+    }
+
+    /// Nodes whose lease has run out; their runs end as lost. Returns the nodes just lost.
+    pub fn expire(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut lost = Vec::new();
+        let mut inner = self.lock();
+        for (name, slot) in inner.slots.iter_mut() {
+            if slot.lease_until.is_some_and(|t| t <= now) {
+                slot.lease_until = None;
+                for (_, mut a) in slot.assigned.drain() {
+                    if let Some(tx) = a.done.take() {
+                        let _ = tx.send(RunOutcome::Lost { message: format!("node {name} lost: its lease expired") });
+                    }
+                }
+                lost.push(name.clone());
+            }
+        }
+        if !lost.is_empty() {
+            tracing::warn!(nodes = ?lost, "nodes lost: leases expired");
+            self.wake.notify_one();
+        }
+        lost
+    }
+
+    /// Names of nodes holding a lease.
+    pub fn live_nodes(&self) -> Vec<String> {
+        let inner = self.lock();
+        inner.slots.iter().filter(|(_, s)| s.lease_until.is_some()).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Latest reported power draw per node, watts.
+    pub fn power(&self) -> HashMap<String, f64> {
+        let inner = self.lock();
+        inner.slots.iter().filter_map(|(n, s)| s.power_watts.map(|w| (n.clone(), w))).collect()
+    }
+
+    pub(crate) fn address(&self, node: &str) -> String {
+        self.lock().slots.get(node).map(|s| s.address.clone()).filter(|a| !a.is_empty()).unwrap_or("127.0.0.1".into())
+    }
+}
+
+struct Guard {
+    nodes: RemoteNodes,
+    node: String,
+    run: RunKey,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let mut inner = self.nodes.lock();
+        if let Some(slot) = inner.slots.get_mut(&self.node)
+            && slot.assigned.get(&(self.run.job_id, self.run.member)).is_some_and(|a| a.assignment.run == self.run)
+        {
+            slot.assigned.remove(&(self.run.job_id, self.run.member));
+            slot.notify.notify_one();
+        }
+    }
+}
+
+impl NodeExecutor for RemoteNodes {
+    fn run(&self, spec: RunSpec) -> RunFuture {
+        let run = RunKey { job_id: spec.job_id, member: spec.member, generation: spec.generation };
+        let (tx, rx) = oneshot::channel();
+        let master = spec.master_node.as_deref().map(|n| self.address(n)).unwrap_or_else(|| "127.0.0.1".into());
+        let mut env: BTreeMap<String, String> = spec.env.clone();
+        env.insert("DROME_JOB_ID".into(), spec.job_id.to_string());
+        env.insert("DROME_RANK".into(), spec.member.to_string());
+        env.insert("DROME_WORLD_SIZE".into(), spec.members.to_string());
+        env.insert("DROME_MASTER_ADDR".into(), master);
+        env.insert("DROME_MASTER_PORT".into(), (29500 + (spec.job_id % 20000)).to_string());
+        env.insert("DROME_GENERATION".into(), spec.generation.to_string());
+        let assignment = api::Assignment {
+            run,
+            members: spec.members,
+            command: spec.command.clone().unwrap_or_else(|| "sleep".into()),
+            args: if spec.command.is_some() { spec.args.clone() } else { vec!["infinity".into()] },
+            env,
+            gpus: spec.gpus.clone(),
+        };
+        let early = {
+            let mut inner = self.lock();
+            let slot = inner.slots.entry(spec.node.clone()).or_default();
+            if slot.lease_until.is_none() {
+                Some(RunOutcome::Lost { message: format!("node {} has no agent", spec.node) })
+            } else if let Some(code) = slot.early_exits.remove(&run) {
+                Some(RunOutcome::Exited { code })
+            } else {
+                slot.assigned.insert((run.job_id, run.member), Assigned { assignment, done: Some(tx) });
+                slot.notify.notify_one();
+                None
+            }
+        };
+        let guard = Guard { nodes: self.clone(), node: spec.node.clone(), run };
+        Box::pin(async move {
+            let _guard = guard;
+            if let Some(outcome) = early {
+                return outcome;
+            }
+            rx.await.unwrap_or(RunOutcome::Lost { message: "the run was dropped".into() })
+        })
+    }
+
+    fn unavailable(&self, all: &[String]) -> Vec<String> {
+        let inner = self.lock();
+        all.iter().filter(|n| inner.slots.get(*n).is_none_or(|s| s.lease_until.is_none())).cloned().collect()
+    }
+}
