@@ -142,6 +142,18 @@ impl EnergyModel {
         (0..self.sites.len()).map(|i| self.site_worst_case_watts(SiteId(i as u32), outdoor_c)).sum()
     }
 
+    /// Draw of `site` when its servers take `it_watts` at the wall, no heat exported: the query
+    /// a power-capped scheduler makes when its GPUs run under power caps. Linear in `it_watts` at
+    /// a given temperature.
+    pub fn site_power_at_it(&self, site: SiteId, it_watts: f64, outdoor_c: f64) -> SitePower {
+        self.power_at(&self.sites[site.index()], it_watts, outdoor_c)
+    }
+
+    /// DC -> wall factor of `site`'s servers under its cooling (power supplies, server fans).
+    pub fn site_wall_factor(&self, site: SiteId) -> f64 {
+        self.sites[site.index()].wall_factor
+    }
+
     fn power_at(&self, s: &SiteModel, it_watts: f64, outdoor_c: f64) -> SitePower {
         let facility = facility_power(&s.design, it_watts, outdoor_c, 0.0, s.it.max_watts * s.wall_factor);
         SitePower { it_watts, facility, total_watts: it_watts + facility.overhead_watts() }

@@ -15,6 +15,7 @@ pub mod demand;
 pub mod frag;
 pub mod placer;
 pub mod policy;
+pub mod power;
 pub mod prio;
 pub mod queue;
 pub mod quota;

@@ -1,6 +1,8 @@
 //! The event loop.
 
 use crate::metrics::{EventKind, JobRecord, SimEvent, SimReport, TimePoint, at, mean, percentile, tenant_rows};
+use crate::power::PowerOptions;
+use crate::power::{Meter, PowerSummary, summarize};
 use model::{Fleet, SimDuration, SimTime, Workload, WorkloadId};
 use sched::{ClusterState, Decision, Demand, Policy, Queue, QueuedJob};
 use std::cmp::Reverse;
@@ -22,6 +24,8 @@ pub struct SimConfig {
     /// A preempted job, when it starts again, holds its GPUs this long before it makes progress
     /// (reloading the checkpoint, rebuilding the process group).
     pub restart_delay: SimDuration,
+    /// Measure power, energy and heat; with caps, hold every site under its grid cap.
+    pub power: Option<Arc<PowerOptions>>,
 }
 
 impl Default for SimConfig {
@@ -35,6 +39,7 @@ impl Default for SimConfig {
             keep_events: false,
             checkpoint_interval: SimDuration::from_secs(300),
             restart_delay: SimDuration::from_secs(60),
+            power: None,
         }
     }
 }
@@ -49,6 +54,11 @@ struct JobState {
     /// Bumped at every preemption so the completion scheduled for the run before is ignored.
     generation: u32,
     progress: SimDuration,
+    /// Work done since the last start before the current rate segment, ms.
+    accrued_ms: u64,
+    /// Throughput of the current run (1 = uncapped) and when its current segment began.
+    rate: f64,
+    seg_start: SimTime,
     attained_gpu_s: f64,
     lost_gpu_s: f64,
     preemptions: u32,
@@ -69,6 +79,18 @@ pub enum SimError {
     BadIds { position: usize, id: u32 },
     #[error("policy {policy} made a decision the cluster refused: {detail}")]
     PolicyBug { policy: String, detail: String },
+    #[error("energy accounting failed: {0}")]
+    Energy(String),
+}
+
+/// Work done in `wall_ms` at `rate`, ms (exact at rate 1).
+fn work_in(wall_ms: u64, rate: f64) -> u64 {
+    if rate >= 1.0 { wall_ms } else { (wall_ms as f64 * rate).floor() as u64 }
+}
+
+/// Wall time to do `work_ms` at `rate`, ms (exact at rate 1).
+fn wall_for(work_ms: u64, rate: f64) -> u64 {
+    if rate >= 1.0 { work_ms } else { (work_ms as f64 / rate.max(1e-6)).ceil() as u64 }
 }
 
 /// Replays `workloads` (ids `0..n`, in any submit order) on `fleet` under `policy`.
@@ -115,6 +137,20 @@ pub fn simulate(
     let min_runtime = policy.min_runtime();
     // Queued jobs share the workload through an Arc so a policy can keep it cheaply.
     let shared: Vec<Arc<Workload>> = workloads.iter().cloned().map(Arc::new).collect();
+    let power = config.power.as_deref();
+    let mut guard = power.and_then(|p| p.budget(&fleet)).map(sched::power::PowerGuard::new);
+    let meter = power.map(|p| Meter::new(&fleet, &p.model));
+    let caps_of = |guard: &Option<sched::power::PowerGuard>| -> Vec<f64> {
+        guard.as_ref().map_or_else(|| vec![1.0; fleet.sites.len()], |g| g.site_caps().to_vec())
+    };
+    let mut caps = caps_of(&guard);
+    let site_caps_w: Option<Vec<f64>> = power.and_then(|p| p.cap_watts.clone());
+    let mut site_w: Vec<f64> = Vec::new();
+    let mut energy_series: Vec<(f64, f64)> = Vec::new();
+    let mut site_mw_series: Vec<(f64, f64)> = Vec::new();
+    let mut cap_violations = 0u64;
+    let mut peak_site_w = 0.0f64;
+    let mut cap_integral = 0.0f64;
 
     loop {
         let t_arrival = order.get(next_arrival).map(|&i| workloads[i as usize].submit_time);
@@ -127,6 +163,27 @@ pub fn simulate(
         };
         if let Some(prev) = last_t {
             allocated_integral += last_alloc as f64 * (now - prev).as_millis() as f64;
+            if let Some(p) = power {
+                // The interval [prev, now) at its hottest hour: the draw must fit the cap.
+                let (a, b) = (at(prev), at(now));
+                let hours = ((b / 3600.0).floor() - (a / 3600.0).floor()) as usize;
+                let temps: Vec<f64> = if hours > 48 {
+                    vec![p.design_celsius()]
+                } else {
+                    (0..=hours).map(|k| p.outdoor_c(a + k as f64 * 3600.0)).collect()
+                };
+                for (s, &w) in site_w.iter().enumerate() {
+                    let over = temps.iter().any(|&t| {
+                        let total = p.model.site_power_at_it(model::SiteId(s as u32), w, t).total_watts;
+                        peak_site_w = peak_site_w.max(total);
+                        site_caps_w.as_ref().and_then(|c| c.get(s)).is_some_and(|&c| total > c * (1.0 + 1e-9))
+                    });
+                    if over {
+                        cap_violations += 1;
+                    }
+                }
+                cap_integral += caps.iter().sum::<f64>() / caps.len().max(1) as f64 * (b - a);
+            }
         }
         let before = events_done;
 
@@ -170,7 +227,16 @@ pub fn simulate(
         }
 
         let mut requeue: Vec<QueuedJob> = Vec::new();
-        for decision in policy.schedule(now, &queue, &mut cluster) {
+        if let Some(g) = guard.as_mut() {
+            g.before(&mut cluster);
+        }
+        let decisions = policy.schedule(now, &queue, &mut cluster);
+        let decisions = match guard.as_mut() {
+            Some(g) => g.after(&mut cluster, decisions),
+            None => decisions,
+        };
+        let new_caps = caps_of(&guard);
+        for decision in decisions {
             match decision {
                 Decision::Start { job, placement } => {
                     let Some(queued) = queue.remove(job) else {
@@ -197,10 +263,14 @@ pub fn simulate(
                     }
                     let delay = if queued.preemptions > 0 { config.restart_delay } else { SimDuration::ZERO };
                     state.lost_gpu_s += workloads[job.0 as usize].gpu.total_gpus() * delay.as_secs_f64();
+                    state.accrued_ms = 0;
+                    state.seg_start = now + delay;
+                    state.rate = meter.as_ref().map_or(1.0, |m| m.rate(&placement, &new_caps));
                     match workloads[job.0 as usize].duration {
                         Some(d) => {
-                            let rest = SimDuration(d.as_millis().saturating_sub(state.progress.as_millis()));
-                            completions.push(Reverse((now + delay + rest, job.0, state.generation)));
+                            let rest = d.as_millis().saturating_sub(state.progress.as_millis());
+                            let t = state.seg_start + SimDuration(wall_for(rest, state.rate));
+                            completions.push(Reverse((t, job.0, state.generation)));
                         }
                         None => {
                             if queued.preemptions == 0 {
@@ -225,6 +295,9 @@ pub fn simulate(
                     let gpus = w.gpu.total_gpus();
                     let delay = if state.preemptions > 0 { config.restart_delay } else { SimDuration::ZERO };
                     let productive = ran.as_millis().saturating_sub(delay.as_millis());
+                    let seg = if now > state.seg_start { (now - state.seg_start).as_millis() } else { 0 };
+                    let worked = state.accrued_ms + work_in(seg, state.rate);
+                    let productive = if state.rate >= 1.0 && state.accrued_ms == 0 { productive } else { worked };
                     let raw = state.progress.as_millis() + productive;
                     let ckpt = config.checkpoint_interval.as_millis();
                     let saved = raw.checked_div(ckpt).map_or(raw, |n| (n * ckpt).max(state.progress.as_millis()));
@@ -254,6 +327,56 @@ pub fn simulate(
         }
         for q in requeue {
             queue.push(q);
+        }
+        if let Some(m) = &meter {
+            if new_caps != caps {
+                // Caps moved: every running job's completion moves with its new throughput.
+                let running: Vec<(WorkloadId, f64)> =
+                    cluster.allocations().map(|(id, p)| (*id, m.rate(p, &new_caps))).collect();
+                for (id, rate) in running {
+                    let Some(state) = jobs.get_mut(id.0 as usize) else { continue };
+                    if !state.running || rate == state.rate {
+                        continue;
+                    }
+                    if now > state.seg_start {
+                        state.accrued_ms += work_in((now - state.seg_start).as_millis(), state.rate);
+                        state.seg_start = now;
+                    }
+                    state.rate = rate;
+                    if let Some(d) = workloads[id.0 as usize].duration {
+                        state.generation += 1;
+                        let done = state.progress.as_millis() + state.accrued_ms;
+                        let rest = d.as_millis().saturating_sub(done);
+                        let t = state.seg_start + SimDuration(wall_for(rest, rate));
+                        completions.push(Reverse((t, id.0, state.generation)));
+                    }
+                }
+            }
+            caps = new_caps;
+            site_w = m
+                .site_dc(&cluster, &caps)
+                .iter()
+                .enumerate()
+                .map(|(s, dc)| dc * power.map_or(1.0, |p| p.model.site_wall_factor(model::SiteId(s as u32))))
+                .collect();
+            let eq = m.equivalent_allocation(&m.site_dc(&cluster, &caps));
+            match energy_series.last_mut() {
+                Some(p) if p.0 == at(now) => p.1 = eq,
+                _ => energy_series.push((at(now), eq)),
+            }
+            let t_now = power.map_or(0.0, |p| p.outdoor_c(at(now)));
+            let mw: f64 = site_w
+                .iter()
+                .enumerate()
+                .filter_map(|(s, &w)| {
+                    power.map(|p| p.model.site_power_at_it(model::SiteId(s as u32), w, t_now).total_watts)
+                })
+                .sum::<f64>()
+                / 1e6;
+            match site_mw_series.last_mut() {
+                Some(p) if p.0 == at(now) => p.1 = mw,
+                _ => site_mw_series.push((at(now), mw)),
+            }
         }
 
         last_t = Some(now);
@@ -317,6 +440,26 @@ pub fn simulate(
         });
     }
     let (tenants, jain_fairness) = tenant_rows(&records);
+    let power_summary = match power {
+        None => None,
+        Some(p) => {
+            if let Some(&(t, _)) = energy_series.last()
+                && at(end) > t
+            {
+                energy_series.push((at(end), 0.0));
+            }
+            let gh: Vec<(u32, f64)> = tenants.iter().map(|t| (t.tenant, t.gpu_hours)).collect();
+            let mut summary = summarize(p, &energy_series, &gh).map_err(|e| SimError::Energy(e.to_string()))?;
+            let span = energy_series.last().map_or(0.0, |l| l.0) - energy_series.first().map_or(0.0, |f| f.0);
+            summary.peak_site_mw = peak_site_w / 1e6;
+            summary.cap_violations = cap_violations;
+            summary.refused_starts = guard.as_ref().map_or(0, |g| g.refused_starts);
+            summary.mean_gpu_cap = if span > 0.0 { cap_integral / span } else { 1.0 };
+            summary.site_mw = std::mem::take(&mut site_mw_series);
+            Some(summary)
+        }
+    };
+    let _: Option<&PowerSummary> = power_summary.as_ref();
     if !config.keep_records {
         records = Vec::new();
     }
@@ -351,5 +494,6 @@ pub fn simulate(
         series,
         records,
         log,
+        power: power_summary,
     })
 }

@@ -9,9 +9,11 @@ mod engine;
 mod loadfleet;
 mod metrics;
 pub mod openb;
+pub mod power;
 
 pub use engine::{Progress, SimConfig, SimError, simulate};
 pub use loadfleet::{LoadFleetShape, fleet_for_load, offered_load};
 pub use metrics::{
     EventKind, JobRecord, SLOWDOWN_FLOOR_S, SimEvent, SimReport, TenantRow, TimePoint, percentile, tenant_rows,
 };
+pub use power::{PowerOptions, PowerSummary, TenantEnergy};

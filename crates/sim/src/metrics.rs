@@ -182,6 +182,9 @@ pub struct SimReport {
     /// Every start, preemption and finish, when [`crate::SimConfig::keep_events`] is set.
     #[serde(skip)]
     pub log: Vec<SimEvent>,
+    /// Energy, power and heat, when [`crate::SimConfig::power`] is set.
+    #[serde(flatten)]
+    pub power: Option<crate::power::PowerSummary>,
 }
 
 /// The `q`-quantile (0..=1) of `sorted` by nearest rank; 0 for an empty slice.

@@ -58,6 +58,85 @@ pub struct SimArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Cooling of every site (air, liquid, immersion); turns on power, energy and heat figures.
+    /// Default with any power option: each site's own cooling.
+    #[arg(long)]
+    pub cooling: Option<String>,
+    /// Compare coolings on the same trace and fleet (e.g. air,liquid,immersion): one table, and
+    /// with --plot, site power against the cap and heat exported against demand over time.
+    #[arg(long, conflicts_with = "cooling")]
+    pub compare_cooling: Option<String>,
+    /// Grid cap of the fleet's site(s), MW (split over sites by nameplate).
+    #[arg(long, conflicts_with = "power_cap_frac")]
+    pub power_cap_mw: Option<f64>,
+    /// Grid cap as a fraction of nameplate: the worst-case draw (every GPU at its board limit)
+    /// at the year's hottest hour.
+    #[arg(long)]
+    pub power_cap_frac: Option<f64>,
+    /// admission: admit work only while the worst case fits the cap; dynamic: also lower the
+    /// GPU power caps of running jobs (all of a site alike), slowing them along the DVFS curve.
+    #[arg(long, default_value = "admission")]
+    pub power_mode: String,
+    /// dynamic: lowest GPU power cap, fraction of the board limit.
+    #[arg(long, default_value_t = 0.7)]
+    pub min_gpu_cap: f64,
+    /// Hour of the year sim time 0 falls on (temperature and prices).
+    #[arg(long, default_value_t = 0)]
+    pub start_hour: usize,
+}
+
+fn parse_cooling(name: &str) -> anyhow::Result<model::Cooling> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "air" => Ok(model::Cooling::Air),
+        "liquid" | "dlc" => Ok(model::Cooling::Liquid),
+        "immersion" => Ok(model::Cooling::Immersion),
+        other => anyhow::bail!("unknown cooling '{other}' (known: air, liquid, immersion)"),
+    }
+}
+
+/// Power options of a run under `cooling` (`None`: each site's own).
+fn power_options(
+    args: &SimArgs,
+    fleet: &model::Fleet,
+    cooling: Option<model::Cooling>,
+) -> anyhow::Result<Arc<sim::PowerOptions>> {
+    let model = energy::EnergyModel::new(fleet, cooling, &energy::HeatOptions::default());
+    let mode = match args.power_mode.trim().to_ascii_lowercase().as_str() {
+        "admission" => sched::power::PowerMode::Admission,
+        "dynamic" => {
+            if !(args.min_gpu_cap.is_finite() && (0.3..=1.0).contains(&args.min_gpu_cap)) {
+                anyhow::bail!("--min-gpu-cap must be in 0.3..1, got {}", args.min_gpu_cap);
+            }
+            sched::power::PowerMode::Dynamic { min_cap: args.min_gpu_cap }
+        }
+        other => anyhow::bail!("unknown --power-mode '{other}' (known: admission, dynamic)"),
+    };
+    let mut opts = sim::PowerOptions {
+        model,
+        temperature: energy::TemperatureYear::valence()?,
+        grid: energy::GridYear::france()?,
+        start_hour: args.start_hour % energy::HOURS_PER_YEAR,
+        cap_watts: None,
+        mode,
+    };
+    let nameplate = opts.nameplate_watts();
+    let total: f64 = nameplate.iter().sum();
+    opts.cap_watts = match (args.power_cap_mw, args.power_cap_frac) {
+        (Some(mw), _) => {
+            if !(mw.is_finite() && mw > 0.0) {
+                anyhow::bail!("--power-cap-mw must be a positive number, got {mw}");
+            }
+            Some(nameplate.iter().map(|w| mw * 1e6 * w / total.max(1.0)).collect())
+        }
+        (None, Some(f)) => {
+            if !(f.is_finite() && f > 0.0) {
+                anyhow::bail!("--power-cap-frac must be a positive number, got {f}");
+            }
+            Some(nameplate.iter().map(|w| w * f).collect())
+        }
+        (None, None) => None,
+    };
+    Ok(Arc::new(opts))
 }
 
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
@@ -86,8 +165,34 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     for name in &names {
         policies.push(sched::policy_by_name(name, args.seed)?);
     }
+    let coolings: Vec<Option<model::Cooling>> = match (&args.compare_cooling, &args.cooling) {
+        (Some(list), _) => {
+            let mut v = Vec::new();
+            for c in list.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                v.push(Some(parse_cooling(c)?));
+            }
+            if v.is_empty() {
+                anyhow::bail!("--compare-cooling names no cooling");
+            }
+            v
+        }
+        (None, Some(c)) => vec![Some(parse_cooling(c)?)],
+        (None, None) => vec![None],
+    };
+    let wants_power = args.cooling.is_some()
+        || args.compare_cooling.is_some()
+        || args.power_cap_mw.is_some()
+        || args.power_cap_frac.is_some();
+    if args.compare_cooling.is_some() && policies.len() > 1 {
+        anyhow::bail!("--compare-cooling takes one --policy");
+    }
+    if coolings.len() > 1 {
+        return compare_cooling(&args, &trace, fleet, &coolings);
+    }
+    let power = if wants_power { Some(power_options(&args, &fleet, coolings[0])?) } else { None };
     let compare = policies.len() > 1;
     let config = SimConfig {
+        power,
         seed: args.seed,
         keep_records: compare && args.plot.is_some(),
         checkpoint_interval: SimDuration::from_secs_f64(args.checkpoint_interval),
@@ -148,6 +253,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         }
         Output::Table => {
             print_table(&reports, load);
+            if reports.iter().any(|r| r.power.is_some()) {
+                print_power(&reports.iter().map(|r| (r.policy.clone(), r)).collect::<Vec<_>>());
+            }
             if !compare {
                 print_tenants(&reports[0], &trace.tenants);
             }
@@ -284,6 +392,131 @@ fn plot(path: &Path, r: &SimReport, trace: &Path) -> anyhow::Result<()> {
                 .y_format(AxisFormat::Percent),
         )
         .panel(Panel::new("jobs queued").series(Series::new("queue", queue).steps()))
+        .render(path)
+        .with_context(|| format!("cannot write the plot to {}", path.display()))?;
+    Ok(())
+}
+
+fn print_power(rows: &[(String, &SimReport)]) {
+    let tty = report::table::stdout_is_tty();
+    let mut t = Table::new([
+        "run",
+        "mean JCT",
+        "IT MWh",
+        "facility MWh",
+        "PUE",
+        "peak MW",
+        "cap MW",
+        "violations",
+        "mean GPU cap",
+        "heat MWh",
+        "heat EUR",
+        "energy EUR",
+        "CO2 t",
+    ])
+    .utf8(tty);
+    for (name, r) in rows {
+        let Some(p) = &r.power else { continue };
+        t.row([
+            name.clone(),
+            fmt_duration_s(r.mean_jct_s),
+            format!("{:.0}", p.it_mwh),
+            format!("{:.0}", p.facility_mwh),
+            format!("{:.3}", p.pue),
+            format!("{:.2}", p.peak_site_mw),
+            p.power_cap_mw.map_or_else(|| "-".to_string(), |c| format!("{c:.2}")),
+            fmt_thousands(p.cap_violations),
+            format!("{:.3}", p.mean_gpu_cap),
+            format!("{:.0}", p.heat_exported_mwh),
+            format!("{:.0}", p.heat_revenue_eur),
+            format!("{:.0}", p.energy_cost_eur),
+            format!("{:.1}", p.co2_t),
+        ]);
+    }
+    println!("{}", t.render());
+}
+
+fn compare_cooling(
+    args: &SimArgs,
+    trace: &trace::Trace,
+    fleet: Arc<model::Fleet>,
+    coolings: &[Option<model::Cooling>],
+) -> anyhow::Result<()> {
+    let mut reports = Vec::with_capacity(coolings.len());
+    for &cooling in coolings {
+        let mut policy = sched::policy_by_name(args.policy.trim(), args.seed)?;
+        let config = SimConfig {
+            seed: args.seed,
+            checkpoint_interval: SimDuration::from_secs_f64(args.checkpoint_interval),
+            restart_delay: SimDuration::from_secs_f64(args.restart_delay),
+            power: Some(power_options(args, &fleet, cooling)?),
+            ..SimConfig::default()
+        };
+        let label = cooling.map_or_else(|| "fleet".to_string(), |c| c.to_string());
+        let bar = progress_bar(trace.workloads.len() as u64 * 2, &label, args.quiet);
+        let report = sim::simulate(fleet.clone(), &trace.workloads, policy.as_mut(), &config, &mut |p| {
+            bar.set_length(p.events_total);
+            bar.set_position(p.events_done);
+        })?;
+        bar.finish_and_clear();
+        reports.push((label, report));
+    }
+    if let Some(path) = &args.plot {
+        plot_power(path, &reports, &args.trace)?;
+    }
+    match args.output {
+        Output::Json => {
+            let mut runs = Vec::new();
+            for (label, r) in &reports {
+                let mut v = serde_json::to_value(r)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("cooling".into(), label.clone().into());
+                    o.insert("trace".into(), args.trace.display().to_string().into());
+                }
+                runs.push(v);
+            }
+            print_json(&serde_json::json!({ "runs": runs }))
+        }
+        Output::Table => {
+            print_power(&reports.iter().map(|(l, r)| (l.clone(), r)).collect::<Vec<_>>());
+            Ok(())
+        }
+    }
+}
+
+fn plot_power(path: &Path, reports: &[(String, SimReport)], trace: &Path) -> anyhow::Result<()> {
+    let name = trace.file_name().map_or_else(|| trace.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let mut site = Panel::new("site power (MW)");
+    let mut heat = Panel::new("heat (MW)");
+    for (label, r) in reports {
+        let Some(p) = &r.power else { continue };
+        site = site.series(
+            Series::new(format!("{label} site"), p.site_mw.iter().map(|&(t, w)| (t / 3600.0, w)).collect()).steps(),
+        );
+        if let Some(cap) = p.power_cap_mw {
+            let (a, b) = (p.site_mw.first().map_or(0.0, |x| x.0), p.site_mw.last().map_or(0.0, |x| x.0));
+            site = site.series(Series::new(format!("{label} cap"), vec![(a / 3600.0, cap), (b / 3600.0, cap)]));
+        }
+        let t0 = p.site_mw.first().map_or(0.0, |x| x.0);
+        heat = heat.series(
+            Series::new(
+                format!("{label} exported"),
+                p.hourly.iter().map(|h| ((t0 + h.t_s) / 3600.0, h.heat_exported_mw)).collect(),
+            )
+            .steps(),
+        );
+        heat = heat.series(
+            Series::new(
+                format!("{label} demand"),
+                p.hourly.iter().map(|h| ((t0 + h.t_s) / 3600.0, h.heat_demand_mw)).collect(),
+            )
+            .steps(),
+        );
+    }
+    Chart::new(format!("power and heat on {name}"))
+        .x_label("time (hours)")
+        .panel(site)
+        .panel(heat)
         .render(path)
         .with_context(|| format!("cannot write the plot to {}", path.display()))?;
     Ok(())

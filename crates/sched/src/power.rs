@@ -1,0 +1,315 @@
+//! A power-cap guard that wraps any [`Policy`]: a site never draws more than its grid cap.
+//!
+//! The guard works on plain numbers the caller fills in from its energy model (this crate knows
+//! no physics): per site, the cap and the draw with nothing allocated; per node, the worst-case
+//! site watts each allocated GPU adds, and how much of that follows the GPU's power cap. Site
+//! draw is linear in the allocated GPUs at a given outdoor temperature (IT plus the cooling that
+//! carries it), so these numbers are exact for the temperature they were computed at; callers
+//! compute them at the hottest hour they will meet, so the bound holds all year.
+//!
+//! Two modes:
+//!
+//! - [`PowerMode::Admission`]: work is admitted only while every site's worst case (every
+//!   allocated GPU at its board limit) fits its cap;
+//! - [`PowerMode::Dynamic`]: work is admitted while the worst case fits with every running GPU
+//!   of the site capped at `min_cap`; the guard then sets one GPU power cap per site, the highest
+//!   that fits. All jobs of a site get the same cap: a job's throughput loss is convex in its cap
+//!   (DVFS), so for a given power cut, spreading it evenly slows the site's work least.
+//!
+//! How it holds the inner policy to the budget: before the policy's round, GPUs beyond the power
+//! headroom are hidden behind placeholder allocations (on the most fragmented nodes first, so
+//! whole free nodes stay usable for gangs); after it, they are released. A start that still
+//! exceeds the budget (a policy that preempted and started in ways the headroom did not foresee)
+//! is rolled back: released from the cluster and dropped from the decisions, so it stays queued.
+
+use crate::cluster::{ClusterState, GpuShare, MemberPlacement, Placement};
+use crate::demand::{Demand, ModelSet};
+use crate::policy::{Decision, Policy};
+use crate::queue::Queue;
+use model::{GpuRequest, NodeId, SimDuration, SimTime, Workload, WorkloadId};
+
+/// Placeholder allocations use ids from here down; traces never come near.
+const PLACEHOLDER_BASE: u32 = u32::MAX;
+const MILLI: f64 = 1000.0;
+
+/// How the guard keeps sites under their caps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PowerMode {
+    /// Admit work only while the worst case fits.
+    Admission,
+    /// Also lower GPU power caps of running work, down to `min_cap` of the board limit.
+    Dynamic { min_cap: f64 },
+}
+
+/// One site's budget, watts at the grid meter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SiteBudget {
+    /// The grid connection.
+    pub cap_watts: f64,
+    /// Draw with nothing allocated (idle IT, cooling, building).
+    pub base_watts: f64,
+}
+
+/// Worst-case figures of one node's GPUs, site watts per whole allocated GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct NodeWatts {
+    /// Index of the node's site in [`PowerBudget::sites`].
+    pub site: u32,
+    /// Added per allocated GPU with the GPU at its board limit and the host at full load.
+    pub full_watts_per_gpu: f64,
+    /// The part of `full_watts_per_gpu` that is the GPU's board limit (what a power cap scales).
+    pub board_watts_per_gpu: f64,
+}
+
+impl NodeWatts {
+    /// Added per allocated GPU capped at `cap` (fraction of its board limit).
+    pub fn watts_per_gpu(&self, cap: f64) -> f64 {
+        self.full_watts_per_gpu - (1.0 - cap.clamp(0.0, 1.0)) * self.board_watts_per_gpu
+    }
+}
+
+/// Per-site caps and per-node marginal watts, as plain numbers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PowerBudget {
+    pub sites: Vec<SiteBudget>,
+    /// By node id.
+    pub nodes: Vec<NodeWatts>,
+    pub mode: PowerMode,
+}
+
+impl PowerBudget {
+    fn node(&self, id: NodeId) -> NodeWatts {
+        self.nodes.get(id.index()).copied().unwrap_or_default()
+    }
+
+    fn floor_cap(&self) -> f64 {
+        match self.mode {
+            PowerMode::Admission => 1.0,
+            PowerMode::Dynamic { min_cap } => min_cap.clamp(0.0, 1.0),
+        }
+    }
+
+    /// Per site: (worst-case watts at full caps, capped share of it) of the real allocations.
+    fn loads(&self, cluster: &ClusterState) -> Vec<(f64, f64)> {
+        let mut loads: Vec<(f64, f64)> = self.sites.iter().map(|s| (s.base_watts, 0.0)).collect();
+        for (id, p) in cluster.allocations() {
+            if is_placeholder(*id) {
+                continue;
+            }
+            self.add(&mut loads, p);
+        }
+        loads
+    }
+
+    fn add(&self, loads: &mut [(f64, f64)], p: &Placement) {
+        for m in &p.members {
+            let n = self.node(m.node);
+            let gpus = m.gpus.iter().map(|g| f64::from(g.milli)).sum::<f64>() / MILLI;
+            if let Some(l) = loads.get_mut(n.site as usize) {
+                l.0 += gpus * n.full_watts_per_gpu;
+                l.1 += gpus * n.board_watts_per_gpu;
+            }
+        }
+    }
+
+    /// The highest GPU cap (fraction) at which `load` fits site `s`, `None` if none down to the
+    /// floor does.
+    fn fitting_cap(&self, s: usize, load: (f64, f64)) -> Option<f64> {
+        let cap = self.sites.get(s)?.cap_watts;
+        let floor = self.floor_cap();
+        let at = |f: f64| load.0 - (1.0 - f) * load.1;
+        if at(1.0) <= cap {
+            return Some(1.0);
+        }
+        if at(floor) > cap || load.1 <= 0.0 {
+            return None;
+        }
+        // load.0 - (1 - f) load.1 = cap
+        Some((1.0 - (load.0 - cap) / load.1).clamp(floor, 1.0))
+    }
+}
+
+fn is_placeholder(id: WorkloadId) -> bool {
+    id.0 > PLACEHOLDER_BASE - (1 << 24)
+}
+
+/// The guard's state across rounds.
+#[derive(Clone, Debug)]
+pub struct PowerGuard {
+    budget: PowerBudget,
+    /// GPU power cap per site (fraction of the board limit) set after the last round.
+    site_caps: Vec<f64>,
+    placeholders: Vec<WorkloadId>,
+    /// Starts rolled back over the run.
+    pub refused_starts: u64,
+}
+
+impl PowerGuard {
+    pub fn new(budget: PowerBudget) -> PowerGuard {
+        let site_caps = vec![1.0; budget.sites.len()];
+        PowerGuard { budget, site_caps, placeholders: Vec::new(), refused_starts: 0 }
+    }
+
+    pub fn budget(&self) -> &PowerBudget {
+        &self.budget
+    }
+
+    /// GPU power cap of every site after the last round, fraction of the board limit.
+    pub fn site_caps(&self) -> &[f64] {
+        &self.site_caps
+    }
+
+    /// Worst-case draw of site `s` under the current caps, watts.
+    pub fn site_worst_watts(&self, cluster: &ClusterState, s: usize) -> f64 {
+        let loads = self.budget.loads(cluster);
+        loads.get(s).map_or(0.0, |l| l.0 - (1.0 - self.site_caps.get(s).copied().unwrap_or(1.0)) * l.1)
+    }
+
+    /// Hides the GPUs beyond each site's headroom behind placeholder allocations. Call before the
+    /// inner policy's round; [`PowerGuard::after`] releases them.
+    pub fn before(&mut self, cluster: &mut ClusterState) {
+        let floor = self.budget.floor_cap();
+        let loads = self.budget.loads(cluster);
+        let fleet = cluster.fleet().clone();
+        // Per site: how many GPU-thousandths may still be allocated, at the site's dearest GPU.
+        let mut free_nodes: Vec<Vec<(u32, NodeId)>> = vec![Vec::new(); self.budget.sites.len()];
+        let mut dearest = vec![0.0f64; self.budget.sites.len()];
+        for id in fleet.node_ids() {
+            let n = self.budget.node(id);
+            let Some(d) = dearest.get_mut(n.site as usize) else { continue };
+            *d = d.max(n.watts_per_gpu(floor));
+            let free: u32 = cluster.gpu_free_milli(id).iter().map(|&m| u32::from(m)).sum();
+            if free > 0 {
+                free_nodes[n.site as usize].push((free, id));
+            }
+        }
+        let mut next = PLACEHOLDER_BASE;
+        for (s, site) in self.budget.sites.iter().enumerate() {
+            let at_floor = loads[s].0 - (1.0 - floor) * loads[s].1;
+            let headroom = (site.cap_watts - at_floor).max(0.0);
+            let allowed_milli = if dearest[s] > 0.0 { (headroom / dearest[s] * MILLI).floor() } else { f64::INFINITY };
+            let free_total: f64 = free_nodes[s].iter().map(|(f, _)| f64::from(*f)).sum();
+            let mut to_hide = free_total - allowed_milli;
+            if to_hide <= 0.0 {
+                continue;
+            }
+            // Most fragmented nodes first; ties by id, highest first (first-fit starts low).
+            free_nodes[s].sort_by_key(|&(f, id)| (f, std::cmp::Reverse(id.0)));
+            for &(_, node) in &free_nodes[s] {
+                if to_hide <= 0.0 {
+                    break;
+                }
+                let free: Vec<u16> = cluster.gpu_free_milli(node).to_vec();
+                for (index, milli) in free.into_iter().enumerate() {
+                    if to_hide <= 0.0 {
+                        break;
+                    }
+                    if milli == 0 {
+                        continue;
+                    }
+                    let gpu = if milli >= 1000 {
+                        GpuRequest::Gang { nodes: 1, gpus_per_node: 1 }
+                    } else {
+                        GpuRequest::Fraction { gpu_milli: u32::from(milli) }
+                    };
+                    let demand = Demand { cpu_milli: 0, memory_mib: 0, gpu, models: ModelSet::any() };
+                    let placement = Placement {
+                        members: vec![MemberPlacement {
+                            node,
+                            cpu_milli: 0,
+                            memory_mib: 0,
+                            gpus: vec![GpuShare { index: index as u8, milli }],
+                        }],
+                    };
+                    let id = WorkloadId(next);
+                    if cluster.allocate(id, &demand, placement).is_ok() {
+                        self.placeholders.push(id);
+                        next -= 1;
+                        to_hide -= f64::from(milli);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Releases the placeholders, rolls back any start the budget cannot carry, and sets each
+    /// site's GPU cap. Returns the decisions that stand.
+    pub fn after(&mut self, cluster: &mut ClusterState, decisions: Vec<Decision>) -> Vec<Decision> {
+        for id in self.placeholders.drain(..) {
+            let _ = cluster.release(id);
+        }
+        let floor = self.budget.floor_cap();
+        let mut loads = self.budget.loads(cluster);
+        let over = |loads: &[(f64, f64)], s: usize| {
+            self.budget.sites.get(s).is_some_and(|b| loads[s].0 - (1.0 - floor) * loads[s].1 > b.cap_watts)
+        };
+        let mut kept = Vec::with_capacity(decisions.len());
+        // Roll back the latest starts first until every site fits.
+        let mut refused = vec![false; decisions.len()];
+        for (k, d) in decisions.iter().enumerate().rev() {
+            let Decision::Start { job, placement } = d else { continue };
+            let sites: Vec<usize> = placement.members.iter().map(|m| self.budget.node(m.node).site as usize).collect();
+            if sites.iter().any(|&s| s < loads.len() && over(&loads, s)) && cluster.release(*job).is_ok() {
+                let mut minus = vec![(0.0, 0.0); loads.len()];
+                self.budget.add(&mut minus, placement);
+                for (l, m) in loads.iter_mut().zip(minus) {
+                    l.0 -= m.0;
+                    l.1 -= m.1;
+                }
+                refused[k] = true;
+                self.refused_starts += 1;
+            }
+        }
+        for (d, r) in decisions.into_iter().zip(refused) {
+            if !r {
+                kept.push(d);
+            }
+        }
+        for (s, l) in loads.iter().enumerate() {
+            self.site_caps[s] = self.budget.fitting_cap(s, *l).unwrap_or(floor);
+        }
+        kept
+    }
+}
+
+/// Any policy, held to a [`PowerBudget`].
+pub struct PowerCapped<P> {
+    pub inner: P,
+    pub guard: PowerGuard,
+    name: String,
+}
+
+impl<P: Policy> PowerCapped<P> {
+    pub fn new(inner: P, budget: PowerBudget) -> Self {
+        let mode = match budget.mode {
+            PowerMode::Admission => "admission",
+            PowerMode::Dynamic { .. } => "dynamic",
+        };
+        let name = format!("{}+power-{mode}", inner.name());
+        PowerCapped { inner, guard: PowerGuard::new(budget), name }
+    }
+}
+
+impl<P: Policy> Policy for PowerCapped<P> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn is_clairvoyant(&self) -> bool {
+        self.inner.is_clairvoyant()
+    }
+
+    fn schedule(&mut self, now: SimTime, queue: &Queue, cluster: &mut ClusterState) -> Vec<Decision> {
+        self.guard.before(cluster);
+        let decisions = self.inner.schedule(now, queue, cluster);
+        self.guard.after(cluster, decisions)
+    }
+
+    fn on_finished(&mut self, workload: &Workload, started: SimTime, now: SimTime) {
+        self.inner.on_finished(workload, started, now);
+    }
+
+    fn min_runtime(&self) -> SimDuration {
+        self.inner.min_runtime()
+    }
+}

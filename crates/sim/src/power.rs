@@ -1,0 +1,276 @@
+//! Power in the twin: the numbers the [`sched::power`] guard works on, computed from the
+//! [`energy`] model, and the meter that measures site draw at every event.
+//!
+//! Measurement follows the reports: an allocated GPU runs typical work (its family's busy
+//! fraction of the board limit), or its power cap if that is lower. The guard budgets the worst
+//! case (board limit, host at full load) at the hottest hour of the year, so measured draw stays
+//! under the cap by construction; [`PowerSummary::cap_violations`] checks it at every event
+//! interval.
+
+use energy::{EnergyModel, GpuPowerProfile, GridYear, HourPoint, TemperatureYear, account, throughput_at_cap};
+use model::{Fleet, SiteId};
+use sched::power::{NodeWatts, PowerBudget, PowerMode, SiteBudget};
+use sched::{ClusterState, Placement};
+use serde::Serialize;
+
+/// What a run knows about power: the site model, the year and, when capped, the caps.
+#[derive(Clone, Debug)]
+pub struct PowerOptions {
+    /// The fleet's energy model (cooling chosen by the caller).
+    pub model: EnergyModel,
+    pub temperature: TemperatureYear,
+    pub grid: GridYear,
+    /// Hour of the year sim time 0 falls on.
+    pub start_hour: usize,
+    /// Grid cap per site (by site index), watts; `None`: measure only.
+    pub cap_watts: Option<Vec<f64>>,
+    pub mode: PowerMode,
+}
+
+impl PowerOptions {
+    /// Outdoor temperature `t_s` seconds after sim time 0.
+    pub fn outdoor_c(&self, t_s: f64) -> f64 {
+        self.temperature.at_hour(self.hour_of(t_s))
+    }
+
+    fn hour_of(&self, t_s: f64) -> usize {
+        (self.start_hour + (t_s.max(0.0) / 3600.0) as usize) % energy::HOURS_PER_YEAR
+    }
+
+    /// The hottest hour of the year, °C: the design point the guard budgets at.
+    pub fn design_celsius(&self) -> f64 {
+        self.temperature.hours().iter().copied().fold(f64::NEG_INFINITY, f64::max)
+    }
+
+    /// Worst-case draw of every site at the design temperature: the grid connection that runs
+    /// every GPU at its board limit. Caps given as a fraction of "nameplate" are fractions of it.
+    pub fn nameplate_watts(&self) -> Vec<f64> {
+        let t = self.design_celsius();
+        (0..self.model.sites.len()).map(|s| self.model.site_worst_case_watts(SiteId(s as u32), t)).collect()
+    }
+
+    /// The guard's numbers for `fleet`, `None` when uncapped.
+    pub fn budget(&self, fleet: &Fleet) -> Option<PowerBudget> {
+        let caps = self.cap_watts.as_ref()?;
+        let t = self.design_celsius();
+        let slope: Vec<f64> = (0..self.model.sites.len())
+            .map(|s| {
+                let id = SiteId(s as u32);
+                let x = self.model.sites[s].it.max_watts.max(1.0);
+                let p0 = self.model.site_power_at_it(id, 0.0, t).total_watts;
+                let p1 = self.model.site_power_at_it(id, x, t).total_watts;
+                (p1 - p0) / x
+            })
+            .collect();
+        let sites = (0..self.model.sites.len())
+            .map(|s| {
+                let id = SiteId(s as u32);
+                let idle_it = self.model.sites[s].it.idle_watts * self.model.site_wall_factor(id);
+                SiteBudget {
+                    cap_watts: caps.get(s).copied().unwrap_or(f64::INFINITY),
+                    base_watts: self.model.site_power_at_it(id, idle_it, t).total_watts,
+                }
+            })
+            .collect();
+        let nodes = fleet
+            .node_ids()
+            .map(|id| {
+                let site = fleet.node(id).site;
+                let p = &self.model.power.nodes[id.index()];
+                let k = self.model.site_wall_factor(site) * slope[site.index()];
+                let board = fleet.node_gpu_model(id).map_or(0.0, |m| m.board_power_watts);
+                if p.gpus == 0 {
+                    return NodeWatts { site: site.0, ..NodeWatts::default() };
+                }
+                // Conservative: the host's whole span is charged to its GPUs.
+                let full = (p.max_watts - p.idle_watts) / f64::from(p.gpus);
+                NodeWatts { site: site.0, full_watts_per_gpu: full * k, board_watts_per_gpu: board * k }
+            })
+            .collect();
+        Some(PowerBudget { sites, nodes, mode: self.mode })
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct NodeMeter {
+    site: usize,
+    busy_per_gpu: f64,
+    board: f64,
+    profile: GpuPowerProfile,
+}
+
+/// Measures site draw from the cluster's allocations and the sites' GPU caps.
+pub(crate) struct Meter {
+    nodes: Vec<NodeMeter>,
+    site_idle_dc: Vec<f64>,
+    site_busy_span_dc: f64,
+    fleet_idle_dc: f64,
+}
+
+impl Meter {
+    pub(crate) fn new(fleet: &Fleet, model: &EnergyModel) -> Meter {
+        let nodes = fleet
+            .node_ids()
+            .map(|id| {
+                let p = &model.power.nodes[id.index()];
+                let (board, profile) = match fleet.node_gpu_model(id) {
+                    Some(m) => (m.board_power_watts, GpuPowerProfile::of(m.family)),
+                    None => (0.0, GpuPowerProfile::of(model::GpuFamily::Other)),
+                };
+                NodeMeter { site: fleet.node(id).site.index(), busy_per_gpu: p.busy_watts_per_gpu, board, profile }
+            })
+            .collect();
+        let site_idle_dc: Vec<f64> = model.sites.iter().map(|s| s.it.idle_watts).collect();
+        let site_busy_span_dc = model.sites.iter().map(|s| s.it.busy_watts - s.it.idle_watts).sum();
+        Meter { nodes, fleet_idle_dc: site_idle_dc.iter().sum(), site_idle_dc, site_busy_span_dc }
+    }
+
+    fn gpu_dc(&self, n: &NodeMeter, cap: f64) -> f64 {
+        let cut = (n.profile.busy_fraction - cap).max(0.0) * n.board;
+        n.busy_per_gpu - cut
+    }
+
+    /// DC IT power per site.
+    pub(crate) fn site_dc(&self, cluster: &ClusterState, caps: &[f64]) -> Vec<f64> {
+        let mut dc = self.site_idle_dc.clone();
+        for (_, p) in cluster.allocations() {
+            for m in &p.members {
+                let Some(n) = self.nodes.get(m.node.index()) else { continue };
+                let cap = caps.get(n.site).copied().unwrap_or(1.0);
+                let gpus = m.gpus.iter().map(|g| f64::from(g.milli)).sum::<f64>() / 1000.0;
+                dc[n.site] += gpus * self.gpu_dc(n, cap);
+            }
+        }
+        dc
+    }
+
+    /// The allocation (0..1) at which typical uncapped work would draw `dc` over the fleet: what
+    /// the hourly accounting is fed.
+    pub(crate) fn equivalent_allocation(&self, dc: &[f64]) -> f64 {
+        if self.site_busy_span_dc <= 0.0 {
+            return 0.0;
+        }
+        ((dc.iter().sum::<f64>() - self.fleet_idle_dc) / self.site_busy_span_dc).clamp(0.0, 1.0)
+    }
+
+    /// Throughput (1 = uncapped) of a job on `placement` under the sites' caps: its slowest member.
+    pub(crate) fn rate(&self, placement: &Placement, caps: &[f64]) -> f64 {
+        placement
+            .members
+            .iter()
+            .filter_map(|m| self.nodes.get(m.node.index()))
+            .filter(|n| n.board > 0.0)
+            .map(|n| throughput_at_cap(&n.profile, caps.get(n.site).copied().unwrap_or(1.0), n.profile.busy_fraction))
+            .fold(1.0, f64::min)
+    }
+}
+
+/// One tenant's share of the energy.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TenantEnergy {
+    pub tenant: u32,
+    pub gpu_hours: f64,
+    /// Facility energy shared in proportion to GPU-hours held (idle power included).
+    pub facility_mwh: f64,
+    pub energy_cost_eur: f64,
+    pub co2_t: f64,
+}
+
+/// Energy, power and heat of a run (flattened into the JSON report).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PowerSummary {
+    pub cooling: String,
+    pub start_hour: usize,
+    pub it_mwh: f64,
+    pub facility_mwh: f64,
+    pub site_mwh: f64,
+    pub pue: f64,
+    /// Highest draw at any event interval, MW (summed over sites).
+    pub peak_site_mw: f64,
+    /// Sum of the sites' caps, MW; `None` when uncapped.
+    pub power_cap_mw: Option<f64>,
+    /// Worst-case draw at the design temperature (every GPU at its board limit), MW.
+    pub nameplate_mw: f64,
+    pub power_mode: Option<String>,
+    /// Event intervals in which a site drew more than its cap.
+    pub cap_violations: u64,
+    /// Starts the guard rolled back.
+    pub refused_starts: u64,
+    /// Time-mean GPU power cap over the run (1 = uncapped), fraction of the board limit.
+    pub mean_gpu_cap: f64,
+    pub heat_exported_mwh: f64,
+    pub heat_demand_mwh: f64,
+    pub heat_revenue_eur: f64,
+    pub energy_cost_eur: f64,
+    pub co2_t: f64,
+    pub tenant_energy: Vec<TenantEnergy>,
+    /// Hour by hour, for plots.
+    #[serde(skip)]
+    pub hourly: Vec<HourPoint>,
+    /// `(t_s, site MW)` at every event, for plots.
+    #[serde(skip)]
+    pub site_mw: Vec<(f64, f64)>,
+}
+
+/// Accounts `series` (`(t_s, equivalent allocation)`) hour by hour.
+pub(crate) fn summarize(
+    opts: &PowerOptions,
+    series: &[(f64, f64)],
+    tenant_gpu_hours: &[(u32, f64)],
+) -> Result<PowerSummary, energy::EnergyError> {
+    let mut model = opts.model.clone();
+    if let Some(caps) = &opts.cap_watts {
+        for (s, c) in model.sites.iter_mut().zip(caps) {
+            s.grid_power_cap_watts = Some(*c);
+        }
+    }
+    let mut points = series.to_vec();
+    if points.len() < 2 {
+        let t = points.first().map_or(0.0, |p| p.0);
+        points = vec![(t, points.first().map_or(0.0, |p| p.1)), (t + 1.0, 0.0)];
+    }
+    if let (Some(a), Some(b)) = (points.first(), points.last())
+        && b.0 <= a.0
+    {
+        let t = a.0;
+        points.push((t + 1.0, 0.0));
+    }
+    // Sim time 0 is the start hour; the series starts at the first event.
+    let first = points.first().map_or(0.0, |p| p.0);
+    let start = opts.hour_of(first);
+    let r = account(&model, &opts.temperature, &opts.grid, &points, start)?;
+    let total_gh: f64 = tenant_gpu_hours.iter().map(|t| t.1).sum();
+    let share = |gh: f64| if total_gh > 0.0 { gh / total_gh } else { 0.0 };
+    let tenant_energy = tenant_gpu_hours
+        .iter()
+        .map(|&(tenant, gh)| TenantEnergy {
+            tenant,
+            gpu_hours: gh,
+            facility_mwh: r.totals.facility_mwh * share(gh),
+            energy_cost_eur: r.totals.energy_cost_eur * share(gh),
+            co2_t: r.totals.co2_t * share(gh),
+        })
+        .collect();
+    Ok(PowerSummary {
+        cooling: r.cooling.clone(),
+        start_hour: opts.start_hour,
+        it_mwh: r.totals.it_mwh,
+        facility_mwh: r.totals.facility_mwh,
+        site_mwh: r.totals.site_mwh,
+        pue: r.totals.pue,
+        power_cap_mw: opts.cap_watts.as_ref().map(|c| c.iter().sum::<f64>() / 1e6),
+        nameplate_mw: opts.nameplate_watts().iter().sum::<f64>() / 1e6,
+        power_mode: opts.cap_watts.as_ref().map(|_| match opts.mode {
+            PowerMode::Admission => "admission".to_string(),
+            PowerMode::Dynamic { .. } => "dynamic".to_string(),
+        }),
+        heat_exported_mwh: r.totals.heat_exported_mwh,
+        heat_demand_mwh: r.totals.heat_demand_mwh,
+        heat_revenue_eur: r.totals.heat_revenue_eur,
+        energy_cost_eur: r.totals.energy_cost_eur,
+        co2_t: r.totals.co2_t,
+        tenant_energy,
+        hourly: r.hourly,
+        ..PowerSummary::default()
+    })
+}

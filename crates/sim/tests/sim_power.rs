@@ -1,0 +1,123 @@
+//! Power-capped runs: no site ever draws more than its grid cap, whatever the trace, fleet,
+//! policy, cooling or mode.
+
+use energy::{EnergyModel, GridYear, HeatOptions, TemperatureYear};
+use model::{Cooling, Fleet, FleetBuilder, GpuRequest, NodeSpec, SimDuration, SimTime, Workload};
+use proptest::prelude::*;
+use sched::policy_by_name;
+use sched::power::PowerMode;
+use sim::{PowerOptions, SimConfig, SimReport, simulate};
+use std::sync::Arc;
+
+fn fleet(nodes: u32, gpus: u8, model: &str) -> Arc<Fleet> {
+    let mut b = FleetBuilder::new("t");
+    let s = b.add_site("s", Cooling::Air, None);
+    let h = b.add_hall(s, "h", None);
+    let r = b.add_rack(h, "r", None);
+    for i in 0..nodes {
+        b.add_node(
+            r,
+            NodeSpec {
+                name: format!("n{i}"),
+                cpu_milli: 32_000,
+                memory_mib: 65_536,
+                gpu_count: gpus,
+                gpu_model: Some(model.into()),
+                nvlink_domain: None,
+                leaf_switch: None,
+            },
+        );
+    }
+    Arc::new(b.build())
+}
+
+fn options(fleet: &Fleet, cooling: Cooling, frac: Option<f64>, mode: PowerMode) -> Arc<PowerOptions> {
+    let mut o = PowerOptions {
+        model: EnergyModel::new(fleet, Some(cooling), &HeatOptions::default()),
+        temperature: TemperatureYear::valence().unwrap_or_else(|_| TemperatureYear::constant(15.0)),
+        grid: GridYear::france().unwrap_or_else(|_| GridYear::constant(60.0, 30.0)),
+        start_hour: 4000,
+        cap_watts: None,
+        mode,
+    };
+    o.cap_watts = frac.map(|f| o.nameplate_watts().iter().map(|w| w * f).collect());
+    Arc::new(o)
+}
+
+fn run(fleet: Arc<Fleet>, jobs: &[Workload], policy: &str, power: Arc<PowerOptions>) -> SimReport {
+    let mut p = policy_by_name(policy, 1).unwrap();
+    let config = SimConfig { power: Some(power), ..SimConfig::default() };
+    simulate(fleet, jobs, p.as_mut(), &config, &mut |_| {}).unwrap()
+}
+
+fn jobs(spec: &[(u64, u32, u64)]) -> Vec<Workload> {
+    let mut v: Vec<Workload> = spec
+        .iter()
+        .enumerate()
+        .map(|(i, &(t, g, d))| {
+            Workload::gpu_job(
+                i as u32,
+                SimTime::from_secs(t),
+                GpuRequest::whole_gpus(g, 8),
+                Some(SimDuration::from_secs(d)),
+            )
+        })
+        .collect();
+    v.sort_by_key(|w| w.id);
+    v
+}
+
+#[test]
+fn uncapped_run_measures_energy_and_keeps_its_schedule() {
+    let f = fleet(4, 8, "H200");
+    let js = jobs(&[(0, 8, 3600), (10, 16, 7200), (20, 4, 1800), (30, 8, 3600)]);
+    let mut p = policy_by_name("fifo", 1).unwrap();
+    let plain = simulate(f.clone(), &js, p.as_mut(), &SimConfig::default(), &mut |_| {}).unwrap();
+    let r = run(f, &js, "fifo", options(&fleet(4, 8, "H200"), Cooling::Air, None, PowerMode::Admission));
+    assert_eq!(plain.mean_jct_s, r.mean_jct_s);
+    let e = r.power.unwrap();
+    assert!(e.it_mwh > 0.0 && e.facility_mwh > e.it_mwh && e.pue > 1.0);
+    assert_eq!(e.cap_violations, 0);
+    assert!(e.power_cap_mw.is_none());
+}
+
+#[test]
+fn a_tight_cap_delays_work_and_dynamic_caps_admit_more() {
+    let f = fleet(4, 8, "H200");
+    let js = jobs(&[(0, 8, 3600), (0, 8, 3600), (0, 8, 3600), (0, 8, 3600)]);
+    let free = run(f.clone(), &js, "fifo", options(&f, Cooling::Air, None, PowerMode::Admission));
+    let adm = run(f.clone(), &js, "fifo", options(&f, Cooling::Air, Some(0.8), PowerMode::Admission));
+    let dynm = run(f.clone(), &js, "fifo", options(&f, Cooling::Air, Some(0.8), PowerMode::Dynamic { min_cap: 0.6 }));
+    assert!(adm.mean_jct_s > free.mean_jct_s, "{} vs {}", adm.mean_jct_s, free.mean_jct_s);
+    assert!(dynm.mean_jct_s < adm.mean_jct_s, "{} vs {}", dynm.mean_jct_s, adm.mean_jct_s);
+    for r in [&free, &adm, &dynm] {
+        assert_eq!(r.completed, 4);
+        assert_eq!(r.power.as_ref().unwrap().cap_violations, 0);
+    }
+    assert!(dynm.power.as_ref().unwrap().mean_gpu_cap < 1.0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_run_ever_exceeds_its_cap(
+        nodes in 1u32..6,
+        gpus in prop::sample::select(vec![4u8, 8]),
+        model in prop::sample::select(vec!["H200", "A100", "V100", "T4"]),
+        spec in prop::collection::vec((0u64..20_000, 1u32..17, 60u64..20_000), 1..40),
+        frac in 0.4f64..1.2,
+        dynamic in any::<bool>(),
+        min_cap in 0.3f64..1.0,
+        cooling in prop::sample::select(vec![Cooling::Air, Cooling::Liquid, Cooling::Immersion]),
+        policy in prop::sample::select(vec!["fifo", "fifo-bestfit", "backfill", "tiresias", "drome"]),
+    ) {
+        let f = fleet(nodes, gpus, model);
+        let js = jobs(&spec);
+        let mode = if dynamic { PowerMode::Dynamic { min_cap } } else { PowerMode::Admission };
+        let r = run(f.clone(), &js, policy, options(&f, cooling, Some(frac), mode));
+        let e = r.power.unwrap();
+        prop_assert_eq!(e.cap_violations, 0);
+        prop_assert!(e.peak_site_mw <= e.power_cap_mw.unwrap() * (1.0 + 1e-9) + 1e-12);
+    }
+}
