@@ -325,15 +325,21 @@ impl ClusterState {
                 };
                 vec![GpuShare { index: index as u8, milli: gpu_milli as u16 }]
             }
-            GpuRequest::Gang { gpus_per_node, .. } => free
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| u32::from(**f) == GPU_MILLI_PER_GPU)
-                .take(gpus_per_node as usize)
-                .map(|(i, _)| GpuShare { index: i as u8, milli: GPU_MILLI_PER_GPU as u16 })
-                .collect(),
+            GpuRequest::Gang { gpus_per_node, .. } => self.first_whole_gpus(node, gpus_per_node as usize),
         };
         Some(MemberPlacement { node, cpu_milli: demand.cpu_milli, memory_mib: demand.memory_mib, gpus })
+    }
+
+    /// The lowest-numbered `count` GPUs of `node` with nothing allocated on them, as whole shares
+    /// (fewer if the node has fewer free).
+    pub fn first_whole_gpus(&self, node: NodeId, count: usize) -> Vec<GpuShare> {
+        self.gpu_free_milli(node)
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| u32::from(**f) == GPU_MILLI_PER_GPU)
+            .take(count)
+            .map(|(i, _)| GpuShare { index: i as u8, milli: GPU_MILLI_PER_GPU as u16 })
+            .collect()
     }
 
     /// Checks `placement` against `demand` and the free state without changing anything.

@@ -22,7 +22,7 @@ pub use typical::{DEFAULT_POPULARITY, ShapeKey, TypicalPod, TypicalPods};
 use crate::cluster::{ClusterState, GpuShare, MemberPlacement, Placement};
 use crate::demand::Demand;
 use crate::placer::Placer;
-use model::{GPU_MILLI_PER_GPU, GpuRequest, NodeId};
+use model::{GpuRequest, NodeId};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -74,14 +74,7 @@ pub(crate) fn member(cluster: &ClusterState, node: NodeId, demand: &Demand, choi
         (GpuChoice::Share(index), GpuRequest::Fraction { gpu_milli }) => {
             vec![GpuShare { index, milli: gpu_milli as u16 }]
         }
-        (_, GpuRequest::Gang { gpus_per_node, .. }) => cluster
-            .gpu_free_milli(node)
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| u32::from(**f) == GPU_MILLI_PER_GPU)
-            .take(gpus_per_node as usize)
-            .map(|(i, _)| GpuShare { index: i as u8, milli: GPU_MILLI_PER_GPU as u16 })
-            .collect(),
+        (_, GpuRequest::Gang { gpus_per_node, .. }) => cluster.first_whole_gpus(node, gpus_per_node as usize),
         _ => Vec::new(),
     };
     MemberPlacement { node, cpu_milli: demand.cpu_milli, memory_mib: demand.memory_mib, gpus }
