@@ -14,6 +14,8 @@ async fn isolation_and_auth(db: Db) {
     let bob = s.tenant("bob", None).await;
     let job = s.submit(&alice, json!({"command": "sleep", "args": ["600"]})).await;
     let id = job["id"].as_i64().unwrap();
+    // Let it reach `running` first, so the check below sees Bob's attempts and not the scheduler.
+    s.wait_state(&alice, id, "running").await;
 
     // Bob cannot read, list, cancel or guess Alice's jobs: they do not exist for him.
     let (status, err) = s.call(Method::GET, &format!("/v1/jobs/{id}"), Some(&bob), None).await;
