@@ -129,6 +129,10 @@ pub struct Workload {
     /// How long the work runs once started, known only in traces. Only clairvoyant policies (and
     /// the simulator, to schedule the completion) may read it.
     pub duration: Option<SimDuration>,
+    /// The tenant lets drome start this work later, in hours of cheaper, cleaner power or higher
+    /// heat demand (batch training, evaluation sweeps). Only energy-aware admission reads it.
+    #[serde(default)]
+    pub deferrable: bool,
 }
 
 impl Workload {
@@ -146,6 +150,7 @@ impl Workload {
             gpu,
             models: ModelFilter::any(),
             duration,
+            deferrable: false,
         }
     }
 

@@ -75,6 +75,7 @@ pub fn request_workload(id: u32, gpus_per_node: i64, nodes: i64, gpu_model: Opti
         gpu: gpu_request(gpus_per_node, nodes),
         models: gpu_model.map(ModelFilter::parse_list).unwrap_or_default(),
         duration: None,
+        deferrable: false,
     }
 }
 

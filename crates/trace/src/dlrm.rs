@@ -53,6 +53,7 @@ pub(crate) fn read_instances<R: Read>(
             gpu: GpuRequest::whole_gpus(gpus, node_gpus),
             models: ModelFilter::any(),
             duration,
+            deferrable: false,
         });
     }
     Ok(out)

@@ -82,6 +82,7 @@ pub(crate) fn read_jobs<R: Read>(
             gpu: GpuRequest::whole_gpus(count, node_gpus),
             models,
             duration,
+            deferrable: false,
         });
     }
     let rebase = opts.rebase_submit_times || clock == Some(Clock::Calendar);

@@ -83,6 +83,7 @@ pub(crate) fn read_pods<R: Read>(
             gpu,
             models: row.opt(gpu_spec).map(ModelFilter::parse_list).unwrap_or_default(),
             duration,
+            deferrable: false,
         });
     }
     Ok(out)
