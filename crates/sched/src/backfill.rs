@@ -19,7 +19,7 @@
 use crate::cluster::{ClusterState, Placement};
 use crate::placer::Placer;
 use crate::policy::{Decision, Policy};
-use crate::queue::Queue;
+use crate::queue::{Queue, QueuedJob};
 use crate::topo::TopoPlacer;
 use model::{GpuRequest, NodeId, SimDuration, SimTime, Workload, WorkloadId};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -311,6 +311,16 @@ impl Policy for Multifactor {
         }
         self.by_tenant.retain(|_, s| !s.is_empty());
         out
+    }
+
+    fn start_undone(&mut self, job: &QueuedJob, seq: u64, now: SimTime) {
+        self.advance(now);
+        if let Some(r) = self.running.remove(&job.id()) {
+            if let Some(g) = self.running_gpus.get_mut(&r.tenant) {
+                *g = (*g - r.gpus).max(0.0);
+            }
+            self.by_tenant.entry(r.tenant).or_default().insert((seq, job.id()));
+        }
     }
 
     fn on_finished(&mut self, workload: &Workload, _started: SimTime, now: SimTime) {

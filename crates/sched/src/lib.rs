@@ -11,6 +11,7 @@
 
 pub mod backfill;
 pub mod cluster;
+pub mod defer;
 pub mod demand;
 pub mod frag;
 pub mod placer;

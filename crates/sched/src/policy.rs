@@ -5,7 +5,7 @@ use crate::backfill::{Multifactor, MultifactorConfig};
 use crate::cluster::{ClusterState, Placement};
 use crate::placer::{BestFit, FirstFit, Placer};
 use crate::prio::PreemptConfig;
-use crate::queue::Queue;
+use crate::queue::{Queue, QueuedJob};
 use model::{SimDuration, SimTime, Workload, WorkloadId};
 
 /// What a policy decided in one round. The policy has already applied it to the
@@ -44,6 +44,11 @@ pub trait Policy: Send {
 
     /// A job the policy started has finished at `now` (after the caller released it).
     fn on_finished(&mut self, _workload: &Workload, _started: SimTime, _now: SimTime) {}
+
+    /// A start this policy decided was undone by a wrapper (a power cap that could not carry it)
+    /// and released from the cluster: `job` is still queued under `seq`. A policy that tracks what
+    /// it started must forget this run and consider the job again; it learns nothing from it.
+    fn start_undone(&mut self, _job: &QueuedJob, _seq: u64, _now: SimTime) {}
 
     /// The least a job runs after a start before this policy may preempt it; callers check every
     /// [`Decision::Preempt`] against it. Non-preemptive policies keep the default.

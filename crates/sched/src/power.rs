@@ -25,7 +25,7 @@
 use crate::cluster::{ClusterState, GpuShare, MemberPlacement, Placement};
 use crate::demand::{Demand, ModelSet};
 use crate::policy::{Decision, Policy};
-use crate::queue::Queue;
+use crate::queue::{Queue, QueuedJob};
 use model::{GpuRequest, NodeId, SimDuration, SimTime, Workload, WorkloadId};
 
 /// Placeholder allocations use ids from here down; traces never come near.
@@ -140,6 +140,8 @@ pub struct PowerGuard {
     /// GPU power cap per site (fraction of the board limit) set after the last round.
     site_caps: Vec<f64>,
     placeholders: Vec<WorkloadId>,
+    /// Starts rolled back in the last round, for [`PowerGuard::take_undone`].
+    undone: Vec<WorkloadId>,
     /// Starts rolled back over the run.
     pub refused_starts: u64,
 }
@@ -147,7 +149,7 @@ pub struct PowerGuard {
 impl PowerGuard {
     pub fn new(budget: PowerBudget) -> PowerGuard {
         let site_caps = vec![1.0; budget.sites.len()];
-        PowerGuard { budget, site_caps, placeholders: Vec::new(), refused_starts: 0 }
+        PowerGuard { budget, site_caps, placeholders: Vec::new(), undone: Vec::new(), refused_starts: 0 }
     }
 
     pub fn budget(&self) -> &PowerBudget {
@@ -168,6 +170,12 @@ impl PowerGuard {
     /// Hides the GPUs beyond each site's headroom behind placeholder allocations. Call before the
     /// inner policy's round; [`PowerGuard::after`] releases them.
     pub fn before(&mut self, cluster: &mut ClusterState) {
+        // An idle cluster hides nothing: whatever single start the policy ranks first is kept if
+        // it fits (the rollback in `after` checks), so a job that fits the cap alone is never
+        // blocked forever by hidden GPUs that happen to break its shape.
+        if cluster.running_count() == 0 {
+            return;
+        }
         let floor = self.budget.floor_cap();
         let loads = self.budget.loads(cluster);
         let fleet = cluster.fleet().clone();
@@ -232,6 +240,32 @@ impl PowerGuard {
         }
     }
 
+    /// False when `demand` could not run under any site's cap even on an idle fleet, on the
+    /// cheapest GPUs at the lowest cap the mode allows: such a job is refused, not queued forever.
+    pub fn could_ever_fit(&self, demand: &Demand) -> bool {
+        let gpus = demand.gpu.total_gpu_milli() as f64 / MILLI;
+        if gpus <= 0.0 {
+            return true;
+        }
+        let floor = self.budget.floor_cap();
+        self.budget.sites.iter().enumerate().any(|(s, site)| {
+            let cheapest = self
+                .budget
+                .nodes
+                .iter()
+                .filter(|n| n.site as usize == s)
+                .map(|n| n.watts_per_gpu(floor))
+                .fold(f64::INFINITY, f64::min);
+            cheapest.is_finite() && site.base_watts + gpus * cheapest <= site.cap_watts
+        })
+    }
+
+    /// The starts the last [`PowerGuard::after`] rolled back: the caller tells the policy
+    /// ([`Policy::start_undone`]) so it does not count them as running.
+    pub fn take_undone(&mut self) -> Vec<WorkloadId> {
+        std::mem::take(&mut self.undone)
+    }
+
     /// Releases the placeholders, rolls back any start the budget cannot carry, and sets each
     /// site's GPU cap. Returns the decisions that stand.
     pub fn after(&mut self, cluster: &mut ClusterState, decisions: Vec<Decision>) -> Vec<Decision> {
@@ -257,6 +291,7 @@ impl PowerGuard {
                     l.1 -= m.1;
                 }
                 refused[k] = true;
+                self.undone.push(*job);
                 self.refused_starts += 1;
             }
         }
@@ -302,7 +337,17 @@ impl<P: Policy> Policy for PowerCapped<P> {
     fn schedule(&mut self, now: SimTime, queue: &Queue, cluster: &mut ClusterState) -> Vec<Decision> {
         self.guard.before(cluster);
         let decisions = self.inner.schedule(now, queue, cluster);
-        self.guard.after(cluster, decisions)
+        let kept = self.guard.after(cluster, decisions);
+        for id in self.guard.take_undone() {
+            if let (Some(job), Some(seq)) = (queue.get(id), queue.seq(id)) {
+                self.inner.start_undone(job, seq, now);
+            }
+        }
+        kept
+    }
+
+    fn start_undone(&mut self, job: &QueuedJob, seq: u64, now: SimTime) {
+        self.inner.start_undone(job, seq, now);
     }
 
     fn on_finished(&mut self, workload: &Workload, started: SimTime, now: SimTime) {

@@ -473,6 +473,11 @@ impl<R: Ranker> Policy for PriorityPolicy<R> {
             self.ranker.on_finished(&r, now);
         }
     }
+
+    fn start_undone(&mut self, job: &QueuedJob, seq: u64, now: SimTime) {
+        self.running.remove(&job.id());
+        self.index_job(seq, job, now);
+    }
 }
 
 /// Orders `f` (positive) as a key: larger `f` sorts later.

@@ -232,4 +232,12 @@ impl Policy for Quota {
     fn on_finished(&mut self, workload: &Workload, _started: SimTime, _now: SimTime) {
         self.stop(workload.id);
     }
+
+    fn start_undone(&mut self, job: &QueuedJob, seq: u64, _now: SimTime) {
+        if self.stop(job.id()).is_some() {
+            let t = job.workload.tenant.0;
+            self.by_tenant.entry(t).or_default().insert((seq, job.id()));
+            self.all.insert((seq, job.id()));
+        }
+    }
 }

@@ -26,6 +26,8 @@ pub struct SimConfig {
     pub restart_delay: SimDuration,
     /// Measure power, energy and heat; with caps, hold every site under its grid cap.
     pub power: Option<Arc<PowerOptions>>,
+    /// Hold deferrable jobs for better hours (price, carbon, heat demand).
+    pub deferral: Option<Arc<sched::defer::DeferralGate>>,
 }
 
 impl Default for SimConfig {
@@ -40,6 +42,7 @@ impl Default for SimConfig {
             checkpoint_interval: SimDuration::from_secs(300),
             restart_delay: SimDuration::from_secs(60),
             power: None,
+            deferral: None,
         }
     }
 }
@@ -81,6 +84,11 @@ pub enum SimError {
     PolicyBug { policy: String, detail: String },
     #[error("energy accounting failed: {0}")]
     Energy(String),
+    #[error(
+        "the power cap of site {site} ({cap_mw:.3} MW) is below what the site draws with every GPU idle \
+         ({idle_mw:.3} MW at its hottest hour): no work could ever run; raise the cap"
+    )]
+    CapBelowIdle { site: String, cap_mw: f64, idle_mw: f64 },
 }
 
 /// Work done in `wall_ms` at `rate`, ms (exact at rate 1).
@@ -110,8 +118,25 @@ pub fn simulate(
             return Err(SimError::BadIds { position: i, id: w.id.0 });
         }
     }
+    if let Some(budget) = config.power.as_deref().and_then(|p| p.budget(&fleet)) {
+        for (s, b) in budget.sites.iter().enumerate() {
+            if b.cap_watts < b.base_watts {
+                let site = fleet.sites.get(s).map_or_else(|| s.to_string(), |x| x.name.clone());
+                return Err(SimError::CapBelowIdle { site, cap_mw: b.cap_watts / 1e6, idle_mw: b.base_watts / 1e6 });
+            }
+        }
+    }
+    // When each job enters the queue: its submit time, or for a deferrable job the hour the gate
+    // holds it for. Waits and JCTs still count from the submit time.
+    let entry: Vec<SimTime> = workloads
+        .iter()
+        .map(|w| match (&config.deferral, w.deferrable) {
+            (Some(gate), true) => gate.release_time(w.submit_time),
+            _ => w.submit_time,
+        })
+        .collect();
     let mut order: Vec<u32> = (0..workloads.len() as u32).collect();
-    order.sort_by_key(|&i| (workloads[i as usize].submit_time, i));
+    order.sort_by_key(|&i| (entry[i as usize], i));
 
     let mut cluster = ClusterState::new(fleet.clone());
     let mut queue = Queue::new();
@@ -153,7 +178,7 @@ pub fn simulate(
     let mut cap_integral = 0.0f64;
 
     loop {
-        let t_arrival = order.get(next_arrival).map(|&i| workloads[i as usize].submit_time);
+        let t_arrival = order.get(next_arrival).map(|&i| entry[i as usize]);
         let t_completion = completions.peek().map(|Reverse((t, _, _))| *t);
         let now = match (t_arrival, t_completion) {
             (None, None) => break,
@@ -212,13 +237,13 @@ pub fn simulate(
         }
         while let Some(&i) = order.get(next_arrival) {
             let w = &workloads[i as usize];
-            if w.submit_time != now {
+            if entry[i as usize] != now {
                 break;
             }
             next_arrival += 1;
             events_done += 1;
             let demand = Demand::of(w, &fleet);
-            if !cluster.could_ever_fit(&demand) {
+            if !cluster.could_ever_fit(&demand) || guard.as_ref().is_some_and(|g| !g.could_ever_fit(&demand)) {
                 never_fit += 1;
                 events_done += 1; // it will never complete either
                 continue;
@@ -232,7 +257,15 @@ pub fn simulate(
         }
         let decisions = policy.schedule(now, &queue, &mut cluster);
         let decisions = match guard.as_mut() {
-            Some(g) => g.after(&mut cluster, decisions),
+            Some(g) => {
+                let kept = g.after(&mut cluster, decisions);
+                for id in g.take_undone() {
+                    if let (Some(job), Some(seq)) = (queue.get(id), queue.seq(id)) {
+                        policy.start_undone(job, seq, now);
+                    }
+                }
+                kept
+            }
             None => decisions,
         };
         let new_caps = caps_of(&guard);
@@ -398,7 +431,13 @@ pub fn simulate(
     }
     progress(Progress { events_done: events_total, events_total });
 
-    let first_submit = order.first().map(|&i| workloads[i as usize].submit_time).unwrap_or(SimTime::ZERO);
+    let first_submit = workloads.iter().map(|w| w.submit_time).min().unwrap_or(SimTime::ZERO);
+    let deferrals: Vec<f64> = workloads
+        .iter()
+        .zip(&entry)
+        .filter(|(w, _)| w.deferrable && config.deferral.is_some())
+        .map(|(w, e)| e.since(w.submit_time).as_secs_f64())
+        .collect();
     let end = last_t.unwrap_or(first_submit);
     let makespan_ms = (end - first_submit).as_millis();
 
@@ -490,6 +529,9 @@ pub fn simulate(
         lost_gpu_hours: lost_gpu_s / 3600.0,
         mean_switches_per_gang: if gang_starts == 0 { 0.0 } else { gang_switches as f64 / gang_starts as f64 },
         jain_fairness,
+        deferrable_jobs: deferrals.len() as u64,
+        deferred_jobs: deferrals.iter().filter(|&&d| d > 0.0).count() as u64,
+        mean_deferral_s: mean(&deferrals),
         tenants,
         series,
         records,

@@ -173,6 +173,12 @@ pub struct SimReport {
     pub mean_switches_per_gang: f64,
     /// Jain's index over tenants' mean bounded slowdown (1 = even).
     pub jain_fairness: f64,
+    /// Jobs marked deferrable (counted only when a deferral gate is set).
+    pub deferrable_jobs: u64,
+    /// Of those, the ones the gate held for a better hour.
+    pub deferred_jobs: u64,
+    /// Mean hold of the deferrable jobs, seconds (0 for those not held).
+    pub mean_deferral_s: f64,
     /// Per-tenant figures, by tenant id.
     pub tenants: Vec<TenantRow>,
     #[serde(skip)]

@@ -49,6 +49,22 @@ impl PowerOptions {
         (0..self.model.sites.len()).map(|s| self.model.site_worst_case_watts(SiteId(s as u32), t)).collect()
     }
 
+    /// The hourly series a deferral gate minimises, one value per hour of the year: the grid's
+    /// price or carbon intensity, or the heat networks' demand with its sign turned.
+    pub fn deferral_costs(&self, by: sched::defer::DeferFor) -> Vec<f64> {
+        use sched::defer::DeferFor;
+        (0..energy::HOURS_PER_YEAR)
+            .map(|h| match by {
+                DeferFor::Price => self.grid.price_eur_per_mwh(h),
+                DeferFor::Carbon => self.grid.co2_g_per_kwh(h),
+                DeferFor::Heat => {
+                    let t = self.temperature.at_hour(h);
+                    -self.model.sites.iter().map(|s| s.network.demand_watts(t)).sum::<f64>()
+                }
+            })
+            .collect()
+    }
+
     /// The guard's numbers for `fleet`, `None` when uncapped.
     pub fn budget(&self, fleet: &Fleet) -> Option<PowerBudget> {
         let caps = self.cap_watts.as_ref()?;

@@ -106,9 +106,8 @@ proptest! {
         gpus in prop::sample::select(vec![4u8, 8]),
         model in prop::sample::select(vec!["H200", "A100", "V100", "T4"]),
         spec in prop::collection::vec((0u64..20_000, 1u32..17, 60u64..20_000), 1..40),
-        // Known gap: below ~60% of nameplate a small fleet's cap can fall under its idle draw and
-        // a violation follows (seen: 1 node of 4 T4s); such caps should be refused at input.
-        frac in 0.6f64..1.2,
+        // Down to caps below the idle draw of a small fleet: those must be refused, not run.
+        frac in 0.2f64..1.2,
         dynamic in any::<bool>(),
         min_cap in 0.3f64..1.0,
         cooling in prop::sample::select(vec![Cooling::Air, Cooling::Liquid, Cooling::Immersion]),
@@ -117,7 +116,29 @@ proptest! {
         let f = fleet(nodes, gpus, model);
         let js = jobs(&spec);
         let mode = if dynamic { PowerMode::Dynamic { min_cap } } else { PowerMode::Admission };
-        let r = run(f.clone(), &js, policy, options(&f, cooling, Some(frac), mode));
+        let opts = options(&f, cooling, Some(frac), mode);
+        let budget = opts.budget(&f).unwrap();
+        let mut p = policy_by_name(policy, 1).unwrap();
+        let config = SimConfig { power: Some(opts), keep_records: true, ..SimConfig::default() };
+        let result = simulate(f.clone(), &js, p.as_mut(), &config, &mut |_| {});
+        if budget.sites[0].cap_watts < budget.sites[0].base_watts {
+            let refused = matches!(result, Err(sim::SimError::CapBelowIdle { .. }));
+            prop_assert!(refused, "a cap below idle draw was not refused");
+            return Ok(());
+        }
+        let r = result.unwrap();
+        // A start the cap could not carry must not strand its job: every job that fits the fleet
+        // and the cap with nothing else running completes.
+        let floor = if dynamic { min_cap } else { 1.0 };
+        let per_gpu = budget.nodes[0].watts_per_gpu(floor);
+        for rec in &r.records {
+            let GpuRequest::Gang { nodes: n, gpus_per_node } = js[rec.id.0 as usize].gpu else { continue };
+            let fits_fleet = n <= nodes && gpus_per_node <= u32::from(gpus);
+            let fits_cap = budget.sites[0].base_watts + rec.gpus * per_gpu * 1.001 <= budget.sites[0].cap_watts;
+            if fits_fleet && fits_cap {
+                prop_assert!(rec.finish_s.is_some(), "job {:?} ({} GPUs) never finished", rec.id, rec.gpus);
+            }
+        }
         let e = r.power.unwrap();
         prop_assert_eq!(e.cap_violations, 0);
         prop_assert!(e.peak_site_mw <= e.power_cap_mw.unwrap() * (1.0 + 1e-9) + 1e-12);
