@@ -10,6 +10,7 @@ mod loadfleet;
 mod metrics;
 pub mod openb;
 pub mod power;
+pub mod reshape;
 
 pub use engine::{Progress, SimConfig, SimError, simulate};
 pub use loadfleet::{LoadFleetShape, fleet_for_load, offered_load};

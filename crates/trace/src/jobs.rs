@@ -34,6 +34,7 @@ pub(crate) fn read_jobs<R: Read>(
     let cpu = src.find(&["cpu_milli"]);
     let memory = src.find(&["memory_mib"]);
     let priority = src.find(&["priority"]);
+    let deferrable = src.find(&["deferrable"]);
     let node_gpus = opts.node_gpus.max(1);
 
     let mut clock: Option<Clock> = None;
@@ -67,6 +68,11 @@ pub(crate) fn read_jobs<R: Read>(
             Some(c) if !row.get(c).is_empty() => row.int32(c)?,
             _ => 0,
         };
+        let deferrable = match row.opt(deferrable).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("0" | "false" | "no") => false,
+            Some("1" | "true" | "yes") => true,
+            Some(_) => return Err(row.err(deferrable.unwrap_or(0), "true/false, yes/no or 1/0")),
+        };
         let name = match row.opt(name) {
             Some(n) => n.to_string(),
             None => format!("job-{}", row.index),
@@ -82,7 +88,7 @@ pub(crate) fn read_jobs<R: Read>(
             gpu: GpuRequest::whole_gpus(count, node_gpus),
             models,
             duration,
-            deferrable: false,
+            deferrable,
         });
     }
     let rebase = opts.rebase_submit_times || clock == Some(Clock::Calendar);

@@ -93,3 +93,15 @@ fn a_missing_gpu_column_is_named() {
     let e = trace::load_workloads(path, None, &TraceOptions::default()).unwrap_err();
     assert!(matches!(e.kind, TraceErrorKind::UnknownFormat { .. }), "{e}");
 }
+
+#[test]
+fn a_deferrable_column_marks_jobs_and_bad_values_are_named() {
+    let text = "submit_time,num_gpus,duration,deferrable\n0,8,3600,true\n10,1,60,\n20,2,60,0\n30,4,60,YES\n";
+    let t = trace::read_workloads(text.as_bytes(), "d.csv", None, &TraceOptions::default()).unwrap();
+    let flags: Vec<bool> = t.workloads.iter().map(|w| w.deferrable).collect();
+    assert_eq!(flags, [true, false, false, true]);
+    let bad = "submit_time,num_gpus,deferrable\n0,8,maybe\n";
+    let e = trace::read_workloads(bad.as_bytes(), "d.csv", None, &TraceOptions::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("d.csv:2") && msg.contains("deferrable") && msg.contains("maybe"), "{msg}");
+}

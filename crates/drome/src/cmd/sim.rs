@@ -83,6 +83,75 @@ pub struct SimArgs {
     /// Hour of the year sim time 0 falls on (temperature and prices).
     #[arg(long, default_value_t = 0)]
     pub start_hour: usize,
+    /// Repeat the trace back to back until its submits cover this many days (a year of operation
+    /// from a few months of history: --loop-days 365).
+    #[arg(long)]
+    pub loop_days: Option<f64>,
+    /// Lay this many copies of the trace over each other (shifted in time, tenants kept apart),
+    /// to load a fleet this many times bigger than the trace's own.
+    #[arg(long, default_value_t = 1)]
+    pub copies: u32,
+    /// Mark this share of the jobs deferrable (chosen by --seed), for traces that carry no
+    /// `deferrable` column. Turns on the deferral gate.
+    #[arg(long)]
+    pub deferrable_share: Option<f64>,
+    /// What deferrable jobs wait for: price (EUR/MWh), carbon (gCO2/kWh) or heat (the heat
+    /// network's demand). Turns on power accounting.
+    #[arg(long)]
+    pub defer_for: Option<String>,
+    /// Longest a deferrable job waits past its submit time, hours (capped by the 24 h day-ahead
+    /// horizon of the prices).
+    #[arg(long, default_value_t = 24.0)]
+    pub max_defer_hours: f64,
+}
+
+/// Loops, overlays and marks the trace as the flags ask.
+fn reshape_trace(args: &SimArgs, trace: &mut trace::Trace) -> anyhow::Result<()> {
+    if let Some(days) = args.loop_days {
+        if !(days.is_finite() && days > 0.0 && days <= 3660.0) {
+            anyhow::bail!("--loop-days must be a number of days in (0, 3660], got {days}");
+        }
+        trace.workloads = sim::reshape::loop_to(&trace.workloads, SimDuration::from_secs_f64(days * 86_400.0));
+    }
+    if args.copies == 0 || args.copies > 1000 {
+        anyhow::bail!("--copies must be 1..1000, got {}", args.copies);
+    }
+    if args.copies > 1 {
+        trace.workloads = sim::reshape::overlay(&trace.workloads, args.copies);
+        let base = trace.tenants.clone();
+        for c in 1..args.copies {
+            trace.tenants.extend(base.iter().map(|t| format!("{t}#{c}")));
+        }
+    }
+    if let Some(share) = args.deferrable_share {
+        if !(share.is_finite() && (0.0..=1.0).contains(&share)) {
+            anyhow::bail!("--deferrable-share must be in 0..1, got {share}");
+        }
+        sim::reshape::mark_deferrable(&mut trace.workloads, share, args.seed);
+    }
+    Ok(())
+}
+
+/// The deferral gate the flags ask for (with `power`'s grid and climate), if any.
+fn deferral_gate(
+    args: &SimArgs,
+    power: Option<&sim::PowerOptions>,
+) -> anyhow::Result<Option<Arc<sched::defer::DeferralGate>>> {
+    if args.defer_for.is_none() && args.deferrable_share.is_none() {
+        return Ok(None);
+    }
+    let by_name = args.defer_for.as_deref().unwrap_or("price");
+    let Some(by) = sched::defer::DeferFor::parse(by_name) else {
+        anyhow::bail!("unknown --defer-for '{by_name}' (known: price, carbon, heat)");
+    };
+    let h = args.max_defer_hours;
+    if !(h.is_finite() && (0.0..=168.0).contains(&h)) {
+        anyhow::bail!("--max-defer-hours must be in 0..168, got {h}");
+    }
+    let Some(p) = power else { return Ok(None) };
+    let mut gate = sched::defer::DeferralGate::new(p.deferral_costs(by), p.start_hour);
+    gate.max_delay = SimDuration::from_secs_f64(h * 3600.0);
+    Ok(Some(Arc::new(gate)))
 }
 
 fn parse_cooling(name: &str) -> anyhow::Result<model::Cooling> {
@@ -140,7 +209,8 @@ fn power_options(
 }
 
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
-    let trace = load_trace(&args.trace, args.format)?;
+    let mut trace = load_trace(&args.trace, args.format)?;
+    reshape_trace(&args, &mut trace)?;
     let fleet = match (&args.fleet, args.load) {
         (Some(path), _) => load_fleet(path)?,
         (None, Some(load)) => {
@@ -182,7 +252,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let wants_power = args.cooling.is_some()
         || args.compare_cooling.is_some()
         || args.power_cap_mw.is_some()
-        || args.power_cap_frac.is_some();
+        || args.power_cap_frac.is_some()
+        || args.defer_for.is_some()
+        || args.deferrable_share.is_some();
     if args.compare_cooling.is_some() && policies.len() > 1 {
         anyhow::bail!("--compare-cooling takes one --policy");
     }
@@ -190,9 +262,11 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         return compare_cooling(&args, &trace, fleet, &coolings);
     }
     let power = if wants_power { Some(power_options(&args, &fleet, coolings[0])?) } else { None };
+    let deferral = deferral_gate(&args, power.as_deref())?;
     let compare = policies.len() > 1;
     let config = SimConfig {
         power,
+        deferral,
         seed: args.seed,
         keep_records: compare && args.plot.is_some(),
         checkpoint_interval: SimDuration::from_secs_f64(args.checkpoint_interval),
@@ -434,6 +508,16 @@ fn print_power(rows: &[(String, &SimReport)]) {
         ]);
     }
     println!("{}", t.render());
+    for (name, r) in rows {
+        if r.deferrable_jobs > 0 {
+            println!(
+                "{name}: {} deferrable jobs, {} held for a better hour, mean hold {}",
+                fmt_thousands(r.deferrable_jobs),
+                fmt_thousands(r.deferred_jobs),
+                fmt_duration_s(r.mean_deferral_s)
+            );
+        }
+    }
 }
 
 fn compare_cooling(
@@ -445,11 +529,13 @@ fn compare_cooling(
     let mut reports = Vec::with_capacity(coolings.len());
     for &cooling in coolings {
         let mut policy = sched::policy_by_name(args.policy.trim(), args.seed)?;
+        let power = power_options(args, &fleet, cooling)?;
         let config = SimConfig {
             seed: args.seed,
             checkpoint_interval: SimDuration::from_secs_f64(args.checkpoint_interval),
             restart_delay: SimDuration::from_secs_f64(args.restart_delay),
-            power: Some(power_options(args, &fleet, cooling)?),
+            deferral: deferral_gate(args, Some(&power))?,
+            power: Some(power),
             ..SimConfig::default()
         };
         let label = cooling.map_or_else(|| "fleet".to_string(), |c| c.to_string());
