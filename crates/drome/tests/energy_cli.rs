@@ -69,3 +69,36 @@ fn series_file_sets_the_span_and_bad_rows_name_line_and_column() {
     assert!(!out.status.success());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn deferrable_work_is_held_for_cheaper_hours_and_bad_flags_are_named() {
+    let trace = "crates/trace/tests/fixtures/tiresias_small.csv";
+    let base = ["sim", "--fleet", "fleets/small.toml", "--trace", trace, "--loop-days", "3", "-q"];
+    let run = |extra: &[&str]| {
+        let out = drome(&[&base[..], extra, &["--output", "json"]].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let plain = run(&["--cooling", "immersion"]);
+    let held = run(&["--deferrable-share", "0.5", "--defer-for", "price"]);
+    assert_eq!(plain["deferrable_jobs"].as_u64(), Some(0));
+    let jobs = held["jobs"].as_u64().unwrap();
+    let deferrable = held["deferrable_jobs"].as_u64().unwrap();
+    assert!(deferrable > jobs / 3 && deferrable < 2 * jobs / 3, "{deferrable} of {jobs}");
+    assert!(held["deferred_jobs"].as_u64().unwrap() > 0);
+    assert!(held["mean_deferral_s"].as_f64().unwrap() > 0.0);
+    assert!(held["mean_wait_s"].as_f64().unwrap() > plain["mean_wait_s"].as_f64().unwrap());
+    assert_eq!(held["cap_violations"].as_u64(), Some(0));
+
+    for (flag, value, says) in [
+        ("--defer-for", "moonlight", "--defer-for"),
+        ("--deferrable-share", "1.5", "--deferrable-share"),
+        ("--loop-days", "0", "--loop-days"),
+        ("--power-cap-frac", "0.01", "below what the site draws with every GPU idle"),
+    ] {
+        let out = drome(&[&base[..], &[flag, value]].concat());
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{flag} {value}: {err}");
+    }
+}
