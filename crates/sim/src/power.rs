@@ -42,9 +42,18 @@ impl PowerOptions {
         self.temperature.hours().iter().copied().fold(f64::NEG_INFINITY, f64::max)
     }
 
-    /// Worst-case draw of every site at the design temperature: the grid connection that runs
-    /// every GPU at its board limit. Caps given as a fraction of "nameplate" are fractions of it.
+    /// Nameplate IT power of every site at the wall: every GPU at its board limit and every host
+    /// at full load, cooling not included. Caps given as a fraction of nameplate are fractions of
+    /// it, so a cap of 1.0 must still carry the cooling out of the same connection.
     pub fn nameplate_watts(&self) -> Vec<f64> {
+        (0..self.model.sites.len())
+            .map(|s| self.model.sites[s].it.max_watts * self.model.site_wall_factor(SiteId(s as u32)))
+            .collect()
+    }
+
+    /// Worst-case draw of every site at the design temperature, cooling included: the grid
+    /// connection that runs every GPU at its board limit on the hottest hour.
+    pub fn worst_case_watts(&self) -> Vec<f64> {
         let t = self.design_celsius();
         (0..self.model.sites.len()).map(|s| self.model.site_worst_case_watts(SiteId(s as u32), t)).collect()
     }
@@ -205,8 +214,10 @@ pub struct PowerSummary {
     pub peak_site_mw: f64,
     /// Sum of the sites' caps, MW; `None` when uncapped.
     pub power_cap_mw: Option<f64>,
-    /// Worst-case draw at the design temperature (every GPU at its board limit), MW.
+    /// Nameplate IT power at the wall (every GPU at its board limit, hosts at full load), MW.
     pub nameplate_mw: f64,
+    /// Worst-case site draw at the hottest hour, cooling included, MW.
+    pub worst_case_mw: f64,
     pub power_mode: Option<String>,
     /// Event intervals in which a site drew more than its cap.
     pub cap_violations: u64,
@@ -276,6 +287,7 @@ pub(crate) fn summarize(
         pue: r.totals.pue,
         power_cap_mw: opts.cap_watts.as_ref().map(|c| c.iter().sum::<f64>() / 1e6),
         nameplate_mw: opts.nameplate_watts().iter().sum::<f64>() / 1e6,
+        worst_case_mw: opts.worst_case_watts().iter().sum::<f64>() / 1e6,
         power_mode: opts.cap_watts.as_ref().map(|_| match opts.mode {
             PowerMode::Admission => "admission".to_string(),
             PowerMode::Dynamic { .. } => "dynamic".to_string(),

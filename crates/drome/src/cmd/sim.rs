@@ -69,8 +69,8 @@ pub struct SimArgs {
     /// Grid cap of the fleet's site(s), MW (split over sites by nameplate).
     #[arg(long, conflicts_with = "power_cap_frac")]
     pub power_cap_mw: Option<f64>,
-    /// Grid cap as a fraction of nameplate: the worst-case draw (every GPU at its board limit)
-    /// at the year's hottest hour.
+    /// Grid cap as a fraction of nameplate IT power (every GPU at its board limit, hosts at full
+    /// load, at the wall); the cooling must fit under the same cap.
     #[arg(long)]
     pub power_cap_frac: Option<f64>,
     /// admission: admit work only while the worst case fits the cap; dynamic: also lower the
