@@ -178,6 +178,15 @@ pub fn simulate(
     let mut cap_integral = 0.0f64;
 
     loop {
+        // Completions of runs that were preempted or re-timed by a cap change are stale: drop
+        // them here so they do not cost a scheduling round each.
+        while let Some(&Reverse((_, id, generation))) = completions.peek() {
+            let job = &jobs[id as usize];
+            if generation == job.generation && job.running {
+                break;
+            }
+            completions.pop();
+        }
         let t_arrival = order.get(next_arrival).map(|&i| entry[i as usize]);
         let t_completion = completions.peek().map(|Reverse((t, _, _))| *t);
         let now = match (t_arrival, t_completion) {
