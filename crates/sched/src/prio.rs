@@ -12,13 +12,13 @@
 //! free and the preemption tries are used up, and only the first
 //! [`PreemptConfig::preempt_tries`] blocked jobs may preempt.
 
-use crate::cluster::{ClusterState, Placement};
+use crate::cluster::{ClusterState, MemberPlacement, Placement};
 use crate::demand::Demand;
 use crate::placer::Placer;
 use crate::policy::{Decision, Policy};
 use crate::queue::{Queue, QueuedJob};
 use crate::topo::TopoPlacer;
-use model::{GpuRequest, SimDuration, SimTime, Workload, WorkloadId};
+use model::{GpuRequest, NodeId, SimDuration, SimTime, Workload, WorkloadId};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -68,6 +68,7 @@ pub trait Ranker: Send {
     /// Key of a running job at `now`.
     fn running_key(&self, job: &RunningJob, now: SimTime) -> Key;
     /// True if a waiting job keyed `waiting` may take GPUs from a running job keyed `running`.
+    /// It must be monotone: if it holds for `running`, it holds for every larger key.
     fn may_preempt(&self, waiting: Key, running: Key) -> bool;
     /// When a waiting job's key is due to be recomputed (a starvation promotion).
     fn revisit_at(&self, _job: &QueuedJob) -> Option<SimTime> {
@@ -76,6 +77,17 @@ pub trait Ranker: Send {
     /// Changes when every queued key must be recomputed (the ranker learned something).
     fn epoch(&self) -> u64 {
         0
+    }
+    /// Waiting jobs whose key changed since the last call, up to `now` (the ranker learned
+    /// something about them in particular); the policy re-keys those still queued.
+    fn take_stale(&mut self, _now: SimTime) -> Vec<WorkloadId> {
+        Vec::new()
+    }
+    /// True if the best-ranked job that can neither start nor preempt holds, for the rest of the
+    /// round, the free GPUs of the nodes closest to fitting it, so lower-ranked small jobs do not
+    /// keep refilling them while they drain (a reservation, as EASY backfill makes for its head).
+    fn reserves(&self) -> bool {
+        false
     }
     /// `job` starts now.
     fn on_started(&mut self, _job: &QueuedJob, _now: SimTime) {}
@@ -189,6 +201,14 @@ impl<R: Ranker> PriorityPolicy<R> {
             self.index_job(seq, job, now);
         }
         self.seen_seq = queue.next_seq();
+        for id in self.ranker.take_stale(now) {
+            if let Some(seq) = queue.seq(id)
+                && let Some(job) = queue.get(id)
+                && self.entry_of.contains_key(&id)
+            {
+                self.index_job(seq, job, now);
+            }
+        }
         while let Some(&(t, seq, id)) = self.revisit.first() {
             if t > now {
                 break;
@@ -218,7 +238,57 @@ impl<R: Ranker> PriorityPolicy<R> {
         out.push(Decision::Start { job: job.id(), placement });
     }
 
-    /// Running jobs that may be preempted now, worst-ranked first, with their keys.
+    /// Holds, under [`reservation`] ids, the free whole GPUs of the nodes a job keyed `key` asking
+    /// `demand` is closest to fitting on (most GPUs free or held by jobs it may preempt, of
+    /// `candidates`; then most free; then lowest id), as many nodes as it has members, so nothing
+    /// else starts there this round. Only for requests of several GPUs (`None` otherwise): a
+    /// single GPU that does not fit means no GPU is free. Returns the number of nodes held.
+    fn reserve(
+        &self,
+        key: Key,
+        demand: &Demand,
+        candidates: &[(Key, WorkloadId)],
+        cluster: &mut ClusterState,
+    ) -> Option<u32> {
+        if demand.whole_gpus_per_member() < 2 && demand.members() < 2 {
+            return None;
+        }
+        let fleet = cluster.fleet().clone();
+        let mut freeable: FxHashMap<u32, u32> = FxHashMap::default();
+        for (_, id) in candidates.iter().filter(|(k, _)| self.ranker.may_preempt(key, *k)) {
+            for m in cluster.allocation(*id).map_or(&[][..], |p| &p.members[..]) {
+                *freeable.entry(m.node.0).or_default() += m.gpus.len() as u32;
+            }
+        }
+        let mut nodes: Vec<(u32, u8, u32)> = (0..cluster.node_count() as u32)
+            .filter(|&n| fleet.nodes[n as usize].gpu_model.is_some_and(|m| demand.models.allows(m)))
+            .map(|n| {
+                let free = cluster.full_free_gpus(NodeId(n));
+                (u32::from(free) + freeable.get(&n).copied().unwrap_or(0), free, n)
+            })
+            .filter(|(_, free, _)| *free > 0)
+            .collect();
+        nodes.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        nodes.truncate(demand.members() as usize);
+        let mut held = 0;
+        for (_, free, n) in nodes {
+            let gpus = cluster.first_whole_gpus(NodeId(n), usize::from(free));
+            let d = Demand {
+                cpu_milli: 0,
+                memory_mib: 0,
+                gpu: GpuRequest::Gang { nodes: 1, gpus_per_node: gpus.len() as u32 },
+                models: crate::demand::ModelSet::any(),
+            };
+            let members = vec![MemberPlacement { node: NodeId(n), cpu_milli: 0, memory_mib: 0, gpus }];
+            if cluster.allocate(reservation(held), &d, Placement { members }).is_ok() {
+                held += 1;
+            }
+        }
+        Some(held)
+    }
+
+    /// Running jobs that may be preempted now, with their keys, the worst-ranked first (the rest
+    /// in no order: only the few a waiting job may preempt get sorted, in [`Self::try_preempt`]).
     fn preemptible(&self, now: SimTime) -> Vec<(Key, WorkloadId)> {
         let mut v: Vec<(Key, WorkloadId)> = self
             .running
@@ -226,12 +296,12 @@ impl<R: Ranker> PriorityPolicy<R> {
             .filter(|(_, r)| now.since(r.started) >= self.config.min_runtime)
             .map(|(id, r)| (self.ranker.running_key(r, now), *id))
             .collect();
-        v.sort_unstable_by(|a, b| b.cmp(a));
+        worst_first(&mut v);
         v
     }
 
-    /// Frees GPUs for `job` by preempting running jobs of `candidates` (worst first) ranked
-    /// clearly worse; on success the victims are released, `job` is allocated, and the placement
+    /// Frees GPUs for `job` by preempting running jobs of `candidates` ranked clearly worse (the
+    /// worst first); on success the victims are released, `job` is allocated, and the placement
     /// returned with the victims.
     fn try_preempt(
         &mut self,
@@ -240,8 +310,10 @@ impl<R: Ranker> PriorityPolicy<R> {
         candidates: &[(Key, WorkloadId)],
         cluster: &mut ClusterState,
     ) -> Option<(Vec<WorkloadId>, Placement)> {
-        let order: Vec<WorkloadId> =
-            candidates.iter().take_while(|(k, _)| self.ranker.may_preempt(key, *k)).map(|(_, id)| *id).collect();
+        let mut eligible: Vec<(Key, WorkloadId)> =
+            candidates.iter().filter(|(k, _)| self.ranker.may_preempt(key, *k)).copied().collect();
+        eligible.sort_unstable_by(|a, b| b.cmp(a));
+        let order: Vec<WorkloadId> = eligible.into_iter().map(|(_, id)| id).collect();
         let victims = choose_victims(cluster, &job.demand, job.workload.gpu.total_gpu_milli(), &order)?;
         let running = &self.running;
         let p = preempt_and_place(cluster, &mut self.placer, job, &victims, |id| {
@@ -338,6 +410,20 @@ pub(crate) fn choose_victims(
     best.map(|(_, _, v)| v)
 }
 
+/// Moves the worst-ranked (largest key) of `v` to the front. Rankers' `may_preempt` is monotone
+/// in the running job's key, so the front alone tells whether any of `v` may be preempted.
+fn worst_first(v: &mut [(Key, WorkloadId)]) {
+    if let Some(i) = v.iter().enumerate().max_by_key(|(_, e)| **e).map(|(i, _)| i) {
+        v.swap(0, i);
+    }
+}
+
+/// Ids a round's reservation holds its GPUs under, one per node, counting down from the last id
+/// (no workload has them: ids are trace positions).
+fn reservation(k: u32) -> WorkloadId {
+    WorkloadId(u32::MAX - k)
+}
+
 /// Releases `victims`, then places and allocates `job`; if it still does not fit, gives the
 /// victims their GPUs back exactly as they were and returns `None`.
 pub(crate) fn preempt_and_place(
@@ -391,6 +477,8 @@ impl<R: Ranker> Policy for PriorityPolicy<R> {
         let mut full_budget = FULL_SCAN_BUDGET;
         let mut after_fail_budget = AFTER_FAIL_BUDGET;
         let mut cursor: Option<Entry> = None;
+        // Nodes held for the best-ranked blocked job (`None`: none held yet, or never).
+        let mut reserved: Option<u32> = (!self.ranker.reserves()).then_some(0);
         let mut scanned = 0usize;
         let mut chunk: std::collections::VecDeque<Entry> = std::collections::VecDeque::new();
         while scanned < self.config.scan_limit {
@@ -437,6 +525,10 @@ impl<R: Ranker> Policy for PriorityPolicy<R> {
                 failed.insert(s);
             }
             if tries == 0 || failed_preempt.contains(&s) {
+                if reserved.is_none() {
+                    let cands = candidates.get_or_insert_with(|| self.preemptible(now));
+                    reserved = self.reserve(key, &job.demand, cands, cluster);
+                }
                 continue;
             }
             let cands = candidates.get_or_insert_with(|| self.preemptible(now));
@@ -446,6 +538,10 @@ impl<R: Ranker> Policy for PriorityPolicy<R> {
                     tries = 0;
                 }
                 failed_preempt.insert(s);
+                if reserved.is_none() {
+                    let cands = candidates.get_or_insert_with(|| self.preemptible(now));
+                    reserved = self.reserve(key, &job.demand, cands, cluster);
+                }
                 continue;
             }
             tries -= 1;
@@ -453,16 +549,27 @@ impl<R: Ranker> Policy for PriorityPolicy<R> {
             match self.try_preempt(key, job, &cands_now, cluster) {
                 Some((victims, p)) => {
                     let gone: FxHashSet<WorkloadId> = victims.iter().copied().collect();
-                    candidates = Some(cands_now.into_iter().filter(|(_, id)| !gone.contains(id)).collect());
+                    let mut rest: Vec<(Key, WorkloadId)> =
+                        cands_now.into_iter().filter(|(_, id)| !gone.contains(id)).collect();
+                    worst_first(&mut rest);
+                    candidates = Some(rest);
                     out.extend(victims.into_iter().map(|job| Decision::Preempt { job }));
                     self.start(now, job, p, &mut out);
                     // What was freed may fit shapes that failed before.
                     failed.clear();
                 }
                 None => {
-                    candidates = Some(cands_now);
                     failed_preempt.insert(s);
+                    if reserved.is_none() {
+                        reserved = self.reserve(key, &job.demand, &cands_now, cluster);
+                    }
+                    candidates = Some(cands_now);
                 }
+            }
+        }
+        if self.ranker.reserves() {
+            for k in 0..reserved.unwrap_or(0) {
+                let _ = cluster.release(reservation(k));
             }
         }
         out
