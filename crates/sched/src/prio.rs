@@ -12,13 +12,13 @@
 //! free and the preemption tries are used up, and only the first
 //! [`PreemptConfig::preempt_tries`] blocked jobs may preempt.
 
-use crate::cluster::{ClusterState, MemberPlacement, Placement};
+use crate::cluster::{ClusterState, Placement};
 use crate::demand::Demand;
 use crate::placer::Placer;
 use crate::policy::{Decision, Policy};
 use crate::queue::{Queue, QueuedJob};
 use crate::topo::TopoPlacer;
-use model::{GpuRequest, NodeId, SimDuration, SimTime, Workload, WorkloadId};
+use model::{GpuRequest, SimDuration, SimTime, Workload, WorkloadId};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -83,12 +83,6 @@ pub trait Ranker: Send {
     fn take_stale(&mut self, _now: SimTime) -> Vec<WorkloadId> {
         Vec::new()
     }
-    /// True if the best-ranked job that can neither start nor preempt holds, for the rest of the
-    /// round, the free GPUs of the nodes closest to fitting it, so lower-ranked small jobs do not
-    /// keep refilling them while they drain (a reservation, as EASY backfill makes for its head).
-    fn reserves(&self) -> bool {
-        false
-    }
     /// `job` starts now.
     fn on_started(&mut self, _job: &QueuedJob, _now: SimTime) {}
     /// `job` finished at `now`.
@@ -115,7 +109,12 @@ impl Default for PreemptConfig {
     }
 }
 
-type Entry = (Key, u64, WorkloadId);
+/// A queued job in the index: key, queue sequence number, id, and its shape (so a round can pass
+/// over jobs of shapes that already failed without looking them up).
+type Entry = (Key, u64, WorkloadId, Shape);
+
+/// A request's shape: jobs of one shape fit or not alike.
+type Shape = (u8, u32, u32, u64, u64);
 
 /// Queued jobs looked at per round once no GPU is free (only preemption can start them then).
 const FULL_SCAN_BUDGET: usize = 64;
@@ -137,8 +136,7 @@ pub struct PriorityPolicy<R: Ranker> {
     running: BTreeMap<WorkloadId, RunningJob>,
 }
 
-/// A request's shape: jobs of one shape fit or not alike.
-fn shape(d: &Demand) -> (u8, u32, u32, u64, u64) {
+fn shape(d: &Demand) -> Shape {
     match d.gpu {
         GpuRequest::None => (0, 0, 0, d.cpu_milli, d.memory_mib),
         GpuRequest::Fraction { gpu_milli } => (1, gpu_milli, 0, d.cpu_milli, d.memory_mib),
@@ -174,7 +172,7 @@ impl<R: Ranker> PriorityPolicy<R> {
         if let Some(old) = self.entry_of.remove(&job.id()) {
             self.index.remove(&old);
         }
-        let entry = (self.ranker.queued_key(job, now), seq, job.id());
+        let entry = (self.ranker.queued_key(job, now), seq, job.id(), shape(&job.demand));
         self.index.insert(entry);
         self.entry_of.insert(job.id(), entry);
         if let Some(t) = self.ranker.revisit_at(job) {
@@ -238,55 +236,6 @@ impl<R: Ranker> PriorityPolicy<R> {
         out.push(Decision::Start { job: job.id(), placement });
     }
 
-    /// Holds, under [`reservation`] ids, the free whole GPUs of the nodes a job keyed `key` asking
-    /// `demand` is closest to fitting on (most GPUs free or held by jobs it may preempt, of
-    /// `candidates`; then most free; then lowest id), as many nodes as it has members, so nothing
-    /// else starts there this round. Only for requests of several GPUs (`None` otherwise): a
-    /// single GPU that does not fit means no GPU is free. Returns the number of nodes held.
-    fn reserve(
-        &self,
-        key: Key,
-        demand: &Demand,
-        candidates: &[(Key, WorkloadId)],
-        cluster: &mut ClusterState,
-    ) -> Option<u32> {
-        if demand.whole_gpus_per_member() < 2 && demand.members() < 2 {
-            return None;
-        }
-        let fleet = cluster.fleet().clone();
-        let mut freeable: FxHashMap<u32, u32> = FxHashMap::default();
-        for (_, id) in candidates.iter().filter(|(k, _)| self.ranker.may_preempt(key, *k)) {
-            for m in cluster.allocation(*id).map_or(&[][..], |p| &p.members[..]) {
-                *freeable.entry(m.node.0).or_default() += m.gpus.len() as u32;
-            }
-        }
-        let mut nodes: Vec<(u32, u8, u32)> = (0..cluster.node_count() as u32)
-            .filter(|&n| fleet.nodes[n as usize].gpu_model.is_some_and(|m| demand.models.allows(m)))
-            .map(|n| {
-                let free = cluster.full_free_gpus(NodeId(n));
-                (u32::from(free) + freeable.get(&n).copied().unwrap_or(0), free, n)
-            })
-            .filter(|(_, free, _)| *free > 0)
-            .collect();
-        nodes.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
-        nodes.truncate(demand.members() as usize);
-        let mut held = 0;
-        for (_, free, n) in nodes {
-            let gpus = cluster.first_whole_gpus(NodeId(n), usize::from(free));
-            let d = Demand {
-                cpu_milli: 0,
-                memory_mib: 0,
-                gpu: GpuRequest::Gang { nodes: 1, gpus_per_node: gpus.len() as u32 },
-                models: crate::demand::ModelSet::any(),
-            };
-            let members = vec![MemberPlacement { node: NodeId(n), cpu_milli: 0, memory_mib: 0, gpus }];
-            if cluster.allocate(reservation(held), &d, Placement { members }).is_ok() {
-                held += 1;
-            }
-        }
-        Some(held)
-    }
-
     /// Running jobs that may be preempted now, with their keys, the worst-ranked first (the rest
     /// in no order: only the few a waiting job may preempt get sorted, in [`Self::try_preempt`]).
     fn preemptible(&self, now: SimTime) -> Vec<(Key, WorkloadId)> {
@@ -344,10 +293,8 @@ pub(crate) fn choose_victims(
     if free_milli + freeable < need_milli {
         return None;
     }
-    let rank: FxHashMap<WorkloadId, usize> = eligible.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-    // Per node: the eligible jobs holding GPUs there; nodes an ineligible job holds are blocked.
+    // Per node: the eligible jobs holding GPUs there, in `eligible`'s order (worst first).
     let mut holders: BTreeMap<u32, Vec<WorkloadId>> = BTreeMap::new();
-    let mut blocked: FxHashSet<u32> = FxHashSet::default();
     for id in eligible {
         if let Some(p) = cluster.allocation(*id) {
             for m in &p.members {
@@ -355,15 +302,18 @@ pub(crate) fn choose_victims(
             }
         }
     }
-    for (id, p) in cluster.allocations() {
-        if !rank.contains_key(id) {
-            blocked.extend(p.members.iter().map(|m| m.node.0));
-        }
-    }
     let fleet = cluster.fleet();
     let allowed = |n: u32| fleet.nodes[n as usize].gpu_model.is_some_and(|m| demand.models.allows(m));
     let members = demand.members() as usize;
     if members > 1 {
+        // Nodes an ineligible job holds are blocked.
+        let is_eligible: FxHashSet<WorkloadId> = eligible.iter().copied().collect();
+        let mut blocked: FxHashSet<u32> = FxHashSet::default();
+        for (id, p) in cluster.allocations() {
+            if !is_eligible.contains(id) {
+                blocked.extend(p.members.iter().map(|m| m.node.0));
+            }
+        }
         let mut nodes: Vec<(u64, u32)> = (0..cluster.node_count() as u32)
             .filter(|n| !blocked.contains(n) && allowed(*n))
             .map(|n| {
@@ -389,12 +339,10 @@ pub(crate) fn choose_victims(
             continue;
         }
         let mut free = u64::from(cluster.full_free_gpus(model::NodeId(n))) * 1000;
-        let mut ids = ids.clone();
-        ids.sort_by_key(|id| rank.get(id).copied().unwrap_or(usize::MAX));
-        ids.dedup();
         let mut taken = Vec::new();
         let mut cost = 0u64;
-        for id in ids {
+        // A job holds at most one member per node, so `ids` has no repeats.
+        for &id in ids {
             if free >= need_milli {
                 break;
             }
@@ -416,12 +364,6 @@ fn worst_first(v: &mut [(Key, WorkloadId)]) {
     if let Some(i) = v.iter().enumerate().max_by_key(|(_, e)| **e).map(|(i, _)| i) {
         v.swap(0, i);
     }
-}
-
-/// Ids a round's reservation holds its GPUs under, one per node, counting down from the last id
-/// (no workload has them: ids are trace positions).
-fn reservation(k: u32) -> WorkloadId {
-    WorkloadId(u32::MAX - k)
 }
 
 /// Releases `victims`, then places and allocates `job`; if it still does not fit, gives the
@@ -469,16 +411,15 @@ impl<R: Ranker> Policy for PriorityPolicy<R> {
     fn schedule(&mut self, now: SimTime, queue: &Queue, cluster: &mut ClusterState) -> Vec<Decision> {
         self.sync(now, queue);
         let mut out = Vec::new();
-        let mut failed: FxHashSet<(u8, u32, u32, u64, u64)> = FxHashSet::default();
+        // Shapes that did not fit, and that found no victims, this round (few: linear sets).
+        let mut failed: Vec<Shape> = Vec::new();
         let mut tries = if self.config.enabled { self.config.preempt_tries } else { 0 };
         // Computed on the first blocked job, kept for the round (victims leave it as they go).
         let mut candidates: Option<Vec<(Key, WorkloadId)>> = None;
-        let mut failed_preempt: FxHashSet<(u8, u32, u32, u64, u64)> = FxHashSet::default();
+        let mut failed_preempt: Vec<Shape> = Vec::new();
         let mut full_budget = FULL_SCAN_BUDGET;
         let mut after_fail_budget = AFTER_FAIL_BUDGET;
         let mut cursor: Option<Entry> = None;
-        // Nodes held for the best-ranked blocked job (`None`: none held yet, or never).
-        let mut reserved: Option<u32> = (!self.ranker.reserves()).then_some(0);
         let mut scanned = 0usize;
         let mut chunk: std::collections::VecDeque<Entry> = std::collections::VecDeque::new();
         while scanned < self.config.scan_limit {
@@ -491,21 +432,18 @@ impl<R: Ranker> Policy for PriorityPolicy<R> {
             }
             let Some(entry) = chunk.pop_front() else { break };
             cursor = Some(entry);
-            let (key, seq, id) = entry;
+            let (key, seq, id, s) = entry;
             if !failed.is_empty() && tries == 0 {
                 if after_fail_budget == 0 {
                     break;
                 }
                 after_fail_budget -= 1;
             }
-            let job = match queue.get(id) {
-                Some(j) if queue.seq(id) == Some(seq) => j,
-                _ => {
-                    // Left the queue (cancelled, or started by someone else): drop it.
-                    self.forget(id);
-                    continue;
-                }
-            };
+            if queue.seq(id) != Some(seq) {
+                // Left the queue (cancelled, or started by someone else): drop it.
+                self.forget(id);
+                continue;
+            }
             scanned += 1;
             let full = cluster.allocated_gpu_milli() >= cluster.total_gpu_milli();
             if full {
@@ -514,34 +452,27 @@ impl<R: Ranker> Policy for PriorityPolicy<R> {
                 }
                 full_budget -= 1;
             }
-            let s = shape(&job.demand);
             if !full && !failed.contains(&s) {
+                let Some(job) = queue.get(id) else { continue };
                 if let Some(p) = self.placer.place(cluster, &job.demand)
                     && cluster.allocate(id, &job.demand, p.clone()).is_ok()
                 {
                     self.start(now, job, p, &mut out);
                     continue;
                 }
-                failed.insert(s);
+                failed.push(s);
             }
             if tries == 0 || failed_preempt.contains(&s) {
-                if reserved.is_none() {
-                    let cands = candidates.get_or_insert_with(|| self.preemptible(now));
-                    reserved = self.reserve(key, &job.demand, cands, cluster);
-                }
                 continue;
             }
+            let Some(job) = queue.get(id) else { continue };
             let cands = candidates.get_or_insert_with(|| self.preemptible(now));
-            // Candidates are worst first: if the worst is not worse enough, none is.
+            // The worst candidate comes first: if it is not worse enough, none is.
             if cands.first().is_none_or(|(k, _)| !self.ranker.may_preempt(key, *k)) {
                 if cands.is_empty() {
                     tries = 0;
                 }
-                failed_preempt.insert(s);
-                if reserved.is_none() {
-                    let cands = candidates.get_or_insert_with(|| self.preemptible(now));
-                    reserved = self.reserve(key, &job.demand, cands, cluster);
-                }
+                failed_preempt.push(s);
                 continue;
             }
             tries -= 1;
@@ -559,17 +490,9 @@ impl<R: Ranker> Policy for PriorityPolicy<R> {
                     failed.clear();
                 }
                 None => {
-                    failed_preempt.insert(s);
-                    if reserved.is_none() {
-                        reserved = self.reserve(key, &job.demand, &cands_now, cluster);
-                    }
+                    failed_preempt.push(s);
                     candidates = Some(cands_now);
                 }
-            }
-        }
-        if self.ranker.reserves() {
-            for k in 0..reserved.unwrap_or(0) {
-                let _ = cluster.release(reservation(k));
             }
         }
         out

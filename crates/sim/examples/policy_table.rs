@@ -28,10 +28,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "wall_s"
     );
     for name in policies.split(',') {
-        // `drome:MARGIN:TENANT(0|1):MIN_RUNTIME_S:WINDOW:REFRESH:SIBLING_GAP_S:AGE_CEILING_S:RESERVE(0|1)`
-        // studies drome's parameters.
+        // `drome:MARGIN:TENANT(0|1):MIN_RUNTIME_S:WINDOW:REFRESH:SIBLING_GAP_S` studies drome's
+        // parameters.
         let mut policy: Box<dyn sched::Policy> = match name.split(':').collect::<Vec<_>>().as_slice() {
-            ["drome", m, t, r, w, f, g, c, v] => Box::new(sched::rankers::drome_with(
+            ["drome", m, t, r, w, f, g] => Box::new(sched::rankers::drome_with(
                 sched::PreemptConfig { min_runtime: model::SimDuration::from_secs(r.parse()?), ..Default::default() },
                 sched::rankers::DromeParams {
                     margin: m.parse()?,
@@ -39,8 +39,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     window: w.parse()?,
                     refresh_every: f.parse()?,
                     batch_gap: model::SimDuration::from_secs(g.parse()?),
-                    age_ceiling: model::SimDuration::from_secs(c.parse()?),
-                    reserve: *v == "1",
                 },
             )),
             _ => sched::policy_by_name(name, 42)?,
