@@ -149,8 +149,9 @@ fn class_of(gpus: f64) -> usize {
 ///
 /// Fixed parameters: `a` is looked up on a geometric grid (0, then 10 s x 1.25^k up to ~290 days);
 /// the distribution is learned per (tenant, size class) from that pair's last 1,000 completions,
-/// falling back to the size class over all tenants, then to all classes pooled, when a pair has
-/// fewer than 32; before 32 completions in all the index is `1 / (a + 600 s)` (least attained
+/// shrunk towards the size class over all tenants (or all classes pooled while the class has
+/// fewer than 32 completions) as if that gave 32 samples: with `n` of its own, the pair's weight
+/// is `n / (n + 32)`. Before 32 completions in all the index is `1 / (a + 600 s)` (least attained
 /// service). Tables are rebuilt every 500 completions (and whenever completions grow by a
 /// quarter), which re-keys the queue (and takes in the new `rho`). Siblings are at most one hour
 /// apart: on the Philly history, the log run times of a tenant's consecutive jobs of one GPU
@@ -159,7 +160,7 @@ fn class_of(gpus: f64) -> usize {
 /// more than `margin` (2) times higher, and only after the victim ran the minimum runtime.
 pub struct Drome {
     pub margin: f64,
-    /// Learn a distribution per (tenant, size class) as well, used once it has enough samples.
+    /// Learn a distribution per (tenant, size class) as well, shrunk towards the class one.
     pub per_tenant: bool,
     /// Learn from siblings (jobs submitted together); 0 s turns it off.
     pub batch_gap: SimDuration,
@@ -297,6 +298,18 @@ fn gittins_table(grid: &[f64], x: &[f64]) -> Table {
     };
     let s: Vec<f64> = grid.iter().map(|&t| surv(t)).collect();
     let m: Vec<f64> = grid.iter().map(|&t| min_mean(t)).collect();
+    table_from(grid, s, m, total / n)
+}
+
+/// The mixture `w x a + (1 - w) x b` of two learned distributions, with its Gittins index.
+fn mixed_table(grid: &[f64], a: &Table, w: f64, b: &Table) -> Table {
+    let mix = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(p, q)| w * p + (1.0 - w) * q).collect::<Vec<f64>>();
+    table_from(grid, mix(&a.surv, &b.surv), mix(&a.min_mean, &b.min_mean), w * a.mean + (1.0 - w) * b.mean)
+}
+
+/// The Gittins index at every grid point of the distribution with `P(X > t) = s`,
+/// `E[min(X, t)] = m` on the grid and mean `mean`.
+fn table_from(grid: &[f64], s: Vec<f64>, m: Vec<f64>, mean: f64) -> Table {
     let mut out = vec![0.0; grid.len()];
     for i in 0..grid.len() {
         if s[i] <= 0.0 {
@@ -311,7 +324,7 @@ fn gittins_table(grid: &[f64], x: &[f64]) -> Table {
             }
         }
         // Serving to completion.
-        let work = total / n - m[i];
+        let work = mean - m[i];
         if work > 0.0 {
             best = best.max(s[i] / work);
         }
@@ -323,7 +336,7 @@ fn gittins_table(grid: &[f64], x: &[f64]) -> Table {
             1.0 / 600.0
         };
     }
-    Table { index: out, surv: s, min_mean: m, mean: total / n }
+    Table { index: out, surv: s, min_mean: m, mean }
 }
 
 /// Gittins index at grid point `i` of the mixture `rho x evidence + (1 - rho) x table`, both
@@ -395,15 +408,25 @@ impl Drome {
                 (self.samples[c].len() >= MIN_SAMPLES).then(|| gittins_table(&self.grid, &self.samples[c]));
         }
         all.sort_by(f64::total_cmp);
+        self.pooled = (all.len() >= MIN_SAMPLES).then(|| gittins_table(&self.grid, &all));
         self.tenant_tables.clear();
-        for (k, v) in &self.tenant_samples {
-            if v.len() >= MIN_SAMPLES {
-                let mut v: Vec<f64> = v.iter().copied().collect();
-                v.sort_by(f64::total_cmp);
-                self.tenant_tables.insert(*k, gittins_table(&self.grid, &v));
+        for (&(tenant, c), v) in &self.tenant_samples {
+            let mut v: Vec<f64> = v.iter().copied().collect();
+            v.sort_by(f64::total_cmp);
+            let own = gittins_table(&self.grid, &v);
+            // Shrunk towards the class (or pooled) distribution, as if that one had given
+            // MIN_SAMPLES samples of its own.
+            let table = match self.tables[c].as_ref().or(self.pooled.as_ref()) {
+                Some(base) if !v.is_empty() => {
+                    let w = v.len() as f64 / (v.len() + MIN_SAMPLES) as f64;
+                    Some(mixed_table(&self.grid, &own, w, base))
+                }
+                _ => (v.len() >= MIN_SAMPLES).then_some(own),
+            };
+            if let Some(t) = table {
+                self.tenant_tables.insert((tenant, c), t);
             }
         }
-        self.pooled = (all.len() >= MIN_SAMPLES).then(|| gittins_table(&self.grid, &all));
         for (rho, &(n, hits)) in self.rho.iter_mut().zip(&self.trials) {
             *rho = (f64::from(hits) + 1.0) / (f64::from(n) + 2.0);
         }
