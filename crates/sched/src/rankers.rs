@@ -180,7 +180,9 @@ pub struct Drome {
     /// The batch still open per (tenant, GPU milli): its index and its last submit time.
     open: FxHashMap<(u32, u64), (u32, SimTime)>,
     batch_of: FxHashMap<WorkloadId, u32>,
-    batches: Vec<Batch>,
+    /// Batches with members not yet finished (or still open to new ones), by number.
+    batches: FxHashMap<u32, Batch>,
+    next_batch: u32,
     /// Per size class: finished jobs whose siblings had finished before them, and how many of
     /// those ran within a factor 2 of their siblings' median.
     trials: [(u32, u32); CLASSES],
@@ -271,7 +273,8 @@ impl Default for Drome {
             epoch: 0,
             open: FxHashMap::default(),
             batch_of: FxHashMap::default(),
-            batches: Vec::new(),
+            batches: FxHashMap::default(),
+            next_batch: 0,
             trials: [(0, 0); CLASSES],
             rho: [0.5; CLASSES],
             stale: Vec::new(),
@@ -455,17 +458,27 @@ impl Drome {
         let b = match self.open.get(&k) {
             Some(&(b, last))
                 if w.submit_time.since(last) <= self.batch_gap
-                    && self.batches[b as usize].members.len() < BATCH_CAP =>
+                    && self.batches.get(&b).is_some_and(|x| x.members.len() < BATCH_CAP) =>
             {
                 b
             }
-            _ => {
-                self.batches.push(Batch::default());
-                (self.batches.len() - 1) as u32
+            other => {
+                // The batch this one follows is closed now: forget it if all its members finished.
+                if let Some(&(old, _)) = other
+                    && self.batches.get(&old).is_some_and(|x| x.members.iter().all(|(_, m)| matches!(m, Member::Done)))
+                {
+                    self.batches.remove(&old);
+                }
+                let b = self.next_batch;
+                self.next_batch = self.next_batch.wrapping_add(1);
+                self.batches.insert(b, Batch::default());
+                b
             }
         };
         self.open.insert(k, (b, w.submit_time));
-        self.batches[b as usize].members.push((w.id, Member::Waiting(0.0)));
+        if let Some(x) = self.batches.get_mut(&b) {
+            x.members.push((w.id, Member::Waiting(0.0)));
+        }
         self.batch_of.insert(w.id, b);
         Some(b)
     }
@@ -473,7 +486,7 @@ impl Drome {
     /// Records `id`'s new state in its batch at `now`.
     fn set_member(&mut self, id: WorkloadId, m: Member, now: SimTime) {
         let Some(&b) = self.batch_of.get(&id) else { return };
-        let batch = &mut self.batches[b as usize];
+        let Some(batch) = self.batches.get_mut(&b) else { return };
         let Some(slot) = batch.members.iter_mut().find(|(x, _)| *x == id) else { return };
         let same = match (slot.1, m) {
             (Member::Waiting(x), Member::Waiting(y)) => x == y,
@@ -492,7 +505,7 @@ impl Drome {
     /// Schedules the next time the longest-running running member of batch `b` crosses a grid
     /// point after `now`.
     fn update_crossing(&mut self, b: u32, now: SimTime) {
-        let batch = &self.batches[b as usize];
+        let Some(batch) = self.batches.get(&b) else { return };
         if let Some(t) = batch.crossing {
             self.crossings.remove(&(t, b));
         }
@@ -508,7 +521,9 @@ impl Drome {
             let g = *self.grid.get(self.bin(age) + 1)?;
             Some((since + SimDuration::from_secs_f64((g - base).max(0.0))).max(now + SimDuration(1)))
         });
-        self.batches[b as usize].crossing = next;
+        if let Some(x) = self.batches.get_mut(&b) {
+            x.crossing = next;
+        }
         if let Some(t) = next {
             self.crossings.insert((t, b));
         }
@@ -516,8 +531,7 @@ impl Drome {
 
     /// What `id`'s siblings say about it at `now`, having run up to grid point `i`.
     fn evidence(&self, id: WorkloadId, i: usize, now: SimTime) -> Evidence<'_> {
-        let Some(&b) = self.batch_of.get(&id) else { return Evidence::None };
-        let batch = &self.batches[b as usize];
+        let Some(batch) = self.batch_of.get(&id).and_then(|b| self.batches.get(b)) else { return Evidence::None };
         let a = self.grid[i];
         let from = batch.done.partition_point(|&d| d <= a);
         if from < batch.done.len() {
@@ -555,8 +569,7 @@ impl Drome {
     }
 
     fn mark_waiting_siblings(&mut self, id: WorkloadId) {
-        if let Some(&b) = self.batch_of.get(&id) {
-            let batch = &self.batches[b as usize];
+        if let Some(batch) = self.batch_of.get(&id).and_then(|b| self.batches.get(b)) {
             self.stale.extend(
                 batch.members.iter().filter(|(x, m)| *x != id && matches!(m, Member::Waiting(_))).map(|(x, _)| *x),
             );
@@ -580,7 +593,7 @@ impl Ranker for Drome {
 
     fn running_key(&self, job: &RunningJob, now: SimTime) -> Key {
         let id = job.workload.id;
-        let version = self.batch_of.get(&id).map_or(0, |&b| self.batches[b as usize].version);
+        let version = self.batch_of.get(&id).and_then(|b| self.batches.get(b)).map_or(0, |x| x.version);
         if let Some(&(until, epoch, v, k)) = self.memo.borrow().get(&id)
             && now < until
             && epoch == self.epoch
@@ -613,7 +626,7 @@ impl Ranker for Drome {
                 break;
             }
             self.crossings.pop_first();
-            let batch = &mut self.batches[b as usize];
+            let Some(batch) = self.batches.get_mut(&b) else { continue };
             batch.crossing = None;
             batch.version = batch.version.wrapping_add(1);
             self.stale.extend(batch.members.iter().filter(|(_, m)| matches!(m, Member::Waiting(_))).map(|(x, _)| *x));
@@ -633,8 +646,9 @@ impl Ranker for Drome {
         let c = class_of(job.gpus());
         let id = job.workload.id;
         self.memo.get_mut().remove(&id);
-        if let Some(&b) = self.batch_of.get(&id) {
-            let batch = &mut self.batches[b as usize];
+        if let Some(&b) = self.batch_of.get(&id)
+            && let Some(batch) = self.batches.get_mut(&b)
+        {
             if !batch.done.is_empty() {
                 let median = batch.done[batch.done.len() / 2];
                 let hit = ((ran + 1.0) / (median + 1.0)).ln().abs() <= std::f64::consts::LN_2;
@@ -649,6 +663,15 @@ impl Ranker for Drome {
             self.set_member(id, Member::Done, now);
             self.mark_waiting_siblings(id);
             self.batch_of.remove(&id);
+            // A batch that no job can join any more and whose members all finished is forgotten.
+            let k = (job.workload.tenant.0, job.workload.gpu.total_gpu_milli());
+            let open = self.open.get(&k).is_some_and(|&(ob, last)| ob == b && now.since(last) <= self.batch_gap);
+            if !open && self.batches.get(&b).is_some_and(|x| x.members.iter().all(|(_, m)| matches!(m, Member::Done))) {
+                self.batches.remove(&b);
+                if self.open.get(&k).is_some_and(|&(ob, _)| ob == b) {
+                    self.open.remove(&k);
+                }
+            }
         }
         self.samples[c].push(ran);
         if self.per_tenant {
@@ -790,6 +813,24 @@ mod tests {
         let x = plain.queued_key(&queued(&b, t1), t1);
         let y = plain.queued_key(&queued(&stranger, t1), t1);
         assert_eq!(x.0, y.0);
+    }
+
+    #[test]
+    fn a_closed_batch_is_forgotten_once_its_members_finish() {
+        let mut d = Drome::default();
+        let t0 = SimTime::ZERO;
+        let (a, b) = (workload(1, 1, 0), workload(2, 1, 10));
+        for w in [&a, &b] {
+            let _ = d.queued_key(&queued(w, t0), t0);
+            d.on_started(&queued(w, t0), t0);
+        }
+        assert_eq!(d.batches.len(), 1);
+        // The first finishes while the batch is still open: it stays.
+        d.on_finished(&running(&a, t0), t0 + SimDuration::from_secs(600));
+        assert_eq!(d.batches.len(), 1);
+        // The last finishes after the gap: nothing can join any more.
+        d.on_finished(&running(&b, t0), t0 + SimDuration::from_secs(7_200));
+        assert!(d.batches.is_empty() && d.batch_of.is_empty() && d.open.is_empty());
     }
 
     #[test]
