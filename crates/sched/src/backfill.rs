@@ -97,6 +97,8 @@ pub struct Multifactor {
     running_gpus: FxHashMap<u32, f64>,
     running: BTreeMap<WorkloadId, Running>,
     history: FxHashMap<u32, VecDeque<f64>>,
+    /// [`Multifactor::estimate_s`] per tenant, kept up to date with `history`.
+    estimates: FxHashMap<u32, f64>,
 }
 
 const HISTORY: usize = 16;
@@ -115,6 +117,7 @@ impl Multifactor {
             running_gpus: FxHashMap::default(),
             running: BTreeMap::new(),
             history: FxHashMap::default(),
+            estimates: FxHashMap::default(),
         }
     }
 
@@ -137,10 +140,7 @@ impl Multifactor {
     }
 
     fn estimate_s(&self, tenant: u32) -> f64 {
-        match self.history.get(&tenant) {
-            Some(h) if !h.is_empty() => self.config.over_estimate * h.iter().sum::<f64>() / h.len() as f64,
-            _ => DEFAULT_ESTIMATE_S,
-        }
+        self.estimates.get(&tenant).copied().unwrap_or(DEFAULT_ESTIMATE_S)
     }
 
     fn priority(&self, w: &Workload, now: SimTime, fs: &FxHashMap<u32, f64>) -> f64 {
@@ -166,12 +166,12 @@ impl Multifactor {
     fn next_live<'a>(
         it: &mut std::collections::btree_set::Iter<'_, (u64, WorkloadId)>,
         queue: &'a Queue,
-    ) -> Option<(u64, WorkloadId, &'a Workload)> {
+    ) -> Option<(u64, WorkloadId, &'a QueuedJob)> {
         for &(seq, id) in it.by_ref() {
             if queue.seq(id) == Some(seq)
                 && let Some(j) = queue.get(id)
             {
-                return Some((seq, id, &j.workload));
+                return Some((seq, id, j));
             }
         }
         None
@@ -262,9 +262,12 @@ impl Policy for Multifactor {
         let mut cursors: Vec<std::collections::btree_set::Iter<'_, (u64, WorkloadId)>> =
             by_tenant.values().map(|s| s.iter()).collect();
         let mut heap: BinaryHeap<(Prio, Reverse<u64>, usize, WorkloadId)> = BinaryHeap::new();
+        // The job each tenant's cursor has in the heap (one per tenant at a time).
+        let mut heads: Vec<Option<&QueuedJob>> = vec![None; cursors.len()];
         for (i, it) in cursors.iter_mut().enumerate() {
-            if let Some((seq, id, w)) = Self::next_live(it, queue) {
-                heap.push((Prio(self.priority(w, now, &fs)), Reverse(seq), i, id));
+            if let Some((seq, id, j)) = Self::next_live(it, queue) {
+                heap.push((Prio(self.priority(&j.workload, now, &fs)), Reverse(seq), i, id));
+                heads[i] = Some(j);
             }
         }
         let mut started: Vec<(u32, u64, WorkloadId)> = Vec::new();
@@ -272,14 +275,16 @@ impl Policy for Multifactor {
         let mut failed: FxHashSet<GpuRequest> = FxHashSet::default();
         let mut looked = 0usize;
         while let Some((_, Reverse(seq), i, id)) = heap.pop() {
-            if let Some((seq, id, w)) = Self::next_live(&mut cursors[i], queue) {
-                heap.push((Prio(self.priority(w, now, &fs)), Reverse(seq), i, id));
+            let head = heads[i].take();
+            if let Some((seq, id, j)) = Self::next_live(&mut cursors[i], queue) {
+                heap.push((Prio(self.priority(&j.workload, now, &fs)), Reverse(seq), i, id));
+                heads[i] = Some(j);
             }
             looked += 1;
             if looked > self.config.depth || cluster.allocated_gpu_milli() >= cluster.total_gpu_milli() {
                 break;
             }
-            let Some(job) = queue.get(id) else { continue };
+            let Some(job) = head else { continue };
             if failed.contains(&job.workload.gpu) {
                 continue;
             }
@@ -334,6 +339,8 @@ impl Policy for Multifactor {
             if h.len() > HISTORY {
                 h.pop_front();
             }
+            let estimate = self.config.over_estimate * h.iter().sum::<f64>() / h.len() as f64;
+            self.estimates.insert(r.tenant, estimate);
         }
     }
 }

@@ -98,7 +98,11 @@ pub fn policy_names() -> &'static [(&'static str, &'static str)] {
         ("quota", "Kueue-like guaranteed GPUs per tenant, borrowing of idle quota, reclaim by preemption"),
         ("tiresias", "Tiresias: discretized 2D least-attained-service, preemptive, never reads durations"),
         ("srpt", "clairvoyant shortest remaining GPU-time first, preemptive: a lower-bound reference"),
-        ("drome", "drome's default: learned Gittins index per GPU, preemptive, never reads durations"),
+        (
+            "drome",
+            "drome's default: Gittins index per GPU learned from finished jobs (per tenant and size, and from \
+             siblings submitted together), preemptive, never reads durations",
+        ),
     ]
 }
 

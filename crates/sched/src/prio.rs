@@ -68,6 +68,7 @@ pub trait Ranker: Send {
     /// Key of a running job at `now`.
     fn running_key(&self, job: &RunningJob, now: SimTime) -> Key;
     /// True if a waiting job keyed `waiting` may take GPUs from a running job keyed `running`.
+    /// It must be monotone: if it holds for `running`, it holds for every larger key.
     fn may_preempt(&self, waiting: Key, running: Key) -> bool;
     /// When a waiting job's key is due to be recomputed (a starvation promotion).
     fn revisit_at(&self, _job: &QueuedJob) -> Option<SimTime> {
@@ -76,6 +77,11 @@ pub trait Ranker: Send {
     /// Changes when every queued key must be recomputed (the ranker learned something).
     fn epoch(&self) -> u64 {
         0
+    }
+    /// Waiting jobs whose key changed since the last call, up to `now` (the ranker learned
+    /// something about them in particular); the policy re-keys those still queued.
+    fn take_stale(&mut self, _now: SimTime) -> Vec<WorkloadId> {
+        Vec::new()
     }
     /// `job` starts now.
     fn on_started(&mut self, _job: &QueuedJob, _now: SimTime) {}
@@ -103,7 +109,12 @@ impl Default for PreemptConfig {
     }
 }
 
-type Entry = (Key, u64, WorkloadId);
+/// A queued job in the index: key, queue sequence number, id, and its shape (so a round can pass
+/// over jobs of shapes that already failed without looking them up).
+type Entry = (Key, u64, WorkloadId, Shape);
+
+/// A request's shape: jobs of one shape fit or not alike.
+type Shape = (u8, u32, u32, u64, u64);
 
 /// Queued jobs looked at per round once no GPU is free (only preemption can start them then).
 const FULL_SCAN_BUDGET: usize = 64;
@@ -125,8 +136,7 @@ pub struct PriorityPolicy<R: Ranker> {
     running: BTreeMap<WorkloadId, RunningJob>,
 }
 
-/// A request's shape: jobs of one shape fit or not alike.
-fn shape(d: &Demand) -> (u8, u32, u32, u64, u64) {
+fn shape(d: &Demand) -> Shape {
     match d.gpu {
         GpuRequest::None => (0, 0, 0, d.cpu_milli, d.memory_mib),
         GpuRequest::Fraction { gpu_milli } => (1, gpu_milli, 0, d.cpu_milli, d.memory_mib),
@@ -162,7 +172,7 @@ impl<R: Ranker> PriorityPolicy<R> {
         if let Some(old) = self.entry_of.remove(&job.id()) {
             self.index.remove(&old);
         }
-        let entry = (self.ranker.queued_key(job, now), seq, job.id());
+        let entry = (self.ranker.queued_key(job, now), seq, job.id(), shape(&job.demand));
         self.index.insert(entry);
         self.entry_of.insert(job.id(), entry);
         if let Some(t) = self.ranker.revisit_at(job) {
@@ -189,6 +199,14 @@ impl<R: Ranker> PriorityPolicy<R> {
             self.index_job(seq, job, now);
         }
         self.seen_seq = queue.next_seq();
+        for id in self.ranker.take_stale(now) {
+            if let Some(seq) = queue.seq(id)
+                && let Some(job) = queue.get(id)
+                && self.entry_of.contains_key(&id)
+            {
+                self.index_job(seq, job, now);
+            }
+        }
         while let Some(&(t, seq, id)) = self.revisit.first() {
             if t > now {
                 break;
@@ -218,7 +236,8 @@ impl<R: Ranker> PriorityPolicy<R> {
         out.push(Decision::Start { job: job.id(), placement });
     }
 
-    /// Running jobs that may be preempted now, worst-ranked first, with their keys.
+    /// Running jobs that may be preempted now, with their keys, the worst-ranked first (the rest
+    /// in no order: only the few a waiting job may preempt get sorted, in [`Self::try_preempt`]).
     fn preemptible(&self, now: SimTime) -> Vec<(Key, WorkloadId)> {
         let mut v: Vec<(Key, WorkloadId)> = self
             .running
@@ -226,12 +245,12 @@ impl<R: Ranker> PriorityPolicy<R> {
             .filter(|(_, r)| now.since(r.started) >= self.config.min_runtime)
             .map(|(id, r)| (self.ranker.running_key(r, now), *id))
             .collect();
-        v.sort_unstable_by(|a, b| b.cmp(a));
+        worst_first(&mut v);
         v
     }
 
-    /// Frees GPUs for `job` by preempting running jobs of `candidates` (worst first) ranked
-    /// clearly worse; on success the victims are released, `job` is allocated, and the placement
+    /// Frees GPUs for `job` by preempting running jobs of `candidates` ranked clearly worse (the
+    /// worst first); on success the victims are released, `job` is allocated, and the placement
     /// returned with the victims.
     fn try_preempt(
         &mut self,
@@ -240,8 +259,10 @@ impl<R: Ranker> PriorityPolicy<R> {
         candidates: &[(Key, WorkloadId)],
         cluster: &mut ClusterState,
     ) -> Option<(Vec<WorkloadId>, Placement)> {
-        let order: Vec<WorkloadId> =
-            candidates.iter().take_while(|(k, _)| self.ranker.may_preempt(key, *k)).map(|(_, id)| *id).collect();
+        let mut eligible: Vec<(Key, WorkloadId)> =
+            candidates.iter().filter(|(k, _)| self.ranker.may_preempt(key, *k)).copied().collect();
+        eligible.sort_unstable_by(|a, b| b.cmp(a));
+        let order: Vec<WorkloadId> = eligible.into_iter().map(|(_, id)| id).collect();
         let victims = choose_victims(cluster, &job.demand, job.workload.gpu.total_gpu_milli(), &order)?;
         let running = &self.running;
         let p = preempt_and_place(cluster, &mut self.placer, job, &victims, |id| {
@@ -272,10 +293,8 @@ pub(crate) fn choose_victims(
     if free_milli + freeable < need_milli {
         return None;
     }
-    let rank: FxHashMap<WorkloadId, usize> = eligible.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-    // Per node: the eligible jobs holding GPUs there; nodes an ineligible job holds are blocked.
+    // Per node: the eligible jobs holding GPUs there, in `eligible`'s order (worst first).
     let mut holders: BTreeMap<u32, Vec<WorkloadId>> = BTreeMap::new();
-    let mut blocked: FxHashSet<u32> = FxHashSet::default();
     for id in eligible {
         if let Some(p) = cluster.allocation(*id) {
             for m in &p.members {
@@ -283,15 +302,18 @@ pub(crate) fn choose_victims(
             }
         }
     }
-    for (id, p) in cluster.allocations() {
-        if !rank.contains_key(id) {
-            blocked.extend(p.members.iter().map(|m| m.node.0));
-        }
-    }
     let fleet = cluster.fleet();
     let allowed = |n: u32| fleet.nodes[n as usize].gpu_model.is_some_and(|m| demand.models.allows(m));
     let members = demand.members() as usize;
     if members > 1 {
+        // Nodes an ineligible job holds are blocked.
+        let is_eligible: FxHashSet<WorkloadId> = eligible.iter().copied().collect();
+        let mut blocked: FxHashSet<u32> = FxHashSet::default();
+        for (id, p) in cluster.allocations() {
+            if !is_eligible.contains(id) {
+                blocked.extend(p.members.iter().map(|m| m.node.0));
+            }
+        }
         let mut nodes: Vec<(u64, u32)> = (0..cluster.node_count() as u32)
             .filter(|n| !blocked.contains(n) && allowed(*n))
             .map(|n| {
@@ -317,12 +339,10 @@ pub(crate) fn choose_victims(
             continue;
         }
         let mut free = u64::from(cluster.full_free_gpus(model::NodeId(n))) * 1000;
-        let mut ids = ids.clone();
-        ids.sort_by_key(|id| rank.get(id).copied().unwrap_or(usize::MAX));
-        ids.dedup();
         let mut taken = Vec::new();
         let mut cost = 0u64;
-        for id in ids {
+        // A job holds at most one member per node, so `ids` has no repeats.
+        for &id in ids {
             if free >= need_milli {
                 break;
             }
@@ -336,6 +356,14 @@ pub(crate) fn choose_victims(
         }
     }
     best.map(|(_, _, v)| v)
+}
+
+/// Moves the worst-ranked (largest key) of `v` to the front. Rankers' `may_preempt` is monotone
+/// in the running job's key, so the front alone tells whether any of `v` may be preempted.
+fn worst_first(v: &mut [(Key, WorkloadId)]) {
+    if let Some(i) = v.iter().enumerate().max_by_key(|(_, e)| **e).map(|(i, _)| i) {
+        v.swap(0, i);
+    }
 }
 
 /// Releases `victims`, then places and allocates `job`; if it still does not fit, gives the
@@ -383,11 +411,12 @@ impl<R: Ranker> Policy for PriorityPolicy<R> {
     fn schedule(&mut self, now: SimTime, queue: &Queue, cluster: &mut ClusterState) -> Vec<Decision> {
         self.sync(now, queue);
         let mut out = Vec::new();
-        let mut failed: FxHashSet<(u8, u32, u32, u64, u64)> = FxHashSet::default();
+        // Shapes that did not fit, and that found no victims, this round (few: linear sets).
+        let mut failed: Vec<Shape> = Vec::new();
         let mut tries = if self.config.enabled { self.config.preempt_tries } else { 0 };
         // Computed on the first blocked job, kept for the round (victims leave it as they go).
         let mut candidates: Option<Vec<(Key, WorkloadId)>> = None;
-        let mut failed_preempt: FxHashSet<(u8, u32, u32, u64, u64)> = FxHashSet::default();
+        let mut failed_preempt: Vec<Shape> = Vec::new();
         let mut full_budget = FULL_SCAN_BUDGET;
         let mut after_fail_budget = AFTER_FAIL_BUDGET;
         let mut cursor: Option<Entry> = None;
@@ -403,21 +432,18 @@ impl<R: Ranker> Policy for PriorityPolicy<R> {
             }
             let Some(entry) = chunk.pop_front() else { break };
             cursor = Some(entry);
-            let (key, seq, id) = entry;
+            let (key, seq, id, s) = entry;
             if !failed.is_empty() && tries == 0 {
                 if after_fail_budget == 0 {
                     break;
                 }
                 after_fail_budget -= 1;
             }
-            let job = match queue.get(id) {
-                Some(j) if queue.seq(id) == Some(seq) => j,
-                _ => {
-                    // Left the queue (cancelled, or started by someone else): drop it.
-                    self.forget(id);
-                    continue;
-                }
-            };
+            if queue.seq(id) != Some(seq) {
+                // Left the queue (cancelled, or started by someone else): drop it.
+                self.forget(id);
+                continue;
+            }
             scanned += 1;
             let full = cluster.allocated_gpu_milli() >= cluster.total_gpu_milli();
             if full {
@@ -426,26 +452,27 @@ impl<R: Ranker> Policy for PriorityPolicy<R> {
                 }
                 full_budget -= 1;
             }
-            let s = shape(&job.demand);
             if !full && !failed.contains(&s) {
+                let Some(job) = queue.get(id) else { continue };
                 if let Some(p) = self.placer.place(cluster, &job.demand)
                     && cluster.allocate(id, &job.demand, p.clone()).is_ok()
                 {
                     self.start(now, job, p, &mut out);
                     continue;
                 }
-                failed.insert(s);
+                failed.push(s);
             }
             if tries == 0 || failed_preempt.contains(&s) {
                 continue;
             }
+            let Some(job) = queue.get(id) else { continue };
             let cands = candidates.get_or_insert_with(|| self.preemptible(now));
-            // Candidates are worst first: if the worst is not worse enough, none is.
+            // The worst candidate comes first: if it is not worse enough, none is.
             if cands.first().is_none_or(|(k, _)| !self.ranker.may_preempt(key, *k)) {
                 if cands.is_empty() {
                     tries = 0;
                 }
-                failed_preempt.insert(s);
+                failed_preempt.push(s);
                 continue;
             }
             tries -= 1;
@@ -453,15 +480,18 @@ impl<R: Ranker> Policy for PriorityPolicy<R> {
             match self.try_preempt(key, job, &cands_now, cluster) {
                 Some((victims, p)) => {
                     let gone: FxHashSet<WorkloadId> = victims.iter().copied().collect();
-                    candidates = Some(cands_now.into_iter().filter(|(_, id)| !gone.contains(id)).collect());
+                    let mut rest: Vec<(Key, WorkloadId)> =
+                        cands_now.into_iter().filter(|(_, id)| !gone.contains(id)).collect();
+                    worst_first(&mut rest);
+                    candidates = Some(rest);
                     out.extend(victims.into_iter().map(|job| Decision::Preempt { job }));
                     self.start(now, job, p, &mut out);
                     // What was freed may fit shapes that failed before.
                     failed.clear();
                 }
                 None => {
+                    failed_preempt.push(s);
                     candidates = Some(cands_now);
-                    failed_preempt.insert(s);
                 }
             }
         }

@@ -14,18 +14,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fleet = Arc::new(fleet_for_load(&trace.workloads, load, &LoadFleetShape::default()));
     println!("{} jobs, {} GPUs, load {load}", trace.workloads.len(), fleet.total_gpus());
     println!(
-        "{:<10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>9} {:>7} {:>6} {:>7}",
-        "policy", "meanJCT_h", "p50JCT_h", "p99JCT_h", "wait_h", "preempt", "lostGPUh", "sw/gang", "jain", "wall_s"
+        "{:<10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>9} {:>7} {:>6} {:>6} {:>7}",
+        "policy",
+        "meanJCT_h",
+        "p50JCT_h",
+        "p99JCT_h",
+        "wait_h",
+        "preempt",
+        "lostGPUh",
+        "sw/gang",
+        "jain",
+        "util",
+        "wall_s"
     );
     for name in policies.split(',') {
-        // `drome:MARGIN:TENANT(0|1):MIN_RUNTIME_S:WINDOW:REFRESH` studies drome's parameters.
+        // `drome:MARGIN:TENANT(0|1):MIN_RUNTIME_S:WINDOW:REFRESH:SIBLING_GAP_S` studies drome's
+        // parameters.
         let mut policy: Box<dyn sched::Policy> = match name.split(':').collect::<Vec<_>>().as_slice() {
-            ["drome", m, t, r, w, f] => Box::new(sched::rankers::drome_with(
+            ["drome", m, t, r, w, f, g] => Box::new(sched::rankers::drome_with(
                 sched::PreemptConfig { min_runtime: model::SimDuration::from_secs(r.parse()?), ..Default::default() },
-                m.parse()?,
-                *t == "1",
-                w.parse()?,
-                f.parse()?,
+                sched::rankers::DromeParams {
+                    margin: m.parse()?,
+                    per_tenant: *t == "1",
+                    window: w.parse()?,
+                    refresh_every: f.parse()?,
+                    batch_gap: model::SimDuration::from_secs(g.parse()?),
+                },
             )),
             _ => sched::policy_by_name(name, 42)?,
         };
@@ -33,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let r = simulate(fleet.clone(), &trace.workloads, policy.as_mut(), &SimConfig::default(), &mut |_| {})?;
         let wall = t.elapsed().as_secs_f64();
         println!(
-            "{:<10} {:>10.2} {:>10.2} {:>10.1} {:>10.2} {:>8} {:>9.0} {:>7.2} {:>6.3} {:>7.2}  done {} unfinished {}",
+            "{:<10} {:>10.2} {:>10.2} {:>10.1} {:>10.2} {:>8} {:>9.0} {:>7.2} {:>6.3} {:>6.3} {:>7.2}  done {} unfinished {}",
             r.policy,
             r.mean_jct_s / 3600.0,
             r.p50_jct_s / 3600.0,
@@ -43,6 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             r.lost_gpu_hours,
             r.mean_switches_per_gang,
             r.jain_fairness,
+            r.gpu_utilization,
             wall,
             r.completed,
             r.unfinished

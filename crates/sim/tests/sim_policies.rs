@@ -209,3 +209,43 @@ fn srpt_is_the_only_clairvoyant_policy() {
         assert_eq!(p.is_clairvoyant(), *name == "srpt", "{name}");
     }
 }
+
+/// Batches of siblings (one tenant, one GPU count, submitted seconds apart, run times within a
+/// factor 2), enough of them that drome has learned tables and sibling evidence to use.
+fn arb_batches() -> impl Strategy<Value = Vec<Workload>> {
+    let batch = (
+        0u64..200_000,
+        1usize..8,
+        prop::sample::select(vec![1u32, 1, 2, 8, 16]),
+        60u64..30_000,
+        0u32..3,
+        prop::collection::vec(1.0f64..2.0, 8),
+    );
+    prop::collection::vec(batch, 20..40).prop_map(|v| {
+        let mut jobs: Vec<(u64, u32, u64, u32)> = Vec::new();
+        for (t, n, g, d, tenant, spread) in v {
+            for (k, f) in spread.iter().take(n).enumerate() {
+                jobs.push((t + 5 * k as u64, g, (d as f64 * f) as u64, tenant));
+            }
+        }
+        jobs.sort_by_key(|j| j.0);
+        jobs.into_iter().enumerate().map(|(i, (t, g, d, tenant))| job(i as u32, t, g, d, tenant)).collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    #[test]
+    fn drome_keeps_the_invariants_when_it_learns_from_siblings(jobs in arb_batches(), nodes in 3u32..6) {
+        let fleet = fleet(nodes);
+        let config = checked(SimConfig::default());
+        let r = run(fleet.clone(), &jobs, "drome", &config);
+        prop_assert_eq!(r.completed, jobs.len() as u64, "drome starved a job");
+        check_log(&r, &jobs, policy_by_name("drome", 7).unwrap().min_runtime().as_millis());
+        let bound: u64 = jobs.iter().map(|w| w.duration.map_or(0, |d| d.as_millis()) / 240_000 + 1).sum();
+        prop_assert!(r.preemptions <= bound, "{} preemptions", r.preemptions);
+        let again = run(fleet.clone(), &jobs, "drome", &config);
+        prop_assert_eq!(&r, &again, "drome is not deterministic");
+    }
+}
