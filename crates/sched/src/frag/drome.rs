@@ -17,9 +17,14 @@
 //!    to steps) in place of the tolerance swing by half a point with the step on cpu050 and
 //!    gpushare20, the tolerance does not. Preferring among ties the node with the least free
 //!    GPU, or keeping wholly free nodes for multi-GPU requests, measured worse and are not kept.
-//! 3. **CPU-only work keeps off GPU nodes.** A CPU-only request goes to a node without GPUs when
+//! 3. **Every shape counts.** FGD measures fragmentation against the most frequent shapes that
+//!    make 95% of requests (a shape is CPU, share and models) and drops the rare rest, which
+//!    holds much of the small shares (50-160 milli), the only ones to fill the 190-milli hole an
+//!    810 leaves. drome measures against all the
+//!    shapes seen (`popularity` 1): +0.19 points on default, +0.12 over the 12 openb pod lists.
+//! 4. **CPU-only work keeps off GPU nodes.** A CPU-only request goes to a node without GPUs when
 //!    one fits; only otherwise to the GPU node where its CPU grows fragmentation least.
-//! 4. **Look-ahead on the hole a share leaves.** FGD counts a partly used GPU as fragmented for
+//! 5. **Look-ahead on the hole a share leaves.** FGD counts a partly used GPU as fragmented for
 //!    every request larger than its free share; as most requests want whole GPUs, nearly every
 //!    hole looks equally bad and the choice among holes is left to chance. drome adds the part of
 //!    the hole that the *common* shares could never fill: `w(h) = h - best packing of h with the
@@ -63,6 +68,9 @@ pub struct DromeParams {
     pub common_share: f64,
     /// Weight of the growth of the unfillable part of the hole, against fragmentation growth.
     pub hole_weight: f64,
+    /// The fragmentation measure counts the most frequent shapes that cover this share of the
+    /// requests seen (1: all of them; FGD keeps 95%).
+    pub popularity: f64,
 }
 
 impl Default for DromeParams {
@@ -73,6 +81,7 @@ impl Default for DromeParams {
             hole_weight: 6.0,
             growth_epsilon_milli: 1.0,
             coarse_epsilon_milli: 100.0,
+            popularity: 1.0,
         }
     }
 }
@@ -87,6 +96,7 @@ impl DromeParams {
             "cpu_only_to_cpu_nodes" => self.cpu_only_to_cpu_nodes = value != 0.0,
             "common_share" => self.common_share = value,
             "hole_weight" => self.hole_weight = value,
+            "popularity" => self.popularity = value,
             other => return Err(format!("unknown drome parameter '{other}'")),
         }
         Ok(())
@@ -182,7 +192,7 @@ impl Placer for DromeFit {
         if self.learn {
             self.typical.observe(demand);
         }
-        self.cache.sync(&self.typical, cluster);
+        self.cache.sync_with(&self.typical, cluster, self.params.popularity);
         self.ties.ensure(cluster.node_count(), &mut self.rng);
         if self.waste_version != Some(self.typical.version()) {
             self.waste = hole_waste(&self.typical, self.params.common_share);

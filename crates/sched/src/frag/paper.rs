@@ -295,8 +295,13 @@ pub(crate) struct FragCache {
 impl FragCache {
     /// Rebuilds the meter if `typical` changed since the last call.
     pub(crate) fn sync(&mut self, typical: &TypicalPods, cluster: &ClusterState) {
+        self.sync_with(typical, cluster, DEFAULT_POPULARITY);
+    }
+
+    /// [`FragCache::sync`] keeping the most frequent shapes that cover `popularity` of requests.
+    pub(crate) fn sync_with(&mut self, typical: &TypicalPods, cluster: &ClusterState, popularity: f64) {
         if self.version != Some(typical.version()) {
-            self.meter = FragMeter::new(&typical.distribution(DEFAULT_POPULARITY), cluster.fleet());
+            self.meter = FragMeter::new(&typical.distribution(popularity), cluster.fleet());
             self.memo.clear();
             self.version = Some(typical.version());
         }
