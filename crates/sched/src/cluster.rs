@@ -88,8 +88,24 @@ pub struct ClusterState {
     /// Per model: (largest free GPU share, node), for best fit on fractions.
     by_max_share: Vec<BTreeSet<(u16, u32)>>,
     allocations: FxHashMap<WorkloadId, Placement>,
+    /// Per node: members holding GPUs, by [`member_kind`].
+    member_kinds: Vec<[u16; MEMBER_KINDS]>,
     allocated_gpu_milli: u64,
     total_gpu_milli: u64,
+}
+
+/// Kinds of GPU-holding members [`ClusterState::member_kinds`] tells apart: a share of one GPU
+/// (0), or 1 to 15 whole GPUs, and 16 for 16 or more.
+pub const MEMBER_KINDS: usize = 17;
+
+/// The kind of a member: `None` without GPUs, 0 for a share of one GPU, else its GPU count (up
+/// to 16).
+pub fn member_kind(member: &MemberPlacement) -> Option<usize> {
+    match member.gpus.as_slice() {
+        [] => None,
+        [g] if u32::from(g.milli) < GPU_MILLI_PER_GPU => Some(0),
+        gs => Some(gs.len().min(MEMBER_KINDS - 1)),
+    }
 }
 
 impl ClusterState {
@@ -116,6 +132,7 @@ impl ClusterState {
             by_full_gpus: vec![BTreeSet::new(); models],
             by_max_share: vec![BTreeSet::new(); models],
             allocations: FxHashMap::default(),
+            member_kinds: vec![[0; MEMBER_KINDS]; fleet.nodes.len()],
             allocated_gpu_milli: 0,
             total_gpu_milli: u64::from(total) * u64::from(GPU_MILLI_PER_GPU),
             fleet,
@@ -152,6 +169,14 @@ impl ClusterState {
     pub fn gpu_free_milli(&self, node: NodeId) -> &[u16] {
         let i = node.index();
         &self.gpu_free[self.gpu_offset[i] as usize..self.gpu_offset[i + 1] as usize]
+    }
+
+    /// Kinds ([`member_kind`]) of the GPU-holding members on `node`, as bits: bit `k` is set when
+    /// a member of kind `k` runs there.
+    pub fn member_kinds(&self, node: NodeId) -> u32 {
+        self.member_kinds
+            .get(node.index())
+            .map_or(0, |c| c.iter().enumerate().filter(|(_, n)| **n > 0).fold(0, |acc, (k, _)| acc | 1 << k))
     }
 
     /// GPUs of the node with nothing allocated on them.
@@ -410,6 +435,9 @@ impl ClusterState {
             for g in &m.gpus {
                 self.gpu_free[base + g.index as usize] -= g.milli;
             }
+            if let Some(k) = member_kind(m) {
+                self.member_kinds[i][k] += 1;
+            }
             self.refresh(i);
         }
         self.allocated_gpu_milli += placement.gpu_milli();
@@ -428,6 +456,9 @@ impl ClusterState {
             for g in &m.gpus {
                 self.gpu_free[base + g.index as usize] += g.milli;
             }
+            if let Some(k) = member_kind(m) {
+                self.member_kinds[i][k] -= 1;
+            }
             self.refresh(i);
         }
         self.allocated_gpu_milli -= placement.gpu_milli();
@@ -440,9 +471,13 @@ impl ClusterState {
         let mut cpu: Vec<u64> = fleet.nodes.iter().map(|n| n.cpu_milli).collect();
         let mut mem: Vec<u64> = fleet.nodes.iter().map(|n| n.memory_mib).collect();
         let mut gpu = vec![GPU_MILLI_PER_GPU as i64; self.gpu_free.len()];
+        let mut kinds = vec![[0u16; MEMBER_KINDS]; fleet.nodes.len()];
         for (job, p) in &self.allocations {
             for m in &p.members {
                 let i = m.node.index();
+                if let Some(k) = member_kind(m) {
+                    kinds[i][k] += 1;
+                }
                 cpu[i] = cpu[i].checked_sub(m.cpu_milli).ok_or(format!("{job:?} over-commits CPU on node {i}"))?;
                 mem[i] = mem[i].checked_sub(m.memory_mib).ok_or(format!("{job:?} over-commits memory on node {i}"))?;
                 for g in &m.gpus {
@@ -458,6 +493,9 @@ impl ClusterState {
         }
         if gpu.iter().zip(&self.gpu_free).any(|(a, b)| *a != i64::from(*b)) {
             return Err("free GPU shares out of step with allocations".into());
+        }
+        if kinds != self.member_kinds {
+            return Err("member kinds out of step with allocations".into());
         }
         for i in 0..self.free_cpu.len() {
             if self.live.get(i) != self.capacity_of(i) {

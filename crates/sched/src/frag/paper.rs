@@ -9,7 +9,7 @@
 use super::measure::FragMeter;
 use super::typical::{DEFAULT_POPULARITY, TypicalPods};
 use super::{Best, GpuChoice, TieOrder, feasible, place_members, tightest_gpu};
-use crate::cluster::{ClusterState, Placement};
+use crate::cluster::{ClusterState, MEMBER_KINDS, Placement};
 use crate::demand::Demand;
 use crate::placer::Placer;
 use model::{GPU_MILLI_PER_GPU, GpuModelId, GpuRequest, NodeId};
@@ -166,22 +166,6 @@ impl GpuClustering {
     pub fn new(seed: u64) -> Self {
         GpuClustering { rng: ChaCha8Rng::seed_from_u64(seed), ties: TieOrder::default() }
     }
-
-    /// Kinds of GPU requests running on each node (bit 0: shares, bit k: k whole GPUs).
-    fn kinds(cluster: &ClusterState) -> FxHashMap<NodeId, u32> {
-        let mut kinds: FxHashMap<NodeId, u32> = FxHashMap::default();
-        for (_, p) in cluster.allocations() {
-            for m in &p.members {
-                let kind = match m.gpus.as_slice() {
-                    [] => continue,
-                    [g] if u32::from(g.milli) < GPU_MILLI_PER_GPU => 0,
-                    gs => gs.len().min(31) as u32,
-                };
-                *kinds.entry(m.node).or_default() |= 1 << kind;
-            }
-        }
-        kinds
-    }
 }
 
 impl Placer for GpuClustering {
@@ -190,13 +174,13 @@ impl Placer for GpuClustering {
     }
 
     fn place(&mut self, cluster: &ClusterState, demand: &Demand) -> Option<Placement> {
-        let kinds = if affinity(&demand.gpu).is_some() { Self::kinds(cluster) } else { FxHashMap::default() };
         place_by_score(cluster, demand, &mut self.rng, &mut self.ties, |cluster, node, demand| {
             let Some(kind) = affinity(&demand.gpu) else { return 0 };
             let left = i64::from(gpu_total(cluster.gpu_free_milli(node)));
             let packed = 25 * (MAX_SPEC_GPU_MILLI as i64 - left) / MAX_SPEC_GPU_MILLI as i64;
-            let on_node = kinds.get(&node).copied().unwrap_or(0);
-            let band = if on_node & (1 << kind.min(31)) != 0 {
+            // Kinds running on the node (bit 0: shares, bit k: k whole GPUs).
+            let on_node = cluster.member_kinds(node);
+            let band = if on_node & (1 << kind.min(MEMBER_KINDS as u32 - 1)) != 0 {
                 if on_node.count_ones() == 1 { 75 } else { 50 }
             } else if on_node == 0 {
                 25
@@ -311,8 +295,13 @@ pub(crate) struct FragCache {
 impl FragCache {
     /// Rebuilds the meter if `typical` changed since the last call.
     pub(crate) fn sync(&mut self, typical: &TypicalPods, cluster: &ClusterState) {
+        self.sync_with(typical, cluster, DEFAULT_POPULARITY);
+    }
+
+    /// [`FragCache::sync`] keeping the most frequent shapes that cover `popularity` of requests.
+    pub(crate) fn sync_with(&mut self, typical: &TypicalPods, cluster: &ClusterState, popularity: f64) {
         if self.version != Some(typical.version()) {
-            self.meter = FragMeter::new(&typical.distribution(DEFAULT_POPULARITY), cluster.fleet());
+            self.meter = FragMeter::new(&typical.distribution(popularity), cluster.fleet());
             self.memo.clear();
             self.version = Some(typical.version());
         }
