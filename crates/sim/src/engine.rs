@@ -169,6 +169,7 @@ pub fn simulate(
         guard.as_ref().map_or_else(|| vec![1.0; fleet.sites.len()], |g| g.site_caps().to_vec())
     };
     let mut caps = caps_of(&guard);
+    let mut caps_epoch = guard.as_ref().map_or(0, |g| g.caps_epoch());
     let site_caps_w: Option<Vec<f64>> = power.and_then(|p| p.cap_watts.clone());
     let mut site_w: Vec<f64> = Vec::new();
     let mut energy_series: Vec<(f64, f64)> = Vec::new();
@@ -307,7 +308,8 @@ pub fn simulate(
                     state.lost_gpu_s += workloads[job.0 as usize].gpu.total_gpus() * delay.as_secs_f64();
                     state.accrued_ms = 0;
                     state.seg_start = now + delay;
-                    state.rate = meter.as_ref().map_or(1.0, |m| m.rate(&placement, &new_caps));
+                    let cap = guard.as_ref().map_or(1.0, |g| g.job_cap(job));
+                    state.rate = meter.as_ref().map_or(1.0, |m| m.rate(&placement, cap));
                     match workloads[job.0 as usize].duration {
                         Some(d) => {
                             let rest = d.as_millis().saturating_sub(state.progress.as_millis());
@@ -371,10 +373,13 @@ pub fn simulate(
             queue.push(q);
         }
         if let Some(m) = &meter {
-            if new_caps != caps {
+            let epoch = guard.as_ref().map_or(0, |g| g.caps_epoch());
+            if epoch != caps_epoch {
+                caps_epoch = epoch;
                 // Caps moved: every running job's completion moves with its new throughput.
+                let cap_of = |id: WorkloadId| guard.as_ref().map_or(1.0, |g| g.job_cap(id));
                 let running: Vec<(WorkloadId, f64)> =
-                    cluster.allocations().map(|(id, p)| (*id, m.rate(p, &new_caps))).collect();
+                    cluster.allocations().map(|(id, p)| (*id, m.rate(p, cap_of(*id)))).collect();
                 for (id, rate) in running {
                     let Some(state) = jobs.get_mut(id.0 as usize) else { continue };
                     if !state.running || rate == state.rate {
@@ -395,13 +400,14 @@ pub fn simulate(
                 }
             }
             caps = new_caps;
+            let cap_of = |id: WorkloadId| guard.as_ref().map_or(1.0, |g| g.job_cap(id));
             site_w = m
-                .site_dc(&cluster, &caps)
+                .site_dc(&cluster, &cap_of)
                 .iter()
                 .enumerate()
                 .map(|(s, dc)| dc * power.map_or(1.0, |p| p.model.site_wall_factor(model::SiteId(s as u32))))
                 .collect();
-            let eq = m.equivalent_allocation(&m.site_dc(&cluster, &caps));
+            let eq = m.equivalent_allocation(&m.site_dc(&cluster, &cap_of));
             match energy_series.last_mut() {
                 Some(p) if p.0 == at(now) => p.1 = eq,
                 _ => energy_series.push((at(now), eq)),

@@ -155,13 +155,13 @@ impl Meter {
         n.busy_per_gpu - cut
     }
 
-    /// DC IT power per site.
-    pub(crate) fn site_dc(&self, cluster: &ClusterState, caps: &[f64]) -> Vec<f64> {
+    /// DC IT power per site, each job's GPUs at `cap_of(job)`.
+    pub(crate) fn site_dc(&self, cluster: &ClusterState, cap_of: &dyn Fn(model::WorkloadId) -> f64) -> Vec<f64> {
         let mut dc = self.site_idle_dc.clone();
-        for (_, p) in cluster.allocations() {
+        for (id, p) in cluster.allocations() {
+            let cap = cap_of(*id);
             for m in &p.members {
                 let Some(n) = self.nodes.get(m.node.index()) else { continue };
-                let cap = caps.get(n.site).copied().unwrap_or(1.0);
                 let gpus = m.gpus.iter().map(|g| f64::from(g.milli)).sum::<f64>() / 1000.0;
                 dc[n.site] += gpus * self.gpu_dc(n, cap);
             }
@@ -178,14 +178,14 @@ impl Meter {
         ((dc.iter().sum::<f64>() - self.fleet_idle_dc) / self.site_busy_span_dc).clamp(0.0, 1.0)
     }
 
-    /// Throughput (1 = uncapped) of a job on `placement` under the sites' caps: its slowest member.
-    pub(crate) fn rate(&self, placement: &Placement, caps: &[f64]) -> f64 {
+    /// Throughput (1 = uncapped) of a job on `placement` with its GPUs at `cap`: its slowest member.
+    pub(crate) fn rate(&self, placement: &Placement, cap: f64) -> f64 {
         placement
             .members
             .iter()
             .filter_map(|m| self.nodes.get(m.node.index()))
             .filter(|n| n.board > 0.0)
-            .map(|n| throughput_at_cap(&n.profile, caps.get(n.site).copied().unwrap_or(1.0), n.profile.busy_fraction))
+            .map(|n| throughput_at_cap(&n.profile, cap, n.profile.busy_fraction))
             .fold(1.0, f64::min)
     }
 }
