@@ -471,33 +471,54 @@ impl Store {
         .bind(now_ms)
         .fetch_optional(&mut *tx)
         .await?;
-        let (id, created) = match row {
-            Some(r) => {
-                let id: i64 = r.try_get(0)?;
-                sqlx::query(
-                    "INSERT INTO job_events (job_id, tenant_id, state, at_ms, message) VALUES ($1, $2, 'pending', $3, NULL)",
-                )
-                .bind(id)
-                .bind(job.tenant_id)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-                (id, true)
-            }
-            None => {
-                let r = sqlx::query("SELECT id FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2")
-                    .bind(job.tenant_id)
-                    .bind(job.idempotency_key.as_deref())
-                    .fetch_one(&mut *tx)
-                    .await?;
-                (r.try_get(0)?, false)
-            }
-        };
-        let r =
-            sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1")).bind(id).fetch_one(&mut *tx).await?;
+        if let Some(r) = row {
+            let id: i64 = r.try_get(0)?;
+            sqlx::query(
+                "INSERT INTO job_events (job_id, tenant_id, state, at_ms, message) VALUES ($1, $2, 'pending', $3, NULL)",
+            )
+            .bind(id)
+            .bind(job.tenant_id)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            // Exactly what was inserted: no need to read it back.
+            let stored = Job {
+                id,
+                tenant_id: job.tenant_id,
+                name: job.name.clone(),
+                command: job.command.clone(),
+                args_json: job.args_json.clone(),
+                env_json: job.env_json.clone(),
+                gpus_per_node: job.gpus_per_node,
+                nodes: job.nodes,
+                gpu_model: job.gpu_model.clone(),
+                priority: job.priority,
+                deferrable: job.deferrable,
+                max_runtime_s: job.max_runtime_s,
+                restart_policy: job.restart_policy.clone(),
+                max_restarts: job.max_restarts,
+                idempotency_key: job.idempotency_key.clone(),
+                request_hash: job.request_hash.clone(),
+                state: JobState::Pending,
+                attempts: 0,
+                placement_json: None,
+                exit_code: None,
+                message: None,
+                submitted_ms: now_ms,
+                started_ms: None,
+                finished_ms: None,
+            };
+            return Ok(Inserted { job: stored, created: true });
+        }
+        let r = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2"))
+            .bind(job.tenant_id)
+            .bind(job.idempotency_key.as_deref())
+            .fetch_one(&mut *tx)
+            .await?;
         let stored = Self::job_of(&r)?;
         tx.commit().await?;
-        Ok(Inserted { job: stored, created })
+        Ok(Inserted { job: stored, created: false })
     }
 
     /// A tenant's job; `None` if it does not exist or belongs to another tenant.
