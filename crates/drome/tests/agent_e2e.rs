@@ -138,16 +138,30 @@ fn gone(pid: i32) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_run_gangs_cancel_survive_and_never_double_run() {
+async fn agents_run_gangs_cancel_survive_and_never_double_run_sqlite() {
     let dir: PathBuf = std::env::temp_dir().join(format!("drome-agent-e2e-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).unwrap();
+    let db = format!("sqlite://{}", dir.join("drome.db").display());
+    end_to_end(&dir, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_run_gangs_cancel_survive_and_never_double_run_postgres() {
+    let pg = store::testing::TempPostgres::create().await.expect("PostgreSQL is required for this test");
+    let dir: PathBuf = std::env::temp_dir().join(format!("drome-agent-e2e-pg-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    end_to_end(&dir, &pg.url).await;
+    pg.drop_database().await.unwrap();
+}
+
+async fn end_to_end(dir: &Path, db: &str) {
+    let dir = dir.to_path_buf();
     let marks = dir.join("marks");
     std::fs::create_dir_all(&marks).unwrap();
-    let db = format!("sqlite://{}", dir.join("drome.db").display());
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let mut procs = Procs(vec![server(&db, port, &dir)]);
+    let mut procs = Procs(vec![server(db, port, &dir)]);
     let mut api = Api { http: http.clone(), base: base.clone(), token: String::new() };
     api.wait_healthy().await;
     let t: Value = http
@@ -320,7 +334,7 @@ async fn agents_run_gangs_cancel_survive_and_never_double_run() {
     procs.0[0].kill().unwrap();
     let _ = procs.0[0].wait();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    procs.0[0] = server(&db, port, &dir);
+    procs.0[0] = server(db, port, &dir);
     api.wait_healthy().await;
     for id in &ids {
         let v = api.wait_state(*id, &["succeeded", "failed", "cancelled"], Duration::from_secs(30)).await;
