@@ -103,7 +103,7 @@ pub fn cancel_job() {}
         ("member" = Option<u32>, Query, description = "Gang member (rank), default 0"),
         ("stream" = Option<String>, Query, description = "`stdout` (default) or `stderr`"),
         ("offset" = Option<u64>, Query, description = "Byte offset to read from, default 0"),
-        ("limit" = Option<u64>, Query, description = "At most this many bytes (default and most 1 MiB)"),
+        ("limit" = Option<u64>, Query, description = "At most this many bytes (default and most 256 KiB)"),
     ),
     responses(
         (status = 200, description = "The output from the offset", body = JobLogs),

@@ -219,6 +219,14 @@ async fn end_to_end(dir: &Path, db: &str) {
         api.submit(json!({"command": "sh", "args": sh("echo one; sleep 1; echo two"), "gpus_per_node": 1})).await;
     api.wait_state(slow, &["running"], Duration::from_secs(10)).await;
     assert_eq!(drome_logs(&base, &api.token, slow, &["--follow"]), "one\ntwo\n");
+    // Output larger than one piece comes back whole.
+    let big = api
+        .submit(json!({"command": "sh", "args": sh("head -c 600000 /dev/zero | tr '\\0' x"), "gpus_per_node": 1}))
+        .await;
+    api.wait_state(big, &["succeeded"], Duration::from_secs(15)).await;
+    let out = drome_logs(&base, &api.token, big, &["--follow"]);
+    assert_eq!(out.len(), 600_000);
+    assert!(out.bytes().all(|b| b == b'x'));
     let r = http.get(format!("{base}/v1/jobs/{slow}/logs?member=5")).bearer_auth(&api.token).send().await.unwrap();
     assert_eq!(r.status(), 404, "no member 5");
 

@@ -128,7 +128,7 @@ pub(crate) async fn logs(
     NodeCaller(node): NodeCaller,
     ApiJson(chunk): ApiJson<api::LogChunk>,
 ) -> Result<StatusCode, ApiError> {
-    if chunk.data.len() > MAX_LOG_CHUNK as usize * 4 {
+    if chunk.data.len() > MAX_LOG_CHUNK as usize * 3 {
         return Err(ApiError::invalid("data", "larger than any log request asks for"));
     }
     remote(&st)?.log_answer(&node, chunk);
@@ -136,7 +136,9 @@ pub(crate) async fn logs(
 }
 
 /// The most bytes of output one `GET /v1/jobs/{id}/logs` returns.
-pub(crate) const MAX_LOG_CHUNK: u64 = 1 << 20;
+pub(crate) const MAX_LOG_CHUNK: u64 = 256 * 1024;
+/// The body limit of a node's answer: the chunk with every byte escaped (`\u001b`).
+pub(crate) const MAX_LOG_BODY: usize = MAX_LOG_CHUNK as usize * 6 + 4096;
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -40,7 +40,11 @@ pub fn router(state: AppState) -> Router {
         .route("/join-tokens", post(crate::agent_routes::create_join_token))
         .route("/agent/join", post(crate::agent_routes::join))
         .route("/agent/heartbeat", post(crate::agent_routes::heartbeat))
-        .route("/agent/logs", post(crate::agent_routes::logs))
+        // A piece of output, escaped as JSON, may exceed the general body limit.
+        .route(
+            "/agent/logs",
+            post(crate::agent_routes::logs).layer(DefaultBodyLimit::max(crate::agent_routes::MAX_LOG_BODY)),
+        )
         .route("/jobs/{id}/logs", get(crate::agent_routes::job_logs));
     Router::new()
         .nest("/v1", v1)
