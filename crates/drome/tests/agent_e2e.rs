@@ -239,6 +239,18 @@ async fn end_to_end(dir: &Path, db: &str) {
         .await
         .unwrap();
     assert_eq!(r.status(), 403, "a tenant sets no caps");
+    for (site, watts, status) in
+        [("lab-oil", json!(-5.0), 422), ("lab-oil", json!("300"), 422), ("nowhere", json!(300.0), 404)]
+    {
+        let r = http
+            .put(format!("{base}/v1/sites/{site}/gpu-power-cap"))
+            .bearer_auth(ADMIN)
+            .json(&json!({"gpu_power_cap_watts": watts}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{site} {watts}");
+    }
     let r = http
         .put(format!("{base}/v1/sites/lab-oil/gpu-power-cap"))
         .bearer_auth(ADMIN)

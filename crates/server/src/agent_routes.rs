@@ -92,7 +92,18 @@ pub(crate) async fn heartbeat(
     let wait = Duration::from_millis(hb.wait_ms).min(remote.config.heartbeat);
     let deadline = Instant::now() + wait;
     let mut first = true;
+    let (beat, notify) = remote.begin_beat(&node);
     loop {
+        if !first && remote.superseded(&node, beat) {
+            return Ok(Json(api::HeartbeatReply {
+                lease_ms: remote.config.lease.as_millis() as u64,
+                ..Default::default()
+            }));
+        }
+        // Registered before looking, so that a change made in between still wakes this call.
+        let changed = notify.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
         let plan = remote.beat(&node, &hb, first);
         if first && !hb.exited.is_empty() {
             st.wake.notify_one();
@@ -119,7 +130,7 @@ pub(crate) async fn heartbeat(
                 logs: plan.logs,
             }));
         }
-        let _ = tokio::time::timeout(deadline - now, plan.notify.notified()).await;
+        let _ = tokio::time::timeout(deadline - now, changed).await;
     }
 }
 

@@ -38,7 +38,11 @@ struct Slot {
     assigned: HashMap<(i64, u32), Assigned>,
     /// Exits reported before their run was registered here (after a server restart).
     early_exits: HashMap<RunKey, i32>,
+    /// Wakes every heartbeat of the node held waiting (an abandoned one as well as the live
+    /// one: a single wake-up taken by a call whose agent has gone would be lost).
     notify: Arc<Notify>,
+    /// Heartbeats received; a held call that a newer one superseded ends at once.
+    beats: u64,
     power_watts: Option<f64>,
     /// The GPU power cap the node is asked to apply, and the one it reports applying.
     asked_cap: Option<f64>,
@@ -80,7 +84,6 @@ pub(crate) struct BeatPlan {
     /// The GPU power cap to ask for, and whether the node applies another one.
     pub cap: Option<f64>,
     pub cap_stale: bool,
-    pub notify: Arc<Notify>,
 }
 
 impl RemoteNodes {
@@ -106,6 +109,21 @@ impl RemoteNodes {
 
     pub fn node_of(&self, credential_hash: &str) -> Option<String> {
         self.lock().credentials.get(credential_hash).cloned()
+    }
+
+    /// A heartbeat arrives: its number, and what wakes the node's held heartbeats when its work
+    /// changes.
+    pub(crate) fn begin_beat(&self, node: &str) -> (u64, Arc<Notify>) {
+        let mut inner = self.lock();
+        let slot = inner.slots.entry(node.to_string()).or_default();
+        slot.beats += 1;
+        (slot.beats, slot.notify.clone())
+    }
+
+    /// Whether a newer heartbeat of the node came after heartbeat `beat` (whose agent, then,
+    /// no longer waits for its answer).
+    pub(crate) fn superseded(&self, node: &str, beat: u64) -> bool {
+        self.lock().slots.get(node).is_some_and(|s| s.beats != beat)
     }
 
     /// Takes a heartbeat: renews the lease, records exits, and plans the answer.
@@ -158,7 +176,7 @@ impl RemoteNodes {
             }
         }
         let cap_stale = slot.asked_cap != hb.gpu_power_cap_watts;
-        BeatPlan { assign, unknown, kill, logs, cap: slot.asked_cap, cap_stale, notify: slot.notify.clone() }
+        BeatPlan { assign, unknown, kill, logs, cap: slot.asked_cap, cap_stale }
     }
 
     /// Nodes whose lease has run out; their runs end as lost. Returns the nodes just lost.
@@ -218,7 +236,7 @@ impl RemoteNodes {
         for n in nodes {
             let slot = inner.slots.entry(n.clone()).or_default();
             slot.asked_cap = cap;
-            slot.notify.notify_one();
+            slot.notify.notify_waiters();
         }
     }
 
@@ -242,7 +260,7 @@ impl RemoteNodes {
                 return Err(format!("node {node} has no live agent"));
             };
             slot.log_requests.push((api::LogRequest { id, run, stream, offset, limit }, None));
-            slot.notify.notify_one();
+            slot.notify.notify_waiters();
             inner.log_waiters.insert(id, (node.to_string(), tx));
             id
         };
@@ -290,7 +308,7 @@ impl Drop for Guard {
             && slot.assigned.get(&(self.run.job_id, self.run.member)).is_some_and(|a| a.assignment.run == self.run)
         {
             slot.assigned.remove(&(self.run.job_id, self.run.member));
-            slot.notify.notify_one();
+            slot.notify.notify_waiters();
         }
     }
 }
@@ -324,7 +342,7 @@ impl NodeExecutor for RemoteNodes {
                 Some(RunOutcome::Exited { code })
             } else {
                 slot.assigned.insert((run.job_id, run.member), Assigned { assignment, done: Some(tx) });
-                slot.notify.notify_one();
+                slot.notify.notify_waiters();
                 None
             }
         };
