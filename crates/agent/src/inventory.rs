@@ -91,14 +91,20 @@ pub fn probe() -> Result<Vec<GpuInfo>, ProbeError> {
     Ok(gpus)
 }
 
-/// Sets every GPU's power limit (watts) through NVML; needs root.
-pub fn set_power_limit(watts: f64) -> Result<(), ProbeError> {
+/// Sets every GPU's power limit (watts, within what the board accepts) through NVML, or back
+/// to the board's default with `None`; needs root.
+pub fn set_power_limit(watts: Option<f64>) -> Result<(), ProbeError> {
     let nvml = nvml()?;
     let count = nvml.device_count().map_err(nvml_err)?;
     for i in 0..count {
         let mut d = nvml.device_by_index(i).map_err(nvml_err)?;
-        let c = d.power_management_limit_constraints().map_err(nvml_err)?;
-        let mw = ((watts * 1000.0) as u32).clamp(c.min_limit, c.max_limit);
+        let mw = match watts {
+            Some(w) => {
+                let c = d.power_management_limit_constraints().map_err(nvml_err)?;
+                ((w * 1000.0) as u32).clamp(c.min_limit, c.max_limit)
+            }
+            None => d.power_management_limit_default().map_err(nvml_err)?,
+        };
         d.set_power_management_limit(mw).map_err(nvml_err)?;
     }
     Ok(())

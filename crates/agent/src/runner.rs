@@ -1,7 +1,9 @@
 //! One node's agent loop: join, heartbeat, start and kill runs.
 
 use crate::AgentError;
-use api::{AgentJoin, AgentJoined, Assignment, GpuInfo, Heartbeat, HeartbeatReply, RunExit, RunKey};
+use api::{
+    AgentJoin, AgentJoined, Assignment, GpuInfo, Heartbeat, HeartbeatReply, LogChunk, LogRequest, RunExit, RunKey,
+};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -62,6 +64,66 @@ fn signal_group(pgid: i32, sig: Signal) {
     }
 }
 
+/// The GPU draw of a node whose first `busy` GPUs run work, in watts, from the energy model:
+/// an idle GPU draws its idle figure, a busy one its typical draw, at most `cap` (per GPU).
+pub fn estimate_watts(gpus: &[GpuInfo], busy: usize, cap: Option<f64>) -> f64 {
+    gpus.iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let profile = energy::gpu_power::GpuPowerProfile::of(model::GpuModel::from_name(&g.model).family);
+            let board = g.power_limit_watts;
+            let idle = profile.power_watts(board, 0.0);
+            if i < busy { profile.busy_watts(board).min(cap.unwrap_or(f64::INFINITY)).max(idle) } else { idle }
+        })
+        .sum()
+}
+
+/// Reads a piece of a run's output for a [`LogRequest`]: at most `limit` bytes from `offset`,
+/// cut before an incomplete UTF-8 character at the end.
+pub fn read_chunk(path: &std::path::Path, req: &LogRequest) -> LogChunk {
+    use std::io::{Read, Seek, SeekFrom};
+    let fail =
+        |e: String| LogChunk { id: req.id, data: String::new(), next_offset: req.offset, size: 0, error: Some(e) };
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return fail(format!("no output at {}: {e}", path.display())),
+    };
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let offset = req.offset.min(size);
+    let mut buf = Vec::new();
+    let read = file.seek(SeekFrom::Start(offset)).and_then(|_| file.take(req.limit.min(256 * 1024)).read_to_end(&mut buf));
+    if let Err(e) = read {
+        return fail(format!("cannot read {}: {e}", path.display()));
+    }
+    // An incomplete character at the end waits for the next read.
+    let keep = match std::str::from_utf8(&buf) {
+        Ok(_) => buf.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => buf.len(),
+    };
+    buf.truncate(keep);
+    let data = String::from_utf8_lossy(&buf).into_owned();
+    LogChunk { id: req.id, data, next_offset: offset + keep as u64, size, error: None }
+}
+
+/// Kills (SIGKILL) every run recorded under a node's work directory, as an agent stops or
+/// starts: a run never outlives the agent that watches it. Returns how many it found.
+pub fn kill_runs(work_dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(work_dir.join("runs")) else { return 0 };
+    let mut killed = 0;
+    for e in entries.flatten() {
+        let pidfile = e.path().join("pgid");
+        if let Ok(text) = std::fs::read_to_string(&pidfile) {
+            if let Ok(pgid) = text.trim().parse::<i32>() {
+                signal_group(pgid, Signal::SIGKILL);
+                killed += 1;
+            }
+            let _ = std::fs::remove_file(&pidfile);
+        }
+    }
+    killed
+}
+
 impl NodeAgent {
     pub fn new(cfg: NodeConfig) -> Result<NodeAgent, AgentError> {
         std::fs::create_dir_all(cfg.work_dir.join("runs")).map_err(io(&cfg.work_dir))?;
@@ -87,17 +149,9 @@ impl NodeAgent {
 
     /// Kills process groups an earlier agent of this node left (it was killed itself).
     fn reap_leftovers(&self) {
-        let dir = self.cfg.work_dir.join("runs");
-        let Ok(entries) = std::fs::read_dir(&dir) else { return };
-        for e in entries.flatten() {
-            let pidfile = e.path().join("pgid");
-            if let Ok(text) = std::fs::read_to_string(&pidfile) {
-                if let Ok(pgid) = text.trim().parse::<i32>() {
-                    tracing::info!(node = %self.cfg.name, pgid, "killing a run left by an earlier agent");
-                    signal_group(pgid, Signal::SIGKILL);
-                }
-                let _ = std::fs::remove_file(&pidfile);
-            }
+        let killed = kill_runs(&self.cfg.work_dir);
+        if killed > 0 {
+            tracing::info!(node = %self.cfg.name, runs = killed, "killed runs left by an earlier agent");
         }
     }
 
@@ -123,15 +177,12 @@ impl NodeAgent {
         Ok(joined.credential)
     }
 
-    /// An estimate of the node's draw when NVML cannot measure it: idle GPUs at a tenth of their
-    /// limit, busy ones at 85% of their limit or cap.
+    /// An estimate of the node's draw when NVML cannot measure it: the energy model's figures
+    /// for the GPU model, idle GPUs at their idle draw and busy ones at their typical draw, held
+    /// under the power cap.
     fn power_estimate(&self) -> f64 {
         let busy: usize = self.live.values().map(|l| l.gpus).sum();
-        let n = self.cfg.gpus.len().max(1);
-        let limit = self.cfg.gpus.first().map(|g| g.power_limit_watts).unwrap_or(0.0);
-        let busy_w = self.power_cap.map(|c| c.min(limit)).unwrap_or(limit) * 0.85;
-        let busy = busy.min(n) as f64;
-        busy * busy_w + (n as f64 - busy) * limit * 0.1
+        estimate_watts(&self.cfg.gpus, busy, self.power_cap)
     }
 
     fn power(&self) -> f64 {
@@ -155,7 +206,7 @@ impl NodeAgent {
                 self.seen.remove(&old);
             }
         }
-        let dir = self.cfg.work_dir.join("runs").join(format!("{}-{}-{}", key.job_id, key.generation, key.member));
+        let dir = self.run_dir(&key);
         let tx = self.exit_tx.clone();
         let spawned = (|| -> std::io::Result<tokio::process::Child> {
             std::fs::create_dir_all(&dir)?;
@@ -216,19 +267,37 @@ impl NodeAgent {
         });
     }
 
+    fn run_dir(&self, key: &RunKey) -> PathBuf {
+        self.cfg.work_dir.join("runs").join(format!("{}-{}-{}", key.job_id, key.generation, key.member))
+    }
+
+    /// Answers a log request from the run's output file, in a task of its own.
+    fn send_log(&self, credential: &str, req: LogRequest) {
+        let path = self.run_dir(&req.run).join(req.stream.as_str());
+        let (http, url, credential) =
+            (self.http.clone(), format!("{}/v1/agent/logs", self.cfg.server), credential.to_string());
+        tokio::spawn(async move {
+            let chunk = read_chunk(&path, &req);
+            if let Err(e) = http.post(url).bearer_auth(credential).json(&chunk).send().await {
+                tracing::warn!(job = req.run.job_id, error = %e, "cannot send run output");
+            }
+        });
+    }
+
+    /// Applies the GPU power cap the server asks for: through NVML on real GPUs (where the agent
+    /// has the right), recorded for declared ones (the draw estimate follows it).
     fn apply_cap(&mut self, cap: Option<f64>) {
         if cap == self.power_cap {
             return;
         }
         self.power_cap = cap;
-        if let Some(w) = cap {
-            if self.cfg.use_nvml
-                && let Err(e) = crate::inventory::set_power_limit(w)
-            {
-                tracing::warn!(node = %self.cfg.name, watts = w, error = %e, "cannot apply the power cap");
-            }
-            tracing::info!(node = %self.cfg.name, watts = w, "gpu power cap set");
+        if self.cfg.use_nvml
+            && let Err(e) = crate::inventory::set_power_limit(cap)
+        {
+            tracing::warn!(node = %self.cfg.name, watts = ?cap, error = %e, "cannot apply the power cap; recorded only");
+            return;
         }
+        tracing::info!(node = %self.cfg.name, watts = ?cap, "gpu power cap set");
     }
 
     /// Joins (unless it holds a credential) and heartbeats until the process ends.
@@ -256,6 +325,7 @@ impl NodeAgent {
                 running: self.live.keys().copied().collect(),
                 exited: self.exited.clone(),
                 power_watts: Some(self.power()),
+                gpu_power_cap_watts: self.power_cap,
                 wait_ms: if self.exited.is_empty() { self.heartbeat.as_millis() as u64 } else { 0 },
             };
             let sent_exits = beat.exited.len();
@@ -308,6 +378,54 @@ impl NodeAgent {
                 self.start(a);
             }
             self.apply_cap(reply.gpu_power_cap_watts);
+            for req in reply.logs {
+                self.send_log(&credential, req);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_estimate_follows_busy_gpus_and_the_cap() {
+        let gpus = crate::inventory::virtual_gpus(8, "H200");
+        let idle = estimate_watts(&gpus, 0, None);
+        let busy = estimate_watts(&gpus, 8, None);
+        // H200: ~75 W idle, 80% of its 700 W limit busy.
+        assert!((idle - 8.0 * 75.0).abs() < 1.0, "{idle}");
+        assert!((busy - 8.0 * 560.0).abs() < 1.0, "{busy}");
+        let half = estimate_watts(&gpus, 4, None);
+        assert!((half - (idle + busy) / 2.0).abs() < 1.0, "{half}");
+        let capped = estimate_watts(&gpus, 8, Some(300.0));
+        assert!((capped - 8.0 * 300.0).abs() < 1e-9, "{capped}");
+        // A cap under the idle draw does not make an idle GPU draw less.
+        assert_eq!(estimate_watts(&gpus, 0, Some(10.0)), idle);
+    }
+
+    #[test]
+    fn chunks_of_output_stop_before_a_cut_character() {
+        let dir = std::env::temp_dir().join(format!("drome-agent-chunk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stdout");
+        std::fs::write(&path, "ab\u{e9}cd").unwrap(); // é is 2 bytes: offsets 2 and 3
+        let req = |offset, limit| LogRequest {
+            id: 7,
+            run: RunKey { job_id: 1, member: 0, generation: 1 },
+            stream: api::LogStream::Stdout,
+            offset,
+            limit,
+        };
+        let c = read_chunk(&path, &req(0, 3));
+        assert_eq!((c.data.as_str(), c.next_offset, c.size, c.id), ("ab", 2, 6, 7));
+        let c = read_chunk(&path, &req(2, 100));
+        assert_eq!((c.data.as_str(), c.next_offset), ("\u{e9}cd", 6));
+        let c = read_chunk(&path, &req(60, 100));
+        assert_eq!((c.data.as_str(), c.next_offset), ("", 6));
+        let missing = read_chunk(&dir.join("nope"), &req(0, 10));
+        assert!(missing.error.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -250,7 +250,7 @@ pub struct Quota {
 }
 
 /// A node of the fleet.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Node {
     pub name: String,
     pub site: String,
@@ -261,6 +261,12 @@ pub struct Node {
     pub gpus: u32,
     pub gpus_free: u32,
     pub gpus_used: u32,
+    /// Power draw its agent last reported, in watts (absent without an agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_watts: Option<f64>,
+    /// The GPU power cap its agent applies, watts per GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_power_cap_watts: Option<f64>,
 }
 
 /// A site of the fleet.
@@ -272,12 +278,27 @@ pub struct Site {
     pub gpus: u64,
     pub gpus_free: u64,
     pub gpus_used: u64,
-    /// Board power of the GPUs in use, in watts: the load the site's cap is measured against.
+    /// GPU power draw, in watts: the load the site's cap is measured against. Live where the
+    /// nodes' agents report it (`power_reporting_nodes`), else the board power of the GPUs in use.
     pub power_watts: f64,
+    /// Nodes whose draw in `power_watts` is their agent's report.
+    #[serde(default)]
+    pub power_reporting_nodes: u32,
+    /// The GPU power cap the site's nodes are asked to apply, watts per GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_power_cap_watts: Option<f64>,
     /// Board power of every GPU of the site, in watts.
     pub power_nameplate_watts: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_cap_watts: Option<f64>,
+}
+
+/// `PUT /v1/sites/{name}/gpu-power-cap`: the power cap every GPU of the site is to run under.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpuPowerCap {
+    /// Watts per GPU; `null` lifts the cap.
+    pub gpu_power_cap_watts: Option<f64>,
 }
 
 /// One event of `GET /v1/events`: a job of the tenant changed state.
@@ -367,6 +388,9 @@ pub struct Heartbeat {
     /// The node's power draw, in watts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_watts: Option<f64>,
+    /// The GPU power cap the node applies, watts per GPU, as the server last asked for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_power_cap_watts: Option<f64>,
     /// How long the server may hold the call waiting for work, in milliseconds.
     #[serde(default)]
     pub wait_ms: u64,
@@ -400,6 +424,78 @@ pub struct HeartbeatReply {
     /// GPU power cap the scheduler asks for, in watts per GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_power_cap_watts: Option<f64>,
+    /// Pieces of run output a tenant asked for: the node answers each with
+    /// `POST /v1/agent/logs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<LogRequest>,
+}
+
+/// Which output of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    #[default]
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// The server asks a node for a piece of a run's output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogRequest {
+    /// Echoed in the answer.
+    pub id: u64,
+    pub run: RunKey,
+    pub stream: LogStream,
+    /// Byte offset in the output file.
+    pub offset: u64,
+    /// The most bytes to send.
+    pub limit: u64,
+}
+
+/// `POST /v1/agent/logs`: a node's answer to a [`LogRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogChunk {
+    pub id: u64,
+    /// The bytes from the offset, as UTF-8 (cut before an incomplete character at the end;
+    /// invalid bytes become U+FFFD).
+    #[serde(default)]
+    pub data: String,
+    /// Where the next read starts: the offset plus the bytes sent.
+    pub next_offset: u64,
+    /// The file's size when read.
+    pub size: u64,
+    /// Why the node could not read the output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /v1/jobs/{id}/logs`: a piece of one gang member's output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobLogs {
+    pub job_id: i64,
+    pub member: u32,
+    /// The run the output belongs to (the job's start count).
+    pub generation: i64,
+    pub node: String,
+    pub stream: LogStream,
+    pub offset: u64,
+    pub data: String,
+    /// Pass as `offset` to read on.
+    pub next_offset: u64,
+    /// The output's size so far, in bytes.
+    pub size: u64,
+    /// The job has ended: nothing is written after `size`.
+    pub complete: bool,
 }
 
 /// Every error the API returns.
@@ -440,17 +536,21 @@ pub struct Health {
         paths::list_jobs,
         paths::get_job,
         paths::cancel_job,
+        paths::job_logs,
         paths::list_nodes,
         paths::list_sites,
+        paths::set_gpu_power_cap,
         paths::events,
         paths::create_join_token,
         paths::agent_join,
         paths::agent_heartbeat,
+        paths::agent_logs,
     ),
     components(schemas(
         JobState, RestartPolicy, JobSpec, PlacedMember, StateChange, Job, JobList, NewTenant, Tenant,
         TenantCreated, QuotaUpdate, Quota, Node, Site, Event, ErrorBody, ErrorDetail, Health,
-        GpuInfo, JoinToken, AgentJoin, AgentJoined, RunKey, RunExit, Heartbeat, Assignment, HeartbeatReply
+        GpuInfo, JoinToken, AgentJoin, AgentJoined, RunKey, RunExit, Heartbeat, Assignment, HeartbeatReply,
+        LogStream, LogRequest, LogChunk, JobLogs, GpuPowerCap
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

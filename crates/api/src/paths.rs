@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use crate::{
-    AgentJoin, AgentJoined, ErrorBody, Event, Health, Heartbeat, HeartbeatReply, Job, JobList, JobSpec, JoinToken,
-    NewTenant, Node, Quota, QuotaUpdate, Site, Tenant, TenantCreated,
+    AgentJoin, AgentJoined, ErrorBody, Event, GpuPowerCap, Health, Heartbeat, HeartbeatReply, Job, JobList, JobLogs,
+    JobSpec, JoinToken, LogChunk, NewTenant, Node, Quota, QuotaUpdate, Site, Tenant, TenantCreated,
 };
 
 /// Liveness and database reachability.
@@ -95,6 +95,24 @@ pub fn get_job() {}
     ))]
 pub fn cancel_job() {}
 
+/// A piece of one gang member's stdout or stderr, fetched from the node that ran it. Read on
+/// from `next_offset`; `complete` says the job has ended and nothing more will come.
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs", tag = "jobs",
+    params(
+        ("id" = i64, Path, description = "Job id"),
+        ("member" = Option<u32>, Query, description = "Gang member (rank), default 0"),
+        ("stream" = Option<String>, Query, description = "`stdout` (default) or `stderr`"),
+        ("offset" = Option<u64>, Query, description = "Byte offset to read from, default 0"),
+        ("limit" = Option<u64>, Query, description = "At most this many bytes (default and most 256 KiB)"),
+    ),
+    responses(
+        (status = 200, description = "The output from the offset", body = JobLogs),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 404, description = "No such job or member, or the job has not been placed", body = ErrorBody),
+        (status = 503, description = "The node that ran it does not answer", body = ErrorBody),
+    ))]
+pub fn job_logs() {}
+
 /// The fleet's nodes and their free GPUs.
 #[utoipa::path(get, path = "/v1/nodes", tag = "fleet", responses(
     (status = 200, description = "Nodes", body = Vec<Node>),
@@ -108,6 +126,19 @@ pub fn list_nodes() {}
     (status = 401, description = "Missing or bad token", body = ErrorBody),
 ))]
 pub fn list_sites() {}
+
+/// Sets the power cap of every GPU of a site (admin only). The nodes' agents apply it (NVML
+/// where they may, recorded on declared GPUs) and report it back with their draw.
+#[utoipa::path(put, path = "/v1/sites/{name}/gpu-power-cap", tag = "fleet", request_body = GpuPowerCap,
+    params(("name" = String, Path, description = "Site name")),
+    responses(
+        (status = 200, description = "The site with its new cap", body = Site),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Not the admin token", body = ErrorBody),
+        (status = 404, description = "No such site, or the server runs no agents", body = ErrorBody),
+        (status = 422, description = "Not a positive number of watts", body = ErrorBody),
+    ))]
+pub fn set_gpu_power_cap() {}
 
 /// Server-sent events: the caller's job state changes, `event: job`, data an `Event`.
 #[utoipa::path(get, path = "/v1/events", tag = "jobs",
@@ -144,3 +175,10 @@ pub fn agent_join() {}
     (status = 401, description = "Not a node credential", body = ErrorBody),
 ))]
 pub fn agent_heartbeat() {}
+
+/// A node's answer to a log request of its heartbeat: a piece of a run's output.
+#[utoipa::path(post, path = "/v1/agent/logs", tag = "agents", request_body = LogChunk, responses(
+    (status = 204, description = "Taken"),
+    (status = 401, description = "Not a node credential", body = ErrorBody),
+))]
+pub fn agent_logs() {}

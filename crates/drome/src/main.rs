@@ -40,6 +40,8 @@ enum Command {
     Jobs(cmd::client::JobsArgs),
     /// Show one job and its state history.
     Job(cmd::client::JobArgs),
+    /// Print a job member's output (stdout, or --stderr); --follow reads on until the job ends.
+    Logs(cmd::client::LogsArgs),
     /// Cancel a job, or release a GPU instance.
     Cancel(cmd::client::JobArgs),
     /// List the fleet's nodes (or --sites) and their free GPUs.
@@ -64,6 +66,7 @@ fn run() -> anyhow::Result<()> {
         Command::Submit(args) => cmd::client::submit(args),
         Command::Jobs(args) => cmd::client::jobs(args),
         Command::Job(args) => cmd::client::job(args),
+        Command::Logs(args) => cmd::client::logs(args),
         Command::Cancel(args) => cmd::client::cancel(args),
         Command::Nodes(args) => cmd::client::nodes(args),
         Command::Tenants(args) => cmd::client::tenants(args),

@@ -106,6 +106,25 @@ impl Api {
     }
 }
 
+/// The fleet's nodes by name.
+async fn nodes(http: &reqwest::Client, base: &str, token: &str) -> serde_json::Map<String, Value> {
+    let v: Value = http.get(format!("{base}/v1/nodes")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+    v.as_array().unwrap().iter().map(|n| (n["name"].as_str().unwrap().to_string(), n.clone())).collect()
+}
+
+/// What `drome logs ID ARGS` prints.
+fn drome_logs(base: &str, token: &str, id: i64, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_drome"))
+        .args(["logs", &id.to_string()])
+        .args(args)
+        .env("DROME_URL", base)
+        .env("DROME_TOKEN", token)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "drome logs {id} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn sh(script: &str) -> Value {
     json!(["-c", script])
 }
@@ -119,16 +138,30 @@ fn gone(pid: i32) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_run_gangs_cancel_survive_and_never_double_run() {
+async fn agents_run_gangs_cancel_survive_and_never_double_run_sqlite() {
     let dir: PathBuf = std::env::temp_dir().join(format!("drome-agent-e2e-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).unwrap();
+    let db = format!("sqlite://{}", dir.join("drome.db").display());
+    end_to_end(&dir, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_run_gangs_cancel_survive_and_never_double_run_postgres() {
+    let pg = store::testing::TempPostgres::create().await.expect("PostgreSQL is required for this test");
+    let dir: PathBuf = std::env::temp_dir().join(format!("drome-agent-e2e-pg-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    end_to_end(&dir, &pg.url).await;
+    pg.drop_database().await.unwrap();
+}
+
+async fn end_to_end(dir: &Path, db: &str) {
+    let dir = dir.to_path_buf();
     let marks = dir.join("marks");
     std::fs::create_dir_all(&marks).unwrap();
-    let db = format!("sqlite://{}", dir.join("drome.db").display());
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let mut procs = Procs(vec![server(&db, port, &dir)]);
+    let mut procs = Procs(vec![server(db, port, &dir)]);
     let mut api = Api { http: http.clone(), base: base.clone(), token: String::new() };
     api.wait_healthy().await;
     let t: Value = http
@@ -174,6 +207,74 @@ async fn agents_run_gangs_cancel_survive_and_never_double_run() {
     let r1 = std::fs::read_to_string(marks.join("gang-rank-1")).unwrap();
     assert_eq!(r0, r1, "both ranks meet at one master");
 
+    // Output comes back through `drome logs`: each stream of each member, and --follow reads
+    // on until the job ends.
+    let script = "echo out-$DROME_RANK; echo err-$DROME_RANK >&2";
+    let logged = api.submit(json!({"command": "sh", "args": sh(script), "gpus_per_node": 1, "nodes": 2})).await;
+    api.wait_state(logged, &["succeeded"], Duration::from_secs(15)).await;
+    assert_eq!(drome_logs(&base, &api.token, logged, &[]), "out-0\n");
+    assert_eq!(drome_logs(&base, &api.token, logged, &["--member", "1"]), "out-1\n");
+    assert_eq!(drome_logs(&base, &api.token, logged, &["--member", "1", "--stderr"]), "err-1\n");
+    let slow =
+        api.submit(json!({"command": "sh", "args": sh("echo one; sleep 1; echo two"), "gpus_per_node": 1})).await;
+    api.wait_state(slow, &["running"], Duration::from_secs(10)).await;
+    assert_eq!(drome_logs(&base, &api.token, slow, &["--follow"]), "one\ntwo\n");
+    // Output larger than one piece comes back whole.
+    let big = api
+        .submit(json!({"command": "sh", "args": sh("head -c 600000 /dev/zero | tr '\\0' x"), "gpus_per_node": 1}))
+        .await;
+    api.wait_state(big, &["succeeded"], Duration::from_secs(15)).await;
+    let out = drome_logs(&base, &api.token, big, &["--follow"]);
+    assert_eq!(out.len(), 600_000);
+    assert!(out.bytes().all(|b| b == b'x'));
+    let r = http.get(format!("{base}/v1/jobs/{slow}/logs?member=5")).bearer_auth(&api.token).send().await.unwrap();
+    assert_eq!(r.status(), 404, "no member 5");
+
+    // A GPU power cap for the site reaches every node's agent, which reports its draw under it.
+    let r = http
+        .put(format!("{base}/v1/sites/lab-oil/gpu-power-cap"))
+        .bearer_auth(&api.token)
+        .json(&json!({"gpu_power_cap_watts": 300.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a tenant sets no caps");
+    for (site, watts, status) in
+        [("lab-oil", json!(-5.0), 422), ("lab-oil", json!("300"), 422), ("nowhere", json!(300.0), 404)]
+    {
+        let r = http
+            .put(format!("{base}/v1/sites/{site}/gpu-power-cap"))
+            .bearer_auth(ADMIN)
+            .json(&json!({"gpu_power_cap_watts": watts}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{site} {watts}");
+    }
+    let r = http
+        .put(format!("{base}/v1/sites/lab-oil/gpu-power-cap"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"gpu_power_cap_watts": 300.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t0 = Instant::now();
+    loop {
+        let nodes = nodes(&http, &base, &api.token).await;
+        let capped = NODES.iter().filter(|n| nodes[**n]["gpu_power_cap_watts"].as_f64() == Some(300.0)).count();
+        if capped == NODES.len() {
+            // Idle H200 boards: about 75 W each.
+            for n in NODES {
+                let w = nodes[n]["power_watts"].as_f64().unwrap();
+                assert!((w - 600.0).abs() < 1.0, "{n} idle at {w} W");
+            }
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "the cap never reached the agents: {nodes:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Cancel kills the whole tree: the shell and its background child.
     let script = format!("sleep 300 & echo $! > {m}/child.pid; wait");
     let tree = api.submit(json!({"command": "sh", "args": sh(&script), "gpus_per_node": 1})).await;
@@ -203,6 +304,24 @@ async fn agents_run_gangs_cancel_survive_and_never_double_run() {
         .await;
     let v = api.wait_state(job, &["running"], Duration::from_secs(10)).await;
     let first = v["placement"][0]["node"].as_str().unwrap().to_string();
+    // Eight busy GPUs held to 300 W each; the site shows the live draw against its cap.
+    let t0 = Instant::now();
+    loop {
+        let w = nodes(&http, &base, &api.token).await[first.as_str()]["power_watts"].as_f64().unwrap();
+        if (w - 2400.0).abs() < 1e-6 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "{first} draws {w} W busy under a 300 W cap");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sites: Value =
+        http.get(format!("{base}/v1/sites")).bearer_auth(&api.token).send().await.unwrap().json().await.unwrap();
+    let site = sites.as_array().unwrap().iter().find(|s| s["name"] == "lab-oil").unwrap();
+    assert_eq!(site["power_reporting_nodes"], 3, "{site}");
+    assert_eq!(site["gpu_power_cap_watts"], 300.0, "{site}");
+    let draw = site["power_watts"].as_f64().unwrap();
+    assert!((draw - (2400.0 + 2.0 * 600.0)).abs() < 1.0, "{site}");
+    assert!(draw < site["power_cap_watts"].as_f64().unwrap(), "{site}");
     let k = NODES.iter().position(|n| *n == first).unwrap();
     procs.0[agents[k]].kill().unwrap();
     let _ = procs.0[agents[k]].wait();
@@ -235,7 +354,7 @@ async fn agents_run_gangs_cancel_survive_and_never_double_run() {
     procs.0[0].kill().unwrap();
     let _ = procs.0[0].wait();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    procs.0[0] = server(&db, port, &dir);
+    procs.0[0] = server(db, port, &dir);
     api.wait_healthy().await;
     for id in &ids {
         let v = api.wait_state(*id, &["succeeded", "failed", "cancelled"], Duration::from_secs(30)).await;

@@ -92,7 +92,18 @@ pub(crate) async fn heartbeat(
     let wait = Duration::from_millis(hb.wait_ms).min(remote.config.heartbeat);
     let deadline = Instant::now() + wait;
     let mut first = true;
+    let (beat, notify) = remote.begin_beat(&node);
     loop {
+        if !first && remote.superseded(&node, beat) {
+            return Ok(Json(api::HeartbeatReply {
+                lease_ms: remote.config.lease.as_millis() as u64,
+                ..Default::default()
+            }));
+        }
+        // Registered before looking, so that a change made in between still wakes this call.
+        let changed = notify.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
         let plan = remote.beat(&node, &hb, first);
         if first && !hb.exited.is_empty() {
             st.wake.notify_one();
@@ -109,15 +120,87 @@ pub(crate) async fn heartbeat(
             }
         }
         let now = Instant::now();
-        if !plan.assign.is_empty() || !kill.is_empty() || now >= deadline {
-            let cap = *remote.gpu_power_cap_watts.lock().unwrap_or_else(|e| e.into_inner());
+        let answer = !plan.assign.is_empty() || !kill.is_empty() || !plan.logs.is_empty() || plan.cap_stale;
+        if answer || now >= deadline {
             return Ok(Json(api::HeartbeatReply {
                 lease_ms: remote.config.lease.as_millis() as u64,
                 assign: plan.assign,
                 kill,
-                gpu_power_cap_watts: cap,
+                gpu_power_cap_watts: plan.cap,
+                logs: plan.logs,
             }));
         }
-        let _ = tokio::time::timeout(deadline - now, plan.notify.notified()).await;
+        let _ = tokio::time::timeout(deadline - now, changed).await;
     }
+}
+
+pub(crate) async fn logs(
+    State(st): State<AppState>,
+    NodeCaller(node): NodeCaller,
+    ApiJson(chunk): ApiJson<api::LogChunk>,
+) -> Result<StatusCode, ApiError> {
+    if chunk.data.len() > MAX_LOG_CHUNK as usize * 3 {
+        return Err(ApiError::invalid("data", "larger than any log request asks for"));
+    }
+    remote(&st)?.log_answer(&node, chunk);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The most bytes of output one `GET /v1/jobs/{id}/logs` returns.
+pub(crate) const MAX_LOG_CHUNK: u64 = 256 * 1024;
+/// The body limit of a node's answer: the chunk with every byte escaped (`\u001b`).
+pub(crate) const MAX_LOG_BODY: usize = MAX_LOG_CHUNK as usize * 6 + 4096;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogParams {
+    member: Option<u32>,
+    stream: Option<api::LogStream>,
+    offset: Option<u64>,
+    limit: Option<u64>,
+}
+
+pub(crate) async fn job_logs(
+    State(st): State<AppState>,
+    crate::auth::TenantCaller(tenant): crate::auth::TenantCaller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    params: Result<axum::extract::Query<LogParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<api::JobLogs>, ApiError> {
+    let axum::extract::Query(params) = params.map_err(crate::routes::query_error)?;
+    let not_found = || ApiError::NotFound(format!("no job {id}"));
+    let job_id: i64 = id.parse().map_err(|_| not_found())?;
+    let job = st.store.job(tenant.id, job_id).await?.ok_or_else(not_found)?;
+    let member = params.member.unwrap_or(0);
+    let stream = params.stream.unwrap_or_default();
+    let offset = params.offset.unwrap_or(0);
+    let limit = params.limit.unwrap_or(MAX_LOG_CHUNK).clamp(1, MAX_LOG_CHUNK);
+    let remote = remote(&st)?;
+    let placement = job
+        .placement_json
+        .as_deref()
+        .ok_or_else(|| ApiError::NotFound(format!("job {job_id} has not been placed: it has no output yet")))?;
+    let members = crate::convert::decode_members(placement).map_err(ApiError::Internal)?;
+    let node = members
+        .get(member as usize)
+        .map(|m| m.node.clone())
+        .ok_or_else(|| ApiError::NotFound(format!("job {job_id} has no member {member} (it has {})", members.len())))?;
+    let run = api::RunKey { job_id, member, generation: job.attempts };
+    let within = remote.config.heartbeat + Duration::from_secs(5);
+    let chunk = remote.fetch_log(&node, run, stream, offset, limit, within).await.map_err(ApiError::Unavailable)?;
+    if let Some(e) = chunk.error {
+        return Err(ApiError::NotFound(format!("job {job_id} member {member} on {node}: {e}")));
+    }
+    let complete = job.state.is_terminal() && chunk.next_offset >= chunk.size;
+    Ok(Json(api::JobLogs {
+        job_id,
+        member,
+        generation: job.attempts,
+        node,
+        stream,
+        offset,
+        data: chunk.data,
+        next_offset: chunk.next_offset,
+        size: chunk.size,
+        complete,
+    }))
 }

@@ -38,8 +38,17 @@ struct Slot {
     assigned: HashMap<(i64, u32), Assigned>,
     /// Exits reported before their run was registered here (after a server restart).
     early_exits: HashMap<RunKey, i32>,
+    /// Wakes every heartbeat of the node held waiting (an abandoned one as well as the live
+    /// one: a single wake-up taken by a call whose agent has gone would be lost).
     notify: Arc<Notify>,
+    /// Heartbeats received; a held call that a newer one superseded ends at once.
+    beats: u64,
     power_watts: Option<f64>,
+    /// The GPU power cap the node is asked to apply, and the one it reports applying.
+    asked_cap: Option<f64>,
+    applied_cap: Option<f64>,
+    /// Log requests not yet answered, with when they last went out in a heartbeat's answer.
+    log_requests: Vec<(api::LogRequest, Option<Instant>)>,
 }
 
 #[derive(Default)]
@@ -47,7 +56,14 @@ struct Inner {
     slots: HashMap<String, Slot>,
     /// Credential hash to node name.
     credentials: HashMap<String, String>,
+    /// Log requests waiting for their node's answer: id to (node, answer).
+    log_waiters: HashMap<u64, (String, oneshot::Sender<api::LogChunk>)>,
+    next_log_id: u64,
 }
+
+/// A log request sent again if its answer has not come this long after it went out (the
+/// heartbeat answer that carried it may have been dropped).
+const LOG_RESEND: Duration = Duration::from_secs(2);
 
 /// Nodes served by agents.
 #[derive(Clone)]
@@ -56,7 +72,6 @@ pub struct RemoteNodes {
     pub config: LeaseConfig,
     /// Wakes the scheduler when a node is lost.
     pub(crate) wake: Arc<Notify>,
-    pub(crate) gpu_power_cap_watts: Arc<Mutex<Option<f64>>>,
 }
 
 /// What a heartbeat's answer is made of, before the store is asked about unknown runs.
@@ -65,17 +80,15 @@ pub(crate) struct BeatPlan {
     /// Runs the agent reports that this server did not assign: the store decides.
     pub unknown: Vec<RunKey>,
     pub kill: Vec<RunKey>,
-    pub notify: Arc<Notify>,
+    pub logs: Vec<api::LogRequest>,
+    /// The GPU power cap to ask for, and whether the node applies another one.
+    pub cap: Option<f64>,
+    pub cap_stale: bool,
 }
 
 impl RemoteNodes {
     pub fn new(config: LeaseConfig) -> RemoteNodes {
-        RemoteNodes {
-            inner: Arc::default(),
-            config,
-            wake: Arc::new(Notify::new()),
-            gpu_power_cap_watts: Arc::default(),
-        }
+        RemoteNodes { inner: Arc::default(), config, wake: Arc::new(Notify::new()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -98,6 +111,21 @@ impl RemoteNodes {
         self.lock().credentials.get(credential_hash).cloned()
     }
 
+    /// A heartbeat arrives: its number, and what wakes the node's held heartbeats when its work
+    /// changes.
+    pub(crate) fn begin_beat(&self, node: &str) -> (u64, Arc<Notify>) {
+        let mut inner = self.lock();
+        let slot = inner.slots.entry(node.to_string()).or_default();
+        slot.beats += 1;
+        (slot.beats, slot.notify.clone())
+    }
+
+    /// Whether a newer heartbeat of the node came after heartbeat `beat` (whose agent, then,
+    /// no longer waits for its answer).
+    pub(crate) fn superseded(&self, node: &str, beat: u64) -> bool {
+        self.lock().slots.get(node).is_some_and(|s| s.beats != beat)
+    }
+
     /// Takes a heartbeat: renews the lease, records exits, and plans the answer.
     pub(crate) fn beat(&self, node: &str, hb: &api::Heartbeat, renew: bool) -> BeatPlan {
         let mut inner = self.lock();
@@ -105,6 +133,7 @@ impl RemoteNodes {
         if renew {
             slot.lease_until = Some(Instant::now() + self.config.lease);
             slot.power_watts = hb.power_watts;
+            slot.applied_cap = hb.gpu_power_cap_watts;
             for e in &hb.exited {
                 match slot.assigned.get_mut(&(e.run.job_id, e.run.member)) {
                     Some(a) if a.assignment.run.generation == e.run.generation => {
@@ -138,7 +167,16 @@ impl RemoteNodes {
             }
         }
         assign.sort_by_key(|a| a.run);
-        BeatPlan { assign, unknown, kill, notify: slot.notify.clone() }
+        let now = Instant::now();
+        let mut logs = Vec::new();
+        for (req, sent) in slot.log_requests.iter_mut() {
+            if sent.is_none_or(|t| now.duration_since(t) >= LOG_RESEND) {
+                *sent = Some(now);
+                logs.push(req.clone());
+            }
+        }
+        let cap_stale = slot.asked_cap != hb.gpu_power_cap_watts;
+        BeatPlan { assign, unknown, kill, logs, cap: slot.asked_cap, cap_stale }
     }
 
     /// Nodes whose lease has run out; their runs end as lost. Returns the nodes just lost.
@@ -170,10 +208,86 @@ impl RemoteNodes {
         inner.slots.iter().filter(|(_, s)| s.lease_until.is_some()).map(|(n, _)| n.clone()).collect()
     }
 
-    /// Latest reported power draw per node, watts.
+    /// Latest reported power draw per live node, watts.
     pub fn power(&self) -> HashMap<String, f64> {
         let inner = self.lock();
-        inner.slots.iter().filter_map(|(n, s)| s.power_watts.map(|w| (n.clone(), w))).collect()
+        inner
+            .slots
+            .iter()
+            .filter(|(_, s)| s.lease_until.is_some())
+            .filter_map(|(n, s)| s.power_watts.map(|w| (n.clone(), w)))
+            .collect()
+    }
+
+    /// The GPU power cap each live node reports applying, watts per GPU.
+    pub fn applied_caps(&self) -> HashMap<String, f64> {
+        let inner = self.lock();
+        inner
+            .slots
+            .iter()
+            .filter(|(_, s)| s.lease_until.is_some())
+            .filter_map(|(n, s)| s.applied_cap.map(|w| (n.clone(), w)))
+            .collect()
+    }
+
+    /// Asks `nodes` to apply a GPU power cap (`None`: none); their held heartbeats answer at once.
+    pub fn set_gpu_power_cap(&self, nodes: &[String], cap: Option<f64>) {
+        let mut inner = self.lock();
+        for n in nodes {
+            let slot = inner.slots.entry(n.clone()).or_default();
+            slot.asked_cap = cap;
+            slot.notify.notify_waiters();
+        }
+    }
+
+    /// Asks a node's agent for a piece of a run's output, through the node's next heartbeat
+    /// answer, and waits up to `within` for it.
+    pub(crate) async fn fetch_log(
+        &self,
+        node: &str,
+        run: RunKey,
+        stream: api::LogStream,
+        offset: u64,
+        limit: u64,
+        within: Duration,
+    ) -> Result<api::LogChunk, String> {
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut inner = self.lock();
+            inner.next_log_id += 1;
+            let id = inner.next_log_id;
+            let Some(slot) = inner.slots.get_mut(node).filter(|s| s.lease_until.is_some()) else {
+                return Err(format!("node {node} has no live agent"));
+            };
+            slot.log_requests.push((api::LogRequest { id, run, stream, offset, limit }, None));
+            slot.notify.notify_waiters();
+            inner.log_waiters.insert(id, (node.to_string(), tx));
+            id
+        };
+        let answer = tokio::time::timeout(within, rx).await;
+        let mut inner = self.lock();
+        inner.log_waiters.remove(&id);
+        if let Some(slot) = inner.slots.get_mut(node) {
+            slot.log_requests.retain(|(r, _)| r.id != id);
+        }
+        match answer {
+            Ok(Ok(chunk)) => Ok(chunk),
+            _ => Err(format!("node {node} did not send the output within {} s", within.as_secs())),
+        }
+    }
+
+    /// Takes a node's answer to one of its log requests; answers for another node's request,
+    /// or for one no longer awaited, are dropped.
+    pub(crate) fn log_answer(&self, node: &str, chunk: api::LogChunk) {
+        let mut inner = self.lock();
+        if inner.log_waiters.get(&chunk.id).is_some_and(|(n, _)| n == node)
+            && let Some((_, tx)) = inner.log_waiters.remove(&chunk.id)
+        {
+            if let Some(slot) = inner.slots.get_mut(node) {
+                slot.log_requests.retain(|(r, _)| r.id != chunk.id);
+            }
+            let _ = tx.send(chunk);
+        }
     }
 
     pub(crate) fn address(&self, node: &str) -> String {
@@ -194,7 +308,7 @@ impl Drop for Guard {
             && slot.assigned.get(&(self.run.job_id, self.run.member)).is_some_and(|a| a.assignment.run == self.run)
         {
             slot.assigned.remove(&(self.run.job_id, self.run.member));
-            slot.notify.notify_one();
+            slot.notify.notify_waiters();
         }
     }
 }
@@ -228,7 +342,7 @@ impl NodeExecutor for RemoteNodes {
                 Some(RunOutcome::Exited { code })
             } else {
                 slot.assigned.insert((run.job_id, run.member), Assigned { assignment, done: Some(tx) });
-                slot.notify.notify_one();
+                slot.notify.notify_waiters();
                 None
             }
         };

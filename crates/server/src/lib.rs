@@ -102,6 +102,8 @@ pub struct AppState {
     pub(crate) snapshot: Arc<RwLock<Snapshot>>,
     /// The node agents, when the work runs on them.
     pub(crate) remote: Option<RemoteNodes>,
+    /// GPU power caps asked of each site's nodes, watts per GPU, by site name.
+    pub(crate) site_caps: Arc<RwLock<HashMap<String, f64>>>,
 }
 
 impl AppState {
@@ -178,9 +180,19 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         r.wake = wake.clone();
         r
     });
+    let mut site_caps = HashMap::new();
     if let Some(r) = &remote {
         for n in store.agent_nodes().await? {
             r.register(&n.name, &n.token_hash, &n.address);
+        }
+        for (i, site) in fleet.sites.iter().enumerate() {
+            let Some(w) = store.setting(&routes::cap_key(&site.name)).await?.and_then(|v| v.parse::<f64>().ok()) else {
+                continue;
+            };
+            let nodes: Vec<String> =
+                fleet.nodes.iter().filter(|n| n.site.index() == i).map(|n| n.name.clone()).collect();
+            r.set_gpu_power_cap(&nodes, Some(w));
+            site_caps.insert(site.name.clone(), w);
         }
     }
     let executor: Arc<dyn NodeExecutor> = match &remote {
@@ -197,6 +209,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         events,
         snapshot: Arc::new(RwLock::new(Snapshot { node_gpus_used: vec![0; fleet.nodes.len()] })),
         remote: remote.clone(),
+        site_caps: Arc::new(RwLock::new(site_caps)),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -35,10 +35,17 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/nodes", get(list_nodes))
         .route("/sites", get(list_sites))
+        .route("/sites/{name}/gpu-power-cap", put(set_gpu_power_cap))
         .route("/events", get(events))
         .route("/join-tokens", post(crate::agent_routes::create_join_token))
         .route("/agent/join", post(crate::agent_routes::join))
-        .route("/agent/heartbeat", post(crate::agent_routes::heartbeat));
+        .route("/agent/heartbeat", post(crate::agent_routes::heartbeat))
+        // A piece of output, escaped as JSON, may exceed the general body limit.
+        .route(
+            "/agent/logs",
+            post(crate::agent_routes::logs).layer(DefaultBodyLimit::max(crate::agent_routes::MAX_LOG_BODY)),
+        )
+        .route("/jobs/{id}/logs", get(crate::agent_routes::job_logs));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(health))
@@ -335,7 +342,7 @@ struct ListParams {
     before: Option<i64>,
 }
 
-fn query_error(e: QueryRejection) -> ApiError {
+pub(crate) fn query_error(e: QueryRejection) -> ApiError {
     let message = e.body_text();
     let field = message.split('`').nth(1).map(str::to_string).unwrap_or_else(|| "query".into());
     ApiError::Invalid { field, message }
@@ -404,6 +411,10 @@ fn gpus_used(st: &AppState) -> Vec<u32> {
 
 async fn list_nodes(State(st): State<AppState>, _caller: Caller) -> Json<Vec<api::Node>> {
     let used = gpus_used(&st);
+    let (power, caps) = match &st.remote {
+        Some(r) => (r.power(), r.applied_caps()),
+        None => Default::default(),
+    };
     let fleet = &st.fleet;
     let nodes = fleet
         .nodes
@@ -421,14 +432,23 @@ async fn list_nodes(State(st): State<AppState>, _caller: Caller) -> Json<Vec<api
                 gpus,
                 gpus_free: gpus - used,
                 gpus_used: used,
+                power_watts: power.get(&n.name).copied(),
+                gpu_power_cap_watts: caps.get(&n.name).copied(),
             }
         })
         .collect();
     Json(nodes)
 }
 
-async fn list_sites(State(st): State<AppState>, _caller: Caller) -> Json<Vec<api::Site>> {
-    let used = gpus_used(&st);
+/// The settings key of a site's GPU power cap.
+pub(crate) fn cap_key(site: &str) -> String {
+    format!("gpu_power_cap_watts/{site}")
+}
+
+fn sites(st: &AppState) -> Vec<api::Site> {
+    let used = gpus_used(st);
+    let power = st.remote.as_ref().map(|r| r.power()).unwrap_or_default();
+    let caps = st.site_caps.read().unwrap_or_else(|e| e.into_inner()).clone();
     let fleet = &st.fleet;
     let mut sites: Vec<api::Site> = fleet
         .sites
@@ -441,6 +461,8 @@ async fn list_sites(State(st): State<AppState>, _caller: Caller) -> Json<Vec<api
             gpus_free: 0,
             gpus_used: 0,
             power_watts: 0.0,
+            power_reporting_nodes: 0,
+            gpu_power_cap_watts: caps.get(&s.name).copied(),
             power_nameplate_watts: 0.0,
             power_cap_watts: s.grid_power_cap_watts,
         })
@@ -454,10 +476,53 @@ async fn list_sites(State(st): State<AppState>, _caller: Caller) -> Json<Vec<api
         site.gpus += u64::from(gpus);
         site.gpus_used += u64::from(u);
         site.gpus_free += u64::from(gpus - u);
-        site.power_watts += board * f64::from(u);
+        match power.get(&n.name) {
+            Some(w) => {
+                site.power_watts += w;
+                site.power_reporting_nodes += 1;
+            }
+            None => site.power_watts += board * f64::from(u),
+        }
         site.power_nameplate_watts += board * f64::from(gpus);
     }
-    Json(sites)
+    sites
+}
+
+async fn list_sites(State(st): State<AppState>, _caller: Caller) -> Json<Vec<api::Site>> {
+    Json(sites(&st))
+}
+
+async fn set_gpu_power_cap(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<api::GpuPowerCap>,
+) -> Result<Json<api::Site>, ApiError> {
+    let Some(site) = st.fleet.sites.iter().position(|s| s.name == name) else {
+        return Err(ApiError::NotFound(format!("no site '{name}'")));
+    };
+    let Some(remote) = &st.remote else {
+        return Err(ApiError::NotFound("this server runs its nodes in process: no agent applies caps".into()));
+    };
+    if let Some(w) = body.gpu_power_cap_watts
+        && !(w.is_finite() && w > 0.0 && w <= 5000.0)
+    {
+        return Err(ApiError::invalid("gpu_power_cap_watts", "watts per GPU, above 0 and at most 5000"));
+    }
+    let value = body.gpu_power_cap_watts.map(|w| w.to_string()).unwrap_or_default();
+    st.store.set_setting(&cap_key(&name), &value).await?;
+    let nodes: Vec<String> = st.fleet.nodes.iter().filter(|n| n.site.index() == site).map(|n| n.name.clone()).collect();
+    remote.set_gpu_power_cap(&nodes, body.gpu_power_cap_watts);
+    {
+        let mut caps = st.site_caps.write().unwrap_or_else(|e| e.into_inner());
+        match body.gpu_power_cap_watts {
+            Some(w) => caps.insert(name.clone(), w),
+            None => caps.remove(&name),
+        };
+    }
+    tracing::info!(site = %name, watts = ?body.gpu_power_cap_watts, nodes = nodes.len(), "gpu power cap set");
+    let site = sites(&st).into_iter().find(|s| s.name == name);
+    site.map(Json).ok_or(ApiError::NotFound(name))
 }
 
 #[derive(Deserialize)]

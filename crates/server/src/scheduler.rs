@@ -11,7 +11,7 @@ use sched::{ClusterState, Decision, Demand, Placement, Policy, Queue, QueuedJob}
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::{Change, Job, JobState, StoreError};
+use store::{Change, Job, JobState, StoreError, Transition};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -39,14 +39,19 @@ pub struct Scheduler {
     runs: HashMap<i64, JoinHandle<()>>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Ends received while waiting, recorded at the start of the next round.
+    backlog: Vec<Done>,
 }
 
 impl Scheduler {
     pub fn new(st: AppState, policy: Box<dyn Policy>, executor: Arc<dyn NodeExecutor>, tick: Duration) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        Scheduler { st, policy, executor, tick, runs: HashMap::new(), done_tx, done_rx }
+        Scheduler { st, policy, executor, tick, runs: HashMap::new(), done_tx, done_rx, backlog: Vec::new() }
     }
 
+    /// Runs a round whenever something happens (a submission, a cancellation, a run's end, a
+    /// node lost) and at least every tick. Whatever happens during a round is handled by the
+    /// next one, together: a burst of events costs a few rounds, not one each.
     pub async fn run(mut self) {
         tracing::info!(policy = self.policy.name(), "scheduler started");
         loop {
@@ -57,8 +62,8 @@ impl Scheduler {
             tokio::select! {
                 _ = wake.notified() => {}
                 done = self.done_rx.recv() => {
-                    if let Some(done) = done && let Err(e) = self.finish(done).await {
-                        tracing::warn!(error = %e, "cannot record a finished job; retrying next round");
+                    if let Some(done) = done {
+                        self.backlog.push(done);
                     }
                 }
                 _ = tokio::time::sleep(self.tick) => {}
@@ -66,16 +71,42 @@ impl Scheduler {
         }
     }
 
-    /// Records how a job ended: success, failure (or a restart), expiry.
-    async fn finish(&mut self, done: Done) -> Result<(), StoreError> {
-        self.runs.remove(&done.job_id);
-        let store = &self.st.store;
-        let Some(job) = store.job_by_id(done.job_id).await? else { return Ok(()) };
-        if job.state != JobState::Running {
+    /// Records how jobs ended: success, failure (or a restart), expiry; all in one transaction.
+    async fn finish_all(&mut self) -> Result<(), StoreError> {
+        while let Ok(done) = self.done_rx.try_recv() {
+            self.backlog.push(done);
+        }
+        if self.backlog.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
-        let (to, change) = match done.outcome {
+        let ids: Vec<i64> = self.backlog.iter().map(|d| d.job_id).collect();
+        for id in &ids {
+            self.runs.remove(id);
+        }
+        let store = self.st.store.clone();
+        let jobs: HashMap<i64, Job> = store.jobs_by_ids(&ids).await?.into_iter().map(|j| (j.id, j)).collect();
+        let mut steps = Vec::new();
+        for done in &self.backlog {
+            let Some(job) = jobs.get(&done.job_id) else { continue };
+            if job.state != JobState::Running {
+                continue;
+            }
+            let (to, change) = self.ending(job, &done.outcome);
+            steps.push(Transition { job_id: job.id, from: vec![JobState::Running], to, change });
+        }
+        let applied = store.transitions(&steps, now_ms()).await?;
+        self.backlog.clear();
+        for (step, ok) in steps.iter().zip(applied) {
+            if ok {
+                tracing::info!(job = step.job_id, state = %step.to, "job ended");
+                self.st.job_changed();
+            }
+        }
+        Ok(())
+    }
+
+    fn ending(&self, job: &Job, outcome: &Ended) -> (JobState, Change) {
+        match outcome {
             Ended::Exited(0) => {
                 (JobState::Succeeded, Change { finished: true, exit_code: Some(0), ..Default::default() })
             }
@@ -91,14 +122,9 @@ impl Scheduler {
                     ..Default::default()
                 },
             ),
-            Ended::Exited(code) => self.failure(&job, Some(i64::from(code)), format!("exited with code {code}")),
-            Ended::Lost(message) => self.failure(&job, None, message),
-        };
-        if store.transition(job.id, &[JobState::Running], to, now, &change).await? {
-            tracing::info!(job = job.id, state = %to, "job ended");
-            self.st.job_changed();
+            Ended::Exited(code) => self.failure(job, Some(i64::from(*code)), format!("exited with code {code}")),
+            Ended::Lost(message) => self.failure(job, None, message.clone()),
         }
-        Ok(())
     }
 
     fn failure(&self, job: &Job, exit_code: Option<i64>, why: String) -> (JobState, Change) {
@@ -119,9 +145,7 @@ impl Scheduler {
 
     /// One round.
     async fn round(&mut self) -> Result<(), StoreError> {
-        while let Ok(done) = self.done_rx.try_recv() {
-            self.finish(done).await?;
-        }
+        self.finish_all().await?;
         let store = self.st.store.clone();
         let active = store.active_jobs().await?;
         let quotas: HashMap<i64, Option<i64>> =
@@ -219,20 +243,17 @@ impl Scheduler {
         let decisions = self.policy.schedule(SimTime(now_ms().max(0) as u64), &queue, &mut cluster);
         self.st.metrics.placement_seconds.observe(t0.elapsed().as_secs_f64());
 
+        // Starts are recorded in one transaction: pending to scheduled with the placement, then
+        // scheduled to running (a job placed in an earlier round and not yet launched, after a
+        // crash, takes only the second step).
         let now = now_ms();
         let mut scheduled_now = 0usize;
+        let mut starts: Vec<(&Job, Placement)> = Vec::new();
         for decision in decisions {
             match decision {
                 Decision::Start { job, placement } => {
                     let Some(stored) = by_id.get(&job.0) else { continue };
-                    let json = encode_placement(&fleet, &placement);
-                    let change = Change { placement_json: Some(Some(json)), ..Default::default() };
-                    if store.transition(stored.id, &[JobState::Pending], JobState::Scheduled, now, &change).await? {
-                        tracing::info!(job = stored.id, nodes = placement.members.len(), "job scheduled");
-                        self.st.job_changed();
-                        scheduled_now += 1;
-                        placed.push((stored, placement));
-                    }
+                    starts.push((stored, placement));
                 }
                 Decision::Preempt { job } => {
                     let id = i64::from(job.0);
@@ -255,6 +276,39 @@ impl Scheduler {
                 }
             }
         }
+        let mut steps = Vec::new();
+        for (job, placement) in &starts {
+            let change =
+                Change { placement_json: Some(Some(encode_placement(&fleet, placement))), ..Default::default() };
+            steps.push(Transition { job_id: job.id, from: vec![JobState::Pending], to: JobState::Scheduled, change });
+        }
+        let new_starts = steps.len();
+        for (job, _) in placed.iter().filter(|(j, _)| !self.runs.contains_key(&j.id) && j.state == JobState::Scheduled)
+        {
+            let change = Change { started: true, ..Default::default() };
+            steps.push(Transition { job_id: job.id, from: vec![JobState::Scheduled], to: JobState::Running, change });
+        }
+        for (job, _) in &starts {
+            let change = Change { started: true, ..Default::default() };
+            steps.push(Transition { job_id: job.id, from: vec![JobState::Scheduled], to: JobState::Running, change });
+        }
+        let applied = store.transitions(&steps, now).await?;
+        let mut now_running: HashSet<i64> = HashSet::new();
+        for (k, (step, ok)) in steps.iter().zip(&applied).enumerate() {
+            if !*ok {
+                continue;
+            }
+            self.st.job_changed();
+            if k < new_starts {
+                scheduled_now += 1;
+                tracing::info!(job = step.job_id, "job scheduled");
+            } else {
+                now_running.insert(step.job_id);
+            }
+        }
+        let scheduled: HashSet<i64> =
+            steps[..new_starts].iter().zip(&applied).filter(|(_, ok)| **ok).map(|(s, _)| s.job_id).collect();
+        placed.extend(starts.into_iter().filter(|(j, _)| scheduled.contains(&j.id)));
 
         // Launch what is placed and not yet running here: new work starts, work that was running
         // before a restart resumes from its recorded start.
@@ -268,19 +322,11 @@ impl Scheduler {
             if self.runs.contains_key(&job.id) {
                 continue;
             }
-            let started_at = match job.started_ms {
-                Some(t) if job.state == JobState::Running => t,
-                _ => {
-                    let change = Change { started: true, ..Default::default() };
-                    let from = [JobState::Scheduled];
-                    if !store.transition(job.id, &from, JobState::Running, now, &change).await? {
-                        continue;
-                    }
-                    self.st.job_changed();
-                    now
-                }
+            let (started_at, generation) = match job.started_ms {
+                Some(t) if job.state == JobState::Running => (t, job.attempts),
+                _ if now_running.contains(&job.id) => (now, job.attempts + 1),
+                _ => continue,
             };
-            let generation = if job.state == JobState::Running { job.attempts } else { job.attempts + 1 };
             self.launch(job, placement, started_at, generation);
         }
 

@@ -197,6 +197,16 @@ pub struct Change {
     pub message: Option<String>,
 }
 
+/// One conditional state change of [`Store::transitions`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub job_id: i64,
+    /// The states the job may be in; in any other, the step does nothing.
+    pub from: Vec<JobState>,
+    pub to: JobState,
+    pub change: Change,
+}
+
 /// A node that joined through its agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentNode {
@@ -268,12 +278,27 @@ impl Store {
         } else {
             return Err(StoreError::BadUrl(url.to_string()));
         };
-        let pool =
-            AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30)).connect(&url).await?;
-        if backend == Backend::Sqlite {
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
-            sqlx::query("PRAGMA foreign_keys = ON").execute(&pool).await?;
-        }
+        let sqlite = backend == Backend::Sqlite;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // Per connection: a connection the pool opens again keeps them. In WAL mode
+                        // `synchronous = NORMAL` syncs at checkpoints, not on every commit: a power
+                        // loss may lose the last commits, never corrupt the database.
+                        for pragma in
+                            ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA foreign_keys = ON"]
+                        {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
         migrator(backend).run(&pool).await?;
         tracing::debug!(backend = ?backend, "store ready");
         Ok(Store { pool, backend })
@@ -446,33 +471,54 @@ impl Store {
         .bind(now_ms)
         .fetch_optional(&mut *tx)
         .await?;
-        let (id, created) = match row {
-            Some(r) => {
-                let id: i64 = r.try_get(0)?;
-                sqlx::query(
-                    "INSERT INTO job_events (job_id, tenant_id, state, at_ms, message) VALUES ($1, $2, 'pending', $3, NULL)",
-                )
-                .bind(id)
-                .bind(job.tenant_id)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-                (id, true)
-            }
-            None => {
-                let r = sqlx::query("SELECT id FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2")
-                    .bind(job.tenant_id)
-                    .bind(job.idempotency_key.as_deref())
-                    .fetch_one(&mut *tx)
-                    .await?;
-                (r.try_get(0)?, false)
-            }
-        };
-        let r =
-            sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1")).bind(id).fetch_one(&mut *tx).await?;
+        if let Some(r) = row {
+            let id: i64 = r.try_get(0)?;
+            sqlx::query(
+                "INSERT INTO job_events (job_id, tenant_id, state, at_ms, message) VALUES ($1, $2, 'pending', $3, NULL)",
+            )
+            .bind(id)
+            .bind(job.tenant_id)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            // Exactly what was inserted: no need to read it back.
+            let stored = Job {
+                id,
+                tenant_id: job.tenant_id,
+                name: job.name.clone(),
+                command: job.command.clone(),
+                args_json: job.args_json.clone(),
+                env_json: job.env_json.clone(),
+                gpus_per_node: job.gpus_per_node,
+                nodes: job.nodes,
+                gpu_model: job.gpu_model.clone(),
+                priority: job.priority,
+                deferrable: job.deferrable,
+                max_runtime_s: job.max_runtime_s,
+                restart_policy: job.restart_policy.clone(),
+                max_restarts: job.max_restarts,
+                idempotency_key: job.idempotency_key.clone(),
+                request_hash: job.request_hash.clone(),
+                state: JobState::Pending,
+                attempts: 0,
+                placement_json: None,
+                exit_code: None,
+                message: None,
+                submitted_ms: now_ms,
+                started_ms: None,
+                finished_ms: None,
+            };
+            return Ok(Inserted { job: stored, created: true });
+        }
+        let r = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2"))
+            .bind(job.tenant_id)
+            .bind(job.idempotency_key.as_deref())
+            .fetch_one(&mut *tx)
+            .await?;
         let stored = Self::job_of(&r)?;
         tx.commit().await?;
-        Ok(Inserted { job: stored, created })
+        Ok(Inserted { job: stored, created: false })
     }
 
     /// A tenant's job; `None` if it does not exist or belongs to another tenant.
@@ -492,6 +538,24 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(Self::job_of).transpose()
+    }
+
+    /// Any tenants' jobs by id, in id order; ids that do not exist are left out.
+    pub async fn jobs_by_ids(&self, ids: &[i64]) -> Result<Vec<Job>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({}) ORDER BY id", params.join(", "));
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.push(Self::job_of(&r)?);
+            }
+        }
+        out.sort_by_key(|j| j.id);
+        Ok(out)
     }
 
     /// A tenant's jobs, newest first.
@@ -551,6 +615,27 @@ impl Store {
         now_ms: i64,
         change: &Change,
     ) -> Result<bool> {
+        let step = Transition { job_id, from: from.to_vec(), to, change: change.clone() };
+        Ok(self.transitions(std::slice::from_ref(&step), now_ms).await?.first().copied().unwrap_or(false))
+    }
+
+    /// Many [`Store::transition`]s in one transaction (one commit, whatever their number). Each
+    /// is conditional on its own: the answer says, per step, whether it applied.
+    pub async fn transitions(&self, steps: &[Transition], now_ms: i64) -> Result<Vec<bool>> {
+        if steps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut applied = Vec::with_capacity(steps.len());
+        for step in steps {
+            applied.push(Self::transition_in(&mut tx, step, now_ms).await?);
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    async fn transition_in(conn: &mut sqlx::AnyConnection, step: &Transition, now_ms: i64) -> Result<bool> {
+        let (job_id, from, to, change) = (step.job_id, &step.from, step.to, &step.change);
         if from.is_empty() {
             return Ok(false);
         }
@@ -606,9 +691,7 @@ impl Store {
                 Val::Text(t) => q.bind(t),
             };
         }
-        let mut tx = self.pool.begin().await?;
-        let Some(row) = q.fetch_optional(&mut *tx).await? else {
-            tx.rollback().await?;
+        let Some(row) = q.fetch_optional(&mut *conn).await? else {
             return Ok(false);
         };
         let tenant_id: i64 = row.try_get(0)?;
@@ -618,9 +701,8 @@ impl Store {
             .bind(to.as_str())
             .bind(now_ms)
             .bind(change.message.clone())
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
-        tx.commit().await?;
         Ok(true)
     }
 

@@ -2,7 +2,7 @@
 //! a fresh database (which must be reachable: these tests fail, they do not skip, without it).
 
 use store::testing::TempPostgres;
-use store::{Change, JobFilter, JobState, NewJob, Store};
+use store::{Change, JobFilter, JobState, NewJob, Store, Transition};
 
 fn new_job(tenant_id: i64, key: Option<&str>) -> NewJob {
     NewJob {
@@ -84,6 +84,24 @@ async fn exercise(store: Store) {
     assert_eq!(later.len(), 3);
     let counts = store.state_counts().await.unwrap();
     assert!(counts.contains(&(JobState::Pending, 3)));
+
+    // A batch of transitions commits together; each one is conditional on its own.
+    let (a, b) = (no_key_a.job.id, no_key_b.job.id);
+    let step =
+        |job_id, from: &[JobState], to| Transition { job_id, from: from.to_vec(), to, change: Change::default() };
+    let steps = [
+        step(a, &[JobState::Pending], JobState::Scheduled),
+        step(b, &[JobState::Running], JobState::Failed),
+        step(a, &[JobState::Scheduled], JobState::Running),
+    ];
+    assert_eq!(store.transitions(&steps, 40).await.unwrap(), vec![true, false, true]);
+    assert_eq!(store.job_by_id(a).await.unwrap().unwrap().state, JobState::Running);
+    assert_eq!(store.job_by_id(b).await.unwrap().unwrap().state, JobState::Pending);
+    let history: Vec<JobState> = store.history(a).await.unwrap().into_iter().map(|e| e.state).collect();
+    assert_eq!(history, vec![JobState::Pending, JobState::Scheduled, JobState::Running]);
+    assert!(store.transitions(&[], 41).await.unwrap().is_empty());
+    let got: Vec<i64> = store.jobs_by_ids(&[b, 999_999, a]).await.unwrap().into_iter().map(|j| j.id).collect();
+    assert_eq!(got, vec![a, b]);
 }
 
 #[tokio::test]

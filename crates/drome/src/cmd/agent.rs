@@ -100,8 +100,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let server = args.server.trim_end_matches('/').to_string();
     runtime()?.block_on(async move {
         let mut tasks = Vec::new();
+        let mut work_dirs = Vec::new();
         for name in names {
             let work_dir = if args.virtual_nodes > 1 { args.work_dir.join(&name) } else { args.work_dir.clone() };
+            work_dirs.push(work_dir.clone());
             let node = agent::NodeAgent::new(agent::NodeConfig {
                 server: server.clone(),
                 join_token: join_token.clone(),
@@ -114,15 +116,22 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             })?;
             tasks.push(tokio::spawn(async move { (name, node.run().await) }));
         }
-        tokio::select! {
-            done = futures_first(tasks) => {
-                if let Some((name, Err(e))) = done {
-                    bail!("node {name}: {e}");
-                }
-            }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot watch for SIGTERM")?;
+        let ended = tokio::select! {
+            done = futures_first(tasks) => match done {
+                Some((name, Err(e))) => Err(anyhow::anyhow!("node {name}: {e}")),
+                _ => Ok(()),
+            },
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); Ok(()) }
+            _ = term.recv() => { tracing::info!("terminated; stopping"); Ok(()) }
+        };
+        // Nothing runs unwatched: the server requeues or fails the runs when the leases expire.
+        let killed: usize = work_dirs.iter().map(|d| agent::runner::kill_runs(d)).sum();
+        if killed > 0 {
+            tracing::info!(runs = killed, "runs killed as the agent stops");
         }
-        Ok(())
+        ended
     })
 }
 

@@ -1,6 +1,6 @@
 //! `drome bench`: how fast drome replays real traces, against a baseline run in the same process.
 
-use super::{Output, bench_openb, load_fleet, print_json};
+use super::{Output, bench_agents, bench_openb, load_fleet, print_json};
 use report::{Table, fmt_thousands};
 use sched::{Fifo, FirstFit, Placer, Policy, ScanFirstFit};
 use serde::Serialize;
@@ -17,6 +17,9 @@ pub enum BenchCommand {
     Sim(SimBenchArgs),
     /// The FGD paper's workload-inflation experiment on Alibaba openb.
     Openb(bench_openb::OpenbArgs),
+    /// The control plane end to end: a real server and agent processes serving virtual 8-GPU
+    /// nodes; trivial-job throughput and whole-node allocation rate, as Slurm's peer measures.
+    Agents(bench_agents::AgentsBenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -87,6 +90,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Sim(args) => sim_bench(args),
         BenchCommand::Openb(args) => bench_openb::run(args),
+        BenchCommand::Agents(args) => bench_agents::run(args),
     }
 }
 

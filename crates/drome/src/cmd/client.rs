@@ -83,6 +83,22 @@ pub struct JobArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    pub id: i64,
+    /// The gang member (rank) whose output to show.
+    #[arg(long, default_value_t = 0)]
+    pub member: u32,
+    /// Standard error instead of standard output.
+    #[arg(long)]
+    pub stderr: bool,
+    /// Keep printing as the job writes, until it ends.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct NodesArgs {
     #[command(flatten)]
     pub conn: Conn,
@@ -379,6 +395,36 @@ pub fn cancel(args: JobArgs) -> anyhow::Result<()> {
     let job: api::Job =
         runtime()?.block_on(client.post(&format!("/v1/jobs/{}/cancel", args.id), &serde_json::json!({})))?;
     print_job(&job, args.conn.output)
+}
+
+/// `drome logs`: a job member's output, fetched from its node; `--follow` reads on until the
+/// job has ended and all of it is printed.
+pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let client = Client::new(&args.conn)?;
+    let stream = if args.stderr { "stderr" } else { "stdout" };
+    runtime()?.block_on(async move {
+        let mut offset = 0u64;
+        loop {
+            let path = format!("/v1/jobs/{}/logs?member={}&stream={stream}&offset={offset}", args.id, args.member);
+            let chunk: api::JobLogs = client.get(&path).await?;
+            if args.conn.output == Output::Json {
+                print_json(&chunk)?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                out.write_all(chunk.data.as_bytes())?;
+                out.flush()?;
+            }
+            let moved = chunk.next_offset > offset;
+            offset = chunk.next_offset;
+            if !args.follow || chunk.complete {
+                return Ok(());
+            }
+            if !moved {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    })
 }
 
 pub fn nodes(args: NodesArgs) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod bench_agents;
 pub mod bench_openb;
 pub mod client;
 pub mod energy;

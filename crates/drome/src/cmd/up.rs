@@ -1,6 +1,8 @@
 //! `drome up`: everything a newcomer needs on a fresh machine, in one command. The server on the
-//! embedded SQLite, the Valence fleet served by in-process virtual nodes, a demo tenant, and the
-//! first commands to try.
+//! embedded SQLite, the Valence fleet served by virtual nodes, a demo tenant, and the first
+//! commands to try. The virtual nodes are node agents run in this process: the same code as
+//! `drome agent --virtual-gpus`, joined over loopback, running the work as real processes under
+//! the data directory.
 
 use super::server::{DEFAULT_LISTEN, init_logging, load_fleet, runtime};
 use std::net::SocketAddr;
@@ -18,9 +20,6 @@ pub struct UpArgs {
     /// Fleet TOML; the built-in Valence fleet when unset.
     #[arg(long)]
     pub fleet: Option<PathBuf>,
-    /// Seconds a virtual node runs a command that declares no duration.
-    #[arg(long, default_value_t = 10.0)]
-    pub virtual_seconds: f64,
     /// Name of the demo tenant.
     #[arg(long, default_value = "demo")]
     pub tenant: String,
@@ -31,10 +30,16 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let fleet = load_fleet(args.fleet.as_deref())?;
     let (fleet_name, nodes, gpus) = (fleet.name.clone(), fleet.nodes.len(), fleet.total_gpus());
     let db = format!("sqlite://{}", args.data_dir.join("drome.db").display());
+    let node_gpus: Vec<(String, u32, String)> = fleet
+        .node_ids()
+        .map(|id| {
+            let n = fleet.node(id);
+            let model = fleet.node_gpu_model(id).map(|m| m.name.clone()).unwrap_or_else(|| "H200".into());
+            (n.name.clone(), u32::from(n.gpu_count), model)
+        })
+        .collect();
     let mut config = server::Config::new(db.clone(), args.listen, fleet);
-    let secs =
-        if args.virtual_seconds.is_finite() && args.virtual_seconds >= 0.0 { args.virtual_seconds } else { 10.0 };
-    config.executor = std::sync::Arc::new(server::VirtualNodes { default_duration: Duration::from_secs_f64(secs) });
+    config.agents = Some(server::LeaseConfig::default());
     runtime()?.block_on(async move {
         let running = server::start(config).await?;
         let store = running.store().clone();
@@ -43,6 +48,27 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             Some(t) => server::rotate_token(&store, t.id).await.map_err(|e| anyhow::anyhow!("{e}"))?,
             None => server::create_tenant(&store, &args.tenant, None).await.map_err(|e| anyhow::anyhow!("{e}"))?.1,
         };
+        // The nodes' agents, in process: one join token, then each node its own credential.
+        let join = server::auth::new_token().map_err(|e| anyhow::anyhow!("{e}"))?;
+        store.add_join_token(&server::auth::hash_token(&join), server::now_ms()).await?;
+        let base = format!("http://{}", running.addr);
+        for (name, gpus, model) in node_gpus {
+            let node = agent::NodeAgent::new(agent::NodeConfig {
+                server: base.clone(),
+                join_token: join.clone(),
+                name: name.clone(),
+                address: "127.0.0.1".into(),
+                gpus: agent::inventory::virtual_gpus(gpus, &model),
+                work_dir: args.data_dir.join("nodes").join(&name),
+                kill_grace: Duration::from_secs(10),
+                use_nvml: false,
+            })?;
+            tokio::spawn(async move {
+                if let Err(e) = node.run().await {
+                    tracing::error!(node = %name, error = %e, "virtual node stopped");
+                }
+            });
+        }
         let url = format!("http://{}", running.addr);
         println!();
         println!("drome is up: {fleet_name} fleet, {nodes} virtual nodes, {gpus} GPUs, store {db}");
@@ -67,6 +93,15 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             _ = running.wait() => {}
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); }
         }
+        // Nothing the virtual nodes started outlives them.
+        let killed: usize = node_dirs(&args.data_dir.join("nodes")).iter().map(|d| agent::runner::kill_runs(d)).sum();
+        if killed > 0 {
+            tracing::info!(runs = killed, "runs killed as drome stops");
+        }
         Ok(())
     })
+}
+
+fn node_dirs(dir: &std::path::Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
 }

@@ -1,0 +1,418 @@
+//! `drome bench agents`: the control plane end to end, as Slurm's peer benchmark measures it. A
+//! real `drome server --agents` (SQLite in a temporary directory, on loopback) and agent
+//! processes that serve virtual 8-GPU nodes, all started from this binary. Two tests:
+//!
+//! 1. trivial 1-GPU jobs (`true`): jobs per second from the first submission to the last job
+//!    finished (submissions included, where Slurm's figure starts at the release of jobs
+//!    submitted held);
+//! 2. one 8-GPU `sleep` job per node: allocations per second from the first submission until
+//!    every one of them runs.
+//!
+//! Times come from the server's own records (`started_at_ms`, `finished_at_ms`), so the polling
+//! that waits for the end does not blur them.
+
+use super::{Output, print_json};
+use anyhow::{Context, bail};
+use report::Table;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct AgentsBenchArgs {
+    /// Virtual 8-GPU nodes, served by the agent processes.
+    #[arg(long, default_value_t = 512)]
+    pub nodes: u32,
+    /// Trivial 1-GPU jobs of the throughput test.
+    #[arg(long, default_value_t = 1000)]
+    pub jobs: u32,
+    /// Agent processes; the nodes are shared out among them.
+    #[arg(long, default_value_t = 8)]
+    pub agents: u32,
+    /// Submissions in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub clients: u32,
+    /// Database; a fresh SQLite file in the work directory when unset.
+    #[arg(long)]
+    pub db: Option<String>,
+    /// Where the server's and agents' files go; a temporary directory (removed at the end)
+    /// when unset.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+#[derive(Serialize)]
+struct Report {
+    nodes: u32,
+    gpus: u64,
+    agent_processes: u32,
+    database: String,
+    trivial: Trivial,
+    allocation: Allocation,
+}
+
+#[derive(Serialize)]
+struct Trivial {
+    jobs: u32,
+    succeeded: u64,
+    submit_s: f64,
+    submits_per_s: f64,
+    /// First submission to the last job finished.
+    drained_s: f64,
+    jobs_per_s: f64,
+}
+
+#[derive(Serialize)]
+struct Allocation {
+    jobs: u32,
+    submit_s: f64,
+    /// First submission to the last job running.
+    all_running_s: f64,
+    allocations_per_s: f64,
+}
+
+const ADMIN: &str = "bench-agents-admin";
+
+/// The processes started here; killed (and reaped) when dropped.
+struct Procs {
+    server: Option<Child>,
+    agents: Vec<Child>,
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        // SIGTERM first: an agent stops its runs before it exits.
+        for c in &self.agents {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        }
+        let t0 = Instant::now();
+        for c in &mut self.agents {
+            while t0.elapsed() < Duration::from_secs(5) && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(s) = &mut self.server {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+}
+
+fn fleet_toml(nodes: u32) -> String {
+    format!(
+        "name = \"bench\"\n\n[node_types.hgx-h200]\ncpu_milli = 224000\nmemory_mib = 2097152\ngpus = 8\n\
+         gpu_model = \"H200\"\n\n[[sites]]\nname = \"bench\"\ncooling = \"immersion\"\n\n[[sites.halls]]\n\
+         name = \"hall-a\"\n[[sites.halls.racks]]\ncount = {nodes}\nnodes_per_rack = 1\nnode_type = \"hgx-h200\"\n"
+    )
+}
+
+fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
+    let path = dir.join(name);
+    std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let r = req.send().await.with_context(|| format!("{path}: no answer"))?;
+        let status = r.status();
+        let text = r.text().await?;
+        if !status.is_success() {
+            bail!("{path}: {status}: {text}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("{path}: not JSON: {text}"))
+    }
+
+    async fn get(&self, path: &str, token: &str) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, path, token, None).await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::POST, path, token, Some(body)).await
+    }
+
+    /// Whether the tenant has a job in `state`.
+    async fn any_in(&self, token: &str, state: &str) -> anyhow::Result<bool> {
+        let v = self.get(&format!("/v1/jobs?state={state}&limit=1"), token).await?;
+        Ok(v["jobs"].as_array().is_some_and(|a| !a.is_empty()))
+    }
+
+    /// Every job of the tenant, newest first.
+    async fn all_jobs(&self, token: &str) -> anyhow::Result<Vec<api::Job>> {
+        let mut out = Vec::new();
+        let mut before: Option<i64> = None;
+        loop {
+            let path = match before {
+                Some(b) => format!("/v1/jobs?limit=1000&before={b}"),
+                None => "/v1/jobs?limit=1000".to_string(),
+            };
+            let list: api::JobList = serde_json::from_value(self.get(&path, token).await?)?;
+            out.extend(list.jobs);
+            match list.next_before {
+                Some(b) => before = Some(b),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Submits `n` copies of `spec` from `clients` concurrent submitters; returns the ids.
+    async fn submit_many(&self, token: &str, spec: &Value, n: u32, clients: u32) -> anyhow::Result<Vec<i64>> {
+        let clients = clients.clamp(1, n.max(1));
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let share = n / clients + u32::from(c < n % clients);
+            let me = Client { http: self.http.clone(), base: self.base.clone() };
+            let (token, spec) = (token.to_string(), spec.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..share {
+                    let v = me.post("/v1/jobs", &token, &spec).await?;
+                    ids.push(v["id"].as_i64().context("a submission's answer has no id")?);
+                }
+                anyhow::Ok(ids)
+            }));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.extend(t.await??);
+        }
+        Ok(ids)
+    }
+}
+
+fn now_ms() -> i64 {
+    server::now_ms()
+}
+
+pub fn run(args: AgentsBenchArgs) -> anyhow::Result<()> {
+    if args.nodes == 0 || args.agents == 0 || args.jobs == 0 {
+        bail!("--nodes, --agents and --jobs must be at least 1");
+    }
+    let agents = args.agents.min(args.nodes);
+    let temp = args.work_dir.is_none();
+    let dir = match &args.work_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("drome-bench-agents-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let result = super::server::runtime()?.block_on(bench(&args, agents, &dir));
+    if temp {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let report = result?;
+    match args.output {
+        Output::Json => print_json(&report),
+        Output::Table => {
+            print_table(&report);
+            Ok(())
+        }
+    }
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "drome end to end: server + {} agent processes, {} virtual 8-GPU nodes ({} GPUs), {}",
+        r.agent_processes, r.nodes, r.gpus, r.database
+    );
+    let mut t = Table::new(["test", "jobs", "submit/s", "time (s)", "rate", "unit"]);
+    t.row(vec![
+        "trivial 1-GPU jobs, submit -> drained".to_string(),
+        format!("{} ({} ok)", r.trivial.jobs, r.trivial.succeeded),
+        format!("{:.0}", r.trivial.submits_per_s),
+        format!("{:.2}", r.trivial.drained_s),
+        format!("{:.0}", r.trivial.jobs_per_s),
+        "jobs/s".into(),
+    ]);
+    t.row(vec![
+        "8-GPU sleep jobs, submit -> all running".to_string(),
+        r.allocation.jobs.to_string(),
+        format!("{:.0}", f64::from(r.allocation.jobs) / r.allocation.submit_s.max(1e-9)),
+        format!("{:.2}", r.allocation.all_running_s),
+        format!("{:.0}", r.allocation.allocations_per_s),
+        "allocations/s".into(),
+    ]);
+    print!("{}", t.render());
+}
+
+async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Result<Report> {
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let fleet = dir.join("fleet.toml");
+    std::fs::write(&fleet, fleet_toml(args.nodes)).with_context(|| format!("cannot write {}", fleet.display()))?;
+    let db = args.db.clone().unwrap_or_else(|| format!("sqlite://{}", dir.join("drome.db").display()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut procs = Procs { server: None, agents: Vec::new() };
+    procs.server = Some(
+        Command::new(&exe)
+            .args(["server", "--db", &db, "--listen", &format!("127.0.0.1:{port}"), "--admin-token", ADMIN])
+            .arg("--fleet")
+            .arg(&fleet)
+            .arg("--agents")
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(log_file(dir, "server.log")?)
+            .spawn()
+            .context("cannot start the server")?,
+    );
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(64).build()?;
+    let c = Client { http, base: base.clone() };
+    let t0 = Instant::now();
+    while !matches!(c.http.get(format!("{base}/healthz")).send().await, Ok(r) if r.status().is_success()) {
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("the server never answered; see {}", dir.join("server.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tenant = c.post("/v1/tenants", ADMIN, &json!({"name": "bench"})).await?;
+    let token = tenant["token"].as_str().context("no tenant token")?.to_string();
+    let join = c.post("/v1/join-tokens", ADMIN, &json!({})).await?;
+    let join = join["token"].as_str().context("no join token")?.to_string();
+    let nodes: Vec<api::Node> = serde_json::from_value(c.get("/v1/nodes", ADMIN).await?)?;
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+
+    // The agents: each serves its share of the nodes.
+    let per = names.len().div_ceil(agents as usize);
+    let mut credentials = Vec::new();
+    for (i, chunk) in names.chunks(per).enumerate() {
+        let work = dir.join(format!("agent-{i}"));
+        let mut cmd = Command::new(&exe);
+        cmd.args(["agent", "--server", &base, "--join-token", &join, "--name", &chunk.join(",")])
+            .args(["--virtual-nodes", &chunk.len().to_string(), "--virtual-gpus", "8", "--gpu-model", "H200"])
+            .args(["--kill-grace", "1"])
+            .arg("--work-dir")
+            .arg(&work)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(log_file(dir, &format!("agent-{i}.log"))?);
+        procs.agents.push(cmd.spawn().context("cannot start an agent")?);
+        for n in chunk {
+            credentials.push(if chunk.len() > 1 { work.join(n) } else { work.clone() }.join("credential"));
+        }
+    }
+    let t0 = Instant::now();
+    while !credentials.iter().all(|p| p.exists()) {
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!("agents did not all join; see the agent logs in {}", dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(nodes = names.len(), agents, secs = t0.elapsed().as_secs_f64(), "all nodes joined");
+
+    // 1. Trivial jobs, submit to drained.
+    let spec = json!({"name": "trivial", "command": "true", "gpus_per_node": 1});
+    let release_ms = now_ms();
+    let t = Instant::now();
+    let ids = c.submit_many(&token, &spec, args.jobs, args.clients).await?;
+    let submit_s = t.elapsed().as_secs_f64();
+    wait_for(&c, &token, &["pending", "scheduled", "running"], Duration::from_secs(600)).await?;
+    let jobs = c.all_jobs(&token).await?;
+    let mine: Vec<&api::Job> = jobs.iter().filter(|j| ids.contains(&j.id)).collect();
+    let succeeded = mine.iter().filter(|j| j.state == api::JobState::Succeeded).count() as u64;
+    let last = mine.iter().filter_map(|j| j.finished_at_ms).max().context("no job finished")?;
+    let drained_s = ((last - release_ms).max(1) as f64) / 1000.0;
+    let trivial = Trivial {
+        jobs: args.jobs,
+        succeeded,
+        submit_s,
+        submits_per_s: f64::from(args.jobs) / submit_s.max(1e-9),
+        drained_s,
+        jobs_per_s: f64::from(args.jobs) / drained_s,
+    };
+
+    // 2. One 8-GPU sleep job per node, submit to all running.
+    let spec = json!({"name": "whole-node", "command": "sleep", "args": ["600"], "gpus_per_node": 8});
+    let release_ms = now_ms();
+    let t = Instant::now();
+    let ids = c.submit_many(&token, &spec, args.nodes, args.clients).await?;
+    let alloc_submit_s = t.elapsed().as_secs_f64();
+    wait_for(&c, &token, &["pending", "scheduled"], Duration::from_secs(600)).await?;
+    let jobs = c.all_jobs(&token).await?;
+    let mine: Vec<&api::Job> = jobs.iter().filter(|j| ids.contains(&j.id)).collect();
+    let running = mine.iter().filter(|j| j.state == api::JobState::Running).count();
+    if running != ids.len() {
+        bail!("{running} of {} whole-node jobs run; see {}", ids.len(), dir.display());
+    }
+    let last = mine.iter().filter_map(|j| j.started_at_ms).max().context("no job started")?;
+    let all_running_s = ((last - release_ms).max(1) as f64) / 1000.0;
+    let allocation = Allocation {
+        jobs: args.nodes,
+        submit_s: alloc_submit_s,
+        all_running_s,
+        allocations_per_s: f64::from(args.nodes) / all_running_s,
+    };
+
+    // Clean up through the API: every sleep is cancelled and its process group killed.
+    for id in &ids {
+        c.post(&format!("/v1/jobs/{id}/cancel"), &token, &json!({})).await?;
+    }
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(30) && has_pgid(dir) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(procs);
+    let database = if db.starts_with("sqlite") { "SQLite (WAL)" } else { "PostgreSQL" };
+    Ok(Report {
+        nodes: args.nodes,
+        gpus: u64::from(args.nodes) * 8,
+        agent_processes: agents,
+        database: database.into(),
+        trivial,
+        allocation,
+    })
+}
+
+/// Waits until the tenant has no job in any of `states`.
+async fn wait_for(c: &Client, token: &str, states: &[&str], within: Duration) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let mut busy = false;
+        for s in states {
+            if c.any_in(token, s).await? {
+                busy = true;
+                break;
+            }
+        }
+        if !busy {
+            return Ok(());
+        }
+        if t0.elapsed() > within {
+            bail!("jobs still {states:?} after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether a run's process group is still recorded under the agents' work directories.
+fn has_pgid(dir: &Path) -> bool {
+    let Ok(agents) = std::fs::read_dir(dir) else { return false };
+    for a in agents.flatten() {
+        let Ok(nodes) = std::fs::read_dir(a.path()) else { continue };
+        for n in nodes.flatten() {
+            let Ok(runs) = std::fs::read_dir(n.path().join("runs")) else { continue };
+            if runs.flatten().any(|r| r.path().join("pgid").exists()) {
+                return true;
+            }
+        }
+    }
+    false
+}

@@ -1,0 +1,78 @@
+//! `drome up` serves its fleet with the node agent's code in process: a job runs as a real
+//! process on a virtual node, its output comes back through the logs API, and the nodes report
+//! their draw.
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FLEET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fleets/small.toml");
+
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_jobs_on_in_process_agents() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("drome-up-e2e-{}-{port}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_drome"))
+        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--fleet", FLEET])
+        .arg("--data-dir")
+        .arg(&dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _up = Up(child);
+    // Read what it prints to the end (a closed pipe would fail its later lines).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(t) = line.trim().strip_prefix("token") {
+                let _ = tx.send(t.trim().to_string());
+            }
+        }
+    });
+    let token = rx.recv_timeout(Duration::from_secs(60)).expect("drome up printed no token");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+
+    let spec = json!({"command": "sh", "args": ["-c", "echo rank $DROME_RANK on $DROME_NODE"], "gpus_per_node": 4});
+    let r = http.post(format!("{base}/v1/jobs")).bearer_auth(&token).json(&spec).send().await.unwrap();
+    let job: Value = r.json().await.unwrap();
+    let id = job["id"].as_i64().unwrap_or_else(|| panic!("submit failed: {job}"));
+    let t0 = Instant::now();
+    let job = loop {
+        let v: Value =
+            http.get(format!("{base}/v1/jobs/{id}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        if matches!(v["state"].as_str(), Some("succeeded" | "failed")) {
+            break v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "job {id} never ended: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let node = job["placement"][0]["node"].as_str().unwrap();
+    let logs: Value =
+        http.get(format!("{base}/v1/jobs/{id}/logs")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(logs["data"], format!("rank 0 on {node}\n"), "{logs}");
+    assert_eq!(logs["complete"], true, "{logs}");
+    // The run's files are under the data directory, on the node's own work directory.
+    assert!(dir.join("nodes").join(node).join("runs").exists());
+
+    let nodes: Value =
+        http.get(format!("{base}/v1/nodes")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let reporting = nodes.as_array().unwrap().iter().filter(|n| n["power_watts"].as_f64().is_some()).count();
+    assert_eq!(reporting, nodes.as_array().unwrap().len(), "every virtual node reports its draw: {nodes}");
+    drop(_up);
+    let _ = std::fs::remove_dir_all(&dir);
+}
