@@ -91,7 +91,8 @@ pub fn read_chunk(path: &std::path::Path, req: &LogRequest) -> LogChunk {
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let offset = req.offset.min(size);
     let mut buf = Vec::new();
-    let read = file.seek(SeekFrom::Start(offset)).and_then(|_| file.take(req.limit.min(256 * 1024)).read_to_end(&mut buf));
+    let read =
+        file.seek(SeekFrom::Start(offset)).and_then(|_| file.take(req.limit.min(256 * 1024)).read_to_end(&mut buf));
     if let Err(e) = read {
         return fail(format!("cannot read {}: {e}", path.display()));
     }
