@@ -141,3 +141,44 @@ fn bad_input_gets_a_clear_error_not_a_panic() {
     assert_eq!(code, 1);
     assert!(err.contains("--load"), "{err}");
 }
+
+#[test]
+fn quota_shares_are_given_by_tenant_name_and_bad_ones_are_named() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = std::env::temp_dir().join(format!("drome-quota-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("jobs.csv");
+    let mut text = String::from("submit_time,num_gpus,duration,tenant\n");
+    for i in 0..40 {
+        text.push_str(&format!("{},{},{},{}\n", i * 10, 8, 3600, if i % 2 == 0 { "alice" } else { "bob" }));
+    }
+    std::fs::write(&trace, text).unwrap();
+    let run = |quota: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_drome"))
+            .args(["sim", "--fleet", "fleets/small.toml", "--trace", trace.to_str().unwrap(), "--policy", "quota"])
+            .args(["--quota", quota, "--output", "json", "-q"])
+            .current_dir(&root)
+            .output()
+            .unwrap()
+    };
+    let wait_of = |out: &std::process::Output, tenant: &str| -> f64 {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = v["tenants"].as_array().unwrap();
+        rows.iter().find(|r| r["name"] == tenant).unwrap()["mean_wait_s"].as_f64().unwrap()
+    };
+    let alice = run("alice=40,bob=0");
+    assert!(alice.status.success(), "{}", String::from_utf8_lossy(&alice.stderr));
+    let bob = run("alice=0,bob=40");
+    assert!(bob.status.success());
+    // Whoever holds the guarantee waits less than when the other one holds it.
+    assert!(wait_of(&alice, "alice") < wait_of(&bob, "alice"));
+    assert!(wait_of(&bob, "bob") < wait_of(&alice, "bob"));
+
+    let out = run("carol=8");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no tenant 'carol'") && err.contains("alice"), "{err}");
+    let out = run("alice=lots");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tenant 'alice'"));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -99,10 +99,43 @@ pub struct SimArgs {
     /// network's demand). Turns on power accounting.
     #[arg(long)]
     pub defer_for: Option<String>,
+    /// Guaranteed GPUs per tenant for the `quota` policy, as TENANT=GPUS pairs separated by
+    /// commas (`--quota 6214e9=64,b436b2=32`); tenants not listed share what is left equally.
+    #[arg(long)]
+    pub quota: Option<String>,
     /// Longest a deferrable job waits past its submit time, hours (capped by the 24 h day-ahead
     /// horizon of the prices).
     #[arg(long, default_value_t = 24.0)]
     pub max_defer_hours: f64,
+}
+
+/// The policy `name`, with `--quota`'s shares when it is the quota policy.
+fn build_policy(name: &str, args: &SimArgs, trace: &trace::Trace) -> anyhow::Result<Box<dyn sched::Policy>> {
+    match (name.to_ascii_lowercase().as_str(), &args.quota) {
+        ("quota", Some(spec)) => Ok(Box::new(sched::quota::Quota::new(quota_config(spec, trace)?))),
+        _ => Ok(sched::policy_by_name(name, args.seed)?),
+    }
+}
+
+/// `--quota NAME=GPUS,...` as the quota policy's nominal shares, by the trace's tenant names.
+fn quota_config(spec: &str, trace: &trace::Trace) -> anyhow::Result<sched::quota::QuotaConfig> {
+    let mut config = sched::quota::QuotaConfig::default();
+    for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, gpus)) = pair.split_once('=') else {
+            anyhow::bail!("--quota: expected TENANT=GPUS, got '{pair}'");
+        };
+        let (name, gpus) = (name.trim(), gpus.trim());
+        let gpus: f64 = match gpus.parse() {
+            Ok(g) if f64::is_finite(g) && g >= 0.0 => g,
+            _ => anyhow::bail!("--quota: GPUs of tenant '{name}' must be a non-negative number, got '{gpus}'"),
+        };
+        let Some(id) = trace.tenants.iter().position(|t| t == name) else {
+            let known: Vec<&str> = trace.tenants.iter().take(20).map(String::as_str).collect();
+            anyhow::bail!("--quota: the trace has no tenant '{name}' (tenants: {})", known.join(", "));
+        };
+        config.nominal.insert(id as u32, gpus);
+    }
+    Ok(config)
 }
 
 /// Loops, overlays and marks the trace as the flags ask.
@@ -231,9 +264,12 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             anyhow::bail!("{what} must be a non-negative number of seconds, got {v}");
         }
     }
-    let mut policies = Vec::with_capacity(names.len());
+    let mut policies: Vec<Box<dyn sched::Policy>> = Vec::with_capacity(names.len());
     for name in &names {
-        policies.push(sched::policy_by_name(name, args.seed)?);
+        policies.push(build_policy(name, &args, &trace)?);
+    }
+    if args.quota.is_some() && !names.iter().any(|n| n.eq_ignore_ascii_case("quota")) {
+        anyhow::bail!("--quota applies to the quota policy; add it to --policy");
     }
     let coolings: Vec<Option<model::Cooling>> = match (&args.compare_cooling, &args.cooling) {
         (Some(list), _) => {
@@ -528,7 +564,7 @@ fn compare_cooling(
 ) -> anyhow::Result<()> {
     let mut reports = Vec::with_capacity(coolings.len());
     for &cooling in coolings {
-        let mut policy = sched::policy_by_name(args.policy.trim(), args.seed)?;
+        let mut policy = build_policy(args.policy.trim(), args, trace)?;
         let power = power_options(args, &fleet, cooling)?;
         let config = SimConfig {
             seed: args.seed,
