@@ -1,33 +1,17 @@
 //! Deferrable jobs wait for cheaper hours; the rest run as before.
 
 use energy::{EnergyModel, GridYear, HeatOptions, TemperatureYear};
-use model::{Cooling, Fleet, FleetBuilder, GpuRequest, NodeSpec, SimDuration, SimTime, Workload};
+use model::{Cooling, Fleet, GpuRequest, SimDuration, SimTime, Workload};
 use sched::defer::{DeferFor, DeferralGate};
 use sched::policy_by_name;
 use sched::power::PowerMode;
 use sim::{PowerOptions, SimConfig, SimReport, simulate};
 use std::sync::Arc;
 
+mod common;
+
 fn fleet() -> Arc<Fleet> {
-    let mut b = FleetBuilder::new("t");
-    let s = b.add_site("s", Cooling::Immersion, None);
-    let h = b.add_hall(s, "h", None);
-    let r = b.add_rack(h, "r", None);
-    for i in 0..5 {
-        b.add_node(
-            r,
-            NodeSpec {
-                name: format!("n{i}"),
-                cpu_milli: 32_000,
-                memory_mib: 65_536,
-                gpu_count: 8,
-                gpu_model: Some("H200".into()),
-                nvlink_domain: None,
-                leaf_switch: None,
-            },
-        );
-    }
-    Arc::new(b.build())
+    common::fleet(5, 8, "H200", Cooling::Immersion, None)
 }
 
 /// A grid year whose price is 100 EUR/MWh except 20 EUR/MWh from 03:00 to 06:00 every day.

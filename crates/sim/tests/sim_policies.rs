@@ -2,41 +2,21 @@
 //! runtime respected, every job completes (no starvation), same seed -> same result; plus small
 //! cases worked out by hand.
 
-use model::{Cooling, Fleet, FleetBuilder, GpuRequest, NodeId, NodeSpec, SimDuration, SimTime, TenantId, Workload};
+use model::{Cooling, Fleet, GpuRequest, NodeId, SimDuration, SimTime, TenantId, Workload};
 use proptest::prelude::*;
 use sched::policy_by_name;
 use sim::{EventKind, SimConfig, SimReport, simulate};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-const POLICIES: &[&str] = &["fifo", "backfill", "fairshare", "quota", "tiresias", "srpt", "drome"];
+mod common;
 
 /// `nodes` 8-GPU nodes, two per leaf switch.
 fn fleet(nodes: u32) -> Arc<Fleet> {
-    let mut b = FleetBuilder::new("t");
-    let s = b.add_site("s", Cooling::Air, None);
-    let h = b.add_hall(s, "h", None);
-    let r = b.add_rack(h, "r", None);
-    let mut leaf = 0;
-    for i in 0..nodes {
-        if i % 2 == 0 {
-            leaf = b.new_leaf_switch();
-        }
-        b.add_node(
-            r,
-            NodeSpec {
-                name: format!("n{i}"),
-                cpu_milli: 32_000,
-                memory_mib: 65_536,
-                gpu_count: 8,
-                gpu_model: Some("H200".into()),
-                nvlink_domain: None,
-                leaf_switch: Some(leaf),
-            },
-        );
-    }
-    Arc::new(b.build())
+    common::fleet(nodes, 8, "H200", Cooling::Air, Some(2))
 }
+
+const POLICIES: &[&str] = &["fifo", "backfill", "fairshare", "quota", "tiresias", "srpt", "drome"];
 
 fn job(id: u32, submit_s: u64, gpus: u32, secs: u64, tenant: u32) -> Workload {
     let mut w = Workload::gpu_job(

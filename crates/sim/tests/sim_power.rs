@@ -2,33 +2,17 @@
 //! policy, cooling or mode.
 
 use energy::{EnergyModel, GridYear, HeatOptions, TemperatureYear};
-use model::{Cooling, Fleet, FleetBuilder, GpuRequest, NodeSpec, SimDuration, SimTime, Workload};
+use model::{Cooling, Fleet, GpuRequest, SimDuration, SimTime, Workload};
 use proptest::prelude::*;
 use sched::policy_by_name;
 use sched::power::PowerMode;
 use sim::{PowerOptions, SimConfig, SimReport, simulate};
 use std::sync::Arc;
 
+mod common;
+
 fn fleet(nodes: u32, gpus: u8, model: &str) -> Arc<Fleet> {
-    let mut b = FleetBuilder::new("t");
-    let s = b.add_site("s", Cooling::Air, None);
-    let h = b.add_hall(s, "h", None);
-    let r = b.add_rack(h, "r", None);
-    for i in 0..nodes {
-        b.add_node(
-            r,
-            NodeSpec {
-                name: format!("n{i}"),
-                cpu_milli: 32_000,
-                memory_mib: 65_536,
-                gpu_count: gpus,
-                gpu_model: Some(model.into()),
-                nvlink_domain: None,
-                leaf_switch: None,
-            },
-        );
-    }
-    Arc::new(b.build())
+    common::fleet(nodes, gpus, model, Cooling::Air, None)
 }
 
 fn options(fleet: &Fleet, cooling: Cooling, frac: Option<f64>, mode: PowerMode) -> Arc<PowerOptions> {

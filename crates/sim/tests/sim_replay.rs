@@ -1,32 +1,16 @@
 //! The twin on small hand-made cases whose answers can be worked out on paper, and its
 //! invariants on random ones.
 
-use model::{Cooling, Fleet, FleetBuilder, GpuRequest, ModelFilter, NodeSpec, SimDuration, SimTime, Workload};
+use model::{Cooling, Fleet, GpuRequest, ModelFilter, SimDuration, SimTime, Workload};
 use proptest::prelude::*;
 use sched::policy_by_name;
 use sim::{SimConfig, SimReport, simulate};
 use std::sync::Arc;
 
+mod common;
+
 fn fleet(nodes: u32, gpus: u8) -> Arc<Fleet> {
-    let mut b = FleetBuilder::new("t");
-    let s = b.add_site("s", Cooling::Air, None);
-    let h = b.add_hall(s, "h", None);
-    let r = b.add_rack(h, "r", None);
-    for i in 0..nodes {
-        b.add_node(
-            r,
-            NodeSpec {
-                name: format!("n{i}"),
-                cpu_milli: 32_000,
-                memory_mib: 65_536,
-                gpu_count: gpus,
-                gpu_model: Some("H200".into()),
-                nvlink_domain: None,
-                leaf_switch: None,
-            },
-        );
-    }
-    Arc::new(b.build())
+    common::fleet(nodes, gpus, "H200", Cooling::Air, None)
 }
 
 fn job(id: u32, submit_s: u64, gpus: u32, secs: u64) -> Workload {
