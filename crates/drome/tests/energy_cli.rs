@@ -102,3 +102,48 @@ fn deferrable_work_is_held_for_cheaper_hours_and_bad_flags_are_named() {
         assert!(err.contains(says), "{flag} {value}: {err}");
     }
 }
+
+#[test]
+fn sim_reads_a_users_grid_year_and_names_its_bad_line() {
+    let dir = std::env::temp_dir().join(format!("drome-sim-grid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = "crates/trace/tests/fixtures/tiresias_small.csv";
+    let cheap = dir.join("cheap.csv");
+    let dear = dir.join("dear.csv");
+    let year = |price: u32| {
+        let mut t = String::from("hour,price_eur_per_mwh,co2_g_per_kwh\n");
+        for h in 0..8760 {
+            t.push_str(&format!("{h},{price},50\n"));
+        }
+        t
+    };
+    std::fs::write(&cheap, year(10)).unwrap();
+    std::fs::write(&dear, year(100)).unwrap();
+    let cost = |grid: &std::path::Path| {
+        let out = drome(&[
+            "sim",
+            "--fleet",
+            "fleets/small.toml",
+            "--trace",
+            trace,
+            "--grid",
+            grid.to_str().unwrap(),
+            "--output",
+            "json",
+            "-q",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["energy_cost_eur"].as_f64().unwrap()
+    };
+    let (c, d) = (cost(&cheap), cost(&dear));
+    assert!(c > 0.0 && (d / c - 10.0).abs() < 1e-6, "{c} vs {d}");
+
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, "hour,price_eur_per_mwh,co2_g_per_kwh\n0,50,40\n1,50,-3\n").unwrap();
+    let out = drome(&["sim", "--fleet", "fleets/small.toml", "--trace", trace, "--grid", bad.to_str().unwrap(), "-q"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.csv") && err.contains("co2_g_per_kwh"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -99,6 +99,13 @@ pub struct SimArgs {
     /// network's demand). Turns on power accounting.
     #[arg(long)]
     pub defer_for: Option<String>,
+    /// Hourly outdoor temperature CSV (hour,outdoor_celsius) instead of the shipped Valence year.
+    #[arg(long)]
+    pub temperature: Option<PathBuf>,
+    /// Hourly grid CSV (hour,price_eur_per_mwh,co2_g_per_kwh) instead of the shipped French year:
+    /// the prices and carbon the energy figures and the deferral gate use.
+    #[arg(long)]
+    pub grid: Option<PathBuf>,
     /// Guaranteed GPUs per tenant for the `quota` policy, as TENANT=GPUS pairs separated by
     /// commas (`--quota 6214e9=64,b436b2=32`); tenants not listed share what is left equally.
     #[arg(long)]
@@ -187,6 +194,10 @@ fn deferral_gate(
     Ok(Some(Arc::new(gate)))
 }
 
+fn read_text(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
 fn parse_cooling(name: &str) -> anyhow::Result<model::Cooling> {
     match name.trim().to_ascii_lowercase().as_str() {
         "air" => Ok(model::Cooling::Air),
@@ -215,8 +226,18 @@ fn power_options(
     };
     let mut opts = sim::PowerOptions {
         model,
-        temperature: energy::TemperatureYear::valence()?,
-        grid: energy::GridYear::france()?,
+        temperature: match &args.temperature {
+            Some(path) => {
+                energy::TemperatureYear::parse(&read_text(path)?).with_context(|| format!("in {}", path.display()))?
+            }
+            None => energy::TemperatureYear::valence()?,
+        },
+        grid: match &args.grid {
+            Some(path) => {
+                energy::GridYear::parse(&read_text(path)?).with_context(|| format!("in {}", path.display()))?
+            }
+            None => energy::GridYear::france()?,
+        },
         start_hour: args.start_hour % energy::HOURS_PER_YEAR,
         cap_watts: None,
         mode,
@@ -286,6 +307,8 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         (None, None) => vec![None],
     };
     let wants_power = args.cooling.is_some()
+        || args.grid.is_some()
+        || args.temperature.is_some()
         || args.compare_cooling.is_some()
         || args.power_cap_mw.is_some()
         || args.power_cap_frac.is_some()
