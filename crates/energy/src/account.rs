@@ -149,6 +149,45 @@ impl EnergyModel {
         self.power_at(&self.sites[site.index()], it_watts, outdoor_c)
     }
 
+    /// What a power-cap guard needs, as plain numbers at outdoor temperature `outdoor_c`: per
+    /// site, the draw with every GPU idle; per node, the site watts each allocated GPU adds at
+    /// worst (GPU at its board limit, the host's whole span charged to its GPUs) and the part of
+    /// it the GPU's power cap scales. Site draw is linear in IT power at a given temperature, so
+    /// these figures are exact for that temperature; callers pass the hottest hour they will meet.
+    pub fn guard_figures(&self, fleet: &Fleet, outdoor_c: f64) -> GuardFigures {
+        let slope: Vec<f64> = (0..self.sites.len())
+            .map(|s| {
+                let id = SiteId(s as u32);
+                let x = self.sites[s].it.max_watts.max(1.0);
+                let p0 = self.site_power_at_it(id, 0.0, outdoor_c).total_watts;
+                let p1 = self.site_power_at_it(id, x, outdoor_c).total_watts;
+                (p1 - p0) / x
+            })
+            .collect();
+        let site_idle_watts = (0..self.sites.len())
+            .map(|s| {
+                let id = SiteId(s as u32);
+                let idle_it = self.sites[s].it.idle_watts * self.site_wall_factor(id);
+                self.site_power_at_it(id, idle_it, outdoor_c).total_watts
+            })
+            .collect();
+        let nodes = fleet
+            .node_ids()
+            .map(|id| {
+                let site = fleet.node(id).site;
+                let p = &self.power.nodes[id.index()];
+                if p.gpus == 0 {
+                    return GuardNode { site: site.0, full_watts_per_gpu: 0.0, board_watts_per_gpu: 0.0 };
+                }
+                let k = self.site_wall_factor(site) * slope[site.index()];
+                let board = fleet.node_gpu_model(id).map_or(0.0, |m| m.board_power_watts);
+                let full = (p.max_watts - p.idle_watts) / f64::from(p.gpus);
+                GuardNode { site: site.0, full_watts_per_gpu: full * k, board_watts_per_gpu: board * k }
+            })
+            .collect();
+        GuardFigures { site_idle_watts, nodes }
+    }
+
     /// DC -> wall factor of `site`'s servers under its cooling (power supplies, server fans).
     pub fn site_wall_factor(&self, site: SiteId) -> f64 {
         self.sites[site.index()].wall_factor
@@ -158,6 +197,23 @@ impl EnergyModel {
         let facility = facility_power(&s.design, it_watts, outdoor_c, 0.0, s.it.max_watts * s.wall_factor);
         SitePower { it_watts, facility, total_watts: it_watts + facility.overhead_watts() }
     }
+}
+
+/// A power-cap guard's figures, from [`EnergyModel::guard_figures`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct GuardFigures {
+    /// By site index: site watts with every GPU idle.
+    pub site_idle_watts: Vec<f64>,
+    /// By node id.
+    pub nodes: Vec<GuardNode>,
+}
+
+/// One node's worst-case site watts per allocated GPU.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GuardNode {
+    pub site: u32,
+    pub full_watts_per_gpu: f64,
+    pub board_watts_per_gpu: f64,
 }
 
 /// Site power of all of `fleet`'s sites under `cooling` at `allocation` and `outdoor_c`, watts.

@@ -77,39 +77,20 @@ impl PowerOptions {
     /// The guard's numbers for `fleet`, `None` when uncapped.
     pub fn budget(&self, fleet: &Fleet) -> Option<PowerBudget> {
         let caps = self.cap_watts.as_ref()?;
-        let t = self.design_celsius();
-        let slope: Vec<f64> = (0..self.model.sites.len())
-            .map(|s| {
-                let id = SiteId(s as u32);
-                let x = self.model.sites[s].it.max_watts.max(1.0);
-                let p0 = self.model.site_power_at_it(id, 0.0, t).total_watts;
-                let p1 = self.model.site_power_at_it(id, x, t).total_watts;
-                (p1 - p0) / x
-            })
+        let f = self.model.guard_figures(fleet, self.design_celsius());
+        let sites = f
+            .site_idle_watts
+            .iter()
+            .enumerate()
+            .map(|(s, &base)| SiteBudget { cap_watts: caps.get(s).copied().unwrap_or(f64::INFINITY), base_watts: base })
             .collect();
-        let sites = (0..self.model.sites.len())
-            .map(|s| {
-                let id = SiteId(s as u32);
-                let idle_it = self.model.sites[s].it.idle_watts * self.model.site_wall_factor(id);
-                SiteBudget {
-                    cap_watts: caps.get(s).copied().unwrap_or(f64::INFINITY),
-                    base_watts: self.model.site_power_at_it(id, idle_it, t).total_watts,
-                }
-            })
-            .collect();
-        let nodes = fleet
-            .node_ids()
-            .map(|id| {
-                let site = fleet.node(id).site;
-                let p = &self.model.power.nodes[id.index()];
-                let k = self.model.site_wall_factor(site) * slope[site.index()];
-                let board = fleet.node_gpu_model(id).map_or(0.0, |m| m.board_power_watts);
-                if p.gpus == 0 {
-                    return NodeWatts { site: site.0, ..NodeWatts::default() };
-                }
-                // Conservative: the host's whole span is charged to its GPUs.
-                let full = (p.max_watts - p.idle_watts) / f64::from(p.gpus);
-                NodeWatts { site: site.0, full_watts_per_gpu: full * k, board_watts_per_gpu: board * k }
+        let nodes = f
+            .nodes
+            .iter()
+            .map(|n| NodeWatts {
+                site: n.site,
+                full_watts_per_gpu: n.full_watts_per_gpu,
+                board_watts_per_gpu: n.board_watts_per_gpu,
             })
             .collect();
         Some(PowerBudget { sites, nodes, mode: self.mode })
