@@ -27,8 +27,8 @@ pub mod it_power;
 mod rng;
 
 pub use account::{
-    EnergyModel, EnergyReport, GuardFigures, GuardNode, HeatOptions, HourPoint, SiteEnergy, SitePower, Totals, account, parse_allocation_csv,
-    site_power_watts, worst_case_site_power_watts,
+    EnergyModel, EnergyReport, GuardFigures, GuardNode, HeatOptions, HourPoint, SiteEnergy, SitePower, Totals, account,
+    parse_allocation_csv, site_power_watts, worst_case_site_power_watts,
 };
 pub use climate::{HOURS_PER_YEAR, MonthlyNormals, TemperatureYear, VALENCE_NORMALS};
 pub use facility::{CoolingDesign, FacilityPower};

@@ -57,6 +57,34 @@ pub trait Policy: Send {
     }
 }
 
+/// A boxed policy is a policy, so wrappers ([`crate::power::PowerCapped`]) take policies chosen
+/// by name at run time.
+impl<P: Policy + ?Sized> Policy for Box<P> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn is_clairvoyant(&self) -> bool {
+        (**self).is_clairvoyant()
+    }
+
+    fn schedule(&mut self, now: SimTime, queue: &Queue, cluster: &mut ClusterState) -> Vec<Decision> {
+        (**self).schedule(now, queue, cluster)
+    }
+
+    fn on_finished(&mut self, workload: &Workload, started: SimTime, now: SimTime) {
+        (**self).on_finished(workload, started, now)
+    }
+
+    fn start_undone(&mut self, job: &QueuedJob, seq: u64, now: SimTime) {
+        (**self).start_undone(job, seq, now)
+    }
+
+    fn min_runtime(&self) -> SimDuration {
+        (**self).min_runtime()
+    }
+}
+
 /// Strict first-in first-out: the head starts when it fits; nothing overtakes it.
 pub struct Fifo {
     name: String,

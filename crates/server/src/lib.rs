@@ -170,8 +170,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             hash
         }
     };
-    let policy = sched::policy_by_name(&config.policy, 0)?;
     let fleet = Arc::new(config.fleet);
+    let policy = power_capped(sched::policy_by_name(&config.policy, 0)?, &fleet);
     let node_ids = fleet.node_ids().map(|id| (fleet.node(id).name.clone(), id)).collect();
     let (events, _) = watch::channel(0u64);
     let wake = Arc::new(Notify::new());
@@ -254,4 +254,39 @@ pub async fn rotate_token(store: &store::Store, tenant_id: i64) -> Result<String
         return Err(error::ApiError::NotFound(format!("no tenant {tenant_id}")));
     }
     Ok(token)
+}
+
+/// Holds `policy` to the sites' grid caps (admission mode, worst case at the hottest hour of the
+/// shipped climate year) when any site of `fleet` declares one: the live scheduler never starts
+/// work a site's connection could not carry.
+fn power_capped(policy: Box<dyn sched::Policy>, fleet: &model::Fleet) -> Box<dyn sched::Policy> {
+    if fleet.sites.iter().all(|s| s.grid_power_cap_watts.is_none()) {
+        return policy;
+    }
+    let model = energy::EnergyModel::new(fleet, None, &energy::HeatOptions::default());
+    let hottest = energy::TemperatureYear::valence()
+        .map(|t| t.hours().iter().copied().fold(f64::NEG_INFINITY, f64::max))
+        .unwrap_or(40.0);
+    let f = model.guard_figures(fleet, hottest);
+    let sites = fleet
+        .sites
+        .iter()
+        .zip(&f.site_idle_watts)
+        .map(|(s, &base)| sched::power::SiteBudget {
+            cap_watts: s.grid_power_cap_watts.unwrap_or(f64::INFINITY),
+            base_watts: base,
+        })
+        .collect();
+    let nodes = f
+        .nodes
+        .iter()
+        .map(|n| sched::power::NodeWatts {
+            site: n.site,
+            full_watts_per_gpu: n.full_watts_per_gpu,
+            board_watts_per_gpu: n.board_watts_per_gpu,
+        })
+        .collect();
+    let budget = sched::power::PowerBudget { sites, nodes, mode: sched::power::PowerMode::Admission };
+    tracing::info!(policy = policy.name(), "scheduling within the sites' grid caps");
+    Box::new(sched::power::PowerCapped::new(policy, budget))
 }

@@ -64,7 +64,11 @@ pub fn fleet() -> model::Fleet {
 
 impl TestServer {
     pub async fn start(place: &Place) -> TestServer {
-        let mut config = server::Config::new(place.url.clone(), "127.0.0.1:0".parse().unwrap(), fleet());
+        TestServer::start_with(place, fleet()).await
+    }
+
+    pub async fn start_with(place: &Place, fleet: model::Fleet) -> TestServer {
+        let mut config = server::Config::new(place.url.clone(), "127.0.0.1:0".parse().unwrap(), fleet);
         config.admin_token = Some(ADMIN.into());
         config.tick = Duration::from_millis(50);
         let running = server::start(config).await.expect("server starts");
