@@ -219,6 +219,9 @@ async fn end_to_end(dir: &Path, db: &str) {
         api.submit(json!({"command": "sh", "args": sh("echo one; sleep 1; echo two"), "gpus_per_node": 1})).await;
     api.wait_state(slow, &["running"], Duration::from_secs(10)).await;
     assert_eq!(drome_logs(&base, &api.token, slow, &["--follow"]), "one\ntwo\n");
+    // --follow on a job just submitted waits for it to be placed, then reads it to the end.
+    let fresh = api.submit(json!({"command": "sh", "args": sh("echo fresh"), "gpus_per_node": 1})).await;
+    assert_eq!(drome_logs(&base, &api.token, fresh, &["--follow"]), "fresh\n");
     // Output larger than one piece comes back whole.
     let big = api
         .submit(json!({"command": "sh", "args": sh("head -c 600000 /dev/zero | tr '\\0' x"), "gpus_per_node": 1}))

@@ -404,6 +404,16 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
     let stream = if args.stderr { "stderr" } else { "stdout" };
     runtime()?.block_on(async move {
+        if args.follow {
+            // A job still waiting in the queue has no output yet: wait for it to be placed.
+            loop {
+                let job: api::Job = client.get(&format!("/v1/jobs/{}", args.id)).await?;
+                if !matches!(job.state, api::JobState::Pending | api::JobState::Scheduled | api::JobState::Preempted) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
         let mut offset = 0u64;
         loop {
             let path = format!("/v1/jobs/{}/logs?member={}&stream={stream}&offset={offset}", args.id, args.member);
