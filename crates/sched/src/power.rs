@@ -136,6 +136,8 @@ pub struct PowerGuard {
     job_caps: rustc_hash::FxHashMap<WorkloadId, f64>,
     /// Bumped whenever a job's cap changes.
     caps_epoch: u64,
+    /// Per site, the fewest watts a GPU of the site adds at the floor cap (infinite: no GPUs).
+    cheapest_per_gpu: Vec<f64>,
     /// Starts rolled back over the run.
     pub refused_starts: u64,
 }
@@ -143,6 +145,13 @@ pub struct PowerGuard {
 impl PowerGuard {
     pub fn new(budget: PowerBudget) -> PowerGuard {
         let site_caps = vec![1.0; budget.sites.len()];
+        let floor = budget.floor_cap();
+        let mut cheapest_per_gpu = vec![f64::INFINITY; budget.sites.len()];
+        for n in budget.nodes.iter().filter(|n| n.full_watts_per_gpu > 0.0) {
+            if let Some(c) = cheapest_per_gpu.get_mut(n.site as usize) {
+                *c = c.min(n.watts_per_gpu(floor));
+            }
+        }
         PowerGuard {
             budget,
             site_caps,
@@ -152,6 +161,7 @@ impl PowerGuard {
             next_seq: 0,
             job_caps: Default::default(),
             caps_epoch: 0,
+            cheapest_per_gpu,
             refused_starts: 0,
         }
     }
@@ -261,17 +271,11 @@ impl PowerGuard {
         if gpus <= 0.0 {
             return true;
         }
-        let floor = self.budget.floor_cap();
-        self.budget.sites.iter().enumerate().any(|(s, site)| {
-            let cheapest = self
-                .budget
-                .nodes
-                .iter()
-                .filter(|n| n.site as usize == s)
-                .map(|n| n.watts_per_gpu(floor))
-                .fold(f64::INFINITY, f64::min);
-            cheapest.is_finite() && site.base_watts + gpus * cheapest <= site.cap_watts
-        })
+        self.budget
+            .sites
+            .iter()
+            .zip(&self.cheapest_per_gpu)
+            .any(|(site, &cheapest)| cheapest.is_finite() && site.base_watts + gpus * cheapest <= site.cap_watts)
     }
 
     /// The starts the last [`PowerGuard::after`] rolled back: the caller tells the policy

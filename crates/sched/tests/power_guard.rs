@@ -63,3 +63,22 @@ fn dynamic_mode_caps_the_oldest_run_first_and_only_as_deep_as_needed() {
     // The worst case at these caps fits the cap exactly.
     assert!(p.guard.site_worst_watts(&cluster, 0) <= 15_000.0 + 1e-6);
 }
+
+#[test]
+fn a_job_no_gpu_node_can_power_is_refused_even_beside_cpu_nodes() {
+    // A GPU node and a CPU-only node (no watts per GPU): the CPU node must not make every job
+    // look as if it fitted the cap.
+    let gpu = NodeWatts { site: 0, full_watts_per_gpu: 1000.0, board_watts_per_gpu: 700.0 };
+    let cpu = NodeWatts { site: 0, full_watts_per_gpu: 0.0, board_watts_per_gpu: 0.0 };
+    let budget = PowerBudget {
+        sites: vec![SiteBudget { cap_watts: 5_500.0, base_watts: 1000.0 }],
+        nodes: vec![gpu, cpu],
+        mode: PowerMode::Admission,
+    };
+    let guard = sched::power::PowerGuard::new(budget);
+    let f = fleet(&[(8, "H200"), (8, "H200")]);
+    let demand = |gpus| Demand::of(&job(0, GpuRequest::whole_gpus(gpus, 8)), &f);
+    assert!(guard.could_ever_fit(&demand(4)));
+    assert!(!guard.could_ever_fit(&demand(8)));
+    assert!(guard.could_ever_fit(&Demand::of(&job(1, GpuRequest::None), &f)));
+}
