@@ -110,6 +110,11 @@ impl TemperatureYear {
         &self.celsius
     }
 
+    /// The hottest hour of the year, °C: the design point a worst-case power budget holds at.
+    pub fn hottest_celsius(&self) -> f64 {
+        self.celsius.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+    }
+
     /// Mean of each month, °C.
     pub fn monthly_means(&self) -> [f64; 12] {
         let mut sum = [0.0; 12];

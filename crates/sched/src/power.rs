@@ -334,33 +334,41 @@ impl PowerGuard {
         let mut caps: rustc_hash::FxHashMap<WorkloadId, f64> = Default::default();
         let mut excess: Vec<f64> =
             loads.iter().zip(&self.budget.sites).map(|(l, b)| (l.0 - b.cap_watts).max(0.0)).collect();
-        if excess.iter().any(|&e| e > 0.0) {
-            let mut running: Vec<(u64, WorkloadId, &Placement)> = cluster
-                .allocations()
-                .filter(|(id, _)| !is_placeholder(**id))
-                .map(|(id, p)| (self.started_seq.get(id).copied().unwrap_or(0), *id, p))
-                .collect();
-            running.sort_unstable_by_key(|&(seq, id, _)| (seq, id));
-            for (_, id, p) in running {
-                let mut per_site = vec![(0.0f64, 0.0f64); excess.len()];
-                self.budget.add(&mut per_site, p);
-                let mut cap = 1.0f64;
+        self.started_seq.retain(|id, _| cluster.allocation(*id).is_some());
+        if excess.iter().all(|&e| e <= 0.0) {
+            // Every site fits at full power (always so in admission mode): nobody is capped.
+            self.site_caps.iter_mut().for_each(|c| *c = 1.0);
+            if !self.job_caps.is_empty() {
+                self.job_caps.clear();
+                self.caps_epoch += 1;
+            }
+            return;
+        }
+        let mut running: Vec<(u64, WorkloadId, &Placement)> = cluster
+            .allocations()
+            .filter(|(id, _)| !is_placeholder(**id))
+            .map(|(id, p)| (self.started_seq.get(id).copied().unwrap_or(0), *id, p))
+            .collect();
+        running.sort_unstable_by_key(|&(seq, id, _)| (seq, id));
+        for (_, id, p) in running {
+            let mut per_site = vec![(0.0f64, 0.0f64); excess.len()];
+            self.budget.add(&mut per_site, p);
+            let mut cap = 1.0f64;
+            for (s, &(_, board)) in per_site.iter().enumerate() {
+                if board <= 0.0 || excess[s] <= 0.0 {
+                    continue;
+                }
+                // This job's GPUs on site s give back (1 - c) * board watts at cap c.
+                cap = cap.min((1.0 - excess[s] / board).max(floor));
+            }
+            if cap < 1.0 {
                 for (s, &(_, board)) in per_site.iter().enumerate() {
-                    if board <= 0.0 || excess[s] <= 0.0 {
-                        continue;
-                    }
-                    // This job's GPUs on site s give back (1 - c) * board watts at cap c.
-                    cap = cap.min((1.0 - excess[s] / board).max(floor));
+                    excess[s] = (excess[s] - (1.0 - cap) * board).max(0.0);
                 }
-                if cap < 1.0 {
-                    for (s, &(_, board)) in per_site.iter().enumerate() {
-                        excess[s] = (excess[s] - (1.0 - cap) * board).max(0.0);
-                    }
-                    caps.insert(id, cap);
-                }
-                if excess.iter().all(|&e| e <= 1e-9) {
-                    break;
-                }
+                caps.insert(id, cap);
+            }
+            if excess.iter().all(|&e| e <= 1e-9) {
+                break;
             }
         }
         // Per site, the GPU-weighted mean cap (for reports).
@@ -382,7 +390,6 @@ impl PowerGuard {
         for (s, (cg, g)) in sums.into_iter().enumerate() {
             self.site_caps[s] = if g > 0.0 { cg / g } else { 1.0 };
         }
-        self.started_seq.retain(|id, _| cluster.allocation(*id).is_some());
         if caps != self.job_caps {
             self.caps_epoch += 1;
             self.job_caps = caps;

@@ -264,9 +264,7 @@ fn power_capped(policy: Box<dyn sched::Policy>, fleet: &model::Fleet) -> Box<dyn
         return policy;
     }
     let model = energy::EnergyModel::new(fleet, None, &energy::HeatOptions::default());
-    let hottest = energy::TemperatureYear::valence()
-        .map(|t| t.hours().iter().copied().fold(f64::NEG_INFINITY, f64::max))
-        .unwrap_or(40.0);
+    let hottest = energy::TemperatureYear::valence().map(|t| t.hottest_celsius()).unwrap_or(40.0);
     let f = model.guard_figures(fleet, hottest);
     let sites = fleet
         .sites

@@ -30,7 +30,7 @@ fn capped_fleet() -> model::Fleet {
     }
     let mut fleet = b.build();
     let model = energy::EnergyModel::new(&fleet, None, &energy::HeatOptions::default());
-    let hottest = energy::TemperatureYear::valence().unwrap().hours().iter().copied().fold(f64::MIN, f64::max);
+    let hottest = energy::TemperatureYear::valence().unwrap().hottest_celsius();
     let f = model.guard_figures(&fleet, hottest);
     let one_node = 8.0 * f.nodes[0].full_watts_per_gpu;
     fleet.sites[0].grid_power_cap_watts = Some(f.site_idle_watts[0] + 1.5 * one_node);

@@ -39,7 +39,7 @@ impl PowerOptions {
 
     /// The hottest hour of the year, °C: the design point the guard budgets at.
     pub fn design_celsius(&self) -> f64 {
-        self.temperature.hours().iter().copied().fold(f64::NEG_INFINITY, f64::max)
+        self.temperature.hottest_celsius()
     }
 
     /// Nameplate IT power of every site at the wall: every GPU at its board limit and every host
