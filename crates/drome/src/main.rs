@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Replay a trace through a scheduling policy in the digital twin.
-    Sim(cmd::sim::SimArgs),
+    Sim(Box<cmd::sim::SimArgs>),
     /// Inspect fleet files and node lists.
     #[command(subcommand)]
     Fleet(cmd::fleet::FleetCommand),
@@ -55,7 +55,7 @@ enum Command {
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Sim(args) => cmd::sim::run(args),
+        Command::Sim(args) => cmd::sim::run(*args),
         Command::Fleet(c) => cmd::fleet::run(c),
         Command::Trace(c) => cmd::trace::run(c),
         Command::Bench(c) => cmd::bench::run(c),

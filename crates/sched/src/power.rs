@@ -12,12 +12,10 @@
 //! - [`PowerMode::Admission`]: work is admitted only while every site's worst case (every
 //!   allocated GPU at its board limit) fits its cap;
 //! - [`PowerMode::Dynamic`]: work is admitted while the worst case fits with every running GPU
-//!   of the site capped at `min_cap`; the guard then lowers GPU power caps job by job until the
-//!   site fits, longest-running jobs first, each down to `min_cap` before the next is touched.
-//!   Caps are per job so that a node agent can apply them to the GPUs of one job; the order is a
-//!   choice of the policy (on Philly at load 0.85 and 80% of nameplate, oldest-first and
-//!   newest-first came within 1% of each other in mean JCT: the admission bound, not the
-//!   slowdown, is what costs).
+//!   of the site capped at `min_cap`; the guard then lowers GPU power caps until the site fits.
+//!   Caps are per job so that a node agent can apply them to the GPUs of one job; whose caps go
+//!   down is a choice of the policy ([`CapShare`]): every running job alike (the default), or
+//!   the longest-running first, each down to `min_cap` before the next is touched.
 //!
 //! How it holds the inner policy to the budget: before the policy's round, GPUs beyond the power
 //! headroom are hidden behind placeholder allocations (on the most fragmented nodes first, so
@@ -40,8 +38,22 @@ const MILLI: f64 = 1000.0;
 pub enum PowerMode {
     /// Admit work only while the worst case fits.
     Admission,
-    /// Also lower GPU power caps of running work, down to `min_cap` of the board limit.
-    Dynamic { min_cap: f64 },
+    /// Also lower GPU power caps of running work, down to `min_cap` of the board limit, shared
+    /// out as `share` says.
+    Dynamic { min_cap: f64, share: CapShare },
+}
+
+/// Whose GPU caps the dynamic mode lowers when a site's worst case exceeds its cap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CapShare {
+    /// Every running job of the site to the same cap, as high as the site allows. Throughput
+    /// lost to a cap is convex in the cut (nothing while the cap stays above what the work
+    /// draws, then more for every further step), so an even cut loses least in total.
+    #[default]
+    Even,
+    /// Longest-running jobs first, each down to `min_cap` before the next is touched: the fewest
+    /// jobs slowed, for sites where capping a job costs a fixed price (re-tuning, SLAs).
+    OldestFirst,
 }
 
 /// One site's budget, watts at the grid meter.
@@ -88,7 +100,14 @@ impl PowerBudget {
     fn floor_cap(&self) -> f64 {
         match self.mode {
             PowerMode::Admission => 1.0,
-            PowerMode::Dynamic { min_cap } => min_cap.clamp(0.0, 1.0),
+            PowerMode::Dynamic { min_cap, .. } => min_cap.clamp(0.0, 1.0),
+        }
+    }
+
+    fn share(&self) -> CapShare {
+        match self.mode {
+            PowerMode::Admission => CapShare::Even,
+            PowerMode::Dynamic { share, .. } => share,
         }
     }
 
@@ -123,7 +142,11 @@ fn is_placeholder(id: WorkloadId) -> bool {
 /// The guard's state across rounds.
 #[derive(Clone, Debug)]
 pub struct PowerGuard {
+    /// Figures at the design point (the hottest hour): what admission must hold to.
     budget: PowerBudget,
+    /// Figures for the present conditions (an hour cooler than the design point needs less
+    /// cooling), when the caller gives them: what the dynamic mode's caps are set against.
+    present: Option<PowerBudget>,
     /// GPU power cap per site (fraction of the board limit) set after the last round.
     site_caps: Vec<f64>,
     placeholders: Vec<WorkloadId>,
@@ -154,6 +177,7 @@ impl PowerGuard {
         }
         PowerGuard {
             budget,
+            present: None,
             site_caps,
             placeholders: Vec::new(),
             undone: Vec::new(),
@@ -185,10 +209,39 @@ impl PowerGuard {
         self.caps_epoch
     }
 
-    /// Worst-case draw of site `s` under the current caps, watts.
+    /// Worst-case draw of site `s` under the current caps and conditions, watts.
     pub fn site_worst_watts(&self, cluster: &ClusterState, s: usize) -> f64 {
-        let loads = self.budget.loads(cluster);
+        let loads = self.present.as_ref().unwrap_or(&self.budget).loads(cluster);
         loads.get(s).map_or(0.0, |l| l.0 - (1.0 - self.site_caps.get(s).copied().unwrap_or(1.0)) * l.1)
+    }
+
+    /// Sets the figures of the present conditions (same sites and nodes as the budget, computed
+    /// for the outdoor temperature until the next call) and re-sets the caps of running jobs
+    /// against them. Admission still holds to the design point, where every running GPU at the
+    /// floor cap fits: so whatever the weather does next, lowering caps can always bring a site
+    /// back under its cap. Figures above the design point's are taken as the design point's.
+    pub fn set_conditions(&mut self, cluster: &ClusterState, sites: Vec<SiteBudget>, nodes: Vec<NodeWatts>) {
+        let sites = sites
+            .into_iter()
+            .zip(&self.budget.sites)
+            .map(|(now, design)| SiteBudget {
+                cap_watts: design.cap_watts,
+                base_watts: now.base_watts.min(design.base_watts),
+            })
+            .collect();
+        let nodes = nodes
+            .into_iter()
+            .zip(&self.budget.nodes)
+            .map(|(now, design)| NodeWatts {
+                site: design.site,
+                full_watts_per_gpu: now.full_watts_per_gpu.min(design.full_watts_per_gpu),
+                board_watts_per_gpu: now.board_watts_per_gpu.min(design.board_watts_per_gpu),
+            })
+            .collect();
+        self.present = Some(PowerBudget { sites, nodes, mode: self.budget.mode });
+        if matches!(self.budget.mode, PowerMode::Dynamic { .. }) {
+            self.set_job_caps(cluster);
+        }
     }
 
     /// Hides the GPUs beyond each site's headroom behind placeholder allocations. Call before the
@@ -324,16 +377,18 @@ impl PowerGuard {
                 self.next_seq += 1;
             }
         }
-        self.set_job_caps(cluster, &loads);
+        self.set_job_caps(cluster);
         kept
     }
 
-    /// Lowers the caps of the longest-running jobs first until every site's worst case fits.
-    fn set_job_caps(&mut self, cluster: &ClusterState, loads: &[(f64, f64)]) {
-        let floor = self.budget.floor_cap();
+    /// Lowers running jobs' caps, as the budget's [`CapShare`] says, until every site's worst
+    /// case fits.
+    fn set_job_caps(&mut self, cluster: &ClusterState) {
         let mut caps: rustc_hash::FxHashMap<WorkloadId, f64> = Default::default();
+        let figures = self.present.as_ref().unwrap_or(&self.budget);
+        let loads = figures.loads(cluster);
         let mut excess: Vec<f64> =
-            loads.iter().zip(&self.budget.sites).map(|(l, b)| (l.0 - b.cap_watts).max(0.0)).collect();
+            loads.iter().zip(&figures.sites).map(|(l, b)| (l.0 - b.cap_watts).max(0.0)).collect();
         self.started_seq.retain(|id, _| cluster.allocation(*id).is_some());
         if excess.iter().all(|&e| e <= 0.0) {
             // Every site fits at full power (always so in admission mode): nobody is capped.
@@ -344,32 +399,9 @@ impl PowerGuard {
             }
             return;
         }
-        let mut running: Vec<(u64, WorkloadId, &Placement)> = cluster
-            .allocations()
-            .filter(|(id, _)| !is_placeholder(**id))
-            .map(|(id, p)| (self.started_seq.get(id).copied().unwrap_or(0), *id, p))
-            .collect();
-        running.sort_unstable_by_key(|&(seq, id, _)| (seq, id));
-        for (_, id, p) in running {
-            let mut per_site = vec![(0.0f64, 0.0f64); excess.len()];
-            self.budget.add(&mut per_site, p);
-            let mut cap = 1.0f64;
-            for (s, &(_, board)) in per_site.iter().enumerate() {
-                if board <= 0.0 || excess[s] <= 0.0 {
-                    continue;
-                }
-                // This job's GPUs on site s give back (1 - c) * board watts at cap c.
-                cap = cap.min((1.0 - excess[s] / board).max(floor));
-            }
-            if cap < 1.0 {
-                for (s, &(_, board)) in per_site.iter().enumerate() {
-                    excess[s] = (excess[s] - (1.0 - cap) * board).max(0.0);
-                }
-                caps.insert(id, cap);
-            }
-            if excess.iter().all(|&e| e <= 1e-9) {
-                break;
-            }
+        match self.budget.share() {
+            CapShare::Even => self.even_caps(cluster, figures, &excess, &mut caps),
+            CapShare::OldestFirst => self.oldest_first_caps(cluster, figures, &mut excess, &mut caps),
         }
         // Per site, the GPU-weighted mean cap (for reports).
         let mut sums = vec![(0.0f64, 0.0f64); self.site_caps.len()];
@@ -393,6 +425,80 @@ impl PowerGuard {
         if caps != self.job_caps {
             self.caps_epoch += 1;
             self.job_caps = caps;
+        }
+    }
+
+    /// One cap per site, `1 - excess / board` of its running GPUs (not below the floor); a job
+    /// over several sites takes the lowest of theirs.
+    fn even_caps(
+        &self,
+        cluster: &ClusterState,
+        figures: &PowerBudget,
+        excess: &[f64],
+        caps: &mut rustc_hash::FxHashMap<WorkloadId, f64>,
+    ) {
+        let floor = self.budget.floor_cap();
+        let mut board = vec![0.0f64; excess.len()];
+        let running = || cluster.allocations().filter(|(id, _)| !is_placeholder(**id));
+        for (_, p) in running() {
+            let mut per_site = vec![(0.0f64, 0.0f64); excess.len()];
+            figures.add(&mut per_site, p);
+            for (b, (_, x)) in board.iter_mut().zip(per_site) {
+                *b += x;
+            }
+        }
+        let site_cap: Vec<f64> = excess
+            .iter()
+            .zip(&board)
+            .map(|(&e, &b)| if e <= 0.0 || b <= 0.0 { 1.0 } else { (1.0 - e / b).max(floor) })
+            .collect();
+        for (id, p) in running() {
+            let cap = p
+                .members
+                .iter()
+                .map(|m| site_cap.get(figures.node(m.node).site as usize).copied().unwrap_or(1.0))
+                .fold(1.0, f64::min);
+            if cap < 1.0 {
+                caps.insert(*id, cap);
+            }
+        }
+    }
+
+    /// Longest-running jobs first, each down to the floor before the next is touched.
+    fn oldest_first_caps(
+        &self,
+        cluster: &ClusterState,
+        figures: &PowerBudget,
+        excess: &mut [f64],
+        caps: &mut rustc_hash::FxHashMap<WorkloadId, f64>,
+    ) {
+        let floor = self.budget.floor_cap();
+        let mut running: Vec<(u64, WorkloadId, &Placement)> = cluster
+            .allocations()
+            .filter(|(id, _)| !is_placeholder(**id))
+            .map(|(id, p)| (self.started_seq.get(id).copied().unwrap_or(0), *id, p))
+            .collect();
+        running.sort_unstable_by_key(|&(seq, id, _)| (seq, id));
+        for (_, id, p) in running {
+            let mut per_site = vec![(0.0f64, 0.0f64); excess.len()];
+            figures.add(&mut per_site, p);
+            let mut cap = 1.0f64;
+            for (s, &(_, board)) in per_site.iter().enumerate() {
+                if board <= 0.0 || excess[s] <= 0.0 {
+                    continue;
+                }
+                // This job's GPUs on site s give back (1 - c) * board watts at cap c.
+                cap = cap.min((1.0 - excess[s] / board).max(floor));
+            }
+            if cap < 1.0 {
+                for (s, &(_, board)) in per_site.iter().enumerate() {
+                    excess[s] = (excess[s] - (1.0 - cap) * board).max(0.0);
+                }
+                caps.insert(id, cap);
+            }
+            if excess.iter().all(|&e| e <= 1e-9) {
+                break;
+            }
         }
     }
 }

@@ -4,7 +4,7 @@ mod common;
 
 use common::{fleet, job};
 use model::{GpuRequest, SimTime};
-use sched::power::{NodeWatts, PowerBudget, PowerCapped, PowerMode, SiteBudget};
+use sched::power::{CapShare, NodeWatts, PowerBudget, PowerCapped, PowerMode, SiteBudget};
 use sched::{ClusterState, Decision, Demand, Fifo, FirstFit, Policy, Queue, QueuedJob};
 use std::sync::Arc;
 
@@ -48,7 +48,7 @@ fn dynamic_mode_caps_the_oldest_run_first_and_only_as_deep_as_needed() {
     // Full power for 16 GPUs: 17,000 W. Cap 15,000 W: 2,000 W must go; at the 0.5 floor each
     // 8-GPU job can give back 8 x 350 = 2,800 W, so the older job alone is capped, to
     // 1 - 2000 / 5600 of its board limit.
-    let mode = PowerMode::Dynamic { min_cap: 0.5 };
+    let mode = PowerMode::Dynamic { min_cap: 0.5, share: CapShare::OldestFirst };
     let mut p = PowerCapped::new(Fifo::new("fifo", Box::new(FirstFit)), budget(15_000.0, mode));
     let q = queue_of(&cluster, &[(0, 8)]);
     let d = p.schedule(SimTime::ZERO, &q, &mut cluster);
@@ -62,6 +62,31 @@ fn dynamic_mode_caps_the_oldest_run_first_and_only_as_deep_as_needed() {
     assert_eq!(p.guard.job_cap(model::WorkloadId(1)), 1.0);
     // The worst case at these caps fits the cap exactly.
     assert!(p.guard.site_worst_watts(&cluster, 0) <= 15_000.0 + 1e-6);
+}
+
+#[test]
+fn dynamic_mode_with_even_shares_caps_every_run_alike() {
+    let f = fleet(&[(8, "H200"), (8, "H200")]);
+    let mut cluster = ClusterState::new(f);
+    // As above, 2,000 W must go, now from both jobs' 16 x 700 W of board limit alike.
+    let mode = PowerMode::Dynamic { min_cap: 0.5, share: CapShare::Even };
+    let mut p = PowerCapped::new(Fifo::new("fifo", Box::new(FirstFit)), budget(15_000.0, mode));
+    let q = queue_of(&cluster, &[(0, 8)]);
+    p.schedule(SimTime::ZERO, &q, &mut cluster);
+    let q = queue_of(&cluster, &[(1, 8)]);
+    let d = p.schedule(SimTime(1000), &q, &mut cluster);
+    assert_eq!(started(&d), [1]);
+    let want = 1.0 - 2000.0 / 11_200.0;
+    for id in [0, 1] {
+        let cap = p.guard.job_cap(model::WorkloadId(id));
+        assert!((cap - want).abs() < 1e-9, "job {id}: {cap}");
+    }
+    assert!((p.guard.site_worst_watts(&cluster, 0) - 15_000.0).abs() < 1e-6);
+    // One job ends: the other fits at full power again.
+    cluster.release(model::WorkloadId(0)).unwrap();
+    let q = queue_of(&cluster, &[]);
+    p.schedule(SimTime(2000), &q, &mut cluster);
+    assert_eq!(p.guard.job_cap(model::WorkloadId(1)), 1.0);
 }
 
 #[test]

@@ -97,6 +97,8 @@ fn work_in(wall_ms: u64, rate: f64) -> u64 {
 }
 
 /// Wall time to do `work_ms` at `rate`, ms (exact at rate 1).
+const HOUR_MS: u64 = 3_600_000;
+
 fn wall_for(work_ms: u64, rate: f64) -> u64 {
     if rate >= 1.0 { work_ms } else { (work_ms as f64 / rate.max(1e-6)).ceil() as u64 }
 }
@@ -177,6 +179,8 @@ pub fn simulate(
     let mut cap_violations = 0u64;
     let mut peak_site_w = 0.0f64;
     let mut cap_integral = 0.0f64;
+    // The hour whose conditions the guard's caps were last set for.
+    let mut weather_hour: Option<u64> = None;
 
     loop {
         // Completions of runs that were preempted or re-timed by a cap change are stale: drop
@@ -196,6 +200,20 @@ pub fn simulate(
             (None, Some(c)) => c,
             (Some(a), Some(c)) => a.min(c),
         };
+        // Caps that follow the weather are re-set at every hour boundary while anything runs.
+        let now = match (weather_hour, power) {
+            (Some(h), Some(_)) if cluster.running_count() > 0 => now.min(SimTime((h + 1) * HOUR_MS)),
+            _ => now,
+        };
+        if let (Some(p), Some(g)) = (power.filter(|p| p.follows_weather()), guard.as_mut()) {
+            let hour = now.as_millis() / HOUR_MS;
+            if weather_hour != Some(hour)
+                && let Some((sites, nodes)) = p.figures_at(&fleet, p.hour_celsius(hour))
+            {
+                g.set_conditions(&cluster, sites, nodes);
+                weather_hour = Some(hour);
+            }
+        }
         if let Some(prev) = last_t {
             allocated_integral += last_alloc as f64 * (now - prev).as_millis() as f64;
             if let Some(p) = power {

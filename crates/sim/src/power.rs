@@ -74,10 +74,16 @@ impl PowerOptions {
             .collect()
     }
 
-    /// The guard's numbers for `fleet`, `None` when uncapped.
+    /// The guard's numbers for `fleet` at the design point, `None` when uncapped.
     pub fn budget(&self, fleet: &Fleet) -> Option<PowerBudget> {
+        let (sites, nodes) = self.figures_at(fleet, self.design_celsius())?;
+        Some(PowerBudget { sites, nodes, mode: self.mode })
+    }
+
+    /// The guard's per-site and per-node figures for `fleet` at `outdoor_c`, `None` when uncapped.
+    pub fn figures_at(&self, fleet: &Fleet, outdoor_c: f64) -> Option<(Vec<SiteBudget>, Vec<NodeWatts>)> {
         let caps = self.cap_watts.as_ref()?;
-        let f = self.model.guard_figures(fleet, self.design_celsius());
+        let f = self.model.guard_figures(fleet, outdoor_c);
         let sites = f
             .site_idle_watts
             .iter()
@@ -93,7 +99,20 @@ impl PowerOptions {
                 board_watts_per_gpu: n.board_watts_per_gpu,
             })
             .collect();
-        Some(PowerBudget { sites, nodes, mode: self.mode })
+        Some((sites, nodes))
+    }
+
+    /// Whether the guard follows the weather: in the dynamic mode, caps are set hour by hour
+    /// against that hour's cooling, while admission holds to the hottest hour.
+    pub fn follows_weather(&self) -> bool {
+        self.cap_watts.is_some() && matches!(self.mode, PowerMode::Dynamic { .. })
+    }
+
+    /// The temperature the caps of hour `hour` (counted from sim time 0) are set for: the
+    /// warmer of that hour and the next, so the figures hold across the whole hour.
+    pub fn hour_celsius(&self, hour: u64) -> f64 {
+        let h = (self.start_hour as u64 + hour) as usize % energy::HOURS_PER_YEAR;
+        self.temperature.at_hour(h).max(self.temperature.at_hour((h + 1) % energy::HOURS_PER_YEAR))
     }
 }
 

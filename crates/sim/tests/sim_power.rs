@@ -5,7 +5,7 @@ use energy::{EnergyModel, GridYear, HeatOptions, TemperatureYear};
 use model::{Cooling, Fleet, GpuRequest, SimDuration, SimTime, Workload};
 use proptest::prelude::*;
 use sched::policy_by_name;
-use sched::power::PowerMode;
+use sched::power::{CapShare, PowerMode};
 use sim::{PowerOptions, SimConfig, SimReport, simulate};
 use std::sync::Arc;
 
@@ -71,7 +71,12 @@ fn a_tight_cap_delays_work_and_dynamic_caps_admit_more() {
     let js = jobs(&[(0, 8, 3600), (0, 8, 3600), (0, 8, 3600), (0, 8, 3600)]);
     let free = run(f.clone(), &js, "fifo", options(&f, Cooling::Air, None, PowerMode::Admission));
     let adm = run(f.clone(), &js, "fifo", options(&f, Cooling::Air, Some(0.8), PowerMode::Admission));
-    let dynm = run(f.clone(), &js, "fifo", options(&f, Cooling::Air, Some(0.8), PowerMode::Dynamic { min_cap: 0.6 }));
+    let dynm = run(
+        f.clone(),
+        &js,
+        "fifo",
+        options(&f, Cooling::Air, Some(0.8), PowerMode::Dynamic { min_cap: 0.6, share: CapShare::Even }),
+    );
     assert!(adm.mean_jct_s > free.mean_jct_s, "{} vs {}", adm.mean_jct_s, free.mean_jct_s);
     assert!(dynm.mean_jct_s < adm.mean_jct_s, "{} vs {}", dynm.mean_jct_s, adm.mean_jct_s);
     for r in [&free, &adm, &dynm] {
@@ -79,6 +84,36 @@ fn a_tight_cap_delays_work_and_dynamic_caps_admit_more() {
         assert_eq!(r.power.as_ref().unwrap().cap_violations, 0);
     }
     assert!(dynm.power.as_ref().unwrap().mean_gpu_cap < 1.0);
+}
+
+#[test]
+fn dynamic_caps_follow_the_weather_and_admission_holds_to_the_hottest_hour() {
+    // Air cooling (whose overhead grows most with heat), a cap tight enough that a full fleet
+    // runs capped: in a year of 5 °C with one 40 °C hour, caps sit higher than in a year of
+    // 40 °C throughout, every hour fits, and admission (bound to the hottest hour) is the same.
+    let f = fleet(4, 8, "H200");
+    let js = jobs(&[(0, 8, 36_000), (0, 8, 36_000), (0, 8, 36_000), (0, 8, 36_000)]);
+    let mode = PowerMode::Dynamic { min_cap: 0.5, share: CapShare::Even };
+    let with_year = |year: TemperatureYear| {
+        let mut o = (*options(&f, Cooling::Air, Some(0.75), mode)).clone();
+        o.temperature = year;
+        o.start_hour = 0;
+        run(f.clone(), &js, "fifo", Arc::new(o))
+    };
+    let mut csv = String::from("hour,outdoor_celsius\n");
+    for h in 0..energy::HOURS_PER_YEAR {
+        csv += &format!("{h},{}\n", if h == 3 { 40.0 } else { 5.0 });
+    }
+    let mild = with_year(TemperatureYear::parse(&csv).unwrap());
+    let hot = with_year(TemperatureYear::constant(40.0));
+    for r in [&mild, &hot] {
+        assert_eq!(r.completed, 4);
+        assert_eq!(r.power.as_ref().unwrap().cap_violations, 0);
+        assert_eq!(r.power.as_ref().unwrap().refused_starts, hot.power.as_ref().unwrap().refused_starts);
+    }
+    let (m, h) = (mild.power.as_ref().unwrap().mean_gpu_cap, hot.power.as_ref().unwrap().mean_gpu_cap);
+    assert!(h < 1.0 && m > h, "mild {m} vs hot {h}");
+    assert!(mild.mean_jct_s <= hot.mean_jct_s);
 }
 
 proptest! {
@@ -94,13 +129,17 @@ proptest! {
         frac in 0.2f64..1.2,
         dynamic in any::<bool>(),
         min_cap in 0.3f64..1.0,
+        share in prop::sample::select(vec![CapShare::Even, CapShare::OldestFirst]),
+        start_hour in 0usize..energy::HOURS_PER_YEAR,
         cooling in prop::sample::select(vec![Cooling::Air, Cooling::Liquid, Cooling::Immersion]),
         policy in prop::sample::select(vec!["fifo", "fifo-bestfit", "backfill", "tiresias", "drome"]),
     ) {
         let f = fleet(nodes, gpus, model);
         let js = jobs(&spec);
-        let mode = if dynamic { PowerMode::Dynamic { min_cap } } else { PowerMode::Admission };
-        let opts = options(&f, cooling, Some(frac), mode);
+        let mode = if dynamic { PowerMode::Dynamic { min_cap, share } } else { PowerMode::Admission };
+        let mut opts = (*options(&f, cooling, Some(frac), mode)).clone();
+        opts.start_hour = start_hour;
+        let opts = Arc::new(opts);
         let budget = opts.budget(&f).unwrap();
         let mut p = policy_by_name(policy, 1).unwrap();
         let config = SimConfig { power: Some(opts), keep_records: true, ..SimConfig::default() };

@@ -78,8 +78,13 @@ pub struct SimArgs {
     #[arg(long, default_value = "admission")]
     pub power_mode: String,
     /// dynamic: lowest GPU power cap, fraction of the board limit.
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.5)]
     pub min_gpu_cap: f64,
+    /// dynamic: whose caps are lowered when a site's worst case exceeds its cap: even (every
+    /// running job to the same cap, the least throughput lost) or oldest-first (the fewest jobs
+    /// slowed, each down to --min-gpu-cap before the next).
+    #[arg(long, default_value = "even")]
+    pub cap_share: String,
     /// Hour of the year sim time 0 falls on (temperature and prices).
     #[arg(long, default_value_t = 0)]
     pub start_hour: usize,
@@ -220,7 +225,12 @@ fn power_options(
             if !(args.min_gpu_cap.is_finite() && (0.3..=1.0).contains(&args.min_gpu_cap)) {
                 anyhow::bail!("--min-gpu-cap must be in 0.3..1, got {}", args.min_gpu_cap);
             }
-            sched::power::PowerMode::Dynamic { min_cap: args.min_gpu_cap }
+            let share = match args.cap_share.trim().to_ascii_lowercase().as_str() {
+                "even" => sched::power::CapShare::Even,
+                "oldest-first" | "oldest" => sched::power::CapShare::OldestFirst,
+                other => anyhow::bail!("unknown --cap-share '{other}' (known: even, oldest-first)"),
+            };
+            sched::power::PowerMode::Dynamic { min_cap: args.min_gpu_cap, share }
         }
         other => anyhow::bail!("unknown --power-mode '{other}' (known: admission, dynamic)"),
     };
