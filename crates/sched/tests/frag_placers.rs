@@ -3,7 +3,7 @@
 
 use model::{Fleet, FleetBuilder, GpuRequest, ModelFilter, NodeSpec, SimTime, Workload, WorkloadId};
 use proptest::prelude::*;
-use sched::frag::{FragMeter, POLICY_NAMES, TypicalPods, placer_by_name};
+use sched::frag::{FragMeter, HoleWaste, POLICY_NAMES, TypicalPods, placer_by_name};
 use sched::{ClusterState, Demand};
 use std::sync::Arc;
 
@@ -96,6 +96,24 @@ fn frag_measure_counts_unusable_slivers() {
     assert_eq!(meter.node_frag(t4, 32_000, &[400, 1000]), 400.0);
     // Short of CPU: everything idle is fragmented.
     assert_eq!(meter.node_frag(t4, 500, &[400, 1000]), 1400.0);
+}
+
+#[test]
+fn hole_waste_counts_what_common_shares_cannot_fill_with_the_cpu_left() {
+    let f = fleet(&[(96_000, 256_000, 8, Some("G2"))]);
+    // 470s ask 8 cores, 810s 3; the one 160 is rare (under 4% of the shares).
+    let mut pods: Vec<Workload> = (0..30).map(|i| pod(i, 8000, 1000, GpuRequest::fraction(470), "")).collect();
+    pods.extend((30..60).map(|i| pod(i, 3000, 1000, GpuRequest::fraction(810), "")));
+    pods.push(pod(60, 1000, 1000, GpuRequest::fraction(160), ""));
+    let demands: Vec<Demand> = pods.iter().map(|w| Demand::of(w, &f)).collect();
+    let waste = HoleWaste::new(&TypicalPods::from_demands(&demands), 0.04);
+    assert_eq!(waste.node(&[1000, 0], 0), 0.0, "whole free or full GPUs are no holes");
+    assert_eq!(waste.node(&[530], 20_000), 60.0, "a 470 fills 470 of it");
+    assert_eq!(waste.node(&[530], 7_999), 530.0, "no CPU for a 470");
+    assert_eq!(waste.node(&[190], 20_000), 190.0, "the rare 160 does not count");
+    // The two holes share 10 cores: the larger takes a 470 (8 cores), the other gets 2.
+    assert_eq!(waste.node(&[530, 1000, 530], 10_000), 590.0);
+    assert_eq!(waste.node(&[530, 530], 16_000), 120.0);
 }
 
 type NodeCase = (u64, u64, u8, Option<&'static str>);

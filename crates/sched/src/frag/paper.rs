@@ -341,19 +341,25 @@ pub(crate) fn frag_growth(
     choice: GpuChoice,
     before: f64,
 ) -> f64 {
-    let free = cluster.gpu_free_milli(node);
     let model = cluster.node_model(node);
     let cpu_left = cluster.free_cpu_milli(node).saturating_sub(demand.cpu_milli);
     let mut after = [0u16; 16];
+    let n = free_after(cluster.gpu_free_milli(node), demand, choice, &mut after);
+    cache.frag(model, cpu_left, &after[..n]) - before
+}
+
+/// Writes into `out` the free GPU shares `free` (at most 16 GPUs) left once one member of
+/// `demand` takes `choice`, and returns how many GPUs were written.
+pub(crate) fn free_after(free: &[u16], demand: &Demand, choice: GpuChoice, out: &mut [u16; 16]) -> usize {
     let n = free.len().min(16);
-    after[..n].copy_from_slice(&free[..n]);
+    out[..n].copy_from_slice(&free[..n]);
     match (choice, demand.gpu) {
         (GpuChoice::Share(i), GpuRequest::Fraction { gpu_milli }) => {
-            after[i as usize] = after[i as usize].saturating_sub(gpu_milli as u16);
+            out[i as usize] = out[i as usize].saturating_sub(gpu_milli as u16);
         }
         (_, GpuRequest::Gang { gpus_per_node, .. }) => {
             let mut need = gpus_per_node;
-            for f in after[..n].iter_mut() {
+            for f in out[..n].iter_mut() {
                 if need > 0 && u32::from(*f) == GPU_MILLI_PER_GPU {
                     *f = 0;
                     need -= 1;
@@ -362,7 +368,7 @@ pub(crate) fn frag_growth(
         }
         _ => {}
     }
-    cache.frag(model, cpu_left, &after[..n]) - before
+    n
 }
 
 /// Candidate GPU choices of one member on `node`: every fitting GPU for a share (one per distinct
