@@ -306,6 +306,11 @@ impl PowerGuard {
                             gpus: vec![GpuShare { index: index as u8, milli }],
                         }],
                     };
+                    // Ids a caller already uses up here (the server's blockers for nodes
+                    // without an agent) are skipped.
+                    while cluster.allocation(WorkloadId(next)).is_some() && next > PLACEHOLDER_BASE - (1 << 23) {
+                        next -= 1;
+                    }
                     let id = WorkloadId(next);
                     if cluster.allocate(id, &demand, placement).is_ok() {
                         self.placeholders.push(id);

@@ -133,7 +133,11 @@ impl RemoteNodes {
         if renew {
             slot.lease_until = Some(Instant::now() + self.config.lease);
             slot.power_watts = hb.power_watts;
-            slot.applied_cap = hb.gpu_power_cap_watts;
+            if slot.applied_cap != hb.gpu_power_cap_watts {
+                // Starts may be waiting for this cap (dynamic power mode): schedule again.
+                slot.applied_cap = hb.gpu_power_cap_watts;
+                self.wake.notify_one();
+            }
             for e in &hb.exited {
                 match slot.assigned.get_mut(&(e.run.job_id, e.run.member)) {
                     Some(a) if a.assignment.run.generation == e.run.generation => {
@@ -231,13 +235,21 @@ impl RemoteNodes {
     }
 
     /// Asks `nodes` to apply a GPU power cap (`None`: none); their held heartbeats answer at once.
+    /// Asking again for the cap a node was already asked for changes nothing.
     pub fn set_gpu_power_cap(&self, nodes: &[String], cap: Option<f64>) {
         let mut inner = self.lock();
         for n in nodes {
             let slot = inner.slots.entry(n.clone()).or_default();
-            slot.asked_cap = cap;
-            slot.notify.notify_waiters();
+            if slot.asked_cap != cap {
+                slot.asked_cap = cap;
+                slot.notify.notify_waiters();
+            }
         }
+    }
+
+    /// Whether `node` has a live agent.
+    pub fn is_live(&self, node: &str) -> bool {
+        self.lock().slots.get(node).is_some_and(|s| s.lease_until.is_some())
     }
 
     /// Asks a node's agent for a piece of a run's output, through the node's next heartbeat

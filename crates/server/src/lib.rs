@@ -45,6 +45,8 @@ pub enum ServerError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("{0}")]
     Token(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// How to run a server.
@@ -62,6 +64,9 @@ pub struct Config {
     pub executor: Arc<dyn NodeExecutor>,
     /// When set, the work runs on node agents with these leases, and `executor` is not used.
     pub agents: Option<LeaseConfig>,
+    /// How sites with a grid cap are held to it: admission only, or also lowering the GPU power
+    /// caps the agents apply (needs agents).
+    pub power_mode: sched::power::PowerMode,
 }
 
 impl Config {
@@ -76,6 +81,7 @@ impl Config {
             tick: Duration::from_millis(500),
             executor: Arc::new(VirtualNodes::default()),
             agents: None,
+            power_mode: sched::power::PowerMode::Admission,
         }
     }
 }
@@ -102,8 +108,11 @@ pub struct AppState {
     pub(crate) snapshot: Arc<RwLock<Snapshot>>,
     /// The node agents, when the work runs on them.
     pub(crate) remote: Option<RemoteNodes>,
-    /// GPU power caps asked of each site's nodes, watts per GPU, by site name.
+    /// GPU power caps an admin set for each site's nodes, watts per GPU, by site name.
     pub(crate) site_caps: Arc<RwLock<HashMap<String, f64>>>,
+    /// The scheduler's power guard chooses GPU caps too (dynamic mode): it asks the agents for
+    /// the lower of its cap and the admin's.
+    pub(crate) dynamic_caps: bool,
 }
 
 impl AppState {
@@ -171,7 +180,14 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         }
     };
     let fleet = Arc::new(config.fleet);
-    let policy = power_capped(sched::policy_by_name(&config.policy, 0)?, &fleet);
+    let policy = sched::policy_by_name(&config.policy, 0)?;
+    let dynamic = matches!(config.power_mode, sched::power::PowerMode::Dynamic { .. });
+    if dynamic && config.agents.is_none() {
+        return Err(ServerError::Config(
+            "the dynamic power mode needs node agents (--agents) to apply GPU caps".into(),
+        ));
+    }
+    let guard = power_guard(&fleet, config.power_mode);
     let node_ids = fleet.node_ids().map(|id| (fleet.node(id).name.clone(), id)).collect();
     let (events, _) = watch::channel(0u64);
     let wake = Arc::new(Notify::new());
@@ -210,12 +226,16 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         snapshot: Arc::new(RwLock::new(Snapshot { node_gpus_used: vec![0; fleet.nodes.len()] })),
         remote: remote.clone(),
         site_caps: Arc::new(RwLock::new(site_caps)),
+        dynamic_caps: dynamic && guard.is_some(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
-    let scheduler = scheduler::Scheduler::new(state.clone(), policy, executor, config.tick);
+    if let Some(g) = &guard {
+        tracing::info!(policy = policy.name(), mode = ?g.budget().mode, "scheduling within the sites' grid caps");
+    }
+    let scheduler = scheduler::Scheduler::new(state.clone(), policy, guard, executor, config.tick);
     let leases = remote.map(|r| {
         tokio::spawn(async move {
             let step = (r.config.lease / 10).clamp(Duration::from_millis(20), Duration::from_millis(500));
@@ -256,12 +276,13 @@ pub async fn rotate_token(store: &store::Store, tenant_id: i64) -> Result<String
     Ok(token)
 }
 
-/// Holds `policy` to the sites' grid caps (admission mode, worst case at the hottest hour of the
-/// shipped climate year) when any site of `fleet` declares one: the live scheduler never starts
-/// work a site's connection could not carry.
-fn power_capped(policy: Box<dyn sched::Policy>, fleet: &model::Fleet) -> Box<dyn sched::Policy> {
+/// The guard that holds the live scheduler to the sites' grid caps (worst case at the hottest
+/// hour of the shipped climate year) when any site of `fleet` declares one: it never starts work
+/// a site's connection could not carry. In the dynamic mode it also chooses GPU power caps, which
+/// the scheduler hands to the agents.
+fn power_guard(fleet: &model::Fleet, mode: sched::power::PowerMode) -> Option<sched::power::PowerGuard> {
     if fleet.sites.iter().all(|s| s.grid_power_cap_watts.is_none()) {
-        return policy;
+        return None;
     }
     let model = energy::EnergyModel::new(fleet, None, &energy::HeatOptions::default());
     let hottest = energy::TemperatureYear::valence().map(|t| t.hottest_celsius()).unwrap_or(40.0);
@@ -284,7 +305,5 @@ fn power_capped(policy: Box<dyn sched::Policy>, fleet: &model::Fleet) -> Box<dyn
             board_watts_per_gpu: n.board_watts_per_gpu,
         })
         .collect();
-    let budget = sched::power::PowerBudget { sites, nodes, mode: sched::power::PowerMode::Admission };
-    tracing::info!(policy = policy.name(), "scheduling within the sites' grid caps");
-    Box::new(sched::power::PowerCapped::new(policy, budget))
+    Some(sched::power::PowerGuard::new(sched::power::PowerBudget { sites, nodes, mode }))
 }

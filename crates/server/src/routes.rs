@@ -512,7 +512,9 @@ async fn set_gpu_power_cap(
     let value = body.gpu_power_cap_watts.map(|w| w.to_string()).unwrap_or_default();
     st.store.set_setting(&cap_key(&name), &value).await?;
     let nodes: Vec<String> = st.fleet.nodes.iter().filter(|n| n.site.index() == site).map(|n| n.name.clone()).collect();
-    remote.set_gpu_power_cap(&nodes, body.gpu_power_cap_watts);
+    if !st.dynamic_caps {
+        remote.set_gpu_power_cap(&nodes, body.gpu_power_cap_watts);
+    }
     {
         let mut caps = st.site_caps.write().unwrap_or_else(|e| e.into_inner());
         match body.gpu_power_cap_watts {
@@ -520,6 +522,8 @@ async fn set_gpu_power_cap(
             None => caps.remove(&name),
         };
     }
+    // In the dynamic mode the scheduler asks for the lower of this cap and its own.
+    st.wake.notify_one();
     tracing::info!(site = %name, watts = ?body.gpu_power_cap_watts, nodes = nodes.len(), "gpu power cap set");
     let site = sites(&st).into_iter().find(|s| s.name == name);
     site.map(Json).ok_or(ApiError::NotFound(name))

@@ -33,6 +33,8 @@ enum Ended {
 pub struct Scheduler {
     st: AppState,
     policy: Box<dyn Policy>,
+    /// Holds the policy to the sites' grid caps, when any site declares one.
+    guard: Option<sched::power::PowerGuard>,
     executor: Arc<dyn NodeExecutor>,
     tick: Duration,
     /// Jobs whose work this process runs.
@@ -44,9 +46,92 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(st: AppState, policy: Box<dyn Policy>, executor: Arc<dyn NodeExecutor>, tick: Duration) -> Self {
+    pub fn new(
+        st: AppState,
+        policy: Box<dyn Policy>,
+        guard: Option<sched::power::PowerGuard>,
+        executor: Arc<dyn NodeExecutor>,
+        tick: Duration,
+    ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        Scheduler { st, policy, executor, tick, runs: HashMap::new(), done_tx, done_rx, backlog: Vec::new() }
+        Scheduler { st, policy, guard, executor, tick, runs: HashMap::new(), done_tx, done_rx, backlog: Vec::new() }
+    }
+
+    /// Dynamic power mode: asks every GPU node's agent for the lower of the admin's cap and the
+    /// guard's cap for the jobs on it, and holds back this round's starts on a site until its
+    /// agents report the lowered caps applied, so new work never draws beside GPUs that are still
+    /// above the caps its admission counted on. Idempotent: asking again changes nothing.
+    fn ask_power_caps(
+        &mut self,
+        cluster: &mut ClusterState,
+        queue: &Queue,
+        decisions: Vec<Decision>,
+        now: SimTime,
+    ) -> Vec<Decision> {
+        let (Some(guard), Some(remote), true) = (&self.guard, &self.st.remote, self.st.dynamic_caps) else {
+            return decisions;
+        };
+        let fleet = self.st.fleet.clone();
+        // Per node, the lowest cap (fraction of the board limit) of the jobs on it.
+        let mut fraction = vec![1.0f64; fleet.nodes.len()];
+        for (id, p) in cluster.allocations() {
+            let cap = guard.job_cap(*id);
+            for m in &p.members {
+                if let Some(f) = fraction.get_mut(m.node.index()) {
+                    *f = f.min(cap);
+                }
+            }
+        }
+        let admin = self.st.site_caps.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let applied = remote.applied_caps();
+        let mut waiting_sites: HashSet<usize> = HashSet::new();
+        for id in fleet.node_ids() {
+            let node = fleet.node(id);
+            let Some(board) = fleet.node_gpu_model(id).filter(|_| node.gpu_count > 0).map(|m| m.board_power_watts)
+            else {
+                continue;
+            };
+            let site = node.site.index();
+            let ours = Some(fraction[id.index()]).filter(|&f| f < 1.0).map(|f| (f * board).floor());
+            let theirs = fleet.sites.get(site).and_then(|s| admin.get(&s.name)).copied();
+            let want = match (ours, theirs) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            remote.set_gpu_power_cap(std::slice::from_ref(&node.name), want);
+            let has = applied.get(&node.name).copied().unwrap_or(board);
+            if let Some(w) = ours
+                && has > w + 0.5
+                && remote.is_live(&node.name)
+            {
+                waiting_sites.insert(site);
+            }
+        }
+        if waiting_sites.is_empty() {
+            return decisions;
+        }
+        let mut kept = Vec::with_capacity(decisions.len());
+        for d in decisions {
+            let held = match &d {
+                Decision::Start { job, placement } => {
+                    placement.members.iter().any(|m| waiting_sites.contains(&fleet.node(m.node).site.index()))
+                        && cluster.release(*job).is_ok()
+                        && {
+                            if let (Some(q), Some(seq)) = (queue.get(*job), queue.seq(*job)) {
+                                self.policy.start_undone(q, seq, now);
+                            }
+                            true
+                        }
+                }
+                Decision::Preempt { .. } => false,
+            };
+            if held {
+                tracing::debug!(decision = ?d, "start held until the agents apply lower gpu caps");
+            } else {
+                kept.push(d);
+            }
+        }
+        kept
     }
 
     /// Runs a round whenever something happens (a submission, a cancellation, a run's end, a
@@ -240,7 +325,24 @@ impl Scheduler {
             let enqueued_at = w.submit_time;
             queue.push(QueuedJob::new(Arc::new(w), demand, enqueued_at));
         }
-        let decisions = self.policy.schedule(SimTime(now_ms().max(0) as u64), &queue, &mut cluster);
+        let sim_now = SimTime(now_ms().max(0) as u64);
+        if let Some(g) = self.guard.as_mut() {
+            g.before(&mut cluster);
+        }
+        let decisions = self.policy.schedule(sim_now, &queue, &mut cluster);
+        let decisions = match self.guard.as_mut() {
+            Some(g) => {
+                let kept = g.after(&mut cluster, decisions);
+                for id in g.take_undone() {
+                    if let (Some(job), Some(seq)) = (queue.get(id), queue.seq(id)) {
+                        self.policy.start_undone(job, seq, sim_now);
+                    }
+                }
+                kept
+            }
+            None => decisions,
+        };
+        let decisions = self.ask_power_caps(&mut cluster, &queue, decisions, sim_now);
         self.st.metrics.placement_seconds.observe(t0.elapsed().as_secs_f64());
 
         // Starts are recorded in one transaction: pending to scheduled with the placement, then

@@ -42,6 +42,14 @@ pub struct ServerArgs {
     /// A node whose agent is silent this long, in milliseconds, is lost.
     #[arg(long, default_value_t = 20000)]
     pub lease_ms: u64,
+    /// For sites with a grid cap (`grid_power_cap_mw` in the fleet): admission starts work only
+    /// while the worst case fits; dynamic (needs --agents) also lowers the GPU power caps of the
+    /// running jobs' nodes, all of a site alike, to run more work under the same connection.
+    #[arg(long, default_value = "admission")]
+    pub power_mode: String,
+    /// dynamic: lowest GPU power cap, fraction of the board limit.
+    #[arg(long, default_value_t = 0.5)]
+    pub min_gpu_cap: f64,
 }
 
 /// Logs to stderr, `info` unless `RUST_LOG` says otherwise.
@@ -65,6 +73,11 @@ pub fn config(args: &ServerArgs) -> anyhow::Result<server::Config> {
     let mut config = server::Config::new(args.db.clone(), args.listen, fleet);
     config.admin_token = args.admin_token.clone().filter(|t| !t.trim().is_empty());
     config.policy = args.policy.clone();
+    config.power_mode = super::sim::power_mode(&args.power_mode, args.min_gpu_cap, "even")?;
+    anyhow::ensure!(
+        args.agents || config.power_mode == sched::power::PowerMode::Admission,
+        "--power-mode dynamic needs --agents: node agents apply the GPU caps"
+    );
     let secs =
         if args.virtual_seconds.is_finite() && args.virtual_seconds >= 0.0 { args.virtual_seconds } else { 10.0 };
     config.executor = std::sync::Arc::new(server::VirtualNodes { default_duration: Duration::from_secs_f64(secs) });

@@ -212,6 +212,26 @@ fn parse_cooling(name: &str) -> anyhow::Result<model::Cooling> {
     }
 }
 
+/// The power mode named by `--power-mode`, `--min-gpu-cap` and `--cap-share` (shared with
+/// `drome server`).
+pub fn power_mode(mode: &str, min_gpu_cap: f64, cap_share: &str) -> anyhow::Result<sched::power::PowerMode> {
+    Ok(match mode.trim().to_ascii_lowercase().as_str() {
+        "admission" => sched::power::PowerMode::Admission,
+        "dynamic" => {
+            if !(min_gpu_cap.is_finite() && (0.3..=1.0).contains(&min_gpu_cap)) {
+                anyhow::bail!("--min-gpu-cap must be in 0.3..1, got {min_gpu_cap}");
+            }
+            let share = match cap_share.trim().to_ascii_lowercase().as_str() {
+                "even" => sched::power::CapShare::Even,
+                "oldest-first" | "oldest" => sched::power::CapShare::OldestFirst,
+                other => anyhow::bail!("unknown --cap-share '{other}' (known: even, oldest-first)"),
+            };
+            sched::power::PowerMode::Dynamic { min_cap: min_gpu_cap, share }
+        }
+        other => anyhow::bail!("unknown --power-mode '{other}' (known: admission, dynamic)"),
+    })
+}
+
 /// Power options of a run under `cooling` (`None`: each site's own).
 fn power_options(
     args: &SimArgs,
@@ -219,21 +239,7 @@ fn power_options(
     cooling: Option<model::Cooling>,
 ) -> anyhow::Result<Arc<sim::PowerOptions>> {
     let model = energy::EnergyModel::new(fleet, cooling, &energy::HeatOptions::default());
-    let mode = match args.power_mode.trim().to_ascii_lowercase().as_str() {
-        "admission" => sched::power::PowerMode::Admission,
-        "dynamic" => {
-            if !(args.min_gpu_cap.is_finite() && (0.3..=1.0).contains(&args.min_gpu_cap)) {
-                anyhow::bail!("--min-gpu-cap must be in 0.3..1, got {}", args.min_gpu_cap);
-            }
-            let share = match args.cap_share.trim().to_ascii_lowercase().as_str() {
-                "even" => sched::power::CapShare::Even,
-                "oldest-first" | "oldest" => sched::power::CapShare::OldestFirst,
-                other => anyhow::bail!("unknown --cap-share '{other}' (known: even, oldest-first)"),
-            };
-            sched::power::PowerMode::Dynamic { min_cap: args.min_gpu_cap, share }
-        }
-        other => anyhow::bail!("unknown --power-mode '{other}' (known: admission, dynamic)"),
-    };
+    let mode = power_mode(&args.power_mode, args.min_gpu_cap, &args.cap_share)?;
     let mut opts = sim::PowerOptions {
         model,
         temperature: match &args.temperature {

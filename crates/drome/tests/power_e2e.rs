@@ -1,0 +1,219 @@
+//! The dynamic power mode end to end: the real `drome server --agents --power-mode dynamic` and
+//! two `drome agent` processes on a site whose grid cap carries one busy node at the worst case
+//! but not two. Both jobs run, each node's agent applies the GPU cap the scheduler asks for, the
+//! site's worst case at those caps fits its cap, and the caps are lifted when the work ends.
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "power-e2e-admin";
+const NODES: [&str; 2] = ["hall-a-r001-n01", "hall-a-r001-n02"];
+const BOARD_WATTS: f64 = 700.0;
+
+fn fleet_toml(cap_mw: Option<f64>) -> String {
+    let cap = cap_mw.map(|c| format!("grid_power_cap_mw = {c}\n")).unwrap_or_default();
+    format!(
+        "name = \"power-e2e\"\n\n[node_types.hgx-h200]\ncpu_milli = 224000\nmemory_mib = 2097152\ngpus = 8\n\
+         gpu_model = \"H200\"\n\n[[sites]]\nname = \"grid\"\ncooling = \"air\"\n{cap}\n[[sites.halls]]\n\
+         name = \"hall-a\"\n[[sites.halls.racks]]\ncount = 1\nnodes_per_rack = 2\nnode_type = \"hgx-h200\"\n"
+    )
+}
+
+/// The cap: idle draw plus one and a half busy nodes at the worst case of the hottest hour.
+fn cap_mw() -> f64 {
+    let fleet = model::fleet_toml::parse_fleet(&fleet_toml(None)).unwrap();
+    let model = energy::EnergyModel::new(&fleet, None, &energy::HeatOptions::default());
+    let hottest = energy::TemperatureYear::valence().unwrap().hottest_celsius();
+    let f = model.guard_figures(&fleet, hottest);
+    (f.site_idle_watts[0] + 1.5 * 8.0 * f.nodes[0].full_watts_per_gpu) / 1e6
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(args: &[&str], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_drome"))
+        .args(args)
+        .env("RUST_LOG", "info,sqlx=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+async fn get(http: &reqwest::Client, url: String, token: &str) -> Value {
+    http.get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap()
+}
+
+async fn nodes(http: &reqwest::Client, base: &str, token: &str) -> serde_json::Map<String, Value> {
+    let v = get(http, format!("{base}/v1/nodes"), token).await;
+    v.as_array().unwrap().iter().map(|n| (n["name"].as_str().unwrap().to_string(), n.clone())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_mode_runs_more_work_under_a_grid_cap_with_caps_the_agents_apply() {
+    let dir: PathBuf = std::env::temp_dir().join(format!("drome-power-e2e-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fleet = dir.join("fleet.toml");
+    let cap = cap_mw();
+    std::fs::write(&fleet, fleet_toml(Some(cap))).unwrap();
+    let db = format!("sqlite://{}", dir.join("drome.db").display());
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let fleet_arg = fleet.display().to_string();
+    let server_args = [
+        "server",
+        "--db",
+        &db,
+        "--listen",
+        &listen,
+        "--admin-token",
+        ADMIN,
+        "--fleet",
+        &fleet_arg,
+        "--agents",
+        "--heartbeat-ms",
+        "200",
+        "--lease-ms",
+        "2000",
+        "--power-mode",
+        "dynamic",
+    ];
+    let mut procs = Procs(vec![spawn(&server_args, &dir.join("server.log"))]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let t0 = Instant::now();
+    while !matches!(http.get(format!("{base}/healthz")).send().await, Ok(r) if r.status().is_success()) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "server never healthy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t: Value = http
+        .post(format!("{base}/v1/tenants"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "lab"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = t["token"].as_str().unwrap().to_string();
+    let j: Value =
+        http.post(format!("{base}/v1/join-tokens")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    let join = j["token"].as_str().unwrap().to_string();
+    for name in NODES {
+        let work = dir.join(name).display().to_string();
+        let args = [
+            "agent",
+            "--server",
+            &base,
+            "--join-token",
+            &join,
+            "--name",
+            name,
+            "--virtual-gpus",
+            "8",
+            "--gpu-model",
+            "H200",
+            "--work-dir",
+            &work,
+        ];
+        procs.0.push(spawn(&args, &dir.join(format!("{name}.log"))));
+    }
+    let t0 = Instant::now();
+    while !NODES.iter().all(|n| dir.join(n).join("credential").exists()) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "agents never joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Two whole-node jobs: admission alone would run one (the worst case of two busy nodes is
+    // above the cap); with caps both run.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let spec = json!({"command": "sleep", "args": ["60"], "gpus_per_node": 8});
+        let v: Value = http
+            .post(format!("{base}/v1/jobs"))
+            .bearer_auth(&token)
+            .json(&spec)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(v["id"].as_i64().unwrap_or_else(|| panic!("submit failed: {v}")));
+    }
+    let t0 = Instant::now();
+    loop {
+        let mut running = 0;
+        for id in &ids {
+            running += usize::from(get(&http, format!("{base}/v1/jobs/{id}"), &token).await["state"] == "running");
+        }
+        if running == 2 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "both jobs never ran at once");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every node runs under a cap below the board limit and above the floor, and the agents say
+    // they apply it.
+    let ns = nodes(&http, &base, &token).await;
+    let mut caps = Vec::new();
+    for n in NODES {
+        let w = ns[n]["gpu_power_cap_watts"].as_f64().unwrap_or_else(|| panic!("{n} runs uncapped: {}", ns[n]));
+        assert!((0.5 * BOARD_WATTS..BOARD_WATTS).contains(&w), "{n}: {w} W");
+        caps.push(w);
+    }
+    // The site's worst case at these caps (every GPU at its cap, hosts at full load, the hottest
+    // hour) fits the grid cap.
+    let fleet_model = model::fleet_toml::parse_fleet(&fleet_toml(None)).unwrap();
+    let model = energy::EnergyModel::new(&fleet_model, None, &energy::HeatOptions::default());
+    let f = model.guard_figures(&fleet_model, energy::TemperatureYear::valence().unwrap().hottest_celsius());
+    let per_gpu = |c: f64| f.nodes[0].full_watts_per_gpu - (1.0 - c / BOARD_WATTS) * f.nodes[0].board_watts_per_gpu;
+    let worst = f.site_idle_watts[0] + caps.iter().map(|&c| 8.0 * per_gpu(c)).sum::<f64>();
+    assert!(worst <= cap * 1e6 + 1.0, "worst case {worst} W over the {} W cap", cap * 1e6);
+    let sites = get(&http, format!("{base}/v1/sites"), &token).await;
+    let draw = sites[0]["power_watts"].as_f64().unwrap();
+    assert!(draw <= cap * 1e6, "{sites}");
+
+    // One job ends: the other runs alone within the cap at full power, so the caps are lifted.
+    http.post(format!("{base}/v1/jobs/{}/cancel", ids[0])).bearer_auth(&token).send().await.unwrap();
+    let t0 = Instant::now();
+    loop {
+        let ns = nodes(&http, &base, &token).await;
+        if NODES.iter().all(|n| ns[*n]["gpu_power_cap_watts"].is_null()) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "caps never lifted: {ns:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    http.post(format!("{base}/v1/jobs/{}/cancel", ids[1])).bearer_auth(&token).send().await.unwrap();
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn dynamic_mode_without_agents_is_refused_with_a_reason() {
+    let out = Command::new(env!("CARGO_BIN_EXE_drome"))
+        .args(["server", "--db", "sqlite::memory:", "--listen", "127.0.0.1:0", "--power-mode", "dynamic"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--agents"), "{err}");
+}
