@@ -217,3 +217,14 @@ fn dynamic_mode_without_agents_is_refused_with_a_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--agents"), "{err}");
 }
+
+#[test]
+fn an_unknown_deferral_signal_is_refused_with_the_known_ones() {
+    let out = Command::new(env!("CARGO_BIN_EXE_drome"))
+        .args(["server", "--db", "sqlite::memory:", "--listen", "127.0.0.1:0", "--defer-for", "moon"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("'moon'") && err.contains("price, carbon, heat"), "{err}");
+}

@@ -67,6 +67,9 @@ pub struct Config {
     /// How sites with a grid cap are held to it: admission only, or also lowering the GPU power
     /// caps the agents apply (needs agents).
     pub power_mode: sched::power::PowerMode,
+    /// Holds deferrable jobs for a cheaper, cleaner or heat-hungry hour; its hourly series is
+    /// read by UTC hour of the year.
+    pub deferral: Option<sched::defer::DeferralGate>,
 }
 
 impl Config {
@@ -82,6 +85,7 @@ impl Config {
             executor: Arc::new(VirtualNodes::default()),
             agents: None,
             power_mode: sched::power::PowerMode::Admission,
+            deferral: None,
         }
     }
 }
@@ -235,7 +239,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     if let Some(g) = &guard {
         tracing::info!(policy = policy.name(), mode = ?g.budget().mode, "scheduling within the sites' grid caps");
     }
-    let scheduler = scheduler::Scheduler::new(state.clone(), policy, guard, executor, config.tick);
+    let mut scheduler = scheduler::Scheduler::new(state.clone(), policy, guard, executor, config.tick);
+    if let Some(gate) = config.deferral {
+        tracing::info!(max_delay_h = gate.max_delay.as_secs_f64() / 3600.0, "deferrable jobs wait for better hours");
+        scheduler.defer_with(gate);
+    }
     let leases = remote.map(|r| {
         tokio::spawn(async move {
             let step = (r.config.lease / 10).clamp(Duration::from_millis(20), Duration::from_millis(500));
@@ -254,6 +262,20 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     });
     tracing::info!(%addr, backend = ?store.backend(), nodes = fleet.nodes.len(), gpus = fleet.total_gpus(), "drome server listening");
     Ok(Running { addr, generated_admin_token: generated, store, serve, scheduler, leases })
+}
+
+/// Unix milliseconds at which the UTC year holding `ms` began (0 for times before 1970).
+pub fn year_start_ms(ms: i64) -> i64 {
+    const DAY_MS: i64 = 86_400_000;
+    let (mut year, mut start) = (1970i64, 0i64);
+    loop {
+        let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+        let next = start + if leap { 366 } else { 365 } * DAY_MS;
+        if next > ms {
+            return start;
+        }
+        (year, start) = (year + 1, next);
+    }
 }
 
 /// Creates a tenant and returns it with its token (for `drome up`; the API does the same).

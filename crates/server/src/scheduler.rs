@@ -35,6 +35,8 @@ pub struct Scheduler {
     policy: Box<dyn Policy>,
     /// Holds the policy to the sites' grid caps, when any site declares one.
     guard: Option<sched::power::PowerGuard>,
+    /// Holds deferrable jobs out of the queue until their hour comes.
+    deferral: Option<sched::defer::DeferralGate>,
     executor: Arc<dyn NodeExecutor>,
     tick: Duration,
     /// Jobs whose work this process runs.
@@ -54,7 +56,32 @@ impl Scheduler {
         tick: Duration,
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        Scheduler { st, policy, guard, executor, tick, runs: HashMap::new(), done_tx, done_rx, backlog: Vec::new() }
+        Scheduler {
+            st,
+            policy,
+            guard,
+            deferral: None,
+            executor,
+            tick,
+            runs: HashMap::new(),
+            done_tx,
+            done_rx,
+            backlog: Vec::new(),
+        }
+    }
+
+    /// Deferrable jobs enter the queue when `gate` says (its series by UTC hour of the year).
+    pub fn defer_with(&mut self, gate: sched::defer::DeferralGate) {
+        self.deferral = Some(gate);
+    }
+
+    /// When a deferrable job may enter the queue, Unix ms; `None` for any other job. Computed
+    /// from the submit time alone, so every round (and a restarted server) agrees.
+    fn release_ms(&self, job: &Job) -> Option<i64> {
+        let gate = self.deferral.as_ref().filter(|_| job.deferrable)?;
+        let year = crate::year_start_ms(job.submitted_ms);
+        let within = SimTime((job.submitted_ms - year).max(0) as u64);
+        Some(year + gate.release_time(within).as_millis() as i64)
     }
 
     /// Dynamic power mode: asks every GPU node's agent for the lower of the admin's cap and the
@@ -304,8 +331,13 @@ impl Scheduler {
         }
 
         // The queue: priority first, deferrable work after the rest, then arrival; a tenant's
-        // jobs enter only while they fit its quota.
-        let mut pending: Vec<&Job> = active.iter().filter(|j| j.state == JobState::Pending).collect();
+        // jobs enter only while they fit its quota, deferrable ones once the gate lets them.
+        let wall_now = now_ms();
+        let mut pending: Vec<&Job> = active
+            .iter()
+            .filter(|j| j.state == JobState::Pending)
+            .filter(|j| self.release_ms(j).is_none_or(|t| t <= wall_now))
+            .collect();
         pending.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.deferrable, j.id));
         let mut queue = Queue::new();
         let mut reserved = held.clone();

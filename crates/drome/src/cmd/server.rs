@@ -50,6 +50,14 @@ pub struct ServerArgs {
     /// dynamic: lowest GPU power cap, fraction of the board limit.
     #[arg(long, default_value_t = 0.5)]
     pub min_gpu_cap: f64,
+    /// Hold jobs submitted as deferrable for a clearly better hour within the day-ahead horizon:
+    /// price (EUR/MWh), carbon (gCO2/kWh) of the shipped French grid year, or heat (the heat
+    /// network's demand in the shipped Valence climate year), by UTC hour of the year.
+    #[arg(long)]
+    pub defer_for: Option<String>,
+    /// Longest a deferrable job waits past its submit time, hours.
+    #[arg(long, default_value_t = 24.0)]
+    pub max_defer_hours: f64,
 }
 
 /// Logs to stderr, `info` unless `RUST_LOG` says otherwise.
@@ -78,6 +86,24 @@ pub fn config(args: &ServerArgs) -> anyhow::Result<server::Config> {
         args.agents || config.power_mode == sched::power::PowerMode::Admission,
         "--power-mode dynamic needs --agents: node agents apply the GPU caps"
     );
+    if let Some(name) = &args.defer_for {
+        let Some(by) = sched::defer::DeferFor::parse(name) else {
+            anyhow::bail!("unknown --defer-for '{name}' (known: price, carbon, heat)");
+        };
+        let h = args.max_defer_hours;
+        anyhow::ensure!(h.is_finite() && (0.0..=168.0).contains(&h), "--max-defer-hours must be in 0..168, got {h}");
+        let power = sim::PowerOptions {
+            model: energy::EnergyModel::new(&config.fleet, None, &energy::HeatOptions::default()),
+            temperature: energy::TemperatureYear::valence()?,
+            grid: energy::GridYear::france()?,
+            start_hour: 0,
+            cap_watts: None,
+            mode: sched::power::PowerMode::Admission,
+        };
+        let mut gate = sched::defer::DeferralGate::new(power.deferral_costs(by), 0);
+        gate.max_delay = model::SimDuration::from_secs_f64(h * 3600.0);
+        config.deferral = Some(gate);
+    }
     let secs =
         if args.virtual_seconds.is_finite() && args.virtual_seconds >= 0.0 { args.virtual_seconds } else { 10.0 };
     config.executor = std::sync::Arc::new(server::VirtualNodes { default_duration: Duration::from_secs_f64(secs) });

@@ -68,9 +68,15 @@ impl TestServer {
     }
 
     pub async fn start_with(place: &Place, fleet: model::Fleet) -> TestServer {
+        TestServer::start_tuned(place, fleet, |_| {}).await
+    }
+
+    /// A server on `fleet` with its configuration changed by `tune` first.
+    pub async fn start_tuned(place: &Place, fleet: model::Fleet, tune: impl FnOnce(&mut server::Config)) -> TestServer {
         let mut config = server::Config::new(place.url.clone(), "127.0.0.1:0".parse().unwrap(), fleet);
         config.admin_token = Some(ADMIN.into());
         config.tick = Duration::from_millis(50);
+        tune(&mut config);
         let running = server::start(config).await.expect("server starts");
         TestServer {
             base: format!("http://{}", running.addr),
