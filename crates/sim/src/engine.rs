@@ -280,11 +280,14 @@ pub fn simulate(
         }
 
         let mut requeue: Vec<QueuedJob> = Vec::new();
-        if let Some(g) = guard.as_mut() {
+        // An hour boundary with nothing arriving or ending only re-sets caps: the policy gets no
+        // round it would not get in an uncapped run.
+        let weather_only = t_arrival.is_none_or(|a| now < a) && t_completion.is_none_or(|c| now < c);
+        if let Some(g) = guard.as_mut().filter(|_| !weather_only) {
             g.before(&mut cluster);
         }
-        let decisions = policy.schedule(now, &queue, &mut cluster);
-        let decisions = match guard.as_mut() {
+        let decisions = if weather_only { Vec::new() } else { policy.schedule(now, &queue, &mut cluster) };
+        let decisions = match guard.as_mut().filter(|_| !weather_only) {
             Some(g) => {
                 let kept = g.after(&mut cluster, decisions);
                 for id in g.take_undone() {

@@ -116,6 +116,23 @@ fn dynamic_caps_follow_the_weather_and_admission_holds_to_the_hottest_hour() {
     assert!(mild.mean_jct_s <= hot.mean_jct_s);
 }
 
+#[test]
+fn a_dynamic_cap_that_never_binds_keeps_the_uncapped_schedule() {
+    // Hours of work, so the caps are re-set at many hour boundaries: those re-sets must not give
+    // the policy extra rounds that change its decisions.
+    let f = fleet(2, 8, "H200");
+    let spec: Vec<(u64, u32, u64)> =
+        (0..40).map(|i| (i * 1500, 1 + (i % 8) as u32, 3600 + (i * 7919) % 20_000)).collect();
+    let js = jobs(&spec);
+    let mode = PowerMode::Dynamic { min_cap: 0.5, share: CapShare::Even };
+    for policy in ["fifo", "drome"] {
+        let free = run(f.clone(), &js, policy, options(&f, Cooling::Air, None, PowerMode::Admission));
+        let wide = run(f.clone(), &js, policy, options(&f, Cooling::Air, Some(3.0), mode));
+        assert_eq!(free.mean_jct_s, wide.mean_jct_s, "{policy}");
+        assert_eq!(free.events, wide.events, "{policy}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
