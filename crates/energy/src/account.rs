@@ -402,7 +402,42 @@ pub fn account(
     series: &[(f64, f64)],
     start_hour: usize,
 ) -> Result<EnergyReport, EnergyError> {
-    let hourly = hourly_allocation(series)?;
+    let by_site = vec![series.to_vec(); model.sites.len().max(1)];
+    account_by_site(model, temperature, grid, &by_site, start_hour)
+}
+
+/// [`account`] with one allocation series per site (by site index), so that a busy site and an
+/// idle one are each accounted at their own load, cooling and heat demand. The series must share
+/// their first and last times.
+pub fn account_by_site(
+    model: &EnergyModel,
+    temperature: &TemperatureYear,
+    grid: &GridYear,
+    series: &[Vec<(f64, f64)>],
+    start_hour: usize,
+) -> Result<EnergyReport, EnergyError> {
+    if series.len() != model.sites.len().max(1) {
+        return Err(EnergyError::Invalid(format!(
+            "{} allocation series for {} sites",
+            series.len(),
+            model.sites.len()
+        )));
+    }
+    let per_site: Vec<Vec<(f64, f64)>> = series.iter().map(|s| hourly_allocation(s)).collect::<Result<_, _>>()?;
+    let hourly = &per_site[0];
+    if per_site.iter().any(|h| h.len() != hourly.len()) {
+        return Err(EnergyError::Invalid("the sites' allocation series span different hours".into()));
+    }
+    // The fleet's allocation of an hour, weighted by the sites' GPUs, for the hourly points.
+    let gpus: Vec<f64> = model.sites.iter().map(|s| s.it.gpus as f64).collect();
+    let all_gpus: f64 = gpus.iter().sum();
+    let same = series.windows(2).all(|w| w[0] == w[1]);
+    let fleet_allocation = |k: usize| {
+        if same || all_gpus <= 0.0 {
+            return per_site[0][k].0;
+        }
+        per_site.iter().zip(&gpus).map(|(h, g)| h[k].0 * g).sum::<f64>() / all_gpus
+    };
     let caps: Option<f64> = model.sites.iter().map(|s| s.grid_power_cap_watts).sum();
     let mut totals = Totals { grid_cap_mw: caps.map(|w| w / 1e6), ..Totals::default() };
     let mut sites: Vec<SiteEnergy> = model
@@ -416,7 +451,8 @@ pub fn account(
         .collect();
     let mut points = Vec::with_capacity(hourly.len());
     let (mut hours_total, mut alloc_sum, mut temp_sum) = (0.0, 0.0, 0.0);
-    for (k, &(allocation, hours)) in hourly.iter().enumerate() {
+    for (k, &(_, hours)) in hourly.iter().enumerate() {
+        let allocation = fleet_allocation(k);
         let hour_of_year = (start_hour + k) % HOURS_PER_YEAR;
         let outdoor_c = temperature.at_hour(hour_of_year);
         let price = grid.price_eur_per_mwh(start_hour + k);
@@ -435,7 +471,7 @@ pub fn account(
         let mut fleet_site_watts = 0.0;
         let mut any_over_cap = false;
         for (i, s) in model.sites.iter().enumerate() {
-            let plain = model.site_power(SiteId(i as u32), allocation, outdoor_c);
+            let plain = model.site_power(SiteId(i as u32), per_site[i][k].0, outdoor_c);
             let it_max = s.it.max_watts * s.wall_factor;
             let budget = s.grid_power_cap_watts.map_or(f64::INFINITY, |cap| cap - plain.total_watts);
             let demand = s.network.demand_watts(outdoor_c);

@@ -28,7 +28,7 @@ mod rng;
 
 pub use account::{
     EnergyModel, EnergyReport, GuardFigures, GuardNode, HeatOptions, HourPoint, SiteEnergy, SitePower, Totals, account,
-    parse_allocation_csv, site_power_watts, worst_case_site_power_watts,
+    account_by_site, parse_allocation_csv, site_power_watts, worst_case_site_power_watts,
 };
 pub use climate::{HOURS_PER_YEAR, MonthlyNormals, TemperatureYear, VALENCE_NORMALS};
 pub use facility::{CoolingDesign, FacilityPower};

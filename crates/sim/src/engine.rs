@@ -174,7 +174,8 @@ pub fn simulate(
     let mut caps_epoch = guard.as_ref().map_or(0, |g| g.caps_epoch());
     let site_caps_w: Option<Vec<f64>> = power.and_then(|p| p.cap_watts.clone());
     let mut site_w: Vec<f64> = Vec::new();
-    let mut energy_series: Vec<(f64, f64)> = Vec::new();
+    // (t_s, equivalent allocation of each site) at every event, for the hourly accounting.
+    let mut energy_series: Vec<(f64, Vec<f64>)> = Vec::new();
     let mut site_mw_series: Vec<(f64, f64)> = Vec::new();
     let mut cap_violations = 0u64;
     let mut peak_site_w = 0.0f64;
@@ -422,13 +423,13 @@ pub fn simulate(
             }
             caps = new_caps;
             let cap_of = |id: WorkloadId| guard.as_ref().map_or(1.0, |g| g.job_cap(id));
-            site_w = m
-                .site_dc(&cluster, &cap_of)
+            let dc = m.site_dc(&cluster, &cap_of);
+            site_w = dc
                 .iter()
                 .enumerate()
                 .map(|(s, dc)| dc * power.map_or(1.0, |p| p.model.site_wall_factor(model::SiteId(s as u32))))
                 .collect();
-            let eq = m.equivalent_allocation(&m.site_dc(&cluster, &cap_of));
+            let eq = m.equivalent_allocations(&dc);
             match energy_series.last_mut() {
                 Some(p) if p.0 == at(now) => p.1 = eq,
                 _ => energy_series.push((at(now), eq)),
@@ -518,10 +519,11 @@ pub fn simulate(
     let power_summary = match power {
         None => None,
         Some(p) => {
-            if let Some(&(t, _)) = energy_series.last()
-                && at(end) > t
+            if let Some((t, eq)) = energy_series.last()
+                && at(end) > *t
             {
-                energy_series.push((at(end), 0.0));
+                let idle = vec![0.0; eq.len()];
+                energy_series.push((at(end), idle));
             }
             let gh: Vec<(u32, f64)> = tenants.iter().map(|t| (t.tenant, t.gpu_hours)).collect();
             let mut summary = summarize(p, &energy_series, &gh).map_err(|e| SimError::Energy(e.to_string()))?;

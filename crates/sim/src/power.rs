@@ -7,7 +7,7 @@
 //! under the cap by construction; [`PowerSummary::cap_violations`] checks it at every event
 //! interval.
 
-use energy::{EnergyModel, GpuPowerProfile, GridYear, HourPoint, TemperatureYear, account, throughput_at_cap};
+use energy::{EnergyModel, GpuPowerProfile, GridYear, HourPoint, TemperatureYear, account_by_site, throughput_at_cap};
 use model::{Fleet, SiteId};
 use sched::power::{NodeWatts, PowerBudget, PowerMode, SiteBudget};
 use sched::{ClusterState, Placement};
@@ -128,8 +128,7 @@ struct NodeMeter {
 pub(crate) struct Meter {
     nodes: Vec<NodeMeter>,
     site_idle_dc: Vec<f64>,
-    site_busy_span_dc: f64,
-    fleet_idle_dc: f64,
+    site_busy_span_dc: Vec<f64>,
 }
 
 impl Meter {
@@ -146,8 +145,8 @@ impl Meter {
             })
             .collect();
         let site_idle_dc: Vec<f64> = model.sites.iter().map(|s| s.it.idle_watts).collect();
-        let site_busy_span_dc = model.sites.iter().map(|s| s.it.busy_watts - s.it.idle_watts).sum();
-        Meter { nodes, fleet_idle_dc: site_idle_dc.iter().sum(), site_idle_dc, site_busy_span_dc }
+        let site_busy_span_dc = model.sites.iter().map(|s| s.it.busy_watts - s.it.idle_watts).collect();
+        Meter { nodes, site_idle_dc, site_busy_span_dc }
     }
 
     fn gpu_dc(&self, n: &NodeMeter, cap: f64) -> f64 {
@@ -169,13 +168,13 @@ impl Meter {
         dc
     }
 
-    /// The allocation (0..1) at which typical uncapped work would draw `dc` over the fleet: what
-    /// the hourly accounting is fed.
-    pub(crate) fn equivalent_allocation(&self, dc: &[f64]) -> f64 {
-        if self.site_busy_span_dc <= 0.0 {
-            return 0.0;
-        }
-        ((dc.iter().sum::<f64>() - self.fleet_idle_dc) / self.site_busy_span_dc).clamp(0.0, 1.0)
+    /// Per site, the allocation (0..1) at which typical uncapped work would draw the site's `dc`:
+    /// what the hourly accounting is fed.
+    pub(crate) fn equivalent_allocations(&self, dc: &[f64]) -> Vec<f64> {
+        dc.iter()
+            .zip(self.site_idle_dc.iter().zip(&self.site_busy_span_dc))
+            .map(|(&w, (&idle, &span))| if span > 0.0 { ((w - idle) / span).clamp(0.0, 1.0) } else { 0.0 })
+            .collect()
     }
 
     /// Throughput (1 = uncapped) of a job on `placement` with its GPUs at `cap`: its slowest member.
@@ -239,10 +238,11 @@ pub struct PowerSummary {
     pub site_mw: Vec<(f64, f64)>,
 }
 
-/// Accounts `series` (`(t_s, equivalent allocation)`) hour by hour.
+/// Accounts `series` (`(t_s, equivalent allocation of each site)`) hour by hour, each site at
+/// its own load.
 pub(crate) fn summarize(
     opts: &PowerOptions,
-    series: &[(f64, f64)],
+    series: &[(f64, Vec<f64>)],
     tenant_gpu_hours: &[(u32, f64)],
 ) -> Result<PowerSummary, energy::EnergyError> {
     let mut model = opts.model.clone();
@@ -251,21 +251,25 @@ pub(crate) fn summarize(
             s.grid_power_cap_watts = Some(*c);
         }
     }
-    let mut points = series.to_vec();
+    let sites = model.sites.len().max(1);
+    let mut points: Vec<(f64, Vec<f64>)> = series.to_vec();
     if points.len() < 2 {
         let t = points.first().map_or(0.0, |p| p.0);
-        points = vec![(t, points.first().map_or(0.0, |p| p.1)), (t + 1.0, 0.0)];
+        let first = points.first().map_or_else(|| vec![0.0; sites], |p| p.1.clone());
+        points = vec![(t, first), (t + 1.0, vec![0.0; sites])];
     }
     if let (Some(a), Some(b)) = (points.first(), points.last())
         && b.0 <= a.0
     {
         let t = a.0;
-        points.push((t + 1.0, 0.0));
+        points.push((t + 1.0, vec![0.0; sites]));
     }
+    let by_site: Vec<Vec<(f64, f64)>> =
+        (0..sites).map(|s| points.iter().map(|(t, a)| (*t, a.get(s).copied().unwrap_or(0.0))).collect()).collect();
     // Sim time 0 is the start hour; the series starts at the first event.
     let first = points.first().map_or(0.0, |p| p.0);
     let start = opts.hour_of(first);
-    let r = account(&model, &opts.temperature, &opts.grid, &points, start)?;
+    let r = account_by_site(&model, &opts.temperature, &opts.grid, &by_site, start)?;
     let total_gh: f64 = tenant_gpu_hours.iter().map(|t| t.1).sum();
     let share = |gh: f64| if total_gh > 0.0 { gh / total_gh } else { 0.0 };
     let tenant_energy = tenant_gpu_hours

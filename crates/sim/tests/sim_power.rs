@@ -133,6 +133,51 @@ fn a_dynamic_cap_that_never_binds_keeps_the_uncapped_schedule() {
     }
 }
 
+#[test]
+fn each_site_is_accounted_at_its_own_load() {
+    // Two sites: immersion ("busy") then air ("idle"), two 8-GPU H200 nodes each. Two 8-GPU jobs
+    // for 10 h fill the first site (first fit) and leave the second idle: IT energy is the busy
+    // site at full allocation plus the idle one at none, each at its own wall factor, not both
+    // at half.
+    let mut b = model::FleetBuilder::new("two");
+    for (name, cooling) in [("busy", Cooling::Immersion), ("idle", Cooling::Air)] {
+        let site = b.add_site(name, cooling, None);
+        let hall = b.add_hall(site, name, None);
+        let rack = b.add_rack(hall, name, None);
+        for i in 0..2 {
+            b.add_node(
+                rack,
+                model::NodeSpec {
+                    name: format!("{name}-{i}"),
+                    cpu_milli: 32_000,
+                    memory_mib: 65_536,
+                    gpu_count: 8,
+                    gpu_model: Some("H200".into()),
+                    nvlink_domain: None,
+                    leaf_switch: None,
+                },
+            );
+        }
+    }
+    let f = Arc::new(b.build());
+    let js = jobs(&[(0, 8, 36_000), (0, 8, 36_000)]);
+    let o = PowerOptions {
+        model: EnergyModel::new(&f, None, &HeatOptions::default()),
+        temperature: TemperatureYear::constant(15.0),
+        grid: GridYear::constant(60.0, 30.0),
+        start_hour: 0,
+        cap_watts: None,
+        mode: PowerMode::Admission,
+    };
+    let r = run(f.clone(), &js, "fifo", Arc::new(o.clone()));
+    let it = |site: u32, a: f64| o.model.site_power(model::SiteId(site), a, 15.0).it_watts;
+    let want_mwh = 10.0 * (it(0, 1.0) + it(1, 0.0)) / 1e6;
+    let half_mwh = 10.0 * (it(0, 0.5) + it(1, 0.5)) / 1e6;
+    let got = r.power.as_ref().unwrap().it_mwh;
+    assert!((got - want_mwh).abs() < 1e-9 * want_mwh.max(1.0), "{got} vs {want_mwh}");
+    assert!((half_mwh - want_mwh).abs() > 1e-4, "the test cannot tell the two apart");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
