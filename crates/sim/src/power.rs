@@ -230,6 +230,8 @@ pub struct PowerSummary {
     pub energy_cost_eur: f64,
     pub co2_t: f64,
     pub tenant_energy: Vec<TenantEnergy>,
+    /// Each site's totals, accounted at its own load.
+    pub site_energy: Vec<energy::SiteEnergy>,
     /// Hour by hour, for plots.
     #[serde(skip)]
     pub hourly: Vec<HourPoint>,
@@ -302,6 +304,7 @@ pub(crate) fn summarize(
         energy_cost_eur: r.totals.energy_cost_eur,
         co2_t: r.totals.co2_t,
         tenant_energy,
+        site_energy: r.sites,
         hourly: r.hourly,
         ..PowerSummary::default()
     })

@@ -176,6 +176,9 @@ fn each_site_is_accounted_at_its_own_load() {
     let got = r.power.as_ref().unwrap().it_mwh;
     assert!((got - want_mwh).abs() < 1e-9 * want_mwh.max(1.0), "{got} vs {want_mwh}");
     assert!((half_mwh - want_mwh).abs() > 1e-4, "the test cannot tell the two apart");
+    let sites = &r.power.as_ref().unwrap().site_energy;
+    assert_eq!(sites.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["busy", "idle"]);
+    assert!((sites[1].totals.it_mwh - 10.0 * it(1, 0.0) / 1e6).abs() < 1e-9);
 }
 
 proptest! {
