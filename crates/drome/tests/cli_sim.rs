@@ -182,3 +182,21 @@ fn quota_shares_are_given_by_tenant_name_and_bad_ones_are_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("tenant 'alice'"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_fleet_of_two_sites_reports_each_sites_energy() {
+    let trace = fixture("jobs.csv");
+    let args =
+        ["sim", "--fleet", "fleets/small.toml", "--trace", &trace, "--policy", "fifo", "--power-cap-frac", "0.9"];
+    let (code, out, err) = drome(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("lab-oil") && out.contains("lab-air") && out.contains("immersion"), "{out}");
+    let mut with_json = args.to_vec();
+    with_json.extend(["--output", "json", "-q"]);
+    let v = json(&with_json);
+    let sites = v["site_energy"].as_array().unwrap_or_else(|| panic!("no site_energy in {v}"));
+    assert_eq!(sites.len(), 2);
+    let sum: f64 = sites.iter().map(|s| s["it_mwh"].as_f64().unwrap()).sum();
+    let total = v["it_mwh"].as_f64().unwrap();
+    assert!(total > 0.0 && (sum - total).abs() <= 1e-9 * total, "{sum} vs {total}");
+}

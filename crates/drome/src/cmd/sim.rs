@@ -583,6 +583,41 @@ fn print_power(rows: &[(String, &SimReport)]) {
         ]);
     }
     println!("{}", t.render());
+    // A fleet of several sites: each site at its own load.
+    for (name, r) in rows {
+        let Some(p) = r.power.as_ref().filter(|p| p.site_energy.len() > 1) else { continue };
+        let mut t = Table::new([
+            "run",
+            "site",
+            "cooling",
+            "IT MWh",
+            "facility MWh",
+            "PUE",
+            "peak MW",
+            "cap MW",
+            "heat MWh",
+            "energy EUR",
+            "CO2 t",
+        ])
+        .utf8(tty);
+        for site in &p.site_energy {
+            let x = &site.totals;
+            t.row([
+                name.clone(),
+                site.name.clone(),
+                site.cooling.to_string(),
+                format!("{:.1}", x.it_mwh),
+                format!("{:.1}", x.facility_mwh),
+                format!("{:.3}", x.pue),
+                format!("{:.3}", x.peak_site_mw),
+                x.grid_cap_mw.map_or_else(|| "-".to_string(), |c| format!("{c:.3}")),
+                format!("{:.1}", x.heat_exported_mwh),
+                format!("{:.0}", x.energy_cost_eur),
+                format!("{:.2}", x.co2_t),
+            ]);
+        }
+        println!("{}", t.render());
+    }
     for (name, r) in rows {
         if r.deferrable_jobs > 0 {
             println!(
