@@ -200,3 +200,29 @@ fn a_fleet_of_two_sites_reports_each_sites_energy() {
     let total = v["it_mwh"].as_f64().unwrap();
     assert!(total > 0.0 && (sum - total).abs() <= 1e-9 * total, "{sum} vs {total}");
 }
+
+#[test]
+fn a_bad_price_cap_is_refused_with_its_form() {
+    let trace = fixture("jobs.csv");
+    for bad in ["120", "abc:0.7", "120:1.5"] {
+        let (code, _, err) =
+            drome(&["sim", "--fleet", "fleets/small.toml", "--trace", &trace, "--policy", "fifo", "--price-cap", bad]);
+        assert_ne!(code, 0, "{bad} accepted");
+        assert!(err.contains("EUR_PER_MWH:CAP") && err.contains(bad), "{err}");
+    }
+    let v = json(&[
+        "sim",
+        "--fleet",
+        "fleets/small.toml",
+        "--trace",
+        &trace,
+        "--policy",
+        "fifo",
+        "--price-cap",
+        "0:0.7",
+        "--output",
+        "json",
+        "-q",
+    ]);
+    assert!((v["mean_gpu_cap"].as_f64().unwrap() - 0.7).abs() < 1e-9, "{v}");
+}

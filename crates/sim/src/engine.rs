@@ -180,8 +180,11 @@ pub fn simulate(
     let mut cap_violations = 0u64;
     let mut peak_site_w = 0.0f64;
     let mut cap_integral = 0.0f64;
-    // The hour whose conditions the guard's caps were last set for.
+    // The hour whose conditions the guard's caps (and the price ceiling) were last set for.
     let mut weather_hour: Option<u64> = None;
+    // No GPU runs above this fraction of its board limit this hour (price caps).
+    let mut ceiling = 1.0f64;
+    let mut rates_ceiling = 1.0f64;
 
     loop {
         // Completions of runs that were preempted or re-timed by a cap change are stale: drop
@@ -206,12 +209,16 @@ pub fn simulate(
             (Some(h), Some(_)) if cluster.running_count() > 0 => now.min(SimTime((h + 1) * HOUR_MS)),
             _ => now,
         };
-        if let (Some(p), Some(g)) = (power.filter(|p| p.follows_weather()), guard.as_mut()) {
+        if let Some(p) = power.filter(|p| p.is_hourly()) {
             let hour = now.as_millis() / HOUR_MS;
-            if weather_hour != Some(hour)
-                && let Some((sites, nodes)) = p.figures_at(&fleet, p.hour_celsius(hour))
-            {
-                g.set_conditions(&cluster, sites, nodes);
+            if weather_hour != Some(hour) {
+                if p.follows_weather()
+                    && let Some(g) = guard.as_mut()
+                    && let Some((sites, nodes)) = p.figures_at(&fleet, p.hour_celsius(hour))
+                {
+                    g.set_conditions(&cluster, sites, nodes);
+                }
+                ceiling = p.price_ceiling(hour);
                 weather_hour = Some(hour);
             }
         }
@@ -300,7 +307,7 @@ pub fn simulate(
             }
             None => decisions,
         };
-        let new_caps = caps_of(&guard);
+        let new_caps: Vec<f64> = caps_of(&guard).into_iter().map(|c| c.min(ceiling)).collect();
         for decision in decisions {
             match decision {
                 Decision::Start { job, placement } => {
@@ -330,7 +337,7 @@ pub fn simulate(
                     state.lost_gpu_s += workloads[job.0 as usize].gpu.total_gpus() * delay.as_secs_f64();
                     state.accrued_ms = 0;
                     state.seg_start = now + delay;
-                    let cap = guard.as_ref().map_or(1.0, |g| g.job_cap(job));
+                    let cap = guard.as_ref().map_or(1.0, |g| g.job_cap(job)).min(ceiling);
                     state.rate = meter.as_ref().map_or(1.0, |m| m.rate(&placement, cap));
                     match workloads[job.0 as usize].duration {
                         Some(d) => {
@@ -396,10 +403,11 @@ pub fn simulate(
         }
         if let Some(m) = &meter {
             let epoch = guard.as_ref().map_or(0, |g| g.caps_epoch());
-            if epoch != caps_epoch {
+            if epoch != caps_epoch || ceiling != rates_ceiling {
                 caps_epoch = epoch;
+                rates_ceiling = ceiling;
                 // Caps moved: every running job's completion moves with its new throughput.
-                let cap_of = |id: WorkloadId| guard.as_ref().map_or(1.0, |g| g.job_cap(id));
+                let cap_of = |id: WorkloadId| guard.as_ref().map_or(1.0, |g| g.job_cap(id)).min(ceiling);
                 let running: Vec<(WorkloadId, f64)> =
                     cluster.allocations().map(|(id, p)| (*id, m.rate(p, cap_of(*id)))).collect();
                 for (id, rate) in running {
@@ -422,7 +430,7 @@ pub fn simulate(
                 }
             }
             caps = new_caps;
-            let cap_of = |id: WorkloadId| guard.as_ref().map_or(1.0, |g| g.job_cap(id));
+            let cap_of = |id: WorkloadId| guard.as_ref().map_or(1.0, |g| g.job_cap(id)).min(ceiling);
             let dc = m.site_dc(&cluster, &cap_of);
             site_w = dc
                 .iter()

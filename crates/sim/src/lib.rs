@@ -17,4 +17,4 @@ pub use loadfleet::{LoadFleetShape, fleet_for_load, offered_load};
 pub use metrics::{
     EventKind, JobRecord, SLOWDOWN_FLOOR_S, SimEvent, SimReport, TenantRow, TimePoint, percentile, tenant_rows,
 };
-pub use power::{PowerOptions, PowerSummary, TenantEnergy};
+pub use power::{PowerOptions, PowerSummary, PriceCap, TenantEnergy};

@@ -25,6 +25,18 @@ pub struct PowerOptions {
     /// Grid cap per site (by site index), watts; `None`: measure only.
     pub cap_watts: Option<Vec<f64>>,
     pub mode: PowerMode,
+    /// Lower every running GPU's cap in dear hours (with or without a grid cap).
+    pub price_cap: Option<PriceCap>,
+}
+
+/// In hours whose grid price is above `above_eur_per_mwh`, no GPU runs above `gpu_cap` of its
+/// board limit: energy costs less per unit of work at a lower cap (dynamic power falls faster
+/// than throughput along the DVFS curve), so dear hours buy less power per job.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PriceCap {
+    pub above_eur_per_mwh: f64,
+    /// Fraction of the board limit.
+    pub gpu_cap: f64,
 }
 
 impl PowerOptions {
@@ -100,6 +112,22 @@ impl PowerOptions {
             })
             .collect();
         Some((sites, nodes))
+    }
+
+    /// Whether caps are re-set at every hour boundary (weather-following or price caps).
+    pub fn is_hourly(&self) -> bool {
+        self.follows_weather() || self.price_cap.is_some()
+    }
+
+    /// The price cap's ceiling on GPU caps in hour `hour` (counted from sim time 0): its cap in a
+    /// dear hour, 1 otherwise.
+    pub fn price_ceiling(&self, hour: u64) -> f64 {
+        match self.price_cap {
+            Some(pc) if self.grid.price_eur_per_mwh(self.start_hour + hour as usize) > pc.above_eur_per_mwh => {
+                pc.gpu_cap.clamp(0.0, 1.0)
+            }
+            _ => 1.0,
+        }
     }
 
     /// Whether the guard follows the weather: in the dynamic mode, caps are set hour by hour

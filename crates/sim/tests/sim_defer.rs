@@ -32,6 +32,7 @@ fn power(f: &Fleet) -> Arc<PowerOptions> {
         start_hour: 0,
         cap_watts: None,
         mode: PowerMode::Admission,
+        price_cap: None,
     })
 }
 

@@ -23,6 +23,7 @@ fn options(fleet: &Fleet, cooling: Cooling, frac: Option<f64>, mode: PowerMode) 
         start_hour: 4000,
         cap_watts: None,
         mode,
+        price_cap: None,
     };
     o.cap_watts = frac.map(|f| o.nameplate_watts().iter().map(|w| w * f).collect());
     Arc::new(o)
@@ -168,6 +169,7 @@ fn each_site_is_accounted_at_its_own_load() {
         start_hour: 0,
         cap_watts: None,
         mode: PowerMode::Admission,
+        price_cap: None,
     };
     let r = run(f.clone(), &js, "fifo", Arc::new(o.clone()));
     let it = |site: u32, a: f64| o.model.site_power(model::SiteId(site), a, 15.0).it_watts;
@@ -179,6 +181,31 @@ fn each_site_is_accounted_at_its_own_load() {
     let sites = &r.power.as_ref().unwrap().site_energy;
     assert_eq!(sites.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["busy", "idle"]);
     assert!((sites[1].totals.it_mwh - 10.0 * it(1, 0.0) / 1e6).abs() < 1e-9);
+}
+
+#[test]
+fn price_caps_cut_energy_in_dear_hours_only() {
+    // A flat 60 EUR/MWh year: a cap above 50 binds every hour, one above 70 never does.
+    let f = fleet(2, 8, "H200");
+    let spec: Vec<(u64, u32, u64)> = (0..20).map(|i| (i * 1800, 8, 7200 + (i * 3571) % 10_000)).collect();
+    let js = jobs(&spec);
+    let with = |price_cap: Option<sim::PriceCap>| {
+        let mut o = (*options(&f, Cooling::Air, None, PowerMode::Admission)).clone();
+        o.grid = GridYear::constant(60.0, 30.0);
+        o.price_cap = price_cap;
+        run(f.clone(), &js, "fifo", Arc::new(o))
+    };
+    let free = with(None);
+    let never = with(Some(sim::PriceCap { above_eur_per_mwh: 70.0, gpu_cap: 0.6 }));
+    let always = with(Some(sim::PriceCap { above_eur_per_mwh: 50.0, gpu_cap: 0.6 }));
+    assert_eq!(never.mean_jct_s, free.mean_jct_s);
+    assert_eq!(never.power.as_ref().unwrap().it_mwh, free.power.as_ref().unwrap().it_mwh);
+    let (e_free, e_cap) = (free.power.as_ref().unwrap(), always.power.as_ref().unwrap());
+    assert!(e_cap.it_mwh < e_free.it_mwh, "{} vs {}", e_cap.it_mwh, e_free.it_mwh);
+    assert!(e_cap.energy_cost_eur < e_free.energy_cost_eur);
+    assert!(always.mean_jct_s > free.mean_jct_s, "capped GPUs run slower");
+    assert!((e_cap.mean_gpu_cap - 0.6).abs() < 1e-9, "{}", e_cap.mean_gpu_cap);
+    assert_eq!(always.completed, js.len() as u64);
 }
 
 proptest! {

@@ -99,6 +99,7 @@ pub fn config(args: &ServerArgs) -> anyhow::Result<server::Config> {
             start_hour: 0,
             cap_watts: None,
             mode: sched::power::PowerMode::Admission,
+            price_cap: None,
         };
         let mut gate = sched::defer::DeferralGate::new(power.deferral_costs(by), 0);
         gate.max_delay = model::SimDuration::from_secs_f64(h * 3600.0);
