@@ -4,6 +4,9 @@
 //! restarted controller lets running jobs finish; and over many jobs none ever runs twice at once
 //! (every run leaves marker files that are checked here).
 
+mod common;
+
+use common::{Procs, free_port};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,21 +16,6 @@ const ADMIN: &str = "agent-e2e-admin";
 const FLEET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fleets/small.toml");
 const NODES: [&str; 3] = ["hall-a-r001-n01", "hall-a-r001-n02", "hall-a-r002-n01"];
 const LEASE_MS: u64 = 1000;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn server(db: &str, port: u16, dir: &Path) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).unwrap();

@@ -2,6 +2,9 @@
 //! SIGKILL and started again on the same store. Every job that got a `201` is there, none twice,
 //! idempotency keys hold across the restart, and no job runs twice. On SQLite and PostgreSQL.
 
+mod common;
+
+use common::free_port;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -12,11 +15,6 @@ use std::time::{Duration, Instant};
 const ADMIN: &str = "crash-admin-token";
 const FLEET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fleets/small.toml");
 const WORKERS: usize = 12;
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 fn spawn(db: &str, port: u16, log: &std::path::Path) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();

@@ -3,6 +3,9 @@
 //! but not two. Both jobs run, each node's agent applies the GPU cap the scheduler asks for, the
 //! site's worst case at those caps fits its cap, and the caps are lifted when the work ends.
 
+mod common;
+
+use common::{Procs, free_port};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,21 +31,6 @@ fn cap_mw() -> f64 {
     let hottest = energy::TemperatureYear::valence().unwrap().hottest_celsius();
     let f = model.guard_figures(&fleet, hottest);
     (f.site_idle_watts[0] + 1.5 * 8.0 * f.nodes[0].full_watts_per_gpu) / 1e6
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn spawn(args: &[&str], log: &Path) -> Child {
@@ -207,24 +195,25 @@ async fn dynamic_mode_runs_more_work_under_a_grid_cap_with_caps_the_agents_apply
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn dynamic_mode_without_agents_is_refused_with_a_reason() {
+/// What `drome server ARGS` says on stderr when it refuses to start.
+fn server_refusal(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_drome"))
-        .args(["server", "--db", "sqlite::memory:", "--listen", "127.0.0.1:0", "--power-mode", "dynamic"])
+        .args(["server", "--db", "sqlite::memory:", "--listen", "127.0.0.1:0"])
+        .args(args)
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "drome server {args:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn dynamic_mode_without_agents_is_refused_with_a_reason() {
+    let err = server_refusal(&["--power-mode", "dynamic"]);
     assert!(err.contains("--agents"), "{err}");
 }
 
 #[test]
 fn an_unknown_deferral_signal_is_refused_with_the_known_ones() {
-    let out = Command::new(env!("CARGO_BIN_EXE_drome"))
-        .args(["server", "--db", "sqlite::memory:", "--listen", "127.0.0.1:0", "--defer-for", "moon"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = server_refusal(&["--defer-for", "moon"]);
     assert!(err.contains("'moon'") && err.contains("price, carbon, heat"), "{err}");
 }
