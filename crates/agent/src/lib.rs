@@ -5,6 +5,7 @@
 //! work directory; nothing of a run is left when it ends.
 
 pub mod inventory;
+pub mod rapl;
 pub mod runner;
 
 pub use runner::{NodeAgent, NodeConfig};

@@ -49,6 +49,8 @@ pub struct NodeAgent {
     seen: HashSet<RunKey>,
     seen_order: VecDeque<RunKey>,
     power_cap: Option<f64>,
+    /// CPU package power limit of the node, watts for all packages, as last asked for.
+    cpu_cap: Option<f64>,
     exit_tx: mpsc::UnboundedSender<RunExit>,
     exit_rx: mpsc::UnboundedReceiver<RunExit>,
 }
@@ -141,6 +143,7 @@ impl NodeAgent {
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
             power_cap: None,
+            cpu_cap: None,
             exit_tx,
             exit_rx,
         };
@@ -301,6 +304,22 @@ impl NodeAgent {
         tracing::info!(node = %self.cfg.name, watts = ?cap, "gpu power cap set");
     }
 
+    /// Applies the CPU package power limit the server asks for: through RAPL on real hardware
+    /// (where the agent has the right), recorded for declared nodes.
+    fn apply_cpu_cap(&mut self, cap: Option<f64>) {
+        if cap == self.cpu_cap {
+            return;
+        }
+        self.cpu_cap = cap;
+        if self.cfg.use_nvml
+            && let Err(e) = crate::rapl::set_package_limit(std::path::Path::new(crate::rapl::POWERCAP_ROOT), cap)
+        {
+            tracing::warn!(node = %self.cfg.name, watts = ?cap, error = %e, "cannot apply the cpu power cap; recorded only");
+            return;
+        }
+        tracing::info!(node = %self.cfg.name, watts = ?cap, "cpu power cap set");
+    }
+
     /// Joins (unless it holds a credential) and heartbeats until the process ends.
     pub async fn run(mut self) -> Result<(), AgentError> {
         let mut backoff = Duration::from_millis(100);
@@ -327,6 +346,7 @@ impl NodeAgent {
                 exited: self.exited.clone(),
                 power_watts: Some(self.power()),
                 gpu_power_cap_watts: self.power_cap,
+                cpu_power_cap_watts: self.cpu_cap,
                 wait_ms: if self.exited.is_empty() { self.heartbeat.as_millis() as u64 } else { 0 },
             };
             let sent_exits = beat.exited.len();
@@ -379,6 +399,7 @@ impl NodeAgent {
                 self.start(a);
             }
             self.apply_cap(reply.gpu_power_cap_watts);
+            self.apply_cpu_cap(reply.cpu_power_cap_watts);
             for req in reply.logs {
                 self.send_log(&credential, req);
             }

@@ -267,6 +267,10 @@ pub struct Node {
     /// The GPU power cap its agent applies, watts per GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_power_cap_watts: Option<f64>,
+    /// The power limit its agent holds the node's CPU packages to, watts for all of them (the
+    /// dynamic power mode with host caps, while its site sheds watts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_power_cap_watts: Option<f64>,
 }
 
 /// A site of the fleet.
@@ -391,6 +395,9 @@ pub struct Heartbeat {
     /// The GPU power cap the node applies, watts per GPU, as the server last asked for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_power_cap_watts: Option<f64>,
+    /// The CPU package power limit the node applies, watts for all packages, as last asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_power_cap_watts: Option<f64>,
     /// How long the server may hold the call waiting for work, in milliseconds.
     #[serde(default)]
     pub wait_ms: u64,
@@ -424,6 +431,9 @@ pub struct HeartbeatReply {
     /// GPU power cap the scheduler asks for, in watts per GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_power_cap_watts: Option<f64>,
+    /// Power limit for the node's CPU packages the scheduler asks for, watts for all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_power_cap_watts: Option<f64>,
     /// Pieces of run output a tenant asked for: the node answers each with
     /// `POST /v1/agent/logs`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

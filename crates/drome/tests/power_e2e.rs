@@ -1,7 +1,8 @@
 //! The dynamic power mode end to end: the real `drome server --agents --power-mode dynamic` and
 //! two `drome agent` processes on a site whose grid cap carries one busy node at the worst case
-//! but not two. Both jobs run, each node's agent applies the GPU cap the scheduler asks for, the
-//! site's worst case at those caps fits its cap, and the caps are lifted when the work ends.
+//! but not two. Both jobs run, each node's agent applies the GPU cap (and, with host caps, the
+//! CPU package limit) the scheduler asks for, the site's worst case at those caps fits its cap,
+//! and the caps are lifted when the work ends.
 
 mod common;
 
@@ -55,6 +56,16 @@ async fn nodes(http: &reqwest::Client, base: &str, token: &str) -> serde_json::M
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamic_mode_runs_more_work_under_a_grid_cap_with_caps_the_agents_apply() {
+    let with_hosts = run_two_jobs_under_the_cap(true).await;
+    // Without host caps the GPUs alone carry the cut, so they run lower.
+    let gpus_alone = run_two_jobs_under_the_cap(false).await;
+    for (a, b) in with_hosts.iter().zip(&gpus_alone) {
+        assert!(a > b, "GPU caps with host caps {with_hosts:?}, without {gpus_alone:?}");
+    }
+}
+
+/// Two whole-node jobs on the two nodes, under a cap that carries one and a half.
+async fn run_two_jobs_under_the_cap(host_caps: bool) -> Vec<f64> {
     let dir: PathBuf = std::env::temp_dir().join(format!("drome-power-e2e-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     let fleet = dir.join("fleet.toml");
@@ -83,6 +94,10 @@ async fn dynamic_mode_runs_more_work_under_a_grid_cap_with_caps_the_agents_apply
         "--power-mode",
         "dynamic",
     ];
+    let mut server_args = server_args.to_vec();
+    if !host_caps {
+        server_args.push("--no-host-caps");
+    }
     let mut procs = Procs(vec![spawn(&server_args, &dir.join("server.log"))]);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let t0 = Instant::now();
@@ -159,20 +174,25 @@ async fn dynamic_mode_runs_more_work_under_a_grid_cap_with_caps_the_agents_apply
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Every node runs under a cap below the board limit and above the floor, and the agents say
-    // they apply it.
+    // they apply it; with host caps, their CPU packages are held to their typical draw too.
     let ns = nodes(&http, &base, &token).await;
+    let fleet_model = model::fleet_toml::parse_fleet(&fleet_toml(None)).unwrap();
+    let cpu_typical = energy::it_power::NodePower::of(&fleet_model, model::NodeId(0)).cpu_typical_watts.floor();
     let mut caps = Vec::new();
     for n in NODES {
         let w = ns[n]["gpu_power_cap_watts"].as_f64().unwrap_or_else(|| panic!("{n} runs uncapped: {}", ns[n]));
         assert!((0.5 * BOARD_WATTS..BOARD_WATTS).contains(&w), "{n}: {w} W");
         caps.push(w);
+        let cpu = ns[n]["cpu_power_cap_watts"].as_f64();
+        assert_eq!(cpu, host_caps.then_some(cpu_typical), "{n}: {}", ns[n]);
     }
-    // The site's worst case at these caps (every GPU at its cap, hosts at full load, the hottest
-    // hour) fits the grid cap.
-    let fleet_model = model::fleet_toml::parse_fleet(&fleet_toml(None)).unwrap();
+    // The site's worst case at these caps (every GPU at its cap, hosts at full load or at their
+    // package limit, the hottest hour) fits the grid cap.
     let model = energy::EnergyModel::new(&fleet_model, None, &energy::HeatOptions::default());
     let f = model.guard_figures(&fleet_model, energy::TemperatureYear::valence().unwrap().hottest_celsius());
-    let per_gpu = |c: f64| f.nodes[0].full_watts_per_gpu - (1.0 - c / BOARD_WATTS) * f.nodes[0].board_watts_per_gpu;
+    let host_cut = if host_caps { f.nodes[0].host_cut_watts_per_gpu } else { 0.0 };
+    let per_gpu =
+        |c: f64| f.nodes[0].full_watts_per_gpu - (1.0 - c / BOARD_WATTS) * f.nodes[0].board_watts_per_gpu - host_cut;
     let worst = f.site_idle_watts[0] + caps.iter().map(|&c| 8.0 * per_gpu(c)).sum::<f64>();
     assert!(worst <= cap * 1e6 + 1.0, "worst case {worst} W over the {} W cap", cap * 1e6);
     let sites = get(&http, format!("{base}/v1/sites"), &token).await;
@@ -184,7 +204,7 @@ async fn dynamic_mode_runs_more_work_under_a_grid_cap_with_caps_the_agents_apply
     let t0 = Instant::now();
     loop {
         let ns = nodes(&http, &base, &token).await;
-        if NODES.iter().all(|n| ns[*n]["gpu_power_cap_watts"].is_null()) {
+        if NODES.iter().all(|n| ns[*n]["gpu_power_cap_watts"].is_null() && ns[*n]["cpu_power_cap_watts"].is_null()) {
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(10), "caps never lifted: {ns:?}");
@@ -193,6 +213,7 @@ async fn dynamic_mode_runs_more_work_under_a_grid_cap_with_caps_the_agents_apply
     http.post(format!("{base}/v1/jobs/{}/cancel", ids[1])).bearer_auth(&token).send().await.unwrap();
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
+    caps
 }
 
 /// What `drome server ARGS` says on stderr when it refuses to start.

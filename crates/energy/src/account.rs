@@ -14,9 +14,10 @@
 use crate::EnergyError;
 use crate::climate::{HOURS_PER_YEAR, TemperatureYear};
 use crate::facility::{CoolingDesign, FacilityPower, facility_power};
+use crate::gpu_power::GpuPowerProfile;
 use crate::grid::GridYear;
 use crate::heat::{HeatNetwork, RecoverableHeat, export_heat};
-use crate::it_power::{FleetPower, SiteItPower, wall_factor};
+use crate::it_power::{FleetPower, HOST_BUSY_FRACTION, SiteItPower, wall_factor};
 use model::{Cooling, Fleet, SiteId};
 use serde::Serialize;
 
@@ -177,12 +178,28 @@ impl EnergyModel {
                 let site = fleet.node(id).site;
                 let p = &self.power.nodes[id.index()];
                 if p.gpus == 0 {
-                    return GuardNode { site: site.0, full_watts_per_gpu: 0.0, board_watts_per_gpu: 0.0 };
+                    return GuardNode {
+                        site: site.0,
+                        full_watts_per_gpu: 0.0,
+                        board_watts_per_gpu: 0.0,
+                        free_cap: 1.0,
+                        host_cut_watts_per_gpu: 0.0,
+                    };
                 }
                 let k = self.site_wall_factor(site) * slope[site.index()];
-                let board = fleet.node_gpu_model(id).map_or(0.0, |m| m.board_power_watts);
-                let full = (p.max_watts - p.idle_watts) / f64::from(p.gpus);
-                GuardNode { site: site.0, full_watts_per_gpu: full * k, board_watts_per_gpu: board * k }
+                let gpu = fleet.node_gpu_model(id);
+                let board = gpu.map_or(0.0, |m| m.board_power_watts);
+                let free_cap = gpu.map_or(1.0, |m| GpuPowerProfile::of(m.family).busy_fraction);
+                let n = f64::from(p.gpus);
+                let full = (p.max_watts - p.idle_watts) / n;
+                let host_cut = (1.0 - HOST_BUSY_FRACTION) * p.host_span_watts / n;
+                GuardNode {
+                    site: site.0,
+                    full_watts_per_gpu: full * k,
+                    board_watts_per_gpu: board * k,
+                    free_cap,
+                    host_cut_watts_per_gpu: host_cut * k,
+                }
             })
             .collect();
         GuardFigures { site_idle_watts, nodes }
@@ -214,6 +231,12 @@ pub struct GuardNode {
     pub site: u32,
     pub full_watts_per_gpu: f64,
     pub board_watts_per_gpu: f64,
+    /// Caps at or above this fraction of the board limit do not slow typical work: its draw
+    /// ([`GpuPowerProfile::busy_fraction`]).
+    pub free_cap: f64,
+    /// What a CPU package power limit at the host's typical draw takes off `full_watts_per_gpu`
+    /// (the host's CPU span above [`crate::it_power::HOST_BUSY_FRACTION`], per GPU).
+    pub host_cut_watts_per_gpu: f64,
 }
 
 /// Site power of all of `fleet`'s sites under `cooling` at `allocation` and `outdoor_c`, watts.

@@ -80,6 +80,12 @@ pub struct NodePower {
     /// Added by the whole host going from idle to busy, for CPU-only nodes (which have no GPUs
     /// to carry it).
     pub host_busy_watts: f64,
+    /// What the CPUs add going from idle to full load (a CPU package power limit set at the
+    /// host's typical draw takes `1 - HOST_BUSY_FRACTION` of it off the worst case).
+    pub host_span_watts: f64,
+    /// The CPU packages' draw under typical work (idle plus [`HOST_BUSY_FRACTION`] of the span):
+    /// the package power limit a host cap sets (RAPL).
+    pub cpu_typical_watts: f64,
     pub gpus: u8,
 }
 
@@ -109,7 +115,16 @@ impl NodePower {
         let busy_watts_per_gpu =
             if gpus > 0 { profile.busy_watts(board) - gpu_idle + host_busy_watts / n } else { 0.0 };
         let max_watts = fixed + cpu_idle + cpu_span + n * board;
-        NodePower { idle_watts, busy_watts_per_gpu, max_watts, host_busy_watts, gpus }
+        let cpu_typical_watts = cpu_idle + host_busy_watts;
+        NodePower {
+            idle_watts,
+            busy_watts_per_gpu,
+            max_watts,
+            host_busy_watts,
+            host_span_watts: cpu_span,
+            cpu_typical_watts,
+            gpus,
+        }
     }
 
     /// DC power with `allocated_gpus` of the node's GPUs busy (fractional shares allowed).

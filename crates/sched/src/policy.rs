@@ -55,6 +55,14 @@ pub trait Policy: Send {
     fn min_runtime(&self) -> SimDuration {
         SimDuration::ZERO
     }
+
+    /// The running jobs this policy would give up first at `now`, first: a power guard lowers
+    /// their GPU caps before anyone else's ([`crate::power::CapShare::LowestRankFirst`]). Slowing
+    /// a job the policy ranks low delays only that job; slowing a high-ranked one also delays
+    /// every job that waits for its GPUs. Policies without a ranking return nothing.
+    fn shed_order(&self, _now: SimTime) -> Vec<WorkloadId> {
+        Vec::new()
+    }
 }
 
 /// A boxed policy is a policy, so wrappers ([`crate::power::PowerCapped`]) take policies chosen
@@ -82,6 +90,10 @@ impl<P: Policy + ?Sized> Policy for Box<P> {
 
     fn min_runtime(&self) -> SimDuration {
         (**self).min_runtime()
+    }
+
+    fn shed_order(&self, now: SimTime) -> Vec<WorkloadId> {
+        (**self).shed_order(now)
     }
 }
 

@@ -39,8 +39,9 @@ pub enum PowerMode {
     /// Admit work only while the worst case fits.
     Admission,
     /// Also lower GPU power caps of running work, down to `min_cap` of the board limit, shared
-    /// out as `share` says.
-    Dynamic { min_cap: f64, share: CapShare },
+    /// out as `share` says; with `cap_hosts`, first limit the CPU packages of a site's GPU nodes
+    /// to their typical draw ([`NodeWatts::host_cut_watts_per_gpu`]) while the site sheds watts.
+    Dynamic { min_cap: f64, share: CapShare, cap_hosts: bool },
 }
 
 /// Whose GPU caps the dynamic mode lowers when a site's worst case exceeds its cap.
@@ -54,6 +55,17 @@ pub enum CapShare {
     /// Longest-running jobs first, each down to `min_cap` before the next is touched: the fewest
     /// jobs slowed, for sites where capping a job costs a fixed price (re-tuning, SLAs).
     OldestFirst,
+    /// First every job down to the cap its work does not feel (what it draws uncapped, so the
+    /// cut costs nothing), then the jobs with the most GPUs, down to `min_cap`, before smaller
+    /// ones. A cap slows a job by about the same time whatever its size, while a wide job gives
+    /// back watts in proportion to its GPUs: so for the mean completion time, cutting few wide
+    /// jobs deeply costs less than cutting every job a little.
+    WidestFirst,
+    /// First every job down to the cap its work does not feel, then the jobs the policy ranks
+    /// lowest ([`Policy::shed_order`]) down to `min_cap`, one after the other: slowing a job the
+    /// policy would preempt first delays only that job, while slowing a high-ranked one also
+    /// delays whoever waits for its GPUs. Jobs the policy does not rank come last, widest first.
+    LowestRankFirst,
 }
 
 /// One site's budget, watts at the grid meter.
@@ -66,7 +78,7 @@ pub struct SiteBudget {
 }
 
 /// Worst-case figures of one node's GPUs, site watts per whole allocated GPU.
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct NodeWatts {
     /// Index of the node's site in [`PowerBudget::sites`].
     pub site: u32,
@@ -74,6 +86,24 @@ pub struct NodeWatts {
     pub full_watts_per_gpu: f64,
     /// The part of `full_watts_per_gpu` that is the GPU's board limit (what a power cap scales).
     pub board_watts_per_gpu: f64,
+    /// Caps at or above this fraction of the board limit do not slow the node's typical work
+    /// (what it draws uncapped); 1 when unknown, so every cut counts as a cost.
+    pub free_cap: f64,
+    /// What a CPU package power limit at the host's typical draw takes off `full_watts_per_gpu`
+    /// (RAPL on the node's CPUs; typical work does not feel it). Counted only with `cap_hosts`.
+    pub host_cut_watts_per_gpu: f64,
+}
+
+impl Default for NodeWatts {
+    fn default() -> Self {
+        NodeWatts {
+            site: 0,
+            full_watts_per_gpu: 0.0,
+            board_watts_per_gpu: 0.0,
+            free_cap: 1.0,
+            host_cut_watts_per_gpu: 0.0,
+        }
+    }
 }
 
 impl NodeWatts {
@@ -104,6 +134,33 @@ impl PowerBudget {
         }
     }
 
+    fn caps_hosts(&self) -> bool {
+        matches!(self.mode, PowerMode::Dynamic { cap_hosts: true, .. })
+    }
+
+    /// Worst-case site watts a GPU of `n` adds at GPU cap `cap`, hosts capped when the mode may.
+    fn watts_per_gpu(&self, n: &NodeWatts, cap: f64) -> f64 {
+        n.watts_per_gpu(cap) - if self.caps_hosts() { n.host_cut_watts_per_gpu } else { 0.0 }
+    }
+
+    /// Per site, what capping the hosts of the allocated GPUs takes off the worst case.
+    fn host_cuts(&self, cluster: &ClusterState) -> Vec<f64> {
+        let mut cuts = vec![0.0; self.sites.len()];
+        for (id, p) in cluster.allocations() {
+            if is_placeholder(*id) {
+                continue;
+            }
+            for m in &p.members {
+                let n = self.node(m.node);
+                let gpus = m.gpus.iter().map(|g| f64::from(g.milli)).sum::<f64>() / MILLI;
+                if let Some(c) = cuts.get_mut(n.site as usize) {
+                    *c += gpus * n.host_cut_watts_per_gpu;
+                }
+            }
+        }
+        cuts
+    }
+
     fn share(&self) -> CapShare {
         match self.mode {
             PowerMode::Admission => CapShare::Even,
@@ -111,7 +168,8 @@ impl PowerBudget {
         }
     }
 
-    /// Per site: (worst-case watts at full caps, capped share of it) of the real allocations.
+    /// Per site: (worst-case watts at full GPU caps, capped share of it) of the real allocations,
+    /// hosts capped when the mode may.
     fn loads(&self, cluster: &ClusterState) -> Vec<(f64, f64)> {
         let mut loads: Vec<(f64, f64)> = self.sites.iter().map(|s| (s.base_watts, 0.0)).collect();
         for (id, p) in cluster.allocations() {
@@ -128,7 +186,7 @@ impl PowerBudget {
             let n = self.node(m.node);
             let gpus = m.gpus.iter().map(|g| f64::from(g.milli)).sum::<f64>() / MILLI;
             if let Some(l) = loads.get_mut(n.site as usize) {
-                l.0 += gpus * n.full_watts_per_gpu;
+                l.0 += gpus * self.watts_per_gpu(&n, 1.0);
                 l.1 += gpus * n.board_watts_per_gpu;
             }
         }
@@ -149,6 +207,8 @@ pub struct PowerGuard {
     present: Option<PowerBudget>,
     /// GPU power cap per site (fraction of the board limit) set after the last round.
     site_caps: Vec<f64>,
+    /// Per site, whether its GPU nodes' CPU packages are held to their typical draw.
+    hosts_capped: Vec<bool>,
     placeholders: Vec<WorkloadId>,
     /// Starts rolled back in the last round, for [`PowerGuard::take_undone`].
     undone: Vec<WorkloadId>,
@@ -159,6 +219,8 @@ pub struct PowerGuard {
     job_caps: rustc_hash::FxHashMap<WorkloadId, f64>,
     /// Bumped whenever a job's cap changes.
     caps_epoch: u64,
+    /// Position of each running job in the policy's last [`Policy::shed_order`].
+    shed_rank: rustc_hash::FxHashMap<WorkloadId, u32>,
     /// Per site, the fewest watts a GPU of the site adds at the floor cap (infinite: no GPUs).
     cheapest_per_gpu: Vec<f64>,
     /// Starts rolled back over the run.
@@ -172,12 +234,13 @@ impl PowerGuard {
         let mut cheapest_per_gpu = vec![f64::INFINITY; budget.sites.len()];
         for n in budget.nodes.iter().filter(|n| n.full_watts_per_gpu > 0.0) {
             if let Some(c) = cheapest_per_gpu.get_mut(n.site as usize) {
-                *c = c.min(n.watts_per_gpu(floor));
+                *c = c.min(budget.watts_per_gpu(n, floor));
             }
         }
         PowerGuard {
             budget,
             present: None,
+            hosts_capped: vec![false; site_caps.len()],
             site_caps,
             placeholders: Vec::new(),
             undone: Vec::new(),
@@ -185,6 +248,7 @@ impl PowerGuard {
             next_seq: 0,
             job_caps: Default::default(),
             caps_epoch: 0,
+            shed_rank: Default::default(),
             cheapest_per_gpu,
             refused_starts: 0,
         }
@@ -194,9 +258,26 @@ impl PowerGuard {
         &self.budget
     }
 
+    /// Whether [`PowerGuard::set_shed_order`] is read (the [`CapShare::LowestRankFirst`] share).
+    pub fn wants_shed_order(&self) -> bool {
+        self.budget.share() == CapShare::LowestRankFirst
+    }
+
+    /// The policy's running jobs, the first to be slowed first ([`Policy::shed_order`]); call
+    /// after the policy's round and before [`PowerGuard::after`].
+    pub fn set_shed_order(&mut self, order: Vec<WorkloadId>) {
+        self.shed_rank = order.into_iter().enumerate().map(|(k, id)| (id, k as u32)).collect();
+    }
+
     /// GPU power cap of every site after the last round, fraction of the board limit.
     pub fn site_caps(&self) -> &[f64] {
         &self.site_caps
+    }
+
+    /// Per site, whether the CPU packages of its GPU nodes are to be held to their typical draw
+    /// (only with `cap_hosts`, and only while the site's worst case needs it).
+    pub fn hosts_capped(&self) -> &[bool] {
+        &self.hosts_capped
     }
 
     /// GPU power cap of running job `id`, fraction of the board limit (1 = uncapped).
@@ -211,8 +292,14 @@ impl PowerGuard {
 
     /// Worst-case draw of site `s` under the current caps and conditions, watts.
     pub fn site_worst_watts(&self, cluster: &ClusterState, s: usize) -> f64 {
-        let loads = self.present.as_ref().unwrap_or(&self.budget).loads(cluster);
-        loads.get(s).map_or(0.0, |l| l.0 - (1.0 - self.site_caps.get(s).copied().unwrap_or(1.0)) * l.1)
+        let figures = self.present.as_ref().unwrap_or(&self.budget);
+        let loads = figures.loads(cluster);
+        let uncapped_hosts = if self.hosts_capped.get(s).copied().unwrap_or(false) || !figures.caps_hosts() {
+            0.0
+        } else {
+            figures.host_cuts(cluster).get(s).copied().unwrap_or(0.0)
+        };
+        loads.get(s).map_or(0.0, |l| l.0 - (1.0 - self.site_caps.get(s).copied().unwrap_or(1.0)) * l.1) + uncapped_hosts
     }
 
     /// Sets the figures of the present conditions (same sites and nodes as the budget, computed
@@ -236,6 +323,8 @@ impl PowerGuard {
                 site: design.site,
                 full_watts_per_gpu: now.full_watts_per_gpu.min(design.full_watts_per_gpu),
                 board_watts_per_gpu: now.board_watts_per_gpu.min(design.board_watts_per_gpu),
+                free_cap: design.free_cap,
+                host_cut_watts_per_gpu: now.host_cut_watts_per_gpu.min(design.host_cut_watts_per_gpu),
             })
             .collect();
         self.present = Some(PowerBudget { sites, nodes, mode: self.budget.mode });
@@ -262,7 +351,7 @@ impl PowerGuard {
         for id in fleet.node_ids() {
             let n = self.budget.node(id);
             let Some(d) = dearest.get_mut(n.site as usize) else { continue };
-            *d = d.max(n.watts_per_gpu(floor));
+            *d = d.max(self.budget.watts_per_gpu(&n, floor));
             let free: u32 = cluster.gpu_free_milli(id).iter().map(|&m| u32::from(m)).sum();
             if free > 0 {
                 free_nodes[n.site as usize].push((free, id));
@@ -395,6 +484,19 @@ impl PowerGuard {
         let mut excess: Vec<f64> =
             loads.iter().zip(&figures.sites).map(|(l, b)| (l.0 - b.cap_watts).max(0.0)).collect();
         self.started_seq.retain(|id, _| cluster.allocation(*id).is_some());
+        // Hosts are capped (first, at no cost to typical work) on sites whose worst case with
+        // hosts at full load does not fit; `loads` already counts them capped.
+        let cuts = if figures.caps_hosts() { figures.host_cuts(cluster) } else { vec![0.0; loads.len()] };
+        let hosts: Vec<bool> = loads
+            .iter()
+            .zip(&cuts)
+            .zip(&figures.sites)
+            .map(|((l, &cut), b)| cut > 0.0 && l.0 + cut > b.cap_watts)
+            .collect();
+        if hosts != self.hosts_capped {
+            self.hosts_capped = hosts;
+            self.caps_epoch += 1;
+        }
         if excess.iter().all(|&e| e <= 0.0) {
             // Every site fits at full power (always so in admission mode): nobody is capped.
             self.site_caps.iter_mut().for_each(|c| *c = 1.0);
@@ -407,6 +509,9 @@ impl PowerGuard {
         match self.budget.share() {
             CapShare::Even => self.even_caps(cluster, figures, &excess, &mut caps),
             CapShare::OldestFirst => self.oldest_first_caps(cluster, figures, &mut excess, &mut caps),
+            CapShare::WidestFirst | CapShare::LowestRankFirst => {
+                self.ranked_caps(cluster, figures, &mut excess, &mut caps)
+            }
         }
         // Per site, the GPU-weighted mean cap (for reports).
         let mut sums = vec![(0.0f64, 0.0f64); self.site_caps.len()];
@@ -465,6 +570,95 @@ impl PowerGuard {
                 .fold(1.0, f64::min);
             if cap < 1.0 {
                 caps.insert(*id, cap);
+            }
+        }
+    }
+
+    /// Every job first down to the cap its work does not feel (all alike, as far as needed), then
+    /// jobs down to the floor in the share's order: the widest first (each size evenly) or the
+    /// policy's lowest-ranked first (one by one).
+    fn ranked_caps(
+        &self,
+        cluster: &ClusterState,
+        figures: &PowerBudget,
+        excess: &mut [f64],
+        caps: &mut rustc_hash::FxHashMap<WorkloadId, f64>,
+    ) {
+        struct Running {
+            id: WorkloadId,
+            seq: u64,
+            gpu_milli: u64,
+            free_cap: f64,
+            /// Board watts of the job's GPUs on each site.
+            board: Vec<f64>,
+            cap: f64,
+        }
+        let floor = self.budget.floor_cap();
+        let sites = excess.len();
+        let mut jobs: Vec<Running> = cluster
+            .allocations()
+            .filter(|(id, _)| !is_placeholder(**id))
+            .map(|(id, p)| {
+                let mut per_site = vec![(0.0f64, 0.0f64); sites];
+                figures.add(&mut per_site, p);
+                let free_cap =
+                    p.members.iter().map(|m| figures.node(m.node).free_cap).fold(floor, f64::max).clamp(floor, 1.0);
+                let gpu_milli = p.members.iter().flat_map(|m| &m.gpus).map(|g| u64::from(g.milli)).sum();
+                Running {
+                    id: *id,
+                    seq: self.started_seq.get(id).copied().unwrap_or(0),
+                    gpu_milli,
+                    free_cap,
+                    board: per_site.into_iter().map(|(_, b)| b).collect(),
+                    cap: 1.0,
+                }
+            })
+            .collect();
+        // Jobs in one group are cut alike; groups in order until the sites fit.
+        let ranked = self.budget.share() == CapShare::LowestRankFirst;
+        let group = |j: &Running| -> (u32, std::cmp::Reverse<u64>, u64) {
+            let rank = if ranked { self.shed_rank.get(&j.id).copied().unwrap_or(u32::MAX) } else { 0 };
+            let seq = if ranked && rank != u32::MAX { j.seq } else { 0 };
+            (rank, std::cmp::Reverse(j.gpu_milli), seq)
+        };
+        jobs.sort_unstable_by_key(|j| (group(j), j.seq, j.id));
+        // Cuts jobs[range] from their caps toward `target(job)`, all by the same share of what
+        // each could still give, as far as each site's excess needs.
+        let cut = |jobs: &mut [Running], excess: &mut [f64], target: &dyn Fn(&Running) -> f64| {
+            let mut givable = vec![0.0f64; sites];
+            for j in jobs.iter() {
+                for (g, b) in givable.iter_mut().zip(&j.board) {
+                    *g += (j.cap - target(j)).max(0.0) * b;
+                }
+            }
+            let share: Vec<f64> = excess
+                .iter()
+                .zip(&givable)
+                .map(|(&e, &g)| if e <= 1e-9 || g <= 0.0 { 0.0 } else { (e / g).min(1.0) })
+                .collect();
+            for j in jobs.iter_mut() {
+                let t = j.board.iter().zip(&share).filter(|(b, _)| **b > 0.0).map(|(_, &t)| t).fold(0.0, f64::max);
+                if t <= 0.0 {
+                    continue;
+                }
+                let new_cap = j.cap - t * (j.cap - target(j)).max(0.0);
+                for (e, b) in excess.iter_mut().zip(&j.board) {
+                    *e = (*e - (j.cap - new_cap) * b).max(0.0);
+                }
+                j.cap = new_cap;
+            }
+        };
+        cut(&mut jobs, excess, &|j| j.free_cap);
+        let mut start = 0;
+        while start < jobs.len() && excess.iter().any(|&e| e > 1e-9) {
+            let g = group(&jobs[start]);
+            let end = start + jobs[start..].iter().take_while(|j| group(j) == g).count();
+            cut(&mut jobs[start..end], excess, &|_| floor);
+            start = end;
+        }
+        for j in jobs {
+            if j.cap < 1.0 {
+                caps.insert(j.id, j.cap);
             }
         }
     }
@@ -538,6 +732,9 @@ impl<P: Policy> Policy for PowerCapped<P> {
     fn schedule(&mut self, now: SimTime, queue: &Queue, cluster: &mut ClusterState) -> Vec<Decision> {
         self.guard.before(cluster);
         let decisions = self.inner.schedule(now, queue, cluster);
+        if self.guard.wants_shed_order() {
+            self.guard.set_shed_order(self.inner.shed_order(now));
+        }
         let kept = self.guard.after(cluster, decisions);
         for id in self.guard.take_undone() {
             if let (Some(job), Some(seq)) = (queue.get(id), queue.seq(id)) {
@@ -557,5 +754,9 @@ impl<P: Policy> Policy for PowerCapped<P> {
 
     fn min_runtime(&self) -> SimDuration {
         self.inner.min_runtime()
+    }
+
+    fn shed_order(&self, now: SimTime) -> Vec<WorkloadId> {
+        self.inner.shed_order(now)
     }
 }

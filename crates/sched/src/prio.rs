@@ -408,6 +408,14 @@ impl<R: Ranker> Policy for PriorityPolicy<R> {
         self.config.min_runtime
     }
 
+    /// Running jobs by key, worst first (the order preemption would pick victims in).
+    fn shed_order(&self, now: SimTime) -> Vec<WorkloadId> {
+        let mut keyed: Vec<(Key, WorkloadId)> =
+            self.running.values().map(|r| (self.ranker.running_key(r, now), r.workload.id)).collect();
+        keyed.sort_unstable_by(|a, b| b.cmp(a));
+        keyed.into_iter().map(|(_, id)| id).collect()
+    }
+
     fn schedule(&mut self, now: SimTime, queue: &Queue, cluster: &mut ClusterState) -> Vec<Decision> {
         self.sync(now, queue);
         let mut out = Vec::new();

@@ -63,6 +63,8 @@ pub struct Quota {
     tenants_seen: BTreeSet<u32>,
     running: BTreeMap<WorkloadId, Running>,
     used: FxHashMap<u32, f64>,
+    /// GPUs of the fleet, as of the last round.
+    fleet_gpus: f64,
 }
 
 impl Quota {
@@ -71,6 +73,7 @@ impl Quota {
             config,
             placer: TopoPlacer,
             seen_seq: 0,
+            fleet_gpus: 0.0,
             by_tenant: BTreeMap::new(),
             all: BTreeSet::new(),
             tenants_seen: BTreeSet::new(),
@@ -135,6 +138,18 @@ impl Policy for Quota {
         self.config.min_runtime
     }
 
+    /// Jobs of tenants above their quota first (most recently started first), then the rest.
+    fn shed_order(&self, _now: SimTime) -> Vec<WorkloadId> {
+        let total = self.fleet_gpus;
+        let mut v: Vec<(bool, std::cmp::Reverse<SimTime>, WorkloadId)> = self
+            .running
+            .iter()
+            .map(|(id, r)| (self.used(r.tenant) <= self.nominal(r.tenant, total), std::cmp::Reverse(r.started), *id))
+            .collect();
+        v.sort_unstable();
+        v.into_iter().map(|(_, _, id)| id).collect()
+    }
+
     fn schedule(&mut self, now: SimTime, queue: &Queue, cluster: &mut ClusterState) -> Vec<Decision> {
         for (seq, job) in queue.iter_from(self.seen_seq) {
             let t = job.workload.tenant.0;
@@ -144,6 +159,7 @@ impl Policy for Quota {
         }
         self.seen_seq = queue.next_seq();
         let total = cluster.total_gpu_milli() as f64 / f64::from(model::GPU_MILLI_PER_GPU);
+        self.fleet_gpus = total;
         let live = |seq: u64, id: WorkloadId| queue.seq(id) == Some(seq);
         let mut out = Vec::new();
         let mut tries = self.config.reclaim_tries;

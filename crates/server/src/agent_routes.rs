@@ -127,6 +127,7 @@ pub(crate) async fn heartbeat(
                 assign: plan.assign,
                 kill,
                 gpu_power_cap_watts: plan.cap,
+                cpu_power_cap_watts: plan.cpu_cap,
                 logs: plan.logs,
             }));
         }

@@ -47,6 +47,9 @@ struct Slot {
     /// The GPU power cap the node is asked to apply, and the one it reports applying.
     asked_cap: Option<f64>,
     applied_cap: Option<f64>,
+    /// The same for the CPU package power limit (watts for all the node's packages).
+    asked_cpu_cap: Option<f64>,
+    applied_cpu_cap: Option<f64>,
     /// Log requests not yet answered, with when they last went out in a heartbeat's answer.
     log_requests: Vec<(api::LogRequest, Option<Instant>)>,
 }
@@ -81,8 +84,9 @@ pub(crate) struct BeatPlan {
     pub unknown: Vec<RunKey>,
     pub kill: Vec<RunKey>,
     pub logs: Vec<api::LogRequest>,
-    /// The GPU power cap to ask for, and whether the node applies another one.
+    /// The GPU and CPU power caps to ask for, and whether the node applies others.
     pub cap: Option<f64>,
+    pub cpu_cap: Option<f64>,
     pub cap_stale: bool,
 }
 
@@ -133,9 +137,10 @@ impl RemoteNodes {
         if renew {
             slot.lease_until = Some(Instant::now() + self.config.lease);
             slot.power_watts = hb.power_watts;
-            if slot.applied_cap != hb.gpu_power_cap_watts {
-                // Starts may be waiting for this cap (dynamic power mode): schedule again.
+            if slot.applied_cap != hb.gpu_power_cap_watts || slot.applied_cpu_cap != hb.cpu_power_cap_watts {
+                // Starts may be waiting for these caps (dynamic power mode): schedule again.
                 slot.applied_cap = hb.gpu_power_cap_watts;
+                slot.applied_cpu_cap = hb.cpu_power_cap_watts;
                 self.wake.notify_one();
             }
             for e in &hb.exited {
@@ -179,8 +184,8 @@ impl RemoteNodes {
                 logs.push(req.clone());
             }
         }
-        let cap_stale = slot.asked_cap != hb.gpu_power_cap_watts;
-        BeatPlan { assign, unknown, kill, logs, cap: slot.asked_cap, cap_stale }
+        let cap_stale = slot.asked_cap != hb.gpu_power_cap_watts || slot.asked_cpu_cap != hb.cpu_power_cap_watts;
+        BeatPlan { assign, unknown, kill, logs, cap: slot.asked_cap, cpu_cap: slot.asked_cpu_cap, cap_stale }
     }
 
     /// Nodes whose lease has run out; their runs end as lost. Returns the nodes just lost.
@@ -232,6 +237,28 @@ impl RemoteNodes {
             .filter(|(_, s)| s.lease_until.is_some())
             .filter_map(|(n, s)| s.applied_cap.map(|w| (n.clone(), w)))
             .collect()
+    }
+
+    /// The CPU package power limit each live node reports applying, watts.
+    pub fn applied_cpu_caps(&self) -> HashMap<String, f64> {
+        let inner = self.lock();
+        inner
+            .slots
+            .iter()
+            .filter(|(_, s)| s.lease_until.is_some())
+            .filter_map(|(n, s)| s.applied_cpu_cap.map(|w| (n.clone(), w)))
+            .collect()
+    }
+
+    /// Asks `node` to hold its CPU packages to `cap` watts in all (`None`: no limit); its held
+    /// heartbeats answer at once. Asking again for the same limit changes nothing.
+    pub fn set_cpu_power_cap(&self, node: &str, cap: Option<f64>) {
+        let mut inner = self.lock();
+        let slot = inner.slots.entry(node.to_string()).or_default();
+        if slot.asked_cpu_cap != cap {
+            slot.asked_cpu_cap = cap;
+            slot.notify.notify_waiters();
+        }
     }
 
     /// Asks `nodes` to apply a GPU power cap (`None`: none); their held heartbeats answer at once.

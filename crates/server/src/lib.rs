@@ -325,6 +325,8 @@ fn power_guard(fleet: &model::Fleet, mode: sched::power::PowerMode) -> Option<sc
             site: n.site,
             full_watts_per_gpu: n.full_watts_per_gpu,
             board_watts_per_gpu: n.board_watts_per_gpu,
+            free_cap: n.free_cap,
+            host_cut_watts_per_gpu: n.host_cut_watts_per_gpu,
         })
         .collect();
     Some(sched::power::PowerGuard::new(sched::power::PowerBudget { sites, nodes, mode }))

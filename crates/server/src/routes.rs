@@ -411,8 +411,8 @@ fn gpus_used(st: &AppState) -> Vec<u32> {
 
 async fn list_nodes(State(st): State<AppState>, _caller: Caller) -> Json<Vec<api::Node>> {
     let used = gpus_used(&st);
-    let (power, caps) = match &st.remote {
-        Some(r) => (r.power(), r.applied_caps()),
+    let (power, caps, cpu_caps) = match &st.remote {
+        Some(r) => (r.power(), r.applied_caps(), r.applied_cpu_caps()),
         None => Default::default(),
     };
     let fleet = &st.fleet;
@@ -434,6 +434,7 @@ async fn list_nodes(State(st): State<AppState>, _caller: Caller) -> Json<Vec<api
                 gpus_used: used,
                 power_watts: power.get(&n.name).copied(),
                 gpu_power_cap_watts: caps.get(&n.name).copied(),
+                cpu_power_cap_watts: cpu_caps.get(&n.name).copied(),
             }
         })
         .collect();

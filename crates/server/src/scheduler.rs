@@ -111,6 +111,8 @@ impl Scheduler {
         }
         let admin = self.st.site_caps.read().unwrap_or_else(|e| e.into_inner()).clone();
         let applied = remote.applied_caps();
+        let applied_cpu = remote.applied_cpu_caps();
+        let hosts_capped = guard.hosts_capped();
         let mut waiting_sites: HashSet<usize> = HashSet::new();
         for id in fleet.node_ids() {
             let node = fleet.node(id);
@@ -129,6 +131,20 @@ impl Scheduler {
             let has = applied.get(&node.name).copied().unwrap_or(board);
             if let Some(w) = ours
                 && has > w + 0.5
+                && remote.is_live(&node.name)
+            {
+                waiting_sites.insert(site);
+            }
+            // The site's worst case counts its GPU nodes' CPUs at their typical draw: their
+            // packages are held there until the site no longer needs it.
+            let cpu = hosts_capped
+                .get(site)
+                .copied()
+                .unwrap_or(false)
+                .then(|| energy::it_power::NodePower::of(&fleet, id).cpu_typical_watts.floor());
+            remote.set_cpu_power_cap(&node.name, cpu);
+            if let Some(w) = cpu
+                && applied_cpu.get(&node.name).is_none_or(|&has| has > w + 0.5)
                 && remote.is_live(&node.name)
             {
                 waiting_sites.insert(site);
@@ -153,7 +169,7 @@ impl Scheduler {
                 Decision::Preempt { .. } => false,
             };
             if held {
-                tracing::debug!(decision = ?d, "start held until the agents apply lower gpu caps");
+                tracing::debug!(decision = ?d, "start held until the agents apply lower power caps");
             } else {
                 kept.push(d);
             }
@@ -364,6 +380,9 @@ impl Scheduler {
         let decisions = self.policy.schedule(sim_now, &queue, &mut cluster);
         let decisions = match self.guard.as_mut() {
             Some(g) => {
+                if g.wants_shed_order() {
+                    g.set_shed_order(self.policy.shed_order(sim_now));
+                }
                 let kept = g.after(&mut cluster, decisions);
                 for id in g.take_undone() {
                     if let (Some(job), Some(seq)) = (queue.get(id), queue.seq(id)) {

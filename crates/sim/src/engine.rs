@@ -180,6 +180,9 @@ pub fn simulate(
     let mut cap_violations = 0u64;
     let mut peak_site_w = 0.0f64;
     let mut cap_integral = 0.0f64;
+    // GPUs' worth of throughput the caps take from running work, and its integral, GPU-s.
+    let mut cap_lost_gpus = 0.0f64;
+    let mut cap_lost_gpu_s = 0.0f64;
     // The hour whose conditions the guard's caps (and the price ceiling) were last set for.
     let mut weather_hour: Option<u64> = None;
     // No GPU runs above this fraction of its board limit this hour (price caps).
@@ -244,6 +247,7 @@ pub fn simulate(
                     }
                 }
                 cap_integral += caps.iter().sum::<f64>() / caps.len().max(1) as f64 * (b - a);
+                cap_lost_gpu_s += cap_lost_gpus * (b - a);
             }
         }
         let before = events_done;
@@ -297,6 +301,9 @@ pub fn simulate(
         let decisions = if weather_only { Vec::new() } else { policy.schedule(now, &queue, &mut cluster) };
         let decisions = match guard.as_mut().filter(|_| !weather_only) {
             Some(g) => {
+                if g.wants_shed_order() {
+                    g.set_shed_order(policy.shed_order(now));
+                }
                 let kept = g.after(&mut cluster, decisions);
                 for id in g.take_undone() {
                     if let (Some(job), Some(seq)) = (queue.get(id), queue.seq(id)) {
@@ -430,6 +437,14 @@ pub fn simulate(
                 }
             }
             caps = new_caps;
+            cap_lost_gpus = cluster
+                .allocations()
+                .filter_map(|(id, p)| {
+                    let rate = jobs.get(id.0 as usize).filter(|s| s.running)?.rate;
+                    let gpus = p.members.iter().flat_map(|m| &m.gpus).map(|g| f64::from(g.milli)).sum::<f64>();
+                    Some(gpus / 1000.0 * (1.0 - rate))
+                })
+                .sum();
             let cap_of = |id: WorkloadId| guard.as_ref().map_or(1.0, |g| g.job_cap(id)).min(ceiling);
             let dc = m.site_dc(&cluster, &cap_of);
             site_w = dc
@@ -540,6 +555,7 @@ pub fn simulate(
             summary.cap_violations = cap_violations;
             summary.refused_starts = guard.as_ref().map_or(0, |g| g.refused_starts);
             summary.mean_gpu_cap = if span > 0.0 { cap_integral / span } else { 1.0 };
+            summary.cap_lost_gpu_hours = cap_lost_gpu_s / 3600.0;
             summary.site_mw = std::mem::take(&mut site_mw_series);
             Some(summary)
         }

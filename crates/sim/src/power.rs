@@ -109,6 +109,8 @@ impl PowerOptions {
                 site: n.site,
                 full_watts_per_gpu: n.full_watts_per_gpu,
                 board_watts_per_gpu: n.board_watts_per_gpu,
+                free_cap: n.free_cap,
+                host_cut_watts_per_gpu: n.host_cut_watts_per_gpu,
             })
             .collect();
         Some((sites, nodes))
@@ -252,6 +254,8 @@ pub struct PowerSummary {
     pub refused_starts: u64,
     /// Time-mean GPU power cap over the run (1 = uncapped), fraction of the board limit.
     pub mean_gpu_cap: f64,
+    /// GPU-hours of work the caps cost: running GPUs times the throughput they lost, over time.
+    pub cap_lost_gpu_hours: f64,
     pub heat_exported_mwh: f64,
     pub heat_demand_mwh: f64,
     pub heat_revenue_eur: f64,

@@ -76,7 +76,12 @@ fn a_tight_cap_delays_work_and_dynamic_caps_admit_more() {
         f.clone(),
         &js,
         "fifo",
-        options(&f, Cooling::Air, Some(0.8), PowerMode::Dynamic { min_cap: 0.6, share: CapShare::Even }),
+        options(
+            &f,
+            Cooling::Air,
+            Some(0.8),
+            PowerMode::Dynamic { min_cap: 0.6, share: CapShare::Even, cap_hosts: false },
+        ),
     );
     assert!(adm.mean_jct_s > free.mean_jct_s, "{} vs {}", adm.mean_jct_s, free.mean_jct_s);
     assert!(dynm.mean_jct_s < adm.mean_jct_s, "{} vs {}", dynm.mean_jct_s, adm.mean_jct_s);
@@ -94,7 +99,7 @@ fn dynamic_caps_follow_the_weather_and_admission_holds_to_the_hottest_hour() {
     // 40 °C throughout, every hour fits, and admission (bound to the hottest hour) is the same.
     let f = fleet(4, 8, "H200");
     let js = jobs(&[(0, 8, 36_000), (0, 8, 36_000), (0, 8, 36_000), (0, 8, 36_000)]);
-    let mode = PowerMode::Dynamic { min_cap: 0.5, share: CapShare::Even };
+    let mode = PowerMode::Dynamic { min_cap: 0.5, share: CapShare::Even, cap_hosts: false };
     let with_year = |year: TemperatureYear| {
         let mut o = (*options(&f, Cooling::Air, Some(0.75), mode)).clone();
         o.temperature = year;
@@ -125,7 +130,7 @@ fn a_dynamic_cap_that_never_binds_keeps_the_uncapped_schedule() {
     let spec: Vec<(u64, u32, u64)> =
         (0..40).map(|i| (i * 1500, 1 + (i % 8) as u32, 3600 + (i * 7919) % 20_000)).collect();
     let js = jobs(&spec);
-    let mode = PowerMode::Dynamic { min_cap: 0.5, share: CapShare::Even };
+    let mode = PowerMode::Dynamic { min_cap: 0.5, share: CapShare::Even, cap_hosts: false };
     for policy in ["fifo", "drome"] {
         let free = run(f.clone(), &js, policy, options(&f, Cooling::Air, None, PowerMode::Admission));
         let wide = run(f.clone(), &js, policy, options(&f, Cooling::Air, Some(3.0), mode));
@@ -221,14 +226,20 @@ proptest! {
         frac in 0.2f64..1.2,
         dynamic in any::<bool>(),
         min_cap in 0.3f64..1.0,
-        share in prop::sample::select(vec![CapShare::Even, CapShare::OldestFirst]),
+        share in prop::sample::select(vec![
+            CapShare::Even,
+            CapShare::OldestFirst,
+            CapShare::WidestFirst,
+            CapShare::LowestRankFirst,
+        ]),
+        cap_hosts in any::<bool>(),
         start_hour in 0usize..energy::HOURS_PER_YEAR,
         cooling in prop::sample::select(vec![Cooling::Air, Cooling::Liquid, Cooling::Immersion]),
         policy in prop::sample::select(vec!["fifo", "fifo-bestfit", "backfill", "tiresias", "drome"]),
     ) {
         let f = fleet(nodes, gpus, model);
         let js = jobs(&spec);
-        let mode = if dynamic { PowerMode::Dynamic { min_cap, share } } else { PowerMode::Admission };
+        let mode = if dynamic { PowerMode::Dynamic { min_cap, share, cap_hosts } } else { PowerMode::Admission };
         let mut opts = (*options(&f, cooling, Some(frac), mode)).clone();
         opts.start_hour = start_hour;
         let opts = Arc::new(opts);
