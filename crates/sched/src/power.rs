@@ -290,16 +290,28 @@ impl PowerGuard {
         self.caps_epoch
     }
 
-    /// Worst-case draw of site `s` under the current caps and conditions, watts.
+    /// Worst-case draw of site `s` under the current caps and conditions, watts: every allocated
+    /// GPU at its job's cap, every host at full load or, where hosts are capped, at its limit.
     pub fn site_worst_watts(&self, cluster: &ClusterState, s: usize) -> f64 {
         let figures = self.present.as_ref().unwrap_or(&self.budget);
-        let loads = figures.loads(cluster);
-        let uncapped_hosts = if self.hosts_capped.get(s).copied().unwrap_or(false) || !figures.caps_hosts() {
-            0.0
-        } else {
-            figures.host_cuts(cluster).get(s).copied().unwrap_or(0.0)
-        };
-        loads.get(s).map_or(0.0, |l| l.0 - (1.0 - self.site_caps.get(s).copied().unwrap_or(1.0)) * l.1) + uncapped_hosts
+        let hosts_capped = figures.caps_hosts() && self.hosts_capped.get(s).copied().unwrap_or(false);
+        let mut watts = figures.sites.get(s).map_or(0.0, |b| b.base_watts);
+        for (id, p) in cluster.allocations() {
+            if is_placeholder(*id) {
+                continue;
+            }
+            let cap = self.job_cap(*id);
+            for m in &p.members {
+                let n = figures.node(m.node);
+                if n.site as usize != s {
+                    continue;
+                }
+                let gpus = m.gpus.iter().map(|g| f64::from(g.milli)).sum::<f64>() / MILLI;
+                let host = if hosts_capped { n.host_cut_watts_per_gpu } else { 0.0 };
+                watts += gpus * (n.watts_per_gpu(cap) - host);
+            }
+        }
+        watts
     }
 
     /// Sets the figures of the present conditions (same sites and nodes as the budget, computed

@@ -183,6 +183,7 @@ pub fn simulate(
     // GPUs' worth of throughput the caps take from running work, and its integral, GPU-s.
     let mut cap_lost_gpus = 0.0f64;
     let mut cap_lost_gpu_s = 0.0f64;
+    let mut worst_case_violations = 0u64;
     // The hour whose conditions the guard's caps (and the price ceiling) were last set for.
     let mut weather_hour: Option<u64> = None;
     // No GPU runs above this fraction of its board limit this hour (price caps).
@@ -437,6 +438,15 @@ pub fn simulate(
                 }
             }
             caps = new_caps;
+            // The guarantee itself: whatever the work draws, the worst case at the caps now set
+            // fits every site's cap.
+            if let (Some(g), Some(limits)) = (guard.as_ref(), site_caps_w.as_ref()) {
+                for (s, &limit) in limits.iter().enumerate() {
+                    if g.site_worst_watts(&cluster, s) > limit * (1.0 + 1e-9) + 1e-6 {
+                        worst_case_violations += 1;
+                    }
+                }
+            }
             cap_lost_gpus = cluster
                 .allocations()
                 .filter_map(|(id, p)| {
@@ -556,6 +566,7 @@ pub fn simulate(
             summary.refused_starts = guard.as_ref().map_or(0, |g| g.refused_starts);
             summary.mean_gpu_cap = if span > 0.0 { cap_integral / span } else { 1.0 };
             summary.cap_lost_gpu_hours = cap_lost_gpu_s / 3600.0;
+            summary.worst_case_violations = worst_case_violations;
             summary.site_mw = std::mem::take(&mut site_mw_series);
             Some(summary)
         }

@@ -250,6 +250,9 @@ pub struct PowerSummary {
     pub power_mode: Option<String>,
     /// Event intervals in which a site drew more than its cap.
     pub cap_violations: u64,
+    /// Events after which a site's worst case at the caps then set (every allocated GPU at its
+    /// cap, hosts at full load or at their limit) was above its cap: the guarantee, checked.
+    pub worst_case_violations: u64,
     /// Starts the guard rolled back.
     pub refused_starts: u64,
     /// Time-mean GPU power cap over the run (1 = uncapped), fraction of the board limit.

@@ -267,6 +267,7 @@ proptest! {
         }
         let e = r.power.unwrap();
         prop_assert_eq!(e.cap_violations, 0);
+        prop_assert_eq!(e.worst_case_violations, 0);
         prop_assert!(e.peak_site_mw <= e.power_cap_mw.unwrap() * (1.0 + 1e-9) + 1e-12);
     }
 }
