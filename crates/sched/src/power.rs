@@ -626,12 +626,12 @@ impl PowerGuard {
                 }
             })
             .collect();
-        // Jobs in one group are cut alike; groups in order until the sites fit.
+        // Jobs in one group are cut alike; groups in order until the sites fit. Ranks are
+        // unique, so a ranked job is a group of its own; the unranked go by size.
         let ranked = self.budget.share() == CapShare::LowestRankFirst;
-        let group = |j: &Running| -> (u32, std::cmp::Reverse<u64>, u64) {
+        let group = |j: &Running| -> (u32, std::cmp::Reverse<u64>) {
             let rank = if ranked { self.shed_rank.get(&j.id).copied().unwrap_or(u32::MAX) } else { 0 };
-            let seq = if ranked && rank != u32::MAX { j.seq } else { 0 };
-            (rank, std::cmp::Reverse(j.gpu_milli), seq)
+            (rank, std::cmp::Reverse(j.gpu_milli))
         };
         jobs.sort_unstable_by_key(|j| (group(j), j.seq, j.id));
         // Cuts jobs[range] from their caps toward `target(job)`, all by the same share of what
