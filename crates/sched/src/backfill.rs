@@ -91,6 +91,8 @@ pub struct Multifactor {
     config: MultifactorConfig,
     placer: TopoPlacer,
     seen_seq: u64,
+    /// Generation of the queue `seen_seq` counts in.
+    queue_generation: u64,
     by_tenant: BTreeMap<u32, BTreeSet<(u64, WorkloadId)>>,
     usage: FxHashMap<u32, f64>,
     usage_at: SimTime,
@@ -111,6 +113,7 @@ impl Multifactor {
             config,
             placer: TopoPlacer,
             seen_seq: 0,
+            queue_generation: 0,
             by_tenant: BTreeMap::new(),
             usage: FxHashMap::default(),
             usage_at: SimTime::ZERO,
@@ -248,6 +251,12 @@ impl Policy for Multifactor {
 
     fn schedule(&mut self, now: SimTime, queue: &Queue, cluster: &mut ClusterState) -> Vec<Decision> {
         self.advance(now);
+        if queue.generation() != self.queue_generation {
+            // A new queue: read it whole.
+            self.queue_generation = queue.generation();
+            self.by_tenant.clear();
+            self.seen_seq = 0;
+        }
         for (seq, job) in queue.iter_from(self.seen_seq) {
             self.by_tenant.entry(job.workload.tenant.0).or_default().insert((seq, job.id()));
         }

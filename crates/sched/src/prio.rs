@@ -11,9 +11,14 @@
 //! size) that did not fit is not tried again in the same round, the scan stops once no GPU is
 //! free and the preemption tries are used up, and only the first
 //! [`PreemptConfig::preempt_tries`] blocked jobs may preempt.
+//!
+//! Placement ([`SharingPlacer`]): multi-node gangs by topology; on a fleet that serves GPU shares,
+//! everything else with drome's fragmentation-aware placer, the one that beats FGD on openb,
+//! learning the request distribution from the arrivals.
 
 use crate::cluster::{ClusterState, Placement};
 use crate::demand::Demand;
+use crate::frag::{DromeFit, DromeParams, TypicalPods};
 use crate::placer::Placer;
 use crate::policy::{Decision, Policy};
 use crate::queue::{Queue, QueuedJob};
@@ -126,14 +131,18 @@ const CHUNK: usize = 32;
 /// A preemptive priority policy over a [`Ranker`], placing with [`TopoPlacer`].
 pub struct PriorityPolicy<R: Ranker> {
     ranker: R,
-    placer: TopoPlacer,
+    placer: SharingPlacer,
     config: PreemptConfig,
     seen_seq: u64,
+    /// Generation of the queue `seen_seq` counts in.
+    queue_generation: u64,
     epoch: u64,
     index: BTreeSet<Entry>,
     entry_of: FxHashMap<WorkloadId, Entry>,
     revisit: BTreeSet<(SimTime, u64, WorkloadId)>,
     running: BTreeMap<WorkloadId, RunningJob>,
+    /// Jobs counted into the placer's request distribution and not finished.
+    observed: FxHashSet<WorkloadId>,
 }
 
 fn shape(d: &Demand) -> Shape {
@@ -148,14 +157,16 @@ impl<R: Ranker> PriorityPolicy<R> {
     pub fn new(ranker: R, config: PreemptConfig) -> Self {
         PriorityPolicy {
             ranker,
-            placer: TopoPlacer,
+            placer: SharingPlacer::new(),
             config,
             seen_seq: 0,
+            queue_generation: 0,
             epoch: 0,
             index: BTreeSet::new(),
             entry_of: FxHashMap::default(),
             revisit: BTreeSet::new(),
             running: BTreeMap::new(),
+            observed: FxHashSet::default(),
         }
     }
 
@@ -187,8 +198,9 @@ impl<R: Ranker> PriorityPolicy<R> {
     }
 
     fn sync(&mut self, now: SimTime, queue: &Queue) {
-        if self.ranker.epoch() != self.epoch {
+        if self.ranker.epoch() != self.epoch || queue.generation() != self.queue_generation {
             self.epoch = self.ranker.epoch();
+            self.queue_generation = queue.generation();
             self.index.clear();
             self.entry_of.clear();
             self.revisit.clear();
@@ -196,6 +208,10 @@ impl<R: Ranker> PriorityPolicy<R> {
         }
         let fresh: Vec<(u64, &QueuedJob)> = queue.iter_from(self.seen_seq).collect();
         for (seq, job) in fresh {
+            // Counted once per job, however often it is queued again (preempted, re-read).
+            if self.observed.insert(job.id()) {
+                self.placer.observe(&job.demand);
+            }
             self.index_job(seq, job, now);
         }
         self.seen_seq = queue.next_seq();
@@ -507,6 +523,7 @@ impl<R: Ranker> Policy for PriorityPolicy<R> {
     }
 
     fn on_finished(&mut self, workload: &Workload, _started: SimTime, now: SimTime) {
+        self.observed.remove(&workload.id);
         if let Some(r) = self.running.remove(&workload.id) {
             self.ranker.on_finished(&r, now);
         }
@@ -525,4 +542,49 @@ pub(crate) fn f64_key(f: f64) -> u64 {
 
 pub(crate) fn key_f64(k: u64) -> f64 {
     f64::from_bits(k)
+}
+
+/// How a [`PriorityPolicy`] places: multi-node gangs by topology ([`TopoPlacer`]); once GPU
+/// shares are among the requests seen, every other request with drome's fragmentation-aware
+/// placer ([`DromeFit`], its default parameters) against the distribution of the requests that
+/// arrived so far; before that, best fit. A fleet that never sees a share places exactly as
+/// [`TopoPlacer`] does.
+#[derive(Clone, Debug)]
+pub struct SharingPlacer {
+    shares: DromeFit,
+    seen_shares: bool,
+}
+
+impl SharingPlacer {
+    pub fn new() -> Self {
+        let mut shares = DromeFit::new(TypicalPods::new(), DromeParams::default(), 0);
+        shares.learn = false;
+        SharingPlacer { shares, seen_shares: false }
+    }
+
+    /// Counts an arriving request into the distribution the share placement works against.
+    pub fn observe(&mut self, demand: &Demand) {
+        self.seen_shares |= matches!(demand.gpu, GpuRequest::Fraction { .. });
+        self.shares.observe(demand);
+    }
+}
+
+impl Default for SharingPlacer {
+    fn default() -> Self {
+        SharingPlacer::new()
+    }
+}
+
+impl Placer for SharingPlacer {
+    fn name(&self) -> &str {
+        "sharing"
+    }
+
+    fn place(&mut self, cluster: &ClusterState, demand: &Demand) -> Option<Placement> {
+        match demand.gpu {
+            GpuRequest::Gang { nodes, .. } if nodes > 1 => TopoPlacer.place(cluster, demand),
+            _ if self.seen_shares => self.shares.place(cluster, demand),
+            _ => TopoPlacer.place(cluster, demand),
+        }
+    }
 }

@@ -58,6 +58,8 @@ impl QueuedJob {
 #[derive(Clone, Debug, Default)]
 pub struct Queue {
     next_seq: u64,
+    /// Which queue this is, for policies that read only what was pushed since their last round.
+    generation: u64,
     by_seq: BTreeMap<u64, QueuedJob>,
     seq_of: rustc_hash::FxHashMap<WorkloadId, u64>,
 }
@@ -65,6 +67,17 @@ pub struct Queue {
 impl Queue {
     pub fn new() -> Self {
         Queue::default()
+    }
+
+    /// A queue that replaces the one a policy saw before (a caller that rebuilds its queue every
+    /// round, as the live server does, gives each a new `generation`): policies that keep an
+    /// index of what was pushed since their last round read such a queue whole.
+    pub fn with_generation(generation: u64) -> Self {
+        Queue { generation, ..Queue::default() }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Appends `job`; a job already queued keeps its place.

@@ -58,6 +58,8 @@ pub struct Quota {
     config: QuotaConfig,
     placer: TopoPlacer,
     seen_seq: u64,
+    /// Generation of the queue `seen_seq` counts in.
+    queue_generation: u64,
     by_tenant: BTreeMap<u32, BTreeSet<(u64, WorkloadId)>>,
     all: BTreeSet<(u64, WorkloadId)>,
     tenants_seen: BTreeSet<u32>,
@@ -73,6 +75,7 @@ impl Quota {
             config,
             placer: TopoPlacer,
             seen_seq: 0,
+            queue_generation: 0,
             fleet_gpus: 0.0,
             by_tenant: BTreeMap::new(),
             all: BTreeSet::new(),
@@ -151,6 +154,13 @@ impl Policy for Quota {
     }
 
     fn schedule(&mut self, now: SimTime, queue: &Queue, cluster: &mut ClusterState) -> Vec<Decision> {
+        if queue.generation() != self.queue_generation {
+            // A new queue: read it whole.
+            self.queue_generation = queue.generation();
+            self.by_tenant.clear();
+            self.all.clear();
+            self.seen_seq = 0;
+        }
         for (seq, job) in queue.iter_from(self.seen_seq) {
             let t = job.workload.tenant.0;
             self.tenants_seen.insert(t);

@@ -45,6 +45,8 @@ pub struct Scheduler {
     done_rx: mpsc::UnboundedReceiver<Done>,
     /// Ends received while waiting, recorded at the start of the next round.
     backlog: Vec<Done>,
+    /// Rounds run; each round's queue is a new generation, so policies read it whole.
+    rounds: u64,
 }
 
 impl Scheduler {
@@ -67,6 +69,7 @@ impl Scheduler {
             done_tx,
             done_rx,
             backlog: Vec::new(),
+            rounds: 0,
         }
     }
 
@@ -222,12 +225,20 @@ impl Scheduler {
             let (to, change) = self.ending(job, &done.outcome);
             steps.push(Transition { job_id: job.id, from: vec![JobState::Running], to, change });
         }
-        let applied = store.transitions(&steps, now_ms()).await?;
+        let now = now_ms();
+        let applied = store.transitions(&steps, now).await?;
         self.backlog.clear();
         for (step, ok) in steps.iter().zip(applied) {
             if ok {
                 tracing::info!(job = step.job_id, state = %step.to, "job ended");
                 self.st.job_changed();
+                // The policy forgets the run (and learns from it: durations, usage).
+                if let Some(job) = jobs.get(&step.job_id)
+                    && let Some(w) = workload_of(job)
+                {
+                    let started = SimTime(job.started_ms.unwrap_or(now).max(0) as u64);
+                    self.policy.on_finished(&w, started, SimTime(now.max(0) as u64));
+                }
             }
         }
         Ok(())
@@ -281,14 +292,24 @@ impl Scheduler {
 
         // Work of jobs that are no longer active (cancelled, released) stops here.
         let active_ids: HashSet<i64> = active.iter().map(|j| j.id).collect();
+        let mut stopped = Vec::new();
         self.runs.retain(|id, handle| {
             let keep = active_ids.contains(id);
             if !keep {
                 handle.abort();
                 tracing::info!(job = id, "work stopped");
+                stopped.push(*id);
             }
             keep
         });
+        let wall = SimTime(now_ms().max(0) as u64);
+        for id in stopped {
+            // Cancelled or released: the policy keeps its own record of the run, by id.
+            if let Ok(id) = u32::try_from(id) {
+                let w = crate::convert::request_workload(id, 0, 0, None);
+                self.policy.on_finished(&w, wall, wall);
+            }
+        }
 
         let t0 = Instant::now();
         let fleet = self.st.fleet.clone();
@@ -355,7 +376,8 @@ impl Scheduler {
             .filter(|j| self.release_ms(j).is_none_or(|t| t <= wall_now))
             .collect();
         pending.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.deferrable, j.id));
-        let mut queue = Queue::new();
+        self.rounds += 1;
+        let mut queue = Queue::with_generation(self.rounds);
         let mut reserved = held.clone();
         let mut by_id: HashMap<u32, &Job> = HashMap::new();
         for job in &pending {
