@@ -238,3 +238,117 @@ fn an_unknown_deferral_signal_is_refused_with_the_known_ones() {
     let err = server_refusal(&["--defer-for", "moon"]);
     assert!(err.contains("'moon'") && err.contains("price, carbon, heat"), "{err}");
 }
+
+/// A server with agents on both nodes and `extra` arguments, on a site without a grid cap; the
+/// processes, the base URL and a tenant token.
+async fn start_with_agents(dir: &Path, extra: &[&str]) -> (Procs, String, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let fleet = dir.join("fleet.toml");
+    std::fs::write(&fleet, fleet_toml(None)).unwrap();
+    let db = format!("sqlite://{}", dir.join("drome.db").display());
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let fleet_arg = fleet.display().to_string();
+    let mut args = vec![
+        "server",
+        "--db",
+        &db,
+        "--listen",
+        &listen,
+        "--admin-token",
+        ADMIN,
+        "--fleet",
+        &fleet_arg,
+        "--agents",
+        "--heartbeat-ms",
+        "200",
+        "--lease-ms",
+        "2000",
+    ];
+    args.extend_from_slice(extra);
+    let mut procs = Procs(vec![spawn(&args, &dir.join("server.log"))]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let t0 = Instant::now();
+    while !matches!(http.get(format!("{base}/healthz")).send().await, Ok(r) if r.status().is_success()) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "server never healthy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t: Value = http
+        .post(format!("{base}/v1/tenants"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "lab"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = t["token"].as_str().unwrap().to_string();
+    let j: Value =
+        http.post(format!("{base}/v1/join-tokens")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    let join = j["token"].as_str().unwrap().to_string();
+    for name in NODES {
+        let work = dir.join(name).display().to_string();
+        let args = [
+            "agent",
+            "--server",
+            &base,
+            "--join-token",
+            &join,
+            "--name",
+            name,
+            "--virtual-gpus",
+            "8",
+            "--gpu-model",
+            "H200",
+            "--work-dir",
+            &work,
+        ];
+        procs.0.push(spawn(&args, &dir.join(format!("{name}.log"))));
+    }
+    (procs, base, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn price_caps_hold_every_gpu_under_the_cap_in_dear_hours_only() {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    // Every hour of the shipped year is dearer than -1,000 EUR/MWh: the agents apply 0.7 x 700 W.
+    let dir = std::env::temp_dir().join(format!("drome-price-e2e-{}-{}", std::process::id(), free_port()));
+    let (procs, base, token) = start_with_agents(&dir, &["--price-cap=-1000:0.7"]).await;
+    let t0 = Instant::now();
+    loop {
+        let ns = nodes(&http, &base, &token).await;
+        if NODES.iter().all(|n| ns.get(*n).is_some_and(|v| v["gpu_power_cap_watts"].as_f64() == Some(490.0))) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "price caps never applied: {ns:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // No hour is dearer than 100,000 EUR/MWh: the agents heartbeat, and nothing is capped.
+    let dir = std::env::temp_dir().join(format!("drome-price-e2e-{}-{}", std::process::id(), free_port()));
+    let (procs, base, token) = start_with_agents(&dir, &["--price-cap=100000:0.7"]).await;
+    let t0 = Instant::now();
+    loop {
+        let ns = nodes(&http, &base, &token).await;
+        if NODES.iter().all(|n| ns.get(*n).is_some_and(|v| v["power_watts"].as_f64().is_some())) {
+            assert!(NODES.iter().all(|n| ns[*n]["gpu_power_cap_watts"].is_null()), "{ns:?}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "agents never reported: {ns:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn price_caps_without_agents_are_refused_with_a_reason() {
+    let err = server_refusal(&["--price-cap=73:0.7"]);
+    assert!(err.contains("--agents"), "{err}");
+    let err = server_refusal(&["--agents", "--price-cap", "cheap"]);
+    assert!(err.contains("EUR_PER_MWH:CAP"), "{err}");
+}

@@ -70,6 +70,9 @@ pub struct Config {
     /// Holds deferrable jobs for a cheaper, cleaner or heat-hungry hour; its hourly series is
     /// read by UTC hour of the year.
     pub deferral: Option<sched::defer::DeferralGate>,
+    /// Price-following GPU caps: the fraction of the board limit no GPU runs above, for each UTC
+    /// hour of the year (1 in cheap hours); agents apply it (needs agents).
+    pub gpu_cap_by_hour: Option<Vec<f64>>,
 }
 
 impl Config {
@@ -86,6 +89,7 @@ impl Config {
             agents: None,
             power_mode: sched::power::PowerMode::Admission,
             deferral: None,
+            gpu_cap_by_hour: None,
         }
     }
 }
@@ -243,6 +247,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     if let Some(gate) = config.deferral {
         tracing::info!(max_delay_h = gate.max_delay.as_secs_f64() / 3600.0, "deferrable jobs wait for better hours");
         scheduler.defer_with(gate);
+    }
+    if let Some(caps) = config.gpu_cap_by_hour {
+        tracing::info!(dear_hours = caps.iter().filter(|&&c| c < 1.0).count(), "gpu caps follow the grid price");
+        scheduler.cap_by_hour(caps);
     }
     let leases = remote.map(|r| {
         tokio::spawn(async move {

@@ -37,6 +37,8 @@ pub struct Scheduler {
     guard: Option<sched::power::PowerGuard>,
     /// Holds deferrable jobs out of the queue until their hour comes.
     deferral: Option<sched::defer::DeferralGate>,
+    /// Price-following GPU caps by UTC hour of the year, fraction of the board limit.
+    gpu_cap_by_hour: Option<Vec<f64>>,
     executor: Arc<dyn NodeExecutor>,
     tick: Duration,
     /// Jobs whose work this process runs.
@@ -63,6 +65,7 @@ impl Scheduler {
             policy,
             guard,
             deferral: None,
+            gpu_cap_by_hour: None,
             executor,
             tick,
             runs: HashMap::new(),
@@ -71,6 +74,18 @@ impl Scheduler {
             backlog: Vec::new(),
             rounds: 0,
         }
+    }
+
+    /// No GPU runs above `caps[h]` of its board limit in UTC hour `h` of the year (price caps).
+    pub fn cap_by_hour(&mut self, caps: Vec<f64>) {
+        self.gpu_cap_by_hour = Some(caps);
+    }
+
+    /// The price caps' ceiling this hour, fraction of the board limit (1: none).
+    fn hour_ceiling(&self, now_ms: i64) -> f64 {
+        let Some(caps) = self.gpu_cap_by_hour.as_ref().filter(|c| !c.is_empty()) else { return 1.0 };
+        let hour = ((now_ms - crate::year_start_ms(now_ms)).max(0) / 3_600_000) as usize % caps.len();
+        caps[hour].clamp(0.0, 1.0)
     }
 
     /// Deferrable jobs enter the queue when `gate` says (its series by UTC hour of the year).
@@ -87,10 +102,11 @@ impl Scheduler {
         Some(year + gate.release_time(within).as_millis() as i64)
     }
 
-    /// Dynamic power mode: asks every GPU node's agent for the lower of the admin's cap and the
-    /// guard's cap for the jobs on it, and holds back this round's starts on a site until its
-    /// agents report the lowered caps applied, so new work never draws beside GPUs that are still
-    /// above the caps its admission counted on. Idempotent: asking again changes nothing.
+    /// Dynamic power mode and price caps: asks every GPU node's agent for the lowest of the
+    /// admin's cap, the guard's cap for the jobs on it and, in a dear hour, the price caps'
+    /// ceiling; holds back this round's starts on a site until its agents report the guard's
+    /// lowered caps applied, so new work never draws beside GPUs that are still above the caps its
+    /// admission counted on. Idempotent: asking again changes nothing.
     fn ask_power_caps(
         &mut self,
         cluster: &mut ClusterState,
@@ -98,14 +114,17 @@ impl Scheduler {
         decisions: Vec<Decision>,
         now: SimTime,
     ) -> Vec<Decision> {
-        let (Some(guard), Some(remote), true) = (&self.guard, &self.st.remote, self.st.dynamic_caps) else {
+        let Some(remote) = &self.st.remote else { return decisions };
+        let guard = self.guard.as_ref().filter(|_| self.st.dynamic_caps);
+        if guard.is_none() && self.gpu_cap_by_hour.is_none() {
             return decisions;
-        };
+        }
+        let ceiling = self.hour_ceiling(now.as_millis() as i64);
         let fleet = self.st.fleet.clone();
         // Per node, the lowest cap (fraction of the board limit) of the jobs on it.
         let mut fraction = vec![1.0f64; fleet.nodes.len()];
-        for (id, p) in cluster.allocations() {
-            let cap = guard.job_cap(*id);
+        for (id, p) in cluster.allocations().filter(|_| guard.is_some()) {
+            let cap = guard.map_or(1.0, |g| g.job_cap(*id));
             for m in &p.members {
                 if let Some(f) = fraction.get_mut(m.node.index()) {
                     *f = f.min(cap);
@@ -115,7 +134,7 @@ impl Scheduler {
         let admin = self.st.site_caps.read().unwrap_or_else(|e| e.into_inner()).clone();
         let applied = remote.applied_caps();
         let applied_cpu = remote.applied_cpu_caps();
-        let hosts_capped = guard.hosts_capped();
+        let hosts_capped = guard.map_or(&[][..], |g| g.hosts_capped());
         let mut waiting_sites: HashSet<usize> = HashSet::new();
         for id in fleet.node_ids() {
             let node = fleet.node(id);
@@ -126,10 +145,9 @@ impl Scheduler {
             let site = node.site.index();
             let ours = Some(fraction[id.index()]).filter(|&f| f < 1.0).map(|f| (f * board).floor());
             let theirs = fleet.sites.get(site).and_then(|s| admin.get(&s.name)).copied();
-            let want = match (ours, theirs) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            // The price caps' ceiling, in dear hours only.
+            let dear = Some(ceiling).filter(|&c| c < 1.0).map(|c| (c * board).round());
+            let want = [ours, theirs, dear].into_iter().flatten().reduce(f64::min);
             remote.set_gpu_power_cap(std::slice::from_ref(&node.name), want);
             let has = applied.get(&node.name).copied().unwrap_or(board);
             if let Some(w) = ours

@@ -64,6 +64,11 @@ pub struct ServerArgs {
     /// network's demand in the shipped Valence climate year), by UTC hour of the year.
     #[arg(long)]
     pub defer_for: Option<String>,
+    /// Price-following GPU caps, EUR_PER_MWH:CAP (e.g. 73:0.7; needs --agents): in UTC hours whose
+    /// price in the shipped French grid year is above EUR_PER_MWH, no GPU runs above CAP of its
+    /// board limit (less energy per unit of work in dear hours, a few percent slower).
+    #[arg(long)]
+    pub price_cap: Option<String>,
     /// Longest a deferrable job waits past its submit time, hours.
     #[arg(long, default_value_t = 24.0)]
     pub max_defer_hours: f64,
@@ -96,6 +101,15 @@ pub fn config(args: &ServerArgs) -> anyhow::Result<server::Config> {
         args.agents || config.power_mode == sched::power::PowerMode::Admission,
         "--power-mode dynamic needs --agents: node agents apply the GPU caps"
     );
+    if let Some(text) = &args.price_cap {
+        let pc = super::sim::parse_price_cap(text)?;
+        anyhow::ensure!(args.agents, "--price-cap needs --agents: node agents apply the GPU caps");
+        let grid = energy::GridYear::france()?;
+        let caps = (0..energy::HOURS_PER_YEAR)
+            .map(|h| if grid.price_eur_per_mwh(h) > pc.above_eur_per_mwh { pc.gpu_cap } else { 1.0 })
+            .collect();
+        config.gpu_cap_by_hour = Some(caps);
+    }
     if let Some(name) = &args.defer_for {
         let Some(by) = sched::defer::DeferFor::parse(name) else {
             anyhow::bail!("unknown --defer-for '{name}' (known: price, carbon, heat)");

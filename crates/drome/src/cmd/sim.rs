@@ -256,7 +256,7 @@ pub fn power_mode(
 }
 
 /// `EUR_PER_MWH:CAP` of `--price-cap`.
-fn parse_price_cap(text: &str) -> anyhow::Result<sim::PriceCap> {
+pub fn parse_price_cap(text: &str) -> anyhow::Result<sim::PriceCap> {
     let bad = || anyhow::anyhow!("--price-cap takes EUR_PER_MWH:CAP with CAP in 0.3..1 (e.g. 120:0.7), got '{text}'");
     let (eur, cap) = text.split_once(':').ok_or_else(bad)?;
     let above_eur_per_mwh: f64 = eur.trim().parse().map_err(|_| bad())?;
