@@ -67,82 +67,13 @@ async fn dynamic_mode_runs_more_work_under_a_grid_cap_with_caps_the_agents_apply
 /// Two whole-node jobs on the two nodes, under a cap that carries one and a half.
 async fn run_two_jobs_under_the_cap(host_caps: bool) -> Vec<f64> {
     let dir: PathBuf = std::env::temp_dir().join(format!("drome-power-e2e-{}-{}", std::process::id(), free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let fleet = dir.join("fleet.toml");
     let cap = cap_mw();
-    std::fs::write(&fleet, fleet_toml(Some(cap))).unwrap();
-    let db = format!("sqlite://{}", dir.join("drome.db").display());
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let listen = format!("127.0.0.1:{port}");
-    let fleet_arg = fleet.display().to_string();
-    let server_args = [
-        "server",
-        "--db",
-        &db,
-        "--listen",
-        &listen,
-        "--admin-token",
-        ADMIN,
-        "--fleet",
-        &fleet_arg,
-        "--agents",
-        "--heartbeat-ms",
-        "200",
-        "--lease-ms",
-        "2000",
-        "--power-mode",
-        "dynamic",
-    ];
-    let mut server_args = server_args.to_vec();
+    let mut extra = vec!["--power-mode", "dynamic"];
     if !host_caps {
-        server_args.push("--no-host-caps");
+        extra.push("--no-host-caps");
     }
-    let mut procs = Procs(vec![spawn(&server_args, &dir.join("server.log"))]);
+    let (procs, base, token) = start_with_agents(&dir, Some(cap), &extra).await;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let t0 = Instant::now();
-    while !matches!(http.get(format!("{base}/healthz")).send().await, Ok(r) if r.status().is_success()) {
-        assert!(t0.elapsed() < Duration::from_secs(30), "server never healthy");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let t: Value = http
-        .post(format!("{base}/v1/tenants"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"name": "lab"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = t["token"].as_str().unwrap().to_string();
-    let j: Value =
-        http.post(format!("{base}/v1/join-tokens")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
-    let join = j["token"].as_str().unwrap().to_string();
-    for name in NODES {
-        let work = dir.join(name).display().to_string();
-        let args = [
-            "agent",
-            "--server",
-            &base,
-            "--join-token",
-            &join,
-            "--name",
-            name,
-            "--virtual-gpus",
-            "8",
-            "--gpu-model",
-            "H200",
-            "--work-dir",
-            &work,
-        ];
-        procs.0.push(spawn(&args, &dir.join(format!("{name}.log"))));
-    }
-    let t0 = Instant::now();
-    while !NODES.iter().all(|n| dir.join(n).join("credential").exists()) {
-        assert!(t0.elapsed() < Duration::from_secs(20), "agents never joined");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 
     // Two whole-node jobs: admission alone would run one (the worst case of two busy nodes is
     // above the cap); with caps both run.
@@ -239,12 +170,12 @@ fn an_unknown_deferral_signal_is_refused_with_the_known_ones() {
     assert!(err.contains("'moon'") && err.contains("price, carbon, heat"), "{err}");
 }
 
-/// A server with agents on both nodes and `extra` arguments, on a site without a grid cap; the
-/// processes, the base URL and a tenant token.
-async fn start_with_agents(dir: &Path, extra: &[&str]) -> (Procs, String, String) {
+/// A server with `extra` arguments and agents on both nodes, joined, on a site with grid cap
+/// `cap_mw`; the processes, the base URL and a tenant token.
+async fn start_with_agents(dir: &Path, cap_mw: Option<f64>, extra: &[&str]) -> (Procs, String, String) {
     std::fs::create_dir_all(dir).unwrap();
     let fleet = dir.join("fleet.toml");
-    std::fs::write(&fleet, fleet_toml(None)).unwrap();
+    std::fs::write(&fleet, fleet_toml(cap_mw)).unwrap();
     let db = format!("sqlite://{}", dir.join("drome.db").display());
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -307,6 +238,11 @@ async fn start_with_agents(dir: &Path, extra: &[&str]) -> (Procs, String, String
         ];
         procs.0.push(spawn(&args, &dir.join(format!("{name}.log"))));
     }
+    let t0 = Instant::now();
+    while !NODES.iter().all(|n| dir.join(n).join("credential").exists()) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "agents never joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     (procs, base, token)
 }
 
@@ -315,7 +251,7 @@ async fn price_caps_hold_every_gpu_under_the_cap_in_dear_hours_only() {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     // Every hour of the shipped year is dearer than -1,000 EUR/MWh: the agents apply 0.7 x 700 W.
     let dir = std::env::temp_dir().join(format!("drome-price-e2e-{}-{}", std::process::id(), free_port()));
-    let (procs, base, token) = start_with_agents(&dir, &["--price-cap=-1000:0.7"]).await;
+    let (procs, base, token) = start_with_agents(&dir, None, &["--price-cap=-1000:0.7"]).await;
     let t0 = Instant::now();
     loop {
         let ns = nodes(&http, &base, &token).await;
@@ -330,7 +266,7 @@ async fn price_caps_hold_every_gpu_under_the_cap_in_dear_hours_only() {
 
     // No hour is dearer than 100,000 EUR/MWh: the agents heartbeat, and nothing is capped.
     let dir = std::env::temp_dir().join(format!("drome-price-e2e-{}-{}", std::process::id(), free_port()));
-    let (procs, base, token) = start_with_agents(&dir, &["--price-cap=100000:0.7"]).await;
+    let (procs, base, token) = start_with_agents(&dir, None, &["--price-cap=100000:0.7"]).await;
     let t0 = Instant::now();
     loop {
         let ns = nodes(&http, &base, &token).await;
