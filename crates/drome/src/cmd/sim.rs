@@ -595,6 +595,7 @@ fn print_power(rows: &[(String, &SimReport)]) {
         "cap MW",
         "violations",
         "mean GPU cap",
+        "GPU-h lost to caps",
         "heat MWh",
         "heat EUR",
         "energy EUR",
@@ -603,6 +604,11 @@ fn print_power(rows: &[(String, &SimReport)]) {
     .utf8(tty);
     for (name, r) in rows {
         let Some(p) = &r.power else { continue };
+        // Metered draw over the cap, and (with a guard) its worst case over the cap: both 0.
+        let violations = match p.power_mode {
+            Some(_) => format!("{} / {}", fmt_thousands(p.cap_violations), fmt_thousands(p.worst_case_violations)),
+            None => fmt_thousands(p.cap_violations),
+        };
         t.row([
             name.clone(),
             fmt_duration_s(r.mean_jct_s),
@@ -611,8 +617,9 @@ fn print_power(rows: &[(String, &SimReport)]) {
             format!("{:.3}", p.pue),
             format!("{:.2}", p.peak_site_mw),
             p.power_cap_mw.map_or_else(|| "-".to_string(), |c| format!("{c:.2}")),
-            fmt_thousands(p.cap_violations),
+            violations,
             format!("{:.3}", p.mean_gpu_cap),
+            format!("{:.0}", p.cap_lost_gpu_hours),
             format!("{:.0}", p.heat_exported_mwh),
             format!("{:.0}", p.heat_revenue_eur),
             format!("{:.0}", p.energy_cost_eur),
