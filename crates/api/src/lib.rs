@@ -105,6 +105,11 @@ pub struct JobSpec {
     /// Nodes the job spans; all start together or none does.
     #[serde(default = "one")]
     pub nodes: u32,
+    /// A share of one GPU instead of whole GPUs, in thousandths (1-999; `gpus_per_node` 1,
+    /// `nodes` 1): the GPU is shared with other work (time-sliced or MPS), and drome places
+    /// shares where they leave the least capacity stranded. Counts as one GPU against quotas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_milli: Option<u32>,
     /// GPU model or family the job needs (`H200`); any when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_model: Option<String>,
@@ -133,6 +138,7 @@ impl Default for JobSpec {
             env: BTreeMap::new(),
             gpus_per_node: 1,
             nodes: 1,
+            gpu_milli: None,
             gpu_model: None,
             priority: 0,
             deferrable: false,

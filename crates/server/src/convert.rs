@@ -86,6 +86,9 @@ pub fn workload_of(job: &store::Job) -> Option<Workload> {
     w.tenant = TenantId(u32::try_from(job.tenant_id).unwrap_or(u32::MAX));
     w.priority = i32::try_from(job.priority).unwrap_or(0);
     w.submit_time = SimTime(job.submitted_ms.max(0) as u64);
+    if let Some(m) = job.gpu_milli.and_then(|m| u32::try_from(m).ok()) {
+        w.gpu = GpuRequest::Fraction { gpu_milli: m };
+    }
     Some(w)
 }
 
@@ -151,6 +154,7 @@ pub fn job_to_api(job: &store::Job, tenant: &str, history: &[store::JobEvent]) -
             env,
             gpus_per_node: u32::try_from(job.gpus_per_node).unwrap_or(0),
             nodes: u32::try_from(job.nodes).unwrap_or(1),
+            gpu_milli: job.gpu_milli.and_then(|m| u32::try_from(m).ok()),
             gpu_model: job.gpu_model.clone(),
             priority: i32::try_from(job.priority).unwrap_or(0),
             deferrable: job.deferrable,

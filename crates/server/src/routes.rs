@@ -227,6 +227,17 @@ fn validate(
     if spec.gpus_per_node == 0 && spec.nodes > 1 {
         return Err(ApiError::invalid("nodes", "CPU-only work runs on one node"));
     }
+    if let Some(m) = spec.gpu_milli {
+        if !(1..1000).contains(&m) {
+            return Err(ApiError::invalid("gpu_milli", "a share of one GPU, 1 to 999 thousandths"));
+        }
+        if spec.gpus_per_node != 1 || spec.nodes != 1 {
+            return Err(ApiError::invalid(
+                "gpu_milli",
+                "a GPU share runs on one GPU of one node (gpus_per_node 1, nodes 1)",
+            ));
+        }
+    }
     if spec.nodes as usize > fleet.nodes.len() {
         return Err(ApiError::invalid("nodes", format!("the fleet has {} nodes", fleet.nodes.len())));
     }
@@ -272,6 +283,7 @@ fn validate(
         env_json,
         gpus_per_node: i64::from(spec.gpus_per_node),
         nodes: i64::from(spec.nodes),
+        gpu_milli: spec.gpu_milli.map(i64::from),
         gpu_model: spec.gpu_model.clone(),
         priority: i64::from(spec.priority),
         deferrable: spec.deferrable,

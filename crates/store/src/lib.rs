@@ -122,6 +122,8 @@ pub struct NewJob {
     pub env_json: String,
     pub gpus_per_node: i64,
     pub nodes: i64,
+    /// A share of one GPU, thousandths (`None`: `gpus_per_node` whole GPUs).
+    pub gpu_milli: Option<i64>,
     pub gpu_model: Option<String>,
     pub priority: i64,
     pub deferrable: bool,
@@ -144,6 +146,8 @@ pub struct Job {
     pub env_json: String,
     pub gpus_per_node: i64,
     pub nodes: i64,
+    /// A share of one GPU, thousandths (`None`: `gpus_per_node` whole GPUs).
+    pub gpu_milli: Option<i64>,
     pub gpu_model: Option<String>,
     pub priority: i64,
     pub deferrable: bool,
@@ -230,21 +234,25 @@ pub struct JobFilter {
 
 const JOB_COLUMNS: &str = "id, tenant_id, name, command, args_json, env_json, gpus_per_node, nodes, gpu_model, \
      priority, is_deferrable, max_runtime_s, restart_policy, max_restarts, idempotency_key, request_hash, state, \
-     attempts, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms";
+     attempts, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms, gpu_milli";
 
 fn migrator(backend: Backend) -> Migrator {
-    let (init, agents) = match backend {
-        Backend::Sqlite => {
-            (include_str!("../migrations/sqlite/0001_init.sql"), include_str!("../migrations/sqlite/0002_agents.sql"))
-        }
+    let (init, agents, shares) = match backend {
+        Backend::Sqlite => (
+            include_str!("../migrations/sqlite/0001_init.sql"),
+            include_str!("../migrations/sqlite/0002_agents.sql"),
+            include_str!("../migrations/sqlite/0003_gpu_share.sql"),
+        ),
         Backend::Postgres => (
             include_str!("../migrations/postgres/0001_init.sql"),
             include_str!("../migrations/postgres/0002_agents.sql"),
+            include_str!("../migrations/postgres/0003_gpu_share.sql"),
         ),
     };
     let migrations = vec![
         Migration::new(1, Cow::Borrowed("init"), MigrationType::Simple, Cow::Borrowed(init), false),
         Migration::new(2, Cow::Borrowed("agents"), MigrationType::Simple, Cow::Borrowed(agents), false),
+        Migration::new(3, Cow::Borrowed("gpu share"), MigrationType::Simple, Cow::Borrowed(shares), false),
     ];
     Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
@@ -439,6 +447,7 @@ impl Store {
             submitted_ms: r.try_get(21)?,
             started_ms: r.try_get(22)?,
             finished_ms: r.try_get(23)?,
+            gpu_milli: r.try_get(24)?,
         })
     }
 
@@ -449,8 +458,8 @@ impl Store {
         let row = sqlx::query(
             "INSERT INTO jobs (tenant_id, name, command, args_json, env_json, gpus_per_node, nodes, gpu_model, \
              priority, is_deferrable, max_runtime_s, restart_policy, max_restarts, idempotency_key, request_hash, \
-             state, attempts, submitted_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'pending', 0, $16) \
+             state, attempts, submitted_ms, gpu_milli) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'pending', 0, $16, $17) \
              ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id",
         )
         .bind(job.tenant_id)
@@ -469,6 +478,7 @@ impl Store {
         .bind(job.idempotency_key.as_deref())
         .bind(&job.request_hash)
         .bind(now_ms)
+        .bind(job.gpu_milli)
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(r) = row {
@@ -492,6 +502,7 @@ impl Store {
                 env_json: job.env_json.clone(),
                 gpus_per_node: job.gpus_per_node,
                 nodes: job.nodes,
+                gpu_milli: job.gpu_milli,
                 gpu_model: job.gpu_model.clone(),
                 priority: job.priority,
                 deferrable: job.deferrable,

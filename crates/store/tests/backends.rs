@@ -13,6 +13,7 @@ fn new_job(tenant_id: i64, key: Option<&str>) -> NewJob {
         env_json: "{}".into(),
         gpus_per_node: 8,
         nodes: 2,
+        gpu_milli: None,
         gpu_model: Some("H200".into()),
         priority: 0,
         deferrable: false,
@@ -102,6 +103,7 @@ async fn exercise(store: Store) {
     assert!(store.transitions(&[], 41).await.unwrap().is_empty());
     let got: Vec<i64> = store.jobs_by_ids(&[b, 999_999, a]).await.unwrap().into_iter().map(|j| j.id).collect();
     assert_eq!(got, vec![a, b]);
+    gpu_shares(&store).await;
 }
 
 #[tokio::test]
@@ -113,7 +115,7 @@ async fn sqlite_store() {
     store.close().await;
     // Migrations run once: reopening keeps the data.
     let reopened = Store::connect(&url).await.unwrap();
-    assert_eq!(reopened.tenants().await.unwrap().len(), 2);
+    assert_eq!(reopened.tenants().await.unwrap().len(), 3, "acme, other and shares");
     reopened.close().await;
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -125,7 +127,7 @@ async fn postgres_store() {
     exercise(store.clone()).await;
     store.close().await;
     let reopened = Store::connect(&db.url).await.unwrap();
-    assert_eq!(reopened.tenants().await.unwrap().len(), 2);
+    assert_eq!(reopened.tenants().await.unwrap().len(), 3, "acme, other and shares");
     reopened.close().await;
     db.drop_database().await.unwrap();
 }
@@ -153,4 +155,15 @@ async fn agents(store: &Store) {
     node.token_hash = "c2".into();
     store.upsert_agent_node(&node).await.unwrap();
     assert_eq!(store.agent_nodes().await.unwrap(), vec![node]);
+}
+
+/// A share of one GPU is kept as asked; whole-GPU jobs have none. Runs last: it adds a job.
+async fn gpu_shares(store: &Store) {
+    let t = store.create_tenant("shares", "hash-shares", None, 99).await.unwrap();
+    let share = NewJob { gpu_milli: Some(250), gpus_per_node: 1, nodes: 1, ..new_job(t.id, Some("share")) };
+    let stored = store.insert_job(&share, 15).await.unwrap().job;
+    assert_eq!(stored.gpu_milli, Some(250));
+    assert_eq!(store.job_by_id(stored.id).await.unwrap().unwrap().gpu_milli, Some(250));
+    let whole = store.insert_job(&new_job(t.id, None), 16).await.unwrap().job;
+    assert_eq!(store.job_by_id(whole.id).await.unwrap().unwrap().gpu_milli, None);
 }

@@ -32,6 +32,10 @@ pub struct SubmitArgs {
     /// Nodes; all start together.
     #[arg(long, default_value_t = 1)]
     pub nodes: u32,
+    /// A share of one GPU instead of whole GPUs, thousandths (e.g. 250 for a quarter): the GPU is
+    /// shared with other work.
+    #[arg(long)]
+    pub gpu_milli: Option<u32>,
     /// GPU model or family (H200).
     #[arg(long)]
     pub gpu_model: Option<String>,
@@ -259,6 +263,10 @@ pub fn fmt_time(ms: i64) -> String {
 }
 
 fn gpus_of(job: &api::Job) -> String {
+    if let Some(m) = job.spec.gpu_milli {
+        let share = format!("{:.3}", f64::from(m) / 1000.0);
+        return job.spec.gpu_model.as_ref().map_or(share.clone(), |model| format!("{share} {model}"));
+    }
     let total = u64::from(job.spec.gpus_per_node) * u64::from(job.spec.nodes);
     match (&job.spec.gpu_model, job.spec.nodes) {
         (Some(m), 1) => format!("{total} {m}"),
@@ -303,6 +311,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         env,
         gpus_per_node: args.gpus,
         nodes: args.nodes,
+        gpu_milli: args.gpu_milli,
         gpu_model: args.gpu_model,
         priority: args.priority,
         deferrable: args.deferrable,
