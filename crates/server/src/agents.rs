@@ -219,35 +219,28 @@ impl RemoteNodes {
 
     /// Latest reported power draw per live node, watts.
     pub fn power(&self) -> HashMap<String, f64> {
+        self.of_live_nodes(|s| s.power_watts)
+    }
+
+    /// `value` of every live node that has one, by name.
+    fn of_live_nodes(&self, value: impl Fn(&Slot) -> Option<f64>) -> HashMap<String, f64> {
         let inner = self.lock();
         inner
             .slots
             .iter()
             .filter(|(_, s)| s.lease_until.is_some())
-            .filter_map(|(n, s)| s.power_watts.map(|w| (n.clone(), w)))
+            .filter_map(|(n, s)| value(s).map(|w| (n.clone(), w)))
             .collect()
     }
 
     /// The GPU power cap each live node reports applying, watts per GPU.
     pub fn applied_caps(&self) -> HashMap<String, f64> {
-        let inner = self.lock();
-        inner
-            .slots
-            .iter()
-            .filter(|(_, s)| s.lease_until.is_some())
-            .filter_map(|(n, s)| s.applied_cap.map(|w| (n.clone(), w)))
-            .collect()
+        self.of_live_nodes(|s| s.applied_cap)
     }
 
     /// The CPU package power limit each live node reports applying, watts.
     pub fn applied_cpu_caps(&self) -> HashMap<String, f64> {
-        let inner = self.lock();
-        inner
-            .slots
-            .iter()
-            .filter(|(_, s)| s.lease_until.is_some())
-            .filter_map(|(n, s)| s.applied_cpu_cap.map(|w| (n.clone(), w)))
-            .collect()
+        self.of_live_nodes(|s| s.applied_cpu_cap)
     }
 
     /// Asks `node` to hold its CPU packages to `cap` watts in all (`None`: no limit); its held

@@ -42,23 +42,9 @@ pub struct ServerArgs {
     /// A node whose agent is silent this long, in milliseconds, is lost.
     #[arg(long, default_value_t = 20000)]
     pub lease_ms: u64,
-    /// For sites with a grid cap (`grid_power_cap_mw` in the fleet): admission starts work only
-    /// while the worst case fits; dynamic (needs --agents) also lowers the GPU power caps of the
-    /// running jobs' nodes, and the CPU package limits of a site's GPU nodes, to run more work
-    /// under the same connection.
-    #[arg(long, default_value = "admission")]
-    pub power_mode: String,
-    /// dynamic: lowest GPU power cap, fraction of the board limit.
-    #[arg(long, default_value_t = 0.5)]
-    pub min_gpu_cap: f64,
-    /// dynamic: whose GPU caps go down first (see `drome sim --help`): lowest-rank-first (the
-    /// jobs the policy would preempt first), widest-first, even or oldest-first.
-    #[arg(long, default_value = "lowest-rank-first")]
-    pub cap_share: String,
-    /// dynamic: leave hosts' CPUs uncapped (by default a site that sheds watts also holds the CPU
-    /// packages of its GPU nodes to their typical draw, through the agents' RAPL limits).
-    #[arg(long)]
-    pub no_host_caps: bool,
+    // For sites with a grid cap (`grid_power_cap_mw` in the fleet).
+    #[command(flatten)]
+    pub power: super::sim::PowerModeArgs,
     /// Hold jobs submitted as deferrable for a clearly better hour within the day-ahead horizon:
     /// price (EUR/MWh), carbon (gCO2/kWh) of the shipped French grid year, or heat (the heat
     /// network's demand in the shipped Valence climate year), by UTC hour of the year.
@@ -95,8 +81,7 @@ pub fn config(args: &ServerArgs) -> anyhow::Result<server::Config> {
     let mut config = server::Config::new(args.db.clone(), args.listen, fleet);
     config.admin_token = args.admin_token.clone().filter(|t| !t.trim().is_empty());
     config.policy = args.policy.clone();
-    config.power_mode =
-        super::sim::power_mode(&args.power_mode, args.min_gpu_cap, &args.cap_share, !args.no_host_caps)?;
+    config.power_mode = args.power.mode()?;
     anyhow::ensure!(
         args.agents || config.power_mode == sched::power::PowerMode::Admission,
         "--power-mode dynamic needs --agents: node agents apply the GPU caps"

@@ -73,27 +73,8 @@ pub struct SimArgs {
     /// load, at the wall); the cooling must fit under the same cap.
     #[arg(long)]
     pub power_cap_frac: Option<f64>,
-    /// admission: admit work only while the worst case fits the cap; dynamic: also lower the
-    /// GPU power caps of running jobs (all of a site alike), slowing them along the DVFS curve.
-    #[arg(long, default_value = "admission")]
-    pub power_mode: String,
-    /// dynamic: lowest GPU power cap, fraction of the board limit.
-    #[arg(long, default_value_t = 0.5)]
-    pub min_gpu_cap: f64,
-    /// dynamic: whose GPU caps are lowered when a site's worst case exceeds its cap. After every
-    /// job is brought down to what its work draws anyway (free): lowest-rank-first (the jobs the
-    /// policy would preempt first, down to --min-gpu-cap one by one: slowing them delays no one
-    /// else; jobs the policy does not rank go widest first), widest-first (jobs with the most GPUs
-    /// first: a cap delays a job by about the same time whatever its size, a wide job gives back
-    /// more watts), even (every job to the same cap, the least throughput lost) or oldest-first
-    /// (the fewest jobs slowed, each to --min-gpu-cap in turn, no free step).
-    #[arg(long, default_value = "lowest-rank-first")]
-    pub cap_share: String,
-    /// dynamic: leave hosts' CPUs uncapped. By default a site that sheds watts also holds the CPU
-    /// packages of its GPU nodes to their typical draw (RAPL), so the worst case no longer counts
-    /// every CPU at full load and GPUs keep more of the budget.
-    #[arg(long)]
-    pub no_host_caps: bool,
+    #[command(flatten)]
+    pub power: PowerModeArgs,
     /// Price-following GPU caps, EUR_PER_MWH:CAP (e.g. 120:0.7): in hours whose grid price is above
     /// EUR_PER_MWH, no GPU runs above CAP of its board limit (less energy per unit of work in dear
     /// hours, a few percent slower). Works with or without a grid cap; turns on power accounting.
@@ -226,33 +207,58 @@ fn parse_cooling(name: &str) -> anyhow::Result<model::Cooling> {
     }
 }
 
-/// The power mode named by `--power-mode`, `--min-gpu-cap` and `--cap-share` (shared with
-/// `drome server`).
-pub fn power_mode(
-    mode: &str,
-    min_gpu_cap: f64,
-    cap_share: &str,
-    cap_hosts: bool,
-) -> anyhow::Result<sched::power::PowerMode> {
-    Ok(match mode.trim().to_ascii_lowercase().as_str() {
-        "admission" => sched::power::PowerMode::Admission,
-        "dynamic" => {
-            if !(min_gpu_cap.is_finite() && (0.3..=1.0).contains(&min_gpu_cap)) {
-                anyhow::bail!("--min-gpu-cap must be in 0.3..1, got {min_gpu_cap}");
+/// The power mode's flags, shared by `drome sim` and `drome server`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PowerModeArgs {
+    /// admission: admit work only while the worst case fits the grid cap; dynamic: also lower the
+    /// GPU power caps of running jobs (and hold the CPUs of a shedding site's GPU nodes to their
+    /// typical draw), slowing them along the DVFS curve, to run more work under the same cap
+    /// (`drome server` needs --agents for it: the node agents apply the caps).
+    #[arg(long, default_value = "admission")]
+    pub power_mode: String,
+    /// dynamic: lowest GPU power cap, fraction of the board limit.
+    #[arg(long, default_value_t = 0.5)]
+    pub min_gpu_cap: f64,
+    /// dynamic: whose GPU caps are lowered when a site's worst case exceeds its cap. After every
+    /// job is brought down to what its work draws anyway (free): lowest-rank-first (the jobs the
+    /// policy would preempt first, down to --min-gpu-cap one by one: slowing them delays no one
+    /// else; jobs the policy does not rank go widest first), widest-first (jobs with the most GPUs
+    /// first: a cap delays a job by about the same time whatever its size, a wide job gives back
+    /// more watts), even (every job to the same cap, the least throughput lost) or oldest-first
+    /// (the fewest jobs slowed, each to --min-gpu-cap in turn, no free step).
+    #[arg(long, default_value = "lowest-rank-first")]
+    pub cap_share: String,
+    /// dynamic: leave hosts' CPUs uncapped. By default a site that sheds watts also holds the CPU
+    /// packages of its GPU nodes to their typical draw (RAPL), so the worst case no longer counts
+    /// every CPU at full load and GPUs keep more of the budget.
+    #[arg(long)]
+    pub no_host_caps: bool,
+}
+
+impl PowerModeArgs {
+    /// The power mode these flags name.
+    pub fn mode(&self) -> anyhow::Result<sched::power::PowerMode> {
+        let min_gpu_cap = self.min_gpu_cap;
+        Ok(match self.power_mode.trim().to_ascii_lowercase().as_str() {
+            "admission" => sched::power::PowerMode::Admission,
+            "dynamic" => {
+                if !(min_gpu_cap.is_finite() && (0.3..=1.0).contains(&min_gpu_cap)) {
+                    anyhow::bail!("--min-gpu-cap must be in 0.3..1, got {min_gpu_cap}");
+                }
+                let share = match self.cap_share.trim().to_ascii_lowercase().as_str() {
+                    "even" => sched::power::CapShare::Even,
+                    "oldest-first" | "oldest" => sched::power::CapShare::OldestFirst,
+                    "widest-first" | "widest" => sched::power::CapShare::WidestFirst,
+                    "lowest-rank-first" | "lowest-rank" => sched::power::CapShare::LowestRankFirst,
+                    other => anyhow::bail!(
+                        "unknown --cap-share '{other}' (known: even, oldest-first, widest-first, lowest-rank-first)"
+                    ),
+                };
+                sched::power::PowerMode::Dynamic { min_cap: min_gpu_cap, share, cap_hosts: !self.no_host_caps }
             }
-            let share = match cap_share.trim().to_ascii_lowercase().as_str() {
-                "even" => sched::power::CapShare::Even,
-                "oldest-first" | "oldest" => sched::power::CapShare::OldestFirst,
-                "widest-first" | "widest" => sched::power::CapShare::WidestFirst,
-                "lowest-rank-first" | "lowest-rank" => sched::power::CapShare::LowestRankFirst,
-                other => anyhow::bail!(
-                    "unknown --cap-share '{other}' (known: even, oldest-first, widest-first, lowest-rank-first)"
-                ),
-            };
-            sched::power::PowerMode::Dynamic { min_cap: min_gpu_cap, share, cap_hosts }
-        }
-        other => anyhow::bail!("unknown --power-mode '{other}' (known: admission, dynamic)"),
-    })
+            other => anyhow::bail!("unknown --power-mode '{other}' (known: admission, dynamic)"),
+        })
+    }
 }
 
 /// `EUR_PER_MWH:CAP` of `--price-cap`.
@@ -274,7 +280,7 @@ fn power_options(
     cooling: Option<model::Cooling>,
 ) -> anyhow::Result<Arc<sim::PowerOptions>> {
     let model = energy::EnergyModel::new(fleet, cooling, &energy::HeatOptions::default());
-    let mode = power_mode(&args.power_mode, args.min_gpu_cap, &args.cap_share, !args.no_host_caps)?;
+    let mode = args.power.mode()?;
     let mut opts = sim::PowerOptions {
         model,
         temperature: match &args.temperature {
