@@ -3,7 +3,8 @@
 
 use model::{Fleet, FleetBuilder, GpuRequest, ModelFilter, NodeSpec, SimTime, Workload, WorkloadId};
 use proptest::prelude::*;
-use sched::frag::{FragMeter, HoleWaste, POLICY_NAMES, TypicalPods, placer_by_name};
+use sched::Placer;
+use sched::frag::{DromeFit, DromeParams, FragMeter, HoleWaste, POLICY_NAMES, TypicalPods, placer_by_name};
 use sched::{ClusterState, Demand};
 use std::sync::Arc;
 
@@ -114,6 +115,40 @@ fn hole_waste_counts_what_common_shares_cannot_fill_with_the_cpu_left() {
     // The two holes share 10 cores: the larger takes a 470 (8 cores), the other gets 2.
     assert_eq!(waste.node(&[530, 1000, 530], 10_000), 590.0);
     assert_eq!(waste.node(&[530, 530], 16_000), 120.0);
+}
+
+#[test]
+fn the_study_hold_keeps_whole_gpus_for_whole_gpu_work_only_when_asked() {
+    // n0 has CPU for a typical whole-GPU request (11 cores) beside its one free GPU; n1 does not.
+    let f = fleet(&[(40_000, 256_000, 2, Some("G2")), (16_000, 256_000, 1, Some("G2"))]);
+    let mut pods: Vec<Workload> = (0..10).map(|i| pod(i, 11_000, 1000, GpuRequest::fraction(1000), "")).collect();
+    pods.extend((10..20).map(|i| pod(i, 8000, 1000, GpuRequest::fraction(470), "")));
+    pods.extend((20..30).map(|i| pod(i, 3000, 1000, GpuRequest::fraction(810), "")));
+    let demands: Vec<Demand> = pods.iter().map(|w| Demand::of(w, &f)).collect();
+    let typical = TypicalPods::from_demands(&demands);
+    let (whole, share_470, share_810) = (&demands[0], &demands[10], &demands[20]);
+    let mut cluster = ClusterState::new(Arc::clone(&f));
+    // One GPU of three taken on n0; n1's CPU down to 5 cores, short of a whole-GPU request's 11.
+    let cpu_hog = Demand::of(&pod(99, 11_000, 1000, GpuRequest::None, ""), &f);
+    for (job, node, d) in [(0, 0, whole), (1, 1, &cpu_hog)] {
+        let member = cluster.member_on(model::NodeId(node), d, sched::GpuPick::First).expect("fits");
+        cluster.allocate(WorkloadId(job), d, sched::Placement { members: vec![member] }).expect("valid");
+    }
+
+    let mut held = DromeParams::default();
+    held.set("hold_above", 0.3).expect("known parameter");
+    let mut default = DromeFit::new(typical.clone(), DromeParams::default(), 1);
+    let mut holding = DromeFit::new(typical, held, 1);
+    assert!(default.place(&cluster, share_810).is_some(), "the default never refuses what fits");
+    // Holding, the 810 (a 190 leftover no common share fills) is kept off n0's whole GPU, and
+    // goes to n1's, whose node could not run whole-GPU work anyway.
+    let p = holding.place(&cluster, share_810).expect("n1 takes it");
+    assert_eq!(p.members[0].node, model::NodeId(1));
+    let mut busy = cluster.clone();
+    busy.allocate(WorkloadId(2), share_810, p).expect("valid");
+    assert!(holding.place(&busy, share_810).is_none(), "only n0's whole GPU is left");
+    // A 470 leaves 530, which another 470 fills: not held.
+    assert!(holding.place(&busy, share_470).is_some());
 }
 
 type NodeCase = (u64, u64, u8, Option<&'static str>);

@@ -5,6 +5,8 @@
 //! placer with some [`sched::frag::DromeParams`] changed, to study them. With `DIAG=1` in the
 //! environment it instead replays the first policy, seed and pod list once and prints where the
 //! idle GPU share sits at the end (hole sizes, nodes short of CPU) and which requests failed.
+//! `TUNE=1.1` changes the inflation target (default 1.3); `CURVE=1` also prints each run's
+//! allocation at 85, 90, 95, 100, 110, 120 and 130% of arrived demand.
 
 use sched::Demand;
 use sched::frag::{DEFAULT_POPULARITY, DromeFit, DromeParams, FragMeter, TypicalPods, placer_by_name};
@@ -66,11 +68,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&(w, p, seed)) = tasks.get(i) else { break };
                     let (_, demands, typical, meter) = &workloads[w];
-                    let order = inflate(demands, capacity, 1.3, seed).expect("inflates");
+                    let tune: f64 = std::env::var("TUNE").ok().and_then(|t| t.parse().ok()).unwrap_or(1.3);
+                    let order = inflate(demands, capacity, tune, seed).expect("inflates");
                     let mut placer = make_placer(&policies[p], typical, seed);
                     let t = Instant::now();
                     let r = run_inflation(&fleet, demands, &order, placer.as_mut(), meter, 130).expect("runs");
                     let ms = t.elapsed().as_secs_f64() * 1000.0;
+                    if std::env::var("CURVE").is_ok() {
+                        let at = |k: usize| r.allocation_pct.get(k).copied().unwrap_or(f64::NAN);
+                        println!("curve {} {} seed {seed}: 85 {:.2} 90 {:.2} 95 {:.2} 100 {:.2} 110 {:.2} 120 {:.2} 130 {:.2}", workloads[w].0, policies[p], at(85), at(90), at(95), at(100), at(110), at(120), at(130));
+                    }
                     results.lock().expect("lock")[i] = (r.final_allocation_pct(), ms);
                 }
             });
