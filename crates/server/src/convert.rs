@@ -59,7 +59,7 @@ pub fn gpu_request(gpus_per_node: i64, nodes: i64) -> GpuRequest {
 
 /// Total GPUs a job holds when placed.
 pub fn total_gpus(job: &store::Job) -> u64 {
-    (job.gpus_per_node.max(0) as u64) * (job.nodes.max(1) as u64)
+    (job.spec.gpus_per_node.max(0) as u64) * (job.spec.nodes.max(1) as u64)
 }
 
 /// The scheduler's view of a request for `nodes` x `gpus_per_node` GPUs of `gpu_model`.
@@ -81,12 +81,17 @@ pub fn request_workload(id: u32, gpus_per_node: i64, nodes: i64, gpu_model: Opti
 
 /// The scheduler's view of a stored job; `None` when its id does not fit a workload id.
 pub fn workload_of(job: &store::Job) -> Option<Workload> {
-    let mut w = request_workload(u32::try_from(job.id).ok()?, job.gpus_per_node, job.nodes, job.gpu_model.as_deref());
-    w.name = job.name.clone();
-    w.tenant = TenantId(u32::try_from(job.tenant_id).unwrap_or(u32::MAX));
-    w.priority = i32::try_from(job.priority).unwrap_or(0);
+    let mut w = request_workload(
+        u32::try_from(job.id).ok()?,
+        job.spec.gpus_per_node,
+        job.spec.nodes,
+        job.spec.gpu_model.as_deref(),
+    );
+    w.name = job.spec.name.clone();
+    w.tenant = TenantId(u32::try_from(job.spec.tenant_id).unwrap_or(u32::MAX));
+    w.priority = i32::try_from(job.spec.priority).unwrap_or(0);
     w.submit_time = SimTime(job.submitted_ms.max(0) as u64);
-    if let Some(m) = job.gpu_milli.and_then(|m| u32::try_from(m).ok()) {
+    if let Some(m) = job.spec.gpu_milli.and_then(|m| u32::try_from(m).ok()) {
         w.gpu = GpuRequest::Fraction { gpu_milli: m };
     }
     Some(w)
@@ -117,9 +122,9 @@ pub fn state_from_api(s: api::JobState) -> store::JobState {
 }
 
 pub fn args_env(job: &store::Job) -> Result<(Vec<String>, BTreeMap<String, String>), ApiError> {
-    let args = serde_json::from_str(&job.args_json)
+    let args = serde_json::from_str(&job.spec.args_json)
         .map_err(|e| ApiError::Internal(format!("job {} has unreadable args: {e}", job.id)))?;
-    let env = serde_json::from_str(&job.env_json)
+    let env = serde_json::from_str(&job.spec.env_json)
         .map_err(|e| ApiError::Internal(format!("job {} has unreadable env: {e}", job.id)))?;
     Ok((args, env))
 }
@@ -140,29 +145,29 @@ pub fn job_to_api(job: &store::Job, tenant: &str, history: &[store::JobEvent]) -
         None => Vec::new(),
     };
     let restart_policy =
-        if job.restart_policy == "on-failure" { api::RestartPolicy::OnFailure } else { api::RestartPolicy::Never };
+        if job.spec.restart_policy == "on-failure" { api::RestartPolicy::OnFailure } else { api::RestartPolicy::Never };
     Ok(api::Job {
         id: job.id,
         tenant: tenant.to_string(),
-        name: job.name.clone(),
+        name: job.spec.name.clone(),
         state: state_to_api(job.state),
-        instance: job.command.is_none(),
+        instance: job.spec.command.is_none(),
         spec: api::JobSpec {
-            name: Some(job.name.clone()),
-            command: job.command.clone(),
+            name: Some(job.spec.name.clone()),
+            command: job.spec.command.clone(),
             args,
             env,
-            gpus_per_node: u32::try_from(job.gpus_per_node).unwrap_or(0),
-            nodes: u32::try_from(job.nodes).unwrap_or(1),
-            gpu_milli: job.gpu_milli.and_then(|m| u32::try_from(m).ok()),
-            gpu_model: job.gpu_model.clone(),
-            priority: i32::try_from(job.priority).unwrap_or(0),
-            deferrable: job.deferrable,
-            max_runtime_s: job.max_runtime_s.and_then(|s| u64::try_from(s).ok()),
+            gpus_per_node: u32::try_from(job.spec.gpus_per_node).unwrap_or(0),
+            nodes: u32::try_from(job.spec.nodes).unwrap_or(1),
+            gpu_milli: job.spec.gpu_milli.and_then(|m| u32::try_from(m).ok()),
+            gpu_model: job.spec.gpu_model.clone(),
+            priority: i32::try_from(job.spec.priority).unwrap_or(0),
+            deferrable: job.spec.deferrable,
+            max_runtime_s: job.spec.max_runtime_s.and_then(|s| u64::try_from(s).ok()),
             restart_policy,
-            max_restarts: u32::try_from(job.max_restarts).unwrap_or(0),
+            max_restarts: u32::try_from(job.spec.max_restarts).unwrap_or(0),
         },
-        idempotency_key: job.idempotency_key.clone(),
+        idempotency_key: job.spec.idempotency_key.clone(),
         attempts: job.attempts,
         placement,
         exit_code: job.exit_code,

@@ -146,7 +146,7 @@ async fn set_quota(
 
 async fn get_quota(State(st): State<AppState>, TenantCaller(t): TenantCaller) -> Result<Json<api::Quota>, ApiError> {
     let (mut used, mut pending) = (0, 0);
-    for job in st.store.active_jobs().await?.iter().filter(|j| j.tenant_id == t.id) {
+    for job in st.store.active_jobs().await?.iter().filter(|j| j.spec.tenant_id == t.id) {
         match job.state {
             JobState::Pending => pending += total_gpus(job),
             _ => used += total_gpus(job),
@@ -332,7 +332,7 @@ async fn submit_job(
     let key = idempotency_key(&headers)?;
     let new = validate(&st, &tenant, &spec, key)?;
     let inserted = st.store.insert_job(&new, now_ms()).await?;
-    if !inserted.created && inserted.job.request_hash != new.request_hash {
+    if !inserted.created && inserted.job.spec.request_hash != new.request_hash {
         return Err(ApiError::Conflict("this Idempotency-Key was used for a different request".into()));
     }
     let job = job_to_api(&inserted.job, &tenant.name, &[])?;
@@ -402,7 +402,7 @@ async fn cancel_job(
 ) -> Result<Json<api::Job>, ApiError> {
     let job = tenant_job(&st, &tenant, &id).await?;
     if !job.state.is_terminal() {
-        let message = if job.command.is_none() { "released by the tenant" } else { "cancelled by the tenant" };
+        let message = if job.spec.command.is_none() { "released by the tenant" } else { "cancelled by the tenant" };
         let change = Change { finished: true, message: Some(message.into()), ..Default::default() };
         let from = [JobState::Pending, JobState::Scheduled, JobState::Running, JobState::Preempted];
         if st.store.transition(job.id, &from, JobState::Cancelled, now_ms(), &change).await? {

@@ -96,7 +96,7 @@ impl Scheduler {
     /// When a deferrable job may enter the queue, Unix ms; `None` for any other job. Computed
     /// from the submit time alone, so every round (and a restarted server) agrees.
     fn release_ms(&self, job: &Job) -> Option<i64> {
-        let gate = self.deferral.as_ref().filter(|_| job.deferrable)?;
+        let gate = self.deferral.as_ref().filter(|_| job.spec.deferrable)?;
         let year = crate::year_start_ms(job.submitted_ms);
         let within = SimTime((job.submitted_ms - year).max(0) as u64);
         Some(year + gate.release_time(within).as_millis() as i64)
@@ -267,7 +267,7 @@ impl Scheduler {
             Ended::Exited(0) => {
                 (JobState::Succeeded, Change { finished: true, exit_code: Some(0), ..Default::default() })
             }
-            Ended::Expired(secs) if job.command.is_none() => (
+            Ended::Expired(secs) if job.spec.command.is_none() => (
                 JobState::Succeeded,
                 Change { finished: true, message: Some(format!("expired after {secs} s")), ..Default::default() },
             ),
@@ -285,8 +285,8 @@ impl Scheduler {
     }
 
     fn failure(&self, job: &Job, exit_code: Option<i64>, why: String) -> (JobState, Change) {
-        if job.restart_policy == "on-failure" && job.attempts <= job.max_restarts {
-            let message = format!("{why}; restarting (restart {} of {})", job.attempts, job.max_restarts);
+        if job.spec.restart_policy == "on-failure" && job.attempts <= job.spec.max_restarts {
+            let message = format!("{why}; restarting (restart {} of {})", job.attempts, job.spec.max_restarts);
             let change = Change {
                 placement_json: Some(None),
                 reset_times: true,
@@ -342,7 +342,7 @@ impl Scheduler {
             });
             match restored {
                 Ok(p) => {
-                    *held.entry(job.tenant_id).or_default() += total_gpus(job);
+                    *held.entry(job.spec.tenant_id).or_default() += total_gpus(job);
                     placed.push((job, p));
                 }
                 Err(why) => {
@@ -393,7 +393,7 @@ impl Scheduler {
             .filter(|j| j.state == JobState::Pending)
             .filter(|j| self.release_ms(j).is_none_or(|t| t <= wall_now))
             .collect();
-        pending.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.deferrable, j.id));
+        pending.sort_by_key(|j| (std::cmp::Reverse(j.spec.priority), j.spec.deferrable, j.id));
         self.rounds += 1;
         let mut queue = Queue::with_generation(self.rounds);
         let mut reserved = held.clone();
@@ -401,8 +401,8 @@ impl Scheduler {
         for job in &pending {
             let Some(w) = workload_of(job) else { continue };
             let want = total_gpus(job);
-            let used = reserved.entry(job.tenant_id).or_default();
-            if let Some(Some(quota)) = quotas.get(&job.tenant_id)
+            let used = reserved.entry(job.spec.tenant_id).or_default();
+            if let Some(Some(quota)) = quotas.get(&job.spec.tenant_id)
                 && *used + want > quota.max(&0).unsigned_abs()
             {
                 continue;
@@ -554,7 +554,7 @@ impl Scheduler {
                     node: fleet.node(m.node).name.clone(),
                     member: i as u32,
                     members,
-                    command: job.command.clone(),
+                    command: job.spec.command.clone(),
                     args: args.clone(),
                     env: env.clone(),
                     gpus: m.gpus.iter().map(|g| u32::from(g.index)).collect(),
@@ -564,7 +564,7 @@ impl Scheduler {
                 })
             })
             .collect();
-        let deadline = job.max_runtime_s.map(|s| {
+        let deadline = job.spec.max_runtime_s.map(|s| {
             let end_ms = started_at_ms.saturating_add(s.saturating_mul(1000));
             (s.max(0) as u64, Duration::from_millis(end_ms.saturating_sub(now_ms()).max(0) as u64))
         });

@@ -135,27 +135,12 @@ pub struct NewJob {
     pub request_hash: String,
 }
 
-/// A job as stored.
+/// A job as stored: what was asked for and where it stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
     pub id: i64,
-    pub tenant_id: i64,
-    pub name: String,
-    pub command: Option<String>,
-    pub args_json: String,
-    pub env_json: String,
-    pub gpus_per_node: i64,
-    pub nodes: i64,
-    /// A share of one GPU, thousandths (`None`: `gpus_per_node` whole GPUs).
-    pub gpu_milli: Option<i64>,
-    pub gpu_model: Option<String>,
-    pub priority: i64,
-    pub deferrable: bool,
-    pub max_runtime_s: Option<i64>,
-    pub restart_policy: String,
-    pub max_restarts: i64,
-    pub idempotency_key: Option<String>,
-    pub request_hash: String,
+    /// The submission, as it was stored.
+    pub spec: NewJob,
     pub state: JobState,
     /// Times the job has been started.
     pub attempts: i64,
@@ -422,8 +407,7 @@ impl Store {
 
     fn job_of(r: &AnyRow) -> Result<Job> {
         let state: String = r.try_get(16)?;
-        Ok(Job {
-            id: r.try_get(0)?,
+        let spec = NewJob {
             tenant_id: r.try_get(1)?,
             name: r.try_get(2)?,
             command: r.try_get(3)?,
@@ -439,6 +423,11 @@ impl Store {
             max_restarts: r.try_get(13)?,
             idempotency_key: r.try_get(14)?,
             request_hash: r.try_get(15)?,
+            gpu_milli: r.try_get(24)?,
+        };
+        Ok(Job {
+            id: r.try_get(0)?,
+            spec,
             state: state.parse()?,
             attempts: r.try_get(17)?,
             placement_json: r.try_get(18)?,
@@ -447,7 +436,6 @@ impl Store {
             submitted_ms: r.try_get(21)?,
             started_ms: r.try_get(22)?,
             finished_ms: r.try_get(23)?,
-            gpu_milli: r.try_get(24)?,
         })
     }
 
@@ -495,22 +483,7 @@ impl Store {
             // Exactly what was inserted: no need to read it back.
             let stored = Job {
                 id,
-                tenant_id: job.tenant_id,
-                name: job.name.clone(),
-                command: job.command.clone(),
-                args_json: job.args_json.clone(),
-                env_json: job.env_json.clone(),
-                gpus_per_node: job.gpus_per_node,
-                nodes: job.nodes,
-                gpu_milli: job.gpu_milli,
-                gpu_model: job.gpu_model.clone(),
-                priority: job.priority,
-                deferrable: job.deferrable,
-                max_runtime_s: job.max_runtime_s,
-                restart_policy: job.restart_policy.clone(),
-                max_restarts: job.max_restarts,
-                idempotency_key: job.idempotency_key.clone(),
-                request_hash: job.request_hash.clone(),
+                spec: job.clone(),
                 state: JobState::Pending,
                 attempts: 0,
                 placement_json: None,

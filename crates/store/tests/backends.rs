@@ -162,8 +162,8 @@ async fn gpu_shares(store: &Store) {
     let t = store.create_tenant("shares", "hash-shares", None, 99).await.unwrap();
     let share = NewJob { gpu_milli: Some(250), gpus_per_node: 1, nodes: 1, ..new_job(t.id, Some("share")) };
     let stored = store.insert_job(&share, 15).await.unwrap().job;
-    assert_eq!(stored.gpu_milli, Some(250));
-    assert_eq!(store.job_by_id(stored.id).await.unwrap().unwrap().gpu_milli, Some(250));
+    assert_eq!(stored.spec.gpu_milli, Some(250));
+    assert_eq!(store.job_by_id(stored.id).await.unwrap().unwrap().spec.gpu_milli, Some(250));
     let whole = store.insert_job(&new_job(t.id, None), 16).await.unwrap().job;
-    assert_eq!(store.job_by_id(whole.id).await.unwrap().unwrap().gpu_milli, None);
+    assert_eq!(store.job_by_id(whole.id).await.unwrap().unwrap().spec.gpu_milli, None);
 }
