@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Procs, free_port};
+use common::{Procs, create_tenant, free_port, join_token, wait_healthy};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,15 +50,6 @@ struct Api {
 }
 
 impl Api {
-    async fn wait_healthy(&self) {
-        let t0 = Instant::now();
-        while !matches!(self.http.get(format!("{}/healthz", self.base)).send().await, Ok(r) if r.status().is_success())
-        {
-            assert!(t0.elapsed() < Duration::from_secs(30), "server never healthy");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     async fn submit(&self, spec: Value) -> i64 {
         let r = self.http.post(format!("{}/v1/jobs", self.base)).bearer_auth(&self.token).json(&spec).send().await;
         let v: Value = r.unwrap().json().await.unwrap();
@@ -151,21 +142,9 @@ async fn end_to_end(dir: &Path, db: &str) {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let mut procs = Procs(vec![server(db, port, &dir)]);
     let mut api = Api { http: http.clone(), base: base.clone(), token: String::new() };
-    api.wait_healthy().await;
-    let t: Value = http
-        .post(format!("{base}/v1/tenants"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"name": "e2e"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    api.token = t["token"].as_str().unwrap().to_string();
-    let j: Value =
-        http.post(format!("{base}/v1/join-tokens")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
-    let join = j["token"].as_str().unwrap().to_string();
+    wait_healthy(&http, &base).await;
+    api.token = create_tenant(&http, &base, ADMIN, "e2e").await;
+    let join = join_token(&http, &base, ADMIN).await;
     // A tenant's token is no join token, and no node credential.
     let bad =
         http.post(format!("{base}/v1/agent/heartbeat")).bearer_auth(&api.token).json(&json!({})).send().await.unwrap();
@@ -346,7 +325,7 @@ async fn end_to_end(dir: &Path, db: &str) {
     let _ = procs.0[0].wait();
     tokio::time::sleep(Duration::from_millis(300)).await;
     procs.0[0] = server(db, port, &dir);
-    api.wait_healthy().await;
+    wait_healthy(&http, &base).await;
     for id in &ids {
         let v = api.wait_state(*id, &["succeeded", "failed", "cancelled"], Duration::from_secs(30)).await;
         assert_eq!(v["state"], "succeeded", "{v}");

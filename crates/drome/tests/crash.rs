@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::free_port;
+use common::{free_port, wait_healthy};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -26,19 +26,6 @@ fn spawn(db: &str, port: u16, log: &std::path::Path) -> Child {
         .stderr(log)
         .spawn()
         .expect("drome server starts")
-}
-
-async fn wait_healthy(http: &reqwest::Client, base: &str) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
-            && r.status() == StatusCode::OK
-        {
-            return t0.elapsed();
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60), "server at {base} never became healthy");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn body(key: &str) -> Value {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Procs, free_port};
+use common::{Procs, create_tenant, free_port, join_token, json_of, wait_healthy};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -80,16 +80,7 @@ async fn run_two_jobs_under_the_cap(host_caps: bool) -> Vec<f64> {
     let mut ids = Vec::new();
     for _ in 0..2 {
         let spec = json!({"command": "sleep", "args": ["60"], "gpus_per_node": 8});
-        let v: Value = http
-            .post(format!("{base}/v1/jobs"))
-            .bearer_auth(&token)
-            .json(&spec)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = json_of(http.post(format!("{base}/v1/jobs")).bearer_auth(&token).json(&spec)).await;
         ids.push(v["id"].as_i64().unwrap_or_else(|| panic!("submit failed: {v}")));
     }
     let t0 = Instant::now();
@@ -200,25 +191,9 @@ async fn start_with_agents(dir: &Path, cap_mw: Option<f64>, extra: &[&str]) -> (
     args.extend_from_slice(extra);
     let mut procs = Procs(vec![spawn(&args, &dir.join("server.log"))]);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let t0 = Instant::now();
-    while !matches!(http.get(format!("{base}/healthz")).send().await, Ok(r) if r.status().is_success()) {
-        assert!(t0.elapsed() < Duration::from_secs(30), "server never healthy");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let t: Value = http
-        .post(format!("{base}/v1/tenants"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"name": "lab"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = t["token"].as_str().unwrap().to_string();
-    let j: Value =
-        http.post(format!("{base}/v1/join-tokens")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
-    let join = j["token"].as_str().unwrap().to_string();
+    wait_healthy(&http, &base).await;
+    let token = create_tenant(&http, &base, ADMIN, "lab").await;
+    let join = join_token(&http, &base, ADMIN).await;
     for name in NODES {
         let work = dir.join(name).display().to_string();
         let args = [

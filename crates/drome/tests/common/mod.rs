@@ -19,3 +19,32 @@ impl Drop for Procs {
         }
     }
 }
+
+/// Sends `request` and reads its JSON answer.
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.expect("request sent").json().await.expect("a JSON answer")
+}
+
+/// Waits until the server at `base` answers `/healthz` (at most 60 s); how long that took.
+pub async fn wait_healthy(http: &reqwest::Client, base: &str) -> std::time::Duration {
+    let t0 = std::time::Instant::now();
+    while !matches!(http.get(format!("{base}/healthz")).send().await, Ok(r) if r.status().is_success()) {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(60), "server at {base} never became healthy");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    t0.elapsed()
+}
+
+/// Creates the tenant `name` with the admin token; its token.
+pub async fn create_tenant(http: &reqwest::Client, base: &str, admin: &str, name: &str) -> String {
+    let t =
+        json_of(http.post(format!("{base}/v1/tenants")).bearer_auth(admin).json(&serde_json::json!({"name": name})))
+            .await;
+    t["token"].as_str().unwrap_or_else(|| panic!("no tenant token in {t}")).to_string()
+}
+
+/// A node join token, made with the admin token.
+pub async fn join_token(http: &reqwest::Client, base: &str, admin: &str) -> String {
+    let j = json_of(http.post(format!("{base}/v1/join-tokens")).bearer_auth(admin)).await;
+    j["token"].as_str().unwrap_or_else(|| panic!("no join token in {j}")).to_string()
+}
