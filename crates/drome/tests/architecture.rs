@@ -17,7 +17,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("trace", &["model"][..]),
         ("report", &["model"][..]),
         ("api", &["model"][..]),
-        ("store", &["model", "api"][..]),
+        ("store", &[][..]),
         ("server", &["model", "sched", "energy", "api", "store"][..]),
         ("agent", &["model", "energy", "api"][..]),
         ("drome", &["model", "sched", "sim", "trace", "report", "energy", "api", "store", "server", "agent"][..]),
