@@ -349,7 +349,7 @@ impl Placer for DromeFit {
         let hold = match demand.gpu {
             GpuRequest::Fraction { gpu_milli } if params.hold_above <= 1.0 => {
                 let used = cluster.allocated_gpu_milli() as f64 / cluster.total_gpu_milli().max(1) as f64;
-                let leftover = [(GPU_MILLI_PER_GPU - gpu_milli) as u16];
+                let leftover = [GPU_MILLI_PER_GPU.saturating_sub(gpu_milli) as u16];
                 used >= params.hold_above && waste.node(&leftover, u64::MAX / 2) > HOLD_DEAD_MILLI
             }
             _ => false,
