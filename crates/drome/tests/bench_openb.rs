@@ -85,3 +85,39 @@ fn bench_openb_rejects_an_unknown_policy() {
     assert!(err.contains("unknown policy 'nope'"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn the_study_hold_gains_at_the_end_and_loses_before() {
+    if !traces_present() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("drome-bench-hold-{}", std::process::id()));
+    let csv = dir.to_string_lossy().into_owned();
+    let (code, out, err) = drome(&[
+        "bench",
+        "openb",
+        "--policies",
+        "drome,drome-hold",
+        "--seeds",
+        "42",
+        "--no-bound",
+        "-q",
+        "--csv-dir",
+        &csv,
+    ]);
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("drome (hold 70%)"), "{out}");
+    let text = std::fs::read_to_string(dir.join("openb_default_allocation.csv")).expect("allocation curves written");
+    let at = |policy: &str, pct: &str| -> f64 {
+        text.lines()
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|f| f.len() == 3 && f[0] == policy && f[1] == pct)
+            .and_then(|f| f[2].parse().ok())
+            .unwrap_or_else(|| panic!("no {policy} point at {pct}% in {text}"))
+    };
+    // Refusing requests that fit costs allocation while the cluster could still take them, and
+    // pays only once more demand than the cluster holds has come.
+    assert!(at("drome-hold", "90") < at("drome", "90") - 1.0, "at 90%: {text}");
+    assert!(at("drome-hold", "130") > at("drome", "130") + 0.2, "at 130%: {text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

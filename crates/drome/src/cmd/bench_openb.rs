@@ -19,7 +19,9 @@ use anyhow::{Context, bail};
 use model::{Fleet, Workload};
 use report::{AxisFormat, Chart, Legend, Panel, Series, Table, fmt_num};
 use sched::Demand;
-use sched::frag::{DEFAULT_POPULARITY, FragMeter, POLICY_NAMES, TypicalPods, display_name, placer_by_name};
+use sched::frag::{
+    DEFAULT_POPULARITY, FragMeter, POLICY_NAMES, STUDY_POLICY_NAMES, TypicalPods, display_name, placer_by_name,
+};
 use serde::Serialize;
 use sim::openb::{RunOutcome, allocation_bound, inflate, run_inflation};
 use std::collections::BTreeMap;
@@ -40,7 +42,9 @@ pub struct OpenbArgs {
     #[arg(long = "pods")]
     pub pods: Vec<PathBuf>,
     /// Policies, comma-separated, or `all`: random, dotprod, gpuclustering, gpupacking, bestfit,
-    /// fgd, drome.
+    /// fgd, drome. For study, not in `all`: drome-hold, drome's placer refusing shares that would
+    /// leave a dead leftover on a whole GPU once 70% of the GPUs are allocated (it gains at 130%
+    /// arrived and loses below 100%; compare the curves with --plot).
     #[arg(long, default_value = "all")]
     pub policies: String,
     /// Seeds: a range `42-51` or a list `42,43`.
@@ -145,8 +149,12 @@ fn parse_policies(s: &str) -> anyhow::Result<Vec<String>> {
     }
     let mut out = Vec::new();
     for p in s.split(',').map(|p| p.trim().to_ascii_lowercase()).filter(|p| !p.is_empty()) {
-        if !POLICY_NAMES.contains(&p.as_str()) {
-            bail!("unknown policy '{p}' (expected one of {} or all)", POLICY_NAMES.join(", "));
+        if !POLICY_NAMES.contains(&p.as_str()) && !STUDY_POLICY_NAMES.contains(&p.as_str()) {
+            bail!(
+                "unknown policy '{p}' (expected one of {}, all, or for study {})",
+                POLICY_NAMES.join(", "),
+                STUDY_POLICY_NAMES.join(", ")
+            );
         }
         if !out.contains(&p) {
             out.push(p);

@@ -29,6 +29,14 @@ use rand_chacha::ChaCha8Rng;
 /// Names accepted by [`placer_by_name`], in the order of the paper's tables, drome last.
 pub const POLICY_NAMES: [&str; 7] = ["random", "dotprod", "gpuclustering", "gpupacking", "bestfit", "fgd", "drome"];
 
+/// Policies for study, named only on request (not in `all`): `drome-hold` is drome's placer with
+/// [`DromeParams::hold_above`] at [`STUDY_HOLD_ABOVE`]: it refuses requests that fit, to show what
+/// that buys at the end of the inflation experiment and what it costs before.
+pub const STUDY_POLICY_NAMES: [&str; 1] = ["drome-hold"];
+
+/// The allocated share above which `drome-hold` holds whole GPUs.
+pub const STUDY_HOLD_ABOVE: f64 = 0.7;
+
 /// The paper's name for a policy (`fgd` -> `FGD`).
 pub fn display_name(policy: &str) -> &str {
     match policy {
@@ -39,6 +47,7 @@ pub fn display_name(policy: &str) -> &str {
         "bestfit" => "BestFit",
         "fgd" => "FGD",
         "drome" => "drome",
+        "drome-hold" => "drome (hold 70%)",
         other => other,
     }
 }
@@ -54,6 +63,10 @@ pub fn placer_by_name(name: &str, typical: &TypicalPods, seed: u64) -> Option<Bo
         "bestfit" => Box::new(PaperBestFit::new(seed)),
         "fgd" => Box::new(Fgd::new(typical.clone(), seed)),
         "drome" => Box::new(DromeFit::new(typical.clone(), DromeParams::default(), seed)),
+        "drome-hold" => {
+            let params = DromeParams { hold_above: STUDY_HOLD_ABOVE, ..DromeParams::default() };
+            Box::new(DromeFit::new(typical.clone(), params, seed))
+        }
         _ => return None,
     })
 }
