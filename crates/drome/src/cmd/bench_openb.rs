@@ -35,7 +35,8 @@ const DEFAULT_DIR: &str = "../shared/traces/alibaba-openb-v2023";
 /// Arguments of `drome bench openb`.
 #[derive(clap::Args, Debug)]
 pub struct OpenbArgs {
-    /// Node list (the paper's runs use the 1,213 GPU nodes; see the module documentation).
+    /// Node list (the paper's runs use the 1,213 GPU nodes; `openb_node_list_all_node.csv` adds
+    /// the 310 CPU-only nodes).
     #[arg(long, default_value = "../shared/traces/alibaba-openb-v2023/openb_node_list_gpu_node.csv")]
     pub nodes: PathBuf,
     /// Pod lists, one workload each (repeat the flag); default: the default pod list.
@@ -44,7 +45,7 @@ pub struct OpenbArgs {
     /// Policies, comma-separated, or `all`: random, dotprod, gpuclustering, gpupacking, bestfit,
     /// fgd, drome. For study, not in `all`: drome-hold, drome's placer refusing shares that would
     /// leave a dead leftover on a whole GPU once 70% of the GPUs are allocated (it gains at 130%
-    /// arrived and loses below 100%; compare the curves with --plot).
+    /// arrived and loses until demand nears the capacity; compare the curves with --plot).
     #[arg(long, default_value = "all")]
     pub policies: String,
     /// Seeds: a range `42-51` or a list `42,43`.
