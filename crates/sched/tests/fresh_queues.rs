@@ -5,25 +5,11 @@
 
 mod common;
 
-use common::{fleet, job};
+use common::{fleet, job, queue_of, started};
 use model::{GpuRequest, SimTime, WorkloadId};
 use sched::frag::{DromeFit, DromeParams, TypicalPods};
 use sched::{ClusterState, Decision, Demand, Placer, Queue, QueuedJob, policy_by_name};
 use std::sync::Arc;
-
-fn queue_of(cluster: &ClusterState, generation: u64, jobs: &[(u32, GpuRequest)]) -> Queue {
-    let mut q = Queue::with_generation(generation);
-    for (id, gpu) in jobs {
-        let w = Arc::new(job(*id, *gpu));
-        let d = Demand::of(&w, cluster.fleet());
-        q.push(QueuedJob::new(w, d, SimTime::ZERO));
-    }
-    q
-}
-
-fn started(decisions: &[Decision]) -> Vec<u32> {
-    decisions.iter().filter_map(|d| if let Decision::Start { job, .. } = d { Some(job.0) } else { None }).collect()
-}
 
 #[test]
 fn every_policy_reads_a_new_queue_whole() {

@@ -3,11 +3,10 @@
 
 mod common;
 
-use common::{fleet, job};
+use common::{fleet, job, started};
 use model::{GpuRequest, SimTime};
 use sched::power::{CapShare, NodeWatts, PowerBudget, PowerCapped, PowerMode, SiteBudget};
-use sched::{ClusterState, Decision, Demand, Fifo, FirstFit, Policy, Queue, QueuedJob};
-use std::sync::Arc;
+use sched::{ClusterState, Decision, Demand, Fifo, FirstFit, Policy, Queue};
 
 /// Two 8-GPU nodes; each allocated GPU adds 1,000 W at full power, 700 W of it the GPU's board.
 fn budget(cap_watts: f64, mode: PowerMode) -> PowerBudget {
@@ -26,18 +25,10 @@ fn budget_with(cap_watts: f64, mode: PowerMode, free_cap: f64, host_cut: f64) ->
     b
 }
 
+/// A queue of `jobs` given as (id, whole GPUs on one 8-GPU node).
 fn queue_of(cluster: &ClusterState, jobs: &[(u32, u32)]) -> Queue {
-    let mut q = Queue::new();
-    for &(id, gpus) in jobs {
-        let w = Arc::new(job(id, GpuRequest::whole_gpus(gpus, 8)));
-        let d = Demand::of(&w, cluster.fleet());
-        q.push(QueuedJob::new(w, d, SimTime::ZERO));
-    }
-    q
-}
-
-fn started(decisions: &[Decision]) -> Vec<u32> {
-    decisions.iter().filter_map(|d| if let Decision::Start { job, .. } = d { Some(job.0) } else { None }).collect()
+    let jobs: Vec<(u32, GpuRequest)> = jobs.iter().map(|&(id, gpus)| (id, GpuRequest::whole_gpus(gpus, 8))).collect();
+    common::queue_of(cluster, 0, &jobs)
 }
 
 #[test]

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use model::{Cooling, Fleet, FleetBuilder, GpuRequest, ModelFilter, NodeSpec, SimTime, Workload};
+use sched::{ClusterState, Decision, Demand, Queue, QueuedJob};
 use std::sync::Arc;
 
 /// `nodes` given as (gpu count, model); all with 64 cores and 256 GiB, two nodes per rack.
@@ -41,4 +42,20 @@ pub fn job_on(id: u32, gpu: GpuRequest, models: &str) -> Workload {
     let mut w = job(id, gpu);
     w.models = ModelFilter::parse_list(models);
     w
+}
+
+/// A queue of generation `generation` holding `jobs` (id, request), all queued at time zero.
+pub fn queue_of(cluster: &ClusterState, generation: u64, jobs: &[(u32, GpuRequest)]) -> Queue {
+    let mut q = Queue::with_generation(generation);
+    for (id, gpu) in jobs {
+        let w = Arc::new(job(*id, *gpu));
+        let d = Demand::of(&w, cluster.fleet());
+        q.push(QueuedJob::new(w, d, SimTime::ZERO));
+    }
+    q
+}
+
+/// The ids of the jobs a round started.
+pub fn started(decisions: &[Decision]) -> Vec<u32> {
+    decisions.iter().filter_map(|d| if let Decision::Start { job, .. } = d { Some(job.0) } else { None }).collect()
 }
