@@ -60,6 +60,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let results = std::sync::Mutex::new(vec![(0.0f64, 0.0f64); tasks.len()]);
     let next = AtomicUsize::new(0);
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let tune: f64 = std::env::var("TUNE").ok().and_then(|t| t.parse().ok()).unwrap_or(1.3);
+    let curve = std::env::var("CURVE").is_ok();
     let start = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..jobs {
@@ -68,13 +70,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&(w, p, seed)) = tasks.get(i) else { break };
                     let (_, demands, typical, meter) = &workloads[w];
-                    let tune: f64 = std::env::var("TUNE").ok().and_then(|t| t.parse().ok()).unwrap_or(1.3);
                     let order = inflate(demands, capacity, tune, seed).expect("inflates");
                     let mut placer = make_placer(&policies[p], typical, seed);
                     let t = Instant::now();
                     let r = run_inflation(&fleet, demands, &order, placer.as_mut(), meter, 130).expect("runs");
                     let ms = t.elapsed().as_secs_f64() * 1000.0;
-                    if std::env::var("CURVE").is_ok() {
+                    if curve {
                         let at = |k: usize| r.allocation_pct.get(k).copied().unwrap_or(f64::NAN);
                         println!("curve {} {} seed {seed}: 85 {:.2} 90 {:.2} 95 {:.2} 100 {:.2} 110 {:.2} 120 {:.2} 130 {:.2}", workloads[w].0, policies[p], at(85), at(90), at(95), at(100), at(110), at(120), at(130));
                     }
