@@ -26,7 +26,8 @@ use model::{GpuRequest, NodeId};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-/// Names accepted by [`placer_by_name`], in the order of the paper's tables, drome last.
+/// The policies of the experiment, in the order of the paper's tables, drome last ([`placer_by_name`]
+/// also takes [`STUDY_POLICY_NAMES`]).
 pub const POLICY_NAMES: [&str; 7] = ["random", "dotprod", "gpuclustering", "gpupacking", "bestfit", "fgd", "drome"];
 
 /// Policies for study, named only on request (not in `all`): `drome-hold` is drome's placer with
