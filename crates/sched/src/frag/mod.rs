@@ -14,7 +14,7 @@ mod measure;
 mod paper;
 mod typical;
 
-pub use drome::{DromeFit, DromeParams, HoleWaste};
+pub use drome::{DromeFit, DromeParams, HOLD_DEAD_MILLI, HoleWaste};
 pub use measure::{ClusterFrag, FragMeter};
 pub use paper::{DotProd, Fgd, GpuClustering, GpuPacking, PaperBestFit, RandomFit};
 pub use typical::{DEFAULT_POPULARITY, ShapeKey, TypicalPod, TypicalPods};
