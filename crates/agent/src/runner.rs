@@ -42,9 +42,16 @@ pub struct NodeAgent {
     http: reqwest::Client,
     credential: Option<String>,
     heartbeat: Duration,
+    /// The server's lease: past it without a renewal, the node's runs may be started elsewhere.
+    lease: Duration,
+    /// When the last heartbeat that renewed the lease was sent: the server's lease runs from
+    /// its receipt, later, so the agent's own count never ends after the server's.
+    renewed_at: Option<tokio::time::Instant>,
     live: HashMap<RunKey, Live>,
-    /// Ended runs not yet acknowledged by the server.
+    /// Ended runs not yet acknowledged by the server, and how many of them (the first) it has
+    /// been sent at least once: only news makes a heartbeat go out at once.
     exited: Vec<RunExit>,
+    exits_sent: usize,
     /// Runs this agent started, so an assignment repeated after it ended does not run again.
     seen: HashSet<RunKey>,
     seen_order: VecDeque<RunKey>,
@@ -138,8 +145,11 @@ impl NodeAgent {
             http,
             credential: credential.filter(|c| !c.is_empty()),
             heartbeat: Duration::from_secs(5),
+            lease: Duration::from_secs(20),
+            renewed_at: None,
             live: HashMap::new(),
             exited: Vec::new(),
+            exits_sent: 0,
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
             power_cap: None,
@@ -176,7 +186,8 @@ impl NodeAgent {
         let path = self.cfg.work_dir.join("credential");
         std::fs::write(&path, &joined.credential).map_err(io(&path))?;
         self.heartbeat = Duration::from_millis(joined.heartbeat_ms.max(50));
-        tracing::info!(node = %self.cfg.name, heartbeat_ms = joined.heartbeat_ms, lease_ms = joined.lease_ms, "node joined");
+        self.lease = Duration::from_millis(joined.lease_ms.max(100));
+        tracing::debug!(node = %self.cfg.name, heartbeat_ms = joined.heartbeat_ms, lease_ms = joined.lease_ms, "node joined");
         self.credential = Some(joined.credential.clone());
         Ok(joined.credential)
     }
@@ -234,7 +245,7 @@ impl NodeAgent {
             Ok(mut child) => {
                 let pgid = child.id().map(|p| p as i32).unwrap_or(0);
                 let _ = std::fs::write(dir.join("pgid"), pgid.to_string());
-                tracing::info!(node = %self.cfg.name, job = key.job_id, member = key.member, generation = key.generation, pgid, "run started");
+                tracing::debug!(node = %self.cfg.name, job = key.job_id, member = key.member, generation = key.generation, pgid, "run started");
                 self.live.insert(key, Live { pgid, gpus: a.gpus.len() });
                 tokio::spawn(async move {
                     let code = match child.wait().await {
@@ -262,7 +273,7 @@ impl NodeAgent {
     fn kill(&self, key: &RunKey) {
         let Some(live) = self.live.get(key) else { return };
         let pgid = live.pgid;
-        tracing::info!(node = %self.cfg.name, job = key.job_id, member = key.member, pgid, "killing run");
+        tracing::debug!(node = %self.cfg.name, job = key.job_id, member = key.member, pgid, "killing run");
         signal_group(pgid, Signal::SIGTERM);
         let grace = self.cfg.kill_grace;
         tokio::spawn(async move {
@@ -301,7 +312,7 @@ impl NodeAgent {
             tracing::warn!(node = %self.cfg.name, watts = ?cap, error = %e, "cannot apply the power cap; recorded only");
             return;
         }
-        tracing::info!(node = %self.cfg.name, watts = ?cap, "gpu power cap set");
+        tracing::debug!(node = %self.cfg.name, watts = ?cap, "gpu power cap set");
     }
 
     /// Applies the CPU package power limit the server asks for: through RAPL on real hardware
@@ -317,7 +328,27 @@ impl NodeAgent {
             tracing::warn!(node = %self.cfg.name, watts = ?cap, error = %e, "cannot apply the cpu power cap; recorded only");
             return;
         }
-        tracing::info!(node = %self.cfg.name, watts = ?cap, "cpu power cap set");
+        tracing::debug!(node = %self.cfg.name, watts = ?cap, "cpu power cap set");
+    }
+
+    /// When the lease runs out without a renewal while runs are live.
+    fn fence_at(&self) -> Option<tokio::time::Instant> {
+        if self.live.is_empty() {
+            return None;
+        }
+        self.renewed_at.map(|t| t + self.lease)
+    }
+
+    /// The lease ran out: the server may start this node's runs elsewhere after its grace, so
+    /// they stop now (SIGKILL), never to run twice at once. Their exits are reported later.
+    fn fence(&mut self) {
+        let pgids: Vec<i32> = self.live.values().map(|l| l.pgid).filter(|&p| p > 1).collect();
+        tracing::warn!(node = %self.cfg.name, runs = pgids.len(), "lease not renewed in time: runs stopped");
+        for pgid in pgids {
+            signal_group(pgid, Signal::SIGKILL);
+        }
+        // Fenced once per lapse: a renewal arms it again.
+        self.renewed_at = None;
     }
 
     /// Joins (unless it holds a credential) and heartbeats until the process ends.
@@ -347,9 +378,14 @@ impl NodeAgent {
                 power_watts: Some(self.power()),
                 gpu_power_cap_watts: self.power_cap,
                 cpu_power_cap_watts: self.cpu_cap,
-                wait_ms: if self.exited.is_empty() { self.heartbeat.as_millis() as u64 } else { 0 },
+                wait_ms: if self.exited.len() > self.exits_sent { 0 } else { self.heartbeat.as_millis() as u64 },
             };
+            if self.fence_at().is_some_and(|t| t <= tokio::time::Instant::now()) {
+                self.fence();
+            }
             let sent_exits = beat.exited.len();
+            let sent_at = tokio::time::Instant::now();
+            let fence_at = self.fence_at();
             let request = self
                 .http
                 .post(format!("{}/v1/agent/heartbeat", self.cfg.server))
@@ -363,6 +399,12 @@ impl NodeAgent {
                     // anything it carried).
                     self.live.remove(&e.run);
                     self.exited.push(e);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(fence_at.unwrap_or(sent_at)), if fence_at.is_some() => {
+                    // The server has not answered within the lease: it may already count the
+                    // node as lost.
+                    self.fence();
                     continue;
                 }
             };
@@ -391,7 +433,17 @@ impl NodeAgent {
                 }
             };
             backoff = Duration::from_millis(100);
-            self.exited.drain(..sent_exits.min(self.exited.len()));
+            self.renewed_at = Some(sent_at);
+            self.lease = Duration::from_millis(reply.lease_ms.max(100));
+            // Ends are forgotten only once the server says it recorded them; until then they
+            // go out again with every heartbeat, without making it go out at once.
+            self.exits_sent = self.exits_sent.max(sent_exits).min(self.exited.len());
+            if !reply.acked.is_empty() {
+                let acked: HashSet<RunKey> = reply.acked.iter().copied().collect();
+                let sent_kept = self.exited[..self.exits_sent].iter().filter(|e| !acked.contains(&e.run)).count();
+                self.exited.retain(|e| !acked.contains(&e.run));
+                self.exits_sent = sent_kept;
+            }
             for k in &reply.kill {
                 self.kill(k);
             }

@@ -392,7 +392,8 @@ pub struct Heartbeat {
     /// Runs alive on the node.
     #[serde(default)]
     pub running: Vec<RunKey>,
-    /// Runs that ended since the last acknowledged heartbeat.
+    /// Runs that ended and whose end the server has not acknowledged yet (`acked` in a reply):
+    /// sent again with every heartbeat until it has, so no end is lost to a server's crash.
     #[serde(default)]
     pub exited: Vec<RunExit>,
     /// The node's power draw, in watts.
@@ -434,6 +435,10 @@ pub struct HeartbeatReply {
     /// Runs to stop: cancelled, or stale (a newer generation exists, or the job ended).
     #[serde(default)]
     pub kill: Vec<RunKey>,
+    /// Ended runs whose end the server has recorded durably (or no longer needs): the node
+    /// stops reporting them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acked: Vec<RunKey>,
     /// GPU power cap the scheduler asks for, in watts per GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_power_cap_watts: Option<f64>,

@@ -74,7 +74,8 @@ pub(crate) async fn join(
     st.store.upsert_agent_node(&node).await?;
     remote.register(&req.node, &hash, &req.address);
     st.wake.notify_one();
-    tracing::info!(node = %req.node, gpus = req.gpus.len(), address = %req.address, "node joined");
+    remote.count_join();
+    tracing::debug!(node = %req.node, gpus = req.gpus.len(), address = %req.address, "node joined");
     Ok(Json(api::AgentJoined {
         node: req.node,
         credential,
@@ -90,7 +91,7 @@ pub(crate) async fn heartbeat(
 ) -> Result<Json<api::HeartbeatReply>, ApiError> {
     let remote = remote(&st)?.clone();
     let wait = Duration::from_millis(hb.wait_ms).min(remote.config.heartbeat);
-    let deadline = Instant::now() + wait;
+    let mut deadline = Instant::now() + wait;
     let mut first = true;
     let (beat, notify) = remote.begin_beat(&node);
     loop {
@@ -105,27 +106,44 @@ pub(crate) async fn heartbeat(
         tokio::pin!(changed);
         changed.as_mut().enable();
         let plan = remote.beat(&node, &hb, first);
-        if first && !hb.exited.is_empty() {
+        if first && plan.delivered_exits {
             st.wake.notify_one();
+            // The answer waits (a little) for the ends to be recorded, to acknowledge them: an
+            // end the agent forgets is then never one a crash could lose.
+            deadline = deadline.max(Instant::now() + EXIT_ACK_WAIT.min(remote.config.heartbeat));
         }
         first = false;
         let mut kill = plan.kill;
         for run in plan.unknown {
             // Not assigned by this process: after a restart the store still knows the run.
-            let valid = st.store.job_by_id(run.job_id).await?.is_some_and(|j| {
-                matches!(j.state, JobState::Scheduled | JobState::Running) && j.attempts == run.generation
-            });
-            if !valid {
+            if !still_placed(&st, run).await? {
                 kill.push(run);
             }
         }
+        let mut unneeded = Vec::new();
+        for run in plan.unknown_exits {
+            // An end of a run this process did not assign: kept for the run's resumption if the
+            // store still has it running, acknowledged otherwise.
+            if !still_placed(&st, run).await? {
+                unneeded.push(run);
+            }
+        }
+        remote.acknowledge_unneeded(&node, &unneeded);
+        let mut acked = plan.acked;
+        acked.extend(unneeded.iter().filter(|r| !acked.contains(r)).copied().collect::<Vec<_>>());
         let now = Instant::now();
-        let answer = !plan.assign.is_empty() || !kill.is_empty() || !plan.logs.is_empty() || plan.cap_stale;
-        if answer || now >= deadline {
+        let answer = !plan.assign.is_empty()
+            || !kill.is_empty()
+            || !plan.logs.is_empty()
+            || plan.cap_stale
+            || (!acked.is_empty() && !plan.delivered_exits);
+        if answer || now >= deadline || (plan.delivered_exits && !acked.is_empty()) {
+            remote.acks_sent(&node, &acked);
             return Ok(Json(api::HeartbeatReply {
                 lease_ms: remote.config.lease.as_millis() as u64,
                 assign: plan.assign,
                 kill,
+                acked,
                 gpu_power_cap_watts: plan.cap,
                 cpu_power_cap_watts: plan.cpu_cap,
                 logs: plan.logs,
@@ -133,6 +151,18 @@ pub(crate) async fn heartbeat(
         }
         let _ = tokio::time::timeout(deadline - now, changed).await;
     }
+}
+
+/// The longest a heartbeat that reported ends waits for them to be recorded.
+const EXIT_ACK_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether the store still has `run`'s job placed under that generation.
+async fn still_placed(st: &AppState, run: api::RunKey) -> Result<bool, ApiError> {
+    Ok(st
+        .store
+        .job_by_id(run.job_id)
+        .await?
+        .is_some_and(|j| matches!(j.state, JobState::Scheduled | JobState::Running) && j.attempts == run.generation))
 }
 
 pub(crate) async fn logs(

@@ -17,11 +17,22 @@ use tokio::sync::{Notify, oneshot};
 pub struct LeaseConfig {
     pub heartbeat: Duration,
     pub lease: Duration,
+    /// How long after a node's lease ran out its runs end as lost (and their GPUs go to other
+    /// work). An agent that cannot renew its lease for a lease period kills its runs itself, so
+    /// by then no copy of them runs on the lost node: no job ever has two live copies.
+    pub grace: Duration,
+}
+
+impl LeaseConfig {
+    /// Leases of `lease`, renewed every `heartbeat`, with the default grace.
+    pub fn new(heartbeat: Duration, lease: Duration) -> LeaseConfig {
+        LeaseConfig { heartbeat, lease, grace: Duration::from_secs(2) }
+    }
 }
 
 impl Default for LeaseConfig {
     fn default() -> Self {
-        LeaseConfig { heartbeat: Duration::from_secs(5), lease: Duration::from_secs(20) }
+        LeaseConfig::new(Duration::from_secs(5), Duration::from_secs(20))
     }
 }
 
@@ -38,6 +49,11 @@ struct Slot {
     assigned: HashMap<(i64, u32), Assigned>,
     /// Exits reported before their run was registered here (after a server restart).
     early_exits: HashMap<RunKey, i32>,
+    /// Exits handed to their runs and not yet recorded by the scheduler: a report of them
+    /// again (the agent repeats it until acknowledged) is no news.
+    unacked: std::collections::HashSet<RunKey>,
+    /// Exits recorded (or no longer needed) to acknowledge in the next answer.
+    acks: Vec<RunKey>,
     /// Wakes every heartbeat of the node held waiting (an abandoned one as well as the live
     /// one: a single wake-up taken by a call whose agent has gone would be lost).
     notify: Arc<Notify>,
@@ -62,6 +78,15 @@ struct Inner {
     /// Log requests waiting for their node's answer: id to (node, answer).
     log_waiters: HashMap<u64, (String, oneshot::Sender<api::LogChunk>)>,
     next_log_id: u64,
+    /// Nodes that gained or lost their lease since the scheduler last asked.
+    availability_changed: std::collections::HashSet<String>,
+    /// Every lease deadline given out, soonest first: the sweep looks only at those due, and a
+    /// node whose lease was renewed since is skipped, so it costs what expires, not the fleet.
+    deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String)>>,
+    /// Nodes holding exits of each job not yet recorded, to acknowledge when it is.
+    awaiting_ack: HashMap<i64, Vec<String>>,
+    /// Lost nodes by when their grace ends and their runs end as lost.
+    grace_deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String)>>,
 }
 
 /// A log request sent again if its answer has not come this long after it went out (the
@@ -72,6 +97,8 @@ const LOG_RESEND: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct RemoteNodes {
     inner: Arc<Mutex<Inner>>,
+    /// Joins since start, for the log's summary (a line per node would bury it at scale).
+    joins: Arc<std::sync::atomic::AtomicU64>,
     pub config: LeaseConfig,
     /// Wakes the scheduler when a node is lost.
     pub(crate) wake: Arc<Notify>,
@@ -83,6 +110,14 @@ pub(crate) struct BeatPlan {
     /// Runs the agent reports that this server did not assign: the store decides.
     pub unknown: Vec<RunKey>,
     pub kill: Vec<RunKey>,
+    /// Exits reported of runs this server did not assign: the store decides whether they are
+    /// still needed (their run may be resumed) or can be acknowledged.
+    pub unknown_exits: Vec<RunKey>,
+    /// Exits recorded, to acknowledge ([`RemoteNodes::acks_sent`] once the answer goes).
+    pub acked: Vec<RunKey>,
+    /// Whether this heartbeat handed exits to their runs: its answer waits a little for them
+    /// to be recorded, so it can acknowledge them.
+    pub delivered_exits: bool,
     pub logs: Vec<api::LogRequest>,
     /// The GPU and CPU power caps to ask for, and whether the node applies others.
     pub cap: Option<f64>,
@@ -92,7 +127,17 @@ pub(crate) struct BeatPlan {
 
 impl RemoteNodes {
     pub fn new(config: LeaseConfig) -> RemoteNodes {
-        RemoteNodes { inner: Arc::default(), config, wake: Arc::new(Notify::new()) }
+        RemoteNodes { inner: Arc::default(), joins: Arc::default(), config, wake: Arc::new(Notify::new()) }
+    }
+
+    /// Counts a node's join.
+    pub(crate) fn count_join(&self) {
+        self.joins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Joins since start.
+    pub fn joins(&self) -> u64 {
+        self.joins.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -109,6 +154,8 @@ impl RemoteNodes {
         let slot = inner.slots.entry(name.to_string()).or_default();
         slot.lease_until = Some(lease);
         slot.address = address.to_string();
+        inner.availability_changed.insert(name.to_string());
+        inner.deadlines.push(std::cmp::Reverse((lease, name.to_string())));
     }
 
     pub fn node_of(&self, credential_hash: &str) -> Option<String> {
@@ -133,9 +180,17 @@ impl RemoteNodes {
     /// Takes a heartbeat: renews the lease, records exits, and plans the answer.
     pub(crate) fn beat(&self, node: &str, hb: &api::Heartbeat, renew: bool) -> BeatPlan {
         let mut inner = self.lock();
+        if renew && inner.slots.get(node).is_none_or(|s| s.lease_until.is_none()) {
+            inner.availability_changed.insert(node.to_string());
+        }
+        // The heap's deadline is the lease's own, so the sweep finds it when it runs out.
+        let until = Instant::now() + self.config.lease;
+        if renew {
+            inner.deadlines.push(std::cmp::Reverse((until, node.to_string())));
+        }
         let slot = inner.slots.entry(node.to_string()).or_default();
         if renew {
-            slot.lease_until = Some(Instant::now() + self.config.lease);
+            slot.lease_until = Some(until);
             slot.power_watts = hb.power_watts;
             if slot.applied_cap != hb.gpu_power_cap_watts || slot.applied_cpu_cap != hb.cpu_power_cap_watts {
                 // Starts may be waiting for these caps (dynamic power mode): schedule again.
@@ -143,23 +198,55 @@ impl RemoteNodes {
                 slot.applied_cpu_cap = hb.cpu_power_cap_watts;
                 self.wake.notify_one();
             }
+        }
+        let mut unknown_exits = Vec::new();
+        let mut delivered = Vec::new();
+        if renew {
             for e in &hb.exited {
+                if slot.unacked.contains(&e.run) || slot.acks.contains(&e.run) {
+                    continue;
+                }
                 match slot.assigned.get_mut(&(e.run.job_id, e.run.member)) {
                     Some(a) if a.assignment.run.generation == e.run.generation => {
                         if let Some(tx) = a.done.take() {
                             let _ = tx.send(RunOutcome::Exited { code: e.code });
                         }
                         slot.assigned.remove(&(e.run.job_id, e.run.member));
+                        slot.unacked.insert(e.run);
+                        delivered.push(e.run.job_id);
                     }
                     _ => {
                         slot.early_exits.insert(e.run, e.code);
                         if slot.early_exits.len() > 10_000 {
                             slot.early_exits.clear();
                         }
+                        unknown_exits.push(e.run);
                     }
                 }
             }
         }
+        let acked = slot.acks.clone();
+        let delivered_exits = !delivered.is_empty();
+        for job in delivered {
+            let nodes = inner.awaiting_ack.entry(job).or_default();
+            if !nodes.iter().any(|n| n == node) {
+                nodes.push(node.to_string());
+            }
+        }
+        let Some(slot) = inner.slots.get_mut(node) else {
+            return BeatPlan {
+                assign: Vec::new(),
+                unknown: Vec::new(),
+                kill: Vec::new(),
+                unknown_exits,
+                acked,
+                delivered_exits,
+                logs: Vec::new(),
+                cap: None,
+                cpu_cap: None,
+                cap_stale: false,
+            };
+        };
         let mut assign = Vec::new();
         let mut unknown = Vec::new();
         let mut kill = Vec::new();
@@ -185,28 +272,106 @@ impl RemoteNodes {
             }
         }
         let cap_stale = slot.asked_cap != hb.gpu_power_cap_watts || slot.asked_cpu_cap != hb.cpu_power_cap_watts;
-        BeatPlan { assign, unknown, kill, logs, cap: slot.asked_cap, cpu_cap: slot.asked_cpu_cap, cap_stale }
+        BeatPlan {
+            assign,
+            unknown,
+            kill,
+            unknown_exits,
+            acked,
+            delivered_exits,
+            logs,
+            cap: slot.asked_cap,
+            cpu_cap: slot.asked_cpu_cap,
+            cap_stale,
+        }
     }
 
-    /// Nodes whose lease has run out; their runs end as lost. Returns the nodes just lost.
+    /// The scheduler recorded the end of `job_id`'s run `generation` (or no longer needs it):
+    /// its nodes' reports of it are acknowledged with their next answer.
+    pub fn acknowledge(&self, job_id: i64, generation: i64) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let Some(nodes) = inner.awaiting_ack.remove(&job_id) else { return };
+        for name in nodes {
+            let Some(slot) = inner.slots.get_mut(&name) else { continue };
+            let done: Vec<RunKey> =
+                slot.unacked.iter().filter(|r| r.job_id == job_id && r.generation == generation).copied().collect();
+            for r in done {
+                slot.unacked.remove(&r);
+                slot.acks.push(r);
+            }
+            slot.notify.notify_waiters();
+        }
+    }
+
+    /// Acknowledges at once exits the store says need no recording (their job ended, or runs
+    /// another generation).
+    pub(crate) fn acknowledge_unneeded(&self, node: &str, runs: &[RunKey]) {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.slots.get_mut(node) {
+            for r in runs {
+                slot.early_exits.remove(r);
+                if !slot.acks.contains(r) {
+                    slot.acks.push(*r);
+                }
+            }
+        }
+    }
+
+    /// The acknowledgements in `sent` went out in an answer.
+    pub(crate) fn acks_sent(&self, node: &str, sent: &[RunKey]) {
+        if sent.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        if let Some(slot) = inner.slots.get_mut(node) {
+            slot.acks.retain(|r| !sent.contains(r));
+        }
+    }
+
+    /// Nodes whose lease has run out take no new work; their runs end as lost a grace later,
+    /// unless the node is back by then. Returns the nodes just lost. Costs what expires.
     pub fn expire(&self) -> Vec<String> {
         let now = Instant::now();
+        let grace = self.config.grace;
         let mut lost = Vec::new();
-        let mut inner = self.lock();
-        for (name, slot) in inner.slots.iter_mut() {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        while let Some(std::cmp::Reverse((due, _))) = inner.deadlines.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(std::cmp::Reverse((_, name))) = inner.deadlines.pop() else { break };
+            let Some(slot) = inner.slots.get_mut(&name) else { continue };
             if slot.lease_until.is_some_and(|t| t <= now) {
                 slot.lease_until = None;
-                for (_, mut a) in slot.assigned.drain() {
-                    if let Some(tx) = a.done.take() {
-                        let _ = tx.send(RunOutcome::Lost { message: format!("node {name} lost: its lease expired") });
-                    }
+                inner.grace_deadlines.push(std::cmp::Reverse((now + grace, name.clone())));
+                lost.push(name);
+            }
+        }
+        let mut ended = 0usize;
+        while let Some(std::cmp::Reverse((due, _))) = inner.grace_deadlines.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(std::cmp::Reverse((_, name))) = inner.grace_deadlines.pop() else { break };
+            // Back within its grace: its runs go on.
+            let Some(slot) = inner.slots.get_mut(&name).filter(|s| s.lease_until.is_none()) else { continue };
+            for (_, mut a) in slot.assigned.drain() {
+                if let Some(tx) = a.done.take() {
+                    let _ = tx.send(RunOutcome::Lost { message: format!("node {name} lost: its lease expired") });
+                    ended += 1;
                 }
-                lost.push(name.clone());
             }
         }
         if !lost.is_empty() {
-            tracing::warn!(nodes = ?lost, "nodes lost: leases expired");
+            inner.availability_changed.extend(lost.iter().cloned());
+            let shown: Vec<&String> = lost.iter().take(8).collect();
+            tracing::warn!(count = lost.len(), first = ?shown, "nodes lost: leases expired");
             self.wake.notify_one();
+        }
+        if ended > 0 {
+            tracing::warn!(runs = ended, "runs on lost nodes ended after the lease grace");
         }
         lost
     }
@@ -371,6 +536,11 @@ impl NodeExecutor for RemoteNodes {
             if slot.lease_until.is_none() {
                 Some(RunOutcome::Lost { message: format!("node {} has no agent", spec.node) })
             } else if let Some(code) = slot.early_exits.remove(&run) {
+                slot.unacked.insert(run);
+                let nodes = inner.awaiting_ack.entry(run.job_id).or_default();
+                if !nodes.contains(&spec.node) {
+                    nodes.push(spec.node.clone());
+                }
                 Some(RunOutcome::Exited { code })
             } else {
                 slot.assigned.insert((run.job_id, run.member), Assigned { assignment, done: Some(tx) });
@@ -391,5 +561,13 @@ impl NodeExecutor for RemoteNodes {
     fn unavailable(&self, all: &[String]) -> Vec<String> {
         let inner = self.lock();
         all.iter().filter(|n| inner.slots.get(*n).is_none_or(|s| s.lease_until.is_none())).cloned().collect()
+    }
+
+    fn availability_changes(&self) -> Vec<String> {
+        self.lock().availability_changed.drain().collect()
+    }
+
+    fn acknowledge(&self, job_id: i64, generation: i64) {
+        RemoteNodes::acknowledge(self, job_id, generation)
     }
 }

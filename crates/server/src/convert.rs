@@ -63,9 +63,9 @@ pub fn total_gpus(job: &store::Job) -> u64 {
 }
 
 /// The scheduler's view of a request for `nodes` x `gpus_per_node` GPUs of `gpu_model`.
-pub fn request_workload(id: u32, gpus_per_node: i64, nodes: i64, gpu_model: Option<&str>) -> Workload {
+pub fn request_workload(id: WorkloadId, gpus_per_node: i64, nodes: i64, gpu_model: Option<&str>) -> Workload {
     Workload {
-        id: WorkloadId(id),
+        id,
         name: String::new(),
         tenant: TenantId(0),
         priority: 0,
@@ -79,14 +79,10 @@ pub fn request_workload(id: u32, gpus_per_node: i64, nodes: i64, gpu_model: Opti
     }
 }
 
-/// The scheduler's view of a stored job; `None` when its id does not fit a workload id.
-pub fn workload_of(job: &store::Job) -> Option<Workload> {
-    let mut w = request_workload(
-        u32::try_from(job.id).ok()?,
-        job.spec.gpus_per_node,
-        job.spec.nodes,
-        job.spec.gpu_model.as_deref(),
-    );
+/// The scheduler's view of a stored job, under the workload id the scheduler gave it (job ids
+/// are 64-bit; the scheduler core numbers what it holds with 32).
+pub fn workload_of(job: &store::Job, id: WorkloadId) -> Workload {
+    let mut w = request_workload(id, job.spec.gpus_per_node, job.spec.nodes, job.spec.gpu_model.as_deref());
     w.name = job.spec.name.clone();
     w.tenant = TenantId(u32::try_from(job.spec.tenant_id).unwrap_or(u32::MAX));
     w.priority = i32::try_from(job.spec.priority).unwrap_or(0);
@@ -94,7 +90,7 @@ pub fn workload_of(job: &store::Job) -> Option<Workload> {
     if let Some(m) = job.spec.gpu_milli.and_then(|m| u32::try_from(m).ok()) {
         w.gpu = GpuRequest::Fraction { gpu_milli: m };
     }
-    Some(w)
+    w
 }
 
 pub fn state_to_api(s: store::JobState) -> api::JobState {

@@ -3,8 +3,9 @@
 //!
 //! - The store ([`store::Store`], SQLite or PostgreSQL) is the truth. A job is committed before
 //!   its `201`; every state change is a conditional update.
-//! - The scheduler loop rebuilds a [`sched::ClusterState`] from the store on every round and runs
-//!   a [`sched::Policy`] on it, unchanged: after a restart it simply carries on.
+//! - The scheduler loop keeps the cluster, the queue and the active jobs in memory, reads them
+//!   from the store once at start-up, and keeps them up to date from events; it runs a
+//!   [`sched::Policy`] on them, unchanged: after a restart it simply carries on.
 //! - Nodes run the work behind the [`node::NodeExecutor`] trait; [`node::VirtualNodes`] runs it in
 //!   process without GPUs.
 
@@ -109,8 +110,12 @@ pub struct AppState {
     pub(crate) node_ids: Arc<HashMap<String, NodeId>>,
     pub(crate) admin_hash: Arc<str>,
     pub(crate) metrics: Arc<metrics::Metrics>,
-    /// Wakes the scheduler (a submission or a cancellation).
+    /// Wakes the scheduler when something outside its events changed (a cap, a node's report).
     pub(crate) wake: Arc<Notify>,
+    /// What the API committed that the scheduler must know: submissions, cancellations, quotas.
+    pub(crate) sched_events: scheduler::SchedEvents,
+    /// The fleet with nothing allocated, to tell at once a request that could never fit.
+    pub(crate) empty_cluster: Arc<sched::ClusterState>,
     /// Bumped on every job event, for the event streams.
     pub(crate) events: watch::Sender<u64>,
     pub(crate) snapshot: Arc<RwLock<Snapshot>>,
@@ -126,6 +131,13 @@ pub struct AppState {
 impl AppState {
     pub(crate) fn job_changed(&self) {
         self.events.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Tells the scheduler of a change the store has committed.
+    pub(crate) fn tell_scheduler(&self, event: scheduler::SchedEvent) {
+        if self.sched_events.send(event).is_err() {
+            tracing::warn!("scheduler is not running: the change waits for its next start");
+        }
     }
 }
 
@@ -223,6 +235,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         Some(r) => Arc::new(r.clone()),
         None => config.executor,
     };
+    let (sched_events, sched_events_rx) = tokio::sync::mpsc::unbounded_channel();
     let state = AppState {
         store: store.clone(),
         fleet: fleet.clone(),
@@ -230,6 +243,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         admin_hash: Arc::from(admin_hash.as_str()),
         metrics: Arc::new(metrics::Metrics::new()),
         wake,
+        sched_events,
+        empty_cluster: Arc::new(sched::ClusterState::new(fleet.clone())),
         events,
         snapshot: Arc::new(RwLock::new(Snapshot { node_gpus_used: vec![0; fleet.nodes.len()] })),
         remote: remote.clone(),
@@ -243,7 +258,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     if let Some(g) = &guard {
         tracing::info!(policy = policy.name(), mode = ?g.budget().mode, "scheduling within the sites' grid caps");
     }
-    let mut scheduler = scheduler::Scheduler::new(state.clone(), policy, guard, executor, config.tick);
+    let mut scheduler = scheduler::Scheduler::new(state.clone(), policy, guard, executor, config.tick, sched_events_rx);
     if let Some(gate) = config.deferral {
         tracing::info!(max_delay_h = gate.max_delay.as_secs_f64() / 3600.0, "deferrable jobs wait for better hours");
         scheduler.defer_with(gate);
@@ -255,9 +270,21 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let leases = remote.map(|r| {
         tokio::spawn(async move {
             let step = (r.config.lease / 10).clamp(Duration::from_millis(20), Duration::from_millis(500));
+            // Joins are told in one line once they settle (a second without one), not node by node.
+            let (mut told, mut seen, mut quiet) = (0u64, 0u64, Duration::ZERO);
             loop {
                 tokio::time::sleep(step).await;
                 r.expire();
+                let joins = r.joins();
+                if joins != seen {
+                    (seen, quiet) = (joins, Duration::ZERO);
+                } else if joins != told {
+                    quiet += step;
+                    if quiet >= Duration::from_secs(1) {
+                        tracing::info!(joined = joins - told, live = r.live_nodes().len(), "nodes joined");
+                        told = joins;
+                    }
+                }
             }
         })
     });

@@ -55,6 +55,18 @@ pub trait NodeExecutor: Send + Sync + 'static {
         let _ = all;
         Vec::new()
     }
+
+    /// Nodes whose availability may have changed since the last call (each once), so the
+    /// scheduler asks [`NodeExecutor::unavailable`] about them alone.
+    fn availability_changes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The end of `job_id`'s run `generation` is recorded durably (or no longer needed): nodes
+    /// that reported it may forget it.
+    fn acknowledge(&self, job_id: i64, generation: i64) {
+        let _ = (job_id, generation);
+    }
 }
 
 /// In-process nodes without GPUs. A command runs for a declared time and exits with a declared

@@ -140,7 +140,7 @@ async fn set_quota(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?;
     tracing::info!(tenant = %name, gpu_quota = ?req.gpu_quota, "quota set");
-    st.wake.notify_one();
+    st.tell_scheduler(crate::scheduler::SchedEvent::QuotaSet { tenant_id: updated.id, gpu_quota: updated.gpu_quota });
     Ok(Json(tenant_to_api(&updated)))
 }
 
@@ -295,9 +295,8 @@ fn validate(
     };
     // A shape no node set of the fleet can ever hold would wait forever: refuse it now.
     {
-        let w = request_workload(0, job.gpus_per_node, job.nodes, job.gpu_model.as_deref());
-        let cluster = sched::ClusterState::new(fleet.clone());
-        if !cluster.could_ever_fit(&sched::Demand::of(&w, fleet)) {
+        let w = request_workload(model::WorkloadId(0), job.gpus_per_node, job.nodes, job.gpu_model.as_deref());
+        if !st.empty_cluster.could_ever_fit(&sched::Demand::of(&w, fleet)) {
             return Err(ApiError::invalid(
                 "nodes",
                 format!(
@@ -337,8 +336,8 @@ async fn submit_job(
     }
     let job = job_to_api(&inserted.job, &tenant.name, &[])?;
     if inserted.created {
-        tracing::info!(tenant = %tenant.name, job = job.id, gpus = total_gpus(&inserted.job), "job submitted");
-        st.wake.notify_one();
+        tracing::debug!(tenant = %tenant.name, job = job.id, gpus = total_gpus(&inserted.job), "job submitted");
+        st.tell_scheduler(crate::scheduler::SchedEvent::Submitted(Box::new(inserted.job)));
         st.job_changed();
         Ok((StatusCode::CREATED, Json(job)).into_response())
     } else {
@@ -407,7 +406,7 @@ async fn cancel_job(
         let from = [JobState::Pending, JobState::Scheduled, JobState::Running, JobState::Preempted];
         if st.store.transition(job.id, &from, JobState::Cancelled, now_ms(), &change).await? {
             tracing::info!(tenant = %tenant.name, job = job.id, "job cancelled");
-            st.wake.notify_one();
+            st.tell_scheduler(crate::scheduler::SchedEvent::Cancelled(job.id));
             st.job_changed();
         }
     }

@@ -31,8 +31,8 @@ pub struct AgentsBenchArgs {
     /// Agent processes; the nodes are shared out among them.
     #[arg(long, default_value_t = 8)]
     pub agents: u32,
-    /// Submissions in flight at once.
-    #[arg(long, default_value_t = 16)]
+    /// Submissions in flight at once (concurrent clients).
+    #[arg(long, default_value_t = 64)]
     pub clients: u32,
     /// Database; a fresh SQLite file in the work directory when unset.
     #[arg(long)]
@@ -61,6 +61,9 @@ struct Trivial {
     succeeded: u64,
     submit_s: f64,
     submits_per_s: f64,
+    /// Latency of one submission (request to its 201, the job durable), milliseconds.
+    submit_p50_ms: f64,
+    submit_p99_ms: f64,
     /// First submission to the last job finished.
     drained_s: f64,
     jobs_per_s: f64,
@@ -70,6 +73,8 @@ struct Trivial {
 struct Allocation {
     jobs: u32,
     submit_s: f64,
+    submit_p50_ms: f64,
+    submit_p99_ms: f64,
     /// First submission to the last job running.
     all_running_s: f64,
     allocations_per_s: f64,
@@ -175,8 +180,15 @@ impl Client {
         }
     }
 
-    /// Submits `n` copies of `spec` from `clients` concurrent submitters; returns the ids.
-    async fn submit_many(&self, token: &str, spec: &Value, n: u32, clients: u32) -> anyhow::Result<Vec<i64>> {
+    /// Submits `n` copies of `spec` from `clients` concurrent submitters; returns the ids and
+    /// each submission's latency in milliseconds.
+    async fn submit_many(
+        &self,
+        token: &str,
+        spec: &Value,
+        n: u32,
+        clients: u32,
+    ) -> anyhow::Result<(Vec<i64>, Vec<f64>)> {
         let clients = clients.clamp(1, n.max(1));
         let mut tasks = Vec::new();
         for c in 0..clients {
@@ -185,23 +197,39 @@ impl Client {
             let (token, spec) = (token.to_string(), spec.clone());
             tasks.push(tokio::spawn(async move {
                 let mut ids = Vec::new();
+                let mut latencies = Vec::new();
                 for _ in 0..share {
+                    let t = Instant::now();
                     let v = me.post("/v1/jobs", &token, &spec).await?;
+                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                     ids.push(v["id"].as_i64().context("a submission's answer has no id")?);
                 }
-                anyhow::Ok(ids)
+                anyhow::Ok((ids, latencies))
             }));
         }
-        let mut ids = Vec::new();
+        let (mut ids, mut latencies) = (Vec::new(), Vec::new());
         for t in tasks {
-            ids.extend(t.await??);
+            let (i, l) = t.await??;
+            ids.extend(i);
+            latencies.extend(l);
         }
-        Ok(ids)
+        Ok((ids, latencies))
     }
 }
 
 fn now_ms() -> i64 {
     server::now_ms()
+}
+
+/// The `q` quantile (0 to 1) of `values`, nearest rank; 0 when empty.
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
 }
 
 pub fn run(args: AgentsBenchArgs) -> anyhow::Result<()> {
@@ -234,11 +262,12 @@ fn print_table(r: &Report) {
         "drome end to end: server + {} agent processes, {} virtual 8-GPU nodes ({} GPUs), {}",
         r.agent_processes, r.nodes, r.gpus, r.database
     );
-    let mut t = Table::new(["test", "jobs", "submit/s", "time (s)", "rate", "unit"]);
+    let mut t = Table::new(["test", "jobs", "submit/s", "submit p50/p99 (ms)", "time (s)", "rate", "unit"]);
     t.row(vec![
         "trivial 1-GPU jobs, submit -> drained".to_string(),
         format!("{} ({} ok)", r.trivial.jobs, r.trivial.succeeded),
         format!("{:.0}", r.trivial.submits_per_s),
+        format!("{:.1} / {:.1}", r.trivial.submit_p50_ms, r.trivial.submit_p99_ms),
         format!("{:.2}", r.trivial.drained_s),
         format!("{:.0}", r.trivial.jobs_per_s),
         "jobs/s".into(),
@@ -247,6 +276,7 @@ fn print_table(r: &Report) {
         "8-GPU sleep jobs, submit -> all running".to_string(),
         r.allocation.jobs.to_string(),
         format!("{:.0}", f64::from(r.allocation.jobs) / r.allocation.submit_s.max(1e-9)),
+        format!("{:.1} / {:.1}", r.allocation.submit_p50_ms, r.allocation.submit_p99_ms),
         format!("{:.2}", r.allocation.all_running_s),
         format!("{:.0}", r.allocation.allocations_per_s),
         "allocations/s".into(),
@@ -274,7 +304,7 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Resul
             .spawn()
             .context("cannot start the server")?,
     );
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(64).build()?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(256).build()?;
     let c = Client { http, base: base.clone() };
     let t0 = Instant::now();
     while !matches!(c.http.get(format!("{base}/healthz")).send().await, Ok(r) if r.status().is_success()) {
@@ -322,7 +352,7 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Resul
     let spec = json!({"name": "trivial", "command": "true", "gpus_per_node": 1});
     let release_ms = now_ms();
     let t = Instant::now();
-    let ids = c.submit_many(&token, &spec, args.jobs, args.clients).await?;
+    let (ids, latencies) = c.submit_many(&token, &spec, args.jobs, args.clients).await?;
     let submit_s = t.elapsed().as_secs_f64();
     wait_for(&c, &token, &["pending", "scheduled", "running"], Duration::from_secs(600)).await?;
     let jobs = c.all_jobs(&token).await?;
@@ -335,6 +365,8 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Resul
         succeeded,
         submit_s,
         submits_per_s: f64::from(args.jobs) / submit_s.max(1e-9),
+        submit_p50_ms: quantile(&latencies, 0.5),
+        submit_p99_ms: quantile(&latencies, 0.99),
         drained_s,
         jobs_per_s: f64::from(args.jobs) / drained_s,
     };
@@ -343,7 +375,7 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Resul
     let spec = json!({"name": "whole-node", "command": "sleep", "args": ["600"], "gpus_per_node": 8});
     let release_ms = now_ms();
     let t = Instant::now();
-    let ids = c.submit_many(&token, &spec, args.nodes, args.clients).await?;
+    let (ids, latencies) = c.submit_many(&token, &spec, args.nodes, args.clients).await?;
     let alloc_submit_s = t.elapsed().as_secs_f64();
     wait_for(&c, &token, &["pending", "scheduled"], Duration::from_secs(600)).await?;
     let jobs = c.all_jobs(&token).await?;
@@ -357,6 +389,8 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Resul
     let allocation = Allocation {
         jobs: args.nodes,
         submit_s: alloc_submit_s,
+        submit_p50_ms: quantile(&latencies, 0.5),
+        submit_p99_ms: quantile(&latencies, 0.99),
         all_running_s,
         allocations_per_s: f64::from(args.nodes) / all_running_s,
     };
@@ -370,7 +404,7 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Resul
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(procs);
-    let database = if db.starts_with("sqlite") { "SQLite (WAL)" } else { "PostgreSQL" };
+    let database = if db.starts_with("sqlite") { "SQLite (WAL, synchronous FULL)" } else { "PostgreSQL" };
     Ok(Report {
         nodes: args.nodes,
         gpus: u64::from(args.nodes) * 8,

@@ -39,9 +39,14 @@ pub struct ServerArgs {
     /// Agents heartbeat this often, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub heartbeat_ms: u64,
-    /// A node whose agent is silent this long, in milliseconds, is lost.
+    /// A node whose agent is silent this long, in milliseconds, is lost: it takes no new work.
+    /// Its agent, unable to renew, kills the node's runs by itself after the same time.
     #[arg(long, default_value_t = 20000)]
     pub lease_ms: u64,
+    /// After a node is lost, its runs end as lost (requeued or failed, their GPUs freed) this
+    /// many milliseconds later, unless the node is back: time for its agent to have stopped them.
+    #[arg(long, default_value_t = 2000)]
+    pub lease_grace_ms: u64,
     // For sites with a grid cap (`grid_power_cap_mw` in the fleet).
     #[command(flatten)]
     pub power: super::sim::PowerModeArgs,
@@ -122,10 +127,10 @@ pub fn config(args: &ServerArgs) -> anyhow::Result<server::Config> {
             args.heartbeat_ms > 0 && args.lease_ms > args.heartbeat_ms,
             "--lease-ms must exceed --heartbeat-ms"
         );
-        config.agents = Some(server::LeaseConfig {
-            heartbeat: Duration::from_millis(args.heartbeat_ms),
-            lease: Duration::from_millis(args.lease_ms),
-        });
+        let mut lease =
+            server::LeaseConfig::new(Duration::from_millis(args.heartbeat_ms), Duration::from_millis(args.lease_ms));
+        lease.grace = Duration::from_millis(args.lease_grace_ms);
+        config.agents = Some(lease);
     }
     Ok(config)
 }

@@ -1,0 +1,123 @@
+//! An agent's reported exit survives the server's crash: the real `drome server --agents` aborts
+//! (as under `kill -9`) right after a run's end reached it and before it recorded the end
+//! (`DROME_FAILPOINT=before-exit-recorded`). Started again on the same store, without the
+//! failpoint, it must learn the end from the agent, which keeps reporting an end until the server
+//! acknowledges it durable: the job ends with its real exit code, never stuck running.
+
+mod common;
+
+use common::{Procs, create_tenant, free_port, join_token, wait_healthy};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "exit-crash-admin";
+const FLEET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fleets/small.toml");
+const NODE: &str = "hall-a-r001-n01";
+
+fn server(db: &str, port: u16, dir: &Path, failpoint: bool) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_drome"));
+    cmd.args(["server", "--db", db, "--listen", &format!("127.0.0.1:{port}"), "--admin-token", ADMIN])
+        .args(["--fleet", FLEET, "--agents", "--heartbeat-ms", "200", "--lease-ms", "5000"])
+        .env("RUST_LOG", "info,sqlx=warn")
+        .stdout(Stdio::null())
+        .stderr(log);
+    if failpoint {
+        cmd.env("DROME_FAILPOINT", "before-exit-recorded");
+    }
+    cmd.spawn().unwrap()
+}
+
+async fn job(http: &reqwest::Client, base: &str, token: &str, id: i64) -> Option<Value> {
+    let r = http.get(format!("{base}/v1/jobs/{id}")).bearer_auth(token).send().await.ok()?;
+    r.json().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exit_reported_before_a_crash_is_recorded_after_it() {
+    let dir = std::env::temp_dir().join(format!("drome-exit-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = format!("sqlite://{}", dir.join("drome.db").display());
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let mut procs = Procs(vec![server(&db, port, &dir, true)]);
+    wait_healthy(&http, &base).await;
+    let token = create_tenant(&http, &base, ADMIN, "lab").await;
+    let join = join_token(&http, &base, ADMIN).await;
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    procs.0.push(
+        Command::new(env!("CARGO_BIN_EXE_drome"))
+            .args(["agent", "--server", &base, "--join-token", &join, "--name", NODE])
+            .args(["--virtual-gpus", "8", "--gpu-model", "H200", "--kill-grace", "1"])
+            .arg("--work-dir")
+            .arg(dir.join("agent"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let spec = json!({"command": "sh", "args": ["-c", "sleep 0.5; exit 3"], "gpus_per_node": 1});
+    let v: Value = http
+        .post(format!("{base}/v1/jobs"))
+        .bearer_auth(&token)
+        .json(&spec)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = v["id"].as_i64().unwrap_or_else(|| panic!("submit failed: {v}"));
+
+    // The run ends, the agent reports it, the server aborts before recording it.
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = procs.0[0].try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the failpoint never fired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!status.success(), "the server aborted: {status:?}");
+
+    // Back on the same store: the job was left running; the agent's report must end it.
+    procs.0[0] = server(&db, port, &dir, false);
+    wait_healthy(&http, &base).await;
+    let t0 = Instant::now();
+    let v = loop {
+        if let Some(v) = job(&http, &base, &token, id).await
+            && v["state"] == "failed"
+        {
+            break v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "job {id} is stuck: {:?}", job(&http, &base, &token, id).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(v["exit_code"], 3, "{v}");
+    assert_eq!(v["attempts"], 1, "the job did not run again: {v}");
+    // And the node's GPU is free again: a whole-node job fits.
+    let spec = json!({"command": "true", "gpus_per_node": 8});
+    let w: Value = http
+        .post(format!("{base}/v1/jobs"))
+        .bearer_auth(&token)
+        .json(&spec)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let next = w["id"].as_i64().unwrap();
+    let t0 = Instant::now();
+    while job(&http, &base, &token, next).await.is_none_or(|v| v["state"] != "succeeded") {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the node's GPUs were not freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}

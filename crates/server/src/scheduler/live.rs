@@ -1,0 +1,753 @@
+//! The scheduler's memory of the site: the cluster's allocations, the queue, the active jobs and
+//! each tenant's GPUs, kept up to date from events (submitted, started, ended, cancelled, node
+//! lost or back, quota changed) instead of being read from the store every round. The store is
+//! read whole once, at start-up or after a failed write ([`LiveState`] is then built anew).
+//!
+//! Knows nothing about the store, HTTP or tokio: every method is a plain, synchronous change of
+//! memory whose cost grows with what changed, never with the fleet or the running jobs.
+
+use crate::convert::{total_gpus, workload_of};
+use model::{Fleet, NodeId, Workload, WorkloadId};
+use sched::{ClusterState, Demand, Placement, Queue, QueuedJob};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use store::{Job, JobState};
+
+/// Queue order between all tenants' jobs: priority first, deferrable work after the rest, then
+/// arrival (the job id).
+pub(crate) type QueueKey = (Reverse<i64>, bool, i64);
+
+fn key_of(job: &Job) -> QueueKey {
+    (Reverse(job.spec.priority), job.spec.deferrable, job.id)
+}
+
+/// Where an active job stands in the scheduler's memory.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Place {
+    /// Deferrable, waiting for its hour (Unix ms).
+    Deferred(i64),
+    /// Pending, held out of the queue by its tenant's quota.
+    Held,
+    /// In the queue the policy reads.
+    Queued,
+    /// Holding its placement on the cluster (scheduled or running).
+    Placed(Placement),
+}
+
+/// An active job as the scheduler knows it.
+pub(crate) struct LiveJob {
+    /// The stored row as last written by this process.
+    pub job: Job,
+    /// Its id in the scheduler core, which numbers workloads with 32 bits: the server gives out
+    /// its own, so job ids stay 64-bit.
+    pub wid: WorkloadId,
+    pub workload: Arc<Workload>,
+    pub demand: Demand,
+    /// Whole GPUs it holds when placed, as quotas count them.
+    pub gpus: u64,
+    pub place: Place,
+}
+
+/// Why a job could not be taken into memory.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LiveError {
+    #[error("job {0} is already known")]
+    Known(i64),
+    #[error("job {job}'s placement cannot be restored: {why}")]
+    Restore { job: i64, why: String },
+}
+
+pub(crate) struct LiveState {
+    fleet: Arc<Fleet>,
+    pub cluster: ClusterState,
+    pub queue: Queue,
+    /// The key of the last job pushed: a job that sorts before it makes the queue out of order,
+    /// rebuilt (as a new generation) before the policy reads it.
+    queue_tail: Option<QueueKey>,
+    queue_out_of_order: bool,
+    generation: u64,
+    jobs: HashMap<i64, LiveJob>,
+    job_of_wid: HashMap<WorkloadId, i64>,
+    next_wid: u32,
+    /// GPU quota by tenant id (`None`: unlimited).
+    quotas: HashMap<i64, Option<i64>>,
+    /// GPUs of each tenant's placed and queued jobs, which its quota bounds.
+    reserved: HashMap<i64, u64>,
+    /// Each tenant's pending jobs held back by its quota, in queue order.
+    held: HashMap<i64, BTreeSet<QueueKey>>,
+    /// Deferrable jobs by the time they may enter the queue.
+    deferred: BTreeSet<(i64, i64)>,
+    /// Nodes without a live agent: their free GPUs are held by a blocker workload.
+    blocked: HashMap<NodeId, WorkloadId>,
+    blockers: std::collections::HashSet<WorkloadId>,
+    /// GPUs in use per node, by node index, and the nodes changed since last taken.
+    node_gpus_used: Vec<u32>,
+    touched_nodes: Vec<NodeId>,
+    placed_jobs: usize,
+}
+
+impl LiveState {
+    pub fn new(fleet: Arc<Fleet>, generation: u64) -> LiveState {
+        let nodes = fleet.nodes.len();
+        LiveState {
+            cluster: ClusterState::new(fleet.clone()),
+            fleet,
+            queue: Queue::with_generation(generation),
+            queue_tail: None,
+            queue_out_of_order: false,
+            generation,
+            jobs: HashMap::new(),
+            job_of_wid: HashMap::new(),
+            next_wid: 1,
+            quotas: HashMap::new(),
+            reserved: HashMap::new(),
+            held: HashMap::new(),
+            deferred: BTreeSet::new(),
+            blocked: HashMap::new(),
+            blockers: Default::default(),
+            node_gpus_used: vec![0; nodes],
+            touched_nodes: Vec::new(),
+            placed_jobs: 0,
+        }
+    }
+
+    pub fn knows_tenant(&self, tenant_id: i64) -> bool {
+        self.quotas.contains_key(&tenant_id)
+    }
+
+    pub fn job(&self, id: i64) -> Option<&LiveJob> {
+        self.jobs.get(&id)
+    }
+
+    pub fn job_mut(&mut self, id: i64) -> Option<&mut LiveJob> {
+        self.jobs.get_mut(&id)
+    }
+
+    pub fn job_id_of(&self, wid: WorkloadId) -> Option<i64> {
+        self.job_of_wid.get(&wid).copied()
+    }
+
+    /// Jobs holding a placement, with it.
+    pub fn placed(&self) -> impl Iterator<Item = (&LiveJob, &Placement)> {
+        self.jobs.values().filter_map(|j| match &j.place {
+            Place::Placed(p) => Some((j, p)),
+            _ => None,
+        })
+    }
+
+    pub fn placed_jobs(&self) -> usize {
+        self.placed_jobs
+    }
+
+    pub fn pending_jobs(&self) -> usize {
+        self.jobs.len() - self.placed_jobs
+    }
+
+    fn take_wid(&mut self) -> WorkloadId {
+        // 32 bits of workload ids outlast any process: ids are not reused before they wrap.
+        loop {
+            let wid = WorkloadId(self.next_wid);
+            self.next_wid = self.next_wid.wrapping_add(1).max(1);
+            if !self.job_of_wid.contains_key(&wid) && !self.blockers.contains(&wid) {
+                return wid;
+            }
+        }
+    }
+
+    /// A tenant's quota, as stored (`None`: unlimited). Lowering it sends the tenant's queued
+    /// jobs over it back to be held; raising it lets held ones in.
+    pub fn set_quota(&mut self, tenant_id: i64, gpu_quota: Option<i64>) {
+        let before = self.quotas.insert(tenant_id, gpu_quota);
+        if before.is_some_and(|b| b.is_some() && gpu_quota.is_none_or(|q| b.is_some_and(|b| q < b))) {
+            let mut queued: Vec<(QueueKey, i64)> = self
+                .jobs
+                .values()
+                .filter(|j| j.job.spec.tenant_id == tenant_id && j.place == Place::Queued)
+                .map(|j| (key_of(&j.job), j.job.id))
+                .collect();
+            queued.sort();
+            for (_, id) in queued.into_iter().rev() {
+                if self.fits_quota(tenant_id, 0) {
+                    break;
+                }
+                self.unqueue(id);
+                self.hold(id);
+            }
+        }
+        self.admit_held(tenant_id);
+    }
+
+    /// Whether the tenant may reserve `more` GPUs.
+    fn fits_quota(&self, tenant_id: i64, more: u64) -> bool {
+        let used = self.reserved.get(&tenant_id).copied().unwrap_or(0);
+        match self.quotas.get(&tenant_id).copied().flatten() {
+            Some(quota) => used + more <= quota.max(0).unsigned_abs(),
+            None => true,
+        }
+    }
+
+    /// A pending job: into the queue, held by its tenant's quota, or deferred until `release_ms`.
+    pub fn add_pending(&mut self, job: Job, release_ms: Option<i64>, now_ms: i64) -> Result<(), LiveError> {
+        let id = job.id;
+        self.insert(job)?;
+        match release_ms.filter(|&t| t > now_ms) {
+            Some(t) => {
+                self.deferred.insert((t, id));
+                self.set_place(id, Place::Deferred(t));
+            }
+            None => self.admit(id),
+        }
+        Ok(())
+    }
+
+    /// A scheduled or running job whose placement was stored: it holds it again.
+    pub fn add_placed(&mut self, job: Job, placement: Placement) -> Result<(), LiveError> {
+        let id = job.id;
+        self.insert(job)?;
+        let Some(j) = self.jobs.get(&id) else { return Ok(()) };
+        if let Err(e) = self.cluster.allocate(j.wid, &j.demand, placement.clone()) {
+            self.forget(id);
+            return Err(LiveError::Restore { job: id, why: e.to_string() });
+        }
+        self.placed_now(id, placement);
+        Ok(())
+    }
+
+    fn insert(&mut self, job: Job) -> Result<(), LiveError> {
+        if self.jobs.contains_key(&job.id) {
+            return Err(LiveError::Known(job.id));
+        }
+        let wid = self.take_wid();
+        let workload = workload_of(&job, wid);
+        let demand = Demand::of(&workload, &self.fleet);
+        let gpus = total_gpus(&job);
+        self.job_of_wid.insert(wid, job.id);
+        self.jobs.insert(job.id, LiveJob { job, wid, workload: Arc::new(workload), demand, gpus, place: Place::Held });
+        Ok(())
+    }
+
+    fn set_place(&mut self, id: i64, place: Place) {
+        if let Some(j) = self.jobs.get_mut(&id) {
+            j.place = place;
+        }
+    }
+
+    /// Deferred jobs whose hour has come enter the queue (or wait for their quota).
+    pub fn release_deferred(&mut self, now_ms: i64) -> usize {
+        let mut released = 0;
+        while let Some(&(t, id)) = self.deferred.first() {
+            if t > now_ms {
+                break;
+            }
+            self.deferred.pop_first();
+            self.admit(id);
+            released += 1;
+        }
+        released
+    }
+
+    /// When the next deferred job may enter the queue, Unix ms.
+    pub fn next_release_ms(&self) -> Option<i64> {
+        self.deferred.first().map(|(t, _)| *t)
+    }
+
+    fn admit(&mut self, id: i64) {
+        let Some(j) = self.jobs.get(&id) else { return };
+        let (tenant, gpus) = (j.job.spec.tenant_id, j.gpus);
+        if self.fits_quota(tenant, gpus) {
+            self.enqueue(id);
+        } else {
+            self.hold(id);
+        }
+    }
+
+    fn hold(&mut self, id: i64) {
+        let Some(j) = self.jobs.get_mut(&id) else { return };
+        j.place = Place::Held;
+        self.held.entry(j.job.spec.tenant_id).or_default().insert(key_of(&j.job));
+    }
+
+    /// Held jobs of `tenant_id` that now fit its quota enter the queue, in queue order; a job
+    /// too big for what is left does not stop a smaller one behind it.
+    fn admit_held(&mut self, tenant_id: i64) {
+        let Some(held) = self.held.get(&tenant_id) else { return };
+        let keys: Vec<QueueKey> = held.iter().copied().collect();
+        for key in keys {
+            let id = key.2;
+            let Some(gpus) = self.jobs.get(&id).map(|j| j.gpus) else { continue };
+            if self.fits_quota(tenant_id, gpus) {
+                if let Some(h) = self.held.get_mut(&tenant_id) {
+                    h.remove(&key);
+                }
+                self.enqueue(id);
+            }
+        }
+        if self.held.get(&tenant_id).is_some_and(|h| h.is_empty()) {
+            self.held.remove(&tenant_id);
+        }
+    }
+
+    fn enqueue(&mut self, id: i64) {
+        let Some(j) = self.jobs.get_mut(&id) else { return };
+        j.place = Place::Queued;
+        let key = key_of(&j.job);
+        *self.reserved.entry(j.job.spec.tenant_id).or_default() += j.gpus;
+        let queued = QueuedJob::new(j.workload.clone(), j.demand.clone(), j.workload.submit_time);
+        if self.queue_tail.is_some_and(|tail| key < tail) {
+            self.queue_out_of_order = true;
+        }
+        self.queue_tail = Some(self.queue_tail.map_or(key, |t| t.max(key)));
+        self.queue.push(queued);
+    }
+
+    /// Takes a queued job out of the queue (it stays in memory).
+    fn unqueue(&mut self, id: i64) {
+        let Some(j) = self.jobs.get_mut(&id) else { return };
+        if j.place != Place::Queued {
+            return;
+        }
+        j.place = Place::Held;
+        self.queue.remove(j.wid);
+        if let Some(r) = self.reserved.get_mut(&j.job.spec.tenant_id) {
+            *r = r.saturating_sub(j.gpus);
+        }
+    }
+
+    /// Before the policy reads the queue: a queue that fell out of order is rebuilt in order, as
+    /// a new generation (policies then index it whole). Returns whether it was.
+    pub fn order_queue(&mut self) -> bool {
+        if !self.queue_out_of_order {
+            return false;
+        }
+        self.generation += 1;
+        let mut queued: Vec<(QueueKey, i64)> =
+            self.jobs.values().filter(|j| j.place == Place::Queued).map(|j| (key_of(&j.job), j.job.id)).collect();
+        queued.sort();
+        let mut queue = Queue::with_generation(self.generation);
+        for (_, id) in &queued {
+            if let Some(j) = self.jobs.get(id) {
+                queue.push(QueuedJob::new(j.workload.clone(), j.demand.clone(), j.workload.submit_time));
+            }
+        }
+        self.queue = queue;
+        self.queue_tail = queued.last().map(|(k, _)| *k);
+        self.queue_out_of_order = false;
+        true
+    }
+
+    /// A queued job the policy placed (the cluster already holds `placement` for it) and whose
+    /// start the store recorded.
+    pub fn started(&mut self, id: i64, placement: Placement) {
+        let Some(j) = self.jobs.get(&id) else { return };
+        if j.place == Place::Queued {
+            self.queue.remove(j.wid);
+            self.placed_now(id, placement);
+        }
+    }
+
+    fn placed_now(&mut self, id: i64, placement: Placement) {
+        let Some(j) = self.jobs.get_mut(&id) else { return };
+        let tenant = j.job.spec.tenant_id;
+        if j.place != Place::Queued {
+            // Restored from the store: not reserved yet.
+            *self.reserved.entry(tenant).or_default() += j.gpus;
+        }
+        for m in &placement.members {
+            if let Some(used) = self.node_gpus_used.get_mut(m.node.index()) {
+                *used += m.gpus.len() as u32;
+                self.touched_nodes.push(m.node);
+            }
+        }
+        j.place = Place::Placed(placement);
+        self.placed_jobs += 1;
+    }
+
+    /// Gives back what a job holds or waits for: its placement (the cluster releases it unless
+    /// the policy already did), its place in the queue, its tenant's reservation.
+    fn vacate(&mut self, id: i64) {
+        let Some(j) = self.jobs.get_mut(&id) else { return };
+        let tenant = j.job.spec.tenant_id;
+        let place = std::mem::replace(&mut j.place, Place::Held);
+        let (wid, gpus) = (j.wid, j.gpus);
+        match place {
+            Place::Deferred(t) => {
+                self.deferred.remove(&(t, id));
+            }
+            Place::Held => {
+                let key = key_of(&j.job);
+                if let Some(h) = self.held.get_mut(&tenant) {
+                    h.remove(&key);
+                }
+            }
+            Place::Queued => {
+                self.queue.remove(wid);
+                if let Some(r) = self.reserved.get_mut(&tenant) {
+                    *r = r.saturating_sub(gpus);
+                }
+            }
+            Place::Placed(placement) => {
+                // A preempting policy has released it already.
+                let _ = self.cluster.release(wid);
+                self.placed_jobs -= 1;
+                if let Some(r) = self.reserved.get_mut(&tenant) {
+                    *r = r.saturating_sub(gpus);
+                }
+                for m in &placement.members {
+                    if let Some(used) = self.node_gpus_used.get_mut(m.node.index()) {
+                        *used = used.saturating_sub(m.gpus.len() as u32);
+                        self.touched_nodes.push(m.node);
+                    }
+                    // GPUs freed on a node without an agent must not take new work.
+                    if self.blocked.contains_key(&m.node) {
+                        self.unblock(m.node);
+                        self.block(m.node);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A job that left the active states (ended, cancelled, or never recorded): forgotten, and
+    /// its tenant's held jobs reconsidered.
+    pub fn remove(&mut self, id: i64) -> Option<LiveJob> {
+        self.vacate(id);
+        let j = self.forget(id)?;
+        self.admit_held(j.job.spec.tenant_id);
+        Some(j)
+    }
+
+    fn forget(&mut self, id: i64) -> Option<LiveJob> {
+        let j = self.jobs.remove(&id)?;
+        self.job_of_wid.remove(&j.wid);
+        Some(j)
+    }
+
+    /// A placed job back to pending (preempted, or restarting after a failure), with `job` its
+    /// row as now stored.
+    pub fn requeue(&mut self, job: Job) {
+        let id = job.id;
+        self.vacate(id);
+        let Some(j) = self.jobs.get_mut(&id) else { return };
+        let tenant = job.spec.tenant_id;
+        j.job = job;
+        self.admit(id);
+        self.admit_held(tenant);
+    }
+
+    /// Whether `node` has an agent to run work. Blocking holds its free whole GPUs with a
+    /// blocker workload, so no policy places work there; unblocking frees them.
+    pub fn set_available(&mut self, node: NodeId, available: bool) {
+        match (available, self.blocked.contains_key(&node)) {
+            (false, false) => self.block(node),
+            (true, true) => self.unblock(node),
+            _ => {}
+        }
+    }
+
+    fn block(&mut self, node: NodeId) {
+        let free: Vec<sched::GpuShare> = self
+            .cluster
+            .gpu_free_milli(node)
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| **m >= 1000)
+            .map(|(i, m)| sched::GpuShare { index: i as u8, milli: *m })
+            .collect();
+        let wid = self.take_wid();
+        // Registered even with nothing to hold, so the node stays known as blocked.
+        self.blocked.insert(node, wid);
+        self.blockers.insert(wid);
+        if free.is_empty() {
+            return;
+        }
+        let w = crate::convert::request_workload(wid, free.len() as i64, 1, None);
+        let demand = Demand::of(&w, &self.fleet);
+        let member =
+            sched::MemberPlacement { node, cpu_milli: demand.cpu_milli, memory_mib: demand.memory_mib, gpus: free };
+        if self.cluster.allocate(wid, &demand, Placement { members: vec![member] }).is_err() {
+            tracing::debug!(node = node.index(), "node's free gpus could not be held");
+        }
+    }
+
+    fn unblock(&mut self, node: NodeId) {
+        if let Some(wid) = self.blocked.remove(&node) {
+            self.blockers.remove(&wid);
+            let _ = self.cluster.release(wid);
+        }
+    }
+
+    /// Nodes whose GPUs in use changed since the last call, with their count now.
+    pub fn take_touched_nodes(&mut self) -> Vec<(NodeId, u32)> {
+        let mut touched = std::mem::take(&mut self.touched_nodes);
+        touched.sort_unstable();
+        touched.dedup();
+        touched.into_iter().map(|n| (n, self.node_gpus_used.get(n.index()).copied().unwrap_or(0))).collect()
+    }
+
+    pub fn node_gpus_used(&self) -> &[u32] {
+        &self.node_gpus_used
+    }
+
+    /// Checks the bookkeeping against itself (tests): what the cluster holds is what the jobs
+    /// say they hold, the queue holds exactly the queued jobs, and reservations add up.
+    #[cfg(test)]
+    pub fn verify(&self) -> Result<(), String> {
+        self.cluster.verify()?;
+        let mut reserved: HashMap<i64, u64> = HashMap::new();
+        let mut used = vec![0u32; self.node_gpus_used.len()];
+        for j in self.jobs.values() {
+            match &j.place {
+                Place::Placed(p) => {
+                    if self.cluster.allocation(j.wid) != Some(p) {
+                        return Err(format!("job {} is placed but the cluster disagrees", j.job.id));
+                    }
+                    *reserved.entry(j.job.spec.tenant_id).or_default() += j.gpus;
+                    for m in &p.members {
+                        used[m.node.index()] += m.gpus.len() as u32;
+                    }
+                }
+                Place::Queued => {
+                    if !self.queue.contains(j.wid) {
+                        return Err(format!("job {} is queued but not in the queue", j.job.id));
+                    }
+                    *reserved.entry(j.job.spec.tenant_id).or_default() += j.gpus;
+                }
+                Place::Held | Place::Deferred(_) => {
+                    if self.queue.contains(j.wid) {
+                        return Err(format!("job {} waits but is in the queue", j.job.id));
+                    }
+                }
+            }
+        }
+        if self.queue.len() != self.jobs.values().filter(|j| j.place == Place::Queued).count() {
+            return Err("the queue holds jobs that are not queued".into());
+        }
+        for (tenant, r) in &self.reserved {
+            if reserved.get(tenant).copied().unwrap_or(0) != *r {
+                return Err(format!("tenant {tenant} reserves {r} GPUs, its jobs {:?}", reserved.get(tenant)));
+            }
+        }
+        if used != self.node_gpus_used {
+            return Err("gpus in use per node disagree with the placements".into());
+        }
+        // Nothing is held back that its tenant's quota would now take.
+        for (tenant, keys) in &self.held {
+            for key in keys {
+                let gpus = self.jobs.get(&key.2).map_or(0, |j| j.gpus);
+                if self.fits_quota(*tenant, gpus) {
+                    return Err(format!("job {} is held though tenant {tenant}'s quota has room", key.2));
+                }
+            }
+        }
+        let in_cluster = self.cluster.allocations().count();
+        let blockers = self.blocked.values().filter(|w| self.cluster.allocation(**w).is_some()).count();
+        if in_cluster != self.placed_jobs + blockers {
+            return Err(format!("the cluster holds {in_cluster} allocations, {} jobs placed", self.placed_jobs));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a job in `state` holds a placement.
+pub(crate) fn is_placed_state(state: JobState) -> bool {
+    matches!(state, JobState::Scheduled | JobState::Running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use sched::Policy;
+
+    const FLEET: &str = include_str!("../../../../fleets/small.toml");
+
+    fn fleet() -> Arc<Fleet> {
+        Arc::new(model::fleet_toml::parse_fleet(FLEET).expect("small fleet parses"))
+    }
+
+    fn job(id: i64, tenant_id: i64, gpus_per_node: i64, nodes: i64, priority: i64) -> Job {
+        Job {
+            id,
+            spec: store::NewJob {
+                tenant_id,
+                name: format!("j{id}"),
+                command: Some("true".into()),
+                args_json: "[]".into(),
+                env_json: "{}".into(),
+                gpus_per_node,
+                nodes,
+                gpu_milli: None,
+                gpu_model: None,
+                priority,
+                deferrable: false,
+                max_runtime_s: None,
+                restart_policy: "never".into(),
+                max_restarts: 0,
+                idempotency_key: None,
+                request_hash: String::new(),
+            },
+            state: JobState::Pending,
+            attempts: 0,
+            placement_json: None,
+            exit_code: None,
+            message: None,
+            submitted_ms: id,
+            started_ms: None,
+            finished_ms: None,
+        }
+    }
+
+    /// Runs fifo on the live state and records every start, as the loop does.
+    fn schedule(live: &mut LiveState, policy: &mut dyn Policy) -> Vec<i64> {
+        live.order_queue();
+        let decisions = policy.schedule(model::SimTime::ZERO, &live.queue, &mut live.cluster);
+        let mut started = Vec::new();
+        for d in decisions {
+            if let sched::Decision::Start { job, placement } = d {
+                let id = live.job_id_of(job).expect("a started job is known");
+                if let Some(j) = live.job_mut(id) {
+                    j.job.state = JobState::Running;
+                    j.job.attempts += 1;
+                }
+                live.started(id, placement);
+                started.push(id);
+            }
+        }
+        started
+    }
+
+    fn queued_ids(live: &LiveState) -> Vec<i64> {
+        live.queue.iter().filter_map(|q| live.job_id_of(q.id())).collect()
+    }
+
+    #[test]
+    fn a_quota_holds_jobs_until_gpus_come_back() {
+        let mut live = LiveState::new(fleet(), 1);
+        let mut fifo = sched::policy_by_name("fifo", 0).unwrap();
+        live.set_quota(7, Some(8));
+        live.add_pending(job(1, 7, 8, 1, 0), None, 0).unwrap();
+        live.add_pending(job(2, 7, 4, 1, 0), None, 0).unwrap();
+        live.add_pending(job(3, 8, 8, 1, 0), None, 0).unwrap();
+        assert_eq!(queued_ids(&live), vec![1, 3], "job 2 waits for tenant 7's quota");
+        assert_eq!(schedule(&mut live, fifo.as_mut()), vec![1, 3]);
+        live.verify().unwrap();
+        live.remove(1);
+        assert_eq!(queued_ids(&live), vec![2], "the quota has room again");
+        live.verify().unwrap();
+        assert_eq!(live.placed_jobs(), 1);
+        assert_eq!(live.node_gpus_used().iter().sum::<u32>(), 8);
+    }
+
+    #[test]
+    fn a_job_that_sorts_earlier_rebuilds_the_queue_in_order() {
+        let mut live = LiveState::new(fleet(), 1);
+        live.add_pending(job(1, 1, 1, 1, 0), None, 0).unwrap();
+        live.add_pending(job(2, 1, 1, 1, 0), None, 0).unwrap();
+        assert!(!live.order_queue(), "arrivals in order keep the queue's generation");
+        live.add_pending(job(3, 1, 1, 1, 5), None, 0).unwrap();
+        let before = live.queue.generation();
+        assert!(live.order_queue());
+        assert_eq!(queued_ids(&live), vec![3, 1, 2], "priority first");
+        assert!(live.queue.generation() > before, "policies read a reordered queue whole");
+        live.verify().unwrap();
+    }
+
+    #[test]
+    fn nodes_without_agents_take_no_work_even_when_their_gpus_free_up() {
+        let fleet = fleet();
+        let mut live = LiveState::new(fleet.clone(), 1);
+        let mut fifo = sched::policy_by_name("fifo", 0).unwrap();
+        // Fill the first node, then lose it.
+        live.add_pending(job(1, 1, 8, 1, 0), None, 0).unwrap();
+        assert_eq!(schedule(&mut live, fifo.as_mut()), vec![1]);
+        let node = match &live.job(1).unwrap().place {
+            Place::Placed(p) => p.members[0].node,
+            other => panic!("job 1 is {other:?}"),
+        };
+        live.set_available(node, false);
+        live.remove(1);
+        live.verify().unwrap();
+        assert_eq!(live.cluster.full_free_gpus(node), 0, "the freed GPUs of a lost node are held");
+        for id in 2..=10 {
+            live.add_pending(job(id, 1, 8, 1, 0), None, 0).unwrap();
+        }
+        for id in schedule(&mut live, fifo.as_mut()) {
+            match &live.job(id).unwrap().place {
+                Place::Placed(p) => assert!(p.members.iter().all(|m| m.node != node)),
+                other => panic!("job {id} is {other:?}"),
+            }
+        }
+        live.set_available(node, true);
+        live.verify().unwrap();
+        assert!(schedule(&mut live, fifo.as_mut()).len() == 1, "the node back takes one more whole-node job");
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Submit { tenant: i64, gpus: i64, nodes: i64, priority: i64 },
+        Schedule,
+        End(usize),
+        Requeue(usize),
+        Cancel(usize),
+        Quota { tenant: i64, gpus: Option<i64> },
+        Node { index: usize, available: bool },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0i64..3, 0i64..=8, 1i64..=2, 0i64..3)
+                .prop_map(|(tenant, gpus, nodes, priority)| Op::Submit { tenant, gpus, nodes: if gpus == 0 { 1 } else { nodes }, priority }),
+            3 => Just(Op::Schedule),
+            2 => any::<usize>().prop_map(Op::End),
+            1 => any::<usize>().prop_map(Op::Requeue),
+            1 => any::<usize>().prop_map(Op::Cancel),
+            1 => (0i64..3, proptest::option::of(0i64..24)).prop_map(|(tenant, gpus)| Op::Quota { tenant, gpus }),
+            1 => (0usize..8, any::<bool>()).prop_map(|(index, available)| Op::Node { index, available }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        /// Whatever the order of events, what the cluster holds, the queue, the tenants'
+        /// reservations and the GPUs in use per node agree with the jobs, and no held job fits.
+        #[test]
+        fn the_live_state_stays_consistent(ops in proptest::collection::vec(op(), 1..120)) {
+            let mut live = LiveState::new(fleet(), 1);
+            let mut fifo = sched::policy_by_name("fifo-bestfit", 0).unwrap();
+            let mut next_id = 1i64;
+            let mut known: Vec<i64> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Submit { tenant, gpus, nodes, priority } => {
+                        live.add_pending(job(next_id, tenant, gpus, nodes, priority), None, 0).unwrap();
+                        known.push(next_id);
+                        next_id += 1;
+                    }
+                    Op::Schedule => {
+                        schedule(&mut live, fifo.as_mut());
+                    }
+                    Op::End(k) | Op::Cancel(k) if !known.is_empty() => {
+                        let id = known.swap_remove(k % known.len());
+                        live.remove(id);
+                    }
+                    Op::Requeue(k) if !known.is_empty() => {
+                        let id = known[k % known.len()];
+                        if let Some(j) = live.job(id).filter(|j| matches!(j.place, Place::Placed(_))) {
+                            let mut row = j.job.clone();
+                            row.state = JobState::Pending;
+                            live.requeue(row);
+                        }
+                    }
+                    Op::Quota { tenant, gpus } => live.set_quota(tenant, gpus),
+                    Op::Node { index, available } => live.set_available(NodeId(index as u32), available),
+                    _ => {}
+                }
+                if let Err(e) = live.verify() {
+                    return Err(TestCaseError::fail(e));
+                }
+            }
+        }
+    }
+}

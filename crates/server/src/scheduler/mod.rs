@@ -1,0 +1,662 @@
+//! The scheduler loop: one task owns the site's live state ([`live::LiveState`]: the cluster,
+//! the queue, the active jobs, the tenants' GPUs) and keeps it up to date from events — what the
+//! API committed (submissions, cancellations, quotas, over a channel), how runs ended (from their
+//! tasks), which nodes have an agent (from the executor) — so a round's cost grows with what
+//! changed, not with the fleet or the running jobs. The store is the durable record: it is read
+//! whole at start-up, and again after any failed write, and every decision is written there
+//! through conditional updates before it acts, so a round repeated after a crash does nothing
+//! twice.
+
+mod live;
+mod power;
+
+use crate::convert::encode_placement;
+use crate::node::{NodeExecutor, RunOutcome, RunSpec};
+use crate::{AppState, now_ms};
+use live::{LiveState, Place, is_placed_state};
+use model::SimTime;
+use sched::{Decision, Placement, Policy};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::{Change, Job, JobState, StoreError, Transition};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// What the API tells the scheduler, once the store has committed it.
+#[derive(Debug)]
+pub(crate) enum SchedEvent {
+    Submitted(Box<Job>),
+    Cancelled(i64),
+    QuotaSet { tenant_id: i64, gpu_quota: Option<i64> },
+}
+
+/// The sending side handed to the API.
+pub(crate) type SchedEvents = mpsc::UnboundedSender<SchedEvent>;
+
+/// How a job's run ended, reported by its task.
+#[derive(Debug)]
+struct Done {
+    job_id: i64,
+    /// The run's generation: an end reported by an older run of the job is stale.
+    generation: i64,
+    outcome: Ended,
+}
+
+#[derive(Debug)]
+enum Ended {
+    Exited(i32),
+    Lost(String),
+    /// Ran past `max_runtime_s`.
+    Expired(u64),
+}
+
+pub struct Scheduler {
+    st: AppState,
+    policy: Box<dyn Policy>,
+    /// Holds the policy to the sites' grid caps, when any site declares one.
+    guard: Option<sched::power::PowerGuard>,
+    /// Holds deferrable jobs out of the queue until their hour comes.
+    deferral: Option<sched::defer::DeferralGate>,
+    /// Price-following GPU caps by UTC hour of the year, fraction of the board limit.
+    gpu_cap_by_hour: Option<Vec<f64>>,
+    executor: Arc<dyn NodeExecutor>,
+    tick: Duration,
+    /// The live state; `None` until read from the store (at start, and after a failed write).
+    live: Option<LiveState>,
+    /// Times the live state was read from the store: each read's queue is a new generation.
+    loads: u64,
+    /// Jobs whose work this process runs.
+    runs: HashMap<i64, JoinHandle<()>>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Ends received, recorded at the start of the next round.
+    backlog: Vec<Done>,
+    events_rx: mpsc::UnboundedReceiver<SchedEvent>,
+    /// Events received while waiting, applied at the start of the next round.
+    inbox: Vec<SchedEvent>,
+    /// Something changed since the policy last ran.
+    changed: bool,
+    /// Fault injection for tests (`DROME_FAILPOINT=before-exit-recorded`): the process aborts,
+    /// as under `kill -9`, once runs have ended and before their ends are recorded.
+    crash_before_recording_ends: bool,
+}
+
+impl Scheduler {
+    pub(crate) fn new(
+        st: AppState,
+        policy: Box<dyn Policy>,
+        guard: Option<sched::power::PowerGuard>,
+        executor: Arc<dyn NodeExecutor>,
+        tick: Duration,
+        events_rx: mpsc::UnboundedReceiver<SchedEvent>,
+    ) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Scheduler {
+            st,
+            policy,
+            guard,
+            deferral: None,
+            gpu_cap_by_hour: None,
+            executor,
+            tick,
+            live: None,
+            loads: 0,
+            runs: HashMap::new(),
+            done_tx,
+            done_rx,
+            backlog: Vec::new(),
+            events_rx,
+            inbox: Vec::new(),
+            changed: true,
+            crash_before_recording_ends: std::env::var("DROME_FAILPOINT").is_ok_and(|v| v == "before-exit-recorded"),
+        }
+    }
+
+    /// No GPU runs above `caps[h]` of its board limit in UTC hour `h` of the year (price caps).
+    pub fn cap_by_hour(&mut self, caps: Vec<f64>) {
+        self.gpu_cap_by_hour = Some(caps);
+    }
+
+    /// Deferrable jobs enter the queue when `gate` says (its series by UTC hour of the year).
+    pub fn defer_with(&mut self, gate: sched::defer::DeferralGate) {
+        self.deferral = Some(gate);
+    }
+
+    /// Runs a round whenever something happens (a submission, a cancellation, a run's end, a
+    /// node lost) and at least every tick. Whatever happens during a round is handled by the
+    /// next one, together: a burst of events costs a few rounds, not one each.
+    pub async fn run(mut self) {
+        tracing::info!(policy = self.policy.name(), "scheduler started");
+        loop {
+            if let Err(e) = self.round().await {
+                tracing::warn!(error = %e, "scheduling round failed; reading the store again");
+                self.live = None;
+            }
+            let mut wait = self.tick;
+            if let Some(t) = self.live.as_ref().and_then(|l| l.next_release_ms()) {
+                wait = wait.min(Duration::from_millis((t - now_ms()).clamp(1, i64::MAX) as u64));
+            }
+            let wake = self.st.wake.clone();
+            tokio::select! {
+                _ = wake.notified() => self.changed = true,
+                event = self.events_rx.recv() => {
+                    if let Some(event) = event {
+                        self.inbox.push(event);
+                    }
+                }
+                done = self.done_rx.recv() => {
+                    if let Some(done) = done {
+                        self.backlog.push(done);
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Reads the live state from the store: every active job, every tenant's quota, which nodes
+    /// have an agent. Work this process runs for jobs no longer placed stops; work of placed
+    /// jobs that does not run here (after a restart) resumes in this round.
+    async fn load(&mut self) -> Result<(), StoreError> {
+        let t0 = Instant::now();
+        let store = self.st.store.clone();
+        // Changes seen from here on are applied after the read, on top of it.
+        let _ = self.executor.availability_changes();
+        let active = store.active_jobs().await?;
+        let tenants = store.tenants().await?;
+        self.loads += 1;
+        let fleet = self.st.fleet.clone();
+        let mut live = LiveState::new(fleet.clone(), self.loads);
+        for t in &tenants {
+            live.set_quota(t.id, t.gpu_quota);
+        }
+        let now = now_ms();
+        let (placed, mut pending): (Vec<Job>, Vec<Job>) = active.into_iter().partition(|j| is_placed_state(j.state));
+        // Placed work before the queue, so quotas count what is held first.
+        let mut scheduled = Vec::new();
+        for job in placed {
+            let id = job.id;
+            let state = job.state;
+            let restored = job
+                .placement_json
+                .as_deref()
+                .ok_or_else(|| "no placement recorded".to_string())
+                .and_then(|json| crate::convert::decode_placement(json, &self.st.node_ids))
+                .and_then(|p| live.add_placed(job, p).map_err(|e| e.to_string()));
+            match restored {
+                Ok(()) if state == JobState::Scheduled => scheduled.push(id),
+                Ok(()) => {}
+                Err(why) => {
+                    tracing::warn!(job = id, error = %why, "job's placement cannot be restored; failing it");
+                    let change = Change {
+                        finished: true,
+                        message: Some(format!("lost its placement: {why}")),
+                        ..Default::default()
+                    };
+                    if store.transition(id, &[state], JobState::Failed, now, &change).await? {
+                        self.st.job_changed();
+                    }
+                }
+            }
+        }
+        pending.sort_by_key(|j| (std::cmp::Reverse(j.spec.priority), j.spec.deferrable, j.id));
+        for job in pending {
+            let release = release_ms(self.deferral.as_ref(), &job);
+            let _ = live.add_pending(job, release, now);
+        }
+        let names: Vec<String> = fleet.nodes.iter().map(|n| n.name.clone()).collect();
+        for name in self.executor.unavailable(&names) {
+            if let Some(&id) = self.st.node_ids.get(&name) {
+                live.set_available(id, false);
+            }
+        }
+        // Jobs placed in an earlier round and not yet started (before a crash) start now.
+        if !scheduled.is_empty() {
+            let steps: Vec<Transition> = scheduled
+                .iter()
+                .map(|&id| Transition {
+                    job_id: id,
+                    from: vec![JobState::Scheduled],
+                    to: JobState::Running,
+                    change: Change { started: true, ..Default::default() },
+                })
+                .collect();
+            let applied = store.transitions(&steps, now).await?;
+            for (id, ok) in scheduled.iter().zip(applied) {
+                if let Some(j) = live.job_mut(*id).filter(|_| ok) {
+                    j.job.state = JobState::Running;
+                    j.job.attempts += 1;
+                    j.job.started_ms = Some(now);
+                    self.st.job_changed();
+                }
+            }
+        }
+        // Work of jobs no longer placed (cancelled, ended while the state was being read) stops.
+        self.runs.retain(|id, handle| {
+            let keep = live.job(*id).is_some_and(|j| matches!(j.place, Place::Placed(_)));
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        let resume: Vec<(Job, Placement)> = live
+            .placed()
+            .filter(|(j, _)| j.job.state == JobState::Running && !self.runs.contains_key(&j.job.id))
+            .map(|(j, p)| (j.job.clone(), p.clone()))
+            .collect();
+        for (job, placement) in &resume {
+            let started = job.started_ms.unwrap_or(now);
+            self.launch(job, placement, started, job.attempts);
+        }
+        {
+            let mut snap = self.st.snapshot.write().unwrap_or_else(|e| e.into_inner());
+            snap.node_gpus_used = live.node_gpus_used().to_vec();
+        }
+        let _ = live.take_touched_nodes();
+        tracing::info!(
+            placed = live.placed_jobs(),
+            pending = live.pending_jobs(),
+            resumed = resume.len(),
+            ms = t0.elapsed().as_millis() as u64,
+            "live state read from the store"
+        );
+        self.live = Some(live);
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Applies the API's events and the nodes' availability changes to the live state.
+    async fn take_events(&mut self) -> Result<(), StoreError> {
+        while let Ok(event) = self.events_rx.try_recv() {
+            self.inbox.push(event);
+        }
+        let changed_nodes = self.executor.availability_changes();
+        let Some(live) = self.live.as_mut() else { return Ok(()) };
+        if !changed_nodes.is_empty() {
+            let down: HashSet<String> = self.executor.unavailable(&changed_nodes).into_iter().collect();
+            for name in &changed_nodes {
+                if let Some(&id) = self.st.node_ids.get(name) {
+                    live.set_available(id, !down.contains(name));
+                }
+            }
+            self.changed = true;
+        }
+        if self.inbox.is_empty() {
+            return Ok(());
+        }
+        self.changed = true;
+        let now = now_ms();
+        let wall = SimTime(now.max(0) as u64);
+        for event in std::mem::take(&mut self.inbox) {
+            match event {
+                SchedEvent::Submitted(job) => {
+                    let tenant_id = job.spec.tenant_id;
+                    if !live.knows_tenant(tenant_id) {
+                        let quota = self.st.store.tenant(tenant_id).await?.and_then(|t| t.gpu_quota);
+                        live.set_quota(tenant_id, quota);
+                    }
+                    let release = release_ms(self.deferral.as_ref(), &job);
+                    // A job read with the whole state already is known: nothing to do.
+                    let _ = live.add_pending(*job, release, now);
+                }
+                SchedEvent::Cancelled(id) => {
+                    if let Some(j) = live.remove(id) {
+                        if let Some(handle) = self.runs.remove(&id) {
+                            handle.abort();
+                            tracing::debug!(job = id, "work stopped");
+                        }
+                        if matches!(j.job.state, JobState::Scheduled | JobState::Running) {
+                            // The policy keeps its own record of the run, by id.
+                            let w = crate::convert::request_workload(j.wid, 0, 0, None);
+                            self.policy.on_finished(&w, wall, wall);
+                        }
+                    }
+                }
+                SchedEvent::QuotaSet { tenant_id, gpu_quota } => live.set_quota(tenant_id, gpu_quota),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records how jobs ended: success, failure (or a restart), expiry; all in one transaction.
+    async fn finish_all(&mut self) -> Result<(), StoreError> {
+        while let Ok(done) = self.done_rx.try_recv() {
+            self.backlog.push(done);
+        }
+        if self.backlog.is_empty() {
+            return Ok(());
+        }
+        let Some(live) = self.live.as_ref() else { return Ok(()) };
+        let mut steps = Vec::new();
+        for done in &self.backlog {
+            let Some(j) = live.job(done.job_id) else { continue };
+            if j.job.state != JobState::Running || j.job.attempts != done.generation {
+                continue;
+            }
+            let (to, change) = ending(&j.job, &done.outcome);
+            steps.push(Transition { job_id: j.job.id, from: vec![JobState::Running], to, change });
+        }
+        let now = now_ms();
+        if self.crash_before_recording_ends {
+            tracing::error!(ends = steps.len(), "failpoint before-exit-recorded: aborting");
+            std::process::abort();
+        }
+        let applied = self.st.store.transitions(&steps, now).await?;
+        // Durable now (or moot): the nodes that reported these ends may forget them.
+        for done in &self.backlog {
+            self.executor.acknowledge(done.job_id, done.generation);
+        }
+        self.backlog.clear();
+        self.changed = true;
+        let Some(live) = self.live.as_mut() else { return Ok(()) };
+        for (step, ok) in steps.iter().zip(applied) {
+            if !ok {
+                continue;
+            }
+            tracing::debug!(job = step.job_id, state = %step.to, "job ended");
+            self.st.job_changed();
+            self.runs.remove(&step.job_id);
+            let Some(j) = live.job(step.job_id) else { continue };
+            // The policy forgets the run (and learns from it: durations, usage).
+            let started = SimTime(j.job.started_ms.unwrap_or(now).max(0) as u64);
+            self.policy.on_finished(&j.workload, started, SimTime(now.max(0) as u64));
+            if step.to == JobState::Pending {
+                let mut job = j.job.clone();
+                job.state = JobState::Pending;
+                job.placement_json = None;
+                job.started_ms = None;
+                job.finished_ms = None;
+                job.exit_code = step.change.exit_code.or(job.exit_code);
+                job.message = step.change.message.clone();
+                live.requeue(job);
+            } else {
+                live.remove(step.job_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// One round: events in, the policy's decisions recorded (one transaction), work launched.
+    async fn round(&mut self) -> Result<(), StoreError> {
+        if self.live.is_none() {
+            self.load().await?;
+        }
+        self.take_events().await?;
+        self.finish_all().await?;
+        let now = now_ms();
+        let Some(mut live) = self.live.take() else { return Ok(()) };
+        let result = self.decide(&mut live, now).await;
+        // After a failed write the state may disagree with the store: it is read again.
+        if result.is_ok() {
+            self.live = Some(live);
+        }
+        result
+    }
+
+    async fn decide(&mut self, live: &mut LiveState, now: i64) -> Result<(), StoreError> {
+        if live.release_deferred(now) > 0 {
+            self.changed = true;
+        }
+        let powered = self.guard.is_some() || self.gpu_cap_by_hour.is_some();
+        // Nothing changed and nothing waits: an idle server does no work.
+        if !self.changed && live.queue.is_empty() && !powered {
+            return Ok(());
+        }
+        self.changed = false;
+        let t0 = Instant::now();
+        live.order_queue();
+        let sim_now = SimTime(now.max(0) as u64);
+        if let Some(g) = self.guard.as_mut() {
+            g.before(&mut live.cluster);
+        }
+        let decisions = self.policy.schedule(sim_now, &live.queue, &mut live.cluster);
+        let decisions = match self.guard.as_mut() {
+            Some(g) => {
+                if g.wants_shed_order() {
+                    g.set_shed_order(self.policy.shed_order(sim_now));
+                }
+                let kept = g.after(&mut live.cluster, decisions);
+                for id in g.take_undone() {
+                    if let (Some(job), Some(seq)) = (live.queue.get(id), live.queue.seq(id)) {
+                        self.policy.start_undone(job, seq, sim_now);
+                    }
+                }
+                kept
+            }
+            None => decisions,
+        };
+        let decisions = self.ask_power_caps(live, decisions, sim_now);
+        self.st.metrics.placement_seconds.observe(t0.elapsed().as_secs_f64());
+        if !decisions.is_empty() {
+            self.record(live, decisions, now).await?;
+        }
+        self.publish(live);
+        Ok(())
+    }
+
+    /// Records the round's decisions in one transaction — each start as pending to scheduled
+    /// (with its placement) to running, each preemption as running to preempted to pending —
+    /// then applies what the store took to the live state and launches the new work.
+    async fn record(&mut self, live: &mut LiveState, decisions: Vec<Decision>, now: i64) -> Result<(), StoreError> {
+        let fleet = self.st.fleet.clone();
+        let mut starts: Vec<(i64, Placement)> = Vec::new();
+        let mut preempts: Vec<i64> = Vec::new();
+        for decision in decisions {
+            match decision {
+                Decision::Start { job, placement } => match live.job_id_of(job) {
+                    Some(id) if live.job(id).is_some_and(|j| j.place == Place::Queued) => starts.push((id, placement)),
+                    _ => {
+                        let _ = live.cluster.release(job);
+                    }
+                },
+                Decision::Preempt { job } => {
+                    if let Some(id) = live.job_id_of(job) {
+                        preempts.push(id);
+                    }
+                }
+            }
+        }
+        let mut steps = Vec::with_capacity(2 * (starts.len() + preempts.len()));
+        for (id, placement) in &starts {
+            let change =
+                Change { placement_json: Some(Some(encode_placement(&fleet, placement))), ..Default::default() };
+            steps.push(Transition { job_id: *id, from: vec![JobState::Pending], to: JobState::Scheduled, change });
+            let change = Change { started: true, ..Default::default() };
+            steps.push(Transition { job_id: *id, from: vec![JobState::Scheduled], to: JobState::Running, change });
+        }
+        for id in &preempts {
+            let off = Change {
+                placement_json: Some(None),
+                message: Some("preempted by the scheduler".into()),
+                ..Default::default()
+            };
+            let from = vec![JobState::Scheduled, JobState::Running];
+            steps.push(Transition { job_id: *id, from, to: JobState::Preempted, change: off });
+            let back = Change { reset_times: true, message: Some("requeued".into()), ..Default::default() };
+            steps.push(Transition {
+                job_id: *id,
+                from: vec![JobState::Preempted],
+                to: JobState::Pending,
+                change: back,
+            });
+        }
+        let applied = match self.st.store.transitions(&steps, now).await {
+            Ok(a) => a,
+            Err(e) => {
+                // Nothing of the round was recorded: the policy's starts are undone with the state.
+                for (id, _) in &starts {
+                    if let Some(j) = live.job(*id) {
+                        let _ = live.cluster.release(j.wid);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let wall = SimTime(now.max(0) as u64);
+        let (start_applied, preempt_applied) = applied.split_at(2 * starts.len());
+        let mut launched = 0usize;
+        for ((id, placement), ok) in starts.into_iter().zip(start_applied.chunks(2)) {
+            if ok.first().copied().unwrap_or(false) {
+                self.st.job_changed();
+                let Some(j) = live.job_mut(id) else { continue };
+                j.job.state = JobState::Running;
+                j.job.attempts += 1;
+                j.job.started_ms = Some(now);
+                j.job.placement_json = Some(encode_placement(&fleet, &placement));
+                let job = j.job.clone();
+                live.started(id, placement.clone());
+                self.launch(&job, &placement, now, job.attempts);
+                launched += 1;
+            } else if let Some(j) = live.remove(id) {
+                // No longer pending in the store (cancelled meanwhile): the policy forgets it.
+                let w = crate::convert::request_workload(j.wid, 0, 0, None);
+                self.policy.on_finished(&w, wall, wall);
+            }
+        }
+        for (id, ok) in preempts.into_iter().zip(preempt_applied.chunks(2)) {
+            if let Some(handle) = self.runs.remove(&id) {
+                handle.abort();
+            }
+            if ok.first().copied().unwrap_or(false) {
+                self.st.job_changed();
+                tracing::info!(job = id, "job preempted");
+                let Some(j) = live.job(id) else { continue };
+                let mut job = j.job.clone();
+                job.state = JobState::Pending;
+                job.placement_json = None;
+                job.started_ms = None;
+                job.finished_ms = None;
+                job.message = Some("requeued".into());
+                live.requeue(job);
+            } else {
+                live.remove(id);
+            }
+        }
+        if launched > 0 {
+            tracing::debug!(jobs = launched, "jobs started");
+        }
+        Ok(())
+    }
+
+    /// What the API and the metrics read of the live state, for what changed.
+    fn publish(&self, live: &mut LiveState) {
+        let touched = live.take_touched_nodes();
+        if !touched.is_empty() {
+            let mut snap = self.st.snapshot.write().unwrap_or_else(|e| e.into_inner());
+            for (node, used) in touched {
+                if let Some(slot) = snap.node_gpus_used.get_mut(node.index()) {
+                    *slot = used;
+                }
+            }
+        }
+        self.st.metrics.running_jobs.set(live.placed_jobs() as i64);
+        self.st.metrics.queue_length.set(live.pending_jobs() as i64);
+        self.st.metrics.allocated_gpus.set((live.cluster.allocated_gpu_milli() / 1000) as i64);
+    }
+
+    fn launch(&mut self, job: &Job, placement: &Placement, started_at_ms: i64, generation: i64) {
+        let (args, env) = match crate::convert::args_env(job) {
+            Ok(ae) => ae,
+            Err(e) => {
+                let _ = self.done_tx.send(Done { job_id: job.id, generation, outcome: Ended::Lost(e.to_string()) });
+                return;
+            }
+        };
+        let fleet = &self.st.fleet;
+        let members = placement.members.len() as u32;
+        let master_node = placement.members.first().map(|m| fleet.node(m.node).name.clone());
+        let futures: Vec<_> = placement
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                self.executor.run(RunSpec {
+                    job_id: job.id,
+                    node: fleet.node(m.node).name.clone(),
+                    member: i as u32,
+                    members,
+                    command: job.spec.command.clone(),
+                    args: args.clone(),
+                    env: env.clone(),
+                    gpus: m.gpus.iter().map(|g| u32::from(g.index)).collect(),
+                    started_at_ms,
+                    generation,
+                    master_node: master_node.clone(),
+                })
+            })
+            .collect();
+        let deadline = job.spec.max_runtime_s.map(|s| {
+            let end_ms = started_at_ms.saturating_add(s.saturating_mul(1000));
+            (s.max(0) as u64, Duration::from_millis(end_ms.saturating_sub(now_ms()).max(0) as u64))
+        });
+        let tx = self.done_tx.clone();
+        let job_id = job.id;
+        let handle = tokio::spawn(async move {
+            // The gang ends when every member has exited, or at the first failure.
+            let all = futures_util::future::try_join_all(futures.into_iter().map(|f| async move {
+                match f.await {
+                    RunOutcome::Exited { code: 0 } => Ok(()),
+                    RunOutcome::Exited { code } => Err(Ended::Exited(code)),
+                    RunOutcome::Lost { message } => Err(Ended::Lost(message)),
+                }
+            }));
+            let outcome = match deadline {
+                Some((secs, left)) => match tokio::time::timeout(left, all).await {
+                    Ok(r) => r.err().unwrap_or(Ended::Exited(0)),
+                    Err(_) => Ended::Expired(secs),
+                },
+                None => all.await.err().unwrap_or(Ended::Exited(0)),
+            };
+            let _ = tx.send(Done { job_id, generation, outcome });
+        });
+        tracing::debug!(job = job.id, members, "work launched");
+        self.runs.insert(job.id, handle);
+    }
+}
+
+/// When a deferrable job may enter the queue, Unix ms; `None` for any other job. Computed from
+/// the submit time alone, so every round (and a restarted server) agrees.
+fn release_ms(gate: Option<&sched::defer::DeferralGate>, job: &Job) -> Option<i64> {
+    let gate = gate.filter(|_| job.spec.deferrable)?;
+    let year = crate::year_start_ms(job.submitted_ms);
+    let within = SimTime((job.submitted_ms - year).max(0) as u64);
+    Some(year + gate.release_time(within).as_millis() as i64)
+}
+
+/// The state a run's end moves its job to, and what it records.
+fn ending(job: &Job, outcome: &Ended) -> (JobState, Change) {
+    match outcome {
+        Ended::Exited(0) => (JobState::Succeeded, Change { finished: true, exit_code: Some(0), ..Default::default() }),
+        Ended::Expired(secs) if job.spec.command.is_none() => (
+            JobState::Succeeded,
+            Change { finished: true, message: Some(format!("expired after {secs} s")), ..Default::default() },
+        ),
+        Ended::Expired(secs) => (
+            JobState::Failed,
+            Change {
+                finished: true,
+                message: Some(format!("ran past its maximum runtime of {secs} s")),
+                ..Default::default()
+            },
+        ),
+        Ended::Exited(code) => failure(job, Some(i64::from(*code)), format!("exited with code {code}")),
+        Ended::Lost(message) => failure(job, None, message.clone()),
+    }
+}
+
+fn failure(job: &Job, exit_code: Option<i64>, why: String) -> (JobState, Change) {
+    if job.spec.restart_policy == "on-failure" && job.attempts <= job.spec.max_restarts {
+        let message = format!("{why}; restarting (restart {} of {})", job.attempts, job.spec.max_restarts);
+        let change = Change {
+            placement_json: Some(None),
+            reset_times: true,
+            exit_code,
+            message: Some(message),
+            ..Default::default()
+        };
+        (JobState::Pending, change)
+    } else {
+        (JobState::Failed, Change { finished: true, exit_code, message: Some(why), ..Default::default() })
+    }
+}
