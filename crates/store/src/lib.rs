@@ -6,14 +6,24 @@
 //! Every state change of a job is a conditional update (`WHERE state IN (...)`) committed together
 //! with its history row, so the scheduler loop can repeat any step after a crash without doing it
 //! twice.
+//!
+//! Every acknowledged write is durable (SQLite syncs its log on every commit). To take many
+//! submissions per second anyway, [`Store::insert_job`] hands its job to one writer task that
+//! stores whatever submissions are waiting in one transaction: they share one commit, one sync.
+//! Reads go to a pool of their own, so on SQLite, where only one connection writes at a time, they
+//! never queue behind a burst of writes.
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Row};
 use std::borrow::Cow;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
 
 pub mod testing;
 
@@ -32,6 +42,13 @@ pub enum StoreError {
     Conflict { what: &'static str, name: String },
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A submission shared its transaction with others ([`Store::insert_job`]) and the
+    /// transaction failed: each of them gets this one error, and none of them was stored.
+    #[error("a batch of submissions failed: {0}")]
+    Batch(Arc<StoreError>),
+    /// The store was closed ([`Store::close`]) before the call could be done.
+    #[error("the store is closed")]
+    Closed,
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -113,7 +130,7 @@ pub struct Tenant {
 
 /// What a submission asks for, as the store keeps it. Lists and maps arrive already encoded as
 /// JSON text: the store does not look inside them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NewJob {
     pub tenant_id: i64,
     pub name: String,
@@ -222,39 +239,94 @@ const JOB_COLUMNS: &str = "id, tenant_id, name, command, args_json, env_json, gp
      attempts, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms, gpu_milli";
 
 fn migrator(backend: Backend) -> Migrator {
-    let (init, agents, shares) = match backend {
+    let (init, agents, shares, usage) = match backend {
         Backend::Sqlite => (
             include_str!("../migrations/sqlite/0001_init.sql"),
             include_str!("../migrations/sqlite/0002_agents.sql"),
             include_str!("../migrations/sqlite/0003_gpu_share.sql"),
+            include_str!("../migrations/sqlite/0004_tenant_usage.sql"),
         ),
         Backend::Postgres => (
             include_str!("../migrations/postgres/0001_init.sql"),
             include_str!("../migrations/postgres/0002_agents.sql"),
             include_str!("../migrations/postgres/0003_gpu_share.sql"),
+            include_str!("../migrations/postgres/0004_tenant_usage.sql"),
         ),
     };
     let migrations = vec![
         Migration::new(1, Cow::Borrowed("init"), MigrationType::Simple, Cow::Borrowed(init), false),
         Migration::new(2, Cow::Borrowed("agents"), MigrationType::Simple, Cow::Borrowed(agents), false),
         Migration::new(3, Cow::Borrowed("gpu share"), MigrationType::Simple, Cow::Borrowed(shares), false),
+        Migration::new(4, Cow::Borrowed("tenant usage"), MigrationType::Simple, Cow::Borrowed(usage), false),
     ];
     Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
 
-/// The store over one database. Cheap to clone.
+/// How long a call waits for a free connection before it fails.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections to PostgreSQL, shared by reads and writes.
+const POSTGRES_CONNECTIONS: u32 = 16;
+/// Read connections to SQLite beside its one writer: WAL lets each read a committed snapshot
+/// while the writer writes.
+const SQLITE_READERS: u32 = 4;
+/// Submissions one transaction of the submission writer takes at most. One commit (one sync) pays
+/// for all of them; a cap keeps a transaction, and the wait of its first caller, short.
+const MAX_BATCH_JOBS: usize = 512;
+/// Submissions that may wait for the writer; beyond that, callers wait to hand theirs over.
+const SUBMISSION_QUEUE: usize = 4 * MAX_BATCH_JOBS;
+/// Rows one multi-row insert takes at most, a power of two (see [`in_statements`]). On
+/// PostgreSQL each statement is a round trip: the more rows the better, and 17 parameters a job
+/// stay far below its 65,535. On SQLite a statement costs no round trip, but binding parameter
+/// `$n` looks its name up from the first one, so a statement's binding grows with the square of
+/// its parameters: a few hundred keep it negligible.
+fn max_rows_per_insert(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 16,
+        Backend::Postgres => 512,
+    }
+}
+/// Rows one lookup of earlier submissions by key takes at most: each row is a term of an `OR`,
+/// and SQLite caps an expression's depth at 1,000.
+const MAX_KEYS_PER_LOOKUP: usize = 64;
+
+/// The store over one database. Cheap to clone: every clone shares the pools and the submission
+/// writer. Must be made (by [`Store::connect`]) inside a Tokio runtime, where its writer runs.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: AnyPool,
+    /// Every write and every transaction. On SQLite one connection: SQLite takes one writer at a
+    /// time anyway, and a single connection never meets a busy snapshot inside a transaction.
+    writer: AnyPool,
+    /// Reads outside transactions. On SQLite read-only connections of their own, so reads do not
+    /// wait for the writer; a read sees every commit made before it began. On PostgreSQL the
+    /// writer's pool.
+    reader: AnyPool,
     backend: Backend,
+    /// Hands submissions to the submission writer ([`write_submissions`]).
+    submissions: mpsc::Sender<Submission>,
+}
+
+/// What the submission writer is asked to do.
+// Nearly every message is an insert: boxing it would cost an allocation each for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Submission {
+    Insert(PendingInsert),
+    /// Stop: answer what was handed over before, fail what comes after, then say so.
+    Close(oneshot::Sender<()>),
+}
+
+/// One caller's [`Store::insert_job`], waiting for its batch to commit.
+struct PendingInsert {
+    job: NewJob,
+    now_ms: i64,
+    reply: oneshot::Sender<Result<Inserted>>,
 }
 
 impl Store {
     /// Connects to `url` (`sqlite://PATH` or `postgres://...`), creating the SQLite file and its
-    /// directory if needed, and runs the migrations.
+    /// directory if needed, runs the migrations and starts the submission writer.
     pub async fn connect(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
-        let (backend, url, max) = if let Some(path) = url.strip_prefix("sqlite://") {
+        let (backend, writer, reader) = if let Some(path) = url.strip_prefix("sqlite://") {
             let path = path.split('?').next().unwrap_or(path);
             if path.is_empty() {
                 return Err(StoreError::BadUrl(url.to_string()));
@@ -263,57 +335,55 @@ impl Store {
                 std::fs::create_dir_all(dir)
                     .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
             }
-            // One connection: SQLite takes one writer at a time anyway, and a single connection
-            // never meets a busy snapshot inside a transaction.
-            (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"), 1)
+            let writer = sqlite_pool(&format!("sqlite://{path}?mode=rwc"), 1, SqliteRole::Writer).await?;
+            migrator(Backend::Sqlite).run(&writer).await?;
+            // Only now: a read-only connection can neither create the file nor switch it to WAL.
+            let reader = sqlite_pool(&format!("sqlite://{path}?mode=ro"), SQLITE_READERS, SqliteRole::Reader).await?;
+            (Backend::Sqlite, writer, reader)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            (Backend::Postgres, url.to_string(), 16)
+            let pool = AnyPoolOptions::new()
+                .max_connections(POSTGRES_CONNECTIONS)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect(url)
+                .await?;
+            migrator(Backend::Postgres).run(&pool).await?;
+            (Backend::Postgres, pool.clone(), pool)
         } else {
             return Err(StoreError::BadUrl(url.to_string()));
         };
-        let sqlite = backend == Backend::Sqlite;
-        let pool = AnyPoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(Duration::from_secs(30))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        // Per connection: a connection the pool opens again keeps them. In WAL mode
-                        // `synchronous = NORMAL` syncs at checkpoints, not on every commit: a power
-                        // loss may lose the last commits, never corrupt the database.
-                        for pragma in
-                            ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA foreign_keys = ON"]
-                        {
-                            sqlx::query(pragma).execute(&mut *conn).await?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await?;
-        migrator(backend).run(&pool).await?;
+        let (submissions, queue) = mpsc::channel(SUBMISSION_QUEUE);
+        tokio::spawn(write_submissions(writer.clone(), backend, queue));
         tracing::debug!(backend = ?backend, "store ready");
-        Ok(Store { pool, backend })
+        Ok(Store { writer, reader, backend, submissions })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
     }
 
-    /// Closes the pool, waiting for connections in use.
+    /// Stops the submission writer, then closes the pools, waiting for connections in use.
+    /// Submissions handed over before are committed and answered first; later ones, and every
+    /// call after, fail with [`StoreError::Closed`].
     pub async fn close(&self) {
-        self.pool.close().await;
+        let (done, stopped) = oneshot::channel();
+        // A send that fails finds the writer gone already (an earlier close).
+        if self.submissions.send(Submission::Close(done)).await.is_ok() {
+            let _ = stopped.await;
+        }
+        self.reader.close().await;
+        self.writer.close().await;
     }
 
-    /// Checks that the database answers.
+    /// Checks that the database answers. On a read connection: a health check must not wait
+    /// for a burst of writes to pass.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
     }
 
     pub async fn setting(&self, key: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT value FROM settings WHERE key = $1").bind(key).fetch_optional(&self.pool).await?;
+        let row =
+            sqlx::query("SELECT value FROM settings WHERE key = $1").bind(key).fetch_optional(&self.reader).await?;
         Ok(row.map(|r| r.try_get::<String, _>(0)).transpose()?)
     }
 
@@ -321,7 +391,7 @@ impl Store {
         sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = $2")
             .bind(key)
             .bind(value)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -342,7 +412,7 @@ impl Store {
         .bind(token_hash)
         .bind(gpu_quota)
         .bind(now_ms)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         match row {
             Some(r) => Ok(Tenant { id: r.try_get(0)?, name: name.to_string(), gpu_quota, created_ms: now_ms }),
@@ -357,7 +427,7 @@ impl Store {
     pub async fn tenant_by_token_hash(&self, token_hash: &str) -> Result<Option<Tenant>> {
         let row = sqlx::query("SELECT id, name, gpu_quota, created_ms FROM tenants WHERE token_hash = $1")
             .bind(token_hash)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await?;
         row.as_ref().map(Self::tenant_of).transpose()
     }
@@ -365,7 +435,7 @@ impl Store {
     pub async fn tenant_by_name(&self, name: &str) -> Result<Option<Tenant>> {
         let row = sqlx::query("SELECT id, name, gpu_quota, created_ms FROM tenants WHERE name = $1")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await?;
         row.as_ref().map(Self::tenant_of).transpose()
     }
@@ -373,14 +443,14 @@ impl Store {
     pub async fn tenant(&self, id: i64) -> Result<Option<Tenant>> {
         let row = sqlx::query("SELECT id, name, gpu_quota, created_ms FROM tenants WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await?;
         row.as_ref().map(Self::tenant_of).transpose()
     }
 
     pub async fn tenants(&self) -> Result<Vec<Tenant>> {
         let rows = sqlx::query("SELECT id, name, gpu_quota, created_ms FROM tenants ORDER BY id")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await?;
         rows.iter().map(Self::tenant_of).collect()
     }
@@ -390,7 +460,7 @@ impl Store {
         sqlx::query("UPDATE tenants SET gpu_quota = $1 WHERE id = $2")
             .bind(gpu_quota)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         self.tenant(id).await
     }
@@ -400,7 +470,7 @@ impl Store {
         let done = sqlx::query("UPDATE tenants SET token_hash = $1 WHERE id = $2")
             .bind(token_hash)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -439,70 +509,28 @@ impl Store {
         })
     }
 
-    /// Stores a new pending job and its first history entry in one transaction. With an
-    /// idempotency key already used by the tenant, stores nothing and returns the earlier job.
+    /// Stores a new pending job and its first history entry. With an idempotency key already
+    /// used by the tenant, stores nothing and returns the earlier job (`created: false`).
+    ///
+    /// Committed before it returns, in one transaction with whatever other submissions reached
+    /// the submission writer meanwhile (group commit): one sync pays for all of them. Should that
+    /// transaction fail, every one of them fails, with [`StoreError::Batch`] when it was shared.
+    /// A submission handed over is stored even if the caller stops waiting for the answer.
     pub async fn insert_job(&self, job: &NewJob, now_ms: i64) -> Result<Inserted> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "INSERT INTO jobs (tenant_id, name, command, args_json, env_json, gpus_per_node, nodes, gpu_model, \
-             priority, is_deferrable, max_runtime_s, restart_policy, max_restarts, idempotency_key, request_hash, \
-             state, attempts, submitted_ms, gpu_milli) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'pending', 0, $16, $17) \
-             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id",
-        )
-        .bind(job.tenant_id)
-        .bind(&job.name)
-        .bind(job.command.as_deref())
-        .bind(&job.args_json)
-        .bind(&job.env_json)
-        .bind(job.gpus_per_node)
-        .bind(job.nodes)
-        .bind(job.gpu_model.as_deref())
-        .bind(job.priority)
-        .bind(i64::from(job.deferrable))
-        .bind(job.max_runtime_s)
-        .bind(&job.restart_policy)
-        .bind(job.max_restarts)
-        .bind(job.idempotency_key.as_deref())
-        .bind(&job.request_hash)
-        .bind(now_ms)
-        .bind(job.gpu_milli)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(r) = row {
-            let id: i64 = r.try_get(0)?;
-            sqlx::query(
-                "INSERT INTO job_events (job_id, tenant_id, state, at_ms, message) VALUES ($1, $2, 'pending', $3, NULL)",
-            )
-            .bind(id)
-            .bind(job.tenant_id)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            // Exactly what was inserted: no need to read it back.
-            let stored = Job {
-                id,
-                spec: job.clone(),
-                state: JobState::Pending,
-                attempts: 0,
-                placement_json: None,
-                exit_code: None,
-                message: None,
-                submitted_ms: now_ms,
-                started_ms: None,
-                finished_ms: None,
-            };
-            return Ok(Inserted { job: stored, created: true });
-        }
-        let r = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2"))
-            .bind(job.tenant_id)
-            .bind(job.idempotency_key.as_deref())
-            .fetch_one(&mut *tx)
-            .await?;
-        let stored = Self::job_of(&r)?;
-        tx.commit().await?;
-        Ok(Inserted { job: stored, created: false })
+        let (reply, answer) = oneshot::channel();
+        let insert = PendingInsert { job: job.clone(), now_ms, reply };
+        self.submissions.send(Submission::Insert(insert)).await.map_err(|_| StoreError::Closed)?;
+        // No answer: the writer stopped (the store closed) before it took this submission.
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stores `jobs` submitted at `now_ms` in one transaction, as [`Store::insert_job`] would one
+    /// after the other: a key used twice, in the batch or before, stores one job, and the later
+    /// submission gets it back (`created: false`). One answer per job, in order; if anything
+    /// fails, nothing is stored.
+    pub async fn insert_jobs(&self, jobs: &[NewJob], now_ms: i64) -> Result<Vec<Inserted>> {
+        let jobs: Vec<(&NewJob, i64)> = jobs.iter().map(|j| (j, now_ms)).collect();
+        insert_batch(&self.writer, self.backend, &jobs).await
     }
 
     /// A tenant's job; `None` if it does not exist or belongs to another tenant.
@@ -510,7 +538,7 @@ impl Store {
         let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant_id = $2"))
             .bind(id)
             .bind(tenant_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await?;
         row.as_ref().map(Self::job_of).transpose()
     }
@@ -519,7 +547,7 @@ impl Store {
     pub async fn job_by_id(&self, id: i64) -> Result<Option<Job>> {
         let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await?;
         row.as_ref().map(Self::job_of).transpose()
     }
@@ -534,7 +562,7 @@ impl Store {
             for id in chunk {
                 q = q.bind(*id);
             }
-            for r in q.fetch_all(&self.pool).await? {
+            for r in q.fetch_all(&self.reader).await? {
                 out.push(Self::job_of(&r)?);
             }
         }
@@ -562,7 +590,7 @@ impl Store {
         if let Some(b) = filter.before_id {
             q = q.bind(b);
         }
-        let rows = q.bind(filter.limit.max(0)).fetch_all(&self.pool).await?;
+        let rows = q.bind(filter.limit.max(0)).fetch_all(&self.reader).await?;
         rows.iter().map(Self::job_of).collect()
     }
 
@@ -572,20 +600,43 @@ impl Store {
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('pending', 'scheduled', 'running') ORDER BY id"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.iter().map(Self::job_of).collect()
     }
 
     /// Number of jobs per state, all tenants.
     pub async fn state_counts(&self) -> Result<Vec<(JobState, i64)>> {
-        let rows = sqlx::query("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetch_all(&self.reader).await?;
         rows.iter()
             .map(|r| {
                 let s: String = r.try_get(0)?;
                 Ok((s.parse()?, r.try_get::<i64, _>(1)?))
             })
             .collect()
+    }
+
+    /// A tenant's GPUs: those its scheduled and running jobs hold, and those its pending jobs
+    /// ask for, in that order. A job's GPUs are `max(gpus_per_node, 0) * max(nodes, 1)`; a share
+    /// of one GPU counts as its `gpus_per_node`.
+    pub async fn tenant_gpus(&self, tenant_id: i64) -> Result<(u64, u64)> {
+        // SUM of BIGINT is NUMERIC on PostgreSQL, which the Any driver does not decode: cast back.
+        let row = sqlx::query(
+            "SELECT COALESCE(CAST(SUM(CASE WHEN state = 'pending' THEN 0 ELSE gpus END) AS BIGINT), 0), \
+                    COALESCE(CAST(SUM(CASE WHEN state = 'pending' THEN gpus ELSE 0 END) AS BIGINT), 0) \
+             FROM (SELECT state, \
+                          (CASE WHEN gpus_per_node > 0 THEN gpus_per_node ELSE 0 END) \
+                          * (CASE WHEN nodes > 1 THEN nodes ELSE 1 END) AS gpus \
+                   FROM jobs WHERE tenant_id = $1 AND state IN ('pending', 'scheduled', 'running')) AS active",
+        )
+        .bind(tenant_id)
+        .fetch_one(&self.reader)
+        .await?;
+        let gpus = |at: usize| -> Result<u64> {
+            let n: i64 = row.try_get(at)?;
+            u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("tenant {tenant_id} holds {n} GPUs")))
+        };
+        Ok((gpus(0)?, gpus(1)?))
     }
 
     /// Moves `job_id` to `to` if it is in one of `from`, writing `change` and a history entry in
@@ -609,7 +660,7 @@ impl Store {
         if steps.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let mut applied = Vec::with_capacity(steps.len());
         for step in steps {
             applied.push(Self::transition_in(&mut tx, step, now_ms).await?);
@@ -708,7 +759,7 @@ impl Store {
             "SELECT id, job_id, tenant_id, state, at_ms, message FROM job_events WHERE job_id = $1 ORDER BY id",
         )
         .bind(job_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.iter().map(Self::event_of).collect()
     }
@@ -717,7 +768,7 @@ impl Store {
     pub async fn last_event_id(&self, tenant_id: i64) -> Result<i64> {
         let row = sqlx::query("SELECT COALESCE(MAX(id), 0) FROM job_events WHERE tenant_id = $1")
             .bind(tenant_id)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.reader)
             .await?;
         Ok(row.try_get(0)?)
     }
@@ -731,7 +782,7 @@ impl Store {
         .bind(tenant_id)
         .bind(after_id)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.iter().map(Self::event_of).collect()
     }
@@ -743,7 +794,7 @@ impl Store {
         )
         .bind(token_hash)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -752,7 +803,7 @@ impl Store {
     pub async fn join_token_exists(&self, token_hash: &str) -> Result<bool> {
         let row = sqlx::query("SELECT 1 FROM join_tokens WHERE token_hash = $1")
             .bind(token_hash)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await?;
         Ok(row.is_some())
     }
@@ -769,7 +820,7 @@ impl Store {
         .bind(&node.inventory_json)
         .bind(&node.address)
         .bind(node.joined_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -778,7 +829,7 @@ impl Store {
     pub async fn agent_nodes(&self) -> Result<Vec<AgentNode>> {
         let rows =
             sqlx::query("SELECT name, token_hash, inventory_json, address, joined_ms FROM agent_nodes ORDER BY name")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.reader)
                 .await?;
         rows.iter()
             .map(|r| {
@@ -792,4 +843,312 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// What a SQLite pool's connections are for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SqliteRole {
+    Writer,
+    Reader,
+}
+
+/// A pool of `connections` to the SQLite database at `url`.
+async fn sqlite_pool(url: &str, connections: u32, role: SqliteRole) -> Result<AnyPool> {
+    let pool = AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                // Per connection: a connection the pool opens again keeps them. Readers (opened
+                // read-only) have nothing to set: the file is in WAL mode for good.
+                if role == SqliteRole::Writer {
+                    // In WAL mode `synchronous = FULL` syncs the log on every commit, so a commit
+                    // that returned survives a power loss; group commit (`Store::insert_job`)
+                    // shares that sync among the submissions that arrive together.
+                    for pragma in ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA foreign_keys = ON"]
+                    {
+                        sqlx::query(pragma).execute(&mut *conn).await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?;
+    Ok(pool)
+}
+
+/// The submission writer: takes whatever submissions wait (up to [`MAX_BATCH_JOBS`]), stores
+/// them in one transaction and answers each caller once it committed. It waits for no timer:
+/// while one batch commits, the next gathers in the queue. Ends when the store is closed or every
+/// clone of it is dropped.
+async fn write_submissions(writer: AnyPool, backend: Backend, mut queue: mpsc::Receiver<Submission>) {
+    let mut waiting = Vec::with_capacity(MAX_BATCH_JOBS);
+    let mut closers = Vec::new();
+    while closers.is_empty() {
+        // Zero: every sender (every clone of the store) is gone.
+        if queue.recv_many(&mut waiting, MAX_BATCH_JOBS).await == 0 {
+            break;
+        }
+        let mut batch = Vec::with_capacity(waiting.len());
+        for submission in waiting.drain(..) {
+            match submission {
+                Submission::Insert(insert) if closers.is_empty() => batch.push(insert),
+                // Handed over after the store began to close.
+                Submission::Insert(insert) => {
+                    let _ = insert.reply.send(Err(StoreError::Closed));
+                }
+                Submission::Close(done) => closers.push(done),
+            }
+        }
+        if !batch.is_empty() {
+            commit_batch(&writer, backend, batch).await;
+            // Let the callers just answered run before the next batch is taken: those with more
+            // to submit join it. Without this the few submissions that came during the commit go
+            // alone, and batches alternate between nearly everyone and almost no one.
+            tokio::task::yield_now().await;
+        }
+    }
+    if !closers.is_empty() {
+        // Refuse new submissions, fail those already queued, then tell the closers.
+        queue.close();
+        while let Some(submission) = queue.recv().await {
+            match submission {
+                Submission::Insert(insert) => {
+                    let _ = insert.reply.send(Err(StoreError::Closed));
+                }
+                Submission::Close(done) => closers.push(done),
+            }
+        }
+    }
+    tracing::debug!("submission writer stopped");
+    for done in closers {
+        let _ = done.send(());
+    }
+}
+
+/// Stores one batch of submissions in one transaction and answers each caller.
+async fn commit_batch(writer: &AnyPool, backend: Backend, batch: Vec<PendingInsert>) {
+    let started = Instant::now();
+    let jobs: Vec<(&NewJob, i64)> = batch.iter().map(|p| (&p.job, p.now_ms)).collect();
+    match insert_batch(writer, backend, &jobs).await {
+        Ok(stored) => {
+            tracing::trace!(
+                jobs = batch.len(),
+                elapsed_us = started.elapsed().as_micros(),
+                "submission batch committed"
+            );
+            // A caller that stopped waiting drops its answer; its job is stored all the same.
+            for (pending, inserted) in batch.into_iter().zip(stored) {
+                let _ = pending.reply.send(Ok(inserted));
+            }
+        }
+        Err(error) => {
+            tracing::warn!(jobs = batch.len(), error = %error, "submission batch failed");
+            let mut callers = batch.into_iter();
+            if callers.len() == 1 {
+                if let Some(alone) = callers.next() {
+                    let _ = alone.reply.send(Err(error));
+                }
+                return;
+            }
+            // sqlx errors cannot be cloned: every caller gets the one error, shared.
+            let shared = Arc::new(error);
+            for pending in callers {
+                let _ = pending.reply.send(Err(StoreError::Batch(shared.clone())));
+            }
+        }
+    }
+}
+
+/// Stores `jobs` (each with its submission time) in one transaction: all of them or none.
+async fn insert_batch(writer: &AnyPool, backend: Backend, jobs: &[(&NewJob, i64)]) -> Result<Vec<Inserted>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = writer.begin().await?;
+    let stored = insert_in(&mut tx, backend, jobs).await?;
+    tx.commit().await?;
+    Ok(stored)
+}
+
+/// The columns a submission fills, in the order [`insert_in`] binds them.
+const INSERT_COLUMNS: &str = "tenant_id, name, command, args_json, env_json, gpus_per_node, nodes, gpu_model, \
+     priority, is_deferrable, max_runtime_s, restart_policy, max_restarts, idempotency_key, request_hash, \
+     state, attempts, submitted_ms, gpu_milli";
+/// Parameters a submission binds (every column of [`INSERT_COLUMNS`] but `state` and `attempts`).
+const INSERT_PARAMS: usize = 17;
+
+/// Stores `jobs` and their first history entries inside a transaction, as if one after the
+/// other: a key used before, or earlier in `jobs`, stores nothing and answers the job stored
+/// first with it. A handful of multi-row statements, whatever the number of jobs.
+async fn insert_in(conn: &mut AnyConnection, backend: Backend, jobs: &[(&NewJob, i64)]) -> Result<Vec<Inserted>> {
+    // A key used earlier in the batch makes a submission a retry of that earlier one.
+    let mut first_with_key: HashMap<(i64, &str), usize> = HashMap::new();
+    let mut retry_of: Vec<Option<usize>> = Vec::with_capacity(jobs.len());
+    let mut fresh: Vec<usize> = Vec::with_capacity(jobs.len());
+    for (i, (job, _)) in jobs.iter().enumerate() {
+        let earlier = job.idempotency_key.as_deref().and_then(|key| match first_with_key.entry((job.tenant_id, key)) {
+            Entry::Occupied(first) => Some(*first.get()),
+            Entry::Vacant(slot) => {
+                slot.insert(i);
+                None
+            }
+        });
+        if earlier.is_none() {
+            fresh.push(i);
+        }
+        retry_of.push(earlier);
+    }
+
+    // The new jobs; one whose key the tenant used before is skipped by the conflict clause.
+    let mut created: Vec<Job> = Vec::with_capacity(fresh.len());
+    for (rows, size) in in_statements(&fresh, max_rows_per_insert(backend)) {
+        let sql = format!(
+            "INSERT INTO jobs ({INSERT_COLUMNS}) \
+             SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, column10, \
+                    column11, column12, column13, column14, column15, 'pending', 0, column16, column17 \
+             FROM (VALUES {}) AS submitted WHERE column1 IS NOT NULL \
+             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}",
+            values_list(size, INSERT_PARAMS)
+        );
+        let mut q = sqlx::query(&sql);
+        for &i in rows {
+            let (job, now_ms) = jobs[i];
+            q = q
+                .bind(job.tenant_id)
+                .bind(job.name.as_str())
+                .bind(job.command.as_deref())
+                .bind(job.args_json.as_str())
+                .bind(job.env_json.as_str())
+                .bind(job.gpus_per_node)
+                .bind(job.nodes)
+                .bind(job.gpu_model.as_deref())
+                .bind(job.priority)
+                .bind(i64::from(job.deferrable))
+                .bind(job.max_runtime_s)
+                .bind(job.restart_policy.as_str())
+                .bind(job.max_restarts)
+                .bind(job.idempotency_key.as_deref())
+                .bind(job.request_hash.as_str())
+                .bind(now_ms)
+                .bind(job.gpu_milli);
+        }
+        // Spare rows: NULL in every column, of each column's type (PostgreSQL types the VALUES
+        // columns from them too), and left out by the WHERE.
+        let (no_int, no_text) = (None::<i64>, None::<&str>);
+        for _ in rows.len()..size {
+            q = q.bind(no_int).bind(no_text).bind(no_text).bind(no_text).bind(no_text).bind(no_int).bind(no_int);
+            q = q.bind(no_text).bind(no_int).bind(no_int).bind(no_int).bind(no_text).bind(no_int).bind(no_text);
+            q = q.bind(no_text).bind(no_int).bind(no_int);
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            created.push(Store::job_of(&r)?);
+        }
+    }
+
+    // RETURNING promises no order, so each stored row finds its submission by what was asked
+    // and when. Submissions alike in both are alike in every answer but the id: they take the
+    // ids in submission order, as the rows were inserted.
+    created.sort_by_key(|j| j.id);
+    let mut by_submission: HashMap<(&NewJob, i64), VecDeque<usize>> = HashMap::new();
+    for &i in &fresh {
+        by_submission.entry(jobs[i]).or_default().push_back(i);
+    }
+    let mut submission_of = Vec::with_capacity(created.len());
+    for job in &created {
+        let Some(i) = by_submission.get_mut(&(&job.spec, job.submitted_ms)).and_then(VecDeque::pop_front) else {
+            return Err(StoreError::Corrupt(format!("job {} was stored but matches no submission", job.id)));
+        };
+        submission_of.push(i);
+    }
+    let mut answers: Vec<Option<Inserted>> = vec![None; jobs.len()];
+    let mut events: Vec<(i64, i64, i64)> = Vec::with_capacity(created.len());
+    for (job, i) in created.into_iter().zip(submission_of) {
+        events.push((job.id, job.spec.tenant_id, job.submitted_ms));
+        answers[i] = Some(Inserted { job, created: true });
+    }
+
+    // Their first history entries, in id order.
+    for (rows, size) in in_statements(&events, max_rows_per_insert(backend)) {
+        let sql = format!(
+            "INSERT INTO job_events (job_id, tenant_id, state, at_ms, message) \
+             SELECT column1, column2, 'pending', column3, NULL FROM (VALUES {}) AS created WHERE column1 IS NOT NULL",
+            values_list(size, 3)
+        );
+        let mut q = sqlx::query(&sql);
+        for &(job_id, tenant_id, at_ms) in rows {
+            q = q.bind(job_id).bind(tenant_id).bind(at_ms);
+        }
+        for _ in rows.len()..size {
+            q = q.bind(None::<i64>).bind(None::<i64>).bind(None::<i64>);
+        }
+        q.execute(&mut *conn).await?;
+    }
+
+    // The submissions skipped for a key used before: answer the job stored then, as it is now.
+    let skipped: Vec<(i64, &str)> = fresh
+        .iter()
+        .filter(|&&i| answers[i].is_none())
+        .filter_map(|&i| jobs[i].0.idempotency_key.as_deref().map(|key| (jobs[i].0.tenant_id, key)))
+        .collect();
+    for (keys, size) in in_statements(&skipped, MAX_KEYS_PER_LOOKUP) {
+        let terms: Vec<String> =
+            (0..size).map(|k| format!("(tenant_id = ${} AND idempotency_key = ${})", 2 * k + 1, 2 * k + 2)).collect();
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE {}", terms.join(" OR "));
+        let mut q = sqlx::query(&sql);
+        for &(tenant_id, key) in keys {
+            q = q.bind(tenant_id).bind(key);
+        }
+        // Spare terms compare with NULL: never true.
+        for _ in keys.len()..size {
+            q = q.bind(None::<i64>).bind(None::<&str>);
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            let job = Store::job_of(&r)?;
+            let first =
+                job.spec.idempotency_key.as_deref().and_then(|key| first_with_key.get(&(job.spec.tenant_id, key)));
+            if let Some(&i) = first {
+                answers[i] = Some(Inserted { job, created: false });
+            }
+        }
+    }
+
+    // Retries within the batch answer what their first submission got.
+    let mut out = Vec::with_capacity(jobs.len());
+    for (i, earlier) in retry_of.iter().enumerate() {
+        let answer = match earlier {
+            Some(first) => answers[*first].as_ref().map(|a| Inserted { job: a.job.clone(), created: false }),
+            None => answers[i].clone(),
+        };
+        out.push(answer.ok_or_else(|| {
+            StoreError::Corrupt(format!("submission {i} of a batch was neither stored nor found by its key"))
+        })?);
+    }
+    Ok(out)
+}
+
+/// `rows` cut into statements of at most `max` rows (a power of two), each with its size: the
+/// power of two its rows fill at least half of. The caller pads the spare rows out. A handful of
+/// statement texts then serve every batch, staying prepared in each connection's statement
+/// cache, and a batch takes few statements: one up to `max` rows.
+fn in_statements<T>(rows: &[T], max: usize) -> impl Iterator<Item = (&[T], usize)> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (head, tail) = rest.split_at(rest.len().min(max));
+        rest = tail;
+        Some((head, head.len().next_power_of_two()))
+    })
+}
+
+/// `rows` rows of `columns` parameters for a VALUES list: `($1, $2), ($3, $4)`.
+fn values_list(rows: usize, columns: usize) -> String {
+    let row = |r: usize| {
+        let params: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
+        format!("({})", params.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
 }

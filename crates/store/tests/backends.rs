@@ -1,8 +1,10 @@
 //! The store's behaviour, checked on both backends: SQLite in a temporary file and PostgreSQL in
 //! a fresh database (which must be reachable: these tests fail, they do not skip, without it).
 
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 use store::testing::TempPostgres;
-use store::{Change, JobFilter, JobState, NewJob, Store, Transition};
+use store::{Change, JobFilter, JobState, NewJob, Store, StoreError, Transition};
 
 fn new_job(tenant_id: i64, key: Option<&str>) -> NewJob {
     NewJob {
@@ -166,4 +168,245 @@ async fn gpu_shares(store: &Store) {
     assert_eq!(store.job_by_id(stored.id).await.unwrap().unwrap().spec.gpu_milli, Some(250));
     let whole = store.insert_job(&new_job(t.id, None), 16).await.unwrap().job;
     assert_eq!(store.job_by_id(whole.id).await.unwrap().unwrap().spec.gpu_milli, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_group_commit() {
+    let dir = std::env::temp_dir().join(format!("drome-store-group-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    group_commit(&format!("sqlite://{}/drome.db", dir.display())).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_group_commit() {
+    let db = TempPostgres::create().await.expect("PostgreSQL is required for this test");
+    group_commit(&db.url).await;
+    db.drop_database().await.unwrap();
+}
+
+/// Submissions that share transactions, a tenant's GPUs, and closing with submissions in flight.
+async fn group_commit(url: &str) {
+    let store = Store::connect(url).await.unwrap();
+    concurrent_inserts(&store).await;
+    concurrent_retries(&store).await;
+    batch_with_retries(&store).await;
+    large_batches(&store).await;
+    failed_batches_store_nothing(&store).await;
+    tenant_gpus(&store).await;
+    closing_answers_everyone(store, url).await;
+}
+
+fn all(limit: i64) -> JobFilter {
+    JobFilter { limit, ..Default::default() }
+}
+
+/// Many submissions at once: each is stored once, with its own id, time and history entry, and
+/// a read after the answer sees it.
+async fn concurrent_inserts(store: &Store) {
+    let tenant_id = store.create_tenant("burst", "hash-burst", None, 1).await.unwrap().id;
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let key = (i % 2 == 0).then(|| format!("burst-{i}"));
+                let inserted = store.insert_job(&new_job(tenant_id, key.as_deref()), 1_000 + i).await?;
+                let read = store.job(tenant_id, inserted.job.id).await?;
+                Ok::<_, StoreError>((i, key, inserted, read))
+            })
+        })
+        .collect();
+    let mut submitted_ms = HashMap::new();
+    for task in tasks {
+        let (i, key, inserted, read) = task.await.unwrap().unwrap();
+        assert!(inserted.created);
+        assert_eq!(inserted.job.submitted_ms, 1_000 + i, "each caller gets its own job back");
+        assert_eq!(inserted.job.spec.idempotency_key, key);
+        assert_eq!(inserted.job.state, JobState::Pending);
+        assert_eq!(read.as_ref(), Some(&inserted.job), "a read after the answer sees the job");
+        submitted_ms.insert(inserted.job.id, inserted.job.submitted_ms);
+    }
+    assert_eq!(submitted_ms.len(), 200, "distinct ids");
+    assert_eq!(store.jobs(tenant_id, &all(1_000)).await.unwrap().len(), 200);
+    let events = store.events_after(tenant_id, 0, 1_000).await.unwrap();
+    assert_eq!(events.len(), 200);
+    for e in &events {
+        assert_eq!(e.state, JobState::Pending);
+        assert_eq!(submitted_ms.get(&e.job_id), Some(&e.at_ms), "one entry per job, at its submission");
+    }
+}
+
+/// The same key submitted many times at once stores one job; every other call replays it.
+async fn concurrent_retries(store: &Store) {
+    let tenant_id = store.create_tenant("retries", "hash-retries", None, 1).await.unwrap().id;
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.insert_job(&new_job(tenant_id, Some("same")), 2_000 + i).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap().unwrap());
+    }
+    let created: Vec<_> = answers.iter().filter(|a| a.created).collect();
+    assert_eq!(created.len(), 1, "exactly one call stores the job");
+    assert!(answers.iter().all(|a| a.job == created[0].job), "the others get it back");
+    assert_eq!(store.jobs(tenant_id, &all(100)).await.unwrap().len(), 1);
+    assert_eq!(store.events_after(tenant_id, 0, 100).await.unwrap().len(), 1);
+}
+
+/// One batch behaves as its submissions one after the other, keys reused within it included.
+async fn batch_with_retries(store: &Store) {
+    let tenant_id = store.create_tenant("batch", "hash-batch", None, 1).await.unwrap().id;
+    let before = store.insert_job(&new_job(tenant_id, Some("k0")), 1).await.unwrap();
+    let batch = [
+        new_job(tenant_id, Some("k0")),
+        new_job(tenant_id, Some("k1")),
+        new_job(tenant_id, None),
+        new_job(tenant_id, Some("k1")),
+        new_job(tenant_id, None),
+        NewJob { name: "other".into(), ..new_job(tenant_id, Some("k2")) },
+    ];
+    let got = store.insert_jobs(&batch, 2).await.unwrap();
+    assert_eq!(got.iter().map(|a| a.created).collect::<Vec<_>>(), vec![false, true, true, false, true, true]);
+    assert_eq!(got[0].job, before.job, "a key used before replays its job");
+    assert_eq!(got[3].job, got[1].job, "a key used earlier in the batch replays that job");
+    let ids: Vec<i64> = [1, 2, 4, 5].iter().map(|&i| got[i].job.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "new jobs take ids in submission order: {ids:?}");
+    assert_eq!(got[5].job.spec.name, "other");
+    assert!(got[1..].iter().all(|a| a.job.submitted_ms == 2));
+    assert_eq!(store.events_after(tenant_id, 0, 100).await.unwrap().len(), 5);
+    let history: Vec<JobState> = store.history(got[1].job.id).await.unwrap().into_iter().map(|e| e.state).collect();
+    assert_eq!(history, vec![JobState::Pending]);
+    assert!(store.insert_jobs(&[], 3).await.unwrap().is_empty());
+}
+
+/// Batches larger than one statement takes, with keys repeated within and across them.
+async fn large_batches(store: &Store) {
+    let tenant_id = store.create_tenant("large", "hash-large", None, 1).await.unwrap().id;
+    // Even submissions carry one of 250 keys (each twice past the 500th), odd ones none.
+    let key = |i: usize| i.is_multiple_of(2).then(|| format!("big-{}", i % 500));
+    let batch: Vec<NewJob> = (0..700).map(|i| new_job(tenant_id, key(i).as_deref())).collect();
+    let first = store.insert_jobs(&batch, 7).await.unwrap();
+    assert_eq!(first.len(), 700);
+    let created: Vec<i64> = first.iter().filter(|a| a.created).map(|a| a.job.id).collect();
+    assert_eq!(created.len(), 600, "350 without a key, 250 keys");
+    assert!(created.windows(2).all(|w| w[0] < w[1]), "ids in submission order");
+    for i in (500..700).step_by(2) {
+        assert!(!first[i].created);
+        assert_eq!(first[i].job, first[i - 500].job, "submission {i} replays the one with its key");
+    }
+    assert_eq!(store.jobs(tenant_id, &all(1_000)).await.unwrap().len(), 600);
+    assert_eq!(store.events_after(tenant_id, 0, 1_000).await.unwrap().len(), 600);
+
+    // Again: every key replays its job; submissions without one are new jobs.
+    let again = store.insert_jobs(&batch, 8).await.unwrap();
+    for (i, (a, b)) in first.iter().zip(&again).enumerate() {
+        match key(i) {
+            Some(_) => assert!(!b.created && b.job == a.job, "submission {i} replays its job"),
+            None => assert!(b.created && b.job.id > a.job.id && b.job.submitted_ms == 8),
+        }
+    }
+    assert_eq!(store.jobs(tenant_id, &all(2_000)).await.unwrap().len(), 950);
+}
+
+/// A batch that fails stores none of its submissions, and fails every caller in it.
+async fn failed_batches_store_nothing(store: &Store) {
+    let tenant_id = store.create_tenant("failing", "hash-failing", None, 1).await.unwrap().id;
+    const NO_SUCH_TENANT: i64 = 999_999;
+    let batch = [new_job(tenant_id, Some("f0")), new_job(NO_SUCH_TENANT, None), new_job(tenant_id, None)];
+    assert!(store.insert_jobs(&batch, 1).await.is_err());
+    assert!(store.jobs(tenant_id, &all(100)).await.unwrap().is_empty(), "nothing of a failed batch is stored");
+
+    // Through the writer: whoever shared the bad submission's transaction fails with it.
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let job =
+                    if i == 20 { new_job(NO_SUCH_TENANT, None) } else { new_job(tenant_id, Some(&format!("c{i}"))) };
+                (i, store.insert_job(&job, 3).await)
+            })
+        })
+        .collect();
+    let mut stored_keys = HashSet::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            (20, answer) => assert!(answer.is_err(), "a job of no tenant is refused"),
+            (_, Ok(inserted)) => {
+                assert!(inserted.created);
+                stored_keys.insert(inserted.job.spec.idempotency_key.unwrap());
+            }
+            (_, Err(e)) => assert!(matches!(e, StoreError::Batch(_)), "failed with a batch, not alone: {e}"),
+        }
+    }
+    let listed: HashSet<String> =
+        store.jobs(tenant_id, &all(100)).await.unwrap().into_iter().filter_map(|j| j.spec.idempotency_key).collect();
+    assert_eq!(listed, stored_keys, "stored exactly what was answered as stored");
+    assert!(store.insert_job(&new_job(tenant_id, Some("after")), 4).await.unwrap().created, "the writer goes on");
+}
+
+/// GPUs held (scheduled, running) and asked for (pending), counted by the database.
+async fn tenant_gpus(store: &Store) {
+    let tenant_id = store.create_tenant("gpus", "hash-gpus", None, 1).await.unwrap().id;
+    let other = store.create_tenant("gpus-other", "hash-gpus-other", None, 1).await.unwrap().id;
+    assert_eq!(store.tenant_gpus(tenant_id).await.unwrap(), (0, 0));
+    let shape = |gpus_per_node, nodes| NewJob { gpus_per_node, nodes, ..new_job(tenant_id, None) };
+    let jobs = store
+        .insert_jobs(&[shape(8, 2), shape(2, 0), shape(1, 3), shape(4, 1), shape(-1, 5), shape(3, 1)], 1)
+        .await
+        .unwrap();
+    store.insert_job(&NewJob { gpus_per_node: 8, nodes: 8, ..new_job(other, None) }, 1).await.unwrap();
+    let id = |i: usize| jobs[i].job.id;
+    let step = |job_id, from, to| Transition { job_id, from: vec![from], to, change: Change::default() };
+    let steps = [
+        step(id(1), JobState::Pending, JobState::Scheduled),
+        step(id(2), JobState::Pending, JobState::Scheduled),
+        step(id(2), JobState::Scheduled, JobState::Running),
+        step(id(3), JobState::Pending, JobState::Scheduled),
+        step(id(3), JobState::Scheduled, JobState::Running),
+        step(id(3), JobState::Running, JobState::Succeeded),
+    ];
+    assert!(store.transitions(&steps, 2).await.unwrap().into_iter().all(|applied| applied));
+    // Held: 2 (scheduled, one node at least) + 3 (running); pending: 16 + 0 (no GPUs) + 3.
+    assert_eq!(store.tenant_gpus(tenant_id).await.unwrap(), (5, 19));
+}
+
+/// Closing answers every submission in flight (stored, or refused as closed) and never hangs;
+/// what was answered as stored is there when the database is opened again.
+async fn closing_answers_everyone(store: Store, url: &str) {
+    let tenant_id = store.create_tenant("closing", "hash-closing", None, 1).await.unwrap().id;
+    let (stored_tx, mut stored_rx) = tokio::sync::mpsc::unbounded_channel();
+    let tasks: Vec<_> = (0..32)
+        .map(|task| {
+            let (store, stored_tx) = (store.clone(), stored_tx.clone());
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    match store.insert_job(&new_job(tenant_id, Some(&format!("x{task}-{i}"))), 5).await {
+                        Ok(inserted) => stored_tx.send(inserted.job.id).unwrap(),
+                        Err(StoreError::Closed) => return,
+                        Err(e) => panic!("refused as closed, not with {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(stored_tx);
+    // Close while submissions are in flight: after the first is answered.
+    let mut stored: HashSet<i64> = stored_rx.recv().await.into_iter().collect();
+    tokio::time::timeout(Duration::from_secs(60), store.close()).await.expect("close never hangs");
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(60), task).await.expect("every caller is answered").unwrap();
+    }
+    while let Some(id) = stored_rx.recv().await {
+        stored.insert(id);
+    }
+    assert!(matches!(store.insert_job(&new_job(tenant_id, None), 6).await, Err(StoreError::Closed)));
+    store.close().await;
+
+    let reopened = Store::connect(url).await.unwrap();
+    let listed: HashSet<i64> = reopened.jobs(tenant_id, &all(1_000)).await.unwrap().into_iter().map(|j| j.id).collect();
+    assert_eq!(listed, stored, "what was answered as stored is stored, nothing else");
+    reopened.close().await;
 }
