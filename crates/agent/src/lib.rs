@@ -4,10 +4,12 @@
 //! start and the runs to kill. Work runs as real processes, one process group per run, under the
 //! work directory; nothing of a run is left when it ends.
 
+pub mod host;
 pub mod inventory;
 pub mod rapl;
 pub mod runner;
 
+pub use host::AgentHost;
 pub use runner::{NodeAgent, NodeConfig};
 
 /// Why an agent stopped.

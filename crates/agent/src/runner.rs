@@ -58,12 +58,23 @@ pub struct NodeAgent {
     power_cap: Option<f64>,
     /// CPU package power limit of the node, watts for all packages, as last asked for.
     cpu_cap: Option<f64>,
-    exit_tx: mpsc::UnboundedSender<RunExit>,
-    exit_rx: mpsc::UnboundedReceiver<RunExit>,
+    /// Where this node's run ends go, tagged with `index` (its place in a host's node list).
+    exit_tx: mpsc::UnboundedSender<(usize, RunExit)>,
+    /// Its own end of the channel when it runs alone; a host holds the shared one.
+    exit_rx: Option<mpsc::UnboundedReceiver<(usize, RunExit)>>,
+    index: usize,
 }
 
 fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
     move |source| AgentError::Io { path: path.display().to_string(), source }
+}
+
+/// A number unlikely to repeat between processes (clock and address-space noise), to name an
+/// agent process to the server.
+pub(crate) fn random_suffix() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let local = 0u8;
+    (nanos as u64) ^ ((&local as *const u8 as u64) << 16)
 }
 
 /// Signals a run's process group; a group already gone is fine.
@@ -136,10 +147,23 @@ pub fn kill_runs(work_dir: &std::path::Path) -> usize {
 
 impl NodeAgent {
     pub fn new(cfg: NodeConfig) -> Result<NodeAgent, AgentError> {
-        std::fs::create_dir_all(cfg.work_dir.join("runs")).map_err(io(&cfg.work_dir))?;
-        let credential = std::fs::read_to_string(cfg.work_dir.join("credential")).ok().map(|s| s.trim().to_string());
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+        let mut agent = NodeAgent::in_host(cfg, http, 0, exit_tx)?;
+        agent.exit_rx = Some(exit_rx);
+        Ok(agent)
+    }
+
+    /// A node served by a host ([`crate::host::AgentHost`]): it shares the host's HTTP client and
+    /// sends its run ends, tagged `index`, to the host's channel.
+    pub(crate) fn in_host(
+        cfg: NodeConfig,
+        http: reqwest::Client,
+        index: usize,
+        exit_tx: mpsc::UnboundedSender<(usize, RunExit)>,
+    ) -> Result<NodeAgent, AgentError> {
+        std::fs::create_dir_all(cfg.work_dir.join("runs")).map_err(io(&cfg.work_dir))?;
+        let credential = std::fs::read_to_string(cfg.work_dir.join("credential")).ok().map(|s| s.trim().to_string());
         let agent = NodeAgent {
             cfg,
             http,
@@ -155,7 +179,8 @@ impl NodeAgent {
             power_cap: None,
             cpu_cap: None,
             exit_tx,
-            exit_rx,
+            exit_rx: None,
+            index,
         };
         agent.reap_leftovers();
         Ok(agent)
@@ -169,7 +194,7 @@ impl NodeAgent {
         }
     }
 
-    async fn join(&mut self) -> Result<String, AgentError> {
+    pub(crate) async fn join(&mut self) -> Result<String, AgentError> {
         let body = AgentJoin {
             join_token: self.cfg.join_token.clone(),
             node: self.cfg.name.clone(),
@@ -223,6 +248,7 @@ impl NodeAgent {
         }
         let dir = self.run_dir(&key);
         let tx = self.exit_tx.clone();
+        let index = self.index;
         let spawned = (|| -> std::io::Result<tokio::process::Child> {
             std::fs::create_dir_all(&dir)?;
             let stdout = std::fs::File::create(dir.join("stdout"))?;
@@ -258,13 +284,13 @@ impl NodeAgent {
                     // Whatever the leader left behind in its group goes with it.
                     signal_group(pgid, Signal::SIGKILL);
                     let _ = std::fs::remove_file(dir.join("pgid"));
-                    let _ = tx.send(RunExit { run: key, code });
+                    let _ = tx.send((index, RunExit { run: key, code }));
                 });
             }
             Err(e) => {
                 tracing::warn!(node = %self.cfg.name, job = key.job_id, error = %e, "run cannot start");
                 let _ = std::fs::write(dir.join("stderr"), format!("drome: cannot start {}: {e}\n", a.command));
-                let _ = tx.send(RunExit { run: key, code: 127 });
+                let _ = tx.send((index, RunExit { run: key, code: 127 }));
                 self.live.insert(key, Live { pgid: 0, gpus: 0 });
             }
         }
@@ -332,7 +358,7 @@ impl NodeAgent {
     }
 
     /// When the lease runs out without a renewal while runs are live.
-    fn fence_at(&self) -> Option<tokio::time::Instant> {
+    pub(crate) fn fence_at(&self) -> Option<tokio::time::Instant> {
         if self.live.is_empty() {
             return None;
         }
@@ -341,7 +367,7 @@ impl NodeAgent {
 
     /// The lease ran out: the server may start this node's runs elsewhere after its grace, so
     /// they stop now (SIGKILL), never to run twice at once. Their exits are reported later.
-    fn fence(&mut self) {
+    pub(crate) fn fence(&mut self) {
         let pgids: Vec<i32> = self.live.values().map(|l| l.pgid).filter(|&p| p > 1).collect();
         tracing::warn!(node = %self.cfg.name, runs = pgids.len(), "lease not renewed in time: runs stopped");
         for pgid in pgids {
@@ -351,9 +377,96 @@ impl NodeAgent {
         self.renewed_at = None;
     }
 
+    pub(crate) fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub(crate) fn credential(&self) -> Option<&str> {
+        self.credential.as_deref()
+    }
+
+    /// Forgets the credential (the server refused it): the node joins again.
+    pub(crate) fn drop_credential(&mut self) {
+        tracing::warn!(node = %self.cfg.name, "credential refused; joining again");
+        self.credential = None;
+    }
+
+    /// A run of this node ended: reported with the next heartbeat, and every one after until the
+    /// server acknowledges it.
+    pub(crate) fn take_exit(&mut self, e: RunExit) {
+        self.live.remove(&e.run);
+        self.exited.push(e);
+    }
+
+    /// Whether ends wait that the server has not seen once.
+    pub(crate) fn has_news(&self) -> bool {
+        self.exited.len() > self.exits_sent
+    }
+
+    /// The node's heartbeat now.
+    pub(crate) fn heartbeat_body(&self) -> Heartbeat {
+        Heartbeat {
+            running: self.live.keys().copied().collect(),
+            exited: self.exited.clone(),
+            power_watts: Some(self.power()),
+            gpu_power_cap_watts: self.power_cap,
+            cpu_power_cap_watts: self.cpu_cap,
+            wait_ms: if self.has_news() { 0 } else { self.heartbeat.as_millis() as u64 },
+        }
+    }
+
+    pub(crate) fn heartbeat_period(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// A heartbeat sent at `sent_at` with `sent_exits` ends was answered: the lease runs from
+    /// then.
+    pub(crate) fn renewed(&mut self, sent_at: tokio::time::Instant, lease_ms: u64, sent_exits: usize) {
+        self.renewed_at = Some(sent_at);
+        self.lease = Duration::from_millis(lease_ms.max(100));
+        self.exits_sent = self.exits_sent.max(sent_exits).min(self.exited.len());
+    }
+
+    /// Does what the server's answer says: forgets acknowledged ends, kills, starts, applies
+    /// caps, sends output asked for.
+    pub(crate) fn apply(&mut self, reply: HeartbeatReply) {
+        // Ends are forgotten only once the server says it recorded them; until then they go out
+        // again with every heartbeat, without making it go out at once.
+        if !reply.acked.is_empty() {
+            let acked: HashSet<RunKey> = reply.acked.iter().copied().collect();
+            let sent_kept = self.exited[..self.exits_sent].iter().filter(|e| !acked.contains(&e.run)).count();
+            self.exited.retain(|e| !acked.contains(&e.run));
+            self.exits_sent = sent_kept;
+        }
+        for k in &reply.kill {
+            self.kill(k);
+        }
+        for a in &reply.assign {
+            self.start(a);
+        }
+        self.apply_cap(reply.gpu_power_cap_watts);
+        self.apply_cpu_cap(reply.cpu_power_cap_watts);
+        if let Some(credential) = self.credential.clone() {
+            for req in reply.logs {
+                self.send_log(&credential, req);
+            }
+        }
+    }
+
+    /// Stops the runs if the lease ran out; when it will, if runs are live.
+    pub(crate) fn check_fence(&mut self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        if self.fence_at().is_some_and(|t| t <= now) {
+            self.fence();
+        }
+        self.fence_at()
+    }
+
     /// Joins (unless it holds a credential) and heartbeats until the process ends.
     pub async fn run(mut self) -> Result<(), AgentError> {
         let mut backoff = Duration::from_millis(100);
+        let Some(mut exit_rx) = self.exit_rx.take() else {
+            return Err(AgentError::Refused("this node is served by a host".into()));
+        };
         loop {
             let credential = match self.credential.clone() {
                 Some(c) => c,
@@ -368,24 +481,13 @@ impl NodeAgent {
                     }
                 },
             };
-            while let Ok(e) = self.exit_rx.try_recv() {
-                self.live.remove(&e.run);
-                self.exited.push(e);
+            while let Ok((_, e)) = exit_rx.try_recv() {
+                self.take_exit(e);
             }
-            let beat = Heartbeat {
-                running: self.live.keys().copied().collect(),
-                exited: self.exited.clone(),
-                power_watts: Some(self.power()),
-                gpu_power_cap_watts: self.power_cap,
-                cpu_power_cap_watts: self.cpu_cap,
-                wait_ms: if self.exited.len() > self.exits_sent { 0 } else { self.heartbeat.as_millis() as u64 },
-            };
-            if self.fence_at().is_some_and(|t| t <= tokio::time::Instant::now()) {
-                self.fence();
-            }
-            let sent_exits = beat.exited.len();
+            let beat = self.heartbeat_body();
             let sent_at = tokio::time::Instant::now();
-            let fence_at = self.fence_at();
+            let fence_at = self.check_fence(sent_at);
+            let sent_exits = beat.exited.len();
             let request = self
                 .http
                 .post(format!("{}/v1/agent/heartbeat", self.cfg.server))
@@ -394,11 +496,10 @@ impl NodeAgent {
                 .send();
             let response = tokio::select! {
                 r = request => r,
-                Some(e) = self.exit_rx.recv() => {
+                Some((_, e)) = exit_rx.recv() => {
                     // Report an exit at once: the held heartbeat is dropped (the server resends
                     // anything it carried).
-                    self.live.remove(&e.run);
-                    self.exited.push(e);
+                    self.take_exit(e);
                     continue;
                 }
                 _ = tokio::time::sleep_until(fence_at.unwrap_or(sent_at)), if fence_at.is_some() => {
@@ -410,8 +511,7 @@ impl NodeAgent {
             };
             let reply = match response {
                 Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
-                    tracing::warn!(node = %self.cfg.name, "credential refused; joining again");
-                    self.credential = None;
+                    self.drop_credential();
                     continue;
                 }
                 Ok(r) if r.status().is_success() => r.json::<HeartbeatReply>().await,
@@ -433,28 +533,8 @@ impl NodeAgent {
                 }
             };
             backoff = Duration::from_millis(100);
-            self.renewed_at = Some(sent_at);
-            self.lease = Duration::from_millis(reply.lease_ms.max(100));
-            // Ends are forgotten only once the server says it recorded them; until then they
-            // go out again with every heartbeat, without making it go out at once.
-            self.exits_sent = self.exits_sent.max(sent_exits).min(self.exited.len());
-            if !reply.acked.is_empty() {
-                let acked: HashSet<RunKey> = reply.acked.iter().copied().collect();
-                let sent_kept = self.exited[..self.exits_sent].iter().filter(|e| !acked.contains(&e.run)).count();
-                self.exited.retain(|e| !acked.contains(&e.run));
-                self.exits_sent = sent_kept;
-            }
-            for k in &reply.kill {
-                self.kill(k);
-            }
-            for a in &reply.assign {
-                self.start(a);
-            }
-            self.apply_cap(reply.gpu_power_cap_watts);
-            self.apply_cpu_cap(reply.cpu_power_cap_watts);
-            for req in reply.logs {
-                self.send_log(&credential, req);
-            }
+            self.renewed(sent_at, reply.lease_ms, sent_exits);
+            self.apply(reply);
         }
     }
 }

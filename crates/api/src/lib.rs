@@ -410,6 +410,52 @@ pub struct Heartbeat {
     pub wait_ms: u64,
 }
 
+/// One node's heartbeat within a batch, with the node's own credential.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeHeartbeat {
+    pub node: String,
+    pub credential: String,
+    /// Its `wait_ms` is not read: the batch's is.
+    pub heartbeat: Heartbeat,
+}
+
+/// `POST /v1/agent/heartbeats`: one agent process's heartbeats for many nodes, over one
+/// connection. It lists the nodes whose state changed, and every node at least once per
+/// heartbeat period (each listing renews that node's lease); the server holds the call until
+/// one of the agent's nodes, listed or not, has work to do, or `wait_ms` passes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBatch {
+    /// Names the agent process (random, made at its start): the nodes it serves are woken
+    /// together.
+    pub agent_id: String,
+    #[serde(default)]
+    pub nodes: Vec<NodeHeartbeat>,
+    /// How long the server may hold the call waiting for work, in milliseconds.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// The answer for one node of a batch: its heartbeat reply, or why the node was refused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeHeartbeatReply {
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<HeartbeatReply>,
+    /// The node's credential was refused: it must join again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The server's answer to a batched heartbeat: only the nodes that have something to do.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatBatchReply {
+    pub lease_ms: u64,
+    #[serde(default)]
+    pub nodes: Vec<NodeHeartbeatReply>,
+}
+
 /// Work for a node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Assignment {
@@ -565,12 +611,14 @@ pub struct Health {
         paths::create_join_token,
         paths::agent_join,
         paths::agent_heartbeat,
+        paths::agent_heartbeats,
         paths::agent_logs,
     ),
     components(schemas(
         JobState, RestartPolicy, JobSpec, PlacedMember, StateChange, Job, JobList, NewTenant, Tenant,
         TenantCreated, QuotaUpdate, Quota, Node, Site, Event, ErrorBody, ErrorDetail, Health,
         GpuInfo, JoinToken, AgentJoin, AgentJoined, RunKey, RunExit, Heartbeat, Assignment, HeartbeatReply,
+        NodeHeartbeat, HeartbeatBatch, NodeHeartbeatReply, HeartbeatBatchReply,
         LogStream, LogRequest, LogChunk, JobLogs, GpuPowerCap
     )),
     modifiers(&BearerAuth),

@@ -3,8 +3,9 @@
 #![allow(dead_code)]
 
 use crate::{
-    AgentJoin, AgentJoined, ErrorBody, Event, GpuPowerCap, Health, Heartbeat, HeartbeatReply, Job, JobList, JobLogs,
-    JobSpec, JoinToken, LogChunk, NewTenant, Node, Quota, QuotaUpdate, Site, Tenant, TenantCreated,
+    AgentJoin, AgentJoined, ErrorBody, Event, GpuPowerCap, Health, Heartbeat, HeartbeatBatch, HeartbeatBatchReply,
+    HeartbeatReply, Job, JobList, JobLogs, JobSpec, JoinToken, LogChunk, NewTenant, Node, Quota, QuotaUpdate, Site,
+    Tenant, TenantCreated,
 };
 
 /// Liveness and database reachability.
@@ -175,6 +176,13 @@ pub fn agent_join() {}
     (status = 401, description = "Not a node credential", body = ErrorBody),
 ))]
 pub fn agent_heartbeat() {}
+
+/// Heartbeats of many nodes served by one agent process, in one call.
+#[utoipa::path(post, path = "/v1/agent/heartbeats", tag = "agents", security(()), request_body = HeartbeatBatch, responses(
+    (status = 200, description = "Leases of the listed nodes renewed; the nodes with work", body = HeartbeatBatchReply),
+    (status = 400, description = "Malformed batch", body = ErrorBody),
+))]
+pub fn agent_heartbeats() {}
 
 /// A node's answer to a log request of its heartbeat: a piece of a run's output.
 #[utoipa::path(post, path = "/v1/agent/logs", tag = "agents", request_body = LogChunk, responses(

@@ -84,6 +84,62 @@ pub(crate) async fn join(
     }))
 }
 
+/// One node's answer, planned from its report `hb`: `renew` takes the report as new (it renews
+/// the lease and hands its ends over).
+struct NodeAnswer {
+    reply: api::HeartbeatReply,
+    /// It has something to do (or acknowledgements to carry): worth answering now.
+    has_work: bool,
+    /// The report handed ends over: the answer may wait a little for their acknowledgement.
+    delivered_exits: bool,
+}
+
+async fn answer_node(
+    st: &AppState,
+    remote: &RemoteNodes,
+    node: &str,
+    hb: &api::Heartbeat,
+    renew: bool,
+) -> Result<NodeAnswer, ApiError> {
+    let plan = remote.beat(node, hb, renew);
+    if renew && plan.delivered_exits {
+        st.wake.notify_one();
+    }
+    let mut kill = plan.kill;
+    for run in plan.unknown {
+        // Not assigned by this process: after a restart the store still knows the run.
+        if !still_placed(st, run).await? {
+            kill.push(run);
+        }
+    }
+    let mut unneeded = Vec::new();
+    for run in plan.unknown_exits {
+        // An end of a run this process did not assign: kept for the run's resumption if the
+        // store still has it running, acknowledged otherwise.
+        if !still_placed(st, run).await? {
+            unneeded.push(run);
+        }
+    }
+    remote.acknowledge_unneeded(node, &unneeded);
+    let mut acked = plan.acked;
+    acked.extend(unneeded.iter().filter(|r| !acked.contains(r)).copied().collect::<Vec<_>>());
+    let has_work =
+        !plan.assign.is_empty() || !kill.is_empty() || !plan.logs.is_empty() || plan.cap_stale || !acked.is_empty();
+    Ok(NodeAnswer {
+        reply: api::HeartbeatReply {
+            lease_ms: remote.config.lease.as_millis() as u64,
+            assign: plan.assign,
+            kill,
+            acked,
+            gpu_power_cap_watts: plan.cap,
+            cpu_power_cap_watts: plan.cpu_cap,
+            logs: plan.logs,
+        },
+        has_work,
+        delivered_exits: plan.delivered_exits,
+    })
+}
+
 pub(crate) async fn heartbeat(
     State(st): State<AppState>,
     NodeCaller(node): NodeCaller,
@@ -105,49 +161,105 @@ pub(crate) async fn heartbeat(
         let changed = notify.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let plan = remote.beat(&node, &hb, first);
-        if first && plan.delivered_exits {
-            st.wake.notify_one();
+        let answer = answer_node(&st, &remote, &node, &hb, first).await?;
+        if first && answer.delivered_exits {
             // The answer waits (a little) for the ends to be recorded, to acknowledge them: an
             // end the agent forgets is then never one a crash could lose.
             deadline = deadline.max(Instant::now() + EXIT_ACK_WAIT.min(remote.config.heartbeat));
         }
-        first = false;
-        let mut kill = plan.kill;
-        for run in plan.unknown {
-            // Not assigned by this process: after a restart the store still knows the run.
-            if !still_placed(&st, run).await? {
-                kill.push(run);
-            }
-        }
-        let mut unneeded = Vec::new();
-        for run in plan.unknown_exits {
-            // An end of a run this process did not assign: kept for the run's resumption if the
-            // store still has it running, acknowledged otherwise.
-            if !still_placed(&st, run).await? {
-                unneeded.push(run);
-            }
-        }
-        remote.acknowledge_unneeded(&node, &unneeded);
-        let mut acked = plan.acked;
-        acked.extend(unneeded.iter().filter(|r| !acked.contains(r)).copied().collect::<Vec<_>>());
         let now = Instant::now();
-        let answer = !plan.assign.is_empty()
-            || !kill.is_empty()
-            || !plan.logs.is_empty()
-            || plan.cap_stale
-            || (!acked.is_empty() && !plan.delivered_exits);
-        if answer || now >= deadline || (plan.delivered_exits && !acked.is_empty()) {
-            remote.acks_sent(&node, &acked);
-            return Ok(Json(api::HeartbeatReply {
-                lease_ms: remote.config.lease.as_millis() as u64,
-                assign: plan.assign,
-                kill,
-                acked,
-                gpu_power_cap_watts: plan.cap,
-                cpu_power_cap_watts: plan.cpu_cap,
-                logs: plan.logs,
-            }));
+        first = false;
+        if answer.has_work || now >= deadline {
+            remote.acks_sent(&node, &answer.reply.acked);
+            return Ok(Json(answer.reply));
+        }
+        let _ = tokio::time::timeout(deadline - now, changed).await;
+    }
+}
+
+/// The most nodes one batched heartbeat may list.
+const MAX_BATCH_NODES: usize = 200_000;
+
+/// `POST /v1/agent/heartbeats`: every listed node is authenticated by its own credential and
+/// renews its lease; the call is held until any node of the agent process (listed or not) has
+/// work, then answers for those nodes alone. A node with nothing new costs a lookup and a lease
+/// renewal, once per heartbeat period.
+pub(crate) async fn heartbeats(
+    State(st): State<AppState>,
+    ApiJson(batch): ApiJson<api::HeartbeatBatch>,
+) -> Result<Json<api::HeartbeatBatchReply>, ApiError> {
+    let remote = remote(&st)?.clone();
+    if batch.agent_id.is_empty() || batch.agent_id.len() > 128 {
+        return Err(ApiError::invalid("agent_id", "1 to 128 characters"));
+    }
+    if batch.nodes.len() > MAX_BATCH_NODES {
+        return Err(ApiError::invalid("nodes", format!("at most {MAX_BATCH_NODES} nodes in one batch")));
+    }
+    let lease_ms = remote.config.lease.as_millis() as u64;
+    let session = remote.session(&batch.agent_id);
+    let call = session.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    let mut deadline = Instant::now() + Duration::from_millis(batch.wait_ms).min(remote.config.heartbeat);
+    let mut replies = Vec::new();
+    let mut listed = Vec::with_capacity(batch.nodes.len());
+    for nb in &batch.nodes {
+        match remote.node_of(&hash_token(&nb.credential)) {
+            Some(name) if name == nb.node => {
+                remote.attach(&nb.node, &session);
+                listed.push(nb);
+            }
+            _ => replies.push(api::NodeHeartbeatReply {
+                node: nb.node.clone(),
+                reply: None,
+                error: Some("not this node's credential: join again".into()),
+            }),
+        }
+    }
+    let mut first = true;
+    loop {
+        if !first && session.calls.load(std::sync::atomic::Ordering::SeqCst) != call {
+            // A newer call of the same process waits now: the wake-up is its.
+            session.notify.notify_one();
+            return Ok(Json(api::HeartbeatBatchReply { lease_ms, nodes: replies }));
+        }
+        let changed = session.notify.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        if first {
+            for nb in &listed {
+                let answer = answer_node(&st, &remote, &nb.node, &nb.heartbeat, true).await?;
+                seen.insert(nb.node.clone());
+                if answer.delivered_exits {
+                    // Held (a little) for the ends to be recorded, to acknowledge them.
+                    deadline = deadline.max(Instant::now() + EXIT_ACK_WAIT.min(remote.config.heartbeat));
+                }
+                if answer.has_work {
+                    remote.acks_sent(&nb.node, &answer.reply.acked);
+                    replies.push(api::NodeHeartbeatReply {
+                        node: nb.node.clone(),
+                        reply: Some(answer.reply),
+                        error: None,
+                    });
+                }
+            }
+        }
+        // Nodes of this process that changed since: planned from their last report.
+        for node in session.take_dirty() {
+            if !seen.insert(node.clone()) {
+                continue;
+            }
+            let Some(hb) = remote.last_beat(&node) else { continue };
+            let answer = answer_node(&st, &remote, &node, &hb, false).await?;
+            if answer.has_work {
+                remote.acks_sent(&node, &answer.reply.acked);
+                replies.retain(|r| r.node != node);
+                replies.push(api::NodeHeartbeatReply { node, reply: Some(answer.reply), error: None });
+            }
+        }
+        first = false;
+        let now = Instant::now();
+        if !replies.is_empty() || now >= deadline {
+            return Ok(Json(api::HeartbeatBatchReply { lease_ms, nodes: replies }));
         }
         let _ = tokio::time::timeout(deadline - now, changed).await;
     }

@@ -68,6 +68,39 @@ struct Slot {
     applied_cpu_cap: Option<f64>,
     /// Log requests not yet answered, with when they last went out in a heartbeat's answer.
     log_requests: Vec<(api::LogRequest, Option<Instant>)>,
+    /// The agent process serving the node by batched heartbeats, if it does.
+    session: Option<Arc<BatchSession>>,
+    /// The node's last report, to plan its answer when it changes between its heartbeats.
+    last_beat: Option<api::Heartbeat>,
+}
+
+impl Slot {
+    /// Something for the node to do: its held heartbeats answer, and its agent process's held
+    /// batched heartbeat learns which node.
+    fn wake(&self, name: &str) {
+        self.notify.notify_waiters();
+        if let Some(session) = &self.session {
+            session.dirty.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
+            session.notify.notify_one();
+        }
+    }
+}
+
+/// An agent process that heartbeats for many nodes at once: what wakes its held call, and which
+/// of its nodes have something to do since it last looked.
+#[derive(Default)]
+pub(crate) struct BatchSession {
+    pub notify: Notify,
+    dirty: Mutex<std::collections::HashSet<String>>,
+    /// Calls received; a held one that a newer one superseded ends.
+    pub calls: std::sync::atomic::AtomicU64,
+}
+
+impl BatchSession {
+    /// The nodes that changed since the last call, forgotten here.
+    pub fn take_dirty(&self) -> Vec<String> {
+        self.dirty.lock().unwrap_or_else(|e| e.into_inner()).drain().collect()
+    }
 }
 
 #[derive(Default)]
@@ -85,6 +118,8 @@ struct Inner {
     deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String)>>,
     /// Nodes holding exits of each job not yet recorded, to acknowledge when it is.
     awaiting_ack: HashMap<i64, Vec<String>>,
+    /// Agent processes heartbeating in batches, by the id they give.
+    sessions: HashMap<String, Arc<BatchSession>>,
     /// Lost nodes by when their grace ends and their runs end as lost.
     grace_deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String)>>,
 }
@@ -171,6 +206,30 @@ impl RemoteNodes {
         (slot.beats, slot.notify.clone())
     }
 
+    /// The session of agent process `agent_id`, made on its first call.
+    pub(crate) fn session(&self, agent_id: &str) -> Arc<BatchSession> {
+        let mut inner = self.lock();
+        if inner.sessions.len() > 100_000 {
+            // Ids of processes long gone: their nodes attach again on their next call.
+            inner.sessions.clear();
+        }
+        inner.sessions.entry(agent_id.to_string()).or_default().clone()
+    }
+
+    /// `node` is served by `session` from now on.
+    pub(crate) fn attach(&self, node: &str, session: &Arc<BatchSession>) {
+        let mut inner = self.lock();
+        let slot = inner.slots.entry(node.to_string()).or_default();
+        if !slot.session.as_ref().is_some_and(|s| Arc::ptr_eq(s, session)) {
+            slot.session = Some(session.clone());
+        }
+    }
+
+    /// The node's last report, if it made one.
+    pub(crate) fn last_beat(&self, node: &str) -> Option<api::Heartbeat> {
+        self.lock().slots.get(node).and_then(|s| s.last_beat.clone())
+    }
+
     /// Whether a newer heartbeat of the node came after heartbeat `beat` (whose agent, then,
     /// no longer waits for its answer).
     pub(crate) fn superseded(&self, node: &str, beat: u64) -> bool {
@@ -191,6 +250,7 @@ impl RemoteNodes {
         let slot = inner.slots.entry(node.to_string()).or_default();
         if renew {
             slot.lease_until = Some(until);
+            slot.last_beat = Some(hb.clone());
             slot.power_watts = hb.power_watts;
             if slot.applied_cap != hb.gpu_power_cap_watts || slot.applied_cpu_cap != hb.cpu_power_cap_watts {
                 // Starts may be waiting for these caps (dynamic power mode): schedule again.
@@ -300,7 +360,7 @@ impl RemoteNodes {
                 slot.unacked.remove(&r);
                 slot.acks.push(r);
             }
-            slot.notify.notify_waiters();
+            slot.wake(&name);
         }
     }
 
@@ -415,7 +475,7 @@ impl RemoteNodes {
         let slot = inner.slots.entry(node.to_string()).or_default();
         if slot.asked_cpu_cap != cap {
             slot.asked_cpu_cap = cap;
-            slot.notify.notify_waiters();
+            slot.wake(node);
         }
     }
 
@@ -427,7 +487,7 @@ impl RemoteNodes {
             let slot = inner.slots.entry(n.clone()).or_default();
             if slot.asked_cap != cap {
                 slot.asked_cap = cap;
-                slot.notify.notify_waiters();
+                slot.wake(n);
             }
         }
     }
@@ -457,7 +517,7 @@ impl RemoteNodes {
                 return Err(format!("node {node} has no live agent"));
             };
             slot.log_requests.push((api::LogRequest { id, run, stream, offset, limit }, None));
-            slot.notify.notify_waiters();
+            slot.wake(node);
             inner.log_waiters.insert(id, (node.to_string(), tx));
             id
         };
@@ -505,7 +565,7 @@ impl Drop for Guard {
             && slot.assigned.get(&(self.run.job_id, self.run.member)).is_some_and(|a| a.assignment.run == self.run)
         {
             slot.assigned.remove(&(self.run.job_id, self.run.member));
-            slot.notify.notify_waiters();
+            slot.wake(&self.node);
         }
     }
 }
@@ -544,7 +604,7 @@ impl NodeExecutor for RemoteNodes {
                 Some(RunOutcome::Exited { code })
             } else {
                 slot.assigned.insert((run.job_id, run.member), Assigned { assignment, done: Some(tx) });
-                slot.notify.notify_waiters();
+                slot.wake(&spec.node);
                 None
             }
         };

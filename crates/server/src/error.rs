@@ -50,7 +50,7 @@ impl From<store::StoreError> for ApiError {
     fn from(e: store::StoreError) -> Self {
         match e {
             store::StoreError::Conflict { .. } => ApiError::Conflict(e.to_string()),
-            store::StoreError::Db(_) => {
+            store::StoreError::Db(_) | store::StoreError::Closed => {
                 tracing::error!(error = %e, "store call failed");
                 ApiError::Unavailable("the store is unavailable, retry later".into())
             }

@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/join-tokens", post(crate::agent_routes::create_join_token))
         .route("/agent/join", post(crate::agent_routes::join))
         .route("/agent/heartbeat", post(crate::agent_routes::heartbeat))
+        .route("/agent/heartbeats", post(crate::agent_routes::heartbeats))
         // A piece of output, escaped as JSON, may exceed the general body limit.
         .route(
             "/agent/logs",
@@ -145,13 +146,7 @@ async fn set_quota(
 }
 
 async fn get_quota(State(st): State<AppState>, TenantCaller(t): TenantCaller) -> Result<Json<api::Quota>, ApiError> {
-    let (mut used, mut pending) = (0, 0);
-    for job in st.store.active_jobs().await?.iter().filter(|j| j.spec.tenant_id == t.id) {
-        match job.state {
-            JobState::Pending => pending += total_gpus(job),
-            _ => used += total_gpus(job),
-        }
-    }
+    let (used, pending) = st.store.tenant_gpus(t.id).await?;
     Ok(Json(api::Quota {
         tenant: t.name.clone(),
         gpu_quota: t.gpu_quota.and_then(|q| u32::try_from(q).ok()),

@@ -21,7 +21,6 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -42,10 +41,6 @@ pub enum StoreError {
     Conflict { what: &'static str, name: String },
     #[error("corrupt row: {0}")]
     Corrupt(String),
-    /// A submission shared its transaction with others ([`Store::insert_job`]) and the
-    /// transaction failed: each of them gets this one error, and none of them was stored.
-    #[error("a batch of submissions failed: {0}")]
-    Batch(Arc<StoreError>),
     /// The store was closed ([`Store::close`]) before the call could be done.
     #[error("the store is closed")]
     Closed,
@@ -514,7 +509,8 @@ impl Store {
     ///
     /// Committed before it returns, in one transaction with whatever other submissions reached
     /// the submission writer meanwhile (group commit): one sync pays for all of them. Should that
-    /// transaction fail, every one of them fails, with [`StoreError::Batch`] when it was shared.
+    /// transaction fail, each of them is tried again in a transaction of its own, so a bad
+    /// submission fails alone.
     /// A submission handed over is stored even if the caller stops waiting for the answer.
     pub async fn insert_job(&self, job: &NewJob, now_ms: i64) -> Result<Inserted> {
         let (reply, answer) = oneshot::channel();
@@ -952,10 +948,13 @@ async fn commit_batch(writer: &AnyPool, backend: Backend, batch: Vec<PendingInse
                 }
                 return;
             }
-            // sqlx errors cannot be cloned: every caller gets the one error, shared.
-            let shared = Arc::new(error);
+            // One bad submission must not fail the others that shared its transaction: each
+            // is tried again alone, and only what fails alone fails.
+            drop(error);
             for pending in callers {
-                let _ = pending.reply.send(Err(StoreError::Batch(shared.clone())));
+                let alone = insert_batch(writer, backend, &[(&pending.job, pending.now_ms)]).await;
+                let answer = alone.and_then(|mut v| v.pop().ok_or(StoreError::Closed));
+                let _ = pending.reply.send(answer);
             }
         }
     }

@@ -99,22 +99,35 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let grace = if args.kill_grace.is_finite() && args.kill_grace >= 0.0 { args.kill_grace } else { 10.0 };
     let server = args.server.trim_end_matches('/').to_string();
     runtime()?.block_on(async move {
-        let mut tasks = Vec::new();
+        let mut configs = Vec::new();
         let mut work_dirs = Vec::new();
         for name in names {
             let work_dir = if args.virtual_nodes > 1 { args.work_dir.join(&name) } else { args.work_dir.clone() };
             work_dirs.push(work_dir.clone());
-            let node = agent::NodeAgent::new(agent::NodeConfig {
+            configs.push(agent::NodeConfig {
                 server: server.clone(),
                 join_token: join_token.clone(),
-                name: name.clone(),
+                name,
                 address: args.address.clone(),
                 gpus: gpus.clone(),
                 work_dir,
                 kill_grace: Duration::from_secs_f64(grace),
                 use_nvml,
-            })?;
-            tasks.push(tokio::spawn(async move { (name, node.run().await) }));
+            });
+        }
+        // One node: its own heartbeat; many: one batched heartbeat over one connection.
+        let mut tasks = Vec::new();
+        if configs.len() == 1 {
+            for cfg in configs {
+                let name = cfg.name.clone();
+                let node = agent::NodeAgent::new(cfg)?;
+                tasks.push(tokio::spawn(async move { (name, node.run().await) }));
+            }
+        } else {
+            let count = configs.len();
+            let host = agent::AgentHost::new(configs)?;
+            tracing::info!(nodes = count, "serving nodes with batched heartbeats");
+            tasks.push(tokio::spawn(async move { (format!("{count} nodes"), host.run().await) }));
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot watch for SIGTERM")?;

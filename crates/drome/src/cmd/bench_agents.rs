@@ -341,7 +341,8 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Resul
     }
     let t0 = Instant::now();
     while !credentials.iter().all(|p| p.exists()) {
-        if t0.elapsed() > Duration::from_secs(120) {
+        // Joins are one durable write each: allow for the fleet's size.
+        if t0.elapsed() > Duration::from_secs(120) + Duration::from_millis(10 * u64::from(args.nodes)) {
             bail!("agents did not all join; see the agent logs in {}", dir.display());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -52,8 +52,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         let join = server::auth::new_token().map_err(|e| anyhow::anyhow!("{e}"))?;
         store.add_join_token(&server::auth::hash_token(&join), server::now_ms()).await?;
         let base = format!("http://{}", running.addr);
+        // One batched heartbeat for the whole virtual fleet, as one agent process would send.
+        let mut configs = Vec::with_capacity(node_gpus.len());
         for (name, gpus, model) in node_gpus {
-            let node = agent::NodeAgent::new(agent::NodeConfig {
+            configs.push(agent::NodeConfig {
                 server: base.clone(),
                 join_token: join.clone(),
                 name: name.clone(),
@@ -62,13 +64,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 work_dir: args.data_dir.join("nodes").join(&name),
                 kill_grace: Duration::from_secs(10),
                 use_nvml: false,
-            })?;
-            tokio::spawn(async move {
-                if let Err(e) = node.run().await {
-                    tracing::error!(node = %name, error = %e, "virtual node stopped");
-                }
             });
         }
+        let host = agent::AgentHost::new(configs)?;
+        tokio::spawn(async move {
+            if let Err(e) = host.run().await {
+                tracing::error!(error = %e, "virtual nodes stopped");
+            }
+        });
         let url = format!("http://{}", running.addr);
         println!();
         println!("drome is up: {fleet_name} fleet, {nodes} virtual nodes, {gpus} GPUs, store {db}");

@@ -1,0 +1,186 @@
+//! One agent process serving many nodes (`drome agent --virtual-nodes N`, `drome up`): one HTTP
+//! connection and one batched heartbeat (`POST /v1/agent/heartbeats`) for all of them. A batch
+//! lists the nodes with something to report and, once per heartbeat period, every node (which
+//! renews its lease); the server answers for the nodes that have work. So a node whose state did
+//! not change costs one short entry per period, and the server holds one call per process.
+
+use crate::AgentError;
+use crate::runner::{NodeAgent, NodeConfig};
+use api::{HeartbeatBatch, HeartbeatBatchReply, NodeHeartbeat, RunExit};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// The nodes of one agent process and their shared connection.
+pub struct AgentHost {
+    server: String,
+    http: reqwest::Client,
+    /// Names this process to the server, which wakes its held call for any of its nodes.
+    agent_id: String,
+    nodes: Vec<NodeAgent>,
+    exit_rx: mpsc::UnboundedReceiver<(usize, RunExit)>,
+    /// Nodes with something to report since their last listing.
+    changed: BTreeSet<usize>,
+    /// Node index by name, to route the server's answers.
+    index: std::collections::HashMap<String, usize>,
+}
+
+impl AgentHost {
+    /// A host for `configs` (all for the same server).
+    pub fn new(configs: Vec<NodeConfig>) -> Result<AgentHost, AgentError> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+        let server = configs.first().map(|c| c.server.clone()).unwrap_or_default();
+        let mut nodes = Vec::with_capacity(configs.len());
+        for (i, cfg) in configs.into_iter().enumerate() {
+            nodes.push(NodeAgent::in_host(cfg, http.clone(), i, exit_tx.clone())?);
+        }
+        let agent_id = format!("{}-{}-{}", std::process::id(), crate::runner::random_suffix(), nodes.len());
+        let changed = (0..nodes.len()).collect();
+        let index = nodes.iter().enumerate().map(|(i, n)| (n.name().to_string(), i)).collect();
+        Ok(AgentHost { server, http, agent_id, nodes, exit_rx, changed, index })
+    }
+
+    fn take_exit(&mut self, index: usize, e: RunExit) {
+        if let Some(n) = self.nodes.get_mut(index) {
+            n.take_exit(e);
+            self.changed.insert(index);
+        }
+    }
+
+    /// Joins every node without a credential; a node refused for good stops the host.
+    async fn join_missing(&mut self) -> Result<usize, AgentError> {
+        let mut joined = 0;
+        for n in self.nodes.iter_mut().filter(|n| n.credential().is_none()) {
+            match n.join().await {
+                Ok(_) => joined += 1,
+                Err(AgentError::Refused(m)) => return Err(AgentError::Refused(format!("node {}: {m}", n.name()))),
+                Err(e) => {
+                    tracing::warn!(node = %n.name(), error = %e, "join failed; retrying");
+                    return Ok(joined);
+                }
+            }
+        }
+        Ok(joined)
+    }
+
+    /// Joins and heartbeats for every node until the process ends.
+    pub async fn run(mut self) -> Result<(), AgentError> {
+        let mut backoff = Duration::from_millis(100);
+        // Every node is listed at least this often, which renews its lease.
+        let period = self.nodes.first().map_or(Duration::from_secs(5), |n| n.heartbeat_period());
+        let mut listed_all_at: Option<Instant> = None;
+        loop {
+            if self.nodes.iter().any(|n| n.credential().is_none()) {
+                let joined = self.join_missing().await?;
+                if self.nodes.iter().any(|n| n.credential().is_none()) {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+                if joined > 0 {
+                    tracing::info!(nodes = joined, "nodes joined");
+                    listed_all_at = None;
+                }
+            }
+            let period = self.nodes.first().map_or(period, |n| n.heartbeat_period());
+            while let Ok((i, e)) = self.exit_rx.try_recv() {
+                self.take_exit(i, e);
+            }
+            let now = Instant::now();
+            let mut fence_at: Option<Instant> = None;
+            for n in &mut self.nodes {
+                if let Some(t) = n.check_fence(now) {
+                    fence_at = Some(fence_at.map_or(t, |f| f.min(t)));
+                }
+            }
+            let all = listed_all_at.is_none_or(|t| now.duration_since(t) >= period);
+            let listed: Vec<usize> =
+                if all { (0..self.nodes.len()).collect() } else { self.changed.iter().copied().collect() };
+            let news = listed.iter().any(|&i| self.nodes[i].has_news());
+            let next_full = listed_all_at.map_or(now, |t| t + period);
+            let wait = if news {
+                Duration::ZERO
+            } else if all {
+                period
+            } else {
+                next_full.saturating_duration_since(now)
+            };
+            let mut entries = Vec::with_capacity(listed.len());
+            let mut sent_exits = Vec::with_capacity(listed.len());
+            for &i in &listed {
+                let n = &self.nodes[i];
+                let Some(credential) = n.credential() else { continue };
+                let heartbeat = n.heartbeat_body();
+                sent_exits.push((i, heartbeat.exited.len()));
+                entries.push(NodeHeartbeat {
+                    node: n.name().to_string(),
+                    credential: credential.to_string(),
+                    heartbeat,
+                });
+            }
+            let batch =
+                HeartbeatBatch { agent_id: self.agent_id.clone(), nodes: entries, wait_ms: wait.as_millis() as u64 };
+            for i in &listed {
+                self.changed.remove(i);
+            }
+            let sent_at = Instant::now();
+            let request = self.http.post(format!("{}/v1/agent/heartbeats", self.server)).json(&batch).send();
+            let response = tokio::select! {
+                r = request => r,
+                Some((i, e)) = self.exit_rx.recv() => {
+                    // An end goes out at once: the held call is dropped, its nodes listed again.
+                    self.changed.extend(listed);
+                    self.take_exit(i, e);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(fence_at.unwrap_or(sent_at)), if fence_at.is_some() => {
+                    self.changed.extend(listed);
+                    continue;
+                }
+            };
+            let reply = match response {
+                Ok(r) if r.status().is_success() => r.json::<HeartbeatBatchReply>().await,
+                Ok(r) => {
+                    tracing::warn!(status = %r.status(), nodes = listed.len(), "batched heartbeat refused; retrying");
+                    self.changed.extend(listed);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+                Err(e) => Err(e),
+            };
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, nodes = listed.len(), "batched heartbeat failed; retrying");
+                    self.changed.extend(listed);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            if all {
+                listed_all_at = Some(sent_at);
+            }
+            for (i, exits) in sent_exits {
+                self.nodes[i].renewed(sent_at, reply.lease_ms, exits);
+            }
+            for r in reply.nodes {
+                let Some(&i) = self.index.get(r.node.as_str()) else { continue };
+                let n = &mut self.nodes[i];
+                if r.error.is_some() {
+                    n.drop_credential();
+                    continue;
+                }
+                if let Some(reply) = r.reply {
+                    n.apply(reply);
+                    // What it started or stopped changes what it reports.
+                    self.changed.insert(i);
+                }
+            }
+        }
+    }
+}
