@@ -179,6 +179,8 @@ pub(crate) async fn heartbeat(
 
 /// The most nodes one batched heartbeat may list.
 const MAX_BATCH_NODES: usize = 200_000;
+/// The body limit of a batched heartbeat: its nodes at a few hundred bytes each.
+pub(crate) const MAX_BATCH_BODY: usize = 128 * 1024 * 1024;
 
 /// `POST /v1/agent/heartbeats`: every listed node is authenticated by its own credential and
 /// renews its lease; the call is held until any node of the agent process (listed or not) has
@@ -198,6 +200,7 @@ pub(crate) async fn heartbeats(
     let lease_ms = remote.config.lease.as_millis() as u64;
     let session = remote.session(&batch.agent_id);
     let call = session.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    session.begin_call();
     let mut deadline = Instant::now() + Duration::from_millis(batch.wait_ms).min(remote.config.heartbeat);
     let mut replies = Vec::new();
     let mut listed = Vec::with_capacity(batch.nodes.len());
@@ -259,6 +262,7 @@ pub(crate) async fn heartbeats(
         first = false;
         let now = Instant::now();
         if !replies.is_empty() || now >= deadline {
+            session.answering(replies.iter().filter(|r| r.reply.is_some()).map(|r| r.node.clone()).collect());
             return Ok(Json(api::HeartbeatBatchReply { lease_ms, nodes: replies }));
         }
         let _ = tokio::time::timeout(deadline - now, changed).await;

@@ -94,9 +94,23 @@ pub(crate) struct BatchSession {
     dirty: Mutex<std::collections::HashSet<String>>,
     /// Calls received; a held one that a newer one superseded ends.
     pub calls: std::sync::atomic::AtomicU64,
+    /// Nodes the last answer was for: the agent may have dropped that call (to report an end at
+    /// once), so the next call plans them again from their latest report.
+    answered: Mutex<Vec<String>>,
 }
 
 impl BatchSession {
+    /// A call begins: the nodes of the previous answer are planned again.
+    pub fn begin_call(&self) {
+        let answered = std::mem::take(&mut *self.answered.lock().unwrap_or_else(|e| e.into_inner()));
+        self.dirty.lock().unwrap_or_else(|e| e.into_inner()).extend(answered);
+    }
+
+    /// The nodes an answer goes out for.
+    pub fn answering(&self, nodes: Vec<String>) {
+        *self.answered.lock().unwrap_or_else(|e| e.into_inner()) = nodes;
+    }
+
     /// The nodes that changed since the last call, forgotten here.
     pub fn take_dirty(&self) -> Vec<String> {
         self.dirty.lock().unwrap_or_else(|e| e.into_inner()).drain().collect()

@@ -40,7 +40,11 @@ pub fn router(state: AppState) -> Router {
         .route("/join-tokens", post(crate::agent_routes::create_join_token))
         .route("/agent/join", post(crate::agent_routes::join))
         .route("/agent/heartbeat", post(crate::agent_routes::heartbeat))
-        .route("/agent/heartbeats", post(crate::agent_routes::heartbeats))
+        // A batch carries every node of an agent process, a few hundred bytes each.
+        .route(
+            "/agent/heartbeats",
+            post(crate::agent_routes::heartbeats).layer(DefaultBodyLimit::max(crate::agent_routes::MAX_BATCH_BODY)),
+        )
         // A piece of output, escaped as JSON, may exceed the general body limit.
         .route(
             "/agent/logs",
