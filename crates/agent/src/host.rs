@@ -12,6 +12,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+/// How soon an end is reported while runs are live: the held call lasts at most this long.
+const EXIT_REPORT: Duration = Duration::from_millis(100);
+
 /// The nodes of one agent process and their shared connection.
 pub struct AgentHost {
     server: String,
@@ -24,6 +27,8 @@ pub struct AgentHost {
     changed: BTreeSet<usize>,
     /// Node index by name, to route the server's answers.
     index: std::collections::HashMap<String, usize>,
+    /// The number of the last answer received, told to the server with every call.
+    last_answer: u64,
 }
 
 impl AgentHost {
@@ -39,7 +44,7 @@ impl AgentHost {
         let agent_id = format!("{}-{}-{}", std::process::id(), crate::runner::random_suffix(), nodes.len());
         let changed = (0..nodes.len()).collect();
         let index = nodes.iter().enumerate().map(|(i, n)| (n.name().to_string(), i)).collect();
-        Ok(AgentHost { server, http, agent_id, nodes, exit_rx, changed, index })
+        Ok(AgentHost { server, http, agent_id, nodes, exit_rx, changed, index, last_answer: 0 })
     }
 
     fn take_exit(&mut self, index: usize, e: RunExit) {
@@ -100,12 +105,13 @@ impl AgentHost {
                 if all { (0..self.nodes.len()).collect() } else { self.changed.iter().copied().collect() };
             let news = listed.iter().any(|&i| self.nodes[i].has_news());
             let next_full = listed_all_at.map_or(now, |t| t + period);
+            let until_full = if all { period } else { next_full.saturating_duration_since(now) };
             let wait = if news {
                 Duration::ZERO
-            } else if all {
-                period
+            } else if self.nodes.iter().any(NodeAgent::has_live_runs) {
+                until_full.min(EXIT_REPORT)
             } else {
-                next_full.saturating_duration_since(now)
+                until_full
             };
             let mut entries = Vec::with_capacity(listed.len());
             let mut sent_exits = Vec::with_capacity(listed.len());
@@ -120,21 +126,21 @@ impl AgentHost {
                     heartbeat,
                 });
             }
-            let batch =
-                HeartbeatBatch { agent_id: self.agent_id.clone(), nodes: entries, wait_ms: wait.as_millis() as u64 };
+            let batch = HeartbeatBatch {
+                agent_id: self.agent_id.clone(),
+                nodes: entries,
+                wait_ms: wait.as_millis() as u64,
+                last_answer: self.last_answer,
+            };
             for i in &listed {
                 self.changed.remove(i);
             }
             let sent_at = Instant::now();
             let request = self.http.post(format!("{}/v1/agent/heartbeats", self.server)).json(&batch).send();
+            // A held call is never dropped for news (its answer could carry work): ends are
+            // reported with the next call, within EXIT_REPORT while runs are live.
             let response = tokio::select! {
                 r = request => r,
-                Some((i, e)) = self.exit_rx.recv() => {
-                    // An end goes out at once: the held call is dropped, its nodes listed again.
-                    self.changed.extend(listed);
-                    self.take_exit(i, e);
-                    continue;
-                }
                 _ = tokio::time::sleep_until(fence_at.unwrap_or(sent_at)), if fence_at.is_some() => {
                     self.changed.extend(listed);
                     continue;
@@ -162,12 +168,15 @@ impl AgentHost {
                 }
             };
             backoff = Duration::from_millis(100);
+            self.last_answer = self.last_answer.max(reply.answer);
             if all {
                 listed_all_at = Some(sent_at);
             }
             for (i, exits) in sent_exits {
                 self.nodes[i].renewed(sent_at, reply.lease_ms, exits);
             }
+            let applying = Instant::now();
+            let answers = reply.nodes.len();
             for r in reply.nodes {
                 let Some(&i) = self.index.get(r.node.as_str()) else { continue };
                 let n = &mut self.nodes[i];
@@ -180,6 +189,14 @@ impl AgentHost {
                     // What it started or stopped changes what it reports.
                     self.changed.insert(i);
                 }
+            }
+            let took = applying.elapsed();
+            if took > Duration::from_secs(1) {
+                tracing::warn!(nodes = answers, ms = took.as_millis() as u64, "applying the server's answer was slow");
+            }
+            let round = sent_at.elapsed();
+            if round > period * 2 {
+                tracing::warn!(nodes = listed.len(), all, ms = round.as_millis() as u64, "a heartbeat round was slow");
             }
         }
     }

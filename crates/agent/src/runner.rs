@@ -9,8 +9,13 @@ use nix::unistd::Pid;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+const SPAWNING: i32 = 0;
+const KILL_ON_SPAWN: i32 = -1;
 
 /// One node an agent serves.
 #[derive(Clone, Debug)]
@@ -32,7 +37,9 @@ pub struct NodeConfig {
 }
 
 struct Live {
-    pgid: i32,
+    /// The run's process group once spawned; `SPAWNING` until then, `KILL_ON_SPAWN` when it was
+    /// asked to stop before it was spawned (the spawner then kills it at once).
+    pgid: Arc<AtomicI32>,
     gpus: usize,
 }
 
@@ -67,6 +74,66 @@ pub struct NodeAgent {
 
 fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
     move |source| AgentError::Io { path: path.display().to_string(), source }
+}
+
+/// Spawning a run (fork, exec, its files) blocks: one thread per agent process does it, in
+/// order, so neither the heartbeat loop stalls nor a burst of runs makes a thread each.
+mod spawner {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc::{Sender, channel};
+
+    type Spawn = Box<dyn FnOnce() + Send>;
+    type Queue = std::sync::Mutex<Sender<Spawn>>;
+
+    /// Spawner threads: a few, so a burst of short runs is not spawned one at a time.
+    const THREADS: usize = 4;
+
+    fn queues() -> &'static [Queue] {
+        static QUEUES: OnceLock<Vec<Queue>> = OnceLock::new();
+        QUEUES.get_or_init(|| {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else { return Vec::new() };
+            (0..THREADS)
+                .filter_map(|i| {
+                    let (tx, rx) = channel::<Spawn>();
+                    let runtime = runtime.clone();
+                    std::thread::Builder::new()
+                        .name(format!("drome-spawner-{i}"))
+                        .spawn(move || {
+                            // Children are watched by the runtime that asked for them.
+                            let _inside = runtime.enter();
+                            while let Ok(spawn) = rx.recv() {
+                                spawn();
+                            }
+                        })
+                        .ok()?;
+                    Some(std::sync::Mutex::new(tx))
+                })
+                .collect()
+        })
+    }
+
+    /// Runs `spawn` on a spawner thread and waits for its answer.
+    pub async fn run<T: Send + 'static>(
+        spawn: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Spawn = Box::new(move || {
+            let _ = tx.send(spawn());
+        });
+        let queues = queues();
+        let sent = !queues.is_empty()
+            && queues[NEXT.fetch_add(1, Ordering::Relaxed) % queues.len()]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(job)
+                .is_ok();
+        if !sent {
+            return Err(std::io::Error::other("no spawner thread"));
+        }
+        rx.await.unwrap_or_else(|_| Err(std::io::Error::other("the spawner thread dropped the run")))
+    }
 }
 
 /// A number unlikely to repeat between processes (clock and address-space noise), to name an
@@ -249,56 +316,76 @@ impl NodeAgent {
         let dir = self.run_dir(&key);
         let tx = self.exit_tx.clone();
         let index = self.index;
-        let spawned = (|| -> std::io::Result<tokio::process::Child> {
-            std::fs::create_dir_all(&dir)?;
-            let stdout = std::fs::File::create(dir.join("stdout"))?;
-            let stderr = std::fs::File::create(dir.join("stderr"))?;
-            let visible: Vec<String> = a.gpus.iter().map(u32::to_string).collect();
-            let mut cmd = tokio::process::Command::new(&a.command);
-            cmd.args(&a.args)
-                .envs(&a.env)
-                .env("CUDA_VISIBLE_DEVICES", visible.join(","))
-                .env("DROME_NODE", &self.cfg.name)
-                .env("DROME_WORK_DIR", &dir)
-                .current_dir(&dir)
-                .stdin(Stdio::null())
-                .stdout(stdout)
-                .stderr(stderr)
-                .process_group(0);
-            cmd.spawn()
-        })();
-        match spawned {
-            Ok(mut child) => {
-                let pgid = child.id().map(|p| p as i32).unwrap_or(0);
-                let _ = std::fs::write(dir.join("pgid"), pgid.to_string());
-                tracing::debug!(node = %self.cfg.name, job = key.job_id, member = key.member, generation = key.generation, pgid, "run started");
-                self.live.insert(key, Live { pgid, gpus: a.gpus.len() });
-                tokio::spawn(async move {
-                    let code = match child.wait().await {
-                        Ok(status) => {
-                            use std::os::unix::process::ExitStatusExt;
-                            status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-                        }
-                        Err(_) => 255,
-                    };
-                    // Whatever the leader left behind in its group goes with it.
-                    signal_group(pgid, Signal::SIGKILL);
-                    let _ = std::fs::remove_file(dir.join("pgid"));
-                    let _ = tx.send((index, RunExit { run: key, code }));
-                });
+        let pgid = Arc::new(AtomicI32::new(SPAWNING));
+        self.live.insert(key, Live { pgid: pgid.clone(), gpus: a.gpus.len() });
+        let (a, node) = (a.clone(), self.cfg.name.clone());
+        // Spawning (fork, exec, the run's files) blocks: off the heartbeat loop, so a node given
+        // many runs at once keeps renewing its lease.
+        tokio::spawn(async move {
+            let spawn_dir = dir.clone();
+            let command = a.command.clone();
+            let spawn_node = node.clone();
+            let spawned = spawner::run(move || -> std::io::Result<tokio::process::Child> {
+                let node = spawn_node;
+                let dir = spawn_dir;
+                std::fs::create_dir_all(&dir)?;
+                let stdout = std::fs::File::create(dir.join("stdout"))?;
+                let stderr = std::fs::File::create(dir.join("stderr"))?;
+                let visible: Vec<String> = a.gpus.iter().map(u32::to_string).collect();
+                let mut cmd = tokio::process::Command::new(&a.command);
+                cmd.args(&a.args)
+                    .envs(&a.env)
+                    .env("CUDA_VISIBLE_DEVICES", visible.join(","))
+                    .env("DROME_NODE", &node)
+                    .env("DROME_WORK_DIR", &dir)
+                    .current_dir(&dir)
+                    .stdin(Stdio::null())
+                    .stdout(stdout)
+                    .stderr(stderr)
+                    .process_group(0);
+                let child = cmd.spawn()?;
+                if let Some(pid) = child.id() {
+                    let _ = std::fs::write(dir.join("pgid"), pid.to_string());
+                }
+                Ok(child)
+            })
+            .await;
+            let mut child = match spawned {
+                Ok(child) => child,
+                Err(e) => {
+                    tracing::warn!(node = %node, job = key.job_id, error = %e, "run cannot start");
+                    let _ = std::fs::write(dir.join("stderr"), format!("drome: cannot start {command}: {e}\n"));
+                    let _ = tx.send((index, RunExit { run: key, code: 127 }));
+                    return;
+                }
+            };
+            let group = child.id().map(|p| p as i32).unwrap_or(SPAWNING);
+            if pgid.compare_exchange(SPAWNING, group, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+                // Stopped while it was being spawned.
+                signal_group(group, Signal::SIGKILL);
             }
-            Err(e) => {
-                tracing::warn!(node = %self.cfg.name, job = key.job_id, error = %e, "run cannot start");
-                let _ = std::fs::write(dir.join("stderr"), format!("drome: cannot start {}: {e}\n", a.command));
-                let _ = tx.send((index, RunExit { run: key, code: 127 }));
-                self.live.insert(key, Live { pgid: 0, gpus: 0 });
-            }
-        }
+            tracing::debug!(node = %node, job = key.job_id, member = key.member, generation = key.generation, pgid = group, "run started");
+            let code = match child.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+                }
+                Err(_) => 255,
+            };
+            // Whatever the leader left behind in its group goes with it.
+            signal_group(group, Signal::SIGKILL);
+            let _ = std::fs::remove_file(dir.join("pgid"));
+            let _ = tx.send((index, RunExit { run: key, code }));
+        });
     }
 
     fn kill(&self, key: &RunKey) {
         let Some(live) = self.live.get(key) else { return };
-        let pgid = live.pgid;
+        // Not spawned yet: the spawner kills it as soon as it is.
+        if live.pgid.compare_exchange(SPAWNING, KILL_ON_SPAWN, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            return;
+        }
+        let pgid = live.pgid.load(Ordering::SeqCst);
         tracing::debug!(node = %self.cfg.name, job = key.job_id, member = key.member, pgid, "killing run");
         signal_group(pgid, Signal::SIGTERM);
         let grace = self.cfg.kill_grace;
@@ -368,7 +455,13 @@ impl NodeAgent {
     /// The lease ran out: the server may start this node's runs elsewhere after its grace, so
     /// they stop now (SIGKILL), never to run twice at once. Their exits are reported later.
     pub(crate) fn fence(&mut self) {
-        let pgids: Vec<i32> = self.live.values().map(|l| l.pgid).filter(|&p| p > 1).collect();
+        let mut pgids = Vec::new();
+        for l in self.live.values() {
+            if l.pgid.compare_exchange(SPAWNING, KILL_ON_SPAWN, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+                pgids.push(l.pgid.load(Ordering::SeqCst));
+            }
+        }
+        pgids.retain(|&p| p > 1);
         tracing::warn!(node = %self.cfg.name, runs = pgids.len(), "lease not renewed in time: runs stopped");
         for pgid in pgids {
             signal_group(pgid, Signal::SIGKILL);
@@ -396,6 +489,10 @@ impl NodeAgent {
     pub(crate) fn take_exit(&mut self, e: RunExit) {
         self.live.remove(&e.run);
         self.exited.push(e);
+    }
+
+    pub(crate) fn has_live_runs(&self) -> bool {
+        !self.live.is_empty()
     }
 
     /// Whether ends wait that the server has not seen once.

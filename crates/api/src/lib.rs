@@ -435,6 +435,10 @@ pub struct HeartbeatBatch {
     /// How long the server may hold the call waiting for work, in milliseconds.
     #[serde(default)]
     pub wait_ms: u64,
+    /// The `answer` number of the last answer this process received (0: none): the server
+    /// plans again the nodes of later answers, which the process dropped or never got.
+    #[serde(default)]
+    pub last_answer: u64,
 }
 
 /// The answer for one node of a batch: its heartbeat reply, or why the node was refused.
@@ -452,6 +456,9 @@ pub struct NodeHeartbeatReply {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HeartbeatBatchReply {
     pub lease_ms: u64,
+    /// Numbers this answer, for the process's next `last_answer`.
+    #[serde(default)]
+    pub answer: u64,
     #[serde(default)]
     pub nodes: Vec<NodeHeartbeatReply>,
 }

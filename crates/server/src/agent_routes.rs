@@ -200,7 +200,7 @@ pub(crate) async fn heartbeats(
     let lease_ms = remote.config.lease.as_millis() as u64;
     let session = remote.session(&batch.agent_id);
     let call = session.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-    session.begin_call();
+    session.begin_call(batch.last_answer);
     let mut deadline = Instant::now() + Duration::from_millis(batch.wait_ms).min(remote.config.heartbeat);
     let mut replies = Vec::new();
     let mut listed = Vec::with_capacity(batch.nodes.len());
@@ -222,7 +222,9 @@ pub(crate) async fn heartbeats(
         if !first && session.calls.load(std::sync::atomic::Ordering::SeqCst) != call {
             // A newer call of the same process waits now: the wake-up is its.
             session.notify.notify_one();
-            return Ok(Json(api::HeartbeatBatchReply { lease_ms, nodes: replies }));
+            let answer =
+                session.answering(replies.iter().filter(|r| r.reply.is_some()).map(|r| r.node.clone()).collect());
+            return Ok(Json(api::HeartbeatBatchReply { lease_ms, answer, nodes: replies }));
         }
         let changed = session.notify.notified();
         tokio::pin!(changed);
@@ -262,8 +264,9 @@ pub(crate) async fn heartbeats(
         first = false;
         let now = Instant::now();
         if !replies.is_empty() || now >= deadline {
-            session.answering(replies.iter().filter(|r| r.reply.is_some()).map(|r| r.node.clone()).collect());
-            return Ok(Json(api::HeartbeatBatchReply { lease_ms, nodes: replies }));
+            let answer =
+                session.answering(replies.iter().filter(|r| r.reply.is_some()).map(|r| r.node.clone()).collect());
+            return Ok(Json(api::HeartbeatBatchReply { lease_ms, answer, nodes: replies }));
         }
         let _ = tokio::time::timeout(deadline - now, changed).await;
     }

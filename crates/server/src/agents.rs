@@ -7,7 +7,7 @@
 
 use crate::node::{NodeExecutor, RunFuture, RunOutcome, RunSpec};
 use api::RunKey;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, oneshot};
@@ -54,6 +54,9 @@ struct Slot {
     unacked: std::collections::HashSet<RunKey>,
     /// Exits recorded (or no longer needed) to acknowledge in the next answer.
     acks: Vec<RunKey>,
+    /// Exits acknowledged lately: one reported again (its answer was dropped) is acknowledged
+    /// again without asking the store.
+    acked_lately: VecDeque<RunKey>,
     /// Wakes every heartbeat of the node held waiting (an abandoned one as well as the live
     /// one: a single wake-up taken by a call whose agent has gone would be lost).
     notify: Arc<Notify>,
@@ -94,21 +97,32 @@ pub(crate) struct BatchSession {
     dirty: Mutex<std::collections::HashSet<String>>,
     /// Calls received; a held one that a newer one superseded ends.
     pub calls: std::sync::atomic::AtomicU64,
-    /// Nodes the last answer was for: the agent may have dropped that call (to report an end at
-    /// once), so the next call plans them again from their latest report.
-    answered: Mutex<Vec<String>>,
+    /// Answers given and not yet known received, by number, with the nodes they were for: the
+    /// process may have dropped such a call (to report an end at once), so later calls plan
+    /// those nodes again, from their latest report, until it says it got them.
+    answered: Mutex<BTreeMap<u64, Vec<String>>>,
+    next_answer: std::sync::atomic::AtomicU64,
 }
 
 impl BatchSession {
-    /// A call begins: the nodes of the previous answer are planned again.
-    pub fn begin_call(&self) {
-        let answered = std::mem::take(&mut *self.answered.lock().unwrap_or_else(|e| e.into_inner()));
-        self.dirty.lock().unwrap_or_else(|e| e.into_inner()).extend(answered);
+    /// A call begins, the process having received every answer up to `last_answer`: the nodes
+    /// of later answers are planned again.
+    pub fn begin_call(&self, last_answer: u64) {
+        let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = answered.split_off(&(last_answer + 1));
+        *answered = pending;
+        let again: Vec<String> = answered.values().flatten().cloned().collect();
+        drop(answered);
+        self.dirty.lock().unwrap_or_else(|e| e.into_inner()).extend(again);
     }
 
-    /// The nodes an answer goes out for.
-    pub fn answering(&self, nodes: Vec<String>) {
-        *self.answered.lock().unwrap_or_else(|e| e.into_inner()) = nodes;
+    /// An answer goes out for `nodes`: its number.
+    pub fn answering(&self, nodes: Vec<String>) -> u64 {
+        let number = self.next_answer.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if !nodes.is_empty() {
+            self.answered.lock().unwrap_or_else(|e| e.into_inner()).insert(number, nodes);
+        }
+        number
     }
 
     /// The nodes that changed since the last call, forgotten here.
@@ -280,6 +294,10 @@ impl RemoteNodes {
                 if slot.unacked.contains(&e.run) || slot.acks.contains(&e.run) {
                     continue;
                 }
+                if slot.acked_lately.contains(&e.run) {
+                    slot.acks.push(e.run);
+                    continue;
+                }
                 match slot.assigned.get_mut(&(e.run.job_id, e.run.member)) {
                     Some(a) if a.assignment.run.generation == e.run.generation => {
                         if let Some(tx) = a.done.take() {
@@ -400,6 +418,14 @@ impl RemoteNodes {
         let mut inner = self.lock();
         if let Some(slot) = inner.slots.get_mut(node) {
             slot.acks.retain(|r| !sent.contains(r));
+            for r in sent {
+                if !slot.acked_lately.contains(r) {
+                    slot.acked_lately.push_back(*r);
+                }
+            }
+            while slot.acked_lately.len() > 64 {
+                slot.acked_lately.pop_front();
+            }
         }
     }
 

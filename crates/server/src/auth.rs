@@ -62,8 +62,14 @@ impl FromRequestParts<AppState> for Caller {
         if same(&hash, &state.admin_hash) {
             return Ok(Caller::Admin);
         }
+        if let Some(t) = state.tenant_cache.get(&hash) {
+            return Ok(Caller::Tenant(t));
+        }
         match state.store.tenant_by_token_hash(&hash).await? {
-            Some(t) => Ok(Caller::Tenant(t)),
+            Some(t) => {
+                state.tenant_cache.put(hash, t.clone());
+                Ok(Caller::Tenant(t))
+            }
             None => Err(ApiError::Unauthorized("unknown token".into())),
         }
     }
@@ -110,5 +116,41 @@ mod tests {
         assert_eq!(hash_token(&a), hash_token(&a));
         assert!(same(&hash_token(&a), &hash_token(&a)));
         assert!(!same(&hash_token(&a), &hash_token(&b)));
+    }
+}
+
+/// Tenants by token hash for a short while. What changes a tenant here (its quota) forgets it
+/// at once; a token rotated by another process stops working within [`TenantCache::TTL`].
+#[derive(Default)]
+pub(crate) struct TenantCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (store::Tenant, std::time::Instant)>>,
+}
+
+impl TenantCache {
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(2);
+    const MAX_ENTRIES: usize = 100_000;
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (store::Tenant, std::time::Instant)>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, hash: &str) -> Option<store::Tenant> {
+        let entries = self.lock();
+        entries.get(hash).filter(|(_, at)| at.elapsed() < Self::TTL).map(|(t, _)| t.clone())
+    }
+
+    pub fn put(&self, hash: String, tenant: store::Tenant) {
+        let mut entries = self.lock();
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(hash, (tenant, std::time::Instant::now()));
+    }
+
+    /// Forgets every token of `tenant_id`.
+    pub fn forget_tenant(&self, tenant_id: i64) {
+        self.lock().retain(|_, (t, _)| t.id != tenant_id);
     }
 }

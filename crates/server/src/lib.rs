@@ -116,6 +116,9 @@ pub struct AppState {
     pub(crate) sched_events: scheduler::SchedEvents,
     /// The fleet with nothing allocated, to tell at once a request that could never fit.
     pub(crate) empty_cluster: Arc<sched::ClusterState>,
+    /// Tenants by token hash, as read a moment ago: a burst of requests with one token costs
+    /// one store read, not one each.
+    pub(crate) tenant_cache: Arc<auth::TenantCache>,
     /// Bumped on every job event, for the event streams.
     pub(crate) events: watch::Sender<u64>,
     pub(crate) snapshot: Arc<RwLock<Snapshot>>,
@@ -245,6 +248,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         wake,
         sched_events,
         empty_cluster: Arc::new(sched::ClusterState::new(fleet.clone())),
+        tenant_cache: Arc::default(),
         events,
         snapshot: Arc::new(RwLock::new(Snapshot { node_gpus_used: vec![0; fleet.nodes.len()] })),
         remote: remote.clone(),

@@ -144,6 +144,7 @@ async fn set_quota(
         .set_quota(tenant.id, req.gpu_quota.map(i64::from))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?;
+    st.tenant_cache.forget_tenant(updated.id);
     tracing::info!(tenant = %name, gpu_quota = ?req.gpu_quota, "quota set");
     st.tell_scheduler(crate::scheduler::SchedEvent::QuotaSet { tenant_id: updated.id, gpu_quota: updated.gpu_quota });
     Ok(Json(tenant_to_api(&updated)))
