@@ -29,6 +29,7 @@ mod scheduler;
 
 pub use agents::{LeaseConfig, RemoteNodes};
 pub use node::{NodeExecutor, RunOutcome, RunSpec, VirtualNodes};
+pub use scheduler::bench::{LiveStartCost, live_start_cost};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

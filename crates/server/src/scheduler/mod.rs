@@ -7,6 +7,7 @@
 //! through conditional updates before it acts, so a round repeated after a crash does nothing
 //! twice.
 
+pub mod bench;
 mod live;
 mod power;
 
