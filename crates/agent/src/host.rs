@@ -15,6 +15,9 @@ use tokio::time::Instant;
 /// How soon an end is reported while runs are live: the held call lasts at most this long.
 const EXIT_REPORT: Duration = Duration::from_millis(100);
 
+/// Nodes joined between two heartbeats while a host's nodes join.
+const JOINS_PER_ROUND: usize = 128;
+
 /// The nodes of one agent process and their shared connection.
 pub struct AgentHost {
     server: String,
@@ -54,10 +57,10 @@ impl AgentHost {
         }
     }
 
-    /// Joins every node without a credential; a node refused for good stops the host.
-    async fn join_missing(&mut self) -> Result<usize, AgentError> {
+    /// Joins up to `at_most` nodes without a credential; a node refused for good stops the host.
+    async fn join_missing(&mut self, at_most: usize) -> Result<usize, AgentError> {
         let mut joined = 0;
-        for n in self.nodes.iter_mut().filter(|n| n.credential().is_none()) {
+        for n in self.nodes.iter_mut().filter(|n| n.credential().is_none()).take(at_most) {
             match n.join().await {
                 Ok(_) => joined += 1,
                 Err(AgentError::Refused(m)) => return Err(AgentError::Refused(format!("node {}: {m}", n.name()))),
@@ -78,15 +81,19 @@ impl AgentHost {
         let mut listed_all_at: Option<Instant> = None;
         loop {
             if self.nodes.iter().any(|n| n.credential().is_none()) {
-                let joined = self.join_missing().await?;
-                if self.nodes.iter().any(|n| n.credential().is_none()) {
+                // A few at a time, with heartbeats between: the nodes that joined first keep
+                // their leases while the rest join.
+                let joined = self.join_missing(JOINS_PER_ROUND).await?;
+                if joined > 0 {
+                    tracing::debug!(nodes = joined, "nodes joined");
+                    listed_all_at = None;
+                    if self.nodes.iter().all(|n| n.credential().is_some()) {
+                        tracing::info!(nodes = self.nodes.len(), "every node joined");
+                    }
+                } else if self.nodes.iter().all(|n| n.credential().is_none()) {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
-                }
-                if joined > 0 {
-                    tracing::info!(nodes = joined, "nodes joined");
-                    listed_all_at = None;
                 }
             }
             let period = self.nodes.first().map_or(period, |n| n.heartbeat_period());
@@ -106,7 +113,8 @@ impl AgentHost {
             let news = listed.iter().any(|&i| self.nodes[i].has_news());
             let next_full = listed_all_at.map_or(now, |t| t + period);
             let until_full = if all { period } else { next_full.saturating_duration_since(now) };
-            let wait = if news {
+            let joining = self.nodes.iter().any(|n| n.credential().is_none());
+            let wait = if news || joining {
                 Duration::ZERO
             } else if self.nodes.iter().any(NodeAgent::has_live_runs) {
                 until_full.min(EXIT_REPORT)
