@@ -109,9 +109,17 @@ impl BatchSession {
     /// of later answers are planned again.
     pub fn begin_call(&self, last_answer: u64) {
         let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
-        let pending = answered.split_off(&(last_answer + 1));
-        *answered = pending;
-        let again: Vec<String> = answered.values().flatten().cloned().collect();
+        let later = answered.split_off(&(last_answer + 1));
+        // The process names every answer it gets with its next call: an earlier one still here
+        // never reached it. Its nodes are planned again once more, then forgotten; later ones
+        // (perhaps still on their way) are planned again until named.
+        let mut again: Vec<String> = answered
+            .iter()
+            .filter(|(number, _)| **number != last_answer)
+            .flat_map(|(_, nodes)| nodes.clone())
+            .collect();
+        again.extend(later.values().flatten().cloned());
+        *answered = later;
         drop(answered);
         self.dirty.lock().unwrap_or_else(|e| e.into_inner()).extend(again);
     }

@@ -42,7 +42,11 @@ fn assigned_to(reply: &Value, node: &str) -> usize {
 
 async fn batched(db: Db) {
     let place = Place::new(db).await;
-    let s = TestServer::start_tuned(&place, common::fleet(), |c| {
+    // No grid caps: the power guard would ask the nodes for caps, which is work of its own.
+    let uncapped: String =
+        common::SMALL_FLEET.lines().filter(|l| !l.starts_with("grid_power_cap")).collect::<Vec<_>>().join("\n");
+    let fleet = model::fleet_toml::parse_fleet(&uncapped).expect("the small fleet parses");
+    let s = TestServer::start_tuned(&place, fleet, |c| {
         c.agents = Some(server::LeaseConfig::new(Duration::from_millis(2000), Duration::from_millis(10_000)));
     })
     .await;
@@ -85,6 +89,20 @@ async fn batched(db: Db) {
     // assignment comes again, though the node reports nothing new.
     let v = batch(&s, vec![], 0, last).await;
     assert_eq!(assigned_to(&v, NODES[0]) + assigned_to(&v, NODES[1]), 1, "planned again: {v}");
+    // A later answer received does not cover an earlier one that never arrived.
+    let received = v["answer"].as_u64().unwrap();
+    assert!(received > dropped);
+    let v = batch(&s, vec![], 0, received).await;
+    assert_eq!(assigned_to(&v, NODES[0]) + assigned_to(&v, NODES[1]), 1, "the lost answer's node again: {v}");
+    // Once the node reports its run, nothing is assigned again.
+    let node = if assigned_to(&v, NODES[0]) == 1 { 0 } else { 1 };
+    let run =
+        v["nodes"].as_array().unwrap().iter().find(|n| n["node"] == NODES[node]).unwrap()["reply"]["assign"][0]["run"]
+            .clone();
+    let credential = if node == 0 { &a } else { &b };
+    let report = json!({"node": NODES[node], "credential": credential, "heartbeat": {"running": [run], "exited": []}});
+    let v = batch(&s, vec![report], 0, v["answer"].as_u64().unwrap()).await;
+    assert_eq!(assigned_to(&v, NODES[0]) + assigned_to(&v, NODES[1]), 0, "{v}");
     s.stop().await;
     place.cleanup().await;
 }
