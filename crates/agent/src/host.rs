@@ -5,7 +5,7 @@
 //! not change costs one short entry per period, and the server holds one call per process.
 
 use crate::AgentError;
-use crate::runner::{NodeAgent, NodeConfig};
+use crate::runner::{Backoff, NodeAgent, NodeConfig};
 use api::{HeartbeatBatch, HeartbeatBatchReply, NodeHeartbeat, RunExit};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -75,7 +75,7 @@ impl AgentHost {
 
     /// Joins and heartbeats for every node until the process ends.
     pub async fn run(mut self) -> Result<(), AgentError> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         // Every node is listed at least this often, which renews its lease.
         let period = self.nodes.first().map_or(Duration::from_secs(5), |n| n.heartbeat_period());
         let mut listed_all_at: Option<Instant> = None;
@@ -91,8 +91,7 @@ impl AgentHost {
                         tracing::info!(nodes = self.nodes.len(), "every node joined");
                     }
                 } else if self.nodes.iter().all(|n| n.credential().is_none()) {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                     continue;
                 }
             }
@@ -159,8 +158,7 @@ impl AgentHost {
                 Ok(r) => {
                     tracing::warn!(status = %r.status(), nodes = listed.len(), "batched heartbeat refused; retrying");
                     self.changed.extend(listed);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                     continue;
                 }
                 Err(e) => Err(e),
@@ -170,12 +168,11 @@ impl AgentHost {
                 Err(e) => {
                     tracing::warn!(error = %e, nodes = listed.len(), "batched heartbeat failed; retrying");
                     self.changed.extend(listed);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(100);
+            backoff.reset();
             self.last_answer = self.last_answer.max(reply.answer);
             if all {
                 listed_all_at = Some(sent_at);

@@ -76,6 +76,27 @@ fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ 
     move |source| AgentError::Io { path: path.display().to_string(), source }
 }
 
+/// How long to wait before trying the server again: from 100 ms, doubling to 2 s; back to the
+/// start after a success.
+pub(crate) struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(2));
+    }
+
+    pub(crate) fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+}
+
 /// Spawning a run (fork, exec, its files) blocks: one thread per agent process does it, in
 /// order, so neither the heartbeat loop stalls nor a burst of runs makes a thread each.
 mod spawner {
@@ -560,7 +581,7 @@ impl NodeAgent {
 
     /// Joins (unless it holds a credential) and heartbeats until the process ends.
     pub async fn run(mut self) -> Result<(), AgentError> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         let Some(mut exit_rx) = self.exit_rx.take() else {
             return Err(AgentError::Refused("this node is served by a host".into()));
         };
@@ -572,8 +593,7 @@ impl NodeAgent {
                     Err(AgentError::Refused(m)) => return Err(AgentError::Refused(m)),
                     Err(e) => {
                         tracing::warn!(node = %self.cfg.name, error = %e, "join failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        backoff.wait().await;
                         continue;
                     }
                 },
@@ -614,8 +634,7 @@ impl NodeAgent {
                 Ok(r) if r.status().is_success() => r.json::<HeartbeatReply>().await,
                 Ok(r) => {
                     tracing::warn!(node = %self.cfg.name, status = %r.status(), "heartbeat refused; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                     continue;
                 }
                 Err(e) => Err(e),
@@ -624,12 +643,11 @@ impl NodeAgent {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(node = %self.cfg.name, error = %e, "heartbeat failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(100);
+            backoff.reset();
             self.renewed(sent_at, reply.lease_ms, sent_exits);
             self.apply(reply);
         }

@@ -30,17 +30,7 @@ fn server(db: &str, port: u16, dir: &Path) -> Child {
 }
 
 fn agent(base: &str, join: &str, name: &str, dir: &Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_drome"))
-        .args(["agent", "--server", base, "--join-token", join, "--name", name])
-        .args(["--virtual-gpus", "8", "--gpu-model", "H200", "--kill-grace", "1"])
-        .arg("--work-dir")
-        .arg(dir.join(name))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    common::agent(None, base, join, name, dir)
 }
 
 struct Api {

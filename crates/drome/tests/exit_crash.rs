@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::{Procs, create_tenant, free_port, join_token, wait_healthy};
-use serde_json::{Value, json};
+use common::{Procs, agent, create_tenant, free_port, get_job, join_token, submit, wait_healthy};
+use serde_json::json;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,11 +30,6 @@ fn server(db: &str, port: u16, dir: &Path, failpoint: bool) -> Child {
     cmd.spawn().unwrap()
 }
 
-async fn job(http: &reqwest::Client, base: &str, token: &str, id: i64) -> Option<Value> {
-    let r = http.get(format!("{base}/v1/jobs/{id}")).bearer_auth(token).send().await.ok()?;
-    r.json().await.ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exit_reported_before_a_crash_is_recorded_after_it() {
     let dir = std::env::temp_dir().join(format!("drome-exit-crash-{}", std::process::id()));
@@ -48,31 +43,9 @@ async fn an_exit_reported_before_a_crash_is_recorded_after_it() {
     wait_healthy(&http, &base).await;
     let token = create_tenant(&http, &base, ADMIN, "lab").await;
     let join = join_token(&http, &base, ADMIN).await;
-    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-    procs.0.push(
-        Command::new(env!("CARGO_BIN_EXE_drome"))
-            .args(["agent", "--server", &base, "--join-token", &join, "--name", NODE])
-            .args(["--virtual-gpus", "8", "--gpu-model", "H200", "--kill-grace", "1"])
-            .arg("--work-dir")
-            .arg(dir.join("agent"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    procs.0.push(agent(None, &base, &join, NODE, &dir));
     let spec = json!({"command": "sh", "args": ["-c", "sleep 0.5; exit 3"], "gpus_per_node": 1});
-    let v: Value = http
-        .post(format!("{base}/v1/jobs"))
-        .bearer_auth(&token)
-        .json(&spec)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = v["id"].as_i64().unwrap_or_else(|| panic!("submit failed: {v}"));
+    let id = submit(&http, &base, &token, &spec).await;
 
     // The run ends, the agent reports it, the server aborts before recording it.
     let t0 = Instant::now();
@@ -90,31 +63,25 @@ async fn an_exit_reported_before_a_crash_is_recorded_after_it() {
     wait_healthy(&http, &base).await;
     let t0 = Instant::now();
     let v = loop {
-        if let Some(v) = job(&http, &base, &token, id).await
+        if let Some(v) = get_job(&http, &base, &token, id).await
             && v["state"] == "failed"
         {
             break v;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "job {id} is stuck: {:?}", job(&http, &base, &token, id).await);
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "job {id} is stuck: {:?}",
+            get_job(&http, &base, &token, id).await
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(v["exit_code"], 3, "{v}");
     assert_eq!(v["attempts"], 1, "the job did not run again: {v}");
     // And the node's GPU is free again: a whole-node job fits.
     let spec = json!({"command": "true", "gpus_per_node": 8});
-    let w: Value = http
-        .post(format!("{base}/v1/jobs"))
-        .bearer_auth(&token)
-        .json(&spec)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let next = w["id"].as_i64().unwrap();
+    let next = submit(&http, &base, &token, &spec).await;
     let t0 = Instant::now();
-    while job(&http, &base, &token, next).await.is_none_or(|v| v["state"] != "succeeded") {
+    while get_job(&http, &base, &token, next).await.is_none_or(|v| v["state"] != "succeeded") {
         assert!(t0.elapsed() < Duration::from_secs(20), "the node's GPUs were not freed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

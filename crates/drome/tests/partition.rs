@@ -9,8 +9,8 @@
 
 mod common;
 
-use common::{Procs, create_tenant, join_token, wait_healthy};
-use serde_json::{Value, json};
+use common::{Procs, agent, create_tenant, get_job, join_token, submit, wait_healthy};
+use serde_json::json;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -67,31 +67,6 @@ impl Drop for Netns {
     }
 }
 
-fn agent(netns: Option<&str>, base: &str, join: &str, name: &str, dir: &Path) -> std::process::Child {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_drome")]);
-            c
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_drome")),
-    };
-    cmd.args(["agent", "--server", base, "--join-token", join, "--name", name])
-        .args(["--virtual-gpus", "8", "--gpu-model", "H200", "--kill-grace", "1"])
-        .arg("--work-dir")
-        .arg(dir.join(name))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-async fn job(http: &reqwest::Client, base: &str, token: &str, id: i64) -> Value {
-    http.get(format!("{base}/v1/jobs/{id}")).bearer_auth(token).send().await.unwrap().json().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_agent_stops_its_work_before_the_job_runs_elsewhere() {
     let Some(netns) = Netns::create() else {
@@ -133,20 +108,10 @@ async fn a_partitioned_agent_stops_its_work_before_the_job_runs_elsewhere() {
     );
     let spec = json!({"command": "sh", "args": ["-c", script], "gpus_per_node": 8,
                       "restart_policy": "on-failure", "max_restarts": 3});
-    let v: Value = http
-        .post(format!("{base}/v1/jobs"))
-        .bearer_auth(&token)
-        .json(&spec)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = v["id"].as_i64().unwrap_or_else(|| panic!("submit failed: {v}"));
+    let id = submit(&http, &base, &token, &spec).await;
     let t0 = Instant::now();
     loop {
-        let v = job(&http, &base, &token, id).await;
+        let v = get_job(&http, &base, &token, id).await.expect("the server answers");
         if v["state"] == "running" && std::fs::read_to_string(marks.join("pids")).is_ok_and(|p| !p.trim().is_empty()) {
             assert_eq!(v["placement"][0]["node"], INSIDE, "{v}");
             break;
@@ -162,7 +127,7 @@ async fn a_partitioned_agent_stops_its_work_before_the_job_runs_elsewhere() {
     let cut = Instant::now();
     let t0 = Instant::now();
     let moved = loop {
-        let v = job(&http, &base, &token, id).await;
+        let v = get_job(&http, &base, &token, id).await.expect("the server answers");
         if v["state"] == "running" && v["attempts"].as_i64() == Some(2) {
             break v;
         }
@@ -180,7 +145,7 @@ async fn a_partitioned_agent_stops_its_work_before_the_job_runs_elsewhere() {
     // Heal it: the inside agent comes back; its old copy stays dead, nothing runs twice.
     netns.link(true);
     tokio::time::sleep(Duration::from_millis(3 * LEASE_MS)).await;
-    let v = job(&http, &base, &token, id).await;
+    let v = get_job(&http, &base, &token, id).await.expect("the server answers");
     assert_eq!((v["state"].as_str(), v["attempts"].as_i64()), (Some("running"), Some(2)), "{v}");
     let pids = std::fs::read_to_string(marks.join("pids")).unwrap();
     assert_eq!(pids.lines().count(), 2, "copies started: {pids}");

@@ -103,22 +103,6 @@ impl FromRequestParts<AppState> for AdminCaller {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_fresh_and_hashes_stable() {
-        let a = new_token().unwrap();
-        let b = new_token().unwrap();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), "drome_".len() + 64);
-        assert_eq!(hash_token(&a), hash_token(&a));
-        assert!(same(&hash_token(&a), &hash_token(&a)));
-        assert!(!same(&hash_token(&a), &hash_token(&b)));
-    }
-}
-
 /// Tenants by token hash for a short while. What changes a tenant here (its quota) forgets it
 /// at once; a token rotated by another process stops working within [`TenantCache::TTL`].
 #[derive(Default)]
@@ -152,5 +136,21 @@ impl TenantCache {
     /// Forgets every token of `tenant_id`.
     pub fn forget_tenant(&self, tenant_id: i64) {
         self.lock().retain(|_, (t, _)| t.id != tenant_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_fresh_and_hashes_stable() {
+        let a = new_token().unwrap();
+        let b = new_token().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), "drome_".len() + 64);
+        assert_eq!(hash_token(&a), hash_token(&a));
+        assert!(same(&hash_token(&a), &hash_token(&a)));
+        assert!(!same(&hash_token(&a), &hash_token(&b)));
     }
 }

@@ -48,3 +48,39 @@ pub async fn join_token(http: &reqwest::Client, base: &str, admin: &str) -> Stri
     let j = json_of(http.post(format!("{base}/v1/join-tokens")).bearer_auth(admin)).await;
     j["token"].as_str().unwrap_or_else(|| panic!("no join token in {j}")).to_string()
 }
+
+/// `drome agent` serving the virtual 8-GPU H200 node `name`, with its work under `dir/name` and
+/// its log appended to `dir/name.log`; run inside network namespace `netns` when given.
+pub fn agent(netns: Option<&str>, base: &str, join: &str, name: &str, dir: &std::path::Path) -> Child {
+    use std::process::{Command, Stdio};
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap();
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_drome")]);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_drome")),
+    };
+    cmd.args(["agent", "--server", base, "--join-token", join, "--name", name])
+        .args(["--virtual-gpus", "8", "--gpu-model", "H200", "--kill-grace", "1"])
+        .arg("--work-dir")
+        .arg(dir.join(name))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Submits `spec` as the tenant of `token`; the new job's id.
+pub async fn submit(http: &reqwest::Client, base: &str, token: &str, spec: &serde_json::Value) -> i64 {
+    let v = json_of(http.post(format!("{base}/v1/jobs")).bearer_auth(token).json(spec)).await;
+    v["id"].as_i64().unwrap_or_else(|| panic!("submit failed: {v}"))
+}
+
+/// A job as the API shows it; `None` while the server does not answer.
+pub async fn get_job(http: &reqwest::Client, base: &str, token: &str, id: i64) -> Option<serde_json::Value> {
+    let r = http.get(format!("{base}/v1/jobs/{id}")).bearer_auth(token).send().await.ok()?;
+    r.json().await.ok()
+}

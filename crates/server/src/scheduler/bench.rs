@@ -23,20 +23,22 @@ pub struct LiveStartCost {
     pub fill_ms: f64,
 }
 
-fn job(id: i64, gpus_per_node: i64) -> store::Job {
+/// A pending job of `tenant_id` asking `nodes` x `gpus_per_node` GPUs, submitted at `id` ms:
+/// the benchmark's submissions, and the live state's tests'.
+pub(crate) fn pending_job(id: i64, tenant_id: i64, gpus_per_node: i64, nodes: i64, priority: i64) -> store::Job {
     store::Job {
         id,
         spec: store::NewJob {
-            tenant_id: 1 + id % 16,
+            tenant_id,
             name: String::new(),
             command: Some("true".into()),
             args_json: "[]".into(),
             env_json: "{}".into(),
             gpus_per_node,
-            nodes: 1,
+            nodes,
             gpu_milli: None,
             gpu_model: None,
-            priority: 0,
+            priority,
             deferrable: false,
             max_runtime_s: None,
             restart_policy: "never".into(),
@@ -53,6 +55,10 @@ fn job(id: i64, gpus_per_node: i64) -> store::Job {
         started_ms: None,
         finished_ms: None,
     }
+}
+
+fn job(id: i64, gpus_per_node: i64) -> store::Job {
+    pending_job(id, 1 + id % 16, gpus_per_node, 1, 0)
 }
 
 /// Fills `fleet` with `running` whole-node jobs, then times `starts` more, each submitted,

@@ -567,35 +567,7 @@ mod tests {
     }
 
     fn job(id: i64, tenant_id: i64, gpus_per_node: i64, nodes: i64, priority: i64) -> Job {
-        Job {
-            id,
-            spec: store::NewJob {
-                tenant_id,
-                name: format!("j{id}"),
-                command: Some("true".into()),
-                args_json: "[]".into(),
-                env_json: "{}".into(),
-                gpus_per_node,
-                nodes,
-                gpu_milli: None,
-                gpu_model: None,
-                priority,
-                deferrable: false,
-                max_runtime_s: None,
-                restart_policy: "never".into(),
-                max_restarts: 0,
-                idempotency_key: None,
-                request_hash: String::new(),
-            },
-            state: JobState::Pending,
-            attempts: 0,
-            placement_json: None,
-            exit_code: None,
-            message: None,
-            submitted_ms: id,
-            started_ms: None,
-            finished_ms: None,
-        }
+        super::super::bench::pending_job(id, tenant_id, gpus_per_node, nodes, priority)
     }
 
     /// Runs fifo on the live state and records every start, as the loop does.
