@@ -158,8 +158,8 @@ impl LiveState {
     /// A tenant's quota, as stored (`None`: unlimited). Lowering it sends the tenant's queued
     /// jobs over it back to be held; raising it lets held ones in.
     pub fn set_quota(&mut self, tenant_id: i64, gpu_quota: Option<i64>) {
-        let before = self.quotas.insert(tenant_id, gpu_quota);
-        if before.is_some_and(|b| b.is_some() && gpu_quota.is_none_or(|q| b.is_some_and(|b| q < b))) {
+        self.quotas.insert(tenant_id, gpu_quota);
+        if gpu_quota.is_some() && !self.fits_quota(tenant_id, 0) {
             let mut queued: Vec<(QueueKey, i64)> = self
                 .jobs
                 .values()
@@ -609,6 +609,22 @@ mod tests {
         live.verify().unwrap();
         assert_eq!(live.placed_jobs(), 1);
         assert_eq!(live.node_gpus_used().iter().sum::<u32>(), 8);
+    }
+
+    #[test]
+    fn a_quota_set_on_an_unlimited_tenant_holds_what_is_over_it() {
+        let mut live = LiveState::new(fleet(), 1);
+        live.set_quota(3, None);
+        for id in 1..=3 {
+            live.add_pending(job(id, 3, 8, 1, 0), None, 0).unwrap();
+        }
+        assert_eq!(queued_ids(&live), vec![1, 2, 3]);
+        live.set_quota(3, Some(8));
+        assert_eq!(queued_ids(&live), vec![1], "the first job keeps its place, the later ones wait");
+        live.verify().unwrap();
+        live.set_quota(3, None);
+        assert_eq!(queued_ids(&live).len(), 3);
+        live.verify().unwrap();
     }
 
     #[test]
