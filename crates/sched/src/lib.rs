@@ -27,7 +27,7 @@ mod tree;
 pub use cluster::{ClusterState, GpuPick, GpuShare, MemberPlacement, Placement, SchedError};
 pub use demand::{Demand, ModelSet};
 pub use placer::{BestFit, FirstFit, Placer, ScanFirstFit};
-pub use policy::{Decision, Fifo, Policy, PolicyError, policy_by_name, policy_names};
+pub use policy::{Decision, Fifo, Policy, PolicyError, policy_by_name, policy_names, policy_preempting_after};
 pub use prio::{PreemptConfig, PriorityPolicy, Ranker, RunningJob};
 pub use queue::{Queue, QueuedJob};
 pub use topo::{TopoPlacer, switches_spanned};

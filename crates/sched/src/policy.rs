@@ -147,16 +147,29 @@ pub fn policy_names() -> &'static [(&'static str, &'static str)] {
 }
 
 /// Builds a policy from its name; `seed` feeds policies that break ties at random.
-pub fn policy_by_name(name: &str, _seed: u64) -> Result<Box<dyn Policy>, PolicyError> {
+pub fn policy_by_name(name: &str, seed: u64) -> Result<Box<dyn Policy>, PolicyError> {
+    policy_preempting_after(name, seed, PreemptConfig::default().min_runtime)
+}
+
+/// [`policy_by_name`], with preempting policies leaving a job alone until it has run
+/// `min_runtime` (Slurm's `PreemptExemptTime`).
+pub fn policy_preempting_after(
+    name: &str,
+    _seed: u64,
+    min_runtime: SimDuration,
+) -> Result<Box<dyn Policy>, PolicyError> {
+    let preempt = PreemptConfig { min_runtime, ..PreemptConfig::default() };
     match name.trim().to_ascii_lowercase().as_str() {
         "fifo" | "fifo-firstfit" => Ok(Box::new(Fifo::new("fifo", Box::new(FirstFit)))),
         "fifo-bestfit" => Ok(Box::new(Fifo::new("fifo-bestfit", Box::new(BestFit)))),
         "backfill" => Ok(Box::new(Multifactor::new("backfill", MultifactorConfig::backfill()))),
         "fairshare" => Ok(Box::new(Multifactor::new("fairshare", MultifactorConfig::fairshare()))),
-        "quota" => Ok(Box::new(crate::quota::Quota::new(crate::quota::QuotaConfig::default()))),
-        "tiresias" => Ok(Box::new(crate::rankers::tiresias(PreemptConfig::default()))),
-        "srpt" => Ok(Box::new(crate::rankers::srpt(PreemptConfig::default()))),
-        "drome" => Ok(Box::new(crate::rankers::drome(PreemptConfig::default()))),
+        "quota" => {
+            Ok(Box::new(crate::quota::Quota::new(crate::quota::QuotaConfig { min_runtime, ..Default::default() })))
+        }
+        "tiresias" => Ok(Box::new(crate::rankers::tiresias(preempt))),
+        "srpt" => Ok(Box::new(crate::rankers::srpt(preempt))),
+        "drome" => Ok(Box::new(crate::rankers::drome(preempt))),
         _ => Err(PolicyError {
             name: name.to_string(),
             known: policy_names().iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),

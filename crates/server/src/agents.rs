@@ -3,7 +3,10 @@
 //! or when the node's lease expires (the node is lost). Dropping a run's future (cancellation,
 //! preemption) takes the assignment back: the agent, still reporting the run, is told to kill it.
 //! Every assignment carries the job's generation (its start count); a run of any other
-//! generation is stale and killed, so no job runs twice at once.
+//! generation is stale and killed, so no job runs twice at once. A run asked to stop
+//! ([`NodeExecutor::stop`]) stays assigned, marked stopping: the node is told to kill it, and its
+//! future ends only when the node's report no longer lists it (or the node is lost), so its GPUs
+//! go to other work only once its processes are gone.
 
 use crate::node::{NodeExecutor, RunFuture, RunOutcome, RunSpec};
 use api::RunKey;
@@ -39,6 +42,9 @@ impl Default for LeaseConfig {
 struct Assigned {
     assignment: api::Assignment,
     done: Option<oneshot::Sender<RunOutcome>>,
+    /// Asked to stop: killed if the node runs it, never handed out again, ended once the node
+    /// reports it gone.
+    stopping: bool,
 }
 
 #[derive(Default)]
@@ -350,14 +356,29 @@ impl RemoteNodes {
         let mut assign = Vec::new();
         let mut unknown = Vec::new();
         let mut kill = Vec::new();
+        let mut gone = Vec::new();
         for a in slot.assigned.values() {
-            if !hb.running.contains(&a.assignment.run) && !hb.exited.iter().any(|e| e.run == a.assignment.run) {
-                assign.push(a.assignment.clone());
+            let run = a.assignment.run;
+            if !hb.running.contains(&run) && !hb.exited.iter().any(|e| e.run == run) {
+                if !a.stopping {
+                    assign.push(a.assignment.clone());
+                } else if renew {
+                    // A fresh report, made after every answer the node received, without it:
+                    // no process of it is left.
+                    gone.push((run.job_id, run.member));
+                }
+            }
+        }
+        for key in gone {
+            if let Some(mut a) = slot.assigned.remove(&key)
+                && let Some(tx) = a.done.take()
+            {
+                let _ = tx.send(RunOutcome::Lost { message: "stopped".into() });
             }
         }
         for r in &hb.running {
             match slot.assigned.get(&(r.job_id, r.member)) {
-                Some(a) if a.assignment.run.generation == r.generation => {}
+                Some(a) if a.assignment.run.generation == r.generation && !a.stopping => {}
                 Some(_) => kill.push(*r),
                 None => unknown.push(*r),
             }
@@ -618,10 +639,10 @@ impl Drop for Guard {
     }
 }
 
-impl NodeExecutor for RemoteNodes {
-    fn run(&self, spec: RunSpec) -> RunFuture {
+impl RemoteNodes {
+    /// What the node is handed for `spec`'s work.
+    fn assignment(&self, spec: &RunSpec) -> api::Assignment {
         let run = RunKey { job_id: spec.job_id, member: spec.member, generation: spec.generation };
-        let (tx, rx) = oneshot::channel();
         let master = spec.master_node.as_deref().map(|n| self.address(n)).unwrap_or_else(|| "127.0.0.1".into());
         let mut env: BTreeMap<String, String> = spec.env.clone();
         env.insert("DROME_JOB_ID".into(), spec.job_id.to_string());
@@ -630,14 +651,22 @@ impl NodeExecutor for RemoteNodes {
         env.insert("DROME_MASTER_ADDR".into(), master);
         env.insert("DROME_MASTER_PORT".into(), (29500 + (spec.job_id % 20000)).to_string());
         env.insert("DROME_GENERATION".into(), spec.generation.to_string());
-        let assignment = api::Assignment {
+        api::Assignment {
             run,
             members: spec.members,
             command: spec.command.clone().unwrap_or_else(|| "sleep".into()),
             args: if spec.command.is_some() { spec.args.clone() } else { vec!["infinity".into()] },
             env,
             gpus: spec.gpus.clone(),
-        };
+        }
+    }
+}
+
+impl NodeExecutor for RemoteNodes {
+    fn run(&self, spec: RunSpec) -> RunFuture {
+        let assignment = self.assignment(&spec);
+        let run = assignment.run;
+        let (tx, rx) = oneshot::channel();
         let early = {
             let mut inner = self.lock();
             let slot = inner.slots.entry(spec.node.clone()).or_default();
@@ -651,7 +680,59 @@ impl NodeExecutor for RemoteNodes {
                 }
                 Some(RunOutcome::Exited { code })
             } else {
-                slot.assigned.insert((run.job_id, run.member), Assigned { assignment, done: Some(tx) });
+                let assigned = Assigned { assignment, done: Some(tx), stopping: false };
+                slot.assigned.insert((run.job_id, run.member), assigned);
+                slot.wake(&spec.node);
+                None
+            }
+        };
+        let guard = Guard { nodes: self.clone(), node: spec.node.clone(), run };
+        Box::pin(async move {
+            let _guard = guard;
+            if let Some(outcome) = early {
+                return outcome;
+            }
+            rx.await.unwrap_or(RunOutcome::Lost { message: "the run was dropped".into() })
+        })
+    }
+
+    fn stop(&self, node: &str, job_id: i64, member: u32, generation: i64) -> bool {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.slots.get_mut(node)
+            && let Some(a) = slot.assigned.get_mut(&(job_id, member))
+            && a.assignment.run.generation == generation
+            && !a.stopping
+        {
+            a.stopping = true;
+            slot.wake(node);
+        }
+        true
+    }
+
+    fn stop_run(&self, spec: RunSpec) -> RunFuture {
+        let assignment = self.assignment(&spec);
+        let run = assignment.run;
+        let (tx, rx) = oneshot::channel();
+        let early = {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let slot = inner.slots.entry(spec.node.clone()).or_default();
+            if let Some(code) = slot.early_exits.remove(&run) {
+                // The node reported the run's end already: nothing left to stop.
+                slot.unacked.insert(run);
+                let nodes = inner.awaiting_ack.entry(run.job_id).or_default();
+                if !nodes.contains(&spec.node) {
+                    nodes.push(spec.node.clone());
+                }
+                Some(RunOutcome::Exited { code })
+            } else {
+                if slot.lease_until.is_none() {
+                    // A lost node: whatever it ran has stopped a grace from now at the latest.
+                    let due = Instant::now() + self.config.grace;
+                    inner.grace_deadlines.push(std::cmp::Reverse((due, spec.node.clone())));
+                }
+                let slot = inner.slots.entry(spec.node.clone()).or_default();
+                slot.assigned.insert((run.job_id, run.member), Assigned { assignment, done: Some(tx), stopping: true });
                 slot.wake(&spec.node);
                 None
             }

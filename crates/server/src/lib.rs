@@ -61,6 +61,8 @@ pub struct Config {
     pub fleet: Fleet,
     /// A name [`sched::policy_by_name`] knows.
     pub policy: String,
+    /// A preempting policy leaves a running job alone until it has run this long.
+    pub preempt_exempt: Duration,
     /// The longest the scheduler waits between rounds when nothing wakes it.
     pub tick: Duration,
     pub executor: Arc<dyn NodeExecutor>,
@@ -86,6 +88,7 @@ impl Config {
             admin_token: None,
             fleet,
             policy: "fifo".into(),
+            preempt_exempt: Duration::from_secs(600),
             tick: Duration::from_millis(500),
             executor: Arc::new(VirtualNodes::default()),
             agents: None,
@@ -204,7 +207,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         }
     };
     let fleet = Arc::new(config.fleet);
-    let policy = sched::policy_by_name(&config.policy, 0)?;
+    let exempt = model::SimDuration::from_secs_f64(config.preempt_exempt.as_secs_f64());
+    let policy = sched::policy_preempting_after(&config.policy, 0, exempt)?;
     let dynamic = matches!(config.power_mode, sched::power::PowerMode::Dynamic { .. });
     if dynamic && config.agents.is_none() {
         return Err(ServerError::Config(

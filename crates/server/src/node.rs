@@ -45,10 +45,27 @@ pub enum RunOutcome {
 /// The boxed future of a member's work.
 pub type RunFuture = Pin<Box<dyn Future<Output = RunOutcome> + Send>>;
 
-/// Runs gang members on nodes. Dropping the returned future must stop the work: that is how
-/// cancellation and expiry reach the node.
+/// Runs gang members on nodes. Dropping the returned future must stop the work. An executor
+/// whose nodes are other machines also stops work on request ([`NodeExecutor::stop`]) and lets
+/// the future end only once the node confirms the work gone, so GPUs go to other work only then.
 pub trait NodeExecutor: Send + Sync + 'static {
     fn run(&self, spec: RunSpec) -> RunFuture;
+
+    /// Asks `node` to stop member `member` of `job_id`'s run `generation`. `true`: the run's
+    /// future ends once the node confirms the work gone (or the node is lost); `false`: dropping
+    /// the future stops the work at once, as for work in this process.
+    fn stop(&self, node: &str, job_id: i64, member: u32, generation: i64) -> bool {
+        let _ = (node, job_id, member, generation);
+        false
+    }
+
+    /// The work of `spec` may still run on its node (its job was being stopped when the server
+    /// restarted): the node is asked to stop any copy it has, and the future ends when none is
+    /// left. Never starts the work.
+    fn stop_run(&self, spec: RunSpec) -> RunFuture {
+        let _ = spec;
+        Box::pin(async { RunOutcome::Lost { message: "stopped".into() } })
+    }
 
     /// Of `all` nodes, those that cannot take work now (no agent, or lost).
     fn unavailable(&self, all: &[String]) -> Vec<String> {

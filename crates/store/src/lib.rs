@@ -590,11 +590,11 @@ impl Store {
         rows.iter().map(Self::job_of).collect()
     }
 
-    /// Every tenant's pending, scheduled and running jobs, oldest first: what the scheduler
-    /// rebuilds its state from.
+    /// Every tenant's pending, scheduled, running and preempted (being stopped) jobs, oldest
+    /// first: what the scheduler rebuilds its state from.
     pub async fn active_jobs(&self) -> Result<Vec<Job>> {
         let rows = sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('pending', 'scheduled', 'running') ORDER BY id"
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('pending', 'scheduled', 'running', 'preempted') ORDER BY id"
         ))
         .fetch_all(&self.reader)
         .await?;

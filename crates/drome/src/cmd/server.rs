@@ -30,6 +30,10 @@ pub struct ServerArgs {
     /// Scheduling policy.
     #[arg(long, default_value = "fifo")]
     pub policy: String,
+    /// A preempting policy (tiresias, srpt, drome, quota) leaves a running job alone until it
+    /// has run this many seconds (Slurm's PreemptExemptTime).
+    #[arg(long, default_value_t = 600.0)]
+    pub preempt_exempt_s: f64,
     /// Seconds a virtual node runs a command that declares no duration.
     #[arg(long, default_value_t = 10.0)]
     pub virtual_seconds: f64,
@@ -86,6 +90,11 @@ pub fn config(args: &ServerArgs) -> anyhow::Result<server::Config> {
     let mut config = server::Config::new(args.db.clone(), args.listen, fleet);
     config.admin_token = args.admin_token.clone().filter(|t| !t.trim().is_empty());
     config.policy = args.policy.clone();
+    anyhow::ensure!(
+        args.preempt_exempt_s.is_finite() && (0.0..=1e9).contains(&args.preempt_exempt_s),
+        "--preempt-exempt-s must be between 0 and 1e9 seconds"
+    );
+    config.preempt_exempt = Duration::from_secs_f64(args.preempt_exempt_s);
     config.power_mode = args.power.mode()?;
     anyhow::ensure!(
         args.agents || config.power_mode == sched::power::PowerMode::Admission,

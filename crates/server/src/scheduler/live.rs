@@ -33,6 +33,9 @@ pub(crate) enum Place {
     Queued,
     /// Holding its placement on the cluster (scheduled or running).
     Placed(Placement),
+    /// Cancelled or preempted, its run being stopped on these nodes: out of the cluster (other
+    /// work may be placed there) but no start on these nodes runs until its nodes confirm it gone.
+    Stopping(Placement),
 }
 
 /// An active job as the scheduler knows it.
@@ -85,6 +88,12 @@ pub(crate) struct LiveState {
     node_gpus_used: Vec<u32>,
     touched_nodes: Vec<NodeId>,
     placed_jobs: usize,
+    /// Runs being stopped per node ([`Place::Stopping`]).
+    stopping_nodes: HashMap<NodeId, u32>,
+    stopping_jobs: usize,
+    /// Jobs recorded as scheduled, not running: a run being stopped still holds one of their
+    /// nodes. They run once none does ([`LiveState::ready_to_run`]).
+    waiting: BTreeSet<i64>,
 }
 
 impl LiveState {
@@ -109,6 +118,9 @@ impl LiveState {
             node_gpus_used: vec![0; nodes],
             touched_nodes: Vec::new(),
             placed_jobs: 0,
+            stopping_nodes: HashMap::new(),
+            stopping_jobs: 0,
+            waiting: BTreeSet::new(),
         }
     }
 
@@ -136,12 +148,82 @@ impl LiveState {
         })
     }
 
+    /// Jobs whose runs are being stopped, with where they ran.
+    pub fn stopping(&self) -> impl Iterator<Item = (&LiveJob, &Placement)> {
+        self.jobs.values().filter_map(|j| match &j.place {
+            Place::Stopping(p) => Some((j, p)),
+            _ => None,
+        })
+    }
+
     pub fn placed_jobs(&self) -> usize {
         self.placed_jobs
     }
 
     pub fn pending_jobs(&self) -> usize {
-        self.jobs.len() - self.placed_jobs
+        self.jobs.len() - self.placed_jobs - self.stopping_jobs
+    }
+
+    /// Whether a run being stopped still holds a node of `placement`: work placed there waits.
+    pub fn blocks_start(&self, placement: &Placement) -> bool {
+        !self.stopping_nodes.is_empty() && placement.members.iter().any(|m| self.stopping_nodes.contains_key(&m.node))
+    }
+
+    /// A placed job recorded as scheduled only, waiting for runs being stopped on its nodes.
+    pub fn wait_for_stops(&mut self, id: i64) {
+        if matches!(self.jobs.get(&id).map(|j| &j.place), Some(Place::Placed(_))) {
+            self.waiting.insert(id);
+        }
+    }
+
+    /// Waiting jobs whose nodes no runs being stopped hold any more: they may run now.
+    pub fn ready_to_run(&self) -> Vec<i64> {
+        self.waiting
+            .iter()
+            .filter(|id| match self.jobs.get(id).map(|j| &j.place) {
+                Some(Place::Placed(p)) => !self.blocks_start(p),
+                _ => true,
+            })
+            .copied()
+            .collect()
+    }
+
+    /// A waiting job runs now (or left): it waits no more.
+    pub fn runs_now(&mut self, id: i64) {
+        self.waiting.remove(&id);
+    }
+
+    /// A placed job whose run is being stopped (cancelled, or preempted), now in `state`: its
+    /// GPUs leave the cluster (a preempting policy released them already) and its tenant's
+    /// reservation, but starts on its nodes wait until [`LiveState::remove`] or
+    /// [`LiveState::requeue`] says its run is gone. Returns whether it was placed.
+    pub fn stop(&mut self, id: i64, state: JobState) -> bool {
+        let Some(Place::Placed(placement)) = self.jobs.get(&id).map(|j| j.place.clone()) else { return false };
+        self.vacate(id);
+        self.stopping_now(id, placement);
+        if let Some(j) = self.jobs.get_mut(&id) {
+            j.job.state = state;
+            let tenant = j.job.spec.tenant_id;
+            self.admit_held(tenant);
+        }
+        true
+    }
+
+    /// A job the store says is being stopped (preempted, with its placement): its nodes wait
+    /// for its run to be gone.
+    pub fn add_stopping(&mut self, job: Job, placement: Placement) -> Result<(), LiveError> {
+        let id = job.id;
+        self.insert(job)?;
+        self.stopping_now(id, placement);
+        Ok(())
+    }
+
+    fn stopping_now(&mut self, id: i64, placement: Placement) {
+        for m in &placement.members {
+            *self.stopping_nodes.entry(m.node).or_default() += 1;
+        }
+        self.stopping_jobs += 1;
+        self.set_place(id, Place::Stopping(placement));
     }
 
     fn take_wid(&mut self) -> WorkloadId {
@@ -386,9 +468,21 @@ impl LiveState {
                     *r = r.saturating_sub(gpus);
                 }
             }
+            Place::Stopping(placement) => {
+                self.stopping_jobs -= 1;
+                for m in &placement.members {
+                    if let Some(n) = self.stopping_nodes.get_mut(&m.node) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.stopping_nodes.remove(&m.node);
+                        }
+                    }
+                }
+            }
             Place::Placed(placement) => {
                 // A preempting policy has released it already.
                 let _ = self.cluster.release(wid);
+                self.waiting.remove(&id);
                 self.placed_jobs -= 1;
                 if let Some(r) = self.reserved.get_mut(&tenant) {
                     *r = r.saturating_sub(gpus);
@@ -496,6 +590,7 @@ impl LiveState {
         self.cluster.verify()?;
         let mut reserved: HashMap<i64, u64> = HashMap::new();
         let mut used = vec![0u32; self.node_gpus_used.len()];
+        let mut stopping: HashMap<NodeId, u32> = HashMap::new();
         for j in self.jobs.values() {
             match &j.place {
                 Place::Placed(p) => {
@@ -518,6 +613,23 @@ impl LiveState {
                         return Err(format!("job {} waits but is in the queue", j.job.id));
                     }
                 }
+                Place::Stopping(p) => {
+                    if self.queue.contains(j.wid) || self.cluster.allocation(j.wid).is_some() {
+                        return Err(format!("job {} is being stopped but holds a place", j.job.id));
+                    }
+                    for m in &p.members {
+                        *stopping.entry(m.node).or_default() += 1;
+                    }
+                }
+            }
+        }
+        if stopping != self.stopping_nodes {
+            return Err("runs being stopped per node disagree with the jobs".into());
+        }
+        for id in &self.waiting {
+            match self.jobs.get(id) {
+                Some(j) if matches!(j.place, Place::Placed(_)) && j.job.state == JobState::Scheduled => {}
+                _ => return Err(format!("job {id} waits to run but is not scheduled")),
             }
         }
         if self.queue.len() != self.jobs.values().filter(|j| j.place == Place::Queued).count() {
@@ -578,11 +690,19 @@ mod tests {
         for d in decisions {
             if let sched::Decision::Start { job, placement } = d {
                 let id = live.job_id_of(job).expect("a started job is known");
+                let waits = live.blocks_start(&placement);
                 if let Some(j) = live.job_mut(id) {
-                    j.job.state = JobState::Running;
-                    j.job.attempts += 1;
+                    if waits {
+                        j.job.state = JobState::Scheduled;
+                    } else {
+                        j.job.state = JobState::Running;
+                        j.job.attempts += 1;
+                    }
                 }
                 live.started(id, placement);
+                if waits {
+                    live.wait_for_stops(id);
+                }
                 started.push(id);
             }
         }
@@ -671,15 +791,66 @@ mod tests {
         assert!(schedule(&mut live, fifo.as_mut()).len() == 1, "the node back takes one more whole-node job");
     }
 
+    #[test]
+    fn work_placed_where_a_run_is_being_stopped_waits_until_it_is_gone() {
+        let mut live = LiveState::new(fleet(), 1);
+        let mut fifo = sched::policy_by_name("fifo", 0).unwrap();
+        // Fill the six 8-GPU nodes, then stop one job's run: its GPUs are free for the policy.
+        for id in 1..=6 {
+            live.add_pending(job(id, 1, 8, 1, 0), None, 0).unwrap();
+        }
+        assert_eq!(schedule(&mut live, fifo.as_mut()).len(), 6);
+        let victim = 1;
+        let node = match &live.job(victim).unwrap().place {
+            Place::Placed(p) => p.members[0].node,
+            other => panic!("job 1 is {other:?}"),
+        };
+        assert!(live.stop(victim, JobState::Preempted));
+        live.verify().unwrap();
+        live.add_pending(job(100, 2, 8, 1, 0), None, 0).unwrap();
+        let mut started = schedule(&mut live, fifo.as_mut());
+        started.retain(|&s| s == 100);
+        assert_eq!(started, vec![100], "the stopped run's GPUs take the next job");
+        assert_eq!(live.job(100).unwrap().job.state, JobState::Scheduled, "it waits for the stopped run");
+        assert!(live.ready_to_run().is_empty());
+        let Place::Placed(p) = &live.job(100).unwrap().place else { panic!("job 100 is placed") };
+        assert_eq!(p.members[0].node, node);
+        live.verify().unwrap();
+        // The stopped run is gone: its job goes back to the queue, the waiting one may run.
+        let mut row = live.job(victim).unwrap().job.clone();
+        row.state = JobState::Pending;
+        live.requeue(row);
+        assert_eq!(live.ready_to_run(), vec![100]);
+        live.runs_now(100);
+        live.verify().unwrap();
+    }
+
     #[derive(Clone, Debug)]
     enum Op {
-        Submit { tenant: i64, gpus: i64, nodes: i64, priority: i64 },
+        Submit {
+            tenant: i64,
+            gpus: i64,
+            nodes: i64,
+            priority: i64,
+        },
         Schedule,
         End(usize),
         Requeue(usize),
         Cancel(usize),
-        Quota { tenant: i64, gpus: Option<i64> },
-        Node { index: usize, available: bool },
+        /// Preempted or cancelled while running: its run is being stopped.
+        Stop(usize),
+        /// A run being stopped is gone.
+        Gone(usize),
+        /// Waiting jobs whose nodes are free of stopping runs run.
+        Ready,
+        Quota {
+            tenant: i64,
+            gpus: Option<i64>,
+        },
+        Node {
+            index: usize,
+            available: bool,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -690,6 +861,9 @@ mod tests {
             2 => any::<usize>().prop_map(Op::End),
             1 => any::<usize>().prop_map(Op::Requeue),
             1 => any::<usize>().prop_map(Op::Cancel),
+            2 => any::<usize>().prop_map(Op::Stop),
+            2 => any::<usize>().prop_map(Op::Gone),
+            1 => Just(Op::Ready),
             1 => (0i64..3, proptest::option::of(0i64..24)).prop_map(|(tenant, gpus)| Op::Quota { tenant, gpus }),
             1 => (0usize..8, any::<bool>()).prop_map(|(index, available)| Op::Node { index, available }),
         ]
@@ -726,6 +900,28 @@ mod tests {
                             let mut row = j.job.clone();
                             row.state = JobState::Pending;
                             live.requeue(row);
+                        }
+                    }
+                    Op::Stop(k) if !known.is_empty() => {
+                        let id = known[k % known.len()];
+                        if live.job(id).is_some_and(|j| j.job.state == JobState::Running) {
+                            prop_assert!(live.stop(id, JobState::Preempted));
+                        }
+                    }
+                    Op::Gone(k) if !known.is_empty() => {
+                        let id = known[k % known.len()];
+                        if let Some(j) = live.job(id).filter(|j| matches!(j.place, Place::Stopping(_))) {
+                            let mut row = j.job.clone();
+                            row.state = JobState::Pending;
+                            live.requeue(row);
+                        }
+                    }
+                    Op::Ready => {
+                        for id in live.ready_to_run() {
+                            live.runs_now(id);
+                            if let Some(j) = live.job_mut(id) {
+                                j.job.state = JobState::Running;
+                            }
                         }
                     }
                     Op::Quota { tenant, gpus } => live.set_quota(tenant, gpus),

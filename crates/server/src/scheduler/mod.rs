@@ -12,7 +12,7 @@ mod live;
 mod power;
 
 use crate::convert::encode_placement;
-use crate::node::{NodeExecutor, RunOutcome, RunSpec};
+use crate::node::{NodeExecutor, RunFuture, RunOutcome, RunSpec};
 use crate::{AppState, now_ms};
 use live::{LiveState, Place, is_placed_state};
 use model::SimTime;
@@ -21,8 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::{Change, Job, JobState, StoreError, Transition};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
 
 /// What the API tells the scheduler, once the store has committed it.
 #[derive(Debug)]
@@ -50,6 +49,22 @@ enum Ended {
     Lost(String),
     /// Ran past `max_runtime_s`.
     Expired(u64),
+    /// Stopped on the scheduler's request (cancelled or preempted), its nodes confirming it gone.
+    Stopped,
+}
+
+/// A job's run as this process drives it, in a task that ends when every member's work is gone.
+struct RunHandle {
+    /// Asks the task to stop the members; it still ends only once their nodes confirm them gone.
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl RunHandle {
+    fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 pub struct Scheduler {
@@ -67,8 +82,8 @@ pub struct Scheduler {
     live: Option<LiveState>,
     /// Times the live state was read from the store: each read's queue is a new generation.
     loads: u64,
-    /// Jobs whose work this process runs.
-    runs: HashMap<i64, JoinHandle<()>>,
+    /// Jobs whose work this process runs (or is stopping).
+    runs: HashMap<i64, RunHandle>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     /// Ends received, recorded at the start of the next round.
@@ -81,6 +96,9 @@ pub struct Scheduler {
     /// Fault injection for tests (`DROME_FAILPOINT=before-exit-recorded`): the process aborts,
     /// as under `kill -9`, once runs have ended and before their ends are recorded.
     crash_before_recording_ends: bool,
+    /// `DROME_FAILPOINT=after-preemption-recorded`: aborts once a preemption is recorded, before
+    /// its run is asked to stop.
+    crash_after_preempting: bool,
 }
 
 impl Scheduler {
@@ -111,6 +129,7 @@ impl Scheduler {
             inbox: Vec::new(),
             changed: true,
             crash_before_recording_ends: std::env::var("DROME_FAILPOINT").is_ok_and(|v| v == "before-exit-recorded"),
+            crash_after_preempting: std::env::var("DROME_FAILPOINT").is_ok_and(|v| v == "after-preemption-recorded"),
         }
     }
 
@@ -173,7 +192,36 @@ impl Scheduler {
             live.set_quota(t.id, t.gpu_quota);
         }
         let now = now_ms();
-        let (placed, mut pending): (Vec<Job>, Vec<Job>) = active.into_iter().partition(|j| is_placed_state(j.state));
+        let (placed, rest): (Vec<Job>, Vec<Job>) = active.into_iter().partition(|j| is_placed_state(j.state));
+        let (preempted, mut pending): (Vec<Job>, Vec<Job>) =
+            rest.into_iter().partition(|j| j.state == JobState::Preempted);
+        // Runs being stopped first: work placed on their nodes waits for them to be gone.
+        let mut stranded = Vec::new();
+        for job in preempted {
+            let placement = job
+                .placement_json
+                .as_deref()
+                .and_then(|json| crate::convert::decode_placement(json, &self.st.node_ids).ok());
+            match placement {
+                Some(p) => {
+                    let _ = live.add_stopping(job, p);
+                }
+                None => stranded.push(job),
+            }
+        }
+        if !stranded.is_empty() {
+            // Preempted without a placement to stop: nothing runs, back to the queue.
+            let steps: Vec<Transition> = stranded.iter().map(|j| requeue_step(j.id, JobState::Preempted)).collect();
+            let applied = store.transitions(&steps, now).await?;
+            for (mut job, ok) in stranded.into_iter().zip(applied) {
+                if ok {
+                    job.state = JobState::Pending;
+                    job.placement_json = None;
+                    job.started_ms = None;
+                    pending.push(job);
+                }
+            }
+        }
         // Placed work before the queue, so quotas count what is held first.
         let mut scheduled = Vec::new();
         for job in placed {
@@ -186,7 +234,17 @@ impl Scheduler {
                 .and_then(|json| crate::convert::decode_placement(json, &self.st.node_ids))
                 .and_then(|p| live.add_placed(job, p).map_err(|e| e.to_string()));
             match restored {
-                Ok(()) if state == JobState::Scheduled => scheduled.push(id),
+                Ok(()) if state == JobState::Scheduled => {
+                    let waits = live.job(id).is_some_and(|j| match &j.place {
+                        Place::Placed(p) => live.blocks_start(p),
+                        _ => false,
+                    });
+                    if waits {
+                        live.wait_for_stops(id);
+                    } else {
+                        scheduled.push(id);
+                    }
+                }
                 Ok(()) => {}
                 Err(why) => {
                     tracing::warn!(job = id, error = %why, "job's placement cannot be restored; failing it");
@@ -233,14 +291,23 @@ impl Scheduler {
                 }
             }
         }
-        // Work of jobs no longer placed (cancelled, ended while the state was being read) stops.
+        // Work of jobs no longer placed (cancelled, ended while the state was being read) stops;
+        // so does that of jobs being stopped.
         self.runs.retain(|id, handle| {
-            let keep = live.job(*id).is_some_and(|j| matches!(j.place, Place::Placed(_)));
-            if !keep {
-                handle.abort();
+            let place = live.job(*id).map(|j| &j.place);
+            if !matches!(place, Some(Place::Placed(_))) {
+                handle.stop();
             }
-            keep
+            matches!(place, Some(Place::Placed(_) | Place::Stopping(_)))
         });
+        let to_stop: Vec<(Job, Placement)> = live
+            .stopping()
+            .filter(|(j, _)| !self.runs.contains_key(&j.job.id))
+            .map(|(j, p)| (j.job.clone(), p.clone()))
+            .collect();
+        for (job, placement) in &to_stop {
+            self.launch_stop(job, placement);
+        }
         let resume: Vec<(Job, Placement)> = live
             .placed()
             .filter(|(j, _)| j.job.state == JobState::Running && !self.runs.contains_key(&j.job.id))
@@ -259,6 +326,7 @@ impl Scheduler {
             placed = live.placed_jobs(),
             pending = live.pending_jobs(),
             resumed = resume.len(),
+            stopping = to_stop.len(),
             ms = t0.elapsed().as_millis() as u64,
             "live state read from the store"
         );
@@ -302,16 +370,28 @@ impl Scheduler {
                     let _ = live.add_pending(*job, release, now);
                 }
                 SchedEvent::Cancelled(id) => {
-                    if let Some(j) = live.remove(id) {
-                        if let Some(handle) = self.runs.remove(&id) {
-                            handle.abort();
-                            tracing::debug!(job = id, "work stopped");
+                    let Some(j) = live.job_mut(id) else { continue };
+                    let (wid, state) = (j.wid, j.job.state);
+                    if matches!(j.place, Place::Stopping(_)) {
+                        // Preempted and being stopped: once gone, it ends instead of requeueing.
+                        j.job.state = JobState::Cancelled;
+                        continue;
+                    }
+                    let running = state == JobState::Running && self.runs.contains_key(&id);
+                    if running && live.stop(id, JobState::Cancelled) {
+                        // Its GPUs take other work once its nodes confirm it gone.
+                        if let Some(handle) = self.runs.get_mut(&id) {
+                            handle.stop();
                         }
-                        if matches!(j.job.state, JobState::Scheduled | JobState::Running) {
-                            // The policy keeps its own record of the run, by id.
-                            let w = crate::convert::request_workload(j.wid, 0, 0, None);
-                            self.policy.on_finished(&w, wall, wall);
-                        }
+                        tracing::debug!(job = id, "stopping cancelled work");
+                    } else {
+                        live.remove(id);
+                        self.runs.remove(&id);
+                    }
+                    if matches!(state, JobState::Scheduled | JobState::Running) {
+                        // The policy keeps its own record of the run, by id.
+                        let w = crate::convert::request_workload(wid, 0, 0, None);
+                        self.policy.on_finished(&w, wall, wall);
                     }
                 }
                 SchedEvent::QuotaSet { tenant_id, gpu_quota } => live.set_quota(tenant_id, gpu_quota),
@@ -330,13 +410,33 @@ impl Scheduler {
         }
         let Some(live) = self.live.as_ref() else { return Ok(()) };
         let mut steps = Vec::new();
+        // Cancelled jobs whose runs are gone: nothing more to record.
+        let mut gone = Vec::new();
         for done in &self.backlog {
             let Some(j) = live.job(done.job_id) else { continue };
-            if j.job.state != JobState::Running || j.job.attempts != done.generation {
+            if j.job.attempts != done.generation {
                 continue;
             }
-            let (to, change) = ending(&j.job, &done.outcome);
-            steps.push(Transition { job_id: j.job.id, from: vec![JobState::Running], to, change });
+            match (&j.place, j.job.state) {
+                (Place::Placed(_), JobState::Running) => {
+                    let (to, change) = ending(&j.job, &done.outcome);
+                    steps.push(Transition { job_id: j.job.id, from: vec![JobState::Running], to, change });
+                }
+                (Place::Stopping(_), JobState::Preempted) => {
+                    // Its run is gone: back to the queue, unless it had finished its work.
+                    steps.push(match done.outcome {
+                        Ended::Exited(0) => Transition {
+                            job_id: j.job.id,
+                            from: vec![JobState::Preempted],
+                            to: JobState::Succeeded,
+                            change: Change { finished: true, exit_code: Some(0), ..Default::default() },
+                        },
+                        _ => requeue_step(j.job.id, JobState::Preempted),
+                    });
+                }
+                (Place::Stopping(_), _) => gone.push(j.job.id),
+                _ => {}
+            }
         }
         let now = now_ms();
         if self.crash_before_recording_ends {
@@ -351,7 +451,29 @@ impl Scheduler {
         self.backlog.clear();
         self.changed = true;
         let Some(live) = self.live.as_mut() else { return Ok(()) };
+        for id in gone {
+            self.runs.remove(&id);
+            live.remove(id);
+            tracing::debug!(job = id, "cancelled work gone");
+        }
         for (step, ok) in steps.iter().zip(applied) {
+            let stopped = step.from == [JobState::Preempted];
+            if stopped {
+                // Gone, whatever the store took: requeued, finished, or cancelled meanwhile.
+                self.runs.remove(&step.job_id);
+                let Some(j) = live.job(step.job_id) else { continue };
+                if ok && step.to == JobState::Pending {
+                    let job = requeued(&j.job, &step.change);
+                    live.requeue(job);
+                } else {
+                    live.remove(step.job_id);
+                }
+                if ok {
+                    self.st.job_changed();
+                    tracing::debug!(job = step.job_id, state = %step.to, "preempted work gone");
+                }
+                continue;
+            }
             if !ok {
                 continue;
             }
@@ -363,13 +485,7 @@ impl Scheduler {
             let started = SimTime(j.job.started_ms.unwrap_or(now).max(0) as u64);
             self.policy.on_finished(&j.workload, started, SimTime(now.max(0) as u64));
             if step.to == JobState::Pending {
-                let mut job = j.job.clone();
-                job.state = JobState::Pending;
-                job.placement_json = None;
-                job.started_ms = None;
-                job.finished_ms = None;
-                job.exit_code = step.change.exit_code.or(job.exit_code);
-                job.message = step.change.message.clone();
+                let job = requeued(&j.job, &step.change);
                 live.requeue(job);
             } else {
                 live.remove(step.job_id);
@@ -385,6 +501,7 @@ impl Scheduler {
         }
         self.take_events().await?;
         self.finish_all().await?;
+        self.start_ready().await?;
         let now = now_ms();
         let Some(mut live) = self.live.take() else { return Ok(()) };
         let result = self.decide(&mut live, now).await;
@@ -437,8 +554,11 @@ impl Scheduler {
     }
 
     /// Records the round's decisions in one transaction — each start as pending to scheduled
-    /// (with its placement) to running, each preemption as running to preempted to pending —
-    /// then applies what the store took to the live state and launches the new work.
+    /// (with its placement) to running, each preemption as running to preempted — then applies
+    /// what the store took to the live state and launches the new work. A start on a node that a
+    /// run being stopped still holds (a preempted one, above all) is recorded as scheduled only:
+    /// it runs once that run is gone ([`Scheduler::start_ready`]). A preempted job goes back to
+    /// the queue once its nodes confirm its run gone ([`Scheduler::finish_all`]).
     async fn record(&mut self, live: &mut LiveState, decisions: Vec<Decision>, now: i64) -> Result<(), StoreError> {
         let fleet = self.st.fleet.clone();
         let mut starts: Vec<(i64, Placement)> = Vec::new();
@@ -458,29 +578,38 @@ impl Scheduler {
                 }
             }
         }
-        let mut steps = Vec::with_capacity(2 * (starts.len() + preempts.len()));
+        // Nodes whose runs this round stops: work placed there waits for them.
+        let mut stopped_nodes: HashSet<model::NodeId> = HashSet::new();
+        let mut steps = Vec::with_capacity(2 * starts.len() + preempts.len());
+        let mut preempt_steps = Vec::with_capacity(preempts.len());
+        for id in &preempts {
+            let Some(j) = live.job(*id) else { continue };
+            let step = if j.job.state == JobState::Running {
+                if let Place::Placed(p) = &j.place {
+                    stopped_nodes.extend(p.members.iter().map(|m| m.node));
+                }
+                let message = Some("preempted by the scheduler; stopping its run".into());
+                let change = Change { message, ..Default::default() };
+                Transition { job_id: *id, from: vec![JobState::Running], to: JobState::Preempted, change }
+            } else {
+                // Scheduled, waiting to run: nothing runs, straight back to the queue.
+                requeue_step(*id, JobState::Scheduled)
+            };
+            preempt_steps.push((*id, steps.len()));
+            steps.push(step);
+        }
+        let mut start_steps = Vec::with_capacity(starts.len());
         for (id, placement) in &starts {
+            let waits =
+                live.blocks_start(placement) || placement.members.iter().any(|m| stopped_nodes.contains(&m.node));
+            start_steps.push((steps.len(), waits));
             let change =
                 Change { placement_json: Some(Some(encode_placement(&fleet, placement))), ..Default::default() };
             steps.push(Transition { job_id: *id, from: vec![JobState::Pending], to: JobState::Scheduled, change });
-            let change = Change { started: true, ..Default::default() };
-            steps.push(Transition { job_id: *id, from: vec![JobState::Scheduled], to: JobState::Running, change });
-        }
-        for id in &preempts {
-            let off = Change {
-                placement_json: Some(None),
-                message: Some("preempted by the scheduler".into()),
-                ..Default::default()
-            };
-            let from = vec![JobState::Scheduled, JobState::Running];
-            steps.push(Transition { job_id: *id, from, to: JobState::Preempted, change: off });
-            let back = Change { reset_times: true, message: Some("requeued".into()), ..Default::default() };
-            steps.push(Transition {
-                job_id: *id,
-                from: vec![JobState::Preempted],
-                to: JobState::Pending,
-                change: back,
-            });
+            if !waits {
+                let change = Change { started: true, ..Default::default() };
+                steps.push(Transition { job_id: *id, from: vec![JobState::Scheduled], to: JobState::Running, change });
+            }
         }
         let applied = match self.st.store.transitions(&steps, now).await {
             Ok(a) => a,
@@ -495,48 +624,109 @@ impl Scheduler {
             }
         };
         let wall = SimTime(now.max(0) as u64);
-        let (start_applied, preempt_applied) = applied.split_at(2 * starts.len());
+        if self.crash_after_preempting && preempt_steps.iter().any(|(_, at)| applied.get(*at).copied().unwrap_or(false))
+        {
+            tracing::error!("failpoint after-preemption-recorded: aborting");
+            std::process::abort();
+        }
+        for (id, at) in preempt_steps {
+            let ok = applied.get(at).copied().unwrap_or(false);
+            let Some(j) = live.job(id) else { continue };
+            if !ok {
+                live.remove(id);
+                continue;
+            }
+            self.st.job_changed();
+            tracing::info!(job = id, "job preempted");
+            if steps[at].to == JobState::Pending {
+                let job = requeued(&j.job, &steps[at].change);
+                live.requeue(job);
+                continue;
+            }
+            let placement = match &j.place {
+                Place::Placed(p) => p.clone(),
+                _ => continue,
+            };
+            let job = j.job.clone();
+            live.stop(id, JobState::Preempted);
+            match self.runs.get_mut(&id) {
+                Some(handle) => handle.stop(),
+                None => self.launch_stop(&job, &placement),
+            }
+        }
         let mut launched = 0usize;
-        for ((id, placement), ok) in starts.into_iter().zip(start_applied.chunks(2)) {
-            if ok.first().copied().unwrap_or(false) {
+        for ((id, placement), (at, waits)) in starts.into_iter().zip(start_steps) {
+            if applied.get(at).copied().unwrap_or(false) {
                 self.st.job_changed();
+                let runs_now = !waits && applied.get(at + 1).copied().unwrap_or(false);
                 let Some(j) = live.job_mut(id) else { continue };
-                j.job.state = JobState::Running;
-                j.job.attempts += 1;
-                j.job.started_ms = Some(now);
                 j.job.placement_json = Some(encode_placement(&fleet, &placement));
+                if runs_now {
+                    j.job.state = JobState::Running;
+                    j.job.attempts += 1;
+                    j.job.started_ms = Some(now);
+                } else {
+                    j.job.state = JobState::Scheduled;
+                }
                 let job = j.job.clone();
                 live.started(id, placement.clone());
-                self.launch(&job, &placement, now, job.attempts);
-                launched += 1;
+                if runs_now {
+                    self.launch(&job, &placement, now, job.attempts);
+                    launched += 1;
+                } else {
+                    live.wait_for_stops(id);
+                }
             } else if let Some(j) = live.remove(id) {
                 // No longer pending in the store (cancelled meanwhile): the policy forgets it.
                 let w = crate::convert::request_workload(j.wid, 0, 0, None);
                 self.policy.on_finished(&w, wall, wall);
             }
         }
-        for (id, ok) in preempts.into_iter().zip(preempt_applied.chunks(2)) {
-            if let Some(handle) = self.runs.remove(&id) {
-                handle.abort();
-            }
-            if ok.first().copied().unwrap_or(false) {
-                self.st.job_changed();
-                tracing::info!(job = id, "job preempted");
-                let Some(j) = live.job(id) else { continue };
-                let mut job = j.job.clone();
-                job.state = JobState::Pending;
-                job.placement_json = None;
-                job.started_ms = None;
-                job.finished_ms = None;
-                job.message = Some("requeued".into());
-                live.requeue(job);
-            } else {
-                live.remove(id);
-            }
-        }
         if launched > 0 {
             tracing::debug!(jobs = launched, "jobs started");
         }
+        Ok(())
+    }
+
+    /// Jobs scheduled on nodes that runs being stopped held, now free of them, run: one
+    /// transaction, then launched.
+    async fn start_ready(&mut self) -> Result<(), StoreError> {
+        let ready = match self.live.as_ref() {
+            Some(live) => live.ready_to_run(),
+            None => return Ok(()),
+        };
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let steps: Vec<Transition> = ready
+            .iter()
+            .map(|&id| Transition {
+                job_id: id,
+                from: vec![JobState::Scheduled],
+                to: JobState::Running,
+                change: Change { started: true, ..Default::default() },
+            })
+            .collect();
+        let now = now_ms();
+        let applied = self.st.store.transitions(&steps, now).await?;
+        let Some(mut live) = self.live.take() else { return Ok(()) };
+        for (id, ok) in ready.into_iter().zip(applied) {
+            live.runs_now(id);
+            // Not scheduled any more: cancelled meanwhile, and its event removes it.
+            if !ok {
+                continue;
+            }
+            self.st.job_changed();
+            let Some(j) = live.job_mut(id) else { continue };
+            j.job.state = JobState::Running;
+            j.job.attempts += 1;
+            j.job.started_ms = Some(now);
+            let job = j.job.clone();
+            if let Some(Place::Placed(p)) = live.job(id).map(|j| j.place.clone()) {
+                self.launch(&job, &p, now, job.attempts);
+            }
+        }
+        self.live = Some(live);
         Ok(())
     }
 
@@ -556,6 +746,7 @@ impl Scheduler {
         self.st.metrics.allocated_gpus.set((live.cluster.allocated_gpu_milli() / 1000) as i64);
     }
 
+    /// Launches `job`'s run `generation` on `placement`'s nodes.
     fn launch(&mut self, job: &Job, placement: &Placement, started_at_ms: i64, generation: i64) {
         let (args, env) = match crate::convert::args_env(job) {
             Ok(ae) => ae,
@@ -564,55 +755,127 @@ impl Scheduler {
                 return;
             }
         };
-        let fleet = &self.st.fleet;
-        let members = placement.members.len() as u32;
-        let master_node = placement.members.first().map(|m| fleet.node(m.node).name.clone());
-        let futures: Vec<_> = placement
-            .members
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                self.executor.run(RunSpec {
-                    job_id: job.id,
-                    node: fleet.node(m.node).name.clone(),
-                    member: i as u32,
-                    members,
-                    command: job.spec.command.clone(),
-                    args: args.clone(),
-                    env: env.clone(),
-                    gpus: m.gpus.iter().map(|g| u32::from(g.index)).collect(),
-                    started_at_ms,
-                    generation,
-                    master_node: master_node.clone(),
-                })
-            })
-            .collect();
+        let specs = self.run_specs(job, placement, args, env, started_at_ms, generation);
         let deadline = job.spec.max_runtime_s.map(|s| {
             let end_ms = started_at_ms.saturating_add(s.saturating_mul(1000));
             (s.max(0) as u64, Duration::from_millis(end_ms.saturating_sub(now_ms()).max(0) as u64))
         });
+        let members: Vec<(String, u32)> = specs.iter().map(|s| (s.node.clone(), s.member)).collect();
+        let futures: Vec<RunFuture> = specs.into_iter().map(|s| self.executor.run(s)).collect();
+        tracing::debug!(job = job.id, members = members.len(), "work launched");
+        self.drive(job.id, generation, members, futures, deadline, false);
+    }
+
+    /// Stops whatever may still run of `job`'s current run on `placement`'s nodes (it was being
+    /// stopped when this process took over); its end comes once the nodes confirm it gone.
+    fn launch_stop(&mut self, job: &Job, placement: &Placement) {
+        let (args, env) = crate::convert::args_env(job).unwrap_or_default();
+        let started = job.started_ms.unwrap_or_else(now_ms);
+        let specs = self.run_specs(job, placement, args, env, started, job.attempts);
+        let members: Vec<(String, u32)> = specs.iter().map(|s| (s.node.clone(), s.member)).collect();
+        let futures: Vec<RunFuture> = specs.into_iter().map(|s| self.executor.stop_run(s)).collect();
+        self.drive(job.id, job.attempts, members, futures, None, true);
+    }
+
+    fn run_specs(
+        &self,
+        job: &Job,
+        placement: &Placement,
+        args: Vec<String>,
+        env: std::collections::BTreeMap<String, String>,
+        started_at_ms: i64,
+        generation: i64,
+    ) -> Vec<RunSpec> {
+        let fleet = &self.st.fleet;
+        let members = placement.members.len() as u32;
+        let master_node = placement.members.first().map(|m| fleet.node(m.node).name.clone());
+        placement
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| RunSpec {
+                job_id: job.id,
+                node: fleet.node(m.node).name.clone(),
+                member: i as u32,
+                members,
+                command: job.spec.command.clone(),
+                args: args.clone(),
+                env: env.clone(),
+                gpus: m.gpus.iter().map(|g| u32::from(g.index)).collect(),
+                started_at_ms,
+                generation,
+                master_node: master_node.clone(),
+            })
+            .collect()
+    }
+
+    /// The task of one run: it ends when every member has exited, or at the first failure, the
+    /// deadline or a stop asked for; then it stops the members left and waits until their
+    /// nodes confirm them gone (or are lost), so its end frees GPUs no process still uses.
+    fn drive(
+        &mut self,
+        job_id: i64,
+        generation: i64,
+        members: Vec<(String, u32)>,
+        futures: Vec<RunFuture>,
+        deadline: Option<(u64, Duration)>,
+        stopping_already: bool,
+    ) {
+        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
         let tx = self.done_tx.clone();
-        let job_id = job.id;
-        let handle = tokio::spawn(async move {
-            // The gang ends when every member has exited, or at the first failure.
-            let all = futures_util::future::try_join_all(futures.into_iter().map(|f| async move {
-                match f.await {
-                    RunOutcome::Exited { code: 0 } => Ok(()),
-                    RunOutcome::Exited { code } => Err(Ended::Exited(code)),
-                    RunOutcome::Lost { message } => Err(Ended::Lost(message)),
-                }
-            }));
-            let outcome = match deadline {
-                Some((secs, left)) => match tokio::time::timeout(left, all).await {
-                    Ok(r) => r.err().unwrap_or(Ended::Exited(0)),
-                    Err(_) => Ended::Expired(secs),
-                },
-                None => all.await.err().unwrap_or(Ended::Exited(0)),
+        let executor = self.executor.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let mut pending: futures_util::stream::FuturesUnordered<_> =
+                futures.into_iter().enumerate().map(|(i, f)| async move { (i, f.await) }).collect();
+            let mut alive = vec![true; members.len()];
+            let mut outcome = stopping_already.then_some(Ended::Stopped);
+            let mut stopping = stopping_already;
+            let mut stop_open = !stopping_already;
+            let (expiry_secs, left) = match deadline {
+                Some((secs, left)) => (Some(secs), left),
+                None => (None, Duration::from_secs(100 * 365 * 86_400)),
             };
-            let _ = tx.send(Done { job_id, generation, outcome });
+            let expiry = tokio::time::sleep(left);
+            tokio::pin!(expiry);
+            loop {
+                if outcome.is_some() && !stopping {
+                    stopping = true;
+                    let mut confirmed = true;
+                    for ((node, member), _) in members.iter().zip(&alive).filter(|(_, a)| **a) {
+                        confirmed &= executor.stop(node, job_id, *member, generation);
+                    }
+                    if !confirmed {
+                        // Work in this process: dropping the futures stops it.
+                        break;
+                    }
+                }
+                tokio::select! {
+                    next = pending.next() => {
+                        let Some((i, o)) = next else { break };
+                        alive[i] = false;
+                        if outcome.is_none() {
+                            outcome = match o {
+                                RunOutcome::Exited { code: 0 } => None,
+                                RunOutcome::Exited { code } => Some(Ended::Exited(code)),
+                                RunOutcome::Lost { message } => Some(Ended::Lost(message)),
+                            };
+                        }
+                    }
+                    _ = &mut expiry, if outcome.is_none() && expiry_secs.is_some() => {
+                        outcome = expiry_secs.map(Ended::Expired);
+                    }
+                    asked = &mut stop_rx, if stop_open => {
+                        stop_open = false;
+                        if asked.is_ok() && outcome.is_none() {
+                            outcome = Some(Ended::Stopped);
+                        }
+                    }
+                }
+            }
+            let _ = tx.send(Done { job_id, generation, outcome: outcome.unwrap_or(Ended::Exited(0)) });
         });
-        tracing::debug!(job = job.id, members, "work launched");
-        self.runs.insert(job.id, handle);
+        self.runs.insert(job_id, RunHandle { stop: Some(stop_tx) });
     }
 }
 
@@ -643,6 +906,7 @@ fn ending(job: &Job, outcome: &Ended) -> (JobState, Change) {
         ),
         Ended::Exited(code) => failure(job, Some(i64::from(*code)), format!("exited with code {code}")),
         Ended::Lost(message) => failure(job, None, message.clone()),
+        Ended::Stopped => failure(job, None, "stopped".into()),
     }
 }
 
@@ -660,4 +924,27 @@ fn failure(job: &Job, exit_code: Option<i64>, why: String) -> (JobState, Change)
     } else {
         (JobState::Failed, Change { finished: true, exit_code, message: Some(why), ..Default::default() })
     }
+}
+
+/// The step that sends a job in `from` back to the queue, its placement and times cleared.
+fn requeue_step(job_id: i64, from: JobState) -> Transition {
+    let change = Change {
+        placement_json: Some(None),
+        reset_times: true,
+        message: Some("requeued".into()),
+        ..Default::default()
+    };
+    Transition { job_id, from: vec![from], to: JobState::Pending, change }
+}
+
+/// A job's row once `change` sent it back to pending.
+fn requeued(job: &Job, change: &Change) -> Job {
+    let mut job = job.clone();
+    job.state = JobState::Pending;
+    job.placement_json = None;
+    job.started_ms = None;
+    job.finished_ms = None;
+    job.exit_code = change.exit_code.or(job.exit_code);
+    job.message = change.message.clone();
+    job
 }

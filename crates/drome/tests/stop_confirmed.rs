@@ -1,0 +1,217 @@
+//! GPUs go to other work only once the work that held them is gone. The real `drome server`
+//! with real agents: a cancelled or preempted run that ignores SIGTERM lives on for the agent's
+//! kill grace; the job placed on its GPUs must start only after it is dead (it checks, with
+//! `kill -0`, the process ids the old runs wrote). A server aborted right after recording a
+//! preemption (`DROME_FAILPOINT=after-preemption-recorded`, as under `kill -9`) and started
+//! again strands nothing: the preempted job goes back to the queue once its run is gone, and the
+//! job that preempted it runs.
+
+mod common;
+
+use common::{Procs, agent, create_tenant, free_port, get_job, join_token, submit, wait_healthy};
+use serde_json::json;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "stop-confirmed-admin";
+
+/// Two 8-GPU nodes: `hall-a-r001-n01` and `hall-a-r001-n02`.
+const PAIR: &str = r#"
+name = "pair"
+[node_types.hgx-h200]
+cpu_milli = 224000
+memory_mib = 2097152
+gpus = 8
+gpu_model = "H200"
+[[sites]]
+name = "lab"
+cooling = "immersion"
+[[sites.halls]]
+name = "hall-a"
+[[sites.halls.racks]]
+count = 1
+nodes_per_rack = 2
+node_type = "hgx-h200"
+"#;
+const NODES: [&str; 2] = ["hall-a-r001-n01", "hall-a-r001-n02"];
+
+fn server(db: &str, port: u16, dir: &Path, policy: &str, failpoint: Option<&str>) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).unwrap();
+    let fleet = dir.join("pair.toml");
+    std::fs::write(&fleet, PAIR).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_drome"));
+    cmd.args(["server", "--db", db, "--listen", &format!("127.0.0.1:{port}"), "--admin-token", ADMIN])
+        .arg("--fleet")
+        .arg(&fleet)
+        .args(["--agents", "--heartbeat-ms", "200", "--lease-ms", "5000", "--policy", policy])
+        .args(["--preempt-exempt-s", "0"])
+        .env("RUST_LOG", "info,sqlx=warn")
+        .stdout(Stdio::null())
+        .stderr(log);
+    if let Some(f) = failpoint {
+        cmd.env("DROME_FAILPOINT", f);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// A run that writes its shell's pid to `pid_file` and ignores SIGTERM, so it outlives the
+/// agent's first signal by the kill grace.
+fn stubborn(pid_file: &Path) -> serde_json::Value {
+    let script = format!("echo $$ > {}; trap '' TERM; while true; do sleep 0.05; done", pid_file.display());
+    json!({"command": "sh", "args": ["-c", script], "gpus_per_node": 8})
+}
+
+/// A run that writes to `out` how many of the pids in `dir`'s `*.pid` files are alive.
+fn census(dir: &Path, out: &Path) -> serde_json::Value {
+    let script = format!(
+        "n=0; for f in {}/*.pid; do kill -0 $(cat $f) 2>/dev/null && n=$((n+1)); done; echo $n > {}",
+        dir.display(),
+        out.display()
+    );
+    json!({"command": "sh", "args": ["-c", script], "gpus_per_node": 8})
+}
+
+async fn wait_state(http: &reqwest::Client, base: &str, token: &str, id: i64, state: &str) -> serde_json::Value {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = get_job(http, base, token, id).await
+            && v["state"] == state
+        {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "job {id} never became {state}: {:?}",
+            get_job(http, base, token, id).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn wait_file(path: &Path) -> String {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && s.ends_with('\n')
+        {
+            return s.trim().to_string();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{} never written", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Site {
+    procs: Procs,
+    dir: std::path::PathBuf,
+    db: String,
+    port: u16,
+    base: String,
+    http: reqwest::Client,
+}
+
+async fn site(name: &str, policy: &str, failpoint: Option<&str>, agents: usize) -> Site {
+    let dir = std::env::temp_dir().join(format!("drome-stop-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("pids")).unwrap();
+    let db = format!("sqlite://{}", dir.join("drome.db").display());
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let mut procs = Procs(vec![server(&db, port, &dir, policy, failpoint)]);
+    wait_healthy(&http, &base).await;
+    let join = join_token(&http, &base, ADMIN).await;
+    for node in NODES.iter().take(agents) {
+        procs.0.push(agent(None, &base, &join, node, &dir));
+    }
+    Site { procs, dir, db, port, base, http }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_is_gone_before_its_gpus_take_other_work() {
+    let Site { procs, dir, base, http, .. } = site("cancel", "fifo", None, 1).await;
+    let token = create_tenant(&http, &base, ADMIN, "lab").await;
+    let pids = dir.join("pids");
+    let old = submit(&http, &base, &token, &stubborn(&pids.join("old.pid"))).await;
+    wait_state(&http, &base, &token, old, "running").await;
+    wait_file(&pids.join("old.pid"));
+    // The one node with an agent is full: the next whole-node job waits for it.
+    let out = dir.join("census");
+    let next = submit(&http, &base, &token, &census(&pids, &out)).await;
+    let r = http.post(format!("{base}/v1/jobs/{old}/cancel")).bearer_auth(&token).send().await.unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    wait_state(&http, &base, &token, next, "succeeded").await;
+    assert_eq!(wait_file(&out), "0", "the next job started while the cancelled run was still alive");
+    assert_eq!(get_job(&http, &base, &token, old).await.unwrap()["state"], "cancelled");
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Tenant `a` fills both nodes with runs that ignore SIGTERM; tenant `b` arrives and the quota
+/// policy reclaims one node for it. `crash`: the server aborts once the preemption is recorded.
+async fn preemption(name: &str, crash: bool) {
+    let failpoint = crash.then_some("after-preemption-recorded");
+    let Site { mut procs, dir, db, port, base, http } = site(name, "quota", failpoint, 2).await;
+    let a = create_tenant(&http, &base, ADMIN, "a").await;
+    let b = create_tenant(&http, &base, ADMIN, "b").await;
+    let pids = dir.join("pids");
+    let mut olds = Vec::new();
+    for i in 0..2 {
+        let pid = pids.join(format!("a{i}.pid"));
+        let id = submit(&http, &base, &a, &stubborn(&pid)).await;
+        wait_state(&http, &base, &a, id, "running").await;
+        wait_file(&pid);
+        olds.push(id);
+    }
+    let out = dir.join("census");
+    let new = submit(&http, &base, &b, &census(&pids, &out)).await;
+    if crash {
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = procs.0[0].try_wait().unwrap() {
+                break s;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "the failpoint never fired");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(!status.success(), "the server aborted: {status:?}");
+        procs.0[0] = server(&db, port, &dir, "quota", None);
+        wait_healthy(&http, &base).await;
+    }
+    wait_state(&http, &base, &b, new, "succeeded").await;
+    assert_eq!(wait_file(&out), "1", "tenant b's job started while the preempted run was still alive");
+    // The preempted job is back in the queue (or running again), never stranded.
+    let t0 = Instant::now();
+    let preempted = loop {
+        let mut found = None;
+        for id in &olds {
+            let v = get_job(&http, &base, &a, *id).await.unwrap();
+            let history = v["history"].as_array().cloned().unwrap_or_default();
+            if history.iter().any(|e| e["state"] == "preempted") {
+                found = Some(v);
+            }
+        }
+        if let Some(v) = found.clone().filter(|v| v["state"] == "pending" || v["state"] == "running") {
+            break v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "no preempted job came back: {found:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Once tenant b's job is done, the preempted one runs again, as its next generation.
+    let id = preempted["id"].as_i64().unwrap();
+    let v = wait_state(&http, &base, &a, id, "running").await;
+    assert_eq!(v["attempts"], 2, "{v}");
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preempted_run_is_gone_before_its_gpus_take_other_work() {
+    preemption("preempt", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_inside_a_preemption_strands_nothing() {
+    preemption("crash", true).await;
+}
