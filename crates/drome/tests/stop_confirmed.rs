@@ -102,8 +102,25 @@ fn wait_file(path: &Path) -> String {
     }
 }
 
+/// Kills, when the test ends, pass or fail, the process groups whose leaders wrote the pid files
+/// in `dir`: the runs ignore SIGTERM and would outlive their agents.
+struct Reaper(std::path::PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            if let Ok(pid) = std::fs::read_to_string(entry.path())
+                && let Ok(pid) = pid.trim().parse::<i32>()
+            {
+                let _ = Command::new("kill").args(["-9", "--", &format!("-{pid}")]).stderr(Stdio::null()).status();
+            }
+        }
+    }
+}
+
 struct Site {
     procs: Procs,
+    _reaper: Reaper,
     dir: std::path::PathBuf,
     db: String,
     port: u16,
@@ -125,12 +142,12 @@ async fn site(name: &str, policy: &str, failpoint: Option<&str>, agents: usize) 
     for node in NODES.iter().take(agents) {
         procs.0.push(agent(None, &base, &join, node, &dir));
     }
-    Site { procs, dir, db, port, base, http }
+    Site { procs, _reaper: Reaper(dir.join("pids")), dir, db, port, base, http }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_run_is_gone_before_its_gpus_take_other_work() {
-    let Site { procs, dir, base, http, .. } = site("cancel", "fifo", None, 1).await;
+    let Site { procs, _reaper, dir, base, http, .. } = site("cancel", "fifo", None, 1).await;
     let token = create_tenant(&http, &base, ADMIN, "lab").await;
     let pids = dir.join("pids");
     let old = submit(&http, &base, &token, &stubborn(&pids.join("old.pid"))).await;
@@ -145,6 +162,7 @@ async fn a_cancelled_run_is_gone_before_its_gpus_take_other_work() {
     assert_eq!(wait_file(&out), "0", "the next job started while the cancelled run was still alive");
     assert_eq!(get_job(&http, &base, &token, old).await.unwrap()["state"], "cancelled");
     drop(procs);
+    drop(_reaper);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -152,7 +170,7 @@ async fn a_cancelled_run_is_gone_before_its_gpus_take_other_work() {
 /// policy reclaims one node for it. `crash`: the server aborts once the preemption is recorded.
 async fn preemption(name: &str, crash: bool) {
     let failpoint = crash.then_some("after-preemption-recorded");
-    let Site { mut procs, dir, db, port, base, http } = site(name, "quota", failpoint, 2).await;
+    let Site { mut procs, _reaper, dir, db, port, base, http } = site(name, "quota", failpoint, 2).await;
     let a = create_tenant(&http, &base, ADMIN, "a").await;
     let b = create_tenant(&http, &base, ADMIN, "b").await;
     let pids = dir.join("pids");
@@ -203,6 +221,7 @@ async fn preemption(name: &str, crash: bool) {
     let v = wait_state(&http, &base, &a, id, "running").await;
     assert_eq!(v["attempts"], 2, "{v}");
     drop(procs);
+    drop(_reaper);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
