@@ -1,4 +1,4 @@
-//! One agent process serving many nodes (`drome agent --virtual-nodes N`, `drome up`): one HTTP
+//! One agent process serving many nodes (`drome agent --node-count N`, `drome up`): one HTTP
 //! connection and one batched heartbeat (`POST /v1/agent/heartbeats`) for all of them. A batch
 //! lists the nodes with something to report and, once per heartbeat period, every node (which
 //! renews its lease); the server answers for the nodes that have work. So a node whose state did

@@ -26,7 +26,7 @@ fn board_watts(model: &str) -> f64 {
 }
 
 /// `count` declared GPUs of `model`, all NVLinked together, as in an HGX board.
-pub fn virtual_gpus(count: u32, model: &str) -> Vec<GpuInfo> {
+pub fn declared_gpus(count: u32, model: &str) -> Vec<GpuInfo> {
     (0..count)
         .map(|i| GpuInfo {
             index: i,
@@ -128,7 +128,7 @@ mod tests {
 
     #[test]
     fn declared_gpus_are_an_nvlinked_board() {
-        let g = virtual_gpus(8, "H200");
+        let g = declared_gpus(8, "H200");
         assert_eq!(g.len(), 8);
         assert_eq!(g[3].nvlink_peers.len(), 7);
         assert!(!g[3].nvlink_peers.contains(&3));

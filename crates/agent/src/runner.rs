@@ -660,7 +660,7 @@ mod tests {
 
     #[test]
     fn the_estimate_follows_busy_gpus_and_the_cap() {
-        let gpus = crate::inventory::virtual_gpus(8, "H200");
+        let gpus = crate::inventory::declared_gpus(8, "H200");
         let idle = estimate_watts(&gpus, 0, None);
         let busy = estimate_watts(&gpus, 8, None);
         // H200: ~75 W idle, 80% of its 700 W limit busy.

@@ -336,7 +336,7 @@ pub struct GpuInfo {
     pub nvlink_peers: Vec<u32>,
     #[serde(default)]
     pub mig_enabled: bool,
-    /// True when declared (`--virtual-gpus`) rather than found on a driver.
+    /// True when declared (`--declared-gpus`) rather than found on a driver.
     #[serde(default)]
     pub r#virtual: bool,
 }

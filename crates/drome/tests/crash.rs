@@ -20,7 +20,7 @@ fn spawn(db: &str, port: u16, log: &std::path::Path) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     Command::new(env!("CARGO_BIN_EXE_drome"))
         .args(["server", "--db", db, "--listen", &format!("127.0.0.1:{port}"), "--admin-token", ADMIN])
-        .args(["--fleet", FLEET, "--virtual-seconds", "1"])
+        .args(["--fleet", FLEET, "--in-process-seconds", "1"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)

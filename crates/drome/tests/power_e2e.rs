@@ -204,7 +204,7 @@ async fn start_with_agents(dir: &Path, cap_mw: Option<f64>, extra: &[&str]) -> (
             &join,
             "--name",
             name,
-            "--virtual-gpus",
+            "--declared-gpus",
             "8",
             "--gpu-model",
             "H200",

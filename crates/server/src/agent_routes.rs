@@ -281,7 +281,7 @@ async fn still_placed(st: &AppState, run: api::RunKey) -> Result<bool, ApiError>
         .store
         .job_by_id(run.job_id)
         .await?
-        .is_some_and(|j| matches!(j.state, JobState::Scheduled | JobState::Running) && j.attempts == run.generation))
+        .is_some_and(|j| matches!(j.state, JobState::Scheduled | JobState::Running) && j.generation == run.generation))
 }
 
 pub(crate) async fn logs(
@@ -334,7 +334,7 @@ pub(crate) async fn job_logs(
         .get(member as usize)
         .map(|m| m.node.clone())
         .ok_or_else(|| ApiError::NotFound(format!("job {job_id} has no member {member} (it has {})", members.len())))?;
-    let run = api::RunKey { job_id, member, generation: job.attempts };
+    let run = api::RunKey { job_id, member, generation: job.generation };
     let within = remote.config.heartbeat + Duration::from_secs(5);
     let chunk = remote.fetch_log(&node, run, stream, offset, limit, within).await.map_err(ApiError::Unavailable)?;
     if let Some(e) = chunk.error {
@@ -344,7 +344,7 @@ pub(crate) async fn job_logs(
     Ok(Json(api::JobLogs {
         job_id,
         member,
-        generation: job.attempts,
+        generation: job.generation,
         node,
         stream,
         offset,

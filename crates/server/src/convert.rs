@@ -164,7 +164,7 @@ pub fn job_to_api(job: &store::Job, tenant: &str, history: &[store::JobEvent]) -
             max_restarts: u32::try_from(job.spec.max_restarts).unwrap_or(0),
         },
         idempotency_key: job.spec.idempotency_key.clone(),
-        attempts: job.attempts,
+        attempts: job.generation,
         placement,
         exit_code: job.exit_code,
         message: job.message.clone(),

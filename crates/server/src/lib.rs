@@ -6,7 +6,7 @@
 //! - The scheduler loop keeps the cluster, the queue and the active jobs in memory, reads them
 //!   from the store once at start-up, and keeps them up to date from events; it runs a
 //!   [`sched::Policy`] on them, unchanged: after a restart it simply carries on.
-//! - Nodes run the work behind the [`node::NodeExecutor`] trait; [`node::VirtualNodes`] runs it in
+//! - Nodes run the work behind the [`node::NodeExecutor`] trait; [`node::InProcessNodes`] runs it in
 //!   process without GPUs.
 
 use model::{Fleet, NodeId};
@@ -28,7 +28,7 @@ mod routes;
 mod scheduler;
 
 pub use agents::{LeaseConfig, RemoteNodes};
-pub use node::{NodeExecutor, RunOutcome, RunSpec, VirtualNodes};
+pub use node::{InProcessNodes, NodeExecutor, RunOutcome, RunSpec};
 pub use scheduler::bench::{LiveStartCost, live_start_cost};
 
 /// Milliseconds since the Unix epoch.
@@ -80,7 +80,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// A configuration with in-process virtual nodes, FIFO scheduling and a short tick.
+    /// A configuration with in-process nodes, FIFO scheduling and a short tick.
     pub fn new(db_url: impl Into<String>, listen: SocketAddr, fleet: Fleet) -> Config {
         Config {
             db_url: db_url.into(),
@@ -90,7 +90,7 @@ impl Config {
             policy: "fifo".into(),
             preempt_exempt: Duration::from_secs(600),
             tick: Duration::from_millis(500),
-            executor: Arc::new(VirtualNodes::default()),
+            executor: Arc::new(InProcessNodes::default()),
             agents: None,
             power_mode: sched::power::PowerMode::Admission,
             deferral: None,

@@ -1,4 +1,4 @@
-//! The node side: what runs a job's work on one node. The server ships in-process virtual nodes
+//! The node side: what runs a job's work on one node. The server ships in-process nodes
 //! that "run" work for a declared duration without GPUs; a real node agent implements the same
 //! [`NodeExecutor`] trait.
 
@@ -95,17 +95,17 @@ pub trait NodeExecutor: Send + Sync + 'static {
 ///
 /// A GPU instance (no command) runs until stopped.
 #[derive(Clone, Debug)]
-pub struct VirtualNodes {
+pub struct InProcessNodes {
     pub default_duration: Duration,
 }
 
-impl Default for VirtualNodes {
+impl Default for InProcessNodes {
     fn default() -> Self {
-        VirtualNodes { default_duration: Duration::from_secs(10) }
+        InProcessNodes { default_duration: Duration::from_secs(10) }
     }
 }
 
-impl VirtualNodes {
+impl InProcessNodes {
     /// How long the work runs in all and its exit code.
     pub fn plan(&self, spec: &RunSpec) -> Option<(Duration, i32)> {
         let command = spec.command.as_deref()?;
@@ -124,7 +124,7 @@ impl VirtualNodes {
     }
 }
 
-impl NodeExecutor for VirtualNodes {
+impl NodeExecutor for InProcessNodes {
     fn run(&self, spec: RunSpec) -> RunFuture {
         let plan = self.plan(&spec);
         Box::pin(async move {
@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn plans_follow_the_command_and_env() {
-        let v = VirtualNodes { default_duration: Duration::from_secs(7) };
+        let v = InProcessNodes { default_duration: Duration::from_secs(7) };
         assert_eq!(v.plan(&spec(Some("sleep"), &["2.5"], &[])), Some((Duration::from_millis(2500), 0)));
         assert_eq!(v.plan(&spec(Some("/bin/false"), &[], &[])), Some((Duration::ZERO, 1)));
         assert_eq!(v.plan(&spec(Some("python"), &["train.py"], &[])), Some((Duration::from_secs(7), 0)));

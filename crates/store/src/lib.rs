@@ -154,8 +154,9 @@ pub struct Job {
     /// The submission, as it was stored.
     pub spec: NewJob,
     pub state: JobState,
-    /// Times the job has been started.
-    pub attempts: i64,
+    /// Times the job has been started: the generation of its current (or last) run. Each start
+    /// makes a new one, and a run of any other generation is stale (fenced).
+    pub generation: i64,
     pub placement_json: Option<String>,
     pub exit_code: Option<i64>,
     pub message: Option<String>,
@@ -188,7 +189,7 @@ pub struct Inserted {
 pub struct Change {
     /// `Some(None)` clears the placement.
     pub placement_json: Option<Option<String>>,
-    /// Set `started_ms` to the change's time and count an attempt.
+    /// Set `started_ms` to the change's time and make a new generation.
     pub started: bool,
     /// Clear `started_ms` and `finished_ms` (the job goes back to the queue).
     pub reset_times: bool,
@@ -231,21 +232,23 @@ pub struct JobFilter {
 
 const JOB_COLUMNS: &str = "id, tenant_id, name, command, args_json, env_json, gpus_per_node, nodes, gpu_model, \
      priority, is_deferrable, max_runtime_s, restart_policy, max_restarts, idempotency_key, request_hash, state, \
-     attempts, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms, gpu_milli";
+     generation, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms, gpu_milli";
 
 fn migrator(backend: Backend) -> Migrator {
-    let (init, agents, shares, usage) = match backend {
+    let (init, agents, shares, usage, generation) = match backend {
         Backend::Sqlite => (
             include_str!("../migrations/sqlite/0001_init.sql"),
             include_str!("../migrations/sqlite/0002_agents.sql"),
             include_str!("../migrations/sqlite/0003_gpu_share.sql"),
             include_str!("../migrations/sqlite/0004_tenant_usage.sql"),
+            include_str!("../migrations/sqlite/0005_generation.sql"),
         ),
         Backend::Postgres => (
             include_str!("../migrations/postgres/0001_init.sql"),
             include_str!("../migrations/postgres/0002_agents.sql"),
             include_str!("../migrations/postgres/0003_gpu_share.sql"),
             include_str!("../migrations/postgres/0004_tenant_usage.sql"),
+            include_str!("../migrations/postgres/0005_generation.sql"),
         ),
     };
     let migrations = vec![
@@ -253,6 +256,7 @@ fn migrator(backend: Backend) -> Migrator {
         Migration::new(2, Cow::Borrowed("agents"), MigrationType::Simple, Cow::Borrowed(agents), false),
         Migration::new(3, Cow::Borrowed("gpu share"), MigrationType::Simple, Cow::Borrowed(shares), false),
         Migration::new(4, Cow::Borrowed("tenant usage"), MigrationType::Simple, Cow::Borrowed(usage), false),
+        Migration::new(5, Cow::Borrowed("generation"), MigrationType::Simple, Cow::Borrowed(generation), false),
     ];
     Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
@@ -494,7 +498,7 @@ impl Store {
             id: r.try_get(0)?,
             spec,
             state: state.parse()?,
-            attempts: r.try_get(17)?,
+            generation: r.try_get(17)?,
             placement_json: r.try_get(18)?,
             exit_code: r.try_get(19)?,
             message: r.try_get(20)?,
@@ -689,7 +693,7 @@ impl Store {
             let at = param(&mut vals, Val::Int(Some(now_ms)));
             if change.started {
                 sets.push(format!("started_ms = {at}"));
-                sets.push("attempts = attempts + 1".into());
+                sets.push("generation = generation + 1".into());
             }
             if change.finished {
                 sets.push(format!("finished_ms = {at}"));
@@ -974,8 +978,8 @@ async fn insert_batch(writer: &AnyPool, backend: Backend, jobs: &[(&NewJob, i64)
 /// The columns a submission fills, in the order [`insert_in`] binds them.
 const INSERT_COLUMNS: &str = "tenant_id, name, command, args_json, env_json, gpus_per_node, nodes, gpu_model, \
      priority, is_deferrable, max_runtime_s, restart_policy, max_restarts, idempotency_key, request_hash, \
-     state, attempts, submitted_ms, gpu_milli";
-/// Parameters a submission binds (every column of [`INSERT_COLUMNS`] but `state` and `attempts`).
+     state, generation, submitted_ms, gpu_milli";
+/// Parameters a submission binds (every column of [`INSERT_COLUMNS`] but `state` and `generation`).
 const INSERT_PARAMS: usize = 17;
 
 /// Stores `jobs` and their first history entries inside a transaction, as if one after the

@@ -70,7 +70,7 @@ async fn exercise(store: Store) {
 
     let job = store.job(acme.id, id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Succeeded);
-    assert_eq!((job.started_ms, job.finished_ms, job.attempts, job.exit_code), (Some(22), Some(30), 1, Some(0)));
+    assert_eq!((job.started_ms, job.finished_ms, job.generation, job.exit_code), (Some(22), Some(30), 1, Some(0)));
     assert_eq!(job.placement_json.as_deref(), Some("[]"));
     let history: Vec<JobState> = store.history(id).await.unwrap().into_iter().map(|e| e.state).collect();
     assert_eq!(history, vec![JobState::Pending, JobState::Scheduled, JobState::Running, JobState::Succeeded]);

@@ -1,6 +1,6 @@
 //! `drome agent`: a node agent. It joins a server with a join token, keeps its node's lease, and
 //! runs the node's work as process groups. GPUs come from NVML where a driver is present, or are
-//! declared (`--virtual-gpus 8 --gpu-model H200`); `--virtual-nodes N` serves N such nodes.
+//! declared (`--declared-gpus 8 --gpu-model H200`); `--node-count N` serves N such nodes.
 
 use super::server::{init_logging, runtime};
 use anyhow::{Context, bail};
@@ -15,22 +15,24 @@ pub struct AgentArgs {
     /// A join token made by the admin (`POST /v1/join-tokens`).
     #[arg(long, env = "DROME_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
-    /// The node's name in the fleet (the host name when unset); with --virtual-nodes, a
+    /// The node's name in the fleet (the host name when unset); with --node-count, a
     /// comma-separated list of names, or one prefix that gets -0, -1, ...
     #[arg(long, value_delimiter = ',')]
     pub name: Vec<String>,
     /// Where runs, logs and credentials live.
     #[arg(long, default_value = "drome-agent")]
     pub work_dir: PathBuf,
-    /// Declare this many GPUs instead of asking NVML.
-    #[arg(long)]
-    pub virtual_gpus: Option<u32>,
+    /// Declare this many GPUs instead of asking NVML (a node without GPU drivers: draws come
+    /// from the energy model).
+    #[arg(long, alias = "virtual-gpus")]
+    pub declared_gpus: Option<u32>,
     /// The model of the declared GPUs.
     #[arg(long, default_value = "H200")]
     pub gpu_model: String,
-    /// Serve this many nodes from this process, each with its own identity and credential.
-    #[arg(long, default_value_t = 1)]
-    pub virtual_nodes: u32,
+    /// Serve this many nodes from this process, each with its own identity and credential, in
+    /// one batched heartbeat (needs --declared-gpus).
+    #[arg(long, alias = "virtual-nodes", default_value_t = 1)]
+    pub node_count: u32,
     /// Where gang members reach this machine.
     #[arg(long, default_value = "127.0.0.1")]
     pub address: String,
@@ -43,7 +45,7 @@ pub struct AgentArgs {
 }
 
 fn names(args: &AgentArgs) -> anyhow::Result<Vec<String>> {
-    let n = args.virtual_nodes.max(1) as usize;
+    let n = args.node_count.max(1) as usize;
     let mut names = args.name.clone();
     if names.is_empty() {
         let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
@@ -57,7 +59,7 @@ fn names(args: &AgentArgs) -> anyhow::Result<Vec<String>> {
         names = (0..n).map(|i| format!("{prefix}-{i}")).collect();
     }
     if names.len() != n {
-        bail!("--virtual-nodes {n} needs {n} names (or one prefix), got {}", names.len());
+        bail!("--node-count {n} needs {n} names (or one prefix), got {}", names.len());
     }
     Ok(names)
 }
@@ -86,15 +88,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     init_logging();
     let join_token = args.join_token.clone().filter(|t| !t.trim().is_empty()).context("--join-token is required")?;
     let names = names(&args)?;
-    let (gpus, use_nvml) = match args.virtual_gpus {
-        Some(n) => (agent::inventory::virtual_gpus(n, &args.gpu_model), false),
+    let (gpus, use_nvml) = match args.declared_gpus {
+        Some(n) => (agent::inventory::declared_gpus(n, &args.gpu_model), false),
         None => match agent::inventory::probe() {
             Ok(gpus) => (gpus, true),
-            Err(e) => bail!("{e}; declare the GPUs with --virtual-gpus N --gpu-model MODEL"),
+            Err(e) => bail!("{e}; declare the GPUs with --declared-gpus N --gpu-model MODEL"),
         },
     };
     if use_nvml && names.len() > 1 {
-        bail!("--virtual-nodes needs --virtual-gpus: one machine's real GPUs belong to one node");
+        bail!("--node-count needs --declared-gpus: one machine's real GPUs belong to one node");
     }
     let grace = if args.kill_grace.is_finite() && args.kill_grace >= 0.0 { args.kill_grace } else { 10.0 };
     let server = args.server.trim_end_matches('/').to_string();
@@ -102,7 +104,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let mut configs = Vec::new();
         let mut work_dirs = Vec::new();
         for name in names {
-            let work_dir = if args.virtual_nodes > 1 { args.work_dir.join(&name) } else { args.work_dir.clone() };
+            let work_dir = if args.node_count > 1 { args.work_dir.join(&name) } else { args.work_dir.clone() };
             work_dirs.push(work_dir.clone());
             configs.push(agent::NodeConfig {
                 server: server.clone(),

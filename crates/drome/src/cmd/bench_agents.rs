@@ -1,6 +1,6 @@
 //! `drome bench agents`: the control plane end to end, as Slurm's peer benchmark measures it. A
 //! real `drome server --agents` (SQLite in a temporary directory, on loopback) and agent
-//! processes that serve virtual 8-GPU nodes, all started from this binary. Two tests:
+//! processes that serve 8-GPU nodes with declared GPUs, all started from this binary. Two tests:
 //!
 //! 1. trivial 1-GPU jobs (`true`): jobs per second from the first submission to the last job
 //!    finished (submissions included, where Slurm's figure starts at the release of jobs
@@ -259,7 +259,7 @@ pub fn run(args: AgentsBenchArgs) -> anyhow::Result<()> {
 
 fn print_table(r: &Report) {
     println!(
-        "drome end to end: server + {} agent processes, {} virtual 8-GPU nodes ({} GPUs), {}",
+        "drome end to end: server + {} agent processes, {} 8-GPU nodes ({} GPUs), {}",
         r.agent_processes, r.nodes, r.gpus, r.database
     );
     let mut t = Table::new(["test", "jobs", "submit/s", "submit p50/p99 (ms)", "time (s)", "rate", "unit"]);
@@ -327,7 +327,7 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Resul
         let work = dir.join(format!("agent-{i}"));
         let mut cmd = Command::new(&exe);
         cmd.args(["agent", "--server", &base, "--join-token", &join, "--name", &chunk.join(",")])
-            .args(["--virtual-nodes", &chunk.len().to_string(), "--virtual-gpus", "8", "--gpu-model", "H200"])
+            .args(["--node-count", &chunk.len().to_string(), "--declared-gpus", "8", "--gpu-model", "H200"])
             .args(["--kill-grace", "1"])
             .arg("--work-dir")
             .arg(&work)

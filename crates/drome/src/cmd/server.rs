@@ -34,9 +34,10 @@ pub struct ServerArgs {
     /// has run this many seconds (Slurm's PreemptExemptTime).
     #[arg(long, default_value_t = 600.0)]
     pub preempt_exempt_s: f64,
-    /// Seconds a virtual node runs a command that declares no duration.
-    #[arg(long, default_value_t = 10.0)]
-    pub virtual_seconds: f64,
+    /// Without --agents, the work runs on in-process nodes that only wait: seconds such a node
+    /// runs a command that declares no duration.
+    #[arg(long, alias = "virtual-seconds", default_value_t = 10.0)]
+    pub in_process_seconds: f64,
     /// Run the work on node agents (`drome agent`) instead of in-process virtual nodes.
     #[arg(long)]
     pub agents: bool,
@@ -128,9 +129,12 @@ pub fn config(args: &ServerArgs) -> anyhow::Result<server::Config> {
         gate.max_delay = model::SimDuration::from_secs_f64(h * 3600.0);
         config.deferral = Some(gate);
     }
-    let secs =
-        if args.virtual_seconds.is_finite() && args.virtual_seconds >= 0.0 { args.virtual_seconds } else { 10.0 };
-    config.executor = std::sync::Arc::new(server::VirtualNodes { default_duration: Duration::from_secs_f64(secs) });
+    let secs = if args.in_process_seconds.is_finite() && args.in_process_seconds >= 0.0 {
+        args.in_process_seconds
+    } else {
+        10.0
+    };
+    config.executor = std::sync::Arc::new(server::InProcessNodes { default_duration: Duration::from_secs_f64(secs) });
     if args.agents {
         anyhow::ensure!(
             args.heartbeat_ms > 0 && args.lease_ms > args.heartbeat_ms,

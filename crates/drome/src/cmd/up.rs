@@ -1,7 +1,7 @@
 //! `drome up`: everything a newcomer needs on a fresh machine, in one command. The server on the
-//! embedded SQLite, the Valence fleet served by virtual nodes, a demo tenant, and the first
-//! commands to try. The virtual nodes are node agents run in this process: the same code as
-//! `drome agent --virtual-gpus`, joined over loopback, running the work as real processes under
+//! embedded SQLite, the Valence fleet served by nodes with declared GPUs, a demo tenant, and the first
+//! commands to try. The nodes are node agents run in this process: the same code as
+//! `drome agent --declared-gpus`, joined over loopback, running the work as real processes under
 //! the data directory.
 
 use super::server::{DEFAULT_LISTEN, init_logging, load_fleet, runtime};
@@ -52,7 +52,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         let join = server::auth::new_token().map_err(|e| anyhow::anyhow!("{e}"))?;
         store.add_join_token(&server::auth::hash_token(&join), server::now_ms()).await?;
         let base = format!("http://{}", running.addr);
-        // One batched heartbeat for the whole virtual fleet, as one agent process would send.
+        // One batched heartbeat for the whole fleet, as one agent process would send.
         let mut configs = Vec::with_capacity(node_gpus.len());
         for (name, gpus, model) in node_gpus {
             configs.push(agent::NodeConfig {
@@ -60,7 +60,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 join_token: join.clone(),
                 name: name.clone(),
                 address: "127.0.0.1".into(),
-                gpus: agent::inventory::virtual_gpus(gpus, &model),
+                gpus: agent::inventory::declared_gpus(gpus, &model),
                 work_dir: args.data_dir.join("nodes").join(&name),
                 kill_grace: Duration::from_secs(10),
                 use_nvml: false,
@@ -69,12 +69,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         let host = agent::AgentHost::new(configs)?;
         tokio::spawn(async move {
             if let Err(e) = host.run().await {
-                tracing::error!(error = %e, "virtual nodes stopped");
+                tracing::error!(error = %e, "nodes stopped");
             }
         });
         let url = format!("http://{}", running.addr);
         println!();
-        println!("drome is up: {fleet_name} fleet, {nodes} virtual nodes, {gpus} GPUs, store {db}");
+        println!("drome is up: {fleet_name} fleet, {nodes} nodes (declared GPUs), {gpus} GPUs, store {db}");
         println!();
         println!("  API       {url}/v1   (docs: {url}/v1/docs)");
         println!("  metrics   {url}/metrics");
@@ -96,7 +96,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             _ = running.wait() => {}
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); }
         }
-        // Nothing the virtual nodes started outlives them.
+        // Nothing the nodes started outlives them.
         let killed: usize = node_dirs(&args.data_dir.join("nodes")).iter().map(|d| agent::runner::kill_runs(d)).sum();
         if killed > 0 {
             tracing::info!(runs = killed, "runs killed as drome stops");

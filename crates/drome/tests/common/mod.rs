@@ -63,7 +63,7 @@ pub fn agent(netns: Option<&str>, base: &str, join: &str, name: &str, dir: &std:
         None => Command::new(env!("CARGO_BIN_EXE_drome")),
     };
     cmd.args(["agent", "--server", base, "--join-token", join, "--name", name])
-        .args(["--virtual-gpus", "8", "--gpu-model", "H200", "--kill-grace", "1"])
+        .args(["--declared-gpus", "8", "--gpu-model", "H200", "--kill-grace", "1"])
         .arg("--work-dir")
         .arg(dir.join(name))
         .env("RUST_LOG", "info")

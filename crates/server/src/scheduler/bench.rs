@@ -47,7 +47,7 @@ pub(crate) fn pending_job(id: i64, tenant_id: i64, gpus_per_node: i64, nodes: i6
             request_hash: String::new(),
         },
         state: store::JobState::Pending,
-        attempts: 0,
+        generation: 0,
         placement_json: None,
         exit_code: None,
         message: None,

@@ -696,7 +696,7 @@ mod tests {
                         j.job.state = JobState::Scheduled;
                     } else {
                         j.job.state = JobState::Running;
-                        j.job.attempts += 1;
+                        j.job.generation += 1;
                     }
                 }
                 live.started(id, placement);

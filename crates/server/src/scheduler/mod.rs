@@ -285,7 +285,7 @@ impl Scheduler {
             for (id, ok) in scheduled.iter().zip(applied) {
                 if let Some(j) = live.job_mut(*id).filter(|_| ok) {
                     j.job.state = JobState::Running;
-                    j.job.attempts += 1;
+                    j.job.generation += 1;
                     j.job.started_ms = Some(now);
                     self.st.job_changed();
                 }
@@ -315,7 +315,7 @@ impl Scheduler {
             .collect();
         for (job, placement) in &resume {
             let started = job.started_ms.unwrap_or(now);
-            self.launch(job, placement, started, job.attempts);
+            self.launch(job, placement, started, job.generation);
         }
         {
             let mut snap = self.st.snapshot.write().unwrap_or_else(|e| e.into_inner());
@@ -414,7 +414,7 @@ impl Scheduler {
         let mut gone = Vec::new();
         for done in &self.backlog {
             let Some(j) = live.job(done.job_id) else { continue };
-            if j.job.attempts != done.generation {
+            if j.job.generation != done.generation {
                 continue;
             }
             match (&j.place, j.job.state) {
@@ -663,7 +663,7 @@ impl Scheduler {
                 j.job.placement_json = Some(encode_placement(&fleet, &placement));
                 if runs_now {
                     j.job.state = JobState::Running;
-                    j.job.attempts += 1;
+                    j.job.generation += 1;
                     j.job.started_ms = Some(now);
                 } else {
                     j.job.state = JobState::Scheduled;
@@ -671,7 +671,7 @@ impl Scheduler {
                 let job = j.job.clone();
                 live.started(id, placement.clone());
                 if runs_now {
-                    self.launch(&job, &placement, now, job.attempts);
+                    self.launch(&job, &placement, now, job.generation);
                     launched += 1;
                 } else {
                     live.wait_for_stops(id);
@@ -719,11 +719,11 @@ impl Scheduler {
             self.st.job_changed();
             let Some(j) = live.job_mut(id) else { continue };
             j.job.state = JobState::Running;
-            j.job.attempts += 1;
+            j.job.generation += 1;
             j.job.started_ms = Some(now);
             let job = j.job.clone();
             if let Some(Place::Placed(p)) = live.job(id).map(|j| j.place.clone()) {
-                self.launch(&job, &p, now, job.attempts);
+                self.launch(&job, &p, now, job.generation);
             }
         }
         self.live = Some(live);
@@ -771,10 +771,10 @@ impl Scheduler {
     fn launch_stop(&mut self, job: &Job, placement: &Placement) {
         let (args, env) = crate::convert::args_env(job).unwrap_or_default();
         let started = job.started_ms.unwrap_or_else(now_ms);
-        let specs = self.run_specs(job, placement, args, env, started, job.attempts);
+        let specs = self.run_specs(job, placement, args, env, started, job.generation);
         let members: Vec<(String, u32)> = specs.iter().map(|s| (s.node.clone(), s.member)).collect();
         let futures: Vec<RunFuture> = specs.into_iter().map(|s| self.executor.stop_run(s)).collect();
-        self.drive(job.id, job.attempts, members, futures, None, true);
+        self.drive(job.id, job.generation, members, futures, None, true);
     }
 
     fn run_specs(
@@ -911,8 +911,8 @@ fn ending(job: &Job, outcome: &Ended) -> (JobState, Change) {
 }
 
 fn failure(job: &Job, exit_code: Option<i64>, why: String) -> (JobState, Change) {
-    if job.spec.restart_policy == "on-failure" && job.attempts <= job.spec.max_restarts {
-        let message = format!("{why}; restarting (restart {} of {})", job.attempts, job.spec.max_restarts);
+    if job.spec.restart_policy == "on-failure" && job.generation <= job.spec.max_restarts {
+        let message = format!("{why}; restarting (restart {} of {})", job.generation, job.spec.max_restarts);
         let change = Change {
             placement_json: Some(None),
             reset_times: true,
