@@ -4,7 +4,9 @@
 //! `kill -0`, the process ids the old runs wrote). A server aborted right after recording a
 //! preemption (`DROME_FAILPOINT=after-preemption-recorded`, as under `kill -9`) and started
 //! again strands nothing: the preempted job goes back to the queue once its run is gone, and the
-//! job that preempted it runs.
+//! job that preempted it runs. The same holds for a cancellation
+//! (`DROME_FAILPOINT=cancel-recorded`): the restarted server stops the cancelled run before the
+//! job waiting for its node starts.
 
 mod common;
 
@@ -145,9 +147,11 @@ async fn site(name: &str, policy: &str, failpoint: Option<&str>, agents: usize) 
     Site { procs, _reaper: Reaper(dir.join("pids")), dir, db, port, base, http }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_run_is_gone_before_its_gpus_take_other_work() {
-    let Site { procs, _reaper, dir, base, http, .. } = site("cancel", "fifo", None, 1).await;
+/// One node runs a run that ignores SIGTERM; the next whole-node job waits for it; the first is
+/// cancelled. `crash`: the server aborts once the cancellation is stored, before it stops the run.
+async fn cancellation(name: &str, crash: bool) {
+    let failpoint = crash.then_some("cancel-recorded");
+    let Site { mut procs, _reaper, dir, db, port, base, http } = site(name, "fifo", failpoint, 1).await;
     let token = create_tenant(&http, &base, ADMIN, "lab").await;
     let pids = dir.join("pids");
     let old = submit(&http, &base, &token, &stubborn(&pids.join("old.pid"))).await;
@@ -156,14 +160,39 @@ async fn a_cancelled_run_is_gone_before_its_gpus_take_other_work() {
     // The one node with an agent is full: the next whole-node job waits for it.
     let out = dir.join("census");
     let next = submit(&http, &base, &token, &census(&pids, &out)).await;
-    let r = http.post(format!("{base}/v1/jobs/{old}/cancel")).bearer_auth(&token).send().await.unwrap();
-    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let r = http.post(format!("{base}/v1/jobs/{old}/cancel")).bearer_auth(&token).send().await;
+    // With the failpoint the server may abort before its answer goes out: the cancel is stored.
+    match r {
+        Ok(r) => assert!(r.status().is_success(), "{:?}", r.text().await),
+        Err(e) => assert!(crash, "cancel failed: {e}"),
+    }
+    if crash {
+        let t0 = Instant::now();
+        while procs.0[0].try_wait().unwrap().is_none() {
+            assert!(t0.elapsed() < Duration::from_secs(30), "the failpoint never fired");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        procs.0[0] = server(&db, port, &dir, "fifo", None);
+        wait_healthy(&http, &base).await;
+    }
     wait_state(&http, &base, &token, next, "succeeded").await;
     assert_eq!(wait_file(&out), "0", "the next job started while the cancelled run was still alive");
-    assert_eq!(get_job(&http, &base, &token, old).await.unwrap()["state"], "cancelled");
+    let v = get_job(&http, &base, &token, old).await.unwrap();
+    assert_eq!(v["state"], "cancelled", "{v}");
+    assert!(v["finished_at_ms"].as_i64().is_some(), "the cancelled job is finished once its run is gone: {v}");
     drop(procs);
     drop(_reaper);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_is_gone_before_its_gpus_take_other_work() {
+    cancellation("cancel", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_inside_a_cancellation_starts_nothing_beside_the_cancelled_run() {
+    cancellation("cancel-crash", true).await;
 }
 
 /// Tenant `a` fills both nodes with runs that ignore SIGTERM; tenant `b` arrives and the quota

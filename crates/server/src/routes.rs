@@ -402,9 +402,19 @@ async fn cancel_job(
     let job = tenant_job(&st, &tenant, &id).await?;
     if !job.state.is_terminal() {
         let message = if job.spec.command.is_none() { "released by the tenant" } else { "cancelled by the tenant" };
-        let change = Change { finished: true, message: Some(message.into()), ..Default::default() };
-        let from = [JobState::Pending, JobState::Scheduled, JobState::Running, JobState::Preempted];
-        if st.store.transition(job.id, &from, JobState::Cancelled, now_ms(), &change).await? {
+        // A job that may have processes on its nodes finishes once they are gone (the scheduler
+        // records it); one that never ran finishes now. One of the two steps applies.
+        let cancel = |from: Vec<JobState>, finished: bool| store::Transition {
+            job_id: job.id,
+            from,
+            to: JobState::Cancelled,
+            change: Change { finished, message: Some(message.into()), ..Default::default() },
+        };
+        let steps = [
+            cancel(vec![JobState::Running, JobState::Preempted], false),
+            cancel(vec![JobState::Pending, JobState::Scheduled], true),
+        ];
+        if st.store.transitions(&steps, now_ms()).await?.contains(&true) {
             tracing::info!(tenant = %tenant.name, job = job.id, "job cancelled");
             st.tell_scheduler(crate::scheduler::SchedEvent::Cancelled(job.id));
             st.job_changed();

@@ -594,15 +594,37 @@ impl Store {
         rows.iter().map(Self::job_of).collect()
     }
 
-    /// Every tenant's pending, scheduled, running and preempted (being stopped) jobs, oldest
-    /// first: what the scheduler rebuilds its state from.
+    /// Every tenant's pending, scheduled, running and preempted (being stopped) jobs, and the
+    /// cancelled ones whose run is not yet known to be gone (no `finished_ms`), oldest first:
+    /// what the scheduler rebuilds its state from.
     pub async fn active_jobs(&self) -> Result<Vec<Job>> {
         let rows = sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('pending', 'scheduled', 'running', 'preempted') ORDER BY id"
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('pending', 'scheduled', 'running', 'preempted') \
+             OR (state = 'cancelled' AND finished_ms IS NULL) ORDER BY id"
         ))
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(Self::job_of).collect()
+    }
+
+    /// Cancelled jobs whose runs are now gone get their `finished_ms` (one transaction); a job
+    /// that has one already keeps it.
+    pub async fn finish_cancelled(&self, ids: &[i64], now_ms: i64) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await?;
+        for id in ids {
+            sqlx::query(
+                "UPDATE jobs SET finished_ms = $1 WHERE id = $2 AND state = 'cancelled' AND finished_ms IS NULL",
+            )
+            .bind(now_ms)
+            .bind(*id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Number of jobs per state, all tenants.

@@ -105,6 +105,18 @@ async fn exercise(store: Store) {
     assert!(store.transitions(&[], 41).await.unwrap().is_empty());
     let got: Vec<i64> = store.jobs_by_ids(&[b, 999_999, a]).await.unwrap().into_iter().map(|j| j.id).collect();
     assert_eq!(got, vec![a, b]);
+
+    // A running job cancelled stays among the active ones, unfinished, until its run is known
+    // gone; then it has its finish time and leaves them.
+    let cancel = Change { message: Some("cancelled".into()), ..Default::default() };
+    assert!(store.transition(a, &[JobState::Running], JobState::Cancelled, 50, &cancel).await.unwrap());
+    assert!(store.active_jobs().await.unwrap().iter().any(|j| j.id == a && j.state == JobState::Cancelled));
+    store.finish_cancelled(&[a, b], 60).await.unwrap();
+    assert_eq!(store.job_by_id(a).await.unwrap().unwrap().finished_ms, Some(60));
+    assert_eq!(store.job_by_id(b).await.unwrap().unwrap().finished_ms, None, "only cancelled jobs finish");
+    assert!(!store.active_jobs().await.unwrap().iter().any(|j| j.id == a));
+    store.finish_cancelled(&[a], 70).await.unwrap();
+    assert_eq!(store.job_by_id(a).await.unwrap().unwrap().finished_ms, Some(60), "a finish time is kept");
     gpu_shares(&store).await;
 }
 

@@ -99,6 +99,9 @@ pub struct Scheduler {
     /// `DROME_FAILPOINT=after-preemption-recorded`: aborts once a preemption is recorded, before
     /// its run is asked to stop.
     crash_after_preempting: bool,
+    /// `DROME_FAILPOINT=cancel-recorded`: aborts when told of a running job's cancellation (the
+    /// store has it), before its run is asked to stop.
+    crash_on_cancel: bool,
 }
 
 impl Scheduler {
@@ -130,6 +133,7 @@ impl Scheduler {
             changed: true,
             crash_before_recording_ends: std::env::var("DROME_FAILPOINT").is_ok_and(|v| v == "before-exit-recorded"),
             crash_after_preempting: std::env::var("DROME_FAILPOINT").is_ok_and(|v| v == "after-preemption-recorded"),
+            crash_on_cancel: std::env::var("DROME_FAILPOINT").is_ok_and(|v| v == "cancel-recorded"),
         }
     }
 
@@ -193,11 +197,12 @@ impl Scheduler {
         }
         let now = now_ms();
         let (placed, rest): (Vec<Job>, Vec<Job>) = active.into_iter().partition(|j| is_placed_state(j.state));
-        let (preempted, mut pending): (Vec<Job>, Vec<Job>) =
-            rest.into_iter().partition(|j| j.state == JobState::Preempted);
+        let (stopping, mut pending): (Vec<Job>, Vec<Job>) =
+            rest.into_iter().partition(|j| matches!(j.state, JobState::Preempted | JobState::Cancelled));
         // Runs being stopped first: work placed on their nodes waits for them to be gone.
         let mut stranded = Vec::new();
-        for job in preempted {
+        let mut never_ran = Vec::new();
+        for job in stopping {
             let placement = job
                 .placement_json
                 .as_deref()
@@ -206,9 +211,11 @@ impl Scheduler {
                 Some(p) => {
                     let _ = live.add_stopping(job, p);
                 }
+                None if job.state == JobState::Cancelled => never_ran.push(job.id),
                 None => stranded.push(job),
             }
         }
+        store.finish_cancelled(&never_ran, now).await?;
         if !stranded.is_empty() {
             // Preempted without a placement to stop: nothing runs, back to the queue.
             let steps: Vec<Transition> = stranded.iter().map(|j| requeue_step(j.id, JobState::Preempted)).collect();
@@ -357,6 +364,7 @@ impl Scheduler {
         self.changed = true;
         let now = now_ms();
         let wall = SimTime(now.max(0) as u64);
+        let mut unfinished = Vec::new();
         for event in std::mem::take(&mut self.inbox) {
             match event {
                 SchedEvent::Submitted(job) => {
@@ -372,6 +380,10 @@ impl Scheduler {
                 SchedEvent::Cancelled(id) => {
                     let Some(j) = live.job_mut(id) else { continue };
                     let (wid, state) = (j.wid, j.job.state);
+                    if self.crash_on_cancel && state == JobState::Running {
+                        tracing::error!(job = id, "failpoint cancel-recorded: aborting");
+                        std::process::abort();
+                    }
                     if matches!(j.place, Place::Stopping(_)) {
                         // Preempted and being stopped: once gone, it ends instead of requeueing.
                         j.job.state = JobState::Cancelled;
@@ -387,6 +399,10 @@ impl Scheduler {
                     } else {
                         live.remove(id);
                         self.runs.remove(&id);
+                        if state == JobState::Running {
+                            // No run of it here to wait for.
+                            unfinished.push(id);
+                        }
                     }
                     if matches!(state, JobState::Scheduled | JobState::Running) {
                         // The policy keeps its own record of the run, by id.
@@ -397,7 +413,7 @@ impl Scheduler {
                 SchedEvent::QuotaSet { tenant_id, gpu_quota } => live.set_quota(tenant_id, gpu_quota),
             }
         }
-        Ok(())
+        self.st.store.finish_cancelled(&unfinished, now).await
     }
 
     /// Records how jobs ended: success, failure (or a restart), expiry; all in one transaction.
@@ -444,6 +460,7 @@ impl Scheduler {
             std::process::abort();
         }
         let applied = self.st.store.transitions(&steps, now).await?;
+        self.st.store.finish_cancelled(&gone, now).await?;
         // Durable now (or moot): the nodes that reported these ends may forget them.
         for done in &self.backlog {
             self.executor.acknowledge(done.job_id, done.generation);
