@@ -67,6 +67,10 @@ struct Trivial {
     /// First submission to the last job finished.
     drained_s: f64,
     jobs_per_s: f64,
+    /// CPU the server and the agent processes used over the test, per job, milliseconds: what
+    /// the control plane itself costs on this machine, apart from the clients and the runs.
+    server_cpu_ms_per_job: f64,
+    agents_cpu_ms_per_job: f64,
 }
 
 #[derive(Serialize)]
@@ -78,6 +82,25 @@ struct Allocation {
     /// First submission to the last job running.
     all_running_s: f64,
     allocations_per_s: f64,
+    server_cpu_ms_per_job: f64,
+    agents_cpu_ms_per_job: f64,
+}
+
+/// CPU seconds (user and system) process `pid` has used, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: the fields start after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // In USER_HZ, which Linux's user-facing ABI fixes at 100 per second.
+    Some(ticks / 100.0)
+}
+
+/// CPU seconds used by the server and by all the agent processes.
+fn control_plane_cpu(procs: &Procs) -> (f64, f64) {
+    let server = procs.server.as_ref().and_then(|s| cpu_seconds(s.id())).unwrap_or(0.0);
+    let agents = procs.agents.iter().filter_map(|a| cpu_seconds(a.id())).sum();
+    (server, agents)
 }
 
 const ADMIN: &str = "bench-agents-admin";
@@ -262,7 +285,16 @@ fn print_table(r: &Report) {
         "drome end to end: server + {} agent processes, {} 8-GPU nodes ({} GPUs), {}",
         r.agent_processes, r.nodes, r.gpus, r.database
     );
-    let mut t = Table::new(["test", "jobs", "submit/s", "submit p50/p99 (ms)", "time (s)", "rate", "unit"]);
+    let mut t = Table::new([
+        "test",
+        "jobs",
+        "submit/s",
+        "submit p50/p99 (ms)",
+        "time (s)",
+        "rate",
+        "unit",
+        "server / agents CPU ms per job",
+    ]);
     t.row(vec![
         "trivial 1-GPU jobs, submit -> drained".to_string(),
         format!("{} ({} ok)", r.trivial.jobs, r.trivial.succeeded),
@@ -271,6 +303,7 @@ fn print_table(r: &Report) {
         format!("{:.2}", r.trivial.drained_s),
         format!("{:.0}", r.trivial.jobs_per_s),
         "jobs/s".into(),
+        format!("{:.2} / {:.2}", r.trivial.server_cpu_ms_per_job, r.trivial.agents_cpu_ms_per_job),
     ]);
     t.row(vec![
         "8-GPU sleep jobs, submit -> all running".to_string(),
@@ -280,6 +313,7 @@ fn print_table(r: &Report) {
         format!("{:.2}", r.allocation.all_running_s),
         format!("{:.0}", r.allocation.allocations_per_s),
         "allocations/s".into(),
+        format!("{:.2} / {:.2}", r.allocation.server_cpu_ms_per_job, r.allocation.agents_cpu_ms_per_job),
     ]);
     print!("{}", t.render());
 }
@@ -350,6 +384,7 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Resul
     tracing::info!(nodes = names.len(), agents, secs = t0.elapsed().as_secs_f64(), "all nodes joined");
 
     // 1. Trivial jobs, submit to drained.
+    let cpu0 = control_plane_cpu(&procs);
     let spec = json!({"name": "trivial", "command": "true", "gpus_per_node": 1});
     let release_ms = now_ms();
     let t = Instant::now();
@@ -370,6 +405,15 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Resul
         submit_p99_ms: quantile(&latencies, 0.99),
         drained_s,
         jobs_per_s: f64::from(args.jobs) / drained_s,
+        server_cpu_ms_per_job: 0.0,
+        agents_cpu_ms_per_job: 0.0,
+    };
+    let cpu1 = control_plane_cpu(&procs);
+    let per_job = |a: f64, b: f64, jobs: u32| (b - a) * 1000.0 / f64::from(jobs.max(1));
+    let trivial = Trivial {
+        server_cpu_ms_per_job: per_job(cpu0.0, cpu1.0, args.jobs),
+        agents_cpu_ms_per_job: per_job(cpu0.1, cpu1.1, args.jobs),
+        ..trivial
     };
 
     // 2. One 8-GPU sleep job per node, submit to all running.
@@ -394,6 +438,14 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Resul
         submit_p99_ms: quantile(&latencies, 0.99),
         all_running_s,
         allocations_per_s: f64::from(args.nodes) / all_running_s,
+        server_cpu_ms_per_job: 0.0,
+        agents_cpu_ms_per_job: 0.0,
+    };
+    let cpu2 = control_plane_cpu(&procs);
+    let allocation = Allocation {
+        server_cpu_ms_per_job: per_job(cpu1.0, cpu2.0, args.nodes),
+        agents_cpu_ms_per_job: per_job(cpu1.1, cpu2.1, args.nodes),
+        ..allocation
     };
 
     // Clean up through the API: every sleep is cancelled and its process group killed.
