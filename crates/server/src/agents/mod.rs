@@ -1,0 +1,169 @@
+//! Remote nodes: the [`NodeExecutor`] whose work runs on node agents. A run is an assignment
+//! that the node's agent picks up on its next heartbeat; it ends when the agent reports the exit,
+//! or when the node's lease expires (the node is lost). Dropping a run's future (cancellation,
+//! preemption) takes the assignment back: the agent, still reporting the run, is told to kill it.
+//! Every assignment carries the job's generation (its start count); a run of any other
+//! generation is stale and killed, so no job runs twice at once. A run asked to stop
+//! ([`NodeExecutor::stop`]) stays assigned, marked stopping: the node is told to kill it, and its
+//! future ends only when the node's report no longer lists it (or the node is lost), so its GPUs
+//! go to other work only once its processes are gone.
+//!
+//! One concern per module, all over one lock on the nodes' `Slot`s (a heartbeat touches
+//! several at once): `lease` (leases, their deadlines, lost nodes), `runs` (assignments, a
+//! heartbeat's answer, acknowledgements, the executor), `batch` (agent processes heartbeating
+//! for many nodes), `logs` (output asked of a node), `power` (draws and caps). Credentials
+//! and addresses stay here.
+
+use crate::node::{NodeExecutor, RunFuture, RunOutcome, RunSpec};
+use api::RunKey;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, oneshot};
+
+mod batch;
+mod lease;
+mod logs;
+mod power;
+mod runs;
+
+use batch::BatchSession;
+pub use lease::LeaseConfig;
+use runs::Assigned;
+
+#[derive(Default)]
+struct Slot {
+    /// `None`: never heard from (or lost).
+    lease_until: Option<Instant>,
+    address: String,
+    assigned: HashMap<(i64, u32), Assigned>,
+    /// Exits reported before their run was registered here (after a server restart).
+    early_exits: HashMap<RunKey, i32>,
+    /// Exits handed to their runs and not yet recorded by the scheduler: a report of them
+    /// again (the agent repeats it until acknowledged) is no news.
+    unacked: std::collections::HashSet<RunKey>,
+    /// Exits recorded (or no longer needed) to acknowledge in the next answer.
+    acks: Vec<RunKey>,
+    /// Exits acknowledged lately: one reported again (its answer was dropped) is acknowledged
+    /// again without asking the store.
+    acked_lately: VecDeque<RunKey>,
+    /// Wakes every heartbeat of the node held waiting (an abandoned one as well as the live
+    /// one: a single wake-up taken by a call whose agent has gone would be lost).
+    notify: Arc<Notify>,
+    /// Heartbeats received; a held call that a newer one superseded ends at once.
+    beats: u64,
+    power_watts: Option<f64>,
+    /// The GPU power cap the node is asked to apply, and the one it reports applying.
+    asked_cap: Option<f64>,
+    applied_cap: Option<f64>,
+    /// The same for the CPU package power limit (watts for all the node's packages).
+    asked_cpu_cap: Option<f64>,
+    applied_cpu_cap: Option<f64>,
+    /// Log requests not yet answered, with when they last went out in a heartbeat's answer.
+    log_requests: Vec<(api::LogRequest, Option<Instant>)>,
+    /// The agent process serving the node by batched heartbeats, if it does.
+    session: Option<Arc<BatchSession>>,
+    /// The node's last report, to plan its answer when it changes between its heartbeats.
+    last_beat: Option<api::Heartbeat>,
+}
+
+impl Slot {
+    /// Something for the node to do: its held heartbeats answer, and its agent process's held
+    /// batched heartbeat learns which node.
+    fn wake(&self, name: &str) {
+        self.notify.notify_waiters();
+        if let Some(session) = &self.session {
+            session.dirty.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
+            session.notify.notify_one();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    slots: HashMap<String, Slot>,
+    /// Credential hash to node name.
+    credentials: HashMap<String, String>,
+    /// Log requests waiting for their node's answer: id to (node, answer).
+    log_waiters: HashMap<u64, (String, oneshot::Sender<api::LogChunk>)>,
+    next_log_id: u64,
+    /// Nodes that gained or lost their lease since the scheduler last asked.
+    availability_changed: std::collections::HashSet<String>,
+    /// Every lease deadline given out, soonest first: the sweep looks only at those due, and a
+    /// node whose lease was renewed since is skipped, so it costs what expires, not the fleet.
+    deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String)>>,
+    /// Nodes holding exits of each job not yet recorded, to acknowledge when it is.
+    awaiting_ack: HashMap<i64, Vec<String>>,
+    /// Agent processes heartbeating in batches, by the id they give.
+    sessions: HashMap<String, Arc<BatchSession>>,
+    /// Lost nodes by when their grace ends and their runs end as lost.
+    grace_deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String)>>,
+}
+
+/// Nodes served by agents.
+#[derive(Clone)]
+pub struct RemoteNodes {
+    inner: Arc<Mutex<Inner>>,
+    /// Joins since start, for the log's summary (a line per node would bury it at scale).
+    joins: Arc<std::sync::atomic::AtomicU64>,
+    pub config: LeaseConfig,
+    /// Wakes the scheduler when a node is lost.
+    pub(crate) wake: Arc<Notify>,
+}
+
+impl RemoteNodes {
+    pub fn new(config: LeaseConfig) -> RemoteNodes {
+        RemoteNodes { inner: Arc::default(), joins: Arc::default(), config, wake: Arc::new(Notify::new()) }
+    }
+
+    /// Counts a node's join.
+    pub(crate) fn count_join(&self) {
+        self.joins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Joins since start.
+    pub fn joins(&self) -> u64 {
+        self.joins.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A node known to have joined: its lease starts now (after a server restart, its agent gets
+    /// one lease to come back).
+    pub fn register(&self, name: &str, credential_hash: &str, address: &str) {
+        let mut inner = self.lock();
+        inner.credentials.retain(|_, n| n != name);
+        inner.credentials.insert(credential_hash.to_string(), name.to_string());
+        let lease = Instant::now() + self.config.lease;
+        let slot = inner.slots.entry(name.to_string()).or_default();
+        slot.lease_until = Some(lease);
+        slot.address = address.to_string();
+        inner.availability_changed.insert(name.to_string());
+        inner.deadlines.push(std::cmp::Reverse((lease, name.to_string())));
+    }
+
+    pub fn node_of(&self, credential_hash: &str) -> Option<String> {
+        self.lock().credentials.get(credential_hash).cloned()
+    }
+
+    /// A heartbeat arrives: its number, and what wakes the node's held heartbeats when its work
+    /// changes.
+    pub(crate) fn begin_beat(&self, node: &str) -> (u64, Arc<Notify>) {
+        let mut inner = self.lock();
+        let slot = inner.slots.entry(node.to_string()).or_default();
+        slot.beats += 1;
+        (slot.beats, slot.notify.clone())
+    }
+
+    /// Whether a newer heartbeat of the node came after heartbeat `beat` (whose agent, then,
+    /// no longer waits for its answer).
+    pub(crate) fn superseded(&self, node: &str, beat: u64) -> bool {
+        self.lock().slots.get(node).is_some_and(|s| s.beats != beat)
+    }
+
+    pub(crate) fn address(&self, node: &str) -> String {
+        self.lock().slots.get(node).map(|s| s.address.clone()).filter(|a| !a.is_empty()).unwrap_or("127.0.0.1".into())
+    }
+}

@@ -1,0 +1,55 @@
+//! Power: the draw each node reports, and the GPU and CPU caps its agent is asked to apply.
+
+use super::*;
+
+impl RemoteNodes {
+    /// Latest reported power draw per live node, watts.
+    pub fn power(&self) -> HashMap<String, f64> {
+        self.of_live_nodes(|s| s.power_watts)
+    }
+
+    /// `value` of every live node that has one, by name.
+    fn of_live_nodes(&self, value: impl Fn(&Slot) -> Option<f64>) -> HashMap<String, f64> {
+        let inner = self.lock();
+        inner
+            .slots
+            .iter()
+            .filter(|(_, s)| s.lease_until.is_some())
+            .filter_map(|(n, s)| value(s).map(|w| (n.clone(), w)))
+            .collect()
+    }
+
+    /// The GPU power cap each live node reports applying, watts per GPU.
+    pub fn applied_caps(&self) -> HashMap<String, f64> {
+        self.of_live_nodes(|s| s.applied_cap)
+    }
+
+    /// The CPU package power limit each live node reports applying, watts.
+    pub fn applied_cpu_caps(&self) -> HashMap<String, f64> {
+        self.of_live_nodes(|s| s.applied_cpu_cap)
+    }
+
+    /// Asks `node` to hold its CPU packages to `cap` watts in all (`None`: no limit); its held
+    /// heartbeats answer at once. Asking again for the same limit changes nothing.
+    pub fn set_cpu_power_cap(&self, node: &str, cap: Option<f64>) {
+        let mut inner = self.lock();
+        let slot = inner.slots.entry(node.to_string()).or_default();
+        if slot.asked_cpu_cap != cap {
+            slot.asked_cpu_cap = cap;
+            slot.wake(node);
+        }
+    }
+
+    /// Asks `nodes` to apply a GPU power cap (`None`: none); their held heartbeats answer at once.
+    /// Asking again for the cap a node was already asked for changes nothing.
+    pub fn set_gpu_power_cap(&self, nodes: &[String], cap: Option<f64>) {
+        let mut inner = self.lock();
+        for n in nodes {
+            let slot = inner.slots.entry(n.clone()).or_default();
+            if slot.asked_cap != cap {
+                slot.asked_cap = cap;
+                slot.wake(n);
+            }
+        }
+    }
+}
