@@ -1,6 +1,6 @@
 //! `drome bench`: how fast drome replays real traces, against a baseline run in the same process.
 
-use super::{Output, bench_agents, bench_openb, load_fleet, print_json};
+use super::{Output, bench_agents, bench_openb, bench_submit, load_fleet, print_json};
 use report::{Table, fmt_thousands};
 use sched::{Fifo, FirstFit, Placer, Policy, ScanFirstFit};
 use serde::Serialize;
@@ -20,6 +20,9 @@ pub enum BenchCommand {
     /// The control plane end to end: a real server and agent processes serving virtual 8-GPU
     /// nodes; trivial-job throughput and whole-node allocation rate, as Slurm's peer measures.
     Agents(bench_agents::AgentsBenchArgs),
+    /// Durable submissions alone: a real server takes jobs from concurrent clients, each 201
+    /// once its job is durable; submissions per second, latency, the server's CPU per submission.
+    Submit(bench_submit::SubmitBenchArgs),
     /// One placement and start in the live scheduler's path (the event into the live state,
     /// the policy's round, the start applied) on a large fleet full of running jobs, against the
     /// cluster rebuild every round used to pay, timed in the same process.
@@ -113,6 +116,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Sim(args) => sim_bench(args),
         BenchCommand::Openb(args) => bench_openb::run(args),
         BenchCommand::Agents(args) => bench_agents::run(args),
+        BenchCommand::Submit(args) => bench_submit::run(args),
         BenchCommand::Live(args) => live_bench(args),
     }
 }

@@ -87,7 +87,7 @@ struct Allocation {
 }
 
 /// CPU seconds (user and system) process `pid` has used, from `/proc/PID/stat`.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(super) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces: the fields start after its closing parenthesis.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -140,14 +140,14 @@ fn fleet_toml(nodes: u32) -> String {
     )
 }
 
-fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
+pub(super) fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
     let path = dir.join(name);
     std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))
 }
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
+pub(super) struct Client {
+    pub(super) http: reqwest::Client,
+    pub(super) base: String,
 }
 
 impl Client {
@@ -175,7 +175,7 @@ impl Client {
         self.call(reqwest::Method::GET, path, token, None).await
     }
 
-    async fn post(&self, path: &str, token: &str, body: &Value) -> anyhow::Result<Value> {
+    pub(super) async fn post(&self, path: &str, token: &str, body: &Value) -> anyhow::Result<Value> {
         self.call(reqwest::Method::POST, path, token, Some(body)).await
     }
 
@@ -205,7 +205,7 @@ impl Client {
 
     /// Submits `n` copies of `spec` from `clients` concurrent submitters; returns the ids and
     /// each submission's latency in milliseconds.
-    async fn submit_many(
+    pub(super) async fn submit_many(
         &self,
         token: &str,
         spec: &Value,
@@ -245,7 +245,7 @@ fn now_ms() -> i64 {
 }
 
 /// The `q` quantile (0 to 1) of `values`, nearest rank; 0 when empty.
-fn quantile(values: &[f64], q: f64) -> f64 {
+pub(super) fn quantile(values: &[f64], q: f64) -> f64 {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     if v.is_empty() {
         return 0.0;
