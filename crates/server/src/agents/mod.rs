@@ -96,6 +96,8 @@ struct Inner {
     awaiting_ack: HashMap<i64, Vec<String>>,
     /// Agent processes heartbeating in batches, by the id they give.
     sessions: HashMap<String, Arc<BatchSession>>,
+    /// Nodes whose reported GPU or CPU caps changed since the scheduler last asked.
+    cap_reports_changed: std::collections::HashSet<String>,
     /// Lost nodes by when their grace ends and their runs end as lost.
     grace_deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String)>>,
 }

@@ -3,6 +3,21 @@
 use super::*;
 
 impl RemoteNodes {
+    /// Nodes whose reported caps changed since the last call (each once).
+    pub fn cap_reports_changed(&self) -> Vec<String> {
+        self.lock().cap_reports_changed.drain().collect()
+    }
+
+    /// The GPU cap (watts per GPU) and CPU limit (watts) `node` reports applying, and whether
+    /// it has a live agent.
+    pub fn applied(&self, node: &str) -> (Option<f64>, Option<f64>, bool) {
+        let inner = self.lock();
+        match inner.slots.get(node) {
+            Some(s) => (s.applied_cap, s.applied_cpu_cap, s.lease_until.is_some()),
+            None => (None, None, false),
+        }
+    }
+
     /// Latest reported power draw per live node, watts.
     pub fn power(&self) -> HashMap<String, f64> {
         self.of_live_nodes(|s| s.power_watts)

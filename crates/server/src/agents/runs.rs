@@ -185,6 +185,16 @@ impl RemoteNodes {
         if renew {
             inner.deadlines.push(std::cmp::Reverse((until, node.to_string())));
         }
+        // A node back (or new) is looked at again too: what it applies may not be what it was asked.
+        if renew
+            && inner.slots.get(node).is_none_or(|s| {
+                s.lease_until.is_none()
+                    || s.applied_cap != hb.gpu_power_cap_watts
+                    || s.applied_cpu_cap != hb.cpu_power_cap_watts
+            })
+        {
+            inner.cap_reports_changed.insert(node.to_string());
+        }
         let slot = inner.slots.entry(node.to_string()).or_default();
         if renew {
             slot.lease_until = Some(until);

@@ -76,6 +76,8 @@ pub struct Scheduler {
     deferral: Option<sched::defer::DeferralGate>,
     /// Price-following GPU caps by UTC hour of the year, fraction of the board limit.
     gpu_cap_by_hour: Option<Vec<f64>>,
+    /// What the agents were last asked to cap.
+    asked_caps: power::AskedCaps,
     executor: Arc<dyn NodeExecutor>,
     tick: Duration,
     /// The live state; `None` until read from the store (at start, and after a failed write).
@@ -120,6 +122,7 @@ impl Scheduler {
             guard,
             deferral: None,
             gpu_cap_by_hour: None,
+            asked_caps: power::AskedCaps::default(),
             executor,
             tick,
             live: None,
