@@ -309,6 +309,8 @@ pub struct Store {
 #[allow(clippy::large_enum_variant)]
 enum Submission {
     Insert(PendingInsert),
+    /// A node's join ([`Store::upsert_agent_node`]): joins arriving together share a commit too.
+    Node(AgentNode, oneshot::Sender<Result<()>>),
     /// Stop: answer what was handed over before, fail what comes after, then say so.
     Close(oneshot::Sender<()>),
 }
@@ -833,18 +835,9 @@ impl Store {
     /// Records a node that joined, or replaces its credential, inventory and address when it
     /// joins again: the old credential stops working.
     pub async fn upsert_agent_node(&self, node: &AgentNode) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO agent_nodes (name, token_hash, inventory_json, address, joined_ms) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (name) DO UPDATE SET token_hash = $2, inventory_json = $3, address = $4, joined_ms = $5",
-        )
-        .bind(&node.name)
-        .bind(&node.token_hash)
-        .bind(&node.inventory_json)
-        .bind(&node.address)
-        .bind(node.joined_ms)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let (reply, answer) = oneshot::channel();
+        self.submissions.send(Submission::Node(node.clone(), reply)).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Every node that joined, by name.
@@ -913,15 +906,23 @@ async fn write_submissions(writer: AnyPool, backend: Backend, mut queue: mpsc::R
             break;
         }
         let mut batch = Vec::with_capacity(waiting.len());
+        let mut nodes = Vec::new();
         for submission in waiting.drain(..) {
             match submission {
                 Submission::Insert(insert) if closers.is_empty() => batch.push(insert),
+                Submission::Node(node, reply) if closers.is_empty() => nodes.push((node, reply)),
                 // Handed over after the store began to close.
                 Submission::Insert(insert) => {
                     let _ = insert.reply.send(Err(StoreError::Closed));
                 }
+                Submission::Node(_, reply) => {
+                    let _ = reply.send(Err(StoreError::Closed));
+                }
                 Submission::Close(done) => closers.push(done),
             }
+        }
+        if !nodes.is_empty() {
+            commit_nodes(&writer, nodes).await;
         }
         if !batch.is_empty() {
             commit_batch(&writer, backend, batch).await;
@@ -939,6 +940,9 @@ async fn write_submissions(writer: AnyPool, backend: Backend, mut queue: mpsc::R
                 Submission::Insert(insert) => {
                     let _ = insert.reply.send(Err(StoreError::Closed));
                 }
+                Submission::Node(_, reply) => {
+                    let _ = reply.send(Err(StoreError::Closed));
+                }
                 Submission::Close(done) => closers.push(done),
             }
         }
@@ -947,6 +951,48 @@ async fn write_submissions(writer: AnyPool, backend: Backend, mut queue: mpsc::R
     for done in closers {
         let _ = done.send(());
     }
+}
+
+/// Stores the joins of `nodes` in one transaction and answers each; if it fails, each is tried
+/// alone, so a bad one fails by itself.
+async fn commit_nodes(writer: &AnyPool, nodes: Vec<(AgentNode, oneshot::Sender<Result<()>>)>) {
+    let all: Vec<&AgentNode> = nodes.iter().map(|(n, _)| n).collect();
+    match upsert_nodes(writer, &all).await {
+        Ok(()) => {
+            for (_, reply) in nodes {
+                let _ = reply.send(Ok(()));
+            }
+        }
+        Err(error) if nodes.len() == 1 => {
+            if let Some((_, reply)) = nodes.into_iter().next() {
+                let _ = reply.send(Err(error));
+            }
+        }
+        Err(_) => {
+            for (node, reply) in nodes {
+                let _ = reply.send(upsert_nodes(writer, &[&node]).await);
+            }
+        }
+    }
+}
+
+async fn upsert_nodes(writer: &AnyPool, nodes: &[&AgentNode]) -> Result<()> {
+    let mut tx = writer.begin().await?;
+    for node in nodes {
+        sqlx::query(
+            "INSERT INTO agent_nodes (name, token_hash, inventory_json, address, joined_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (name) DO UPDATE SET token_hash = $2, inventory_json = $3, address = $4, joined_ms = $5",
+        )
+        .bind(&node.name)
+        .bind(&node.token_hash)
+        .bind(&node.inventory_json)
+        .bind(&node.address)
+        .bind(node.joined_ms)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Stores one batch of submissions in one transaction and answers each caller.
