@@ -9,7 +9,7 @@ mod common;
 use common::{Procs, create_tenant, free_port, join_token, wait_healthy};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const ADMIN: &str = "agent-e2e-admin";
@@ -18,15 +18,9 @@ const NODES: [&str; 3] = ["hall-a-r001-n01", "hall-a-r001-n02", "hall-a-r002-n01
 const LEASE_MS: u64 = 1000;
 
 fn server(db: &str, port: u16, dir: &Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_drome"))
-        .args(["server", "--db", db, "--listen", &format!("127.0.0.1:{port}"), "--admin-token", ADMIN])
-        .args(["--fleet", FLEET, "--agents", "--heartbeat-ms", "200", "--lease-ms", &LEASE_MS.to_string()])
-        .env("RUST_LOG", "info,sqlx=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    let lease = LEASE_MS.to_string();
+    let args = ["--fleet", FLEET, "--agents", "--heartbeat-ms", "200", "--lease-ms", &lease];
+    common::server(db, port, ADMIN, &args, dir, None)
 }
 
 fn agent(base: &str, join: &str, name: &str, dir: &Path) -> Child {

@@ -9,7 +9,7 @@ mod common;
 use common::{Procs, agent, create_tenant, free_port, get_job, join_token, submit, wait_healthy};
 use serde_json::json;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 const ADMIN: &str = "exit-crash-admin";
@@ -17,17 +17,8 @@ const FLEET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fleets/small.tom
 const NODE: &str = "hall-a-r001-n01";
 
 fn server(db: &str, port: u16, dir: &Path, failpoint: bool) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_drome"));
-    cmd.args(["server", "--db", db, "--listen", &format!("127.0.0.1:{port}"), "--admin-token", ADMIN])
-        .args(["--fleet", FLEET, "--agents", "--heartbeat-ms", "200", "--lease-ms", "5000"])
-        .env("RUST_LOG", "info,sqlx=warn")
-        .stdout(Stdio::null())
-        .stderr(log);
-    if failpoint {
-        cmd.env("DROME_FAILPOINT", "before-exit-recorded");
-    }
-    cmd.spawn().unwrap()
+    let args = ["--fleet", FLEET, "--agents", "--heartbeat-ms", "200", "--lease-ms", "5000"];
+    common::server(db, port, ADMIN, &args, dir, failpoint.then_some("before-exit-recorded"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

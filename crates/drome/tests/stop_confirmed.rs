@@ -39,22 +39,11 @@ node_type = "hgx-h200"
 const NODES: [&str; 2] = ["hall-a-r001-n01", "hall-a-r001-n02"];
 
 fn server(db: &str, port: u16, dir: &Path, policy: &str, failpoint: Option<&str>) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).unwrap();
     let fleet = dir.join("pair.toml");
     std::fs::write(&fleet, PAIR).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_drome"));
-    cmd.args(["server", "--db", db, "--listen", &format!("127.0.0.1:{port}"), "--admin-token", ADMIN])
-        .arg("--fleet")
-        .arg(&fleet)
-        .args(["--agents", "--heartbeat-ms", "200", "--lease-ms", "5000", "--policy", policy])
-        .args(["--preempt-exempt-s", "0"])
-        .env("RUST_LOG", "info,sqlx=warn")
-        .stdout(Stdio::null())
-        .stderr(log);
-    if let Some(f) = failpoint {
-        cmd.env("DROME_FAILPOINT", f);
-    }
-    cmd.spawn().unwrap()
+    let fleet = fleet.display().to_string();
+    let args = ["--fleet", &fleet, "--agents", "--heartbeat-ms", "200", "--lease-ms", "5000", "--policy", policy];
+    common::server(db, port, ADMIN, &[&args[..], &["--preempt-exempt-s", "0"]].concat(), dir, failpoint)
 }
 
 /// A run that writes its shell's pid to `pid_file` and ignores SIGTERM, so it outlives the

@@ -96,6 +96,43 @@ pub(super) fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// Starts `drome server` on a free loopback port over `db` and `fleet` with `admin` as its admin
+/// token and `extra` arguments, its log in `dir/server.log`, and waits (up to a minute) until it
+/// answers: the process and a client of it.
+pub(super) async fn start_server(
+    exe: &Path,
+    db: &str,
+    fleet: &Path,
+    admin: &str,
+    extra: &[&str],
+    dir: &Path,
+) -> anyhow::Result<(Child, Client)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = Command::new(exe)
+        .args(["server", "--db", db, "--listen", &format!("127.0.0.1:{port}"), "--admin-token", admin])
+        .arg("--fleet")
+        .arg(fleet)
+        .args(extra)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::null())
+        .stderr(log_file(dir, "server.log")?)
+        .spawn()
+        .context("cannot start the server")?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(256).build()?;
+    let c = Client { http, base: base.clone() };
+    let t0 = Instant::now();
+    while !matches!(c.http.get(format!("{base}/healthz")).send().await, Ok(r) if r.status().is_success()) {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = server.kill();
+            let _ = server.wait();
+            bail!("the server never answered; see {}", dir.join("server.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((server, c))
+}
+
 /// CPU seconds used by the server and by all the agent processes.
 fn control_plane_cpu(procs: &Procs) -> (f64, f64) {
     let server = procs.server.as_ref().and_then(|s| cpu_seconds(s.id())).unwrap_or(0.0);
@@ -323,30 +360,10 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Resul
     let fleet = dir.join("fleet.toml");
     std::fs::write(&fleet, fleet_toml(args.nodes)).with_context(|| format!("cannot write {}", fleet.display()))?;
     let db = args.db.clone().unwrap_or_else(|| format!("sqlite://{}", dir.join("drome.db").display()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let base = format!("http://127.0.0.1:{port}");
     let mut procs = Procs { server: None, agents: Vec::new() };
-    procs.server = Some(
-        Command::new(&exe)
-            .args(["server", "--db", &db, "--listen", &format!("127.0.0.1:{port}"), "--admin-token", ADMIN])
-            .arg("--fleet")
-            .arg(&fleet)
-            .arg("--agents")
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::null())
-            .stderr(log_file(dir, "server.log")?)
-            .spawn()
-            .context("cannot start the server")?,
-    );
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(256).build()?;
-    let c = Client { http, base: base.clone() };
-    let t0 = Instant::now();
-    while !matches!(c.http.get(format!("{base}/healthz")).send().await, Ok(r) if r.status().is_success()) {
-        if t0.elapsed() > Duration::from_secs(60) {
-            bail!("the server never answered; see {}", dir.join("server.log").display());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (server, c) = start_server(&exe, &db, &fleet, ADMIN, &["--agents"], dir).await?;
+    procs.server = Some(server);
+    let base = c.base.clone();
     let tenant = c.post("/v1/tenants", ADMIN, &json!({"name": "bench"})).await?;
     let token = tenant["token"].as_str().context("no tenant token")?.to_string();
     let join = c.post("/v1/join-tokens", ADMIN, &json!({})).await?;

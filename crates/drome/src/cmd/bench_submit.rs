@@ -4,15 +4,15 @@
 //! job after the first, so the scheduler does next to nothing and what is timed is the
 //! submission path: HTTP, authentication, validation, the group commit.
 
-use super::bench_agents::{Client, cpu_seconds, log_file, quantile};
+use super::bench_agents::{cpu_seconds, quantile, start_server};
 use super::{Output, print_json};
 use anyhow::{Context, bail};
 use report::Table;
 use serde::Serialize;
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct SubmitBenchArgs {
@@ -93,30 +93,10 @@ pub fn run(args: SubmitBenchArgs) -> anyhow::Result<()> {
 async fn bench(args: &SubmitBenchArgs, dir: &Path) -> anyhow::Result<Report> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let db = args.db.clone().unwrap_or_else(|| format!("sqlite://{}", dir.join("drome.db").display()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let base = format!("http://127.0.0.1:{port}");
     let fleet: PathBuf = dir.join("fleet.toml");
     std::fs::write(&fleet, super::server::VALENCE_TOML)?;
-    let server = Server(
-        Command::new(&exe)
-            .args(["server", "--db", &db, "--listen", &format!("127.0.0.1:{port}"), "--admin-token", ADMIN])
-            .arg("--fleet")
-            .arg(&fleet)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::null())
-            .stderr(log_file(dir, "server.log")?)
-            .spawn()
-            .context("cannot start the server")?,
-    );
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(256).build()?;
-    let c = Client { http, base: base.clone() };
-    let t0 = Instant::now();
-    while !matches!(c.http.get(format!("{base}/healthz")).send().await, Ok(r) if r.status().is_success()) {
-        if t0.elapsed() > Duration::from_secs(60) {
-            bail!("the server never answered; see {}", dir.join("server.log").display());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (process, c) = start_server(&exe, &db, &fleet, ADMIN, &[], dir).await?;
+    let process = Server(process);
     // A fresh tenant each run (a --db may hold earlier ones), held to one GPU.
     let name = format!("bench-{}-{}", std::process::id(), server::now_ms());
     let tenant = c.post("/v1/tenants", ADMIN, &json!({"name": name, "gpu_quota": 1})).await?;
@@ -124,11 +104,11 @@ async fn bench(args: &SubmitBenchArgs, dir: &Path) -> anyhow::Result<Report> {
     let spec = json!({"name": "held", "command": "sleep", "args": ["600"], "gpus_per_node": 1});
     // Warm the connections and the server's caches.
     c.submit_many(&token, &spec, args.clients, args.clients).await?;
-    let cpu0 = cpu_seconds(server.0.id()).unwrap_or(0.0);
+    let cpu0 = cpu_seconds(process.0.id()).unwrap_or(0.0);
     let t = Instant::now();
     let (_, mut latencies) = c.submit_many(&token, &spec, args.jobs, args.clients).await?;
     let seconds = t.elapsed().as_secs_f64();
-    let cpu1 = cpu_seconds(server.0.id()).unwrap_or(0.0);
+    let cpu1 = cpu_seconds(process.0.id()).unwrap_or(0.0);
     latencies.sort_by(f64::total_cmp);
     let database = if db.starts_with("sqlite") { "SQLite (WAL, synchronous FULL)" } else { "PostgreSQL" };
     Ok(Report {

@@ -73,6 +73,30 @@ pub fn agent(netns: Option<&str>, base: &str, join: &str, name: &str, dir: &std:
         .unwrap()
 }
 
+/// `drome server` listening on `port` over `db`, with `admin` as its admin token and `args`
+/// after, its log appended to `dir/server.log`; `failpoint` sets `DROME_FAILPOINT`.
+pub fn server(
+    db: &str,
+    port: u16,
+    admin: &str,
+    args: &[&str],
+    dir: &std::path::Path,
+    failpoint: Option<&str>,
+) -> Child {
+    use std::process::{Command, Stdio};
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_drome"));
+    cmd.args(["server", "--db", db, "--listen", &format!("127.0.0.1:{port}"), "--admin-token", admin])
+        .args(args)
+        .env("RUST_LOG", "info,sqlx=warn")
+        .stdout(Stdio::null())
+        .stderr(log);
+    if let Some(f) = failpoint {
+        cmd.env("DROME_FAILPOINT", f);
+    }
+    cmd.spawn().unwrap()
+}
+
 /// Submits `spec` as the tenant of `token`; the new job's id.
 pub async fn submit(http: &reqwest::Client, base: &str, token: &str, spec: &serde_json::Value) -> i64 {
     let v = json_of(http.post(format!("{base}/v1/jobs")).bearer_auth(token).json(spec)).await;

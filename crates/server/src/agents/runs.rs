@@ -52,6 +52,48 @@ impl Drop for Guard {
 }
 
 impl RemoteNodes {
+    /// Registers `spec`'s run on its node: to be handed out, or (`stopping`) to be killed if the
+    /// node has it. Its future ends with the run's end, which a node may have reported already
+    /// (after a server restart); a run to start on a node without an agent is lost at once,
+    /// while one to stop there is gone a grace from now at the latest.
+    fn assign(&self, spec: RunSpec, stopping: bool) -> RunFuture {
+        let assignment = self.assignment(&spec);
+        let run = assignment.run;
+        let (tx, rx) = oneshot::channel();
+        let early = {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let slot = inner.slots.entry(spec.node.clone()).or_default();
+            let lost = slot.lease_until.is_none();
+            let early = if lost && !stopping {
+                Some(RunOutcome::Lost { message: format!("node {} has no agent", spec.node) })
+            } else if let Some(code) = slot.early_exits.remove(&run) {
+                slot.unacked.insert(run);
+                let nodes = inner.awaiting_ack.entry(run.job_id).or_default();
+                if !nodes.contains(&spec.node) {
+                    nodes.push(spec.node.clone());
+                }
+                Some(RunOutcome::Exited { code })
+            } else {
+                slot.assigned.insert((run.job_id, run.member), Assigned { assignment, done: Some(tx), stopping });
+                slot.wake(&spec.node);
+                None
+            };
+            if lost && early.is_none() {
+                inner.grace_deadlines.push(std::cmp::Reverse((Instant::now() + self.config.grace, spec.node.clone())));
+            }
+            early
+        };
+        let guard = Guard { nodes: self.clone(), node: spec.node.clone(), run };
+        Box::pin(async move {
+            let _guard = guard;
+            if let Some(outcome) = early {
+                return outcome;
+            }
+            rx.await.unwrap_or(RunOutcome::Lost { message: "the run was dropped".into() })
+        })
+    }
+
     /// What the node is handed for `spec`'s work.
     fn assignment(&self, spec: &RunSpec) -> api::Assignment {
         let run = RunKey { job_id: spec.job_id, member: spec.member, generation: spec.generation };
@@ -76,36 +118,7 @@ impl RemoteNodes {
 
 impl NodeExecutor for RemoteNodes {
     fn run(&self, spec: RunSpec) -> RunFuture {
-        let assignment = self.assignment(&spec);
-        let run = assignment.run;
-        let (tx, rx) = oneshot::channel();
-        let early = {
-            let mut inner = self.lock();
-            let slot = inner.slots.entry(spec.node.clone()).or_default();
-            if slot.lease_until.is_none() {
-                Some(RunOutcome::Lost { message: format!("node {} has no agent", spec.node) })
-            } else if let Some(code) = slot.early_exits.remove(&run) {
-                slot.unacked.insert(run);
-                let nodes = inner.awaiting_ack.entry(run.job_id).or_default();
-                if !nodes.contains(&spec.node) {
-                    nodes.push(spec.node.clone());
-                }
-                Some(RunOutcome::Exited { code })
-            } else {
-                let assigned = Assigned { assignment, done: Some(tx), stopping: false };
-                slot.assigned.insert((run.job_id, run.member), assigned);
-                slot.wake(&spec.node);
-                None
-            }
-        };
-        let guard = Guard { nodes: self.clone(), node: spec.node.clone(), run };
-        Box::pin(async move {
-            let _guard = guard;
-            if let Some(outcome) = early {
-                return outcome;
-            }
-            rx.await.unwrap_or(RunOutcome::Lost { message: "the run was dropped".into() })
-        })
+        self.assign(spec, false)
     }
 
     fn stop(&self, node: &str, job_id: i64, member: u32, generation: i64) -> bool {
@@ -122,41 +135,7 @@ impl NodeExecutor for RemoteNodes {
     }
 
     fn stop_run(&self, spec: RunSpec) -> RunFuture {
-        let assignment = self.assignment(&spec);
-        let run = assignment.run;
-        let (tx, rx) = oneshot::channel();
-        let early = {
-            let mut guard = self.lock();
-            let inner = &mut *guard;
-            let slot = inner.slots.entry(spec.node.clone()).or_default();
-            if let Some(code) = slot.early_exits.remove(&run) {
-                // The node reported the run's end already: nothing left to stop.
-                slot.unacked.insert(run);
-                let nodes = inner.awaiting_ack.entry(run.job_id).or_default();
-                if !nodes.contains(&spec.node) {
-                    nodes.push(spec.node.clone());
-                }
-                Some(RunOutcome::Exited { code })
-            } else {
-                if slot.lease_until.is_none() {
-                    // A lost node: whatever it ran has stopped a grace from now at the latest.
-                    let due = Instant::now() + self.config.grace;
-                    inner.grace_deadlines.push(std::cmp::Reverse((due, spec.node.clone())));
-                }
-                let slot = inner.slots.entry(spec.node.clone()).or_default();
-                slot.assigned.insert((run.job_id, run.member), Assigned { assignment, done: Some(tx), stopping: true });
-                slot.wake(&spec.node);
-                None
-            }
-        };
-        let guard = Guard { nodes: self.clone(), node: spec.node.clone(), run };
-        Box::pin(async move {
-            let _guard = guard;
-            if let Some(outcome) = early {
-                return outcome;
-            }
-            rx.await.unwrap_or(RunOutcome::Lost { message: "the run was dropped".into() })
-        })
+        self.assign(spec, true)
     }
 
     fn unavailable(&self, all: &[String]) -> Vec<String> {

@@ -282,15 +282,7 @@ impl Scheduler {
         }
         // Jobs placed in an earlier round and not yet started (before a crash) start now.
         if !scheduled.is_empty() {
-            let steps: Vec<Transition> = scheduled
-                .iter()
-                .map(|&id| Transition {
-                    job_id: id,
-                    from: vec![JobState::Scheduled],
-                    to: JobState::Running,
-                    change: Change { started: true, ..Default::default() },
-                })
-                .collect();
+            let steps: Vec<Transition> = scheduled.iter().map(|&id| run_step(id)).collect();
             let applied = store.transitions(&steps, now).await?;
             for (id, ok) in scheduled.iter().zip(applied) {
                 if let Some(j) = live.job_mut(*id).filter(|_| ok) {
@@ -627,8 +619,7 @@ impl Scheduler {
                 Change { placement_json: Some(Some(encode_placement(&fleet, placement))), ..Default::default() };
             steps.push(Transition { job_id: *id, from: vec![JobState::Pending], to: JobState::Scheduled, change });
             if !waits {
-                let change = Change { started: true, ..Default::default() };
-                steps.push(Transition { job_id: *id, from: vec![JobState::Scheduled], to: JobState::Running, change });
+                steps.push(run_step(*id));
             }
         }
         let applied = match self.st.store.transitions(&steps, now).await {
@@ -718,15 +709,7 @@ impl Scheduler {
         if ready.is_empty() {
             return Ok(());
         }
-        let steps: Vec<Transition> = ready
-            .iter()
-            .map(|&id| Transition {
-                job_id: id,
-                from: vec![JobState::Scheduled],
-                to: JobState::Running,
-                change: Change { started: true, ..Default::default() },
-            })
-            .collect();
+        let steps: Vec<Transition> = ready.iter().map(|&id| run_step(id)).collect();
         let now = now_ms();
         let applied = self.st.store.transitions(&steps, now).await?;
         let Some(mut live) = self.live.take() else { return Ok(()) };
@@ -944,6 +927,12 @@ fn failure(job: &Job, exit_code: Option<i64>, why: String) -> (JobState, Change)
     } else {
         (JobState::Failed, Change { finished: true, exit_code, message: Some(why), ..Default::default() })
     }
+}
+
+/// The step that runs a scheduled job: its start, a new generation.
+fn run_step(job_id: i64) -> Transition {
+    let change = Change { started: true, ..Default::default() };
+    Transition { job_id, from: vec![JobState::Scheduled], to: JobState::Running, change }
 }
 
 /// The step that sends a job in `from` back to the queue, its placement and times cleared.
