@@ -28,17 +28,19 @@ pub mod limits {
 pub enum JobState {
     /// Waiting in the queue.
     Pending,
-    /// Placed on nodes, not yet started.
+    /// Placed on nodes, not yet started: a run being stopped there is not gone yet.
     Scheduled,
-    /// Started on its nodes.
+    /// Handed to its nodes' agents, which start it; each start is a new generation.
     Running,
     /// Ended with exit code 0 (or a GPU instance released at its expiry).
     Succeeded,
     /// Ended with a non-zero exit code, or ran past its maximum runtime.
     Failed,
-    /// Cancelled by its tenant (a GPU instance released).
+    /// Cancelled by its tenant (a GPU instance released); it has its finish time once its
+    /// processes are gone.
     Cancelled,
-    /// Taken off its GPUs by the scheduler; it goes back to the queue.
+    /// Taken off its GPUs by the scheduler, its processes being stopped; it goes back to the
+    /// queue once they are gone.
     Preempted,
 }
 
