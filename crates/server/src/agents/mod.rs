@@ -84,6 +84,9 @@ struct Inner {
     slots: HashMap<String, Slot>,
     /// Credential hash to node name.
     credentials: HashMap<String, String>,
+    /// Node name to its credential hash: a node that joins again drops its old credential
+    /// without a walk over every node's.
+    credential_of: HashMap<String, String>,
     /// Log requests waiting for their node's answer: id to (node, answer).
     log_waiters: HashMap<u64, (String, oneshot::Sender<api::LogChunk>)>,
     next_log_id: u64,
@@ -136,7 +139,9 @@ impl RemoteNodes {
     /// one lease to come back).
     pub fn register(&self, name: &str, credential_hash: &str, address: &str) {
         let mut inner = self.lock();
-        inner.credentials.retain(|_, n| n != name);
+        if let Some(old) = inner.credential_of.insert(name.to_string(), credential_hash.to_string()) {
+            inner.credentials.remove(&old);
+        }
         inner.credentials.insert(credential_hash.to_string(), name.to_string());
         let lease = Instant::now() + self.config.lease;
         let slot = inner.slots.entry(name.to_string()).or_default();
