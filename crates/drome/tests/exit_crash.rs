@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Procs, agent, create_tenant, free_port, get_job, join_token, submit, wait_healthy};
+use common::{Procs, agent, create_tenant, free_port, get_job, join_token, submit, wait_aborted, wait_healthy};
 use serde_json::json;
 use std::path::Path;
 use std::process::Child;
@@ -39,15 +39,7 @@ async fn an_exit_reported_before_a_crash_is_recorded_after_it() {
     let id = submit(&http, &base, &token, &spec).await;
 
     // The run ends, the agent reports it, the server aborts before recording it.
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = procs.0[0].try_wait().unwrap() {
-            break s;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(20), "the failpoint never fired");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(!status.success(), "the server aborted: {status:?}");
+    wait_aborted(&mut procs.0[0]).await;
 
     // Back on the same store: the job was left running; the agent's report must end it.
     procs.0[0] = server(&db, port, &dir, false);

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{Procs, agent, create_tenant, free_port, get_job, join_token, submit, wait_healthy};
+use common::{Procs, agent, create_tenant, free_port, get_job, join_token, submit, wait_aborted, wait_healthy};
 use serde_json::json;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -156,11 +156,7 @@ async fn cancellation(name: &str, crash: bool) {
         Err(e) => assert!(crash, "cancel failed: {e}"),
     }
     if crash {
-        let t0 = Instant::now();
-        while procs.0[0].try_wait().unwrap().is_none() {
-            assert!(t0.elapsed() < Duration::from_secs(30), "the failpoint never fired");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_aborted(&mut procs.0[0]).await;
         procs.0[0] = server(&db, port, &dir, "fifo", None);
         wait_healthy(&http, &base).await;
     }
@@ -203,15 +199,7 @@ async fn preemption(name: &str, crash: bool) {
     let out = dir.join("census");
     let new = submit(&http, &base, &b, &census(&pids, &out)).await;
     if crash {
-        let t0 = Instant::now();
-        let status = loop {
-            if let Some(s) = procs.0[0].try_wait().unwrap() {
-                break s;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(30), "the failpoint never fired");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert!(!status.success(), "the server aborted: {status:?}");
+        wait_aborted(&mut procs.0[0]).await;
         procs.0[0] = server(&db, port, &dir, "quota", None);
         wait_healthy(&http, &base).await;
     }

@@ -97,6 +97,20 @@ pub fn server(
     cmd.spawn().unwrap()
 }
 
+/// Waits (at most 30 s) until `child`, a server with a failpoint, has aborted; fails the test if
+/// it never does or exits cleanly.
+pub async fn wait_aborted(child: &mut Child) {
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "the failpoint never fired");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(!status.success(), "the server aborted: {status:?}");
+}
+
 /// Submits `spec` as the tenant of `token`; the new job's id.
 pub async fn submit(http: &reqwest::Client, base: &str, token: &str, spec: &serde_json::Value) -> i64 {
     let v = json_of(http.post(format!("{base}/v1/jobs")).bearer_auth(token).json(spec)).await;
