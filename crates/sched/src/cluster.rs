@@ -92,6 +92,13 @@ pub struct ClusterState {
     member_kinds: Vec<[u16; MEMBER_KINDS]>,
     allocated_gpu_milli: u64,
     total_gpu_milli: u64,
+    /// A caller's grouping of the nodes (a group per node), whose allocated GPU-thousandths are
+    /// kept summed as work comes and goes: the power guard groups by site and power figures and
+    /// reads a site's load from a few sums instead of walking every allocation.
+    node_groups: Option<Arc<[u32]>>,
+    group_allocated_milli: Vec<u64>,
+    /// Allocations and releases so far: a caller that saw the same count saw the same state.
+    changes: u64,
 }
 
 /// Kinds of GPU-holding members [`ClusterState::member_kinds`] tells apart: a share of one GPU
@@ -135,6 +142,9 @@ impl ClusterState {
             member_kinds: vec![[0; MEMBER_KINDS]; fleet.nodes.len()],
             allocated_gpu_milli: 0,
             total_gpu_milli: u64::from(total) * u64::from(GPU_MILLI_PER_GPU),
+            node_groups: None,
+            group_allocated_milli: Vec::new(),
+            changes: 0,
             fleet,
         };
         let caps: Vec<Capacity> = (0..state.fleet.nodes.len()).map(|i| state.capacity_of(i)).collect();
@@ -206,6 +216,51 @@ impl ClusterState {
 
     pub fn running_count(&self) -> usize {
         self.allocations.len()
+    }
+
+    /// Allocations and releases made so far.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// Groups the nodes (`groups[node]`, below `group_count`; a node past the end of `groups`
+    /// counts in no group) and sums the GPU-thousandths allocated in each group from now on,
+    /// replacing any earlier grouping. Costs one walk over the allocations.
+    pub fn set_node_groups(&mut self, groups: Arc<[u32]>, group_count: usize) {
+        let mut sums = vec![0u64; group_count];
+        for p in self.allocations.values() {
+            for m in &p.members {
+                if let Some(sum) = groups.get(m.node.index()).and_then(|&g| sums.get_mut(g as usize)) {
+                    *sum += m.gpus.iter().map(|g| u64::from(g.milli)).sum::<u64>();
+                }
+            }
+        }
+        self.group_allocated_milli = sums;
+        self.node_groups = Some(groups);
+    }
+
+    /// The grouping [`ClusterState::set_node_groups`] set, if any.
+    pub fn node_groups(&self) -> Option<&Arc<[u32]>> {
+        self.node_groups.as_ref()
+    }
+
+    /// GPU-thousandths allocated in each group of [`ClusterState::set_node_groups`].
+    pub fn group_allocated_milli(&self) -> &[u64] {
+        &self.group_allocated_milli
+    }
+
+    fn add_to_group(&mut self, member: &MemberPlacement, sign: bool) {
+        let Some(groups) = &self.node_groups else { return };
+        let Some(sum) = groups.get(member.node.index()).and_then(|&g| self.group_allocated_milli.get_mut(g as usize))
+        else {
+            return;
+        };
+        let milli: u64 = member.gpus.iter().map(|g| u64::from(g.milli)).sum();
+        if sign {
+            *sum += milli;
+        } else {
+            *sum -= milli;
+        }
     }
 
     fn capacity_of(&self, i: usize) -> Capacity {
@@ -439,7 +494,9 @@ impl ClusterState {
                 self.member_kinds[i][k] += 1;
             }
             self.refresh(i);
+            self.add_to_group(m, true);
         }
+        self.changes += 1;
         self.allocated_gpu_milli += placement.gpu_milli();
         self.allocations.insert(job, placement);
         Ok(())
@@ -460,7 +517,9 @@ impl ClusterState {
                 self.member_kinds[i][k] -= 1;
             }
             self.refresh(i);
+            self.add_to_group(m, false);
         }
+        self.changes += 1;
         self.allocated_gpu_milli -= placement.gpu_milli();
         Ok(placement)
     }
@@ -496,6 +555,19 @@ impl ClusterState {
         }
         if kinds != self.member_kinds {
             return Err("member kinds out of step with allocations".into());
+        }
+        if let Some(groups) = &self.node_groups {
+            let mut sums = vec![0u64; self.group_allocated_milli.len()];
+            for p in self.allocations.values() {
+                for m in &p.members {
+                    if let Some(sum) = groups.get(m.node.index()).and_then(|&g| sums.get_mut(g as usize)) {
+                        *sum += m.gpus.iter().map(|g| u64::from(g.milli)).sum::<u64>();
+                    }
+                }
+            }
+            if sums != self.group_allocated_milli {
+                return Err("node groups' sums out of step with allocations".into());
+            }
         }
         for i in 0..self.free_cpu.len() {
             if self.live.get(i) != self.capacity_of(i) {

@@ -28,6 +28,7 @@ use crate::demand::{Demand, ModelSet};
 use crate::policy::{Decision, Policy};
 use crate::queue::{Queue, QueuedJob};
 use model::{GpuRequest, NodeId, SimDuration, SimTime, Workload, WorkloadId};
+use std::sync::Arc;
 
 /// Placeholder allocations use ids from here down; traces never come near.
 const PLACEHOLDER_BASE: u32 = u32::MAX;
@@ -143,42 +144,11 @@ impl PowerBudget {
         n.watts_per_gpu(cap) - if self.caps_hosts() { n.host_cut_watts_per_gpu } else { 0.0 }
     }
 
-    /// Per site, what capping the hosts of the allocated GPUs takes off the worst case.
-    fn host_cuts(&self, cluster: &ClusterState) -> Vec<f64> {
-        let mut cuts = vec![0.0; self.sites.len()];
-        for (id, p) in cluster.allocations() {
-            if is_placeholder(*id) {
-                continue;
-            }
-            for m in &p.members {
-                let n = self.node(m.node);
-                let gpus = m.gpus.iter().map(|g| f64::from(g.milli)).sum::<f64>() / MILLI;
-                if let Some(c) = cuts.get_mut(n.site as usize) {
-                    *c += gpus * n.host_cut_watts_per_gpu;
-                }
-            }
-        }
-        cuts
-    }
-
     fn share(&self) -> CapShare {
         match self.mode {
             PowerMode::Admission => CapShare::Even,
             PowerMode::Dynamic { share, .. } => share,
         }
-    }
-
-    /// Per site: (worst-case watts at full GPU caps, capped share of it) of the real allocations,
-    /// hosts capped when the mode may.
-    fn loads(&self, cluster: &ClusterState) -> Vec<(f64, f64)> {
-        let mut loads: Vec<(f64, f64)> = self.sites.iter().map(|s| (s.base_watts, 0.0)).collect();
-        for (id, p) in cluster.allocations() {
-            if is_placeholder(*id) {
-                continue;
-            }
-            self.add(&mut loads, p);
-        }
-        loads
     }
 
     fn add(&self, loads: &mut [(f64, f64)], p: &Placement) {
@@ -223,8 +193,25 @@ pub struct PowerGuard {
     shed_rank: rustc_hash::FxHashMap<WorkloadId, u32>,
     /// Per site, the fewest watts a GPU of the site adds at the floor cap (infinite: no GPUs).
     cheapest_per_gpu: Vec<f64>,
+    /// The nodes grouped by their power figures, as the cluster keeps them summed.
+    groups: Option<NodeGroups>,
     /// Starts rolled back over the run.
     pub refused_starts: u64,
+}
+
+/// The fleet's nodes grouped by site and power figures (at the design point and at present):
+/// the cluster sums the GPU-thousandths allocated in each group ([`ClusterState::set_node_groups`]),
+/// so a site's load is a few products, whatever the number of nodes or running jobs.
+#[derive(Clone, Debug)]
+struct NodeGroups {
+    of_node: Arc<[u32]>,
+    /// Per group: the figures of its nodes at the design point and at present.
+    figures: Vec<(NodeWatts, NodeWatts)>,
+    /// Per site: its nodes, and all their GPU-thousandths.
+    site_nodes: Vec<Vec<NodeId>>,
+    site_total_milli: Vec<u64>,
+    /// Per site: the most watts one of its GPUs adds at the floor cap.
+    dearest_per_gpu: Vec<f64>,
 }
 
 impl PowerGuard {
@@ -250,8 +237,113 @@ impl PowerGuard {
             caps_epoch: 0,
             shed_rank: Default::default(),
             cheapest_per_gpu,
+            groups: None,
             refused_starts: 0,
         }
+    }
+
+    /// Groups the nodes of `fleet` by site and figures; keeps `old`'s grouping (so the cluster's
+    /// sums stay valid) when the groups are the same nodes.
+    fn group_nodes(&self, fleet: &model::Fleet, old: Option<&NodeGroups>) -> NodeGroups {
+        let sites = self.budget.sites.len();
+        let floor = self.budget.floor_cap();
+        let mut index: rustc_hash::FxHashMap<[u64; 9], u32> = Default::default();
+        let mut figures: Vec<(NodeWatts, NodeWatts)> = Vec::new();
+        let mut of_node = Vec::with_capacity(fleet.nodes.len());
+        let mut site_nodes = vec![Vec::new(); sites];
+        let mut site_total_milli = vec![0u64; sites];
+        let mut dearest_per_gpu = vec![0.0f64; sites];
+        for id in fleet.node_ids() {
+            let design = self.budget.node(id);
+            let now = self.present.as_ref().map_or(design, |p| p.node(id));
+            let key = [
+                u64::from(design.site),
+                design.full_watts_per_gpu.to_bits(),
+                design.board_watts_per_gpu.to_bits(),
+                design.free_cap.to_bits(),
+                design.host_cut_watts_per_gpu.to_bits(),
+                now.full_watts_per_gpu.to_bits(),
+                now.board_watts_per_gpu.to_bits(),
+                now.free_cap.to_bits(),
+                now.host_cut_watts_per_gpu.to_bits(),
+            ];
+            let next = figures.len() as u32;
+            let g = *index.entry(key).or_insert(next);
+            if g == next {
+                figures.push((design, now));
+            }
+            of_node.push(g);
+            let s = design.site as usize;
+            if s < sites {
+                site_nodes[s].push(id);
+                site_total_milli[s] += u64::from(fleet.node(id).gpu_count) * MILLI as u64;
+                dearest_per_gpu[s] = dearest_per_gpu[s].max(self.budget.watts_per_gpu(&design, floor));
+            }
+        }
+        let of_node: Arc<[u32]> = match old {
+            Some(old) if *old.of_node == of_node[..] => old.of_node.clone(),
+            _ => of_node.into(),
+        };
+        NodeGroups { of_node, figures, site_nodes, site_total_milli, dearest_per_gpu }
+    }
+
+    /// Groups the nodes if not yet done and has the cluster keep their sums.
+    fn install_groups(&mut self, cluster: &mut ClusterState) {
+        let stale = self.groups.as_ref().is_none_or(|g| g.of_node.len() != cluster.node_count());
+        if stale {
+            self.groups = Some(self.group_nodes(cluster.fleet(), None));
+        }
+        let Some(groups) = &self.groups else { return };
+        if cluster.node_groups().is_none_or(|g| !Arc::ptr_eq(g, &groups.of_node)) {
+            cluster.set_node_groups(groups.of_node.clone(), groups.figures.len());
+        }
+    }
+
+    /// GPU-thousandths allocated per group (placeholders aside): the cluster's sums where it
+    /// keeps this guard's grouping, else a walk over the allocations.
+    fn group_milli<'a>(&self, groups: &NodeGroups, cluster: &'a ClusterState) -> std::borrow::Cow<'a, [u64]> {
+        if cluster.node_groups().is_some_and(|g| Arc::ptr_eq(g, &groups.of_node)) {
+            return std::borrow::Cow::Borrowed(cluster.group_allocated_milli());
+        }
+        let mut sums = vec![0u64; groups.figures.len()];
+        for (id, p) in cluster.allocations() {
+            if is_placeholder(*id) {
+                continue;
+            }
+            for m in &p.members {
+                if let Some(sum) = groups.of_node.get(m.node.index()).and_then(|&g| sums.get_mut(g as usize)) {
+                    *sum += m.gpus.iter().map(|g| u64::from(g.milli)).sum::<u64>();
+                }
+            }
+        }
+        std::borrow::Cow::Owned(sums)
+    }
+
+    /// Per site: (worst-case watts at full GPU caps, capped share of it) of the real allocations,
+    /// hosts capped when the mode may, and what capping the hosts takes off; from the figures at
+    /// present (`present`) or at the design point.
+    fn site_loads(&mut self, cluster: &ClusterState, present: bool) -> (Vec<(f64, f64)>, Vec<f64>) {
+        if self.groups.as_ref().is_none_or(|g| g.of_node.len() != cluster.node_count()) {
+            self.groups = Some(self.group_nodes(cluster.fleet(), None));
+        }
+        let figures = if present { self.present.as_ref().unwrap_or(&self.budget) } else { &self.budget };
+        let mut loads: Vec<(f64, f64)> = figures.sites.iter().map(|s| (s.base_watts, 0.0)).collect();
+        let mut cuts = vec![0.0; loads.len()];
+        let Some(groups) = &self.groups else { return (loads, cuts) };
+        let sums = self.group_milli(groups, cluster);
+        for (&milli, (design, now)) in sums.iter().zip(&groups.figures) {
+            if milli == 0 {
+                continue;
+            }
+            let n = if present { now } else { design };
+            let gpus = milli as f64 / MILLI;
+            if let (Some(l), Some(c)) = (loads.get_mut(n.site as usize), cuts.get_mut(n.site as usize)) {
+                l.0 += gpus * figures.watts_per_gpu(n, 1.0);
+                l.1 += gpus * n.board_watts_per_gpu;
+                *c += gpus * n.host_cut_watts_per_gpu;
+            }
+        }
+        (loads, cuts)
     }
 
     pub fn budget(&self) -> &PowerBudget {
@@ -340,6 +432,11 @@ impl PowerGuard {
             })
             .collect();
         self.present = Some(PowerBudget { sites, nodes, mode: self.budget.mode });
+        // The same nodes keep their group where their figures moved together (an hour's weather
+        // moves every node of a model alike), so the cluster's sums stay valid.
+        if let Some(old) = self.groups.take() {
+            self.groups = Some(self.group_nodes(cluster.fleet(), Some(&old)));
+        }
         if matches!(self.budget.mode, PowerMode::Dynamic { .. }) {
             self.set_job_caps(cluster);
         }
@@ -354,34 +451,40 @@ impl PowerGuard {
         if cluster.running_count() == 0 {
             return;
         }
+        self.install_groups(cluster);
+        let (loads, _) = self.site_loads(cluster, false);
+        let Some(groups) = self.groups.take() else { return };
         let floor = self.budget.floor_cap();
-        let loads = self.budget.loads(cluster);
-        let fleet = cluster.fleet().clone();
-        // Per site: how many GPU-thousandths may still be allocated, at the site's dearest GPU.
-        let mut free_nodes: Vec<Vec<(u32, NodeId)>> = vec![Vec::new(); self.budget.sites.len()];
-        let mut dearest = vec![0.0f64; self.budget.sites.len()];
-        for id in fleet.node_ids() {
-            let n = self.budget.node(id);
-            let Some(d) = dearest.get_mut(n.site as usize) else { continue };
-            *d = d.max(self.budget.watts_per_gpu(&n, floor));
-            let free: u32 = cluster.gpu_free_milli(id).iter().map(|&m| u32::from(m)).sum();
-            if free > 0 {
-                free_nodes[n.site as usize].push((free, id));
+        // Per site: GPU-thousandths allocated, from the groups' sums.
+        let mut allocated = vec![0u64; self.budget.sites.len()];
+        for (&milli, (design, _)) in cluster.group_allocated_milli().iter().zip(&groups.figures) {
+            if let Some(a) = allocated.get_mut(design.site as usize) {
+                *a += milli;
             }
         }
         let mut next = PLACEHOLDER_BASE;
         for (s, site) in self.budget.sites.iter().enumerate() {
+            // How many GPU-thousandths may still be allocated, at the site's dearest GPU.
             let at_floor = loads[s].0 - (1.0 - floor) * loads[s].1;
             let headroom = (site.cap_watts - at_floor).max(0.0);
-            let allowed_milli = if dearest[s] > 0.0 { (headroom / dearest[s] * MILLI).floor() } else { f64::INFINITY };
-            let free_total: f64 = free_nodes[s].iter().map(|(f, _)| f64::from(*f)).sum();
+            let dearest = groups.dearest_per_gpu[s];
+            let allowed_milli = if dearest > 0.0 { (headroom / dearest * MILLI).floor() } else { f64::INFINITY };
+            let free_total = groups.site_total_milli[s].saturating_sub(allocated[s]) as f64;
             let mut to_hide = free_total - allowed_milli;
             if to_hide <= 0.0 {
                 continue;
             }
+            // Only a site short of power has its nodes walked.
+            let mut free_nodes: Vec<(u32, NodeId)> = groups.site_nodes[s]
+                .iter()
+                .filter_map(|&id| {
+                    let free: u32 = cluster.gpu_free_milli(id).iter().map(|&m| u32::from(m)).sum();
+                    (free > 0).then_some((free, id))
+                })
+                .collect();
             // Most fragmented nodes first; ties by id, highest first (first-fit starts low).
-            free_nodes[s].sort_by_key(|&(f, id)| (f, std::cmp::Reverse(id.0)));
-            for &(_, node) in &free_nodes[s] {
+            free_nodes.sort_by_key(|&(f, id)| (f, std::cmp::Reverse(id.0)));
+            for &(_, node) in &free_nodes {
                 if to_hide <= 0.0 {
                     break;
                 }
@@ -421,6 +524,7 @@ impl PowerGuard {
                 }
             }
         }
+        self.groups = Some(groups);
     }
 
     /// False when `demand` could not run under any site's cap even on an idle fleet, on the
@@ -449,8 +553,9 @@ impl PowerGuard {
         for id in self.placeholders.drain(..) {
             let _ = cluster.release(id);
         }
+        self.install_groups(cluster);
         let floor = self.budget.floor_cap();
-        let mut loads = self.budget.loads(cluster);
+        let (mut loads, _) = self.site_loads(cluster, false);
         let over = |loads: &[(f64, f64)], s: usize| {
             self.budget.sites.get(s).is_some_and(|b| loads[s].0 - (1.0 - floor) * loads[s].1 > b.cap_watts)
         };
@@ -491,14 +596,17 @@ impl PowerGuard {
     /// case fits.
     fn set_job_caps(&mut self, cluster: &ClusterState) {
         let mut caps: rustc_hash::FxHashMap<WorkloadId, f64> = Default::default();
+        let (loads, cuts) = self.site_loads(cluster, true);
+        // Order of starts is kept for running jobs only; swept now and then, not every round.
+        if self.started_seq.len() > 2 * cluster.running_count() + 64 {
+            self.started_seq.retain(|id, _| cluster.allocation(*id).is_some());
+        }
         let figures = self.present.as_ref().unwrap_or(&self.budget);
-        let loads = figures.loads(cluster);
         let mut excess: Vec<f64> =
             loads.iter().zip(&figures.sites).map(|(l, b)| (l.0 - b.cap_watts).max(0.0)).collect();
-        self.started_seq.retain(|id, _| cluster.allocation(*id).is_some());
         // Hosts are capped (first, at no cost to typical work) on sites whose worst case with
         // hosts at full load does not fit; `loads` already counts them capped.
-        let cuts = if figures.caps_hosts() { figures.host_cuts(cluster) } else { vec![0.0; loads.len()] };
+        let cuts = if figures.caps_hosts() { cuts } else { vec![0.0; loads.len()] };
         let hosts: Vec<bool> = loads
             .iter()
             .zip(&cuts)

@@ -1,6 +1,7 @@
 //! Property tests of the scheduler's invariants over random fleets and job streams: no GPU
 //! over-committed (fractions included), gangs all-or-nothing on distinct nodes, constraints kept,
-//! and a placer never refuses a request that some node set could take.
+//! a placer never refuses a request that some node set could take, and the sums kept per group
+//! of nodes follow every change.
 
 mod common;
 
@@ -44,6 +45,12 @@ fn run(placer: &mut dyn Placer, nodes: &[(u8, usize)], ops: &[Op]) -> Result<(),
     let mut cluster = ClusterState::new(fleet(&spec));
     let mut running = Vec::new();
     for (i, op) in ops.iter().enumerate() {
+        // Part way through, the nodes are grouped: the sums start from what is allocated and
+        // follow every change after (`verify` recounts them).
+        if i == ops.len() / 3 {
+            let groups: Vec<u32> = (0..cluster.node_count() as u32).map(|n| n % 3).collect();
+            cluster.set_node_groups(groups.into(), 3);
+        }
         match op {
             Op::Submit { gpu, cpu, model } => {
                 let mut w = Workload::gpu_job(i as u32, SimTime::ZERO, *gpu, None);
@@ -77,6 +84,7 @@ fn run(placer: &mut dyn Placer, nodes: &[(u8, usize)], ops: &[Op]) -> Result<(),
     }
     let total: u64 = running.iter().map(|id| cluster.allocation(*id).map_or(0, |p| p.gpu_milli())).sum();
     prop_assert_eq!(total, cluster.allocated_gpu_milli());
+    prop_assert_eq!(cluster.group_allocated_milli().iter().sum::<u64>(), cluster.allocated_gpu_milli());
     prop_assert!(cluster.allocated_gpu_milli() <= cluster.total_gpu_milli());
     Ok(())
 }

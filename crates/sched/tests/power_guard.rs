@@ -199,3 +199,100 @@ fn host_caps_come_first_and_only_while_the_site_needs_them() {
     let cap = p.guard.job_cap(model::WorkloadId(0));
     assert!((cap - (1.0 - 500.0 / 5600.0)).abs() < 1e-9, "{cap}");
 }
+
+/// Jobs that start and end in any order, ended on the cluster between rounds (as the live server
+/// does): after every round each site's worst case fits its cap, and the sums the cluster keeps
+/// for the guard agree with its allocations.
+mod props {
+    use super::common::{fleet, job};
+    use model::{GpuRequest, SimTime, WorkloadId};
+    use proptest::prelude::*;
+    use sched::power::{CapShare, NodeWatts, PowerBudget, PowerCapped, PowerMode, SiteBudget};
+    use sched::{ClusterState, Decision, Demand, Fifo, FirstFit, Policy, Queue, QueuedJob};
+    use std::sync::Arc;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Submit(GpuRequest),
+        End(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let gpu = prop_oneof![
+            (100u32..1000).prop_map(|m| GpuRequest::Fraction { gpu_milli: m }),
+            (1u32..=8).prop_map(|g| GpuRequest::whole_gpus(g, 8)),
+            (2u32..=3).prop_map(|n| GpuRequest::Gang { nodes: n, gpus_per_node: 4 }),
+        ];
+        prop_oneof![3 => gpu.prop_map(Op::Submit), 2 => (0usize..32).prop_map(Op::End)]
+    }
+
+    fn run(mode: PowerMode, caps: (f64, f64), ops: &[Op]) -> Result<(), TestCaseError> {
+        let f = fleet(&[(8, "H200"); 6]);
+        // Even nodes feed site 0, odd ones site 1, with other figures.
+        let nodes = (0..6)
+            .map(|i| {
+                if i % 2 == 0 {
+                    NodeWatts { site: 0, full_watts_per_gpu: 1000.0, board_watts_per_gpu: 700.0, ..NodeWatts::default() }
+                } else {
+                    NodeWatts { site: 1, full_watts_per_gpu: 800.0, board_watts_per_gpu: 500.0, ..NodeWatts::default() }
+                }
+            })
+            .collect();
+        let sites = vec![SiteBudget { cap_watts: caps.0, base_watts: 500.0 }, SiteBudget { cap_watts: caps.1, base_watts: 500.0 }];
+        let mut p = PowerCapped::new(Fifo::new("fifo", Box::new(FirstFit)), PowerBudget { sites, nodes, mode });
+        let mut cluster = ClusterState::new(f);
+        let mut waiting: Vec<(u32, GpuRequest)> = Vec::new();
+        let mut running: Vec<u32> = Vec::new();
+        for (k, op) in ops.iter().enumerate() {
+            match op {
+                Op::Submit(gpu) => waiting.push((k as u32, *gpu)),
+                Op::End(i) if !running.is_empty() => {
+                    let id = running.swap_remove(i % running.len());
+                    prop_assert!(cluster.release(WorkloadId(id)).is_ok());
+                }
+                Op::End(_) => {}
+            }
+            let mut q = Queue::with_generation(k as u64);
+            for (id, gpu) in &waiting {
+                let w = Arc::new(job(*id, *gpu));
+                let d = Demand::of(&w, cluster.fleet());
+                q.push(QueuedJob::new(w, d, SimTime::ZERO));
+            }
+            let decisions = p.schedule(SimTime(k as u64 * 1000), &q, &mut cluster);
+            for d in decisions {
+                if let Decision::Start { job, .. } = d {
+                    waiting.retain(|(id, _)| *id != job.0);
+                    running.push(job.0);
+                }
+            }
+            prop_assert_eq!(cluster.verify(), Ok(()));
+            prop_assert_eq!(cluster.running_count(), running.len());
+            for (s, cap) in [caps.0, caps.1].into_iter().enumerate() {
+                let worst = p.guard.site_worst_watts(&cluster, s);
+                prop_assert!(worst <= cap + 1e-6, "site {s}: {worst} W over its {cap} W cap");
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn admission_holds_every_site_under_its_cap(
+            caps in (5_000.0f64..40_000.0, 5_000.0f64..30_000.0),
+            ops in prop::collection::vec(op(), 1..60),
+        ) {
+            run(PowerMode::Admission, caps, &ops)?;
+        }
+
+        #[test]
+        fn dynamic_caps_hold_every_site_under_its_cap(
+            caps in (5_000.0f64..40_000.0, 5_000.0f64..30_000.0),
+            ops in prop::collection::vec(op(), 1..60),
+        ) {
+            let mode = PowerMode::Dynamic { min_cap: 0.5, share: CapShare::WidestFirst, cap_hosts: false };
+            run(mode, caps, &ops)?;
+        }
+    }
+}

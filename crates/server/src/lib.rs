@@ -120,6 +120,8 @@ pub struct AppState {
     pub(crate) sched_events: scheduler::SchedEvents,
     /// The fleet with nothing allocated, to tell at once a request that could never fit.
     pub(crate) empty_cluster: Arc<sched::ClusterState>,
+    /// GPUs of the fleet's largest node, read once: a submission's check does not walk the fleet.
+    pub(crate) max_gpus_per_node: u8,
     /// Tenants by token hash, as read a moment ago: a burst of requests with one token costs
     /// one store read, not one each.
     pub(crate) tenant_cache: Arc<auth::TenantCache>,
@@ -253,6 +255,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         wake,
         sched_events,
         empty_cluster: Arc::new(sched::ClusterState::new(fleet.clone())),
+        max_gpus_per_node: fleet.max_gpus_per_node(),
         tenant_cache: Arc::default(),
         events,
         snapshot: Arc::new(RwLock::new(Snapshot { node_gpus_used: vec![0; fleet.nodes.len()] })),
@@ -346,7 +349,7 @@ pub async fn rotate_token(store: &store::Store, tenant_id: i64) -> Result<String
 /// hour of the shipped climate year) when any site of `fleet` declares one: it never starts work
 /// a site's connection could not carry. In the dynamic mode it also chooses GPU power caps, which
 /// the scheduler hands to the agents.
-fn power_guard(fleet: &model::Fleet, mode: sched::power::PowerMode) -> Option<sched::power::PowerGuard> {
+pub(crate) fn power_guard(fleet: &model::Fleet, mode: sched::power::PowerMode) -> Option<sched::power::PowerGuard> {
     if fleet.sites.iter().all(|s| s.grid_power_cap_watts.is_none()) {
         return None;
     }

@@ -211,7 +211,7 @@ fn validate(
         }
         check_text(&format!("env.{k}"), v, limits::MAX_COMMAND_LEN)?;
     }
-    let max_per_node = u32::from(fleet.max_gpus_per_node());
+    let max_per_node = u32::from(st.max_gpus_per_node);
     if spec.gpus_per_node > max_per_node {
         return Err(ApiError::invalid(
             "gpus_per_node",

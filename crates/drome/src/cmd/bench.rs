@@ -43,6 +43,11 @@ pub struct LiveBenchArgs {
     /// The policy the rounds run.
     #[arg(long, default_value = "fifo")]
     pub policy: String,
+    /// Caps the synthetic fleet's site at this many megawatts: every round then goes through the
+    /// power guard (admission mode), as a capped site's server does. A cap below the running
+    /// jobs' draw leaves nothing to start; one below the full fleet's makes the guard hide GPUs.
+    #[arg(long)]
+    pub site_cap_mw: Option<f64>,
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -125,17 +130,29 @@ fn live_bench(args: LiveBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.nodes > 0 && args.starts > 0, "--nodes and --starts must be at least 1");
     anyhow::ensure!(args.running < args.nodes, "--running must leave free nodes (it is below --nodes)");
     let shape = LoadFleetShape::default();
-    let fleet = Arc::new(synthetic_fleet(args.nodes, &shape));
-    let cost = server::live_start_cost(fleet, &args.policy, args.running as usize, args.starts as usize)
+    let mut fleet = synthetic_fleet(args.nodes, &shape);
+    let power = match args.site_cap_mw {
+        Some(mw) => {
+            anyhow::ensure!(mw.is_finite() && mw > 0.0, "--site-cap-mw must be a positive number of megawatts");
+            for s in &mut fleet.sites {
+                s.grid_power_cap_watts = Some(mw * 1e6);
+            }
+            Some(sched::power::PowerMode::Admission)
+        }
+        None => None,
+    };
+    let fleet = Arc::new(fleet);
+    let cost = server::live_start_cost(fleet, &args.policy, args.running as usize, args.starts as usize, power)
         .ok_or_else(|| anyhow::anyhow!("unknown policy '{}'", args.policy))?;
     match args.output {
         Output::Json => print_json(&cost),
         Output::Table => {
             println!(
-                "live scheduler path: {} nodes, {} jobs running, policy {}",
+                "live scheduler path: {} nodes, {} jobs running, policy {}{}",
                 fmt_thousands(cost.nodes as u64),
                 fmt_thousands(cost.running_jobs as u64),
-                args.policy
+                args.policy,
+                args.site_cap_mw.map(|mw| format!(", site capped at {mw} MW (power guard)")).unwrap_or_default()
             );
             let mut t = Table::new(["what", "count", "us each"]);
             t.row(vec![
@@ -148,6 +165,13 @@ fn live_bench(args: LiveBenchArgs) -> anyhow::Result<()> {
                 "3".into(),
                 format!("{:.0}", cost.baseline_us_per_round),
             ]);
+            if let Some(walk) = cost.guard_walk_us {
+                t.row(vec![
+                    "baseline: the power guard's walk over every node and running job".into(),
+                    "3".into(),
+                    format!("{walk:.0}"),
+                ]);
+            }
             println!("{}", t.render().trim_end());
             println!(
                 "the live path is {:.0}x cheaper than one rebuilt round; filling the fleet took {:.0} ms",

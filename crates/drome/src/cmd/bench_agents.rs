@@ -41,6 +41,12 @@ pub struct AgentsBenchArgs {
     /// when unset.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// Where the agents keep their nodes' run directories (a fresh folder inside it, removed at
+    /// the end); the work directory when unset. Every simulated node shares this machine's one
+    /// disk where a real node has its own: on a tmpfs (`/dev/shm`) the runs' files of 20,000
+    /// nodes stay out of the figures while the database stays on disk.
+    #[arg(long)]
+    pub node_dir: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -71,6 +77,9 @@ struct Trivial {
     /// the control plane itself costs on this machine, apart from the clients and the runs.
     server_cpu_ms_per_job: f64,
     agents_cpu_ms_per_job: f64,
+    /// Every core of the machine, busy, per job: the control plane, the runs, the clients, the
+    /// kernel.
+    machine_cpu_ms_per_job: f64,
 }
 
 #[derive(Serialize)]
@@ -84,6 +93,7 @@ struct Allocation {
     allocations_per_s: f64,
     server_cpu_ms_per_job: f64,
     agents_cpu_ms_per_job: f64,
+    machine_cpu_ms_per_job: f64,
 }
 
 /// CPU seconds (user and system) process `pid` has used, from `/proc/PID/stat`.
@@ -134,10 +144,21 @@ pub(super) async fn start_server(
 }
 
 /// CPU seconds used by the server and by all the agent processes.
-fn control_plane_cpu(procs: &Procs) -> (f64, f64) {
+fn control_plane_cpu(procs: &Procs) -> (f64, f64, f64) {
     let server = procs.server.as_ref().and_then(|s| cpu_seconds(s.id())).unwrap_or(0.0);
     let agents = procs.agents.iter().filter_map(|a| cpu_seconds(a.id())).sum();
-    (server, agents)
+    (server, agents, machine_busy_seconds().unwrap_or(0.0))
+}
+
+/// CPU seconds every core of this machine has spent busy since boot, from `/proc/stat`: beside
+/// the control plane's own, what the runs' processes, the clients and the kernel took.
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<f64> = line.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy: f64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
+    Some(busy / 100.0)
 }
 
 const ADMIN: &str = "bench-agents-admin";
@@ -303,7 +324,15 @@ pub fn run(args: AgentsBenchArgs) -> anyhow::Result<()> {
         None => std::env::temp_dir().join(format!("drome-bench-agents-{}", std::process::id())),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let result = super::server::runtime()?.block_on(bench(&args, agents, &dir));
+    let nodes = match &args.node_dir {
+        Some(d) => d.join(format!("drome-bench-nodes-{}", std::process::id())),
+        None => dir.clone(),
+    };
+    std::fs::create_dir_all(&nodes).with_context(|| format!("cannot create {}", nodes.display()))?;
+    let result = super::server::runtime()?.block_on(bench(&args, agents, &dir, &nodes));
+    if args.node_dir.is_some() {
+        let _ = std::fs::remove_dir_all(&nodes);
+    }
     if temp {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -330,7 +359,7 @@ fn print_table(r: &Report) {
         "time (s)",
         "rate",
         "unit",
-        "server / agents CPU ms per job",
+        "CPU ms per job: server / agents / machine",
     ]);
     t.row(vec![
         "trivial 1-GPU jobs, submit -> drained".to_string(),
@@ -340,7 +369,10 @@ fn print_table(r: &Report) {
         format!("{:.2}", r.trivial.drained_s),
         format!("{:.0}", r.trivial.jobs_per_s),
         "jobs/s".into(),
-        format!("{:.2} / {:.2}", r.trivial.server_cpu_ms_per_job, r.trivial.agents_cpu_ms_per_job),
+        format!(
+            "{:.2} / {:.2} / {:.2}",
+            r.trivial.server_cpu_ms_per_job, r.trivial.agents_cpu_ms_per_job, r.trivial.machine_cpu_ms_per_job
+        ),
     ]);
     t.row(vec![
         "8-GPU sleep jobs, submit -> all running".to_string(),
@@ -350,12 +382,17 @@ fn print_table(r: &Report) {
         format!("{:.2}", r.allocation.all_running_s),
         format!("{:.0}", r.allocation.allocations_per_s),
         "allocations/s".into(),
-        format!("{:.2} / {:.2}", r.allocation.server_cpu_ms_per_job, r.allocation.agents_cpu_ms_per_job),
+        format!(
+            "{:.2} / {:.2} / {:.2}",
+            r.allocation.server_cpu_ms_per_job,
+            r.allocation.agents_cpu_ms_per_job,
+            r.allocation.machine_cpu_ms_per_job
+        ),
     ]);
     print!("{}", t.render());
 }
 
-async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Result<Report> {
+async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path, node_dir: &Path) -> anyhow::Result<Report> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let fleet = dir.join("fleet.toml");
     std::fs::write(&fleet, fleet_toml(args.nodes)).with_context(|| format!("cannot write {}", fleet.display()))?;
@@ -375,7 +412,7 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Resul
     let per = names.len().div_ceil(agents as usize);
     let mut credentials = Vec::new();
     for (i, chunk) in names.chunks(per).enumerate() {
-        let work = dir.join(format!("agent-{i}"));
+        let work = node_dir.join(format!("agent-{i}"));
         let mut cmd = Command::new(&exe);
         cmd.args(["agent", "--server", &base, "--join-token", &join, "--name", &chunk.join(",")])
             .args(["--node-count", &chunk.len().to_string(), "--declared-gpus", "8", "--gpu-model", "H200"])
@@ -424,12 +461,14 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Resul
         jobs_per_s: f64::from(args.jobs) / drained_s,
         server_cpu_ms_per_job: 0.0,
         agents_cpu_ms_per_job: 0.0,
+        machine_cpu_ms_per_job: 0.0,
     };
     let cpu1 = control_plane_cpu(&procs);
     let per_job = |a: f64, b: f64, jobs: u32| (b - a) * 1000.0 / f64::from(jobs.max(1));
     let trivial = Trivial {
         server_cpu_ms_per_job: per_job(cpu0.0, cpu1.0, args.jobs),
         agents_cpu_ms_per_job: per_job(cpu0.1, cpu1.1, args.jobs),
+        machine_cpu_ms_per_job: per_job(cpu0.2, cpu1.2, args.jobs),
         ..trivial
     };
 
@@ -457,11 +496,13 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Resul
         allocations_per_s: f64::from(args.nodes) / all_running_s,
         server_cpu_ms_per_job: 0.0,
         agents_cpu_ms_per_job: 0.0,
+        machine_cpu_ms_per_job: 0.0,
     };
     let cpu2 = control_plane_cpu(&procs);
     let allocation = Allocation {
         server_cpu_ms_per_job: per_job(cpu1.0, cpu2.0, args.nodes),
         agents_cpu_ms_per_job: per_job(cpu1.1, cpu2.1, args.nodes),
+        machine_cpu_ms_per_job: per_job(cpu1.2, cpu2.2, args.nodes),
         ..allocation
     };
 
@@ -470,7 +511,7 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path) -> anyhow::Resul
         c.post(&format!("/v1/jobs/{id}/cancel"), &token, &json!({})).await?;
     }
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(30) && has_pgid(dir) {
+    while t0.elapsed() < Duration::from_secs(30) && has_pgid(node_dir) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(procs);

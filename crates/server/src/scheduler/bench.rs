@@ -19,6 +19,9 @@ pub struct LiveStartCost {
     /// Rebuilding the cluster from every running job, as each round did before.
     pub baseline_us_per_round: f64,
     pub speedup: f64,
+    /// With the power guard: one walk over every node and running job, the floor of what the
+    /// guard cost per round before it read its loads from the cluster's sums.
+    pub guard_walk_us: Option<f64>,
     /// Filling the fleet with the running jobs (the start-up read's cost in memory).
     pub fill_ms: f64,
 }
@@ -63,14 +66,41 @@ fn job(id: i64, gpus_per_node: i64) -> store::Job {
 
 /// Fills `fleet` with `running` whole-node jobs, then times `starts` more, each submitted,
 /// placed by `policy` and started in a round of its own (and ended after, so the fleet stays
-/// as full); `None` if the policy is unknown.
-pub fn live_start_cost(fleet: Arc<Fleet>, policy: &str, running: usize, starts: usize) -> Option<LiveStartCost> {
+/// as full); with `power`, every round goes through the power guard of the fleet's site caps, as
+/// the server's does. `None` if the policy is unknown, or `power` is asked of a fleet without caps.
+pub fn live_start_cost(
+    fleet: Arc<Fleet>,
+    policy: &str,
+    running: usize,
+    starts: usize,
+    power: Option<sched::power::PowerMode>,
+) -> Option<LiveStartCost> {
     let mut policy = sched::policy_by_name(policy, 0).ok()?;
+    let mut guard = match power {
+        Some(mode) => Some(crate::power_guard(&fleet, mode)?),
+        None => None,
+    };
     let per_node = i64::from(fleet.max_gpus_per_node());
     let mut live = LiveState::new(fleet.clone(), 1);
-    let round = |live: &mut LiveState, policy: &mut Box<dyn sched::Policy>| {
+    let mut round = |live: &mut LiveState, policy: &mut Box<dyn sched::Policy>| {
         live.order_queue();
-        let decisions = policy.schedule(model::SimTime::ZERO, &live.queue, &mut live.cluster);
+        let now = model::SimTime::ZERO;
+        if let Some(g) = guard.as_mut() {
+            g.before(&mut live.cluster);
+        }
+        let decisions = policy.schedule(now, &live.queue, &mut live.cluster);
+        let decisions = match guard.as_mut() {
+            Some(g) => {
+                let kept = g.after(&mut live.cluster, decisions);
+                for id in g.take_undone() {
+                    if let (Some(job), Some(seq)) = (live.queue.get(id), live.queue.seq(id)) {
+                        policy.start_undone(job, seq, now);
+                    }
+                }
+                kept
+            }
+            None => decisions,
+        };
         for d in decisions {
             if let sched::Decision::Start { job, placement } = d
                 && let Some(id) = live.job_id_of(job)
@@ -120,6 +150,18 @@ pub fn live_start_cost(fleet: Arc<Fleet>, policy: &str, running: usize, starts: 
         std::hint::black_box(&cluster);
     }
     let baseline_us_per_round = t0.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
+    let guard_walk_us = power.map(|_| {
+        let t0 = Instant::now();
+        let mut sum = 0.0;
+        for _ in 0..rounds {
+            for id in fleet.node_ids() {
+                sum += f64::from(live.cluster.gpu_free_milli(id).iter().map(|&m| u32::from(m)).sum::<u32>());
+            }
+            sum += live.cluster.allocations().map(|(_, p)| p.gpu_milli() as f64).sum::<f64>();
+        }
+        std::hint::black_box(sum);
+        t0.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
+    });
     Some(LiveStartCost {
         nodes: fleet.nodes.len(),
         running_jobs: live.placed_jobs(),
@@ -127,6 +169,7 @@ pub fn live_start_cost(fleet: Arc<Fleet>, policy: &str, running: usize, starts: 
         us_per_start,
         baseline_us_per_round,
         speedup: baseline_us_per_round / us_per_start.max(1e-9),
+        guard_walk_us,
         fill_ms,
     })
 }
@@ -139,7 +182,7 @@ mod tests {
     fn the_live_bench_fills_the_fleet_and_times_every_start() {
         let fleet = Arc::new(model::fleet_toml::parse_fleet(include_str!("../../../../fleets/small.toml")).unwrap());
         // The small fleet has six 8-GPU nodes: four run, each timed start takes a free one.
-        let cost = live_start_cost(fleet, "fifo", 4, 50).expect("fifo is a policy");
+        let cost = live_start_cost(fleet.clone(), "fifo", 4, 50, None).expect("fifo is a policy");
         assert_eq!((cost.nodes, cost.running_jobs, cost.starts), (8, 4, 50));
         assert!(cost.us_per_start > 0.0 && cost.baseline_us_per_round > 0.0, "{cost:?}");
         assert!(
@@ -147,9 +190,24 @@ mod tests {
                 Arc::new(model::fleet_toml::parse_fleet(include_str!("../../../../fleets/small.toml")).unwrap()),
                 "nope",
                 1,
-                1
+                1,
+                None
             )
             .is_none()
         );
+        // Through the power guard, under a cap far above the fleet's draw.
+        let mut capped = (*fleet).clone();
+        for s in &mut capped.sites {
+            s.grid_power_cap_watts = Some(1.0e9);
+        }
+        let mode = sched::power::PowerMode::Admission;
+        let cost = live_start_cost(Arc::new(capped), "fifo", 4, 20, Some(mode)).expect("capped fleet");
+        assert_eq!(cost.running_jobs, 4, "{cost:?}");
+        assert!(cost.guard_walk_us.is_some_and(|w| w > 0.0), "{cost:?}");
+        let mut uncapped = (*fleet).clone();
+        for s in &mut uncapped.sites {
+            s.grid_power_cap_watts = None;
+        }
+        assert!(live_start_cost(Arc::new(uncapped), "fifo", 4, 20, Some(mode)).is_none(), "no caps, no guard");
     }
 }

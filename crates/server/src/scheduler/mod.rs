@@ -528,15 +528,16 @@ impl Scheduler {
         if live.release_deferred(now) > 0 {
             self.changed = true;
         }
-        let powered = self.guard.is_some() || self.gpu_cap_by_hour.is_some();
-        // Nothing changed and nothing waits: an idle server does no work.
-        if !self.changed && live.queue.is_empty() && !powered {
+        let sim_now = SimTime(now.max(0) as u64);
+        // Nothing changed and nothing waits: an idle server does no work, but for the caps it
+        // asks of the agents, which follow the hour (a look at what they follow, unless it moved).
+        if !self.changed && live.queue.is_empty() {
+            let _ = self.ask_power_caps(live, Vec::new(), sim_now);
             return Ok(());
         }
         self.changed = false;
         let t0 = Instant::now();
         live.order_queue();
-        let sim_now = SimTime(now.max(0) as u64);
         if let Some(g) = self.guard.as_mut() {
             g.before(&mut live.cluster);
         }
