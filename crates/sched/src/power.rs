@@ -27,7 +27,7 @@ use crate::cluster::{ClusterState, GpuShare, MemberPlacement, Placement};
 use crate::demand::{Demand, ModelSet};
 use crate::policy::{Decision, Policy};
 use crate::queue::{Queue, QueuedJob};
-use model::{GpuRequest, NodeId, SimDuration, SimTime, Workload, WorkloadId};
+use model::{GPU_MILLI_PER_GPU, GpuRequest, NodeId, SimDuration, SimTime, Workload, WorkloadId};
 use std::sync::Arc;
 
 /// Placeholder allocations use ids from here down; traces never come near.
@@ -488,28 +488,32 @@ impl PowerGuard {
                 if to_hide <= 0.0 {
                     break;
                 }
-                let free: Vec<u16> = cluster.gpu_free_milli(node).to_vec();
-                for (index, milli) in free.into_iter().enumerate() {
+                // The node's free GPUs in index order until enough is hidden: its whole ones in
+                // one placeholder, each share of a GPU in one of its own.
+                let mut whole: Vec<GpuShare> = Vec::new();
+                let mut shares: Vec<GpuShare> = Vec::new();
+                for (index, &milli) in cluster.gpu_free_milli(node).iter().enumerate() {
                     if to_hide <= 0.0 {
                         break;
                     }
                     if milli == 0 {
                         continue;
                     }
-                    let gpu = if milli >= 1000 {
-                        GpuRequest::Gang { nodes: 1, gpus_per_node: 1 }
-                    } else {
-                        GpuRequest::Fraction { gpu_milli: u32::from(milli) }
+                    let share = GpuShare { index: index as u8, milli };
+                    if u32::from(milli) >= GPU_MILLI_PER_GPU { whole.push(share) } else { shares.push(share) }
+                    to_hide -= f64::from(milli);
+                }
+                let pieces = std::iter::once(whole).filter(|w| !w.is_empty()).chain(shares.into_iter().map(|s| vec![s]));
+                for gpus in pieces {
+                    let gpu = match gpus.as_slice() {
+                        [one] if u32::from(one.milli) < GPU_MILLI_PER_GPU => {
+                            GpuRequest::Fraction { gpu_milli: u32::from(one.milli) }
+                        }
+                        _ => GpuRequest::Gang { nodes: 1, gpus_per_node: gpus.len() as u32 },
                     };
                     let demand = Demand { cpu_milli: 0, memory_mib: 0, gpu, models: ModelSet::any() };
-                    let placement = Placement {
-                        members: vec![MemberPlacement {
-                            node,
-                            cpu_milli: 0,
-                            memory_mib: 0,
-                            gpus: vec![GpuShare { index: index as u8, milli }],
-                        }],
-                    };
+                    let placement =
+                        Placement { members: vec![MemberPlacement { node, cpu_milli: 0, memory_mib: 0, gpus }] };
                     // Ids a caller already uses up here (the server's blockers for nodes
                     // without an agent) are skipped.
                     while cluster.allocation(WorkloadId(next)).is_some() && next > PLACEHOLDER_BASE - (1 << 23) {
@@ -519,7 +523,6 @@ impl PowerGuard {
                     if cluster.allocate(id, &demand, placement).is_ok() {
                         self.placeholders.push(id);
                         next -= 1;
-                        to_hide -= f64::from(milli);
                     }
                 }
             }
@@ -850,7 +853,10 @@ impl<P: Policy> Policy for PowerCapped<P> {
     }
 
     fn schedule(&mut self, now: SimTime, queue: &Queue, cluster: &mut ClusterState) -> Vec<Decision> {
-        self.guard.before(cluster);
+        // Nothing queued, nothing to start: no GPUs to hide.
+        if !queue.is_empty() {
+            self.guard.before(cluster);
+        }
         let decisions = self.inner.schedule(now, queue, cluster);
         if self.guard.wants_shed_order() {
             self.guard.set_shed_order(self.inner.shed_order(now));

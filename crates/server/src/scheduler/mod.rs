@@ -538,7 +538,8 @@ impl Scheduler {
         self.changed = false;
         let t0 = Instant::now();
         live.order_queue();
-        if let Some(g) = self.guard.as_mut() {
+        // Nothing queued, nothing to start: no GPUs to hide.
+        if let Some(g) = self.guard.as_mut().filter(|_| !live.queue.is_empty()) {
             g.before(&mut live.cluster);
         }
         let decisions = self.policy.schedule(sim_now, &live.queue, &mut live.cluster);
