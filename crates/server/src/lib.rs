@@ -20,6 +20,7 @@ mod agent_routes;
 pub mod agents;
 pub mod auth;
 mod convert;
+mod leadership;
 pub mod error;
 pub mod json;
 pub mod metrics;
@@ -49,6 +50,10 @@ pub enum ServerError {
     Token(String),
     #[error("{0}")]
     Config(String),
+    /// Another replica took the leader's lease over, or it could not be renewed: this server
+    /// stopped scheduling.
+    #[error("no longer the leader: {0}")]
+    LeadershipLost(String),
 }
 
 /// How to run a server.
@@ -77,6 +82,9 @@ pub struct Config {
     /// Price-following GPU caps: the fraction of the board limit no GPU runs above, for each UTC
     /// hour of the year (1 in cheap hours); agents apply it (needs agents).
     pub gpu_cap_by_hour: Option<Vec<f64>>,
+    /// How long the leader's lease runs unrenewed: a replica waiting on PostgreSQL takes over
+    /// this long after the leader stopped renewing it.
+    pub leader_lease: Duration,
 }
 
 impl Config {
@@ -95,6 +103,7 @@ impl Config {
             power_mode: sched::power::PowerMode::Admission,
             deferral: None,
             gpu_cap_by_hour: None,
+            leader_lease: Duration::from_secs(5),
         }
     }
 }
@@ -160,6 +169,10 @@ pub struct Running {
     serve: tokio::task::JoinHandle<()>,
     scheduler: tokio::task::JoinHandle<()>,
     leases: Option<tokio::task::JoinHandle<()>>,
+    /// Renews the leader's lease; ends, with why, when it is lost.
+    leadership: tokio::task::JoinHandle<String>,
+    /// The epoch of the lease this server leads in.
+    pub epoch: i64,
 }
 
 impl Running {
@@ -168,15 +181,23 @@ impl Running {
         &self.store
     }
 
-    /// Waits until the HTTP server stops (it does not, unless it fails).
-    pub async fn wait(self) {
-        let _ = (&mut { self.serve }).await;
+    /// Waits until the HTTP server stops (it does not, unless it fails) or the server loses the
+    /// leader's lease (then its scheduler has stopped, and the loss is the error).
+    pub async fn wait(mut self) -> Result<(), ServerError> {
+        tokio::select! {
+            _ = &mut self.serve => Ok(()),
+            lost = &mut self.leadership => {
+                self.serve.abort();
+                Err(ServerError::LeadershipLost(lost.unwrap_or_else(|e| format!("the lease keeper stopped: {e}"))))
+            }
+        }
     }
 
     /// Stops serving and scheduling, and closes the store.
     pub async fn shutdown(self) {
         self.serve.abort();
         self.scheduler.abort();
+        self.leadership.abort();
         if let Some(l) = self.leases {
             l.abort();
         }
@@ -192,6 +213,8 @@ const ADMIN_HASH_KEY: &str = "admin_token_hash";
 /// the HTTP server and the scheduler loop.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
     let store = store::Store::connect(&config.db_url).await?;
+    // Only the leader mints an admin token, schedules and talks to agents.
+    let leader = leadership::acquire(&store, &leadership::holder_name(), config.leader_lease).await?;
     let mut generated = None;
     let admin_hash = match (&config.admin_token, store.setting(ADMIN_HASH_KEY).await?) {
         (Some(token), _) => {
@@ -270,7 +293,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     if let Some(g) = &guard {
         tracing::info!(policy = policy.name(), mode = ?g.budget().mode, "scheduling within the sites' grid caps");
     }
-    let mut scheduler = scheduler::Scheduler::new(state.clone(), policy, guard, executor, config.tick, sched_events_rx);
+    // The scheduler's writes are the leader's: fenced by its epoch.
+    let sched_state = AppState { store: store.fenced(leader.epoch), ..state.clone() };
+    let mut scheduler = scheduler::Scheduler::new(sched_state, policy, guard, executor, config.tick, sched_events_rx);
     if let Some(gate) = config.deferral {
         tracing::info!(max_delay_h = gate.max_delay.as_secs_f64() / 3600.0, "deferrable jobs wait for better hours");
         scheduler.defer_with(gate);
@@ -301,6 +326,21 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         })
     });
     let scheduler = tokio::spawn(scheduler.run());
+    let epoch = leader.epoch;
+    let leadership = {
+        let (store, stop_scheduler) = (store.clone(), scheduler.abort_handle());
+        let stop_leases = leases.as_ref().map(|l| l.abort_handle());
+        tokio::spawn(async move {
+            let lost = leadership::keep(store, leader).await;
+            // A deposed leader stops scheduling and talking to agents at once.
+            stop_scheduler.abort();
+            if let Some(l) = stop_leases {
+                l.abort();
+            }
+            tracing::error!(reason = %lost, "stepped down: no longer the leader");
+            lost
+        })
+    };
     let app = routes::router(state);
     let serve = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -308,7 +348,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         }
     });
     tracing::info!(%addr, backend = ?store.backend(), nodes = fleet.nodes.len(), gpus = fleet.total_gpus(), "drome server listening");
-    Ok(Running { addr, generated_admin_token: generated, store, serve, scheduler, leases })
+    Ok(Running { addr, generated_admin_token: generated, store, serve, scheduler, leases, leadership, epoch })
 }
 
 /// Unix milliseconds at which the UTC year holding `ms` began (0 for times before 1970).

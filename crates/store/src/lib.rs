@@ -44,6 +44,9 @@ pub enum StoreError {
     /// The store was closed ([`Store::close`]) before the call could be done.
     #[error("the store is closed")]
     Closed,
+    /// A write of a leader ([`Store::fenced`]) after another replica took the lease over.
+    #[error("fenced: this replica led in epoch {epoch}, the lease is now at epoch {current:?}; it may no longer write")]
+    Fenced { epoch: i64, current: Option<i64> },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -222,6 +225,17 @@ pub struct AgentNode {
 }
 
 /// Filter for [`Store::jobs`].
+/// The leader's lease, as stored: who holds it, in which epoch, until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: String,
+    /// One more at every takeover: the fencing token of the leader's writes.
+    pub epoch: i64,
+    pub acquired_ms: i64,
+    pub renewed_ms: i64,
+    pub expires_ms: i64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JobFilter {
     pub state: Option<JobState>,
@@ -235,13 +249,14 @@ const JOB_COLUMNS: &str = "id, tenant_id, name, command, args_json, env_json, gp
      generation, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms, gpu_milli";
 
 fn migrator(backend: Backend) -> Migrator {
-    let (init, agents, shares, usage, generation) = match backend {
+    let (init, agents, shares, usage, generation, lease) = match backend {
         Backend::Sqlite => (
             include_str!("../migrations/sqlite/0001_init.sql"),
             include_str!("../migrations/sqlite/0002_agents.sql"),
             include_str!("../migrations/sqlite/0003_gpu_share.sql"),
             include_str!("../migrations/sqlite/0004_tenant_usage.sql"),
             include_str!("../migrations/sqlite/0005_generation.sql"),
+            include_str!("../migrations/sqlite/0006_leader_lease.sql"),
         ),
         Backend::Postgres => (
             include_str!("../migrations/postgres/0001_init.sql"),
@@ -249,6 +264,7 @@ fn migrator(backend: Backend) -> Migrator {
             include_str!("../migrations/postgres/0003_gpu_share.sql"),
             include_str!("../migrations/postgres/0004_tenant_usage.sql"),
             include_str!("../migrations/postgres/0005_generation.sql"),
+            include_str!("../migrations/postgres/0006_leader_lease.sql"),
         ),
     };
     let migrations = vec![
@@ -257,6 +273,7 @@ fn migrator(backend: Backend) -> Migrator {
         Migration::new(3, Cow::Borrowed("gpu share"), MigrationType::Simple, Cow::Borrowed(shares), false),
         Migration::new(4, Cow::Borrowed("tenant usage"), MigrationType::Simple, Cow::Borrowed(usage), false),
         Migration::new(5, Cow::Borrowed("generation"), MigrationType::Simple, Cow::Borrowed(generation), false),
+        Migration::new(6, Cow::Borrowed("leader lease"), MigrationType::Simple, Cow::Borrowed(lease), false),
     ];
     Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
@@ -302,6 +319,8 @@ pub struct Store {
     backend: Backend,
     /// Hands submissions to the submission writer ([`write_submissions`]).
     submissions: mpsc::Sender<Submission>,
+    /// The leader's epoch the scheduler's writes are fenced by ([`Store::fenced`]).
+    fence: Option<i64>,
 }
 
 /// What the submission writer is asked to do.
@@ -355,7 +374,7 @@ impl Store {
         let (submissions, queue) = mpsc::channel(SUBMISSION_QUEUE);
         tokio::spawn(write_submissions(writer.clone(), backend, queue));
         tracing::debug!(backend = ?backend, "store ready");
-        Ok(Store { writer, reader, backend, submissions })
+        Ok(Store { writer, reader, backend, submissions, fence: None })
     }
 
     pub fn backend(&self) -> Backend {
@@ -616,6 +635,7 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.writer.begin().await?;
+        self.check_fence(&mut tx).await?;
         for id in ids {
             sqlx::query(
                 "UPDATE jobs SET finished_ms = $1 WHERE id = $2 AND state = 'cancelled' AND finished_ms IS NULL",
@@ -627,6 +647,141 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// This store, its job transitions fenced by the leader's `epoch`: each checks, in its own
+    /// transaction, that the lease is still at `epoch`, and fails with [`StoreError::Fenced`]
+    /// once another replica took it over. On PostgreSQL the check holds the lease row until the
+    /// commit, so a takeover waits for a write already under way and never misses it.
+    pub fn fenced(&self, epoch: i64) -> Store {
+        Store { fence: Some(epoch), ..self.clone() }
+    }
+
+    /// The epoch this store's writes are fenced by, if any.
+    pub fn fence(&self) -> Option<i64> {
+        self.fence
+    }
+
+    async fn check_fence(&self, conn: &mut sqlx::AnyConnection) -> Result<()> {
+        let Some(epoch) = self.fence else { return Ok(()) };
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT epoch FROM leader_lease WHERE id = 1 FOR SHARE",
+            Backend::Sqlite => "SELECT epoch FROM leader_lease WHERE id = 1",
+        };
+        let current: Option<i64> = sqlx::query_scalar(sql).fetch_optional(&mut *conn).await?;
+        if current != Some(epoch) {
+            return Err(StoreError::Fenced { epoch, current });
+        }
+        Ok(())
+    }
+
+    /// Takes the leader's lease for `holder` until `now_ms + lease_ms`, if nobody holds it or
+    /// its lease expired before `now_ms`: a new epoch, one past the last. `None` while another
+    /// lease runs. Clocks of replicas should agree within a fraction of the lease: a fast one
+    /// takes over early, which costs the old leader its writes (they are fenced), never safety.
+    pub async fn acquire_lease(&self, holder: &str, now_ms: i64, lease_ms: i64) -> Result<Option<Lease>> {
+        let mut tx = self.writer.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO leader_lease (id, holder, epoch, acquired_ms, renewed_ms, expires_ms) \
+             VALUES (1, $1, 1, $2, $2, $3) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(holder)
+        .bind(now_ms)
+        .bind(now_ms.saturating_add(lease_ms))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            let taken = sqlx::query(
+                "UPDATE leader_lease SET holder = $1, epoch = epoch + 1, acquired_ms = $2, renewed_ms = $2, \
+                 expires_ms = $3 WHERE id = 1 AND expires_ms < $2",
+            )
+            .bind(holder)
+            .bind(now_ms)
+            .bind(now_ms.saturating_add(lease_ms))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if taken == 0 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+        }
+        let lease = Self::lease_in(&mut tx).await?;
+        tx.commit().await?;
+        Ok(lease)
+    }
+
+    /// Takes the lease for `holder` whoever holds it, with a new epoch: for a store only one
+    /// server uses (SQLite), where an earlier holder can only be a server that died holding it.
+    pub async fn take_lease(&self, holder: &str, now_ms: i64, lease_ms: i64) -> Result<Lease> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO leader_lease (id, holder, epoch, acquired_ms, renewed_ms, expires_ms) \
+             VALUES (1, $1, 1, $2, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET holder = $1, epoch = leader_lease.epoch + 1, acquired_ms = $2, \
+             renewed_ms = $2, expires_ms = $3",
+        )
+        .bind(holder)
+        .bind(now_ms)
+        .bind(now_ms.saturating_add(lease_ms))
+        .execute(&mut *tx)
+        .await?;
+        let lease = Self::lease_in(&mut tx).await?;
+        tx.commit().await?;
+        lease.ok_or_else(|| StoreError::Corrupt("the lease row is missing after it was written".into()))
+    }
+
+    /// Extends `holder`'s lease of `epoch` to `now_ms + lease_ms`. False once another replica
+    /// took the lease over: the caller has stopped leading.
+    pub async fn renew_lease(&self, holder: &str, epoch: i64, now_ms: i64, lease_ms: i64) -> Result<bool> {
+        let renewed = sqlx::query(
+            "UPDATE leader_lease SET renewed_ms = $1, expires_ms = $2 WHERE id = 1 AND epoch = $3 AND holder = $4",
+        )
+        .bind(now_ms)
+        .bind(now_ms.saturating_add(lease_ms))
+        .bind(epoch)
+        .bind(holder)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(renewed == 1)
+    }
+
+    /// Gives the lease up (a leader that stops cleanly): another replica may take it at once.
+    pub async fn release_lease(&self, holder: &str, epoch: i64) -> Result<bool> {
+        let released =
+            sqlx::query("UPDATE leader_lease SET expires_ms = 0 WHERE id = 1 AND epoch = $1 AND holder = $2")
+                .bind(epoch)
+                .bind(holder)
+                .execute(&self.writer)
+                .await?
+                .rows_affected();
+        Ok(released == 1)
+    }
+
+    /// The lease as stored, if anybody ever held it.
+    pub async fn lease(&self) -> Result<Option<Lease>> {
+        let mut conn = self.reader.acquire().await?;
+        Self::lease_in(&mut conn).await
+    }
+
+    async fn lease_in(conn: &mut sqlx::AnyConnection) -> Result<Option<Lease>> {
+        let row = sqlx::query(
+            "SELECT holder, epoch, acquired_ms, renewed_ms, expires_ms FROM leader_lease WHERE id = 1",
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        row.map(|r| {
+            Ok(Lease {
+                holder: r.try_get(0)?,
+                epoch: r.try_get(1)?,
+                acquired_ms: r.try_get(2)?,
+                renewed_ms: r.try_get(3)?,
+                expires_ms: r.try_get(4)?,
+            })
+        })
+        .transpose()
     }
 
     /// Number of jobs per state, all tenants.
@@ -685,6 +840,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut tx = self.writer.begin().await?;
+        self.check_fence(&mut tx).await?;
         let mut applied = Vec::with_capacity(steps.len());
         for step in steps {
             applied.push(Self::transition_in(&mut tx, step, now_ms).await?);

@@ -34,6 +34,11 @@ pub struct ServerArgs {
     /// has run this many seconds (Slurm's PreemptExemptTime).
     #[arg(long, default_value_t = 600.0)]
     pub preempt_exempt_s: f64,
+    /// Seconds the leader's lease runs unrenewed. Several servers on one PostgreSQL database
+    /// are replicas: one leads (schedules, talks to agents), the others wait and take over this
+    /// long after the leader stops renewing. On SQLite a starting server takes the lease at once.
+    #[arg(long, default_value_t = 5.0)]
+    pub leader_lease_s: f64,
     /// Without --agents, the work runs on in-process nodes that only wait: seconds such a node
     /// runs a command that declares no duration.
     #[arg(long, alias = "virtual-seconds", default_value_t = 10.0)]
@@ -96,6 +101,11 @@ pub fn config(args: &ServerArgs) -> anyhow::Result<server::Config> {
         "--preempt-exempt-s must be between 0 and 1e9 seconds"
     );
     config.preempt_exempt = Duration::from_secs_f64(args.preempt_exempt_s);
+    anyhow::ensure!(
+        args.leader_lease_s.is_finite() && (0.3..=3600.0).contains(&args.leader_lease_s),
+        "--leader-lease-s must be between 0.3 and 3600 seconds"
+    );
+    config.leader_lease = Duration::from_secs_f64(args.leader_lease_s);
     config.power_mode = args.power.mode()?;
     anyhow::ensure!(
         args.agents || config.power_mode == sched::power::PowerMode::Admission,
@@ -162,7 +172,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             println!("admin token (shown once, stored hashed): {token}");
         }
         tokio::select! {
-            _ = running.wait() => {}
+            r = running.wait() => r?,
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); }
         }
         Ok(())

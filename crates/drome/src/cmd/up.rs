@@ -93,7 +93,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         println!();
         println!("Ctrl-C stops the server; the jobs stay in {}.", args.data_dir.display());
         tokio::select! {
-            _ = running.wait() => {}
+            r = running.wait() => r?,
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); }
         }
         // Nothing the nodes started outlives them.

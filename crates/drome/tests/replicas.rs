@@ -1,0 +1,149 @@
+//! Replicas on one PostgreSQL database: one leads (holds the lease, schedules), the others wait.
+//! A leader killed with SIGKILL is replaced within the lease and nothing acknowledged is lost or
+//! run twice; a leader paused past its lease (SIGSTOP) steps down when it wakes.
+
+mod common;
+
+use common::{Procs, create_tenant, free_port, submit, wait_healthy};
+use serde_json::{Value, json};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "replicas-admin-token";
+const FLEET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fleets/small.toml");
+
+fn replica(db: &str, port: u16, dir: &std::path::Path) -> Child {
+    common::server(
+        db,
+        port,
+        ADMIN,
+        &["--fleet", FLEET, "--in-process-seconds", "1", "--leader-lease-s", "1"],
+        dir,
+        None,
+    )
+}
+
+async fn answers(http: &reqwest::Client, base: &str) -> bool {
+    matches!(http.get(format!("{base}/healthz")).send().await, Ok(r) if r.status().is_success())
+}
+
+/// Every job of `token` once it has ended, each with its history.
+async fn all_ended(http: &reqwest::Client, base: &str, token: &str, ids: &[i64]) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut jobs = Vec::new();
+        for id in ids {
+            let v: Value =
+                http.get(format!("{base}/v1/jobs/{id}")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+            jobs.push(v);
+        }
+        if jobs.iter().all(|j| j["state"] == "succeeded") {
+            return jobs;
+        }
+        assert!(Instant::now() < deadline, "jobs not all done: {:?}", jobs.iter().map(|j| &j["state"]).collect::<Vec<_>>());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn runs(job: &Value) -> usize {
+    job["history"].as_array().unwrap().iter().filter(|h| h["state"] == "running").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_from_a_killed_leader() {
+    let db = store::testing::TempPostgres::create().await.expect("PostgreSQL is required for this test");
+    let dir = std::env::temp_dir().join(format!("drome-replicas-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let (a, b) = (format!("http://127.0.0.1:{pa}"), format!("http://127.0.0.1:{pb}"));
+    let mut procs = Procs(vec![replica(&db.url, pa, &dir)]);
+    wait_healthy(&http, &a).await;
+    procs.0.push(replica(&db.url, pb, &dir));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!answers(&http, &b).await, "the standby waits for the lease; it does not serve yet");
+
+    let token = create_tenant(&http, &a, ADMIN, "t").await;
+    let spec = json!({"command": "sleep", "args": ["0.5"], "gpus_per_node": 1});
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(submit(&http, &a, &token, &spec).await);
+    }
+    procs.0[0].kill().unwrap();
+    procs.0[0].wait().unwrap();
+    let t0 = Instant::now();
+    let takeover = wait_healthy(&http, &b).await;
+    assert!(takeover < Duration::from_secs(10), "the standby took {takeover:?} to lead");
+
+    let jobs = all_ended(&http, &b, &token, &ids).await;
+    for j in &jobs {
+        assert_eq!(runs(j), 1, "job {} ran {} times", j["id"], runs(j));
+    }
+    eprintln!("takeover after SIGKILL: {:?} to healthy, all {} jobs done {:?} after the kill", takeover, ids.len(), t0.elapsed());
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_steps_down() {
+    let db = store::testing::TempPostgres::create().await.expect("PostgreSQL is required for this test");
+    let dir = std::env::temp_dir().join(format!("drome-replicas-pause-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let (a, b) = (format!("http://127.0.0.1:{pa}"), format!("http://127.0.0.1:{pb}"));
+    let mut procs = Procs(vec![replica(&db.url, pa, &dir)]);
+    wait_healthy(&http, &a).await;
+    let token = create_tenant(&http, &a, ADMIN, "t").await;
+    // Jobs that are running when the leader stops, and end while it is stopped.
+    let spec = json!({"command": "sleep", "args": ["2"], "gpus_per_node": 1});
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(submit(&http, &a, &token, &spec).await);
+    }
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        let v: Value = http.get(format!("{a}/v1/jobs/{}", ids[3])).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        if v["state"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let leader = procs.0[0].id() as i32;
+    assert_eq!(send_signal(leader, "STOP"), 0);
+    procs.0.push(replica(&db.url, pb, &dir));
+    wait_healthy(&http, &b).await;
+    // The old leader's runs would have ended by now: when it wakes it must record nothing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(send_signal(leader, "CONT"), 0);
+    let t1 = Instant::now();
+    let status = loop {
+        if let Some(s) = procs.0[0].try_wait().unwrap() {
+            break s;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(10), "the paused leader did not step down when it woke");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!status.success(), "stepping down is an error exit: {status:?}");
+    let log = std::fs::read_to_string(dir.join("server.log")).unwrap();
+    assert!(log.contains("no longer the leader"), "the old leader says why it stopped");
+
+    // The new leader finishes every job, each run once.
+    let jobs = all_ended(&http, &b, &token, &ids).await;
+    for j in &jobs {
+        assert_eq!(runs(j), 1, "job {} ran {} times", j["id"], runs(j));
+    }
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+    db.drop_database().await.unwrap();
+}
+
+/// Sends SIGSTOP or SIGCONT with `kill(1)`; its exit status.
+fn send_signal(pid: i32, signal: &str) -> i32 {
+    std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .map(|s| s.code().unwrap_or(-1))
+        .unwrap_or(-1)
+}

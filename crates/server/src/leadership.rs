@@ -1,0 +1,76 @@
+//! The leader's lease. A server schedules and talks to agents only while it holds the lease in
+//! the store, under the lease's epoch: the scheduler's writes are fenced by it
+//! ([`store::Store::fenced`]), so once another replica takes over, whatever a deposed leader
+//! still tries to write is refused. The holder renews a third of the lease ahead and steps down
+//! (its scheduler stops, its [`crate::Running::wait`] returns the loss) when the lease is gone.
+
+use std::time::{Duration, Instant};
+use store::{Backend, Lease, Store, StoreError};
+
+/// The lease this server holds.
+#[derive(Clone, Debug)]
+pub(crate) struct Leadership {
+    pub holder: String,
+    pub epoch: i64,
+    pub lease: Duration,
+}
+
+/// A name for this replica that another process never repeats: host, process, random.
+pub(crate) fn holder_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    let nonce: String = crate::auth::new_token().unwrap_or_default().chars().rev().take(8).collect();
+    format!("{}:{}:{nonce}", if host.is_empty() { "drome" } else { host }, std::process::id())
+}
+
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Waits until this server holds the lease. On SQLite, where one server runs by design, it takes
+/// the lease at once from any earlier holder (one killed before it could give it up), whose
+/// writes are fenced from then on. On PostgreSQL it waits while another replica's lease runs.
+pub(crate) async fn acquire(store: &Store, holder: &str, lease: Duration) -> Result<Leadership, StoreError> {
+    let mut told = false;
+    loop {
+        let now = crate::now_ms();
+        let got = match store.backend() {
+            Backend::Sqlite => Some(store.take_lease(holder, now, lease_ms(lease)).await?),
+            Backend::Postgres => store.acquire_lease(holder, now, lease_ms(lease)).await?,
+        };
+        if let Some(Lease { epoch, .. }) = got {
+            tracing::info!(holder, epoch, "leading: this server schedules");
+            return Ok(Leadership { holder: holder.to_string(), epoch, lease });
+        }
+        if !told {
+            if let Some(l) = store.lease().await? {
+                tracing::info!(leader = %l.holder, epoch = l.epoch, "another server leads; waiting for its lease");
+            }
+            told = true;
+        }
+        tokio::time::sleep(lease / 4).await;
+    }
+}
+
+/// Renews the lease a third of its term ahead, until it is lost: another replica took it, or
+/// no renewal got through for a whole term (the store unreachable). Returns why.
+pub(crate) async fn keep(store: Store, l: Leadership) -> String {
+    let mut renewed = Instant::now();
+    loop {
+        tokio::time::sleep(l.lease / 3).await;
+        let asked = Instant::now();
+        match store.renew_lease(&l.holder, l.epoch, crate::now_ms(), lease_ms(l.lease)).await {
+            Ok(true) => renewed = asked,
+            Ok(false) => {
+                let by = store.lease().await.ok().flatten().map(|n| format!(" by {} (epoch {})", n.holder, n.epoch));
+                return format!("the lease of epoch {} was taken over{}", l.epoch, by.unwrap_or_default());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, epoch = l.epoch, "cannot renew the leader's lease");
+                if renewed.elapsed() >= l.lease {
+                    return format!("the lease of epoch {} could not be renewed for {:?}: {e}", l.epoch, l.lease);
+                }
+            }
+        }
+    }
+}

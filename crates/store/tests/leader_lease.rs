@@ -1,0 +1,105 @@
+//! The leader's lease on both backends: one holder at a time, takeover only after expiry with a
+//! new epoch, and a deposed leader's writes refused by the fence.
+
+use store::testing::TempPostgres;
+use store::{Change, JobState, NewJob, Store, StoreError, Transition};
+
+fn job(tenant_id: i64) -> NewJob {
+    NewJob {
+        tenant_id,
+        name: "train".into(),
+        command: Some("sleep".into()),
+        args_json: "[]".into(),
+        env_json: "{}".into(),
+        gpus_per_node: 1,
+        nodes: 1,
+        gpu_milli: None,
+        gpu_model: None,
+        priority: 0,
+        deferrable: false,
+        max_runtime_s: None,
+        restart_policy: "never".into(),
+        max_restarts: 0,
+        idempotency_key: None,
+        request_hash: "h".into(),
+    }
+}
+
+async fn exercise(store: Store) {
+    const LEASE_MS: i64 = 10_000;
+    assert_eq!(store.lease().await.unwrap(), None, "nobody led yet");
+
+    // Many replicas start at once: exactly one takes the lease.
+    let tries = (0..8).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move { store.acquire_lease(&format!("r{i}"), 1_000, LEASE_MS).await.unwrap() })
+    });
+    let mut won = Vec::new();
+    for t in tries {
+        if let Some(lease) = t.await.unwrap() {
+            won.push(lease);
+        }
+    }
+    assert_eq!(won.len(), 1, "{won:?}");
+    let a = won.remove(0);
+    assert_eq!((a.epoch, a.acquired_ms, a.expires_ms), (1, 1_000, 11_000));
+    assert_eq!(store.lease().await.unwrap().as_ref(), Some(&a));
+
+    // While it runs, nobody else takes it; its holder renews it.
+    assert_eq!(store.acquire_lease("b", 10_999, LEASE_MS).await.unwrap(), None);
+    assert!(store.renew_lease(&a.holder, 1, 5_000, LEASE_MS).await.unwrap());
+    assert_eq!(store.acquire_lease("b", 14_999, LEASE_MS).await.unwrap(), None, "renewed until 15,000");
+
+    let tenant = store.create_tenant("t", "hash-t", None, 1).await.unwrap();
+    let id = store.insert_job(&job(tenant.id), 2).await.unwrap().job.id;
+    let schedule = |to: JobState| Transition {
+        job_id: id,
+        from: vec![JobState::Pending],
+        to,
+        change: Change { placement_json: Some(Some("[]".into())), ..Default::default() },
+    };
+    let leader_a = store.fenced(a.epoch);
+    assert_eq!(leader_a.fence(), Some(1));
+
+    // A pauses past its lease; b takes over with a new epoch.
+    let b = store.acquire_lease("b", 15_001, LEASE_MS).await.unwrap().expect("expired: b takes it");
+    assert_eq!((b.holder.as_str(), b.epoch), ("b", 2));
+    assert!(!store.renew_lease(&a.holder, 1, 15_002, LEASE_MS).await.unwrap(), "a is deposed");
+
+    // A's writes are refused and change nothing; b's go through.
+    let refused = leader_a.transitions(&[schedule(JobState::Scheduled)], 15_003).await;
+    assert!(matches!(refused, Err(StoreError::Fenced { epoch: 1, current: Some(2) })), "{refused:?}");
+    assert!(matches!(leader_a.finish_cancelled(&[id], 15_003).await, Err(StoreError::Fenced { .. })));
+    assert_eq!(store.job_by_id(id).await.unwrap().unwrap().state, JobState::Pending);
+    let leader_b = store.fenced(b.epoch);
+    assert_eq!(leader_b.transitions(&[schedule(JobState::Scheduled)], 15_004).await.unwrap(), vec![true]);
+    assert_eq!(store.job_by_id(id).await.unwrap().unwrap().state, JobState::Scheduled);
+    // The API's writes are not a leader's: they need no lease.
+    assert!(store.transition(id, &[JobState::Scheduled], JobState::Cancelled, 15_005, &Change::default()).await.unwrap());
+
+    // A leader that stops cleanly gives the lease up: the next one needs no wait.
+    assert!(!store.release_lease(&a.holder, 1).await.unwrap(), "not a's to give");
+    assert!(store.release_lease("b", 2).await.unwrap());
+    let c = store.acquire_lease("c", 15_006, LEASE_MS).await.unwrap().expect("released");
+    assert_eq!(c.epoch, 3);
+    assert!(matches!(leader_b.transitions(&[schedule(JobState::Scheduled)], 15_007).await, Err(StoreError::Fenced { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_leader_lease() {
+    let dir = std::env::temp_dir().join(format!("drome-store-lease-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::connect(&format!("sqlite://{}/drome.db", dir.display())).await.unwrap();
+    exercise(store.clone()).await;
+    store.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_leader_lease() {
+    let db = TempPostgres::create().await.expect("PostgreSQL is required for this test");
+    let store = Store::connect(&db.url).await.unwrap();
+    exercise(store.clone()).await;
+    store.close().await;
+    db.drop_database().await.unwrap();
+}
