@@ -598,12 +598,40 @@ pub struct Health {
     pub database: String,
 }
 
+/// The leader among the servers on one store: who holds the lease, in which epoch, since when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Leader {
+    /// The leading server's replica name (host:process:nonce).
+    pub replica: String,
+    /// One more at every takeover; the leader's writes are fenced by it.
+    pub epoch: i64,
+    /// When it took the lease, Unix milliseconds.
+    pub since_ms: i64,
+    /// When it last renewed the lease, Unix milliseconds.
+    pub renewed_ms: i64,
+    /// When the lease runs out unless renewed, Unix milliseconds.
+    pub expires_ms: i64,
+}
+
+/// `GET /v1/cluster`: the control plane's replicas as this server sees them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterStatus {
+    /// The replica that answered.
+    pub replica: String,
+    /// Whether the replica that answered leads.
+    pub leads: bool,
+    pub leader: Option<Leader>,
+    /// `sqlite` or `postgres`.
+    pub database: String,
+}
+
 /// The OpenAPI document of drome's REST API.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "drome", description = "drome's control plane: tenants, jobs, GPU instances and the fleet.", version = "1"),
     paths(
         paths::health,
+        paths::cluster,
         paths::create_tenant,
         paths::list_tenants,
         paths::set_quota,
@@ -628,7 +656,7 @@ pub struct Health {
         TenantCreated, QuotaUpdate, Quota, Node, Site, Event, ErrorBody, ErrorDetail, Health,
         GpuInfo, JoinToken, AgentJoin, AgentJoined, RunKey, RunExit, Heartbeat, Assignment, HeartbeatReply,
         NodeHeartbeat, HeartbeatBatch, NodeHeartbeatReply, HeartbeatBatchReply,
-        LogStream, LogRequest, LogChunk, JobLogs, GpuPowerCap
+        LogStream, LogRequest, LogChunk, JobLogs, GpuPowerCap, Leader, ClusterStatus
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

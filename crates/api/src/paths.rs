@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use crate::{
-    AgentJoin, AgentJoined, ErrorBody, Event, GpuPowerCap, Health, Heartbeat, HeartbeatBatch, HeartbeatBatchReply,
+    AgentJoin, AgentJoined, ClusterStatus, ErrorBody, Event, GpuPowerCap, Health, Heartbeat, HeartbeatBatch, HeartbeatBatchReply,
     HeartbeatReply, Job, JobList, JobLogs, JobSpec, JoinToken, LogChunk, NewTenant, Node, Quota, QuotaUpdate, Site,
     Tenant, TenantCreated,
 };
@@ -14,6 +14,13 @@ use crate::{
     (status = 503, description = "The database does not answer", body = ErrorBody),
 ))]
 pub fn health() {}
+
+/// The control plane's replicas: which server leads, in which epoch, since when.
+#[utoipa::path(get, path = "/v1/cluster", tag = "fleet", responses(
+    (status = 200, description = "The leader's lease as stored, and whether this server leads", body = ClusterStatus),
+    (status = 401, description = "Missing or bad token", body = ErrorBody),
+))]
+pub fn cluster() {}
 
 /// Creates a tenant and returns its token (admin only). The token is shown only this once.
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = NewTenant, responses(

@@ -50,6 +50,8 @@ enum Command {
     Tenants(cmd::client::TenantsArgs),
     /// Show your GPU quota, or set a tenant's (admin).
     Quota(cmd::client::QuotaArgs),
+    /// Show the control plane's replicas: which server leads, in which epoch, since when.
+    Status(cmd::client::StatusArgs),
 }
 
 fn run() -> anyhow::Result<()> {
@@ -71,6 +73,7 @@ fn run() -> anyhow::Result<()> {
         Command::Nodes(args) => cmd::client::nodes(args),
         Command::Tenants(args) => cmd::client::tenants(args),
         Command::Quota(args) => cmd::client::quota(args),
+        Command::Status(args) => cmd::client::status(args),
     }
 }
 

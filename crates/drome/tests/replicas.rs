@@ -75,6 +75,13 @@ async fn a_standby_takes_over_from_a_killed_leader() {
     let takeover = wait_healthy(&http, &b).await;
     assert!(takeover < Duration::from_secs(10), "the standby took {takeover:?} to lead");
 
+    let status: Value = common::json_of(http.get(format!("{b}/v1/cluster")).bearer_auth(&token)).await;
+    assert_eq!(status["leads"], true, "{status}");
+    assert_eq!(status["leader"]["epoch"], 2, "the standby took over in a new epoch: {status}");
+    assert_eq!(status["leader"]["replica"], status["replica"], "{status}");
+    let metrics = http.get(format!("{b}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "drome_leader_epoch 2"), "the metrics give the epoch");
+
     let jobs = all_ended(&http, &b, &token, &ids).await;
     for j in &jobs {
         assert_eq!(runs(j), 1, "job {} ran {} times", j["id"], runs(j));

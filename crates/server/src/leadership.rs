@@ -54,12 +54,14 @@ pub(crate) async fn acquire(store: &Store, holder: &str, lease: Duration) -> Res
 
 /// Renews the lease a third of its term ahead, until it is lost: another replica took it, or
 /// no renewal got through for a whole term (the store unreachable). Returns why.
-pub(crate) async fn keep(store: Store, l: Leadership) -> String {
+pub(crate) async fn keep(store: Store, l: Leadership, metrics: std::sync::Arc<crate::metrics::Metrics>) -> String {
     let mut renewed = Instant::now();
     loop {
         tokio::time::sleep(l.lease / 3).await;
         let asked = Instant::now();
-        match store.renew_lease(&l.holder, l.epoch, crate::now_ms(), lease_ms(l.lease)).await {
+        let answer = store.renew_lease(&l.holder, l.epoch, crate::now_ms(), lease_ms(l.lease)).await;
+        metrics.lease_renew_seconds.observe(asked.elapsed().as_secs_f64());
+        match answer {
             Ok(true) => renewed = asked,
             Ok(false) => {
                 let by = store.lease().await.ok().flatten().map(|n| format!(" by {} (epoch {})", n.holder, n.epoch));

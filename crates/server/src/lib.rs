@@ -144,6 +144,8 @@ pub struct AppState {
     /// The scheduler's power guard chooses GPU caps too (dynamic mode): it asks the agents for
     /// the lower of its cap and the admin's.
     pub(crate) dynamic_caps: bool,
+    /// This server's replica name: the lease's holder while it leads.
+    pub(crate) replica: Arc<str>,
 }
 
 impl AppState {
@@ -214,7 +216,8 @@ const ADMIN_HASH_KEY: &str = "admin_token_hash";
 pub async fn start(config: Config) -> Result<Running, ServerError> {
     let store = store::Store::connect(&config.db_url).await?;
     // Only the leader mints an admin token, schedules and talks to agents.
-    let leader = leadership::acquire(&store, &leadership::holder_name(), config.leader_lease).await?;
+    let replica = leadership::holder_name();
+    let leader = leadership::acquire(&store, &replica, config.leader_lease).await?;
     let mut generated = None;
     let admin_hash = match (&config.admin_token, store.setting(ADMIN_HASH_KEY).await?) {
         (Some(token), _) => {
@@ -285,7 +288,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         remote: remote.clone(),
         site_caps: Arc::new(RwLock::new(site_caps)),
         dynamic_caps: dynamic && guard.is_some(),
+        replica: Arc::from(replica.as_str()),
     };
+    state.metrics.leader_acquired.inc();
+    state.metrics.leader_epoch.set(leader.epoch);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
@@ -328,10 +334,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let scheduler = tokio::spawn(scheduler.run());
     let epoch = leader.epoch;
     let leadership = {
-        let (store, stop_scheduler) = (store.clone(), scheduler.abort_handle());
+        let (store, stop_scheduler, metrics) = (store.clone(), scheduler.abort_handle(), state.metrics.clone());
         let stop_leases = leases.as_ref().map(|l| l.abort_handle());
         tokio::spawn(async move {
-            let lost = leadership::keep(store, leader).await;
+            let lost = leadership::keep(store, leader, metrics.clone()).await;
+            metrics.leader_epoch.set(0);
             // A deposed leader stops scheduling and talking to agents at once.
             stop_scheduler.abort();
             if let Some(l) = stop_leases {

@@ -1,4 +1,5 @@
-//! Prometheus metrics: queue length, running jobs, allocated GPUs, placement latency, API latency.
+//! Prometheus metrics: queue length, running jobs, allocated GPUs, placement latency, API latency,
+//! the leader's epoch, lease takeovers and renewal latency.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
@@ -20,6 +21,11 @@ pub struct Metrics {
     pub allocated_gpus: Gauge,
     pub placement_seconds: Histogram,
     pub api_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// The epoch of the lease this server leads in (0 while it does not lead).
+    pub leader_epoch: Gauge,
+    /// Times this server took the leader's lease.
+    pub leader_acquired: prometheus_client::metrics::counter::Counter,
+    pub lease_renew_seconds: Histogram,
 }
 
 impl Metrics {
@@ -39,7 +45,23 @@ impl Metrics {
             placement_seconds.clone(),
         );
         registry.register("api_latency_seconds", "Time to answer an API request", api_seconds.clone());
-        Metrics { registry, queue_length, running_jobs, allocated_gpus, placement_seconds, api_seconds }
+        let leader_epoch = Gauge::default();
+        let leader_acquired = prometheus_client::metrics::counter::Counter::default();
+        let lease_renew_seconds = latency_histogram();
+        registry.register("leader_epoch", "Epoch of the lease this server leads in, 0 if it does not lead", leader_epoch.clone());
+        registry.register("leader_acquired", "Times this server took the leader's lease", leader_acquired.clone());
+        registry.register("lease_renew_seconds", "Time to renew the leader's lease in the store", lease_renew_seconds.clone());
+        Metrics {
+            registry,
+            queue_length,
+            running_jobs,
+            allocated_gpus,
+            placement_seconds,
+            api_seconds,
+            leader_epoch,
+            leader_acquired,
+            lease_renew_seconds,
+        }
     }
 
     /// The metrics in the Prometheus text format.

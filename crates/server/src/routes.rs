@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/nodes", get(list_nodes))
         .route("/sites", get(list_sites))
+        .route("/cluster", get(cluster))
         .route("/sites/{name}/gpu-power-cap", put(set_gpu_power_cap))
         .route("/events", get(events))
         .route("/join-tokens", post(crate::agent_routes::create_join_token))
@@ -508,6 +509,28 @@ fn sites(st: &AppState) -> Vec<api::Site> {
         site.power_nameplate_watts += board * f64::from(gpus);
     }
     sites
+}
+
+/// The leader's lease as stored, and whether this server holds it.
+async fn cluster(State(st): State<AppState>, _caller: Caller) -> Result<Json<api::ClusterStatus>, ApiError> {
+    let lease = st.store.lease().await?;
+    let database = match st.store.backend() {
+        store::Backend::Sqlite => "sqlite",
+        store::Backend::Postgres => "postgres",
+    };
+    let leads = lease.as_ref().is_some_and(|l| l.holder == *st.replica && l.expires_ms > crate::now_ms());
+    Ok(Json(api::ClusterStatus {
+        replica: st.replica.to_string(),
+        leads,
+        leader: lease.map(|l| api::Leader {
+            replica: l.holder,
+            epoch: l.epoch,
+            since_ms: l.acquired_ms,
+            renewed_ms: l.renewed_ms,
+            expires_ms: l.expires_ms,
+        }),
+        database: database.into(),
+    }))
 }
 
 async fn list_sites(State(st): State<AppState>, _caller: Caller) -> Json<Vec<api::Site>> {

@@ -144,6 +144,12 @@ pub enum QuotaAction {
     Set { tenant: String, gpus: String },
 }
 
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
 /// A small REST client over reqwest.
 pub struct Client {
     http: reqwest::Client,
@@ -562,6 +568,33 @@ pub fn quota(args: QuotaArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.conn)?;
+    let c: api::ClusterStatus = runtime()?.block_on(client.get("/v1/cluster"))?;
+    if args.conn.output == Output::Json {
+        return print_json(&c);
+    }
+    let mut t = Table::new(["LEADER", "EPOCH", "SINCE", "LEASE RENEWED", "LEASE ENDS"]);
+    match &c.leader {
+        Some(l) => t.row([
+            l.replica.clone(),
+            l.epoch.to_string(),
+            fmt_time(l.since_ms),
+            fmt_time(l.renewed_ms),
+            fmt_time(l.expires_ms),
+        ]),
+        None => t.row(["(none)".to_string(), "-".into(), "-".into(), "-".into(), "-".into()]),
+    };
+    println!("{}", t.render().trim_end());
+    println!(
+        "answered by {} ({}), on {}",
+        c.replica,
+        if c.leads { "the leader" } else { "a standby" },
+        c.database
+    );
+    Ok(())
 }
 
 #[cfg(test)]
