@@ -50,6 +50,10 @@ impl From<store::StoreError> for ApiError {
     fn from(e: store::StoreError) -> Self {
         match e {
             store::StoreError::Conflict { .. } => ApiError::Conflict(e.to_string()),
+            store::StoreError::Fenced { .. } => {
+                tracing::warn!(error = %e, "write refused: another server leads now");
+                ApiError::Unavailable("this server no longer leads the control plane; retry on the leader".into())
+            }
             store::StoreError::Db(_) | store::StoreError::Closed => {
                 tracing::error!(error = %e, "store call failed");
                 ApiError::Unavailable("the store is unavailable, retry later".into())

@@ -272,8 +272,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         None => config.executor,
     };
     let (sched_events, sched_events_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Every write of this server is the leader's: fenced by its epoch, so once another replica
+    // took over, what this one still tries to write is refused (the API answers 503).
     let state = AppState {
-        store: store.clone(),
+        store: store.fenced(leader.epoch),
         fleet: fleet.clone(),
         node_ids: Arc::new(node_ids),
         admin_hash: Arc::from(admin_hash.as_str()),
@@ -299,9 +301,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     if let Some(g) = &guard {
         tracing::info!(policy = policy.name(), mode = ?g.budget().mode, "scheduling within the sites' grid caps");
     }
-    // The scheduler's writes are the leader's: fenced by its epoch.
-    let sched_state = AppState { store: store.fenced(leader.epoch), ..state.clone() };
-    let mut scheduler = scheduler::Scheduler::new(sched_state, policy, guard, executor, config.tick, sched_events_rx);
+    let mut scheduler = scheduler::Scheduler::new(state.clone(), policy, guard, executor, config.tick, sched_events_rx);
     if let Some(gate) = config.deferral {
         tracing::info!(max_delay_h = gate.max_delay.as_secs_f64() / 3600.0, "deferrable jobs wait for better hours");
         scheduler.defer_with(gate);

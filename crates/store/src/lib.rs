@@ -329,7 +329,7 @@ pub struct Store {
 enum Submission {
     Insert(PendingInsert),
     /// A node's join ([`Store::upsert_agent_node`]): joins arriving together share a commit too.
-    Node(AgentNode, oneshot::Sender<Result<()>>),
+    Node(AgentNode, Option<i64>, oneshot::Sender<Result<()>>),
     /// Stop: answer what was handed over before, fail what comes after, then say so.
     Close(oneshot::Sender<()>),
 }
@@ -338,6 +338,8 @@ enum Submission {
 struct PendingInsert {
     job: NewJob,
     now_ms: i64,
+    /// The leader's epoch the submitting server writes under, if fenced.
+    fence: Option<i64>,
     reply: oneshot::Sender<Result<Inserted>>,
 }
 
@@ -408,12 +410,21 @@ impl Store {
     }
 
     pub async fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        let mut tx = self.write().await?;
         sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = $2")
             .bind(key)
             .bind(value)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// A write transaction, fenced by the leader's epoch where this store is ([`Store::fenced`]).
+    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let mut tx = self.writer.begin().await?;
+        self.check_fence(&mut tx).await?;
+        Ok(tx)
     }
 
     /// Creates a tenant; its name must be new.
@@ -424,6 +435,7 @@ impl Store {
         gpu_quota: Option<i64>,
         now_ms: i64,
     ) -> Result<Tenant> {
+        let mut tx = self.write().await?;
         let row = sqlx::query(
             "INSERT INTO tenants (name, token_hash, gpu_quota, created_ms) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (name) DO NOTHING RETURNING id",
@@ -432,8 +444,9 @@ impl Store {
         .bind(token_hash)
         .bind(gpu_quota)
         .bind(now_ms)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         match row {
             Some(r) => Ok(Tenant { id: r.try_get(0)?, name: name.to_string(), gpu_quota, created_ms: now_ms }),
             None => Err(StoreError::Conflict { what: "tenant", name: name.to_string() }),
@@ -477,21 +490,25 @@ impl Store {
 
     /// Sets a tenant's GPU quota; `None` if there is no such tenant.
     pub async fn set_quota(&self, id: i64, gpu_quota: Option<i64>) -> Result<Option<Tenant>> {
+        let mut tx = self.write().await?;
         sqlx::query("UPDATE tenants SET gpu_quota = $1 WHERE id = $2")
             .bind(gpu_quota)
             .bind(id)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         self.tenant(id).await
     }
 
     /// Replaces a tenant's token (by its hash); false if there is no such tenant.
     pub async fn set_token_hash(&self, id: i64, token_hash: &str) -> Result<bool> {
+        let mut tx = self.write().await?;
         let done = sqlx::query("UPDATE tenants SET token_hash = $1 WHERE id = $2")
             .bind(token_hash)
             .bind(id)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -539,7 +556,7 @@ impl Store {
     /// A submission handed over is stored even if the caller stops waiting for the answer.
     pub async fn insert_job(&self, job: &NewJob, now_ms: i64) -> Result<Inserted> {
         let (reply, answer) = oneshot::channel();
-        let insert = PendingInsert { job: job.clone(), now_ms, reply };
+        let insert = PendingInsert { job: job.clone(), now_ms, fence: self.fence, reply };
         self.submissions.send(Submission::Insert(insert)).await.map_err(|_| StoreError::Closed)?;
         // No answer: the writer stopped (the store closed) before it took this submission.
         answer.await.map_err(|_| StoreError::Closed)?
@@ -551,7 +568,7 @@ impl Store {
     /// fails, nothing is stored.
     pub async fn insert_jobs(&self, jobs: &[NewJob], now_ms: i64) -> Result<Vec<Inserted>> {
         let jobs: Vec<(&NewJob, i64)> = jobs.iter().map(|j| (j, now_ms)).collect();
-        insert_batch(&self.writer, self.backend, &jobs).await
+        insert_batch(&self.writer, self.backend, &jobs, &[self.fence]).await
     }
 
     /// A tenant's job; `None` if it does not exist or belongs to another tenant.
@@ -649,7 +666,7 @@ impl Store {
         Ok(())
     }
 
-    /// This store, its job transitions fenced by the leader's `epoch`: each checks, in its own
+    /// This store, its writes fenced by the leader's `epoch`: each checks, in its own
     /// transaction, that the lease is still at `epoch`, and fails with [`StoreError::Fenced`]
     /// once another replica took it over. On PostgreSQL the check holds the lease row until the
     /// commit, so a takeover waits for a write already under way and never misses it.
@@ -663,16 +680,10 @@ impl Store {
     }
 
     async fn check_fence(&self, conn: &mut sqlx::AnyConnection) -> Result<()> {
-        let Some(epoch) = self.fence else { return Ok(()) };
-        let sql = match self.backend {
-            Backend::Postgres => "SELECT epoch FROM leader_lease WHERE id = 1 FOR SHARE",
-            Backend::Sqlite => "SELECT epoch FROM leader_lease WHERE id = 1",
-        };
-        let current: Option<i64> = sqlx::query_scalar(sql).fetch_optional(&mut *conn).await?;
-        if current != Some(epoch) {
-            return Err(StoreError::Fenced { epoch, current });
+        match self.fence {
+            Some(epoch) => check_fence_in(conn, self.backend, epoch).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Takes the leader's lease for `holder` until `now_ms + lease_ms`, if nobody holds it or
@@ -969,13 +980,15 @@ impl Store {
 
     /// Records a join token (by its hash).
     pub async fn add_join_token(&self, token_hash: &str, now_ms: i64) -> Result<()> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO join_tokens (token_hash, created_ms) VALUES ($1, $2) ON CONFLICT (token_hash) DO NOTHING",
         )
         .bind(token_hash)
         .bind(now_ms)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -992,7 +1005,7 @@ impl Store {
     /// joins again: the old credential stops working.
     pub async fn upsert_agent_node(&self, node: &AgentNode) -> Result<()> {
         let (reply, answer) = oneshot::channel();
-        self.submissions.send(Submission::Node(node.clone(), reply)).await.map_err(|_| StoreError::Closed)?;
+        self.submissions.send(Submission::Node(node.clone(), self.fence, reply)).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -1066,19 +1079,19 @@ async fn write_submissions(writer: AnyPool, backend: Backend, mut queue: mpsc::R
         for submission in waiting.drain(..) {
             match submission {
                 Submission::Insert(insert) if closers.is_empty() => batch.push(insert),
-                Submission::Node(node, reply) if closers.is_empty() => nodes.push((node, reply)),
+                Submission::Node(node, fence, reply) if closers.is_empty() => nodes.push((node, fence, reply)),
                 // Handed over after the store began to close.
                 Submission::Insert(insert) => {
                     let _ = insert.reply.send(Err(StoreError::Closed));
                 }
-                Submission::Node(_, reply) => {
+                Submission::Node(_, _, reply) => {
                     let _ = reply.send(Err(StoreError::Closed));
                 }
                 Submission::Close(done) => closers.push(done),
             }
         }
         if !nodes.is_empty() {
-            commit_nodes(&writer, nodes).await;
+            commit_nodes(&writer, backend, nodes).await;
         }
         if !batch.is_empty() {
             commit_batch(&writer, backend, batch).await;
@@ -1096,7 +1109,7 @@ async fn write_submissions(writer: AnyPool, backend: Backend, mut queue: mpsc::R
                 Submission::Insert(insert) => {
                     let _ = insert.reply.send(Err(StoreError::Closed));
                 }
-                Submission::Node(_, reply) => {
+                Submission::Node(_, _, reply) => {
                     let _ = reply.send(Err(StoreError::Closed));
                 }
                 Submission::Close(done) => closers.push(done),
@@ -1109,32 +1122,36 @@ async fn write_submissions(writer: AnyPool, backend: Backend, mut queue: mpsc::R
     }
 }
 
+/// A node's join, the leader's epoch it is written under (if fenced), and its caller's answer.
+type NodeJoin = (AgentNode, Option<i64>, oneshot::Sender<Result<()>>);
+
 /// Stores the joins of `nodes` in one transaction and answers each; if it fails, each is tried
 /// alone, so a bad one fails by itself.
-async fn commit_nodes(writer: &AnyPool, nodes: Vec<(AgentNode, oneshot::Sender<Result<()>>)>) {
-    let all: Vec<&AgentNode> = nodes.iter().map(|(n, _)| n).collect();
-    match upsert_nodes(writer, &all).await {
+async fn commit_nodes(writer: &AnyPool, backend: Backend, nodes: Vec<NodeJoin>) {
+    let all: Vec<(&AgentNode, Option<i64>)> = nodes.iter().map(|(n, f, _)| (n, *f)).collect();
+    match upsert_nodes(writer, backend, &all).await {
         Ok(()) => {
-            for (_, reply) in nodes {
+            for (_, _, reply) in nodes {
                 let _ = reply.send(Ok(()));
             }
         }
         Err(error) if nodes.len() == 1 => {
-            if let Some((_, reply)) = nodes.into_iter().next() {
+            if let Some((_, _, reply)) = nodes.into_iter().next() {
                 let _ = reply.send(Err(error));
             }
         }
         Err(_) => {
-            for (node, reply) in nodes {
-                let _ = reply.send(upsert_nodes(writer, &[&node]).await);
+            for (node, fence, reply) in nodes {
+                let _ = reply.send(upsert_nodes(writer, backend, &[(&node, fence)]).await);
             }
         }
     }
 }
 
-async fn upsert_nodes(writer: &AnyPool, nodes: &[&AgentNode]) -> Result<()> {
+async fn upsert_nodes(writer: &AnyPool, backend: Backend, nodes: &[(&AgentNode, Option<i64>)]) -> Result<()> {
     let mut tx = writer.begin().await?;
-    for node in nodes {
+    check_fences(&mut tx, backend, nodes.iter().map(|(_, f)| *f)).await?;
+    for (node, _) in nodes {
         sqlx::query(
             "INSERT INTO agent_nodes (name, token_hash, inventory_json, address, joined_ms) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (name) DO UPDATE SET token_hash = $2, inventory_json = $3, address = $4, joined_ms = $5",
@@ -1151,11 +1168,42 @@ async fn upsert_nodes(writer: &AnyPool, nodes: &[&AgentNode]) -> Result<()> {
     Ok(())
 }
 
+/// Checks, inside a transaction, that the lease is still at `epoch` ([`Store::fenced`]): on
+/// PostgreSQL the lease row stays locked `FOR SHARE` until the commit, so a takeover waits for
+/// the write and never misses it.
+async fn check_fence_in(conn: &mut sqlx::AnyConnection, backend: Backend, epoch: i64) -> Result<()> {
+    let sql = match backend {
+        Backend::Postgres => "SELECT epoch FROM leader_lease WHERE id = 1 FOR SHARE",
+        Backend::Sqlite => "SELECT epoch FROM leader_lease WHERE id = 1",
+    };
+    let current: Option<i64> = sqlx::query_scalar(sql).fetch_optional(&mut *conn).await?;
+    if current != Some(epoch) {
+        return Err(StoreError::Fenced { epoch, current });
+    }
+    Ok(())
+}
+
+/// [`check_fence_in`] for every distinct epoch among `fences`.
+async fn check_fences(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    fences: impl Iterator<Item = Option<i64>>,
+) -> Result<()> {
+    let mut epochs: Vec<i64> = fences.flatten().collect();
+    epochs.sort_unstable();
+    epochs.dedup();
+    for epoch in epochs {
+        check_fence_in(conn, backend, epoch).await?;
+    }
+    Ok(())
+}
+
 /// Stores one batch of submissions in one transaction and answers each caller.
 async fn commit_batch(writer: &AnyPool, backend: Backend, batch: Vec<PendingInsert>) {
     let started = Instant::now();
     let jobs: Vec<(&NewJob, i64)> = batch.iter().map(|p| (&p.job, p.now_ms)).collect();
-    match insert_batch(writer, backend, &jobs).await {
+    let fences: Vec<Option<i64>> = batch.iter().map(|p| p.fence).collect();
+    match insert_batch(writer, backend, &jobs, &fences).await {
         Ok(stored) => {
             tracing::trace!(
                 jobs = batch.len(),
@@ -1180,7 +1228,7 @@ async fn commit_batch(writer: &AnyPool, backend: Backend, batch: Vec<PendingInse
             // is tried again alone, and only what fails alone fails.
             drop(error);
             for pending in callers {
-                let alone = insert_batch(writer, backend, &[(&pending.job, pending.now_ms)]).await;
+                let alone = insert_batch(writer, backend, &[(&pending.job, pending.now_ms)], &[pending.fence]).await;
                 let answer = alone.and_then(|mut v| v.pop().ok_or(StoreError::Closed));
                 let _ = pending.reply.send(answer);
             }
@@ -1189,11 +1237,17 @@ async fn commit_batch(writer: &AnyPool, backend: Backend, batch: Vec<PendingInse
 }
 
 /// Stores `jobs` (each with its submission time) in one transaction: all of them or none.
-async fn insert_batch(writer: &AnyPool, backend: Backend, jobs: &[(&NewJob, i64)]) -> Result<Vec<Inserted>> {
+async fn insert_batch(
+    writer: &AnyPool,
+    backend: Backend,
+    jobs: &[(&NewJob, i64)],
+    fences: &[Option<i64>],
+) -> Result<Vec<Inserted>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
     let mut tx = writer.begin().await?;
+    check_fences(&mut tx, backend, fences.iter().copied()).await?;
     let stored = insert_in(&mut tx, backend, jobs).await?;
     tx.commit().await?;
     Ok(stored)

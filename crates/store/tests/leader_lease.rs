@@ -74,8 +74,33 @@ async fn exercise(store: Store) {
     let leader_b = store.fenced(b.epoch);
     assert_eq!(leader_b.transitions(&[schedule(JobState::Scheduled)], 15_004).await.unwrap(), vec![true]);
     assert_eq!(store.job_by_id(id).await.unwrap().unwrap().state, JobState::Scheduled);
-    // The API's writes are not a leader's: they need no lease.
+    // An unfenced store (a tool on the database) needs no lease.
     assert!(store.transition(id, &[JobState::Scheduled], JobState::Cancelled, 15_005, &Change::default()).await.unwrap());
+
+    // Every other write of a deposed leader is refused too: submissions (through the group
+    // commit, beside an unfenced one that goes through), joins, tenants, settings, tokens.
+    let submission = job(tenant.id);
+    let (fenced, plain) =
+        tokio::join!(leader_a.insert_job(&submission, 15_005), store.insert_job(&submission, 15_005));
+    assert!(matches!(fenced, Err(StoreError::Fenced { .. })), "{fenced:?}");
+    assert!(plain.unwrap().created, "a submission of another server in the same batch is stored");
+    let node = store::AgentNode {
+        name: "n1".into(),
+        token_hash: "c1".into(),
+        inventory_json: "[]".into(),
+        address: "127.0.0.1".into(),
+        joined_ms: 5,
+    };
+    assert!(matches!(leader_a.upsert_agent_node(&node).await, Err(StoreError::Fenced { .. })));
+    assert!(matches!(leader_a.create_tenant("u", "hash-u", None, 3).await, Err(StoreError::Fenced { .. })));
+    assert!(matches!(leader_a.set_quota(tenant.id, Some(1)).await, Err(StoreError::Fenced { .. })));
+    assert!(matches!(leader_a.set_setting("k", "v").await, Err(StoreError::Fenced { .. })));
+    assert!(matches!(leader_a.add_join_token("j", 1).await, Err(StoreError::Fenced { .. })));
+    assert!(matches!(leader_a.insert_jobs(&[job(tenant.id)], 15_006).await, Err(StoreError::Fenced { .. })));
+    assert!(store.agent_nodes().await.unwrap().is_empty() && store.tenant_by_name("u").await.unwrap().is_none());
+    assert_eq!(store.setting("k").await.unwrap(), None);
+    leader_b.upsert_agent_node(&node).await.unwrap();
+    leader_b.set_setting("k", "v").await.unwrap();
 
     // A leader that stops cleanly gives the lease up: the next one needs no wait.
     assert!(!store.release_lease(&a.holder, 1).await.unwrap(), "not a's to give");
