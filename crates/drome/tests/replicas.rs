@@ -45,21 +45,46 @@ async fn all_ended(http: &reqwest::Client, base: &str, token: &str, ids: &[i64])
     }
 }
 
+/// A database, a work directory, a client and the addresses of two replicas, leader `a` started.
+struct Pair {
+    db: store::testing::TempPostgres,
+    dir: std::path::PathBuf,
+    http: reqwest::Client,
+    a: String,
+    b: String,
+    pb: u16,
+    procs: Procs,
+}
+
+async fn leader_started(name: &str) -> Pair {
+    let db = store::testing::TempPostgres::create().await.expect("PostgreSQL is required for this test");
+    let dir = std::env::temp_dir().join(format!("drome-replicas-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let (a, b) = (format!("http://127.0.0.1:{pa}"), format!("http://127.0.0.1:{pb}"));
+    let procs = Procs(vec![replica(&db.url, pa, &dir)]);
+    wait_healthy(&http, &a).await;
+    Pair { db, dir, http, a, b, pb, procs }
+}
+
+impl Pair {
+    async fn end(self) {
+        drop(self.procs);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.db.drop_database().await.unwrap();
+    }
+}
+
 fn runs(job: &Value) -> usize {
     job["history"].as_array().unwrap().iter().filter(|h| h["state"] == "running").count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_from_a_killed_leader() {
-    let db = store::testing::TempPostgres::create().await.expect("PostgreSQL is required for this test");
-    let dir = std::env::temp_dir().join(format!("drome-replicas-kill-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let (pa, pb) = (free_port(), free_port());
-    let (a, b) = (format!("http://127.0.0.1:{pa}"), format!("http://127.0.0.1:{pb}"));
-    let mut procs = Procs(vec![replica(&db.url, pa, &dir)]);
-    wait_healthy(&http, &a).await;
-    procs.0.push(replica(&db.url, pb, &dir));
+    let mut p = leader_started("kill").await;
+    let (http, a, b) = (p.http.clone(), p.a.clone(), p.b.clone());
+    p.procs.0.push(replica(&p.db.url, p.pb, &p.dir));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!answers(&http, &b).await, "the standby waits for the lease; it does not serve yet");
 
@@ -69,8 +94,8 @@ async fn a_standby_takes_over_from_a_killed_leader() {
     for _ in 0..20 {
         ids.push(submit(&http, &a, &token, &spec).await);
     }
-    procs.0[0].kill().unwrap();
-    procs.0[0].wait().unwrap();
+    p.procs.0[0].kill().unwrap();
+    p.procs.0[0].wait().unwrap();
     let t0 = Instant::now();
     let takeover = wait_healthy(&http, &b).await;
     assert!(takeover < Duration::from_secs(10), "the standby took {takeover:?} to lead");
@@ -87,21 +112,13 @@ async fn a_standby_takes_over_from_a_killed_leader() {
         assert_eq!(runs(j), 1, "job {} ran {} times", j["id"], runs(j));
     }
     eprintln!("takeover after SIGKILL: {:?} to healthy, all {} jobs done {:?} after the kill", takeover, ids.len(), t0.elapsed());
-    drop(procs);
-    let _ = std::fs::remove_dir_all(&dir);
-    db.drop_database().await.unwrap();
+    p.end().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_paused_past_its_lease_steps_down() {
-    let db = store::testing::TempPostgres::create().await.expect("PostgreSQL is required for this test");
-    let dir = std::env::temp_dir().join(format!("drome-replicas-pause-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let (pa, pb) = (free_port(), free_port());
-    let (a, b) = (format!("http://127.0.0.1:{pa}"), format!("http://127.0.0.1:{pb}"));
-    let mut procs = Procs(vec![replica(&db.url, pa, &dir)]);
-    wait_healthy(&http, &a).await;
+    let mut p = leader_started("pause").await;
+    let (http, a, b) = (p.http.clone(), p.a.clone(), p.b.clone());
     let token = create_tenant(&http, &a, ADMIN, "t").await;
     // Jobs that are running when the leader stops, and end while it is stopped.
     let spec = json!({"command": "sleep", "args": ["2"], "gpus_per_node": 1});
@@ -117,23 +134,23 @@ async fn a_leader_paused_past_its_lease_steps_down() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let leader = procs.0[0].id() as i32;
+    let leader = p.procs.0[0].id() as i32;
     assert_eq!(send_signal(leader, "STOP"), 0);
-    procs.0.push(replica(&db.url, pb, &dir));
+    p.procs.0.push(replica(&p.db.url, p.pb, &p.dir));
     wait_healthy(&http, &b).await;
     // The old leader's runs would have ended by now: when it wakes it must record nothing.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(send_signal(leader, "CONT"), 0);
     let t1 = Instant::now();
     let status = loop {
-        if let Some(s) = procs.0[0].try_wait().unwrap() {
+        if let Some(s) = p.procs.0[0].try_wait().unwrap() {
             break s;
         }
         assert!(t1.elapsed() < Duration::from_secs(10), "the paused leader did not step down when it woke");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(!status.success(), "stepping down is an error exit: {status:?}");
-    let log = std::fs::read_to_string(dir.join("server.log")).unwrap();
+    let log = std::fs::read_to_string(p.dir.join("server.log")).unwrap();
     assert!(log.contains("no longer the leader"), "the old leader says why it stopped");
 
     // The new leader finishes every job, each run once.
@@ -141,9 +158,7 @@ async fn a_leader_paused_past_its_lease_steps_down() {
     for j in &jobs {
         assert_eq!(runs(j), 1, "job {} ran {} times", j["id"], runs(j));
     }
-    drop(procs);
-    let _ = std::fs::remove_dir_all(&dir);
-    db.drop_database().await.unwrap();
+    p.end().await;
 }
 
 /// Sends SIGSTOP or SIGCONT with `kill(1)`; its exit status.
