@@ -3,9 +3,9 @@
 #![allow(dead_code)]
 
 use crate::{
-    AgentJoin, AgentJoined, ClusterStatus, ErrorBody, Event, GpuPowerCap, Health, Heartbeat, HeartbeatBatch, HeartbeatBatchReply,
-    HeartbeatReply, Job, JobList, JobLogs, JobSpec, JoinToken, LogChunk, NewTenant, Node, Quota, QuotaUpdate, Site,
-    Tenant, TenantCreated,
+    AgentJoin, AgentJoined, ClusterStatus, ErrorBody, Event, GpuPowerCap, Health, Heartbeat, HeartbeatBatch,
+    HeartbeatBatchReply, HeartbeatReply, Job, JobList, JobLogs, JobSpec, JoinToken, LogChunk, NewTenant, Node, Quota,
+    QuotaUpdate, Site, Tenant, TenantCreated,
 };
 
 /// Liveness and database reachability.

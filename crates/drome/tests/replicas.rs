@@ -40,7 +40,11 @@ async fn all_ended(http: &reqwest::Client, base: &str, token: &str, ids: &[i64])
         if jobs.iter().all(|j| j["state"] == "succeeded") {
             return jobs;
         }
-        assert!(Instant::now() < deadline, "jobs not all done: {:?}", jobs.iter().map(|j| &j["state"]).collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "jobs not all done: {:?}",
+            jobs.iter().map(|j| &j["state"]).collect::<Vec<_>>()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -111,7 +115,12 @@ async fn a_standby_takes_over_from_a_killed_leader() {
     for j in &jobs {
         assert_eq!(runs(j), 1, "job {} ran {} times", j["id"], runs(j));
     }
-    eprintln!("takeover after SIGKILL: {:?} to healthy, all {} jobs done {:?} after the kill", takeover, ids.len(), t0.elapsed());
+    eprintln!(
+        "takeover after SIGKILL: {:?} to healthy, all {} jobs done {:?} after the kill",
+        takeover,
+        ids.len(),
+        t0.elapsed()
+    );
     p.end().await;
 }
 
@@ -128,7 +137,8 @@ async fn a_leader_paused_past_its_lease_steps_down() {
     }
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(10) {
-        let v: Value = http.get(format!("{a}/v1/jobs/{}", ids[3])).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        let v: Value =
+            http.get(format!("{a}/v1/jobs/{}", ids[3])).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
         if v["state"] == "running" {
             break;
         }

@@ -500,10 +500,15 @@ impl PowerGuard {
                         continue;
                     }
                     let share = GpuShare { index: index as u8, milli };
-                    if u32::from(milli) >= GPU_MILLI_PER_GPU { whole.push(share) } else { shares.push(share) }
+                    if u32::from(milli) >= GPU_MILLI_PER_GPU {
+                        whole.push(share)
+                    } else {
+                        shares.push(share)
+                    }
                     to_hide -= f64::from(milli);
                 }
-                let pieces = std::iter::once(whole).filter(|w| !w.is_empty()).chain(shares.into_iter().map(|s| vec![s]));
+                let pieces =
+                    std::iter::once(whole).filter(|w| !w.is_empty()).chain(shares.into_iter().map(|s| vec![s]));
                 for gpus in pieces {
                     let gpu = match gpus.as_slice() {
                         [one] if u32::from(one.milli) < GPU_MILLI_PER_GPU => {

@@ -232,13 +232,21 @@ mod props {
         let nodes = (0..6)
             .map(|i| {
                 if i % 2 == 0 {
-                    NodeWatts { site: 0, full_watts_per_gpu: 1000.0, board_watts_per_gpu: 700.0, ..NodeWatts::default() }
+                    NodeWatts {
+                        site: 0,
+                        full_watts_per_gpu: 1000.0,
+                        board_watts_per_gpu: 700.0,
+                        ..NodeWatts::default()
+                    }
                 } else {
                     NodeWatts { site: 1, full_watts_per_gpu: 800.0, board_watts_per_gpu: 500.0, ..NodeWatts::default() }
                 }
             })
             .collect();
-        let sites = vec![SiteBudget { cap_watts: caps.0, base_watts: 500.0 }, SiteBudget { cap_watts: caps.1, base_watts: 500.0 }];
+        let sites = vec![
+            SiteBudget { cap_watts: caps.0, base_watts: 500.0 },
+            SiteBudget { cap_watts: caps.1, base_watts: 500.0 },
+        ];
         let mut p = PowerCapped::new(Fifo::new("fifo", Box::new(FirstFit)), PowerBudget { sites, nodes, mode });
         let mut cluster = ClusterState::new(f);
         let mut waiting: Vec<(u32, GpuRequest)> = Vec::new();

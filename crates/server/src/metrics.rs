@@ -48,9 +48,17 @@ impl Metrics {
         let leader_epoch = Gauge::default();
         let leader_acquired = prometheus_client::metrics::counter::Counter::default();
         let lease_renew_seconds = latency_histogram();
-        registry.register("leader_epoch", "Epoch of the lease this server leads in, 0 if it does not lead", leader_epoch.clone());
+        registry.register(
+            "leader_epoch",
+            "Epoch of the lease this server leads in, 0 if it does not lead",
+            leader_epoch.clone(),
+        );
         registry.register("leader_acquired", "Times this server took the leader's lease", leader_acquired.clone());
-        registry.register("lease_renew_seconds", "Time to renew the leader's lease in the store", lease_renew_seconds.clone());
+        registry.register(
+            "lease_renew_seconds",
+            "Time to renew the leader's lease in the store",
+            lease_renew_seconds.clone(),
+        );
         Metrics {
             registry,
             queue_length,

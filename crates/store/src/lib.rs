@@ -778,11 +778,10 @@ impl Store {
     }
 
     async fn lease_in(conn: &mut sqlx::AnyConnection) -> Result<Option<Lease>> {
-        let row = sqlx::query(
-            "SELECT holder, epoch, acquired_ms, renewed_ms, expires_ms FROM leader_lease WHERE id = 1",
-        )
-        .fetch_optional(&mut *conn)
-        .await?;
+        let row =
+            sqlx::query("SELECT holder, epoch, acquired_ms, renewed_ms, expires_ms FROM leader_lease WHERE id = 1")
+                .fetch_optional(&mut *conn)
+                .await?;
         row.map(|r| {
             Ok(Lease {
                 holder: r.try_get(0)?,
@@ -1005,7 +1004,10 @@ impl Store {
     /// joins again: the old credential stops working.
     pub async fn upsert_agent_node(&self, node: &AgentNode) -> Result<()> {
         let (reply, answer) = oneshot::channel();
-        self.submissions.send(Submission::Node(node.clone(), self.fence, reply)).await.map_err(|_| StoreError::Closed)?;
+        self.submissions
+            .send(Submission::Node(node.clone(), self.fence, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 

@@ -75,13 +75,14 @@ async fn exercise(store: Store) {
     assert_eq!(leader_b.transitions(&[schedule(JobState::Scheduled)], 15_004).await.unwrap(), vec![true]);
     assert_eq!(store.job_by_id(id).await.unwrap().unwrap().state, JobState::Scheduled);
     // An unfenced store (a tool on the database) needs no lease.
-    assert!(store.transition(id, &[JobState::Scheduled], JobState::Cancelled, 15_005, &Change::default()).await.unwrap());
+    assert!(
+        store.transition(id, &[JobState::Scheduled], JobState::Cancelled, 15_005, &Change::default()).await.unwrap()
+    );
 
     // Every other write of a deposed leader is refused too: submissions (through the group
     // commit, beside an unfenced one that goes through), joins, tenants, settings, tokens.
     let submission = job(tenant.id);
-    let (fenced, plain) =
-        tokio::join!(leader_a.insert_job(&submission, 15_005), store.insert_job(&submission, 15_005));
+    let (fenced, plain) = tokio::join!(leader_a.insert_job(&submission, 15_005), store.insert_job(&submission, 15_005));
     assert!(matches!(fenced, Err(StoreError::Fenced { .. })), "{fenced:?}");
     assert!(plain.unwrap().created, "a submission of another server in the same batch is stored");
     let node = store::AgentNode {
@@ -107,7 +108,10 @@ async fn exercise(store: Store) {
     assert!(store.release_lease("b", 2).await.unwrap());
     let c = store.acquire_lease("c", 15_006, LEASE_MS).await.unwrap().expect("released");
     assert_eq!(c.epoch, 3);
-    assert!(matches!(leader_b.transitions(&[schedule(JobState::Scheduled)], 15_007).await, Err(StoreError::Fenced { .. })));
+    assert!(matches!(
+        leader_b.transitions(&[schedule(JobState::Scheduled)], 15_007).await,
+        Err(StoreError::Fenced { .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

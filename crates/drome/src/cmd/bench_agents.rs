@@ -384,9 +384,7 @@ fn print_table(r: &Report) {
         "allocations/s".into(),
         format!(
             "{:.2} / {:.2} / {:.2}",
-            r.allocation.server_cpu_ms_per_job,
-            r.allocation.agents_cpu_ms_per_job,
-            r.allocation.machine_cpu_ms_per_job
+            r.allocation.server_cpu_ms_per_job, r.allocation.agents_cpu_ms_per_job, r.allocation.machine_cpu_ms_per_job
         ),
     ]);
     print!("{}", t.render());

@@ -588,12 +588,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
         None => t.row(["(none)".to_string(), "-".into(), "-".into(), "-".into(), "-".into()]),
     };
     println!("{}", t.render().trim_end());
-    println!(
-        "answered by {} ({}), on {}",
-        c.replica,
-        if c.leads { "the leader" } else { "a standby" },
-        c.database
-    );
+    println!("answered by {} ({}), on {}", c.replica, if c.leads { "the leader" } else { "a standby" }, c.database);
     Ok(())
 }
 
