@@ -8,6 +8,7 @@ use crate::AgentError;
 use crate::runner::{Backoff, NodeAgent, NodeConfig};
 use api::{HeartbeatBatch, HeartbeatBatchReply, NodeHeartbeat, RunExit};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -20,7 +21,8 @@ const JOINS_PER_ROUND: usize = 128;
 
 /// The nodes of one agent process and their shared connection.
 pub struct AgentHost {
-    server: String,
+    /// The replicas, shared with the nodes (their joins and logs).
+    servers: Arc<crate::Servers>,
     http: reqwest::Client,
     /// Names this process to the server, which wakes its held call for any of its nodes.
     agent_id: String,
@@ -39,15 +41,15 @@ impl AgentHost {
     pub fn new(configs: Vec<NodeConfig>) -> Result<AgentHost, AgentError> {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
-        let server = configs.first().map(|c| c.server.clone()).unwrap_or_default();
+        let servers = crate::Servers::parse(&configs.first().map(|c| c.server.clone()).unwrap_or_default());
         let mut nodes = Vec::with_capacity(configs.len());
         for (i, cfg) in configs.into_iter().enumerate() {
-            nodes.push(NodeAgent::in_host(cfg, http.clone(), i, exit_tx.clone())?);
+            nodes.push(NodeAgent::in_host(cfg, http.clone(), i, exit_tx.clone(), servers.clone())?);
         }
         let agent_id = format!("{}-{}-{}", std::process::id(), crate::runner::random_suffix(), nodes.len());
         let changed = (0..nodes.len()).collect();
         let index = nodes.iter().enumerate().map(|(i, n)| (n.name().to_string(), i)).collect();
-        Ok(AgentHost { server, http, agent_id, nodes, exit_rx, changed, index, last_answer: 0 })
+        Ok(AgentHost { servers, http, agent_id, nodes, exit_rx, changed, index, last_answer: 0 })
     }
 
     fn take_exit(&mut self, index: usize, e: RunExit) {
@@ -143,7 +145,8 @@ impl AgentHost {
                 self.changed.remove(i);
             }
             let sent_at = Instant::now();
-            let request = self.http.post(format!("{}/v1/agent/heartbeats", self.server)).json(&batch).send();
+            let (at, server) = self.servers.current();
+            let request = self.http.post(format!("{server}/v1/agent/heartbeats")).json(&batch).send();
             // A held call is never dropped for news (its answer could carry work): ends are
             // reported with the next call, within EXIT_REPORT while runs are live.
             let response = tokio::select! {
@@ -156,12 +159,18 @@ impl AgentHost {
             let reply = match response {
                 Ok(r) if r.status().is_success() => r.json::<HeartbeatBatchReply>().await,
                 Ok(r) => {
+                    if crate::Servers::not_leading(r.status()) {
+                        self.servers.failed(at);
+                    }
                     tracing::warn!(status = %r.status(), nodes = listed.len(), "batched heartbeat refused; retrying");
                     self.changed.extend(listed);
                     backoff.wait().await;
                     continue;
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    self.servers.failed(at);
+                    Err(e)
+                }
             };
             let reply = match reply {
                 Ok(r) => r,

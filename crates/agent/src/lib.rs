@@ -8,9 +8,11 @@ pub mod host;
 pub mod inventory;
 pub mod rapl;
 pub mod runner;
+pub mod servers;
 
 pub use host::AgentHost;
 pub use runner::{NodeAgent, NodeConfig};
+pub use servers::Servers;
 
 /// Why an agent stopped.
 #[derive(Debug, thiserror::Error)]

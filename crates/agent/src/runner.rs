@@ -20,7 +20,7 @@ const KILL_ON_SPAWN: i32 = -1;
 /// One node an agent serves.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
-    /// The server's base URL, `http://HOST:PORT`.
+    /// The server's base URL, `http://HOST:PORT`, or the replicas' URLs separated by commas.
     pub server: String,
     pub join_token: String,
     /// The node's name in the fleet.
@@ -47,6 +47,8 @@ struct Live {
 pub struct NodeAgent {
     cfg: NodeConfig,
     http: reqwest::Client,
+    /// The replicas; shared by every node of a host.
+    servers: Arc<crate::Servers>,
     credential: Option<String>,
     heartbeat: Duration,
     /// The server's lease: past it without a renewal, the node's runs may be started elsewhere.
@@ -237,7 +239,8 @@ impl NodeAgent {
     pub fn new(cfg: NodeConfig) -> Result<NodeAgent, AgentError> {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
-        let mut agent = NodeAgent::in_host(cfg, http, 0, exit_tx)?;
+        let servers = crate::Servers::parse(&cfg.server);
+        let mut agent = NodeAgent::in_host(cfg, http, 0, exit_tx, servers)?;
         agent.exit_rx = Some(exit_rx);
         Ok(agent)
     }
@@ -249,12 +252,14 @@ impl NodeAgent {
         http: reqwest::Client,
         index: usize,
         exit_tx: mpsc::UnboundedSender<(usize, RunExit)>,
+        servers: Arc<crate::Servers>,
     ) -> Result<NodeAgent, AgentError> {
         std::fs::create_dir_all(cfg.work_dir.join("runs")).map_err(io(&cfg.work_dir))?;
         let credential = std::fs::read_to_string(cfg.work_dir.join("credential")).ok().map(|s| s.trim().to_string());
         let agent = NodeAgent {
             cfg,
             http,
+            servers,
             credential: credential.filter(|c| !c.is_empty()),
             heartbeat: Duration::from_secs(5),
             lease: Duration::from_secs(20),
@@ -289,7 +294,17 @@ impl NodeAgent {
             address: self.cfg.address.clone(),
             gpus: self.cfg.gpus.clone(),
         };
-        let r = self.http.post(format!("{}/v1/agent/join", self.cfg.server)).json(&body).send().await?;
+        let (at, server) = self.servers.current();
+        let r = match self.http.post(format!("{server}/v1/agent/join")).json(&body).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.servers.failed(at);
+                return Err(e.into());
+            }
+        };
+        if crate::Servers::not_leading(r.status()) {
+            self.servers.failed(at);
+        }
         if !r.status().is_success() {
             let status = r.status();
             let text = r.text().await.unwrap_or_default();
@@ -424,7 +439,7 @@ impl NodeAgent {
     fn send_log(&self, credential: &str, req: LogRequest) {
         let path = self.run_dir(&req.run).join(req.stream.as_str());
         let (http, url, credential) =
-            (self.http.clone(), format!("{}/v1/agent/logs", self.cfg.server), credential.to_string());
+            (self.http.clone(), format!("{}/v1/agent/logs", self.servers.current().1), credential.to_string());
         tokio::spawn(async move {
             let chunk = read_chunk(&path, &req);
             if let Err(e) = http.post(url).bearer_auth(credential).json(&chunk).send().await {
@@ -605,12 +620,9 @@ impl NodeAgent {
             let sent_at = tokio::time::Instant::now();
             let fence_at = self.check_fence(sent_at);
             let sent_exits = beat.exited.len();
-            let request = self
-                .http
-                .post(format!("{}/v1/agent/heartbeat", self.cfg.server))
-                .bearer_auth(&credential)
-                .json(&beat)
-                .send();
+            let (at, server) = self.servers.current();
+            let request =
+                self.http.post(format!("{server}/v1/agent/heartbeat")).bearer_auth(&credential).json(&beat).send();
             let response = tokio::select! {
                 r = request => r,
                 Some((_, e)) = exit_rx.recv() => {
@@ -633,11 +645,17 @@ impl NodeAgent {
                 }
                 Ok(r) if r.status().is_success() => r.json::<HeartbeatReply>().await,
                 Ok(r) => {
+                    if crate::Servers::not_leading(r.status()) {
+                        self.servers.failed(at);
+                    }
                     tracing::warn!(node = %self.cfg.name, status = %r.status(), "heartbeat refused; retrying");
                     backoff.wait().await;
                     continue;
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    self.servers.failed(at);
+                    Err(e)
+                }
             };
             let reply = match reply {
                 Ok(r) => r,

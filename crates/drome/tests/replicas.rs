@@ -1,10 +1,11 @@
 //! Replicas on one PostgreSQL database: one leads (holds the lease, schedules), the others wait.
 //! A leader killed with SIGKILL is replaced within the lease and nothing acknowledged is lost or
-//! run twice; a leader paused past its lease (SIGSTOP) steps down when it wakes.
+//! run twice; a leader paused past its lease (SIGSTOP) steps down when it wakes; an agent given
+//! every replica's address follows the new leader, and the end of a run it reports there counts.
 
 mod common;
 
-use common::{Procs, create_tenant, free_port, submit, wait_healthy};
+use common::{Procs, agent, create_tenant, free_port, get_job, join_token, submit, wait_healthy};
 use serde_json::{Value, json};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -21,6 +22,12 @@ fn replica(db: &str, port: u16, dir: &std::path::Path) -> Child {
         dir,
         None,
     )
+}
+
+/// A replica whose work runs on node agents.
+fn agents_replica(db: &str, port: u16, dir: &std::path::Path) -> Child {
+    let args = ["--fleet", FLEET, "--agents", "--heartbeat-ms", "200", "--lease-ms", "5000", "--leader-lease-s", "1"];
+    common::server(db, port, ADMIN, &args, dir, None)
 }
 
 async fn answers(http: &reqwest::Client, base: &str) -> bool {
@@ -60,14 +67,15 @@ struct Pair {
     procs: Procs,
 }
 
-async fn leader_started(name: &str) -> Pair {
+async fn leader_started(name: &str, agents: bool) -> Pair {
     let db = store::testing::TempPostgres::create().await.expect("PostgreSQL is required for this test");
     let dir = std::env::temp_dir().join(format!("drome-replicas-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let (pa, pb) = (free_port(), free_port());
     let (a, b) = (format!("http://127.0.0.1:{pa}"), format!("http://127.0.0.1:{pb}"));
-    let procs = Procs(vec![replica(&db.url, pa, &dir)]);
+    let first = if agents { agents_replica(&db.url, pa, &dir) } else { replica(&db.url, pa, &dir) };
+    let procs = Procs(vec![first]);
     wait_healthy(&http, &a).await;
     Pair { db, dir, http, a, b, pb, procs }
 }
@@ -86,7 +94,7 @@ fn runs(job: &Value) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_from_a_killed_leader() {
-    let mut p = leader_started("kill").await;
+    let mut p = leader_started("kill", false).await;
     let (http, a, b) = (p.http.clone(), p.a.clone(), p.b.clone());
     p.procs.0.push(replica(&p.db.url, p.pb, &p.dir));
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -126,7 +134,7 @@ async fn a_standby_takes_over_from_a_killed_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_paused_past_its_lease_steps_down() {
-    let mut p = leader_started("pause").await;
+    let mut p = leader_started("pause", false).await;
     let (http, a, b) = (p.http.clone(), p.a.clone(), p.b.clone());
     let token = create_tenant(&http, &a, ADMIN, "t").await;
     // Jobs that are running when the leader stops, and end while it is stopped.
@@ -167,6 +175,51 @@ async fn a_leader_paused_past_its_lease_steps_down() {
     let jobs = all_ended(&http, &b, &token, &ids).await;
     for j in &jobs {
         assert_eq!(runs(j), 1, "job {} ran {} times", j["id"], runs(j));
+    }
+    p.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_follows_the_new_leader() {
+    let mut p = leader_started("agent", true).await;
+    let (http, a, b) = (p.http.clone(), p.a.clone(), p.b.clone());
+    let token = create_tenant(&http, &a, ADMIN, "lab").await;
+    let join = join_token(&http, &a, ADMIN).await;
+    p.procs.0.push(agents_replica(&p.db.url, p.pb, &p.dir));
+    p.procs.0.push(agent(None, &format!("{a},{b}"), &join, "hall-a-r001-n01", &p.dir));
+    let spec = json!({"command": "sh", "args": ["-c", "sleep 2; exit 3"], "gpus_per_node": 1});
+    let id = submit(&http, &a, &token, &spec).await;
+    let t0 = Instant::now();
+    while get_job(&http, &a, &token, id).await.is_none_or(|v| v["state"] != "running") {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the job never ran on the agent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    p.procs.0[0].kill().unwrap();
+    p.procs.0[0].wait().unwrap();
+    wait_healthy(&http, &b).await;
+
+    // The run ends while the agent moves over: the new leader records its real end, once.
+    let t0 = Instant::now();
+    let v = loop {
+        if let Some(v) = get_job(&http, &b, &token, id).await
+            && v["state"] == "failed"
+        {
+            break v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "job {id} is stuck: {:?}",
+            get_job(&http, &b, &token, id).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((v["exit_code"].as_i64(), v["attempts"].as_i64()), (Some(3), Some(1)), "{v}");
+    // The node takes new work from the new leader.
+    let next = submit(&http, &b, &token, &json!({"command": "true", "gpus_per_node": 8})).await;
+    let t0 = Instant::now();
+    while get_job(&http, &b, &token, next).await.is_none_or(|v| v["state"] != "succeeded") {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the node took no work from the new leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     p.end().await;
 }

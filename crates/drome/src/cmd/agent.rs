@@ -9,7 +9,8 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
-    /// The server's URL.
+    /// The server's URL; for replicas of one control plane, every replica's URL separated by
+    /// commas: the agent talks to the one that leads and moves on when it stops answering.
     #[arg(long, env = "DROME_URL", default_value = "http://127.0.0.1:8420")]
     pub server: String,
     /// A join token made by the admin (`POST /v1/join-tokens`).
@@ -99,7 +100,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         bail!("--node-count needs --declared-gpus: one machine's real GPUs belong to one node");
     }
     let grace = if args.kill_grace.is_finite() && args.kill_grace >= 0.0 { args.kill_grace } else { 10.0 };
-    let server = args.server.trim_end_matches('/').to_string();
+    let server = args.server.trim().to_string();
     runtime()?.block_on(async move {
         let mut configs = Vec::new();
         let mut work_dirs = Vec::new();
