@@ -76,3 +76,29 @@ pub(crate) async fn keep(store: Store, l: Leadership, metrics: std::sync::Arc<cr
         }
     }
 }
+
+/// The task that renews the lease ([`keep`]); aborted if dropped before the server is up, so a
+/// start-up that fails does not go on holding the lease.
+pub(crate) struct Keeper(Option<tokio::task::JoinHandle<String>>);
+
+impl Keeper {
+    pub(crate) fn spawn(store: Store, l: Leadership, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Keeper {
+        Keeper(Some(tokio::spawn(keep(store, l, metrics))))
+    }
+
+    /// Waits until the lease is lost; why.
+    pub(crate) async fn lost(mut self) -> String {
+        match self.0.take() {
+            Some(task) => task.await.unwrap_or_else(|e| format!("the lease keeper stopped: {e}")),
+            None => "the lease keeper is gone".into(),
+        }
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}

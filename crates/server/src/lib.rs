@@ -218,6 +218,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     // Only the leader mints an admin token, schedules and talks to agents.
     let replica = leadership::holder_name();
     let leader = leadership::acquire(&store, &replica, config.leader_lease).await?;
+    // Renewed from now on: the rest of the start-up may take longer than the lease.
+    let metrics = Arc::new(metrics::Metrics::new());
+    let keeper = leadership::Keeper::spawn(store.clone(), leader.clone(), metrics.clone());
     let mut generated = None;
     let admin_hash = match (&config.admin_token, store.setting(ADMIN_HASH_KEY).await?) {
         (Some(token), _) => {
@@ -279,7 +282,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         fleet: fleet.clone(),
         node_ids: Arc::new(node_ids),
         admin_hash: Arc::from(admin_hash.as_str()),
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics,
         wake,
         sched_events,
         empty_cluster: Arc::new(sched::ClusterState::new(fleet.clone())),
@@ -334,10 +337,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let scheduler = tokio::spawn(scheduler.run());
     let epoch = leader.epoch;
     let leadership = {
-        let (store, stop_scheduler, metrics) = (store.clone(), scheduler.abort_handle(), state.metrics.clone());
+        let (stop_scheduler, metrics) = (scheduler.abort_handle(), state.metrics.clone());
         let stop_leases = leases.as_ref().map(|l| l.abort_handle());
         tokio::spawn(async move {
-            let lost = leadership::keep(store, leader, metrics.clone()).await;
+            let lost = keeper.lost().await;
             metrics.leader_epoch.set(0);
             // A deposed leader stops scheduling and talking to agents at once.
             stop_scheduler.abort();

@@ -668,8 +668,9 @@ impl Store {
 
     /// This store, its writes fenced by the leader's `epoch`: each checks, in its own
     /// transaction, that the lease is still at `epoch`, and fails with [`StoreError::Fenced`]
-    /// once another replica took it over. On PostgreSQL the check holds the lease row until the
-    /// commit, so a takeover waits for a write already under way and never misses it.
+    /// once another replica took it over. On PostgreSQL the check holds the lease row `FOR KEY
+    /// SHARE` until the commit: a takeover (`FOR UPDATE`) waits for a write already under way and
+    /// never misses it, while the holder's renewals (plain updates) are not held up by its writes.
     pub fn fenced(&self, epoch: i64) -> Store {
         Store { fence: Some(epoch), ..self.clone() }
     }
@@ -703,6 +704,10 @@ impl Store {
         .await?
         .rows_affected();
         if inserted == 0 {
+            // Waits for the writes under way in the old epoch (they hold the row FOR KEY SHARE).
+            if self.backend == Backend::Postgres {
+                sqlx::query("SELECT epoch FROM leader_lease WHERE id = 1 FOR UPDATE").execute(&mut *tx).await?;
+            }
             let taken = sqlx::query(
                 "UPDATE leader_lease SET holder = $1, epoch = epoch + 1, acquired_ms = $2, renewed_ms = $2, \
                  expires_ms = $3 WHERE id = 1 AND expires_ms < $2",
@@ -727,6 +732,9 @@ impl Store {
     /// server uses (SQLite), where an earlier holder can only be a server that died holding it.
     pub async fn take_lease(&self, holder: &str, now_ms: i64, lease_ms: i64) -> Result<Lease> {
         let mut tx = self.writer.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT epoch FROM leader_lease WHERE id = 1 FOR UPDATE").execute(&mut *tx).await?;
+        }
         sqlx::query(
             "INSERT INTO leader_lease (id, holder, epoch, acquired_ms, renewed_ms, expires_ms) \
              VALUES (1, $1, 1, $2, $2, $3) \
@@ -1171,11 +1179,13 @@ async fn upsert_nodes(writer: &AnyPool, backend: Backend, nodes: &[(&AgentNode, 
 }
 
 /// Checks, inside a transaction, that the lease is still at `epoch` ([`Store::fenced`]): on
-/// PostgreSQL the lease row stays locked `FOR SHARE` until the commit, so a takeover waits for
+/// PostgreSQL the lease row stays locked `FOR KEY SHARE` until the commit, so a takeover (which
+/// locks it `FOR UPDATE`) waits for
 /// the write and never misses it.
 async fn check_fence_in(conn: &mut sqlx::AnyConnection, backend: Backend, epoch: i64) -> Result<()> {
     let sql = match backend {
-        Backend::Postgres => "SELECT epoch FROM leader_lease WHERE id = 1 FOR SHARE",
+        // KEY SHARE: the holder's renewals (plain updates) go by; a takeover's FOR UPDATE waits.
+        Backend::Postgres => "SELECT epoch FROM leader_lease WHERE id = 1 FOR KEY SHARE",
         Backend::Sqlite => "SELECT epoch FROM leader_lease WHERE id = 1",
     };
     let current: Option<i64> = sqlx::query_scalar(sql).fetch_optional(&mut *conn).await?;

@@ -1,6 +1,6 @@
 //! `drome bench`: how fast drome replays real traces, against a baseline run in the same process.
 
-use super::{Output, bench_agents, bench_openb, bench_submit, load_fleet, print_json};
+use super::{Output, bench_agents, bench_failover, bench_openb, bench_submit, load_fleet, print_json};
 use report::{Table, fmt_thousands};
 use sched::{Fifo, FirstFit, Placer, Policy, ScanFirstFit};
 use serde::Serialize;
@@ -23,6 +23,9 @@ pub enum BenchCommand {
     /// Durable submissions alone: a real server takes jobs from concurrent clients, each 201
     /// once its job is durable; submissions per second, latency, the server's CPU per submission.
     Submit(bench_submit::SubmitBenchArgs),
+    /// Replicas on one PostgreSQL database, the leader killed with SIGKILL again and again under
+    /// a storm of submissions: failover times, acknowledged jobs lost, jobs run twice.
+    Failover(bench_failover::FailoverBenchArgs),
     /// One placement and start in the live scheduler's path (the event into the live state,
     /// the policy's round, the start applied) on a large fleet full of running jobs, against the
     /// cluster rebuild every round used to pay, timed in the same process.
@@ -122,6 +125,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Openb(args) => bench_openb::run(args),
         BenchCommand::Agents(args) => bench_agents::run(args),
         BenchCommand::Submit(args) => bench_submit::run(args),
+        BenchCommand::Failover(args) => bench_failover::run(args),
         BenchCommand::Live(args) => live_bench(args),
     }
 }

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod bench;
 pub mod bench_agents;
+pub mod bench_failover;
 pub mod bench_openb;
 pub mod bench_submit;
 pub mod client;
