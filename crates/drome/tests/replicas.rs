@@ -232,3 +232,20 @@ fn send_signal(pid: i32, signal: &str) -> i32 {
         .map(|s| s.code().unwrap_or(-1))
         .unwrap_or(-1)
 }
+
+/// `drome bench failover`, small: two replicas, the leader killed twice under a storm of
+/// submissions; nothing acknowledged is lost and nothing runs twice.
+#[test]
+fn the_failover_bench_loses_nothing() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drome"))
+        .args(["bench", "failover", "--replicas", "2", "--kills", "2", "--lease-s", "1", "--clients", "4"])
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["failover_s"].as_array().map(Vec::len), Some(2), "{r}");
+    assert!(r["acknowledged"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!((r["lost"].as_u64(), r["run_twice"].as_u64()), (Some(0), Some(0)), "{r}");
+    assert!(r["failover_max_s"].as_f64().unwrap() < 10.0, "{r}");
+}
