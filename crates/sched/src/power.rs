@@ -287,12 +287,16 @@ impl PowerGuard {
         NodeGroups { of_node, figures, site_nodes, site_total_milli, dearest_per_gpu }
     }
 
-    /// Groups the nodes if not yet done and has the cluster keep their sums.
-    fn install_groups(&mut self, cluster: &mut ClusterState) {
-        let stale = self.groups.as_ref().is_none_or(|g| g.of_node.len() != cluster.node_count());
-        if stale {
+    /// Groups the nodes of `cluster`'s fleet unless they are grouped already.
+    fn group_if_stale(&mut self, cluster: &ClusterState) {
+        if self.groups.as_ref().is_none_or(|g| g.of_node.len() != cluster.node_count()) {
             self.groups = Some(self.group_nodes(cluster.fleet(), None));
         }
+    }
+
+    /// Groups the nodes if not yet done and has the cluster keep their sums.
+    fn install_groups(&mut self, cluster: &mut ClusterState) {
+        self.group_if_stale(cluster);
         let Some(groups) = &self.groups else { return };
         if cluster.node_groups().is_none_or(|g| !Arc::ptr_eq(g, &groups.of_node)) {
             cluster.set_node_groups(groups.of_node.clone(), groups.figures.len());
@@ -323,9 +327,7 @@ impl PowerGuard {
     /// hosts capped when the mode may, and what capping the hosts takes off; from the figures at
     /// present (`present`) or at the design point.
     fn site_loads(&mut self, cluster: &ClusterState, present: bool) -> (Vec<(f64, f64)>, Vec<f64>) {
-        if self.groups.as_ref().is_none_or(|g| g.of_node.len() != cluster.node_count()) {
-            self.groups = Some(self.group_nodes(cluster.fleet(), None));
-        }
+        self.group_if_stale(cluster);
         let figures = if present { self.present.as_ref().unwrap_or(&self.budget) } else { &self.budget };
         let mut loads: Vec<(f64, f64)> = figures.sites.iter().map(|s| (s.base_watts, 0.0)).collect();
         let mut cuts = vec![0.0; loads.len()];

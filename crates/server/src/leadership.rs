@@ -1,5 +1,5 @@
 //! The leader's lease. A server schedules and talks to agents only while it holds the lease in
-//! the store, under the lease's epoch: the scheduler's writes are fenced by it
+//! the store, under the lease's epoch: all its writes are fenced by it
 //! ([`store::Store::fenced`]), so once another replica takes over, whatever a deposed leader
 //! still tries to write is refused. The holder renews a third of the lease ahead and steps down
 //! (its scheduler stops, its [`crate::Running::wait`] returns the loss) when the lease is gone.

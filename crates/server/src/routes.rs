@@ -82,16 +82,21 @@ async fn not_found() -> ApiError {
 }
 
 async fn health(State(st): State<AppState>) -> Result<Json<api::Health>, ApiError> {
-    let database = match st.store.backend() {
-        store::Backend::Sqlite => "sqlite",
-        store::Backend::Postgres => "postgres",
-    };
+    let database = database_name(st.store.backend());
     match st.store.ping().await {
         Ok(()) => Ok(Json(api::Health { status: "ok".into(), database: database.into() })),
         Err(e) => {
             tracing::warn!(error = %e, "health check: store does not answer");
             Err(ApiError::Unavailable(format!("the {database} store does not answer")))
         }
+    }
+}
+
+/// The store's engine as the API names it.
+fn database_name(backend: store::Backend) -> &'static str {
+    match backend {
+        store::Backend::Sqlite => "sqlite",
+        store::Backend::Postgres => "postgres",
     }
 }
 
@@ -514,10 +519,7 @@ fn sites(st: &AppState) -> Vec<api::Site> {
 /// The leader's lease as stored, and whether this server holds it.
 async fn cluster(State(st): State<AppState>, _caller: Caller) -> Result<Json<api::ClusterStatus>, ApiError> {
     let lease = st.store.lease().await?;
-    let database = match st.store.backend() {
-        store::Backend::Sqlite => "sqlite",
-        store::Backend::Postgres => "postgres",
-    };
+    let database = database_name(st.store.backend());
     let leads = lease.as_ref().is_some_and(|l| l.holder == *st.replica && l.expires_ms > crate::now_ms());
     Ok(Json(api::ClusterStatus {
         replica: st.replica.to_string(),
