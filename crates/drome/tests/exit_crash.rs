@@ -6,11 +6,11 @@
 
 mod common;
 
-use common::{Procs, agent, create_tenant, free_port, get_job, join_token, submit, wait_aborted, wait_healthy};
+use common::{Procs, agent, create_tenant, free_port, join_token, submit, wait_aborted, wait_healthy, wait_state};
 use serde_json::json;
 use std::path::Path;
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ADMIN: &str = "exit-crash-admin";
 const FLEET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fleets/small.toml");
@@ -44,30 +44,13 @@ async fn an_exit_reported_before_a_crash_is_recorded_after_it() {
     // Back on the same store: the job was left running; the agent's report must end it.
     procs.0[0] = server(&db, port, &dir, false);
     wait_healthy(&http, &base).await;
-    let t0 = Instant::now();
-    let v = loop {
-        if let Some(v) = get_job(&http, &base, &token, id).await
-            && v["state"] == "failed"
-        {
-            break v;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "job {id} is stuck: {:?}",
-            get_job(&http, &base, &token, id).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let v = wait_state(&http, &base, &token, id, "failed").await;
     assert_eq!(v["exit_code"], 3, "{v}");
     assert_eq!(v["attempts"], 1, "the job did not run again: {v}");
     // And the node's GPU is free again: a whole-node job fits.
     let spec = json!({"command": "true", "gpus_per_node": 8});
     let next = submit(&http, &base, &token, &spec).await;
-    let t0 = Instant::now();
-    while get_job(&http, &base, &token, next).await.is_none_or(|v| v["state"] != "succeeded") {
-        assert!(t0.elapsed() < Duration::from_secs(20), "the node's GPUs were not freed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_state(&http, &base, &token, next, "succeeded").await;
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
 }

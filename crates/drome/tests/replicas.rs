@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Procs, agent, create_tenant, free_port, get_job, join_token, submit, wait_healthy};
+use common::{Procs, agent, create_tenant, free_port, join_token, submit, wait_healthy, wait_state};
 use serde_json::{Value, json};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -189,38 +189,17 @@ async fn an_agent_follows_the_new_leader() {
     p.procs.0.push(agent(None, &format!("{a},{b}"), &join, "hall-a-r001-n01", &p.dir));
     let spec = json!({"command": "sh", "args": ["-c", "sleep 2; exit 3"], "gpus_per_node": 1});
     let id = submit(&http, &a, &token, &spec).await;
-    let t0 = Instant::now();
-    while get_job(&http, &a, &token, id).await.is_none_or(|v| v["state"] != "running") {
-        assert!(t0.elapsed() < Duration::from_secs(20), "the job never ran on the agent");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_state(&http, &a, &token, id, "running").await;
     p.procs.0[0].kill().unwrap();
     p.procs.0[0].wait().unwrap();
     wait_healthy(&http, &b).await;
 
     // The run ends while the agent moves over: the new leader records its real end, once.
-    let t0 = Instant::now();
-    let v = loop {
-        if let Some(v) = get_job(&http, &b, &token, id).await
-            && v["state"] == "failed"
-        {
-            break v;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "job {id} is stuck: {:?}",
-            get_job(&http, &b, &token, id).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let v = wait_state(&http, &b, &token, id, "failed").await;
     assert_eq!((v["exit_code"].as_i64(), v["attempts"].as_i64()), (Some(3), Some(1)), "{v}");
     // The node takes new work from the new leader.
     let next = submit(&http, &b, &token, &json!({"command": "true", "gpus_per_node": 8})).await;
-    let t0 = Instant::now();
-    while get_job(&http, &b, &token, next).await.is_none_or(|v| v["state"] != "succeeded") {
-        assert!(t0.elapsed() < Duration::from_secs(20), "the node took no work from the new leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_state(&http, &b, &token, next, "succeeded").await;
     p.end().await;
 }
 

@@ -10,7 +10,9 @@
 
 mod common;
 
-use common::{Procs, agent, create_tenant, free_port, get_job, join_token, submit, wait_aborted, wait_healthy};
+use common::{
+    Procs, agent, create_tenant, free_port, get_job, join_token, submit, wait_aborted, wait_healthy, wait_state,
+};
 use serde_json::json;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -61,23 +63,6 @@ fn census(dir: &Path, out: &Path) -> serde_json::Value {
         out.display()
     );
     json!({"command": "sh", "args": ["-c", script], "gpus_per_node": 8})
-}
-
-async fn wait_state(http: &reqwest::Client, base: &str, token: &str, id: i64, state: &str) -> serde_json::Value {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = get_job(http, base, token, id).await
-            && v["state"] == state
-        {
-            return v;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "job {id} never became {state}: {:?}",
-            get_job(http, base, token, id).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn wait_file(path: &Path) -> String {

@@ -122,3 +122,21 @@ pub async fn get_job(http: &reqwest::Client, base: &str, token: &str, id: i64) -
     let r = http.get(format!("{base}/v1/jobs/{id}")).bearer_auth(token).send().await.ok()?;
     r.json().await.ok()
 }
+
+/// Waits (at most 30 s) until job `id` is in `state`; the job as the API then shows it.
+pub async fn wait_state(http: &reqwest::Client, base: &str, token: &str, id: i64, state: &str) -> serde_json::Value {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(v) = get_job(http, base, token, id).await
+            && v["state"] == state
+        {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "job {id} never became {state}: {:?}",
+            get_job(http, base, token, id).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
