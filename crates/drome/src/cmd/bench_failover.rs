@@ -121,6 +121,8 @@ struct Replicas {
     dir: PathBuf,
     ports: Vec<u16>,
     procs: Vec<Option<Child>>,
+    /// Times each replica was started: every start logs to a file of its own.
+    starts: Vec<u32>,
 }
 
 impl Replicas {
@@ -131,10 +133,11 @@ impl Replicas {
             .args(["--leader-lease-s", &self.lease_s.to_string()])
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
-            .stderr(log_file(&self.dir, &format!("replica-{i}-{}.log", Instant::now().elapsed().as_nanos()))?)
+            .stderr(log_file(&self.dir, &format!("replica-{i}-start-{}.log", self.starts[i]))?)
             .spawn()
             .context("cannot start a replica")?;
         self.procs[i] = Some(child);
+        self.starts[i] += 1;
         Ok(())
     }
 
@@ -188,8 +191,15 @@ async fn bench(args: &FailoverBenchArgs, db: &str, dir: &std::path::Path) -> any
         ports.push(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
     }
     let bases: Arc<Vec<String>> = Arc::new(ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect());
-    let mut replicas =
-        Replicas { exe, db: db.to_string(), lease_s: args.lease_s, dir: dir.to_path_buf(), ports, procs: Vec::new() };
+    let mut replicas = Replicas {
+        exe,
+        db: db.to_string(),
+        lease_s: args.lease_s,
+        dir: dir.to_path_buf(),
+        ports,
+        procs: Vec::new(),
+        starts: vec![0; n],
+    };
     replicas.procs.resize_with(n, || None);
     for i in 0..n {
         replicas.start(i)?;
