@@ -21,6 +21,10 @@ pub enum AgentError {
     Http(#[from] reqwest::Error),
     #[error("the server refused the join: {0}")]
     Refused(String),
+    /// The server asked does not lead (a standby replica, or one stepping down): the next one
+    /// is tried.
+    #[error("the server does not lead: {0}")]
+    NotLeading(String),
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
 }

@@ -304,6 +304,7 @@ impl NodeAgent {
         };
         if crate::Servers::not_leading(r.status()) {
             self.servers.failed(at);
+            return Err(AgentError::NotLeading(format!("{server} answered {}", r.status())));
         }
         if !r.status().is_success() {
             let status = r.status();

@@ -611,6 +611,9 @@ pub struct Leader {
     pub renewed_ms: i64,
     /// When the lease runs out unless renewed, Unix milliseconds.
     pub expires_ms: i64,
+    /// Where the leader serves its API (other replicas forward to it what only it can answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// `GET /v1/cluster`: the control plane's replicas as this server sees them.

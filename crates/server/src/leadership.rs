@@ -27,29 +27,52 @@ fn lease_ms(lease: Duration) -> i64 {
     i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Waits until this server holds the lease. On SQLite, where one server runs by design, it takes
-/// the lease at once from any earlier holder (one killed before it could give it up), whose
-/// writes are fenced from then on. On PostgreSQL it waits while another replica's lease runs.
-pub(crate) async fn acquire(store: &Store, holder: &str, lease: Duration) -> Result<Leadership, StoreError> {
-    let mut told = false;
+/// Takes the lease if it is free. On SQLite, where one server runs by design, it takes it at
+/// once from any earlier holder (one killed before it could give it up), whose writes are
+/// fenced from then on. On PostgreSQL, `None` while another replica's lease runs.
+pub(crate) async fn try_acquire(
+    store: &Store,
+    holder: &str,
+    address: &str,
+    lease: Duration,
+) -> Result<Option<Leadership>, StoreError> {
+    let now = crate::now_ms();
+    let got = match store.backend() {
+        Backend::Sqlite => Some(store.take_lease(holder, Some(address), now, lease_ms(lease)).await?),
+        Backend::Postgres => store.acquire_lease(holder, Some(address), now, lease_ms(lease)).await?,
+    };
+    Ok(got.map(|Lease { epoch, .. }| {
+        tracing::info!(holder, epoch, "leading: this server schedules");
+        Leadership { holder: holder.to_string(), epoch, lease }
+    }))
+}
+
+/// Waits until this server holds the lease ([`try_acquire`] every quarter of a lease).
+pub(crate) async fn acquire(
+    store: &Store,
+    holder: &str,
+    address: &str,
+    lease: Duration,
+) -> Result<Leadership, StoreError> {
     loop {
-        let now = crate::now_ms();
-        let got = match store.backend() {
-            Backend::Sqlite => Some(store.take_lease(holder, now, lease_ms(lease)).await?),
-            Backend::Postgres => store.acquire_lease(holder, now, lease_ms(lease)).await?,
-        };
-        if let Some(Lease { epoch, .. }) = got {
-            tracing::info!(holder, epoch, "leading: this server schedules");
-            return Ok(Leadership { holder: holder.to_string(), epoch, lease });
-        }
-        if !told {
-            if let Some(l) = store.lease().await? {
-                tracing::info!(leader = %l.holder, epoch = l.epoch, "another server leads; waiting for its lease");
-            }
-            told = true;
+        if let Some(l) = try_acquire(store, holder, address, lease).await? {
+            return Ok(l);
         }
         tokio::time::sleep(lease / 4).await;
     }
+}
+
+/// The address other replicas reach a server listening on `addr` at: the host's name when it
+/// listens on every interface.
+pub(crate) fn default_address(addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host = host.trim();
+        if !host.is_empty() {
+            return format!("http://{host}:{}", addr.port());
+        }
+    }
+    format!("http://{addr}")
 }
 
 /// Renews the lease a third of its term ahead, until it is lost: another replica took it, or

@@ -10,9 +10,10 @@
 //!   process without GPUs.
 
 use model::{Fleet, NodeId};
+use replicas::LeaderLink;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
@@ -25,6 +26,7 @@ pub mod json;
 mod leadership;
 pub mod metrics;
 pub mod node;
+mod replicas;
 mod routes;
 mod scheduler;
 
@@ -85,6 +87,9 @@ pub struct Config {
     /// How long the leader's lease runs unrenewed: a replica waiting on PostgreSQL takes over
     /// this long after the leader stopped renewing it.
     pub leader_lease: Duration,
+    /// The address other replicas reach this one's API at (`http://host:port`); by default the
+    /// address it listens on (the host's name for a wildcard address).
+    pub advertise: Option<String>,
 }
 
 impl Config {
@@ -104,6 +109,7 @@ impl Config {
             deferral: None,
             gpu_cap_by_hour: None,
             leader_lease: Duration::from_secs(5),
+            advertise: None,
         }
     }
 }
@@ -146,6 +152,11 @@ pub struct AppState {
     pub(crate) dynamic_caps: bool,
     /// This server's replica name: the lease's holder while it leads.
     pub(crate) replica: Arc<str>,
+    /// Whether this state is the leader's or a standby's: a standby forwards to the leader what
+    /// only the leader can answer, and sends agents on.
+    pub(crate) role: replicas::Role,
+    /// Forwards requests to the leader (standby).
+    pub(crate) http: reqwest::Client,
 }
 
 impl AppState {
@@ -153,8 +164,12 @@ impl AppState {
         self.events.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Tells the scheduler of a change the store has committed.
+    /// Tells the scheduler of a change the store has committed. A standby's store announces its
+    /// writes to the leader itself, in their transactions.
     pub(crate) fn tell_scheduler(&self, event: scheduler::SchedEvent) {
+        if self.role == replicas::Role::Standby {
+            return;
+        }
         if self.sched_events.send(event).is_err() {
             tracing::warn!("scheduler is not running: the change waits for its next start");
         }
@@ -167,14 +182,17 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The admin token, when this start made one: shown once, stored only as a hash.
     pub generated_admin_token: Option<String>,
+    /// The epoch it leads in, if it took the lead as it started (else it serves the API as a
+    /// standby and takes the lead when the leader's lease runs out).
+    pub epoch: Option<i64>,
     store: store::Store,
     serve: tokio::task::JoinHandle<()>,
-    scheduler: tokio::task::JoinHandle<()>,
-    leases: Option<tokio::task::JoinHandle<()>>,
-    /// Renews the leader's lease; ends, with why, when it is lost.
-    leadership: tokio::task::JoinHandle<String>,
-    /// The epoch of the lease this server leads in.
-    pub epoch: i64,
+    /// Leads, or waits to lead and then leads; ends, with why, when the lead is lost.
+    role: tokio::task::JoinHandle<ServerError>,
+    /// The leader's tasks, while it leads.
+    leading: Arc<Mutex<Option<LeaderTasks>>>,
+    /// Follows the other replicas' notices.
+    notices: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -188,9 +206,9 @@ impl Running {
     pub async fn wait(mut self) -> Result<(), ServerError> {
         tokio::select! {
             _ = &mut self.serve => Ok(()),
-            lost = &mut self.leadership => {
+            ended = &mut self.role => {
                 self.serve.abort();
-                Err(ServerError::LeadershipLost(lost.unwrap_or_else(|e| format!("the lease keeper stopped: {e}"))))
+                Err(ended.unwrap_or_else(|e| ServerError::LeadershipLost(format!("the lease keeper stopped: {e}"))))
             }
         }
     }
@@ -198,46 +216,276 @@ impl Running {
     /// Stops serving and scheduling, and closes the store.
     pub async fn shutdown(self) {
         self.serve.abort();
-        self.scheduler.abort();
-        self.leadership.abort();
-        if let Some(l) = self.leases {
-            l.abort();
+        self.role.abort();
+        if let Some(n) = &self.notices {
+            n.abort();
+        }
+        let tasks = self.leading.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = tasks {
+            t.stop().await;
         }
         let _ = self.serve.await;
-        let _ = self.scheduler.await;
+        let _ = self.role.await;
         self.store.close().await;
+    }
+}
+
+/// What a leader runs beside the API; stopped when it steps down.
+struct LeaderTasks {
+    scheduler: tokio::task::JoinHandle<()>,
+    leases: Option<tokio::task::JoinHandle<()>>,
+    announcer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LeaderTasks {
+    fn abort(&self) {
+        self.scheduler.abort();
+        for t in [&self.leases, &self.announcer].into_iter().flatten() {
+            t.abort();
+        }
+    }
+
+    async fn stop(self) {
+        self.abort();
+        let _ = self.scheduler.await;
     }
 }
 
 const ADMIN_HASH_KEY: &str = "admin_token_hash";
 
-/// Opens the store (running migrations), settles the admin token, binds the listener and starts
-/// the HTTP server and the scheduler loop.
+/// What every replica has, leading or not.
+#[derive(Clone)]
+struct Common {
+    store: store::Store,
+    fleet: Arc<Fleet>,
+    node_ids: Arc<HashMap<String, NodeId>>,
+    metrics: Arc<metrics::Metrics>,
+    events: watch::Sender<u64>,
+    empty_cluster: Arc<sched::ClusterState>,
+    tenant_cache: Arc<auth::TenantCache>,
+    replica: Arc<str>,
+    address: Arc<str>,
+    http: reqwest::Client,
+}
+
+impl Common {
+    fn state(&self, role: replicas::Role, store: store::Store, admin_hash: &str) -> AppState {
+        let (sched_events, _) = tokio::sync::mpsc::unbounded_channel();
+        AppState {
+            store,
+            fleet: self.fleet.clone(),
+            node_ids: self.node_ids.clone(),
+            admin_hash: Arc::from(admin_hash),
+            metrics: self.metrics.clone(),
+            wake: Arc::new(Notify::new()),
+            sched_events,
+            empty_cluster: self.empty_cluster.clone(),
+            max_gpus_per_node: self.fleet.max_gpus_per_node(),
+            tenant_cache: self.tenant_cache.clone(),
+            events: self.events.clone(),
+            snapshot: Arc::new(RwLock::new(Snapshot { node_gpus_used: vec![0; self.fleet.nodes.len()] })),
+            remote: None,
+            site_caps: Arc::default(),
+            dynamic_caps: false,
+            replica: self.replica.clone(),
+            role,
+            http: self.http.clone(),
+        }
+    }
+}
+
+/// What only the leader uses of the configuration.
+struct LeaderConfig {
+    admin_token: Option<String>,
+    policy: String,
+    preempt_exempt: Duration,
+    tick: Duration,
+    executor: Arc<dyn NodeExecutor>,
+    agents: Option<LeaseConfig>,
+    power_mode: sched::power::PowerMode,
+    deferral: Option<sched::defer::DeferralGate>,
+    gpu_cap_by_hour: Option<Vec<f64>>,
+}
+
+/// The router every request goes through: the standby's until the replica leads, the leader's
+/// from then on.
+type RouterCell = Arc<RwLock<axum::Router>>;
+
+/// Opens the store (running migrations), binds the listener and serves the API. The replica
+/// that takes the leader's lease (on SQLite, always this one) settles the admin token and runs
+/// the scheduler; on PostgreSQL, while another replica leads, this one serves the API as a
+/// standby and takes the lead when that replica's lease runs out.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
     let store = store::Store::connect(&config.db_url).await?;
-    // Only the leader mints an admin token, schedules and talks to agents.
     let replica = leadership::holder_name();
-    let leader = leadership::acquire(&store, &replica, config.leader_lease).await?;
-    // Renewed from now on: the rest of the start-up may take longer than the lease.
-    let metrics = Arc::new(metrics::Metrics::new());
-    let keeper = leadership::Keeper::spawn(store.clone(), leader.clone(), metrics.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    let address = config.advertise.clone().unwrap_or_else(|| leadership::default_address(addr));
+    // Listening before anything is read: a write that commits later is announced to us.
+    let link: LeaderLink = Arc::default();
+    let fleet = Arc::new(config.fleet);
+    let common = Common {
+        store: store.clone(),
+        node_ids: Arc::new(fleet.node_ids().map(|id| (fleet.node(id).name.clone(), id)).collect()),
+        empty_cluster: Arc::new(sched::ClusterState::new(fleet.clone())),
+        fleet,
+        metrics: Arc::new(metrics::Metrics::new()),
+        events: watch::channel(0u64).0,
+        tenant_cache: Arc::default(),
+        replica: Arc::from(replica.as_str()),
+        address: Arc::from(address.as_str()),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| ServerError::Config(format!("cannot make an HTTP client: {e}")))?,
+    };
+    let notices = match store.listen().await? {
+        Some(l) => Some(tokio::spawn(replicas::follow_notices(l, store.clone(), common.events.clone(), link.clone()))),
+        None => None,
+    };
+    let lead_config = LeaderConfig {
+        admin_token: config.admin_token,
+        policy: config.policy,
+        preempt_exempt: config.preempt_exempt,
+        tick: config.tick,
+        executor: config.executor,
+        agents: config.agents,
+        power_mode: config.power_mode,
+        deferral: config.deferral,
+        gpu_cap_by_hour: config.gpu_cap_by_hour,
+    };
+    let lease = config.leader_lease;
+    let leading: Arc<Mutex<Option<LeaderTasks>>> = Arc::default();
+    let first = leadership::try_acquire(&store, &replica, &address, lease).await?;
+    let (router, role, generated, epoch) = match first {
+        Some(leader) => {
+            let keeper = leadership::Keeper::spawn(store.clone(), leader.clone(), common.metrics.clone());
+            let (state, tasks, generated) = lead(&common, &leader, lead_config, &link).await?;
+            *leading.lock().unwrap_or_else(|e| e.into_inner()) = Some(tasks);
+            let router: RouterCell = Arc::new(RwLock::new(routes::router(state)));
+            let role = tokio::spawn(step_down_when_lost(keeper, common.metrics.clone(), leading.clone()));
+            (router, role, generated, Some(leader.epoch))
+        }
+        None => {
+            let admin_hash = standby_admin_hash(&store, lead_config.admin_token.as_deref()).await?;
+            let state = common.state(replicas::Role::Standby, store.announcing(), &admin_hash);
+            let router: RouterCell = Arc::new(RwLock::new(routes::router(state)));
+            if let Some(l) = store.lease().await? {
+                tracing::info!(leader = %l.holder, epoch = l.epoch, "another replica leads; serving the API as a standby");
+            }
+            let role =
+                tokio::spawn(lead_when_free(common.clone(), lease, lead_config, link, router.clone(), leading.clone()));
+            (router, role, None, None)
+        }
+    };
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let router = router.read().unwrap_or_else(|e| e.into_inner()).clone();
+        async move {
+            use tower::ServiceExt;
+            match router.oneshot(req).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
+    });
+    let serve = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+    let fleet = &common.fleet;
+    tracing::info!(%addr, %address, backend = ?store.backend(), nodes = fleet.nodes.len(), gpus = fleet.total_gpus(), leads = epoch.is_some(), "drome server listening");
+    Ok(Running { addr, generated_admin_token: generated, epoch, store, serve, role, leading, notices })
+}
+
+/// The admin token's hash a standby checks admins against: the one it was given, or the one
+/// the leader stored (waited for, on the first start of a cluster).
+async fn standby_admin_hash(store: &store::Store, token: Option<&str>) -> Result<String, ServerError> {
+    if let Some(token) = token {
+        return Ok(auth::hash_token(token));
+    }
+    let mut told = false;
+    loop {
+        if let Some(hash) = store.setting(ADMIN_HASH_KEY).await? {
+            return Ok(hash);
+        }
+        if !told {
+            tracing::info!("waiting for the leader to settle the admin token");
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A standby's life: waits for the lease, leads (its router becomes the leader's), and ends
+/// when the lead is lost.
+async fn lead_when_free(
+    common: Common,
+    lease: Duration,
+    config: LeaderConfig,
+    link: LeaderLink,
+    router: RouterCell,
+    leading: Arc<Mutex<Option<LeaderTasks>>>,
+) -> ServerError {
+    let leader = match leadership::acquire(&common.store, &common.replica, &common.address, lease).await {
+        Ok(l) => l,
+        Err(e) => return ServerError::Store(e),
+    };
+    let keeper = leadership::Keeper::spawn(common.store.clone(), leader.clone(), common.metrics.clone());
+    match lead(&common, &leader, config, &link).await {
+        Ok((state, tasks, _)) => {
+            *leading.lock().unwrap_or_else(|e| e.into_inner()) = Some(tasks);
+            *router.write().unwrap_or_else(|e| e.into_inner()) = routes::router(state);
+        }
+        Err(e) => return e,
+    }
+    step_down_when_lost(keeper, common.metrics.clone(), leading).await
+}
+
+/// Waits until the lease is lost, then stops scheduling and talking to agents at once.
+async fn step_down_when_lost(
+    keeper: leadership::Keeper,
+    metrics: Arc<metrics::Metrics>,
+    leading: Arc<Mutex<Option<LeaderTasks>>>,
+) -> ServerError {
+    let lost = keeper.lost().await;
+    metrics.leader_epoch.set(0);
+    if let Some(t) = leading.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        t.abort();
+    }
+    tracing::error!(reason = %lost, "stepped down: no longer the leader");
+    ServerError::LeadershipLost(lost)
+}
+
+/// Takes up the lead under `leader`'s lease: settles the admin token, reads the agents and the
+/// caps from the store and starts the scheduler (which reads the rest). Returns the leader's
+/// state for the API, its tasks, and the admin token if this start made one.
+async fn lead(
+    common: &Common,
+    leader: &leadership::Leadership,
+    config: LeaderConfig,
+    link: &LeaderLink,
+) -> Result<(AppState, LeaderTasks, Option<String>), ServerError> {
+    let store = &common.store;
     let mut generated = None;
     let admin_hash = match (&config.admin_token, store.setting(ADMIN_HASH_KEY).await?) {
         (Some(token), _) => {
             let hash = auth::hash_token(token);
-            store.set_setting(ADMIN_HASH_KEY, &hash).await?;
+            store.fenced(leader.epoch).set_setting(ADMIN_HASH_KEY, &hash).await?;
             hash
         }
         (None, Some(hash)) => hash,
         (None, None) => {
             let token = auth::new_token().map_err(|e| ServerError::Token(e.to_string()))?;
             let hash = auth::hash_token(&token);
-            store.set_setting(ADMIN_HASH_KEY, &hash).await?;
+            store.fenced(leader.epoch).set_setting(ADMIN_HASH_KEY, &hash).await?;
             generated = Some(token);
             hash
         }
     };
-    let fleet = Arc::new(config.fleet);
+    let fleet = common.fleet.clone();
     let exempt = model::SimDuration::from_secs_f64(config.preempt_exempt.as_secs_f64());
     let policy = sched::policy_preempting_after(&config.policy, 0, exempt)?;
     let dynamic = matches!(config.power_mode, sched::power::PowerMode::Dynamic { .. });
@@ -247,12 +495,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         ));
     }
     let guard = power_guard(&fleet, config.power_mode);
-    let node_ids = fleet.node_ids().map(|id| (fleet.node(id).name.clone(), id)).collect();
-    let (events, _) = watch::channel(0u64);
-    let wake = Arc::new(Notify::new());
+    // Every write of the leader is fenced by its epoch, so once another replica took over, what
+    // this one still tries to write is refused (the API answers 503).
+    let mut state = common.state(replicas::Role::Leader, store.fenced(leader.epoch), &admin_hash);
     let remote = config.agents.map(|lease| {
         let mut r = RemoteNodes::new(lease);
-        r.wake = wake.clone();
+        r.wake = state.wake.clone();
         r
     });
     let mut site_caps = HashMap::new();
@@ -275,32 +523,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         None => config.executor,
     };
     let (sched_events, sched_events_rx) = tokio::sync::mpsc::unbounded_channel();
-    // Every write of this server is the leader's: fenced by its epoch, so once another replica
-    // took over, what this one still tries to write is refused (the API answers 503).
-    let state = AppState {
-        store: store.fenced(leader.epoch),
-        fleet: fleet.clone(),
-        node_ids: Arc::new(node_ids),
-        admin_hash: Arc::from(admin_hash.as_str()),
-        metrics,
-        wake,
-        sched_events,
-        empty_cluster: Arc::new(sched::ClusterState::new(fleet.clone())),
-        max_gpus_per_node: fleet.max_gpus_per_node(),
-        tenant_cache: Arc::default(),
-        events,
-        snapshot: Arc::new(RwLock::new(Snapshot { node_gpus_used: vec![0; fleet.nodes.len()] })),
-        remote: remote.clone(),
-        site_caps: Arc::new(RwLock::new(site_caps)),
-        dynamic_caps: dynamic && guard.is_some(),
-        replica: Arc::from(replica.as_str()),
-    };
+    state.sched_events = sched_events.clone();
+    state.remote = remote.clone();
+    state.site_caps = Arc::new(RwLock::new(site_caps));
+    state.dynamic_caps = dynamic && guard.is_some();
     state.metrics.leader_acquired.inc();
     state.metrics.leader_epoch.set(leader.epoch);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     if let Some(g) = &guard {
         tracing::info!(policy = policy.name(), mode = ?g.budget().mode, "scheduling within the sites' grid caps");
     }
@@ -334,31 +562,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             }
         })
     });
+    // From here on the other replicas' writes reach the scheduler, which then reads the store:
+    // what it reads and what it is told overlap, and it takes each job once.
+    *link.lock().unwrap_or_else(|e| e.into_inner()) = Some(sched_events);
+    let announcer = (store.backend() == store::Backend::Postgres)
+        .then(|| tokio::spawn(replicas::announce_changes(store.clone(), state.events.subscribe())));
     let scheduler = tokio::spawn(scheduler.run());
-    let epoch = leader.epoch;
-    let leadership = {
-        let (stop_scheduler, metrics) = (scheduler.abort_handle(), state.metrics.clone());
-        let stop_leases = leases.as_ref().map(|l| l.abort_handle());
-        tokio::spawn(async move {
-            let lost = keeper.lost().await;
-            metrics.leader_epoch.set(0);
-            // A deposed leader stops scheduling and talking to agents at once.
-            stop_scheduler.abort();
-            if let Some(l) = stop_leases {
-                l.abort();
-            }
-            tracing::error!(reason = %lost, "stepped down: no longer the leader");
-            lost
-        })
-    };
-    let app = routes::router(state);
-    let serve = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "http server stopped");
-        }
-    });
-    tracing::info!(%addr, backend = ?store.backend(), nodes = fleet.nodes.len(), gpus = fleet.total_gpus(), "drome server listening");
-    Ok(Running { addr, generated_admin_token: generated, store, serve, scheduler, leases, leadership, epoch })
+    Ok((state, LeaderTasks { scheduler, leases, announcer }, generated))
 }
 
 /// Unix milliseconds at which the UTC year holding `ms` began (0 for times before 1970).

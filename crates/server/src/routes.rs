@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, any, get, post, put};
 use futures_util::Stream;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -26,6 +26,12 @@ use store::{Change, JobFilter, JobState};
 use utoipa_swagger_ui::SwaggerUi;
 
 pub fn router(state: AppState) -> Router {
+    use crate::replicas::{Role, forward_to_leader, not_leader};
+    let standby = state.role == Role::Standby;
+    // What needs the leader's agents or memory: a standby asks the leader.
+    let leader_only = |m: MethodRouter<AppState>| if standby { any(forward_to_leader) } else { m };
+    // Agents talk to the leader only: a standby sends them on.
+    let agents_only = |m: MethodRouter<AppState>| if standby { any(not_leader) } else { m };
     let v1 = Router::new()
         .route("/tenants", post(create_tenant).get(list_tenants))
         .route("/tenants/{name}/quota", put(set_quota))
@@ -33,25 +39,27 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs", post(submit_job).get(list_jobs))
         .route("/jobs/{id}", get(get_job))
         .route("/jobs/{id}/cancel", post(cancel_job))
-        .route("/nodes", get(list_nodes))
-        .route("/sites", get(list_sites))
+        .route("/nodes", leader_only(get(list_nodes)))
+        .route("/sites", leader_only(get(list_sites)))
         .route("/cluster", get(cluster))
-        .route("/sites/{name}/gpu-power-cap", put(set_gpu_power_cap))
+        .route("/sites/{name}/gpu-power-cap", leader_only(put(set_gpu_power_cap)))
         .route("/events", get(events))
         .route("/join-tokens", post(crate::agent_routes::create_join_token))
-        .route("/agent/join", post(crate::agent_routes::join))
-        .route("/agent/heartbeat", post(crate::agent_routes::heartbeat))
+        .route("/agent/join", agents_only(post(crate::agent_routes::join)))
+        .route("/agent/heartbeat", agents_only(post(crate::agent_routes::heartbeat)))
         // A batch carries every node of an agent process, a few hundred bytes each.
         .route(
             "/agent/heartbeats",
-            post(crate::agent_routes::heartbeats).layer(DefaultBodyLimit::max(crate::agent_routes::MAX_BATCH_BODY)),
+            agents_only(post(crate::agent_routes::heartbeats))
+                .layer(DefaultBodyLimit::max(crate::agent_routes::MAX_BATCH_BODY)),
         )
         // A piece of output, escaped as JSON, may exceed the general body limit.
         .route(
             "/agent/logs",
-            post(crate::agent_routes::logs).layer(DefaultBodyLimit::max(crate::agent_routes::MAX_LOG_BODY)),
+            agents_only(post(crate::agent_routes::logs))
+                .layer(DefaultBodyLimit::max(crate::agent_routes::MAX_LOG_BODY)),
         )
-        .route("/jobs/{id}/logs", get(crate::agent_routes::job_logs));
+        .route("/jobs/{id}/logs", leader_only(get(crate::agent_routes::job_logs)));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(health))
@@ -520,7 +528,10 @@ fn sites(st: &AppState) -> Vec<api::Site> {
 async fn cluster(State(st): State<AppState>, _caller: Caller) -> Result<Json<api::ClusterStatus>, ApiError> {
     let lease = st.store.lease().await?;
     let database = database_name(st.store.backend());
-    let leads = lease.as_ref().is_some_and(|l| l.holder == *st.replica && l.expires_ms > crate::now_ms());
+    // The lease is taken a moment before the replica has read the store and leads: it leads
+    // once its router is the leader's.
+    let leads = st.role == crate::replicas::Role::Leader
+        && lease.as_ref().is_some_and(|l| l.holder == *st.replica && l.expires_ms > crate::now_ms());
     Ok(Json(api::ClusterStatus {
         replica: st.replica.to_string(),
         leads,
@@ -530,6 +541,7 @@ async fn cluster(State(st): State<AppState>, _caller: Caller) -> Result<Json<api
             since_ms: l.acquired_ms,
             renewed_ms: l.renewed_ms,
             expires_ms: l.expires_ms,
+            address: l.address,
         }),
         database: database.into(),
     }))

@@ -24,7 +24,11 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+mod notice;
 pub mod testing;
+
+use notice::WriteKind;
+pub use notice::{Listener, Notice};
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +238,8 @@ pub struct Lease {
     pub acquired_ms: i64,
     pub renewed_ms: i64,
     pub expires_ms: i64,
+    /// Where the holder serves its API (`http://host:port`), if it said.
+    pub address: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -249,7 +255,7 @@ const JOB_COLUMNS: &str = "id, tenant_id, name, command, args_json, env_json, gp
      generation, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms, gpu_milli";
 
 fn migrator(backend: Backend) -> Migrator {
-    let (init, agents, shares, usage, generation, lease) = match backend {
+    let (init, agents, shares, usage, generation, lease, address) = match backend {
         Backend::Sqlite => (
             include_str!("../migrations/sqlite/0001_init.sql"),
             include_str!("../migrations/sqlite/0002_agents.sql"),
@@ -257,6 +263,7 @@ fn migrator(backend: Backend) -> Migrator {
             include_str!("../migrations/sqlite/0004_tenant_usage.sql"),
             include_str!("../migrations/sqlite/0005_generation.sql"),
             include_str!("../migrations/sqlite/0006_leader_lease.sql"),
+            include_str!("../migrations/sqlite/0007_leader_address.sql"),
         ),
         Backend::Postgres => (
             include_str!("../migrations/postgres/0001_init.sql"),
@@ -265,6 +272,7 @@ fn migrator(backend: Backend) -> Migrator {
             include_str!("../migrations/postgres/0004_tenant_usage.sql"),
             include_str!("../migrations/postgres/0005_generation.sql"),
             include_str!("../migrations/postgres/0006_leader_lease.sql"),
+            include_str!("../migrations/postgres/0007_leader_address.sql"),
         ),
     };
     let migrations = vec![
@@ -274,6 +282,7 @@ fn migrator(backend: Backend) -> Migrator {
         Migration::new(4, Cow::Borrowed("tenant usage"), MigrationType::Simple, Cow::Borrowed(usage), false),
         Migration::new(5, Cow::Borrowed("generation"), MigrationType::Simple, Cow::Borrowed(generation), false),
         Migration::new(6, Cow::Borrowed("leader lease"), MigrationType::Simple, Cow::Borrowed(lease), false),
+        Migration::new(7, Cow::Borrowed("leader address"), MigrationType::Simple, Cow::Borrowed(address), false),
     ];
     Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
@@ -282,6 +291,10 @@ fn migrator(backend: Backend) -> Migrator {
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections to PostgreSQL, shared by reads and writes.
 const POSTGRES_CONNECTIONS: u32 = 16;
+/// How long PostgreSQL lets a session sit idle inside a transaction before it ends it, in
+/// milliseconds: the store's transactions last milliseconds, so only a stopped process waits
+/// that long, and a takeover waits at most this long for its locks.
+const IDLE_IN_TRANSACTION_MS: u64 = 3_000;
 /// Read connections to SQLite beside its one writer: WAL lets each read a committed snapshot
 /// while the writer writes.
 const SQLITE_READERS: u32 = 4;
@@ -321,6 +334,10 @@ pub struct Store {
     submissions: mpsc::Sender<Submission>,
     /// The leader's epoch the scheduler's writes are fenced by ([`Store::fenced`]).
     fence: Option<i64>,
+    /// Writes tell the leader of themselves ([`Store::announcing`]).
+    announce: bool,
+    /// The PostgreSQL address, for [`Store::listen`]'s connection of its own.
+    url: Option<std::sync::Arc<str>>,
 }
 
 /// What the submission writer is asked to do.
@@ -340,6 +357,8 @@ struct PendingInsert {
     now_ms: i64,
     /// The leader's epoch the submitting server writes under, if fenced.
     fence: Option<i64>,
+    /// The job is announced to the leader ([`Store::announcing`]).
+    announce: bool,
     reply: oneshot::Sender<Result<Inserted>>,
 }
 
@@ -348,6 +367,7 @@ impl Store {
     /// directory if needed, runs the migrations and starts the submission writer.
     pub async fn connect(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
+        let mut pg_url = None;
         let (backend, writer, reader) = if let Some(path) = url.strip_prefix("sqlite://") {
             let path = path.split('?').next().unwrap_or(path);
             if path.is_empty() {
@@ -366,9 +386,20 @@ impl Store {
             let pool = AnyPoolOptions::new()
                 .max_connections(POSTGRES_CONNECTIONS)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        // A server stopped (SIGSTOP, a frozen VM) inside a transaction would
+                        // hold its locks, the lease row's among them, and so hold off the
+                        // replica taking over: PostgreSQL ends such a session after a while.
+                        let timeout = format!("SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}");
+                        sqlx::query(&timeout).execute(conn).await?;
+                        Ok(())
+                    })
+                })
                 .connect(url)
                 .await?;
             migrator(Backend::Postgres).run(&pool).await?;
+            pg_url = Some(std::sync::Arc::from(url));
             (Backend::Postgres, pool.clone(), pool)
         } else {
             return Err(StoreError::BadUrl(url.to_string()));
@@ -376,7 +407,7 @@ impl Store {
         let (submissions, queue) = mpsc::channel(SUBMISSION_QUEUE);
         tokio::spawn(write_submissions(writer.clone(), backend, queue));
         tracing::debug!(backend = ?backend, "store ready");
-        Ok(Store { writer, reader, backend, submissions, fence: None })
+        Ok(Store { writer, reader, backend, submissions, fence: None, announce: false, url: pg_url })
     }
 
     pub fn backend(&self) -> Backend {
@@ -496,6 +527,9 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        if self.announce {
+            announce_in(&mut tx, self.backend, WriteKind::QuotaSet, &[id]).await?;
+        }
         tx.commit().await?;
         self.tenant(id).await
     }
@@ -556,7 +590,7 @@ impl Store {
     /// A submission handed over is stored even if the caller stops waiting for the answer.
     pub async fn insert_job(&self, job: &NewJob, now_ms: i64) -> Result<Inserted> {
         let (reply, answer) = oneshot::channel();
-        let insert = PendingInsert { job: job.clone(), now_ms, fence: self.fence, reply };
+        let insert = PendingInsert { job: job.clone(), now_ms, fence: self.fence, announce: self.announce, reply };
         self.submissions.send(Submission::Insert(insert)).await.map_err(|_| StoreError::Closed)?;
         // No answer: the writer stopped (the store closed) before it took this submission.
         answer.await.map_err(|_| StoreError::Closed)?
@@ -568,7 +602,7 @@ impl Store {
     /// fails, nothing is stored.
     pub async fn insert_jobs(&self, jobs: &[NewJob], now_ms: i64) -> Result<Vec<Inserted>> {
         let jobs: Vec<(&NewJob, i64)> = jobs.iter().map(|j| (j, now_ms)).collect();
-        insert_batch(&self.writer, self.backend, &jobs, &[self.fence]).await
+        insert_batch(&self.writer, self.backend, &jobs, &[self.fence], &vec![self.announce; jobs.len()]).await
     }
 
     /// A tenant's job; `None` if it does not exist or belongs to another tenant.
@@ -680,6 +714,34 @@ impl Store {
         self.fence
     }
 
+    /// This store, its writes announced to the leader in their own transactions (on
+    /// PostgreSQL): the jobs it stores and cancels, the quotas it sets. For a replica that
+    /// serves the API without leading.
+    pub fn announcing(&self) -> Store {
+        Store { announce: true, ..self.clone() }
+    }
+
+    /// Receives the replicas' notices on a connection of its own; `None` on SQLite, where one
+    /// server runs.
+    pub async fn listen(&self) -> Result<Option<Listener>> {
+        match &self.url {
+            Some(url) if self.backend == Backend::Postgres => Ok(Some(Listener::connect(url).await?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Tells every replica's event streams that jobs changed (the leader, after it recorded
+    /// changes). Nothing on SQLite.
+    pub async fn announce_jobs_changed(&self) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT COUNT(*) FROM (SELECT pg_notify($1, '')) AS n")
+                .bind(notice::EVENTS_CHANNEL)
+                .execute(&self.writer)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn check_fence(&self, conn: &mut sqlx::AnyConnection) -> Result<()> {
         match self.fence {
             Some(epoch) => check_fence_in(conn, self.backend, epoch).await,
@@ -691,15 +753,22 @@ impl Store {
     /// its lease expired before `now_ms`: a new epoch, one past the last. `None` while another
     /// lease runs. Clocks of replicas should agree within a fraction of the lease: a fast one
     /// takes over early, which costs the old leader its writes (they are fenced), never safety.
-    pub async fn acquire_lease(&self, holder: &str, now_ms: i64, lease_ms: i64) -> Result<Option<Lease>> {
+    pub async fn acquire_lease(
+        &self,
+        holder: &str,
+        address: Option<&str>,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<Lease>> {
         let mut tx = self.writer.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO leader_lease (id, holder, epoch, acquired_ms, renewed_ms, expires_ms) \
-             VALUES (1, $1, 1, $2, $2, $3) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO leader_lease (id, holder, epoch, acquired_ms, renewed_ms, expires_ms, address) \
+             VALUES (1, $1, 1, $2, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
         )
         .bind(holder)
         .bind(now_ms)
         .bind(now_ms.saturating_add(lease_ms))
+        .bind(address)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -710,11 +779,12 @@ impl Store {
             }
             let taken = sqlx::query(
                 "UPDATE leader_lease SET holder = $1, epoch = epoch + 1, acquired_ms = $2, renewed_ms = $2, \
-                 expires_ms = $3 WHERE id = 1 AND expires_ms < $2",
+                 expires_ms = $3, address = $4 WHERE id = 1 AND expires_ms < $2",
             )
             .bind(holder)
             .bind(now_ms)
             .bind(now_ms.saturating_add(lease_ms))
+            .bind(address)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -730,20 +800,21 @@ impl Store {
 
     /// Takes the lease for `holder` whoever holds it, with a new epoch: for a store only one
     /// server uses (SQLite), where an earlier holder can only be a server that died holding it.
-    pub async fn take_lease(&self, holder: &str, now_ms: i64, lease_ms: i64) -> Result<Lease> {
+    pub async fn take_lease(&self, holder: &str, address: Option<&str>, now_ms: i64, lease_ms: i64) -> Result<Lease> {
         let mut tx = self.writer.begin().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT epoch FROM leader_lease WHERE id = 1 FOR UPDATE").execute(&mut *tx).await?;
         }
         sqlx::query(
-            "INSERT INTO leader_lease (id, holder, epoch, acquired_ms, renewed_ms, expires_ms) \
-             VALUES (1, $1, 1, $2, $2, $3) \
+            "INSERT INTO leader_lease (id, holder, epoch, acquired_ms, renewed_ms, expires_ms, address) \
+             VALUES (1, $1, 1, $2, $2, $3, $4) \
              ON CONFLICT (id) DO UPDATE SET holder = $1, epoch = leader_lease.epoch + 1, acquired_ms = $2, \
-             renewed_ms = $2, expires_ms = $3",
+             renewed_ms = $2, expires_ms = $3, address = $4",
         )
         .bind(holder)
         .bind(now_ms)
         .bind(now_ms.saturating_add(lease_ms))
+        .bind(address)
         .execute(&mut *tx)
         .await?;
         let lease = Self::lease_in(&mut tx).await?;
@@ -786,10 +857,11 @@ impl Store {
     }
 
     async fn lease_in(conn: &mut sqlx::AnyConnection) -> Result<Option<Lease>> {
-        let row =
-            sqlx::query("SELECT holder, epoch, acquired_ms, renewed_ms, expires_ms FROM leader_lease WHERE id = 1")
-                .fetch_optional(&mut *conn)
-                .await?;
+        let row = sqlx::query(
+            "SELECT holder, epoch, acquired_ms, renewed_ms, expires_ms, address FROM leader_lease WHERE id = 1",
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
         row.map(|r| {
             Ok(Lease {
                 holder: r.try_get(0)?,
@@ -797,6 +869,7 @@ impl Store {
                 acquired_ms: r.try_get(2)?,
                 renewed_ms: r.try_get(3)?,
                 expires_ms: r.try_get(4)?,
+                address: r.try_get(5)?,
             })
         })
         .transpose()
@@ -862,6 +935,15 @@ impl Store {
         let mut applied = Vec::with_capacity(steps.len());
         for step in steps {
             applied.push(Self::transition_in(&mut tx, step, now_ms).await?);
+        }
+        if self.announce {
+            let cancelled: Vec<i64> = steps
+                .iter()
+                .zip(&applied)
+                .filter(|(s, ok)| **ok && s.to == JobState::Cancelled)
+                .map(|(s, _)| s.job_id)
+                .collect();
+            announce_in(&mut tx, self.backend, WriteKind::Cancelled, &cancelled).await?;
         }
         tx.commit().await?;
         Ok(applied)
@@ -1210,12 +1292,29 @@ async fn check_fences(
     Ok(())
 }
 
+/// Announces `ids` to the leader inside the transaction that wrote them (PostgreSQL only).
+async fn announce_in(conn: &mut AnyConnection, backend: Backend, kind: WriteKind, ids: &[i64]) -> Result<()> {
+    if backend != Backend::Postgres {
+        return Ok(());
+    }
+    for payload in notice::payloads(kind, ids) {
+        // `pg_notify` returns void, which the driver cannot decode: count its one row instead.
+        sqlx::query("SELECT COUNT(*) FROM (SELECT pg_notify($1, $2)) AS n")
+            .bind(notice::WRITES_CHANNEL)
+            .bind(payload)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Stores one batch of submissions in one transaction and answers each caller.
 async fn commit_batch(writer: &AnyPool, backend: Backend, batch: Vec<PendingInsert>) {
     let started = Instant::now();
     let jobs: Vec<(&NewJob, i64)> = batch.iter().map(|p| (&p.job, p.now_ms)).collect();
     let fences: Vec<Option<i64>> = batch.iter().map(|p| p.fence).collect();
-    match insert_batch(writer, backend, &jobs, &fences).await {
+    let announce: Vec<bool> = batch.iter().map(|p| p.announce).collect();
+    match insert_batch(writer, backend, &jobs, &fences, &announce).await {
         Ok(stored) => {
             tracing::trace!(
                 jobs = batch.len(),
@@ -1240,7 +1339,8 @@ async fn commit_batch(writer: &AnyPool, backend: Backend, batch: Vec<PendingInse
             // is tried again alone, and only what fails alone fails.
             drop(error);
             for pending in callers {
-                let alone = insert_batch(writer, backend, &[(&pending.job, pending.now_ms)], &[pending.fence]).await;
+                let job = [(&pending.job, pending.now_ms)];
+                let alone = insert_batch(writer, backend, &job, &[pending.fence], &[pending.announce]).await;
                 let answer = alone.and_then(|mut v| v.pop().ok_or(StoreError::Closed));
                 let _ = pending.reply.send(answer);
             }
@@ -1254,6 +1354,7 @@ async fn insert_batch(
     backend: Backend,
     jobs: &[(&NewJob, i64)],
     fences: &[Option<i64>],
+    announce: &[bool],
 ) -> Result<Vec<Inserted>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
@@ -1261,6 +1362,9 @@ async fn insert_batch(
     let mut tx = writer.begin().await?;
     check_fences(&mut tx, backend, fences.iter().copied()).await?;
     let stored = insert_in(&mut tx, backend, jobs).await?;
+    let created: Vec<i64> =
+        stored.iter().zip(announce).filter(|(i, a)| i.created && **a).map(|(i, _)| i.job.id).collect();
+    announce_in(&mut tx, backend, WriteKind::Submitted, &created).await?;
     tx.commit().await?;
     Ok(stored)
 }

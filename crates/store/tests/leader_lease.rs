@@ -1,5 +1,6 @@
 //! The leader's lease on both backends: one holder at a time, takeover only after expiry with a
-//! new epoch, and a deposed leader's writes refused by the fence.
+//! new epoch, and a deposed leader's writes refused by the fence. On PostgreSQL, the writes of a
+//! replica that does not lead are announced to the listening leader, once committed.
 
 use store::testing::TempPostgres;
 use store::{Change, JobState, NewJob, Store, StoreError, Transition};
@@ -32,7 +33,7 @@ async fn exercise(store: Store) {
     // Many replicas start at once: exactly one takes the lease.
     let tries = (0..8).map(|i| {
         let store = store.clone();
-        tokio::spawn(async move { store.acquire_lease(&format!("r{i}"), 1_000, LEASE_MS).await.unwrap() })
+        tokio::spawn(async move { store.acquire_lease(&format!("r{i}"), None, 1_000, LEASE_MS).await.unwrap() })
     });
     let mut won = Vec::new();
     for t in tries {
@@ -46,9 +47,9 @@ async fn exercise(store: Store) {
     assert_eq!(store.lease().await.unwrap().as_ref(), Some(&a));
 
     // While it runs, nobody else takes it; its holder renews it.
-    assert_eq!(store.acquire_lease("b", 10_999, LEASE_MS).await.unwrap(), None);
+    assert_eq!(store.acquire_lease("b", None, 10_999, LEASE_MS).await.unwrap(), None);
     assert!(store.renew_lease(&a.holder, 1, 5_000, LEASE_MS).await.unwrap());
-    assert_eq!(store.acquire_lease("b", 14_999, LEASE_MS).await.unwrap(), None, "renewed until 15,000");
+    assert_eq!(store.acquire_lease("b", None, 14_999, LEASE_MS).await.unwrap(), None, "renewed until 15,000");
 
     let tenant = store.create_tenant("t", "hash-t", None, 1).await.unwrap();
     let id = store.insert_job(&job(tenant.id), 2).await.unwrap().job.id;
@@ -62,8 +63,9 @@ async fn exercise(store: Store) {
     assert_eq!(leader_a.fence(), Some(1));
 
     // A pauses past its lease; b takes over with a new epoch.
-    let b = store.acquire_lease("b", 15_001, LEASE_MS).await.unwrap().expect("expired: b takes it");
-    assert_eq!((b.holder.as_str(), b.epoch), ("b", 2));
+    let b =
+        store.acquire_lease("b", Some("http://b:8080"), 15_001, LEASE_MS).await.unwrap().expect("expired: b takes it");
+    assert_eq!((b.holder.as_str(), b.epoch, b.address.as_deref()), ("b", 2, Some("http://b:8080")));
     assert!(!store.renew_lease(&a.holder, 1, 15_002, LEASE_MS).await.unwrap(), "a is deposed");
 
     // A's writes are refused and change nothing; b's go through.
@@ -106,8 +108,8 @@ async fn exercise(store: Store) {
     // A leader that stops cleanly gives the lease up: the next one needs no wait.
     assert!(!store.release_lease(&a.holder, 1).await.unwrap(), "not a's to give");
     assert!(store.release_lease("b", 2).await.unwrap());
-    let c = store.acquire_lease("c", 15_006, LEASE_MS).await.unwrap().expect("released");
-    assert_eq!(c.epoch, 3);
+    let c = store.acquire_lease("c", None, 15_006, LEASE_MS).await.unwrap().expect("released");
+    assert_eq!((c.epoch, c.address), (3, None), "the address is the new holder's");
     assert!(matches!(
         leader_b.transitions(&[schedule(JobState::Scheduled)], 15_007).await,
         Err(StoreError::Fenced { .. })
@@ -129,6 +131,59 @@ async fn postgres_leader_lease() {
     let db = TempPostgres::create().await.expect("PostgreSQL is required for this test");
     let store = Store::connect(&db.url).await.unwrap();
     exercise(store.clone()).await;
+    store.close().await;
+    db.drop_database().await.unwrap();
+}
+
+/// The next notice, within a few seconds.
+async fn next(listener: &mut store::Listener) -> store::Notice {
+    tokio::time::timeout(std::time::Duration::from_secs(5), listener.next()).await.expect("a notice").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_announces_the_writes_of_replicas_that_do_not_lead() {
+    use store::Notice;
+    let db = TempPostgres::create().await.expect("PostgreSQL is required for this test");
+    let store = Store::connect(&db.url).await.unwrap();
+    let mut listener = store.listen().await.unwrap().expect("PostgreSQL listens");
+    let standby = store.announcing();
+    let tenant = store.create_tenant("t", "hash-t", None, 1).await.unwrap();
+
+    // The leader's own writes (not announcing) are not announced; a standby's are, committed.
+    let own = store.insert_job(&job(tenant.id), 2).await.unwrap().job.id;
+    let theirs = standby.insert_jobs(&[job(tenant.id), job(tenant.id)], 3).await.unwrap();
+    let ids: Vec<i64> = theirs.iter().map(|i| i.job.id).collect();
+    assert_eq!(next(&mut listener).await, Notice::Submitted(ids.clone()), "not job {own}");
+    assert!(store.job_by_id(ids[0]).await.unwrap().is_some(), "announced once stored");
+
+    // A replayed submission (same key) stores nothing and announces nothing.
+    let mut keyed = job(tenant.id);
+    keyed.idempotency_key = Some("k".into());
+    let first = standby.insert_job(&keyed, 4).await.unwrap();
+    assert_eq!(next(&mut listener).await, Notice::Submitted(vec![first.job.id]));
+    assert!(!standby.insert_job(&keyed, 5).await.unwrap().created);
+
+    // Cancels that applied, and quotas.
+    let cancel = |id: i64| Transition {
+        job_id: id,
+        from: vec![JobState::Pending],
+        to: JobState::Cancelled,
+        change: Change::default(),
+    };
+    let applied = standby.transitions(&[cancel(ids[0]), cancel(ids[0])], 6).await.unwrap();
+    assert_eq!(applied, vec![true, false]);
+    assert_eq!(next(&mut listener).await, Notice::Cancelled(vec![ids[0]]), "the replayed one is not announced");
+    standby.set_quota(tenant.id, Some(8)).await.unwrap();
+    assert_eq!(next(&mut listener).await, Notice::QuotaSet(tenant.id));
+
+    // A write that fails announces nothing: the notice goes with the commit.
+    let mut bad = job(tenant.id);
+    bad.tenant_id = 999_999;
+    assert!(standby.insert_job(&bad, 7).await.is_err());
+    store.announce_jobs_changed().await.unwrap();
+    assert_eq!(next(&mut listener).await, Notice::JobsChanged, "nothing came of the failed insert");
+
+    drop(listener);
     store.close().await;
     db.drop_database().await.unwrap();
 }

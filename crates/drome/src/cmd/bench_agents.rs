@@ -47,6 +47,18 @@ pub struct AgentsBenchArgs {
     /// nodes stay out of the figures while the database stays on disk.
     #[arg(long)]
     pub node_dir: Option<PathBuf>,
+    /// Control-plane replicas on one PostgreSQL database (`--db postgres://...`, or a fresh
+    /// local database): with more than one, or with --kill-leader, this runs the failover
+    /// benchmark (`drome bench failover`) with the nodes served by an agent process.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
+    /// Kill the leader with SIGKILL this many times during a submission storm; prints failover
+    /// times, acknowledged jobs lost and jobs run twice.
+    #[arg(long, default_value_t = 0)]
+    pub kill_leader: u32,
+    /// Seconds the leader's lease runs unrenewed, with replicas.
+    #[arg(long, default_value_t = 2.0)]
+    pub lease_s: f64,
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -190,7 +202,7 @@ impl Drop for Procs {
     }
 }
 
-fn fleet_toml(nodes: u32) -> String {
+pub(super) fn fleet_toml(nodes: u32) -> String {
     format!(
         "name = \"bench\"\n\n[node_types.hgx-h200]\ncpu_milli = 224000\nmemory_mib = 2097152\ngpus = 8\n\
          gpu_model = \"H200\"\n\n[[sites]]\nname = \"bench\"\ncooling = \"immersion\"\n\n[[sites.halls]]\n\
@@ -314,6 +326,19 @@ pub(super) fn quantile(values: &[f64], q: f64) -> f64 {
 }
 
 pub fn run(args: AgentsBenchArgs) -> anyhow::Result<()> {
+    if args.replicas > 1 || args.kill_leader > 0 {
+        return super::bench_failover::run(super::bench_failover::FailoverBenchArgs {
+            replicas: args.replicas.max(2),
+            kills: args.kill_leader.max(1),
+            lease_s: args.lease_s,
+            clients: args.clients,
+            nodes: args.nodes,
+            throughput_s: 5.0,
+            work_dir: args.work_dir,
+            db: args.db,
+            output: args.output,
+        });
+    }
     if args.nodes == 0 || args.agents == 0 || args.jobs == 0 {
         bail!("--nodes, --agents and --jobs must be at least 1");
     }

@@ -576,16 +576,17 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     if args.conn.output == Output::Json {
         return print_json(&c);
     }
-    let mut t = Table::new(["LEADER", "EPOCH", "SINCE", "LEASE RENEWED", "LEASE ENDS"]);
+    let mut t = Table::new(["LEADER", "ADDRESS", "EPOCH", "SINCE", "LEASE RENEWED", "LEASE ENDS"]);
     match &c.leader {
         Some(l) => t.row([
             l.replica.clone(),
+            l.address.clone().unwrap_or_else(|| "-".into()),
             l.epoch.to_string(),
             fmt_time(l.since_ms),
             fmt_time(l.renewed_ms),
             fmt_time(l.expires_ms),
         ]),
-        None => t.row(["(none)".to_string(), "-".into(), "-".into(), "-".into(), "-".into()]),
+        None => t.row(["(none)".to_string(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into()]),
     };
     println!("{}", t.render().trim_end());
     println!("answered by {} ({}), on {}", c.replica, if c.leads { "the leader" } else { "a standby" }, c.database);

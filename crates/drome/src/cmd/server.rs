@@ -35,10 +35,16 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 600.0)]
     pub preempt_exempt_s: f64,
     /// Seconds the leader's lease runs unrenewed. Several servers on one PostgreSQL database
-    /// are replicas: one leads (schedules, talks to agents), the others wait and take over this
-    /// long after the leader stops renewing. On SQLite a starting server takes the lease at once.
+    /// are replicas: each serves the API, one leads (schedules, talks to agents), and another
+    /// takes over this long after the leader stops renewing. On SQLite a starting server takes
+    /// the lease at once.
     #[arg(long, default_value_t = 5.0)]
     pub leader_lease_s: f64,
+    /// The URL other replicas reach this server's API at, to forward what only the leader
+    /// answers (node figures, job output, power caps). Default: the listen address, or this
+    /// host's name with its port when listening on every interface.
+    #[arg(long, env = "DROME_ADVERTISE", value_name = "URL")]
+    pub advertise: Option<String>,
     /// Without --agents, the work runs on in-process nodes that only wait: seconds such a node
     /// runs a command that declares no duration.
     #[arg(long, alias = "virtual-seconds", default_value_t = 10.0)]
@@ -106,6 +112,13 @@ pub fn config(args: &ServerArgs) -> anyhow::Result<server::Config> {
         "--leader-lease-s must be between 0.3 and 3600 seconds"
     );
     config.leader_lease = Duration::from_secs_f64(args.leader_lease_s);
+    if let Some(url) = &args.advertise {
+        anyhow::ensure!(
+            url.starts_with("http://") || url.starts_with("https://"),
+            "--advertise must be an http:// or https:// URL, not '{url}'"
+        );
+        config.advertise = Some(url.trim_end_matches('/').to_string());
+    }
     config.power_mode = args.power.mode()?;
     anyhow::ensure!(
         args.agents || config.power_mode == sched::power::PowerMode::Admission,
@@ -167,7 +180,8 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let config = config(&args)?;
     runtime()?.block_on(async move {
         let running = server::start(config).await?;
-        println!("drome server listening on http://{}", running.addr);
+        let role = if running.epoch.is_some() { "leading" } else { "standby: another replica leads" };
+        println!("drome server listening on http://{} ({role})", running.addr);
         if let Some(token) = &running.generated_admin_token {
             println!("admin token (shown once, stored hashed): {token}");
         }

@@ -28,7 +28,13 @@ use tokio::sync::{mpsc, oneshot};
 pub(crate) enum SchedEvent {
     Submitted(Box<Job>),
     Cancelled(i64),
-    QuotaSet { tenant_id: i64, gpu_quota: Option<i64> },
+    QuotaSet {
+        tenant_id: i64,
+        gpu_quota: Option<i64>,
+    },
+    /// What other replicas wrote may have been missed (their notices were lost): read the
+    /// whole state from the store again.
+    Reload,
 }
 
 /// The sending side handed to the API.
@@ -359,6 +365,13 @@ impl Scheduler {
         self.changed = true;
         let now = now_ms();
         let wall = SimTime(now.max(0) as u64);
+        if self.inbox.iter().any(|e| matches!(e, SchedEvent::Reload)) {
+            // Everything the other events say is in the store, which the next round reads.
+            tracing::info!("changes of other replicas may have been missed; reading the store again");
+            self.inbox.clear();
+            self.live = None;
+            return Ok(());
+        }
         let mut unfinished = Vec::new();
         for event in std::mem::take(&mut self.inbox) {
             match event {
@@ -406,6 +419,7 @@ impl Scheduler {
                     }
                 }
                 SchedEvent::QuotaSet { tenant_id, gpu_quota } => live.set_quota(tenant_id, gpu_quota),
+                SchedEvent::Reload => {}
             }
         }
         self.st.store.finish_cancelled(&unfinished, now).await
