@@ -616,6 +616,21 @@ pub struct Leader {
     pub address: Option<String>,
 }
 
+/// A server of the control plane, as it last recorded itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Replica {
+    /// Its replica name (host:process:nonce).
+    pub name: String,
+    /// Where it serves the API.
+    pub address: String,
+    /// Whether it holds the leader's lease.
+    pub leads: bool,
+    /// When it started, Unix milliseconds.
+    pub started_ms: i64,
+    /// When it last recorded itself (a few times a lease), Unix milliseconds.
+    pub seen_ms: i64,
+}
+
 /// `GET /v1/cluster`: the control plane's replicas as this server sees them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterStatus {
@@ -624,6 +639,9 @@ pub struct ClusterStatus {
     /// Whether the replica that answered leads.
     pub leads: bool,
     pub leader: Option<Leader>,
+    /// Every replica seen within the last three leases, by name.
+    #[serde(default)]
+    pub replicas: Vec<Replica>,
     /// `sqlite` or `postgres`.
     pub database: String,
 }
@@ -659,7 +677,7 @@ pub struct ClusterStatus {
         TenantCreated, QuotaUpdate, Quota, Node, Site, Event, ErrorBody, ErrorDetail, Health,
         GpuInfo, JoinToken, AgentJoin, AgentJoined, RunKey, RunExit, Heartbeat, Assignment, HeartbeatReply,
         NodeHeartbeat, HeartbeatBatch, NodeHeartbeatReply, HeartbeatBatchReply,
-        LogStream, LogRequest, LogChunk, JobLogs, GpuPowerCap, Leader, ClusterStatus
+        LogStream, LogRequest, LogChunk, JobLogs, GpuPowerCap, Leader, Replica, ClusterStatus
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -249,6 +249,18 @@ async fn every_replica_serves_the_api() {
     wait_healthy(&http, &b).await;
     let status = cluster(&http, &b).await;
     assert_eq!((status["leads"].as_bool(), status["leader"]["address"].as_str()), (Some(false), Some(a.as_str())));
+    // Every replica lists both, and which leads.
+    let listed: Vec<(String, bool)> = status["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["address"].as_str().unwrap().to_string(), r["leads"].as_bool().unwrap()))
+        .collect();
+    let mut want = vec![(a.clone(), true), (b.clone(), false)];
+    let mut got = listed.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "{status}");
 
     // Agents asking the standby are sent on; given both addresses they settle on the leader.
     let refused = http.post(format!("{b}/v1/agent/join")).json(&json!({})).send().await.unwrap();

@@ -157,6 +157,8 @@ pub struct AppState {
     pub(crate) role: replicas::Role,
     /// Forwards requests to the leader (standby).
     pub(crate) http: reqwest::Client,
+    /// The term of the leader's lease: replicas record themselves a few times a term.
+    pub(crate) leader_lease: Duration,
 }
 
 impl AppState {
@@ -191,8 +193,8 @@ pub struct Running {
     role: tokio::task::JoinHandle<ServerError>,
     /// The leader's tasks, while it leads.
     leading: Arc<Mutex<Option<LeaderTasks>>>,
-    /// Follows the other replicas' notices.
-    notices: Option<tokio::task::JoinHandle<()>>,
+    /// Follows the other replicas' notices; records this replica's presence.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -217,8 +219,8 @@ impl Running {
     pub async fn shutdown(self) {
         self.serve.abort();
         self.role.abort();
-        if let Some(n) = &self.notices {
-            n.abort();
+        for t in &self.background {
+            t.abort();
         }
         let tasks = self.leading.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = tasks {
@@ -266,6 +268,7 @@ struct Common {
     replica: Arc<str>,
     address: Arc<str>,
     http: reqwest::Client,
+    leader_lease: Duration,
 }
 
 impl Common {
@@ -290,6 +293,7 @@ impl Common {
             replica: self.replica.clone(),
             role,
             http: self.http.clone(),
+            leader_lease: self.leader_lease,
         }
     }
 }
@@ -340,11 +344,18 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             .timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| ServerError::Config(format!("cannot make an HTTP client: {e}")))?,
+        leader_lease: config.leader_lease,
     };
-    let notices = match store.listen().await? {
-        Some(l) => Some(tokio::spawn(replicas::follow_notices(l, store.clone(), common.events.clone(), link.clone()))),
-        None => None,
-    };
+    let mut background = Vec::new();
+    if let Some(l) = store.listen().await? {
+        background.push(tokio::spawn(replicas::follow_notices(l, store.clone(), common.events.clone(), link.clone())));
+    }
+    background.push(tokio::spawn(replicas::record_presence(
+        store.clone(),
+        common.replica.clone(),
+        common.address.clone(),
+        config.leader_lease,
+    )));
     let lead_config = LeaderConfig {
         admin_token: config.admin_token,
         policy: config.policy,
@@ -397,7 +408,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     });
     let fleet = &common.fleet;
     tracing::info!(%addr, %address, backend = ?store.backend(), nodes = fleet.nodes.len(), gpus = fleet.total_gpus(), leads = epoch.is_some(), "drome server listening");
-    Ok(Running { addr, generated_admin_token: generated, epoch, store, serve, role, leading, notices })
+    Ok(Running { addr, generated_admin_token: generated, epoch, store, serve, role, leading, background })
 }
 
 /// The admin token's hash a standby checks admins against: the one it was given, or the one

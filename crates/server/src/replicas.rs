@@ -100,6 +100,20 @@ pub(crate) async fn announce_changes(store: Store, mut changes: watch::Receiver<
     }
 }
 
+/// Records this replica in the store a few times a lease, so that every replica can list the
+/// others ([`crate::routes`]'s `/v1/cluster`); forgets replicas not seen for ten minutes.
+pub(crate) async fn record_presence(store: Store, name: Arc<str>, address: Arc<str>, lease: Duration) {
+    let started = now_ms();
+    let every = (lease / 3).max(Duration::from_millis(100));
+    loop {
+        let now = now_ms();
+        if let Err(e) = store.record_replica(&name, &address, started, now, now - 600_000).await {
+            tracing::debug!(error = %e, "cannot record this replica's presence");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Where the leader serves, if another replica leads now.
 async fn leader_address(st: &AppState) -> Result<String, ApiError> {
     let lease = st.store.lease().await?;

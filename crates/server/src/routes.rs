@@ -530,8 +530,24 @@ async fn cluster(State(st): State<AppState>, _caller: Caller) -> Result<Json<api
     let database = database_name(st.store.backend());
     // The lease is taken a moment before the replica has read the store and leads: it leads
     // once its router is the leader's.
+    let now = crate::now_ms();
     let leads = st.role == crate::replicas::Role::Leader
-        && lease.as_ref().is_some_and(|l| l.holder == *st.replica && l.expires_ms > crate::now_ms());
+        && lease.as_ref().is_some_and(|l| l.holder == *st.replica && l.expires_ms > now);
+    let term_ms = i64::try_from(st.leader_lease.as_millis()).unwrap_or(i64::MAX);
+    let holder = lease.as_ref().filter(|l| l.expires_ms > now).map(|l| l.holder.as_str());
+    let replicas = st
+        .store
+        .replicas(now.saturating_sub(term_ms.saturating_mul(3)))
+        .await?
+        .into_iter()
+        .map(|r| api::Replica {
+            leads: holder == Some(r.name.as_str()),
+            name: r.name,
+            address: r.address,
+            started_ms: r.started_ms,
+            seen_ms: r.seen_ms,
+        })
+        .collect();
     Ok(Json(api::ClusterStatus {
         replica: st.replica.to_string(),
         leads,
@@ -543,6 +559,7 @@ async fn cluster(State(st): State<AppState>, _caller: Caller) -> Result<Json<api
             expires_ms: l.expires_ms,
             address: l.address,
         }),
+        replicas,
         database: database.into(),
     }))
 }

@@ -242,6 +242,17 @@ pub struct Lease {
     pub address: Option<String>,
 }
 
+/// A server of the control plane as it last recorded itself ([`Store::record_replica`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replica {
+    pub name: String,
+    /// Where it serves its API.
+    pub address: String,
+    pub started_ms: i64,
+    /// When it last recorded itself.
+    pub seen_ms: i64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JobFilter {
     pub state: Option<JobState>,
@@ -255,7 +266,7 @@ const JOB_COLUMNS: &str = "id, tenant_id, name, command, args_json, env_json, gp
      generation, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms, gpu_milli";
 
 fn migrator(backend: Backend) -> Migrator {
-    let (init, agents, shares, usage, generation, lease, address) = match backend {
+    let (init, agents, shares, usage, generation, lease, address, replicas) = match backend {
         Backend::Sqlite => (
             include_str!("../migrations/sqlite/0001_init.sql"),
             include_str!("../migrations/sqlite/0002_agents.sql"),
@@ -264,6 +275,7 @@ fn migrator(backend: Backend) -> Migrator {
             include_str!("../migrations/sqlite/0005_generation.sql"),
             include_str!("../migrations/sqlite/0006_leader_lease.sql"),
             include_str!("../migrations/sqlite/0007_leader_address.sql"),
+            include_str!("../migrations/sqlite/0008_replicas.sql"),
         ),
         Backend::Postgres => (
             include_str!("../migrations/postgres/0001_init.sql"),
@@ -273,6 +285,7 @@ fn migrator(backend: Backend) -> Migrator {
             include_str!("../migrations/postgres/0005_generation.sql"),
             include_str!("../migrations/postgres/0006_leader_lease.sql"),
             include_str!("../migrations/postgres/0007_leader_address.sql"),
+            include_str!("../migrations/postgres/0008_replicas.sql"),
         ),
     };
     let migrations = vec![
@@ -283,6 +296,7 @@ fn migrator(backend: Backend) -> Migrator {
         Migration::new(5, Cow::Borrowed("generation"), MigrationType::Simple, Cow::Borrowed(generation), false),
         Migration::new(6, Cow::Borrowed("leader lease"), MigrationType::Simple, Cow::Borrowed(lease), false),
         Migration::new(7, Cow::Borrowed("leader address"), MigrationType::Simple, Cow::Borrowed(address), false),
+        Migration::new(8, Cow::Borrowed("replicas"), MigrationType::Simple, Cow::Borrowed(replicas), false),
     ];
     Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
@@ -848,6 +862,51 @@ impl Store {
                 .await?
                 .rows_affected();
         Ok(released == 1)
+    }
+
+    /// Records that the server `name` runs and serves at `address` (a replica's presence, not
+    /// a leader's write: never fenced), and forgets servers not seen since `forget_before_ms`.
+    pub async fn record_replica(
+        &self,
+        name: &str,
+        address: &str,
+        started_ms: i64,
+        now_ms: i64,
+        forget_before_ms: i64,
+    ) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO replicas (name, address, started_ms, seen_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET address = $2, seen_ms = $4",
+        )
+        .bind(name)
+        .bind(address)
+        .bind(started_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM replicas WHERE seen_ms < $1").bind(forget_before_ms).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The servers seen since `seen_after_ms`, by name.
+    pub async fn replicas(&self, seen_after_ms: i64) -> Result<Vec<Replica>> {
+        let rows =
+            sqlx::query("SELECT name, address, started_ms, seen_ms FROM replicas WHERE seen_ms >= $1 ORDER BY name")
+                .bind(seen_after_ms)
+                .fetch_all(&self.reader)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Replica {
+                    name: r.try_get(0)?,
+                    address: r.try_get(1)?,
+                    started_ms: r.try_get(2)?,
+                    seen_ms: r.try_get(3)?,
+                })
+            })
+            .collect()
     }
 
     /// The lease as stored, if anybody ever held it.

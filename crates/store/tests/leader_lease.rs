@@ -105,6 +105,16 @@ async fn exercise(store: Store) {
     leader_b.upsert_agent_node(&node).await.unwrap();
     leader_b.set_setting("k", "v").await.unwrap();
 
+    // Replicas record themselves (never fenced: a deposed leader still says it runs); those not
+    // seen for a while are forgotten.
+    leader_a.record_replica("a", "http://a:1", 100, 1_000, 0).await.unwrap();
+    store.record_replica("b", "http://b:1", 200, 2_000, 0).await.unwrap();
+    store.record_replica("b", "http://b:2", 999, 3_000, 1_500).await.unwrap();
+    let seen = store.replicas(0).await.unwrap();
+    assert_eq!(seen.len(), 1, "a, unseen since 1,000, is forgotten: {seen:?}");
+    assert_eq!((seen[0].address.as_str(), seen[0].started_ms, seen[0].seen_ms), ("http://b:2", 200, 3_000));
+    assert!(store.replicas(3_001).await.unwrap().is_empty());
+
     // A leader that stops cleanly gives the lease up: the next one needs no wait.
     assert!(!store.release_lease(&a.holder, 1).await.unwrap(), "not a's to give");
     assert!(store.release_lease("b", 2).await.unwrap());

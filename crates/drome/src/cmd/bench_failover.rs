@@ -129,7 +129,7 @@ pub fn run(args: FailoverBenchArgs) -> anyhow::Result<()> {
                 let mut t = Table::new(["clients at", "submits/s", "ratio"]);
                 t.row(vec!["the leader".into(), format!("{one:.0}"), "1.00".into()]);
                 t.row(vec![format!("all {} replicas", r.replicas), format!("{all:.0}"), format!("{:.2}", all / one)]);
-                print!("{}", t.render());
+                println!("{}", t.render().trim_end());
             }
             let mut t = Table::new([
                 "failover min (s)",

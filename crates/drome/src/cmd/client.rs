@@ -589,6 +589,14 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
         None => t.row(["(none)".to_string(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into()]),
     };
     println!("{}", t.render().trim_end());
+    if !c.replicas.is_empty() {
+        let mut r = Table::new(["REPLICA", "ADDRESS", "ROLE", "STARTED", "LAST SEEN"]);
+        for x in &c.replicas {
+            let role = if x.leads { "leader" } else { "standby" };
+            r.row([x.name.clone(), x.address.clone(), role.to_string(), fmt_time(x.started_ms), fmt_time(x.seen_ms)]);
+        }
+        println!("{}", r.render().trim_end());
+    }
     println!("answered by {} ({}), on {}", c.replica, if c.leads { "the leader" } else { "a standby" }, c.database);
     Ok(())
 }
