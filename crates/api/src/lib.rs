@@ -279,6 +279,10 @@ pub struct Node {
     /// dynamic power mode with host caps, while its site sheds watts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_power_cap_watts: Option<f64>,
+    /// Why the node's agent was last refused (a join or report that does not hold against the
+    /// fleet or physical bounds), until a report passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// A site of the fleet.

@@ -54,12 +54,10 @@ pub(crate) async fn join(
     let Some(&id) = st.node_ids.get(&req.node) else {
         return Err(ApiError::invalid("node", format!("no node '{}' in the fleet", req.node)));
     };
-    let declared = usize::from(st.fleet.node(id).gpu_count);
-    if req.gpus.len() != declared {
-        tracing::warn!(node = %req.node, found = req.gpus.len(), declared, "node's gpus differ from the fleet");
-    }
-    if req.address.len() > 256 || req.gpus.len() > 64 {
-        return Err(ApiError::invalid("address", "too long, or too many GPUs"));
+    if let Err(r) = crate::agents::checks::check_join(&st.fleet, id, &req) {
+        tracing::warn!(node = %req.node, field = r.field, reason = ?r.message, "join refused: the node's report does not hold");
+        remote.set_problem(&req.node, Some(format!("join refused: {}", r.message)));
+        return Err(ApiError::invalid(r.field, r.message));
     }
     let credential = new_token()?;
     let hash = hash_token(&credential);
@@ -75,7 +73,8 @@ pub(crate) async fn join(
     remote.register(&req.node, &hash, &req.address);
     st.wake.notify_one();
     remote.count_join();
-    tracing::debug!(node = %req.node, gpus = req.gpus.len(), address = %req.address, "node joined");
+    remote.set_problem(&req.node, None);
+    tracing::debug!(node = %req.node, gpus = req.gpus.len(), address = ?req.address, "node joined");
     Ok(Json(api::AgentJoined {
         node: req.node,
         credential,
@@ -146,6 +145,7 @@ pub(crate) async fn heartbeat(
     ApiJson(hb): ApiJson<api::Heartbeat>,
 ) -> Result<Json<api::HeartbeatReply>, ApiError> {
     let remote = remote(&st)?.clone();
+    check_report(&st, &remote, &node, &hb).map_err(|r| ApiError::invalid(r.field, r.message))?;
     let wait = Duration::from_millis(hb.wait_ms).min(remote.config.heartbeat);
     let mut deadline = Instant::now() + wait;
     let mut first = true;
@@ -174,6 +174,28 @@ pub(crate) async fn heartbeat(
             return Ok(Json(answer.reply));
         }
         let _ = tokio::time::timeout(deadline - now, changed).await;
+    }
+}
+
+/// Checks a node's heartbeat against the fleet and physical bounds: a refused one renews
+/// nothing and marks the node with why; a good one clears the mark.
+fn check_report(
+    st: &AppState,
+    remote: &RemoteNodes,
+    node: &str,
+    hb: &api::Heartbeat,
+) -> Result<(), crate::agents::checks::Refusal> {
+    let Some(&id) = st.node_ids.get(node) else { return Ok(()) };
+    match st.node_bounds.check_heartbeat(id, hb) {
+        Ok(()) => {
+            remote.set_problem(node, None);
+            Ok(())
+        }
+        Err(r) => {
+            tracing::warn!(node, field = r.field, reason = ?r.message, "heartbeat refused: the node's report does not hold");
+            remote.set_problem(node, Some(format!("report refused: {}", r.message)));
+            Err(r)
+        }
     }
 }
 
@@ -207,6 +229,14 @@ pub(crate) async fn heartbeats(
     for nb in &batch.nodes {
         match remote.node_of(&hash_token(&nb.credential)) {
             Some(name) if name == nb.node => {
+                if let Err(r) = check_report(&st, &remote, &nb.node, &nb.heartbeat) {
+                    replies.push(api::NodeHeartbeatReply {
+                        node: nb.node.clone(),
+                        reply: None,
+                        error: Some(format!("report refused: {}: {}", r.field, r.message)),
+                    });
+                    continue;
+                }
                 remote.attach(&nb.node, &session);
                 listed.push(nb);
             }

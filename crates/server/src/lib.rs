@@ -159,6 +159,8 @@ pub struct AppState {
     pub(crate) http: reqwest::Client,
     /// The term of the leader's lease: replicas record themselves a few times a term.
     pub(crate) leader_lease: Duration,
+    /// What nodes' reports may say (agents are input too).
+    pub(crate) node_bounds: Arc<agents::checks::NodeBounds>,
 }
 
 impl AppState {
@@ -269,6 +271,7 @@ struct Common {
     address: Arc<str>,
     http: reqwest::Client,
     leader_lease: Duration,
+    node_bounds: Arc<agents::checks::NodeBounds>,
 }
 
 impl Common {
@@ -294,6 +297,7 @@ impl Common {
             role,
             http: self.http.clone(),
             leader_lease: self.leader_lease,
+            node_bounds: self.node_bounds.clone(),
         }
     }
 }
@@ -334,7 +338,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         store: store.clone(),
         node_ids: Arc::new(fleet.node_ids().map(|id| (fleet.node(id).name.clone(), id)).collect()),
         empty_cluster: Arc::new(sched::ClusterState::new(fleet.clone())),
-        fleet,
+        fleet: fleet.clone(),
         metrics: Arc::new(metrics::Metrics::new()),
         events: watch::channel(0u64).0,
         tenant_cache: Arc::default(),
@@ -345,6 +349,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             .build()
             .map_err(|e| ServerError::Config(format!("cannot make an HTTP client: {e}")))?,
         leader_lease: config.leader_lease,
+        node_bounds: Arc::new(agents::checks::NodeBounds::new(&fleet)),
     };
     let mut background = Vec::new();
     if let Some(l) = store.listen().await? {

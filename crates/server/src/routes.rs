@@ -446,8 +446,8 @@ fn gpus_used(st: &AppState) -> Vec<u32> {
 
 async fn list_nodes(State(st): State<AppState>, _caller: Caller) -> Json<Vec<api::Node>> {
     let used = gpus_used(&st);
-    let (power, caps, cpu_caps) = match &st.remote {
-        Some(r) => (r.power(), r.applied_caps(), r.applied_cpu_caps()),
+    let (power, caps, cpu_caps, problems) = match &st.remote {
+        Some(r) => (r.power(), r.applied_caps(), r.applied_cpu_caps(), r.problems()),
         None => Default::default(),
     };
     let fleet = &st.fleet;
@@ -470,6 +470,7 @@ async fn list_nodes(State(st): State<AppState>, _caller: Caller) -> Json<Vec<api
                 power_watts: power.get(&n.name).copied(),
                 gpu_power_cap_watts: caps.get(&n.name).copied(),
                 cpu_power_cap_watts: cpu_caps.get(&n.name).copied(),
+                problem: problems.get(&n.name).cloned(),
             }
         })
         .collect();

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, oneshot};
 
 mod batch;
+pub(crate) mod checks;
 mod lease;
 mod logs;
 mod power;
@@ -65,6 +66,8 @@ struct Slot {
     session: Option<Arc<BatchSession>>,
     /// The node's last report, to plan its answer when it changes between its heartbeats.
     last_beat: Option<api::Heartbeat>,
+    /// Why its last report was refused, until one passes.
+    problem: Option<String>,
 }
 
 impl Slot {

@@ -18,6 +18,31 @@ impl RemoteNodes {
         }
     }
 
+    /// Marks `node` with why its report was refused, and forgets the draw it reported last: the
+    /// site's figures fall back to the model's for it. `None` clears the mark.
+    pub(crate) fn set_problem(&self, node: &str, problem: Option<String>) {
+        let mut inner = self.lock();
+        match problem {
+            Some(p) => {
+                let slot = inner.slots.entry(node.to_string()).or_default();
+                slot.power_watts = None;
+                slot.problem = Some(p);
+            }
+            // The common case, every heartbeat: no allocation.
+            None => {
+                if let Some(slot) = inner.slots.get_mut(node) {
+                    slot.problem = None;
+                }
+            }
+        }
+    }
+
+    /// Why each node's last report was refused, for the nodes whose was.
+    pub fn problems(&self) -> HashMap<String, String> {
+        let inner = self.lock();
+        inner.slots.iter().filter_map(|(n, s)| s.problem.clone().map(|p| (n.clone(), p))).collect()
+    }
+
     /// Latest reported power draw per live node, watts.
     pub fn power(&self) -> HashMap<String, f64> {
         self.of_live_nodes(|s| s.power_watts)

@@ -1,0 +1,115 @@
+//! Agents are input too: a join whose address or GPUs do not hold against the fleet is refused
+//! with the field at fault, and so is a heartbeat with a draw or caps no node can have, single or
+//! batched. A refused report renews nothing, the node shows why in `/v1/nodes`, and the site's
+//! power stays what the nodes that told the truth drew.
+
+mod common;
+
+use common::{ADMIN, Db, Place, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const NODE: &str = "hall-a-r001-n01";
+const OTHER: &str = "hall-a-r001-n02";
+
+fn gpus(n: u32) -> Vec<Value> {
+    (0..n).map(|i| json!({"index": i, "model": "H200", "memory_mib": 143360, "power_limit_watts": 700.0})).collect()
+}
+
+async fn try_join(s: &TestServer, token: &str, node: &str, address: &str, gpus: Vec<Value>) -> (StatusCode, Value) {
+    let body = json!({"join_token": token, "node": node, "address": address, "gpus": gpus});
+    s.call(Method::POST, "/v1/agent/join", None, Some(body)).await
+}
+
+fn node<'a>(nodes: &'a Value, name: &str) -> &'a Value {
+    nodes.as_array().unwrap().iter().find(|n| n["name"] == name).unwrap()
+}
+
+async fn reports(db: Db) {
+    let place = Place::new(db).await;
+    let s = TestServer::start_tuned(&place, common::fleet(), |c| {
+        c.agents = Some(server::LeaseConfig::new(Duration::from_millis(2000), Duration::from_millis(10_000)));
+    })
+    .await;
+    let (_, j) = s.call(Method::POST, "/v1/join-tokens", Some(ADMIN), None).await;
+    let token = j["token"].as_str().unwrap().to_string();
+
+    // Joins that do not hold: named field, clear reason, nothing stored.
+    for (address, g, field) in [
+        ("../../etc/passwd", gpus(8), "address"),
+        ("10.0.0.1\n2026-12-06 INFO forged", gpus(8), "address"),
+        ("", gpus(8), "address"),
+        ("10.0.0.1", gpus(1), "gpus"),
+        ("10.0.0.1", Vec::new(), "gpus"),
+        ("10.0.0.1", (0..8).map(|_| gpus(1).remove(0)).collect(), "gpus"),
+    ] {
+        let (status, v) = try_join(&s, &token, NODE, address, g).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{address:?}: {v}");
+        assert_eq!(v["error"]["field"], field, "{v}");
+    }
+    let (_, nodes) = s.call(Method::GET, "/v1/nodes", Some(ADMIN), None).await;
+    assert!(node(&nodes, NODE)["problem"].as_str().unwrap().starts_with("join refused"), "{nodes}");
+
+    // Honest joins and reports.
+    let (status, a) = try_join(&s, &token, NODE, "10.0.0.1", gpus(8)).await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    let a = a["credential"].as_str().unwrap().to_string();
+    let (_, b) = try_join(&s, &token, OTHER, "node-2.example:7000", gpus(8)).await;
+    let b = b["credential"].as_str().unwrap().to_string();
+    let beat = |power: f64| json!({"running": [], "exited": [], "power_watts": power});
+    for (cred, w) in [(&a, 1_500.0), (&b, 2_000.0)] {
+        let (status, v) = s.call(Method::POST, "/v1/agent/heartbeat", Some(cred), Some(beat(w))).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+    }
+    let site_power = || async {
+        let (_, sites) = s.call(Method::GET, "/v1/sites", Some(ADMIN), None).await;
+        sites.as_array().unwrap().iter().find(|x| x["name"] == "lab-oil").unwrap()["power_watts"].as_f64().unwrap()
+    };
+    assert_eq!(site_power().await, 3_500.0);
+
+    // A lie, alone or in a batch: refused, the node marked, the site's load still right.
+    for lie in [-5_000_000.0, 1e308, 1e7] {
+        let (status, v) = s.call(Method::POST, "/v1/agent/heartbeat", Some(&a), Some(beat(lie))).await;
+        assert_eq!(
+            (status, v["error"]["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("power_watts")),
+            "{v}"
+        );
+    }
+    let caps = json!({"running": [], "exited": [], "gpu_power_cap_watts": -1.0});
+    let (status, _) = s.call(Method::POST, "/v1/agent/heartbeat", Some(&a), Some(caps)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let batch = json!({"agent_id": "liar", "wait_ms": 0, "last_answer": 0, "nodes": [
+        {"node": OTHER, "credential": b, "heartbeat": {"running": [], "exited": [], "power_watts": -1e9}}]});
+    let (status, v) = s.call(Method::POST, "/v1/agent/heartbeats", None, Some(batch)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(v["nodes"][0]["error"].as_str().unwrap().contains("power_watts"), "{v}");
+    let (_, nodes) = s.call(Method::GET, "/v1/nodes", Some(ADMIN), None).await;
+    for name in [NODE, OTHER] {
+        let n = node(&nodes, name);
+        assert!(n["problem"].as_str().unwrap().starts_with("report refused"), "{n}");
+        assert!(n["power_watts"].is_null(), "a refused draw is not shown: {n}");
+    }
+    // Nothing reported: the site's figure falls back to the model's for GPUs in use (none).
+    assert_eq!(site_power().await, 0.0);
+
+    // A true report again clears the mark.
+    let (status, _) = s.call(Method::POST, "/v1/agent/heartbeat", Some(&a), Some(beat(1_200.0))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, nodes) = s.call(Method::GET, "/v1/nodes", Some(ADMIN), None).await;
+    assert!(node(&nodes, NODE)["problem"].is_null(), "{nodes}");
+    assert_eq!(site_power().await, 1_200.0);
+    s.stop().await;
+    place.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_reports_are_checked_sqlite() {
+    reports(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_reports_are_checked_postgres() {
+    reports(Db::Postgres).await;
+}
