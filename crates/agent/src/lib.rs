@@ -25,6 +25,9 @@ pub enum AgentError {
     /// is tried.
     #[error("the server does not lead: {0}")]
     NotLeading(String),
+    /// Another agent holds the node (its lease runs): tried again later.
+    #[error("the node is held: {0}")]
+    NodeHeld(String),
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
 }

@@ -306,6 +306,11 @@ impl NodeAgent {
             self.servers.failed(at);
             return Err(AgentError::NotLeading(format!("{server} answered {}", r.status())));
         }
+        if r.status() == reqwest::StatusCode::CONFLICT {
+            // This node's lease still runs at the server (its old credential was dropped): the
+            // join is taken once it runs out.
+            return Err(AgentError::NodeHeld(r.text().await.unwrap_or_default()));
+        }
         if !r.status().is_success() {
             let status = r.status();
             let text = r.text().await.unwrap_or_default();

@@ -347,10 +347,52 @@ pub struct GpuInfo {
     pub r#virtual: bool,
 }
 
-/// `POST /v1/join-tokens`: a token agents join with (admin only), shown once.
+/// `POST /v1/join-tokens` (the body may be left out): the limits of a new join token.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewJoinToken {
+    /// Nodes it may join (default 1; an agent serving several nodes needs one per node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<u32>,
+    /// Seconds it stays valid (default 86,400: a day; at most a year).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
+    /// The only node it may join, by its fleet name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// A join token agents join with (admin only), shown once, with its limits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JoinToken {
     pub token: String,
+    /// Names the token in `GET /v1/join-tokens` and `DELETE /v1/join-tokens/{id}`.
+    #[serde(default)]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// A join token as `GET /v1/join-tokens` lists it (never the token itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenInfo {
+    pub id: String,
+    pub created_at_ms: i64,
+    /// Joins left; absent: any number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses_left: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at_ms: Option<i64>,
+    /// `active`, `used_up`, `expired` or `revoked`.
+    pub state: String,
 }
 
 /// `POST /v1/agent/join`: a node agent joins with a join token.
@@ -671,6 +713,8 @@ pub struct ClusterStatus {
         paths::set_gpu_power_cap,
         paths::events,
         paths::create_join_token,
+        paths::list_join_tokens,
+        paths::revoke_join_token,
         paths::agent_join,
         paths::agent_heartbeat,
         paths::agent_heartbeats,
@@ -681,7 +725,7 @@ pub struct ClusterStatus {
         TenantCreated, QuotaUpdate, Quota, Node, Site, Event, ErrorBody, ErrorDetail, Health,
         GpuInfo, JoinToken, AgentJoin, AgentJoined, RunKey, RunExit, Heartbeat, Assignment, HeartbeatReply,
         NodeHeartbeat, HeartbeatBatch, NodeHeartbeatReply, HeartbeatBatchReply,
-        LogStream, LogRequest, LogChunk, JobLogs, GpuPowerCap, Leader, Replica, ClusterStatus
+        LogStream, LogRequest, LogChunk, JobLogs, GpuPowerCap, Leader, Replica, ClusterStatus, NewJoinToken, JoinTokenInfo
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -4,8 +4,8 @@
 
 use crate::{
     AgentJoin, AgentJoined, ClusterStatus, ErrorBody, Event, GpuPowerCap, Health, Heartbeat, HeartbeatBatch,
-    HeartbeatBatchReply, HeartbeatReply, Job, JobList, JobLogs, JobSpec, JoinToken, LogChunk, NewTenant, Node, Quota,
-    QuotaUpdate, Site, Tenant, TenantCreated,
+    HeartbeatBatchReply, HeartbeatReply, Job, JobList, JobLogs, JobSpec, JoinToken, JoinTokenInfo, LogChunk,
+    NewJoinToken, NewTenant, Node, Quota, QuotaUpdate, Site, Tenant, TenantCreated,
 };
 
 /// Liveness and database reachability.
@@ -160,13 +160,33 @@ pub fn set_gpu_power_cap() {}
     ))]
 pub fn events() {}
 
-/// Makes a join token for node agents (admin only). Shown only this once.
-#[utoipa::path(post, path = "/v1/join-tokens", tag = "agents", responses(
+/// Makes a join token for node agents (admin only), single-use and valid a day unless the body
+/// says otherwise. Shown only this once.
+#[utoipa::path(post, path = "/v1/join-tokens", tag = "agents", request_body(content = Option<NewJoinToken>), responses(
     (status = 201, description = "Created", body = JoinToken),
     (status = 401, description = "Missing or bad token", body = ErrorBody),
     (status = 403, description = "Not the admin token", body = ErrorBody),
+    (status = 422, description = "A limit out of range, or an unknown node", body = ErrorBody),
 ))]
 pub fn create_join_token() {}
+
+/// Every join token, newest first, with what is left of it (admin only).
+#[utoipa::path(get, path = "/v1/join-tokens", tag = "agents", responses(
+    (status = 200, description = "The join tokens", body = Vec<JoinTokenInfo>),
+    (status = 401, description = "Missing or bad token", body = ErrorBody),
+    (status = 403, description = "Not the admin token", body = ErrorBody),
+))]
+pub fn list_join_tokens() {}
+
+/// Revokes a join token (admin only): no node joins with it any more; nodes that joined keep
+/// their own credentials.
+#[utoipa::path(delete, path = "/v1/join-tokens/{id}", tag = "agents", params(("id" = String, Path, description = "The token's id")), responses(
+    (status = 204, description = "Revoked"),
+    (status = 401, description = "Missing or bad token", body = ErrorBody),
+    (status = 403, description = "Not the admin token", body = ErrorBody),
+    (status = 404, description = "No such token, or revoked already", body = ErrorBody),
+))]
+pub fn revoke_join_token() {}
 
 /// A node agent joins with a join token and gets its node's own credential.
 #[utoipa::path(post, path = "/v1/agent/join", tag = "agents", security(()), request_body = AgentJoin, responses(

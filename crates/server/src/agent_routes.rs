@@ -33,14 +33,101 @@ impl FromRequestParts<AppState> for NodeCaller {
     }
 }
 
+/// Join tokens last a day and admit one node unless asked otherwise.
+const DEFAULT_JOIN_TOKEN_TTL_S: u64 = 86_400;
+const MAX_JOIN_TOKEN_TTL_S: u64 = 366 * 86_400;
+const MAX_JOIN_TOKEN_USES: u32 = 1_000_000;
+/// How many hex digits of a token's hash name it.
+const JOIN_TOKEN_ID_LEN: usize = 16;
+
 pub(crate) async fn create_join_token(
     State(st): State<AppState>,
     _admin: AdminCaller,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<api::JoinToken>), ApiError> {
+    // The body may be left out: a single-use token valid a day.
+    let req: api::NewJoinToken = if body.iter().all(u8::is_ascii_whitespace) {
+        api::NewJoinToken::default()
+    } else {
+        crate::json::parse(&body)?
+    };
+    let uses = req.uses.unwrap_or(1);
+    if !(1..=MAX_JOIN_TOKEN_USES).contains(&uses) {
+        return Err(ApiError::invalid("uses", format!("between 1 and {MAX_JOIN_TOKEN_USES}")));
+    }
+    let ttl_s = req.ttl_s.unwrap_or(DEFAULT_JOIN_TOKEN_TTL_S);
+    if !(1..=MAX_JOIN_TOKEN_TTL_S).contains(&ttl_s) {
+        return Err(ApiError::invalid("ttl_s", format!("between 1 and {MAX_JOIN_TOKEN_TTL_S} seconds")));
+    }
+    if let Some(n) = &req.node
+        && !st.node_ids.contains_key(n)
+    {
+        return Err(ApiError::invalid("node", format!("no node {n:?} in the fleet")));
+    }
     let token = new_token()?;
-    st.store.add_join_token(&hash_token(&token), now_ms()).await?;
-    tracing::info!("join token created");
-    Ok((StatusCode::CREATED, Json(api::JoinToken { token })))
+    let hash = hash_token(&token);
+    let now = now_ms();
+    let expires_ms = now.saturating_add(i64::try_from(ttl_s * 1000).unwrap_or(i64::MAX));
+    let limits =
+        store::JoinTokenLimits { uses: Some(i64::from(uses)), expires_ms: Some(expires_ms), node: req.node.clone() };
+    st.store.create_join_token(&hash, now, &limits).await?;
+    let id = hash[..JOIN_TOKEN_ID_LEN.min(hash.len())].to_string();
+    tracing::info!(id, uses, ttl_s, node = ?req.node, "join token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(api::JoinToken { token, id, uses: Some(uses), expires_at_ms: Some(expires_ms), node: req.node }),
+    ))
+}
+
+pub(crate) async fn list_join_tokens(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+) -> Result<Json<Vec<api::JoinTokenInfo>>, ApiError> {
+    let now = now_ms();
+    let tokens = st.store.join_tokens().await?;
+    Ok(Json(
+        tokens
+            .into_iter()
+            .map(|t| {
+                let state = if t.revoked_ms.is_some() {
+                    "revoked"
+                } else if t.expires_ms.is_some_and(|e| e <= now) {
+                    "expired"
+                } else if t.uses_left.is_some_and(|u| u <= 0) {
+                    "used_up"
+                } else {
+                    "active"
+                };
+                api::JoinTokenInfo {
+                    id: t.token_hash[..JOIN_TOKEN_ID_LEN.min(t.token_hash.len())].to_string(),
+                    created_at_ms: t.created_ms,
+                    uses_left: t.uses_left,
+                    expires_at_ms: t.expires_ms,
+                    node: t.node,
+                    revoked_at_ms: t.revoked_ms,
+                    state: state.into(),
+                }
+            })
+            .collect(),
+    ))
+}
+
+pub(crate) async fn revoke_join_token(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no join token {id:?} to revoke"));
+    if id.len() != JOIN_TOKEN_ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(not_found());
+    }
+    match st.store.revoke_join_tokens(&id, now_ms()).await? {
+        0 => Err(not_found()),
+        _ => {
+            tracing::info!(id, "join token revoked");
+            Ok(StatusCode::NO_CONTENT)
+        }
+    }
 }
 
 pub(crate) async fn join(
@@ -48,16 +135,28 @@ pub(crate) async fn join(
     ApiJson(req): ApiJson<api::AgentJoin>,
 ) -> Result<Json<api::AgentJoined>, ApiError> {
     let remote = remote(&st)?;
-    if !st.store.join_token_exists(&hash_token(&req.join_token)).await? {
-        return Err(ApiError::Unauthorized("unknown join token".into()));
-    }
     let Some(&id) = st.node_ids.get(&req.node) else {
-        return Err(ApiError::invalid("node", format!("no node '{}' in the fleet", req.node)));
+        return Err(ApiError::invalid("node", format!("no node {:?} in the fleet", req.node)));
     };
     if let Err(r) = crate::agents::checks::check_join(&st.fleet, id, &req) {
         tracing::warn!(node = %req.node, field = r.field, reason = ?r.message, "join refused: the node's report does not hold");
         remote.set_problem(&req.node, Some(format!("join refused: {}", r.message)));
         return Err(ApiError::invalid(r.field, r.message));
+    }
+    // A node's agent holds it while its lease runs: nobody else may join under its name.
+    if remote.is_live(&req.node) {
+        return Err(ApiError::Conflict(format!(
+            "node {} is live: its agent holds it; another may join under its name once its lease ({} ms) runs out",
+            req.node,
+            remote.config.lease.as_millis()
+        )));
+    }
+    // Last: a join refused for another reason costs the token nothing.
+    if let Err(why) = st.store.use_join_token(&hash_token(&req.join_token), &req.node, now_ms()).await? {
+        return Err(match why {
+            store::JoinTokenRefusal::OtherNode(_) => ApiError::Forbidden(why.to_string()),
+            _ => ApiError::Unauthorized(why.to_string()),
+        });
     }
     let credential = new_token()?;
     let hash = hash_token(&credential);

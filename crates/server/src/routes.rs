@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, any, get, post, put};
+use axum::routing::{MethodRouter, any, delete, get, post, put};
 use futures_util::Stream;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -44,7 +44,8 @@ pub fn router(state: AppState) -> Router {
         .route("/cluster", get(cluster))
         .route("/sites/{name}/gpu-power-cap", leader_only(put(set_gpu_power_cap)))
         .route("/events", get(events))
-        .route("/join-tokens", post(crate::agent_routes::create_join_token))
+        .route("/join-tokens", post(crate::agent_routes::create_join_token).get(crate::agent_routes::list_join_tokens))
+        .route("/join-tokens/{id}", delete(crate::agent_routes::revoke_join_token))
         .route("/agent/join", agents_only(post(crate::agent_routes::join)))
         .route("/agent/heartbeat", agents_only(post(crate::agent_routes::heartbeat)))
         // A batch carries every node of an agent process, a few hundred bytes each.

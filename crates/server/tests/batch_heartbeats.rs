@@ -50,7 +50,7 @@ async fn batched(db: Db) {
         c.agents = Some(server::LeaseConfig::new(Duration::from_millis(2000), Duration::from_millis(10_000)));
     })
     .await;
-    let (_, j) = s.call(Method::POST, "/v1/join-tokens", Some(ADMIN), None).await;
+    let (_, j) = s.call(Method::POST, "/v1/join-tokens", Some(ADMIN), Some(json!({"uses": 4}))).await;
     let join_token = j["token"].as_str().unwrap().to_string();
     let a = join(&s, &join_token, NODES[0]).await;
     let b = join(&s, &join_token, NODES[1]).await;

@@ -1,7 +1,9 @@
-//! Agents are input too: a join whose address or GPUs do not hold against the fleet is refused
-//! with the field at fault, and so is a heartbeat with a draw or caps no node can have, single or
-//! batched. A refused report renews nothing, the node shows why in `/v1/nodes`, and the site's
-//! power stays what the nodes that told the truth drew.
+//! Nodes' identity and reports. Join tokens admit as many nodes as they allow, expire, may be
+//! bound to a node and can be revoked; nobody joins under a live node's name. Agents are input
+//! too: a join whose address or GPUs do not hold against the fleet is refused with the field at
+//! fault, and so is a heartbeat with a draw or caps no node can have, single or batched. A
+//! refused report renews nothing, the node shows why in `/v1/nodes`, and the site's power stays
+//! what the nodes that told the truth drew.
 
 mod common;
 
@@ -32,7 +34,7 @@ async fn reports(db: Db) {
         c.agents = Some(server::LeaseConfig::new(Duration::from_millis(2000), Duration::from_millis(10_000)));
     })
     .await;
-    let (_, j) = s.call(Method::POST, "/v1/join-tokens", Some(ADMIN), None).await;
+    let (_, j) = s.call(Method::POST, "/v1/join-tokens", Some(ADMIN), Some(json!({"uses": 4}))).await;
     let token = j["token"].as_str().unwrap().to_string();
 
     // Joins that do not hold: named field, clear reason, nothing stored.
@@ -102,6 +104,77 @@ async fn reports(db: Db) {
     assert_eq!(site_power().await, 1_200.0);
     s.stop().await;
     place.cleanup().await;
+}
+
+async fn new_token(s: &TestServer, body: Option<Value>) -> (String, String) {
+    let (status, j) = s.call(Method::POST, "/v1/join-tokens", Some(ADMIN), body).await;
+    assert_eq!(status, StatusCode::CREATED, "{j}");
+    (j["token"].as_str().unwrap().to_string(), j["id"].as_str().unwrap().to_string())
+}
+
+async fn join_tokens(db: Db) {
+    let place = Place::new(db).await;
+    let s = TestServer::start_tuned(&place, common::fleet(), |c| {
+        c.agents = Some(server::LeaseConfig::new(Duration::from_millis(2000), Duration::from_millis(10_000)));
+    })
+    .await;
+    let status_of = |r: (StatusCode, Value)| (r.0, r.1["error"]["message"].as_str().unwrap_or_default().to_string());
+
+    // Single-use by default: the second node is refused, and says why.
+    let (once, _) = new_token(&s, None).await;
+    assert_eq!(try_join(&s, &once, NODE, "10.0.0.1", gpus(8)).await.0, StatusCode::OK);
+    let (status, why) = status_of(try_join(&s, &once, OTHER, "10.0.0.2", gpus(8)).await);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(why.contains("used as many times"), "{why}");
+
+    // Nobody joins under a live node's name, whatever the token.
+    let (many, many_id) = new_token(&s, Some(json!({"uses": 10}))).await;
+    let (status, why) = status_of(try_join(&s, &many, NODE, "10.6.6.6", gpus(8)).await);
+    assert_eq!(status, StatusCode::CONFLICT, "{why}");
+    assert!(why.contains("is live"), "{why}");
+
+    // Bound to a node; expired; revoked.
+    let (bound, _) = new_token(&s, Some(json!({"node": OTHER}))).await;
+    assert_eq!(try_join(&s, &bound, "hall-a-r002-n01", "10.0.0.3", gpus(8)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(try_join(&s, &bound, OTHER, "10.0.0.2", gpus(8)).await.0, StatusCode::OK);
+    let (short, _) = new_token(&s, Some(json!({"ttl_s": 1}))).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, why) = status_of(try_join(&s, &short, "hall-a-r002-n01", "10.0.0.3", gpus(8)).await);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(why.contains("expired"), "{why}");
+    let (status, _) = s.call(Method::DELETE, &format!("/v1/join-tokens/{many_id}"), Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = s.call(Method::DELETE, &format!("/v1/join-tokens/{many_id}"), Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "revoked once");
+    let (status, why) = status_of(try_join(&s, &many, "hall-a-r002-n01", "10.0.0.3", gpus(8)).await);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(why.contains("revoked"), "{why}");
+
+    // The admin sees what is left of each; limits out of range are refused.
+    let (_, list) = s.call(Method::GET, "/v1/join-tokens", Some(ADMIN), None).await;
+    let states: Vec<&str> = list.as_array().unwrap().iter().map(|t| t["state"].as_str().unwrap()).collect();
+    for state in ["used_up", "revoked", "expired"] {
+        assert!(states.contains(&state), "{list}");
+    }
+    assert!(list.as_array().unwrap().iter().all(|t| t.get("token").is_none()), "tokens are never listed");
+    for (body, field) in
+        [(json!({"uses": 0}), "uses"), (json!({"ttl_s": 0}), "ttl_s"), (json!({"node": "nowhere"}), "node")]
+    {
+        let (status, v) = s.call(Method::POST, "/v1/join-tokens", Some(ADMIN), Some(body)).await;
+        assert_eq!((status, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(field)), "{v}");
+    }
+    s.stop().await;
+    place.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_tokens_sqlite() {
+    join_tokens(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_tokens_postgres() {
+    join_tokens(Db::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

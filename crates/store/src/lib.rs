@@ -242,6 +242,43 @@ pub struct Lease {
     pub address: Option<String>,
 }
 
+/// A join token's limits, as the admin set them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinTokenLimits {
+    /// Joins it allows; `None`: any number.
+    pub uses: Option<i64>,
+    /// When it stops working, Unix milliseconds; `None`: never.
+    pub expires_ms: Option<i64>,
+    /// The only node it may join; `None`: any node of the fleet.
+    pub node: Option<String>,
+}
+
+/// A join token as stored (never the token itself: its hash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinTokenRecord {
+    pub token_hash: String,
+    pub created_ms: i64,
+    pub uses_left: Option<i64>,
+    pub expires_ms: Option<i64>,
+    pub node: Option<String>,
+    pub revoked_ms: Option<i64>,
+}
+
+/// Why a join token does not let a node join.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JoinTokenRefusal {
+    #[error("unknown join token")]
+    Unknown,
+    #[error("the join token was revoked")]
+    Revoked,
+    #[error("the join token has expired")]
+    Expired,
+    #[error("the join token has been used as many times as it allows")]
+    UsedUp,
+    #[error("the join token is for node '{0}' only")]
+    OtherNode(String),
+}
+
 /// A server of the control plane as it last recorded itself ([`Store::record_replica`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Replica {
@@ -266,7 +303,7 @@ const JOB_COLUMNS: &str = "id, tenant_id, name, command, args_json, env_json, gp
      generation, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms, gpu_milli";
 
 fn migrator(backend: Backend) -> Migrator {
-    let (init, agents, shares, usage, generation, lease, address, replicas) = match backend {
+    let (init, agents, shares, usage, generation, lease, address, replicas, join_limits) = match backend {
         Backend::Sqlite => (
             include_str!("../migrations/sqlite/0001_init.sql"),
             include_str!("../migrations/sqlite/0002_agents.sql"),
@@ -276,6 +313,7 @@ fn migrator(backend: Backend) -> Migrator {
             include_str!("../migrations/sqlite/0006_leader_lease.sql"),
             include_str!("../migrations/sqlite/0007_leader_address.sql"),
             include_str!("../migrations/sqlite/0008_replicas.sql"),
+            include_str!("../migrations/sqlite/0009_join_token_limits.sql"),
         ),
         Backend::Postgres => (
             include_str!("../migrations/postgres/0001_init.sql"),
@@ -286,6 +324,7 @@ fn migrator(backend: Backend) -> Migrator {
             include_str!("../migrations/postgres/0006_leader_lease.sql"),
             include_str!("../migrations/postgres/0007_leader_address.sql"),
             include_str!("../migrations/postgres/0008_replicas.sql"),
+            include_str!("../migrations/postgres/0009_join_token_limits.sql"),
         ),
     };
     let migrations = vec![
@@ -297,6 +336,7 @@ fn migrator(backend: Backend) -> Migrator {
         Migration::new(6, Cow::Borrowed("leader lease"), MigrationType::Simple, Cow::Borrowed(lease), false),
         Migration::new(7, Cow::Borrowed("leader address"), MigrationType::Simple, Cow::Borrowed(address), false),
         Migration::new(8, Cow::Borrowed("replicas"), MigrationType::Simple, Cow::Borrowed(replicas), false),
+        Migration::new(9, Cow::Borrowed("join token limits"), MigrationType::Simple, Cow::Borrowed(join_limits), false),
     ];
     Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
@@ -1126,7 +1166,7 @@ impl Store {
         rows.iter().map(Self::event_of).collect()
     }
 
-    /// Records a join token (by its hash).
+    /// Records a join token (by its hash) without limits: any number of joins, never expiring.
     pub async fn add_join_token(&self, token_hash: &str, now_ms: i64) -> Result<()> {
         let mut tx = self.write().await?;
         sqlx::query(
@@ -1140,13 +1180,101 @@ impl Store {
         Ok(())
     }
 
-    /// Whether a join token (by its hash) was made by the admin.
-    pub async fn join_token_exists(&self, token_hash: &str) -> Result<bool> {
-        let row = sqlx::query("SELECT 1 FROM join_tokens WHERE token_hash = $1")
-            .bind(token_hash)
-            .fetch_optional(&self.reader)
-            .await?;
-        Ok(row.is_some())
+    /// Stores a join token (by its hash) with limits.
+    pub async fn create_join_token(&self, token_hash: &str, now_ms: i64, limits: &JoinTokenLimits) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO join_tokens (token_hash, created_ms, uses_left, expires_ms, node) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token_hash)
+        .bind(now_ms)
+        .bind(limits.uses)
+        .bind(limits.expires_ms)
+        .bind(limits.node.as_deref())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Takes one join of the token (by its hash) for `node` at `now_ms`, if it still allows one:
+    /// known, not revoked, not expired, uses left, and for this node. The check and the count
+    /// are one transaction, so a single-use token admits one node however many try at once.
+    pub async fn use_join_token(
+        &self,
+        token_hash: &str,
+        node: &str,
+        now_ms: i64,
+    ) -> Result<std::result::Result<(), JoinTokenRefusal>> {
+        let mut tx = self.write().await?;
+        let lock = if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+        let row = sqlx::query(&format!(
+            "SELECT uses_left, expires_ms, node, revoked_ms FROM join_tokens WHERE token_hash = $1{lock}"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(Err(JoinTokenRefusal::Unknown)) };
+        let (uses_left, expires_ms, bound, revoked_ms): (Option<i64>, Option<i64>, Option<String>, Option<i64>) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+        let refusal = if revoked_ms.is_some() {
+            Some(JoinTokenRefusal::Revoked)
+        } else if expires_ms.is_some_and(|e| e <= now_ms) {
+            Some(JoinTokenRefusal::Expired)
+        } else if uses_left.is_some_and(|u| u <= 0) {
+            Some(JoinTokenRefusal::UsedUp)
+        } else {
+            bound.filter(|b| b != node).map(JoinTokenRefusal::OtherNode)
+        };
+        if let Some(r) = refusal {
+            return Ok(Err(r));
+        }
+        if uses_left.is_some() {
+            sqlx::query("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE token_hash = $1")
+                .bind(token_hash)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Every join token, newest first.
+    pub async fn join_tokens(&self) -> Result<Vec<JoinTokenRecord>> {
+        let rows = sqlx::query(
+            "SELECT token_hash, created_ms, uses_left, expires_ms, node, revoked_ms FROM join_tokens \
+             ORDER BY created_ms DESC, token_hash",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JoinTokenRecord {
+                    token_hash: r.try_get(0)?,
+                    created_ms: r.try_get(1)?,
+                    uses_left: r.try_get(2)?,
+                    expires_ms: r.try_get(3)?,
+                    node: r.try_get(4)?,
+                    revoked_ms: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes the join tokens whose hash starts with `hash_prefix` (and are not revoked yet);
+    /// how many.
+    pub async fn revoke_join_tokens(&self, hash_prefix: &str, now_ms: i64) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let pattern = format!("{}%", hash_prefix.replace(['%', '_', '\\'], ""));
+        let done =
+            sqlx::query("UPDATE join_tokens SET revoked_ms = $1 WHERE token_hash LIKE $2 AND revoked_ms IS NULL")
+                .bind(now_ms)
+                .bind(pattern)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        tx.commit().await?;
+        Ok(done)
     }
 
     /// Records a node that joined, or replaces its credential, inventory and address when it

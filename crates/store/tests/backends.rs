@@ -152,12 +152,33 @@ async fn bad_urls_are_refused() {
     assert!(matches!(Store::connect("sqlite://").await, Err(store::StoreError::BadUrl(_))));
 }
 
-/// Join tokens and joined nodes: a second join replaces the node's credential.
+/// Join tokens and joined nodes: a token's limits hold (uses, expiry, its node, revocation), and
+/// a second join replaces the node's credential.
 async fn agents(store: &Store) {
-    assert!(!store.join_token_exists("h1").await.unwrap());
+    use store::{JoinTokenLimits, JoinTokenRefusal as No};
+    assert_eq!(store.use_join_token("h1", "n1", 1).await.unwrap(), Err(No::Unknown));
     store.add_join_token("h1", 1).await.unwrap();
     store.add_join_token("h1", 2).await.unwrap();
-    assert!(store.join_token_exists("h1").await.unwrap());
+    for _ in 0..3 {
+        assert_eq!(store.use_join_token("h1", "n1", 3).await.unwrap(), Ok(()), "a token without limits");
+    }
+    let twice = JoinTokenLimits { uses: Some(2), expires_ms: Some(100), node: None };
+    store.create_join_token("h2", 10, &twice).await.unwrap();
+    assert_eq!(store.use_join_token("h2", "n1", 11).await.unwrap(), Ok(()));
+    assert_eq!(store.use_join_token("h2", "n2", 12).await.unwrap(), Ok(()));
+    assert_eq!(store.use_join_token("h2", "n3", 13).await.unwrap(), Err(No::UsedUp));
+    let bound = JoinTokenLimits { uses: Some(5), expires_ms: Some(100), node: Some("n7".into()) };
+    store.create_join_token("h3", 10, &bound).await.unwrap();
+    assert_eq!(store.use_join_token("h3", "n1", 11).await.unwrap(), Err(No::OtherNode("n7".into())));
+    assert_eq!(store.use_join_token("h3", "n7", 100).await.unwrap(), Err(No::Expired));
+    assert_eq!(store.use_join_token("h3", "n7", 99).await.unwrap(), Ok(()));
+    assert_eq!(store.revoke_join_tokens("h3", 50).await.unwrap(), 1);
+    assert_eq!(store.revoke_join_tokens("h3", 51).await.unwrap(), 0, "revoked once");
+    assert_eq!(store.use_join_token("h3", "n7", 52).await.unwrap(), Err(No::Revoked));
+    let listed = store.join_tokens().await.unwrap();
+    assert_eq!(listed.len(), 3);
+    let h3 = listed.iter().find(|t| t.token_hash == "h3").unwrap();
+    assert_eq!((h3.uses_left, h3.revoked_ms, h3.node.as_deref()), (Some(4), Some(50), Some("n7")));
     let mut node = store::AgentNode {
         name: "n1".into(),
         token_hash: "c1".into(),

@@ -426,7 +426,7 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path, node_dir: &Path)
     let base = c.base.clone();
     let tenant = c.post("/v1/tenants", ADMIN, &json!({"name": "bench"})).await?;
     let token = tenant["token"].as_str().context("no tenant token")?.to_string();
-    let join = c.post("/v1/join-tokens", ADMIN, &json!({})).await?;
+    let join = c.post("/v1/join-tokens", ADMIN, &json!({"uses": args.nodes})).await?;
     let join = join["token"].as_str().context("no join token")?.to_string();
     let nodes: Vec<api::Node> = serde_json::from_value(c.get("/v1/nodes", ADMIN).await?)?;
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();

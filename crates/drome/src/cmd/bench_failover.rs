@@ -275,8 +275,14 @@ async fn bench(args: &FailoverBenchArgs, db: &str, dir: &std::path::Path) -> any
     // The agent, given every replica's address, serves the virtual nodes.
     let mut agent = None;
     if args.nodes > 0 {
-        let join: Value =
-            http.post(format!("{}/v1/join-tokens", bases[first])).bearer_auth(ADMIN).send().await?.json().await?;
+        let join: Value = http
+            .post(format!("{}/v1/join-tokens", bases[first]))
+            .bearer_auth(ADMIN)
+            .json(&json!({"uses": args.nodes}))
+            .send()
+            .await?
+            .json()
+            .await?;
         let join = join["token"].as_str().context("no join token")?.to_string();
         let nodes: Vec<api::Node> =
             http.get(format!("{}/v1/nodes", bases[first])).bearer_auth(ADMIN).send().await?.json().await?;

@@ -50,7 +50,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         };
         // The nodes' agents, in process: one join token, then each node its own credential.
         let join = server::auth::new_token().map_err(|e| anyhow::anyhow!("{e}"))?;
-        store.add_join_token(&server::auth::hash_token(&join), server::now_ms()).await?;
+        // Good for this start's nodes only: once each, within the hour.
+        let now = server::now_ms();
+        let limits = store::JoinTokenLimits {
+            uses: Some(node_gpus.len() as i64),
+            expires_ms: Some(now + 3_600_000),
+            node: None,
+        };
+        store.create_join_token(&server::auth::hash_token(&join), now, &limits).await?;
         let base = format!("http://{}", running.addr);
         // One batched heartbeat for the whole fleet, as one agent process would send.
         let mut configs = Vec::with_capacity(node_gpus.len());

@@ -43,9 +43,11 @@ pub async fn create_tenant(http: &reqwest::Client, base: &str, admin: &str, name
     t["token"].as_str().unwrap_or_else(|| panic!("no tenant token in {t}")).to_string()
 }
 
-/// A node join token, made with the admin token.
+/// A node join token good for 16 joins, made with the admin token.
 pub async fn join_token(http: &reqwest::Client, base: &str, admin: &str) -> String {
-    let j = json_of(http.post(format!("{base}/v1/join-tokens")).bearer_auth(admin)).await;
+    let j =
+        json_of(http.post(format!("{base}/v1/join-tokens")).bearer_auth(admin).json(&serde_json::json!({"uses": 16})))
+            .await;
     j["token"].as_str().unwrap_or_else(|| panic!("no join token in {j}")).to_string()
 }
 
