@@ -318,7 +318,7 @@ impl NodeAgent {
         }
         let joined: AgentJoined = r.json().await?;
         let path = self.cfg.work_dir.join("credential");
-        std::fs::write(&path, &joined.credential).map_err(io(&path))?;
+        write_secret(&path, &joined.credential).map_err(io(&path))?;
         self.heartbeat = Duration::from_millis(joined.heartbeat_ms.max(50));
         self.lease = Duration::from_millis(joined.lease_ms.max(100));
         tracing::debug!(node = %self.cfg.name, heartbeat_ms = joined.heartbeat_ms, lease_ms = joined.lease_ms, "node joined");
@@ -676,6 +676,18 @@ impl NodeAgent {
             self.apply(reply);
         }
     }
+}
+
+/// Writes `secret` to `path` readable by its owner only (0600), replacing what was there: a
+/// node's credential is nobody else's to read, a job's included.
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    // A file made before (with wider rights) keeps its mode on open: narrow it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(secret.as_bytes())?;
+    f.sync_all()
 }
 
 #[cfg(test)]

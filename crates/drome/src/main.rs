@@ -50,6 +50,8 @@ enum Command {
     Tenants(cmd::client::TenantsArgs),
     /// Show your GPU quota, or set a tenant's (admin).
     Quota(cmd::client::QuotaArgs),
+    /// List join tokens for node agents, make one or revoke one (admin).
+    JoinTokens(cmd::client::JoinTokensArgs),
     /// Show the control plane's replicas: which server leads, in which epoch, since when.
     Status(cmd::client::StatusArgs),
 }
@@ -72,6 +74,7 @@ fn run() -> anyhow::Result<()> {
         Command::Cancel(args) => cmd::client::cancel(args),
         Command::Nodes(args) => cmd::client::nodes(args),
         Command::Tenants(args) => cmd::client::tenants(args),
+        Command::JoinTokens(args) => cmd::client::join_tokens(args),
         Command::Quota(args) => cmd::client::quota(args),
         Command::Status(args) => cmd::client::status(args),
     }

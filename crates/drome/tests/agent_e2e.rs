@@ -143,6 +143,11 @@ async fn end_to_end(dir: &Path, db: &str) {
         assert!(t0.elapsed() < Duration::from_secs(20), "agents never joined");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    for n in NODES {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(n).join("credential")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "a node's credential is its owner's only");
+    }
 
     // A 2-node gang checks its variables; each rank leaves a marker.
     let m = marks.display();

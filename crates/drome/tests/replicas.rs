@@ -262,6 +262,26 @@ async fn every_replica_serves_the_api() {
     got.sort();
     assert_eq!(got, want, "{status}");
 
+    // The CLI at the standby: the replicas, and join tokens made and revoked there.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_drome"))
+            .args(args)
+            .env("DROME_URL", &b)
+            .env("DROME_TOKEN", ADMIN)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "drome {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = cli(&["status"]);
+    assert!(out.contains("standby") && out.contains("leader") && out.contains(&a), "{out}");
+    let made: Value =
+        serde_json::from_str(&cli(&["join-tokens", "--output", "json", "create", "--uses", "3"])).unwrap();
+    let id = made["id"].as_str().unwrap();
+    assert!(cli(&["join-tokens"]).lines().any(|l| l.contains(id) && l.contains("active")));
+    cli(&["join-tokens", "revoke", id]);
+    assert!(cli(&["join-tokens"]).lines().any(|l| l.contains(id) && l.contains("revoked")));
+
     // Agents asking the standby are sent on; given both addresses they settle on the leader.
     let refused = http.post(format!("{b}/v1/agent/join")).json(&json!({})).send().await.unwrap();
     assert_eq!(refused.status(), 503, "a standby does not take agents");

@@ -355,10 +355,14 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     if let Some(l) = store.listen().await? {
         background.push(tokio::spawn(replicas::follow_notices(l, store.clone(), common.events.clone(), link.clone())));
     }
+    // Listed by every replica from the moment this one serves.
+    let started_ms = now_ms();
+    store.record_replica(&replica, &address, started_ms, started_ms, started_ms - replicas::FORGET_AFTER_MS).await?;
     background.push(tokio::spawn(replicas::record_presence(
         store.clone(),
         common.replica.clone(),
         common.address.clone(),
+        started_ms,
         config.leader_lease,
     )));
     let lead_config = LeaderConfig {

@@ -102,17 +102,19 @@ pub(crate) async fn announce_changes(store: Store, mut changes: watch::Receiver<
 
 /// Records this replica in the store a few times a lease, so that every replica can list the
 /// others ([`crate::routes`]'s `/v1/cluster`); forgets replicas not seen for ten minutes.
-pub(crate) async fn record_presence(store: Store, name: Arc<str>, address: Arc<str>, lease: Duration) {
-    let started = now_ms();
+pub(crate) async fn record_presence(store: Store, name: Arc<str>, address: Arc<str>, started_ms: i64, lease: Duration) {
     let every = (lease / 3).max(Duration::from_millis(100));
     loop {
+        tokio::time::sleep(every).await;
         let now = now_ms();
-        if let Err(e) = store.record_replica(&name, &address, started, now, now - 600_000).await {
+        if let Err(e) = store.record_replica(&name, &address, started_ms, now, now - FORGET_AFTER_MS).await {
             tracing::debug!(error = %e, "cannot record this replica's presence");
         }
-        tokio::time::sleep(every).await;
     }
 }
+
+/// Replicas not seen for this long are forgotten.
+pub(crate) const FORGET_AFTER_MS: i64 = 600_000;
 
 /// Where the leader serves, if another replica leads now.
 async fn leader_address(st: &AppState) -> Result<String, ApiError> {

@@ -131,6 +131,32 @@ pub enum TenantsAction {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct JoinTokensArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(subcommand)]
+    pub action: Option<JoinTokensAction>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum JoinTokensAction {
+    /// Make a join token for node agents (admin) and print it, once.
+    Create {
+        /// Nodes it may join: an agent serving N nodes needs N.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Seconds it stays valid.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_s: u64,
+        /// The only node it may join.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Revoke a join token by its id (nodes that joined with it keep their credentials).
+    Revoke { id: String },
+}
+
+#[derive(clap::Args, Debug)]
 pub struct QuotaArgs {
     #[command(flatten)]
     pub conn: Conn,
@@ -196,7 +222,9 @@ impl Client {
             }
             bail!("server answered {status}: {}", String::from_utf8_lossy(&bytes));
         }
-        serde_json::from_slice(&bytes).context("unexpected answer from the server")
+        // An answer without a body (204) reads as JSON null.
+        let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        serde_json::from_slice(bytes).context("unexpected answer from the server")
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
@@ -205,6 +233,10 @@ impl Client {
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
         self.send(self.request(reqwest::Method::POST, path)?.json(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.send::<()>(self.request(reqwest::Method::DELETE, path)?).await
     }
 
     pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
@@ -523,6 +555,48 @@ pub fn tenants(args: TenantsArgs) -> anyhow::Result<()> {
                     x.name.clone(),
                     x.gpu_quota.map(|q| q.to_string()).unwrap_or_else(|| "unlimited".into()),
                     fmt_time(x.created_at_ms),
+                ]);
+            }
+            println!("{}", t.render());
+            Ok(())
+        }
+    }
+}
+
+pub fn join_tokens(args: JoinTokensArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.conn)?;
+    let rt = runtime()?;
+    match args.action {
+        Some(JoinTokensAction::Create { uses, ttl_s, node }) => {
+            let body = api::NewJoinToken { uses: Some(uses), ttl_s: Some(ttl_s), node };
+            let made: api::JoinToken = rt.block_on(client.post("/v1/join-tokens", &body))?;
+            if args.conn.output == Output::Json {
+                return print_json(&made);
+            }
+            let until = made.expires_at_ms.map(fmt_time).unwrap_or_else(|| "never".into());
+            println!("join token {} created: {uses} join(s), valid until {until}", made.id);
+            println!("token (shown once): {}", made.token);
+            Ok(())
+        }
+        Some(JoinTokensAction::Revoke { id }) => {
+            rt.block_on(client.delete(&format!("/v1/join-tokens/{id}")))?;
+            println!("join token {id} revoked");
+            Ok(())
+        }
+        None => {
+            let tokens: Vec<api::JoinTokenInfo> = rt.block_on(client.get("/v1/join-tokens"))?;
+            if args.conn.output == Output::Json {
+                return print_json(&tokens);
+            }
+            let mut t = Table::new(["ID", "STATE", "USES LEFT", "NODE", "CREATED", "EXPIRES"]);
+            for x in &tokens {
+                t.row([
+                    x.id.clone(),
+                    x.state.clone(),
+                    x.uses_left.map(|u| u.to_string()).unwrap_or_else(|| "any".into()),
+                    x.node.clone().unwrap_or_else(|| "any".into()),
+                    fmt_time(x.created_at_ms),
+                    x.expires_at_ms.map(fmt_time).unwrap_or_else(|| "never".into()),
                 ]);
             }
             println!("{}", t.render());
