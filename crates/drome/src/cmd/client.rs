@@ -13,12 +13,13 @@ use std::time::Duration;
 #[derive(clap::Args, Debug, Clone)]
 pub struct Conn {
     /// Server URL.
-    #[arg(long, env = "DROME_URL", default_value = "http://127.0.0.1:8420")]
+    #[arg(long, env = "DROME_URL", default_value = "http://127.0.0.1:8420", global = true)]
     pub url: String,
-    /// Bearer token (a tenant's, or the admin's for `tenants` and `quota set`).
-    #[arg(long, env = "DROME_TOKEN", hide_env_values = true)]
+    /// Bearer token (a tenant's, or the admin's for `tenants`, `quota set` and `join-tokens`).
+    #[arg(long, env = "DROME_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
-    #[arg(long, value_enum, default_value_t)]
+    /// `table` or `json`. These three may come before or after a subcommand.
+    #[arg(long, value_enum, default_value_t, global = true)]
     pub output: Output,
 }
 
@@ -526,6 +527,15 @@ pub fn nodes(args: NodesArgs) -> anyhow::Result<()> {
         ]);
     }
     println!("{}", t.render());
+    // Nodes whose agent was refused, and why: an operator's first look when a node takes no work.
+    let refused: Vec<&api::Node> = nodes.iter().filter(|n| n.problem.is_some()).collect();
+    if !refused.is_empty() {
+        let mut p = Table::new(["NODE", "PROBLEM"]);
+        for n in refused {
+            p.row([n.name.clone(), n.problem.clone().unwrap_or_default()]);
+        }
+        println!("{}", p.render());
+    }
     Ok(())
 }
 
