@@ -225,8 +225,11 @@ async fn an_agent_follows_the_new_leader() {
 }
 
 /// Reads the event stream of `base` until it has seen `job` reach `state`.
-async fn stream_until(http: &reqwest::Client, base: &str, token: &str, job: i64, state: &str) {
-    let mut stream = http.get(format!("{base}/v1/events")).bearer_auth(token).send().await.unwrap();
+async fn stream_until(base: &str, token: &str, job: i64, state: &str) {
+    // From the tenant's first event: the one looked for may have come before the stream opened.
+    // A client without a timeout: a stream is a long answer.
+    let http = reqwest::Client::new();
+    let mut stream = http.get(format!("{base}/v1/events?after=0")).bearer_auth(token).send().await.unwrap();
     let wanted = format!("\"job_id\":{job},");
     let mut seen = String::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -290,7 +293,7 @@ async fn every_replica_serves_the_api() {
     // Tenants, submissions, reads and the event stream at the standby; the leader runs the work.
     let token = create_tenant(&http, &b, ADMIN, "lab").await;
     let events = tokio::spawn({
-        let (http, b, token) = (http.clone(), b.clone(), token.clone());
+        let (http, b, token) = (reqwest::Client::new(), b.clone(), token.clone());
         async move {
             // The first job submitted is the tenant's first: id unknown yet, so any job's end.
             let mut stream = http.get(format!("{b}/v1/events")).bearer_auth(&token).send().await.unwrap();
@@ -331,7 +334,7 @@ async fn every_replica_serves_the_api() {
     let cancelled = http.post(format!("{b}/v1/jobs/{first}/cancel")).bearer_auth(&token).send().await.unwrap();
     assert!(cancelled.status().is_success());
     wait_state(&http, &b, &token, first, "cancelled").await;
-    stream_until(&http, &b, &token, second, "running").await;
+    stream_until(&b, &token, second, "running").await;
     p.end().await;
 }
 
