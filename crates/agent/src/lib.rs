@@ -2,16 +2,20 @@
 //! plane with a join token, gets its own credential, and then heartbeats: every heartbeat renews
 //! the node's lease, reports the runs alive and the runs that ended, and brings back the work to
 //! start and the runs to kill. Work runs as real processes, one process group per run, under the
-//! work directory; nothing of a run is left when it ends.
+//! work directory; nothing of a run is left when it ends. Where the agent is root, each run is
+//! sandboxed ([`sandbox`]): a uid of its own, cgroups holding its CPUs, memory and devices, a
+//! clean environment and a private directory.
 
 pub mod host;
 pub mod inventory;
 pub mod rapl;
 pub mod runner;
+pub mod sandbox;
 pub mod servers;
 
 pub use host::AgentHost;
 pub use runner::{NodeAgent, NodeConfig};
+pub use sandbox::{Sandbox, SandboxOptions};
 pub use servers::Servers;
 
 /// Why an agent stopped.

@@ -1,6 +1,7 @@
 //! One node's agent loop: join, heartbeat, start and kill runs.
 
 use crate::AgentError;
+use crate::sandbox::{Limits, RunSandbox};
 use api::{
     AgentJoin, AgentJoined, Assignment, GpuInfo, Heartbeat, HeartbeatReply, LogChunk, LogRequest, RunExit, RunKey,
 };
@@ -9,8 +10,8 @@ use nix::unistd::Pid;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -34,13 +35,59 @@ pub struct NodeConfig {
     pub kill_grace: Duration,
     /// Ask NVML for power draw and apply caps with it (false: recorded and estimated).
     pub use_nvml: bool,
+    /// Runs are sandboxed with it; without it they run as the agent's user (its environment
+    /// is still not theirs).
+    pub sandbox: Option<Arc<crate::Sandbox>>,
 }
 
 struct Live {
     /// The run's process group once spawned; `SPAWNING` until then, `KILL_ON_SPAWN` when it was
     /// asked to stop before it was spawned (the spawner then kills it at once).
     pgid: Arc<AtomicI32>,
+    /// The run's sandbox once spawned (sandboxed runs only): stopping it kills its cgroup.
+    sandbox: Arc<OnceLock<Arc<RunSandbox>>>,
     gpus: usize,
+}
+
+/// Stops a run: SIGTERM to its process group and, sandboxed, to everything in its cgroup;
+/// SIGKILL to all of it after `grace`.
+fn stop_run(pgid: i32, sandbox: Option<Arc<RunSandbox>>, grace: Duration) {
+    signal_group(pgid, Signal::SIGTERM);
+    if let Some(s) = &sandbox {
+        s.signal(Signal::SIGTERM);
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        signal_group(pgid, Signal::SIGKILL);
+        if let Some(s) = sandbox {
+            let _ = tokio::task::spawn_blocking(move || s.kill_all()).await;
+        }
+    });
+}
+
+/// The environment a run starts with: nothing of the agent's, only what the job set, drome's
+/// documented variables and a few sane defaults the job may override.
+fn run_environment(a: &Assignment, node: &str, work: &std::path::Path, tmp: &str) -> Vec<(String, String)> {
+    let visible: Vec<String> = a.gpus.iter().map(u32::to_string).collect();
+    let work = work.display().to_string();
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+        ("HOME".into(), work.clone()),
+        ("TMPDIR".into(), tmp.to_string()),
+        ("LANG".into(), "C.UTF-8".into()),
+    ];
+    env.extend(a.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.push(("CUDA_VISIBLE_DEVICES".into(), visible.join(",")));
+    env.push(("DROME_NODE".into(), node.to_string()));
+    env.push(("DROME_WORK_DIR".into(), work));
+    env
+}
+
+/// A directory of the agent's that others may pass through but not list (0711).
+fn agent_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))
 }
 
 /// The agent of one node.
@@ -235,6 +282,27 @@ pub fn kill_runs(work_dir: &std::path::Path) -> usize {
     killed
 }
 
+/// The name of a node's cgroups: its name and its work directory's, so two agents serving
+/// nodes of the same name on one machine (two control planes, tests) never share one.
+pub fn sandbox_scope(node: &str, work_dir: &std::path::Path) -> String {
+    let dir = std::fs::canonicalize(work_dir).unwrap_or_else(|_| work_dir.to_path_buf());
+    // FNV-1a: stable across runs and builds, unlike the standard library's hasher.
+    let hash = dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{node}.{:08x}", hash as u32)
+}
+
+/// Kills every run a node's agent left (by process group, and by cgroup where sandboxed), as
+/// an agent starts or stops. Returns how many it found.
+pub fn stop_node_runs(node: &str, work_dir: &std::path::Path, sandbox: Option<&crate::Sandbox>) -> usize {
+    let by_group = kill_runs(work_dir);
+    let by_cgroup = sandbox.map_or(0, |s| s.reap(&sandbox_scope(node, work_dir)));
+    by_group.max(by_cgroup)
+}
+
 impl NodeAgent {
     pub fn new(cfg: NodeConfig) -> Result<NodeAgent, AgentError> {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
@@ -254,7 +322,10 @@ impl NodeAgent {
         exit_tx: mpsc::UnboundedSender<(usize, RunExit)>,
         servers: Arc<crate::Servers>,
     ) -> Result<NodeAgent, AgentError> {
-        std::fs::create_dir_all(cfg.work_dir.join("runs")).map_err(io(&cfg.work_dir))?;
+        // The credential and every run's output are the agent's; runs pass through to their
+        // own directories only.
+        agent_dir(&cfg.work_dir).map_err(io(&cfg.work_dir))?;
+        agent_dir(&cfg.work_dir.join("runs")).map_err(io(&cfg.work_dir))?;
         let credential = std::fs::read_to_string(cfg.work_dir.join("credential")).ok().map(|s| s.trim().to_string());
         let agent = NodeAgent {
             cfg,
@@ -281,7 +352,7 @@ impl NodeAgent {
 
     /// Kills process groups an earlier agent of this node left (it was killed itself).
     fn reap_leftovers(&self) {
-        let killed = kill_runs(&self.cfg.work_dir);
+        let killed = stop_node_runs(&self.cfg.name, &self.cfg.work_dir, self.cfg.sandbox.as_deref());
         if killed > 0 {
             tracing::info!(node = %self.cfg.name, runs = killed, "killed runs left by an earlier agent");
         }
@@ -359,41 +430,69 @@ impl NodeAgent {
         let tx = self.exit_tx.clone();
         let index = self.index;
         let pgid = Arc::new(AtomicI32::new(SPAWNING));
-        self.live.insert(key, Live { pgid: pgid.clone(), gpus: a.gpus.len() });
-        let (a, node) = (a.clone(), self.cfg.name.clone());
+        let run_sandbox: Arc<OnceLock<Arc<RunSandbox>>> = Arc::default();
+        self.live.insert(key, Live { pgid: pgid.clone(), sandbox: run_sandbox.clone(), gpus: a.gpus.len() });
+        let (a, node, sandbox) = (a.clone(), self.cfg.name.clone(), self.cfg.sandbox.clone());
+        let scope = sandbox_scope(&node, &self.cfg.work_dir);
         // Spawning (fork, exec, the run's files) blocks: off the heartbeat loop, so a node given
         // many runs at once keeps renewing its lease.
         tokio::spawn(async move {
             let spawn_dir = dir.clone();
             let command = a.command.clone();
             let spawn_node = node.clone();
-            let spawned = spawner::run(move || -> std::io::Result<tokio::process::Child> {
+            let spawned = spawner::run(move || -> std::io::Result<(tokio::process::Child, Option<RunSandbox>)> {
                 let node = spawn_node;
                 let dir = spawn_dir;
-                std::fs::create_dir_all(&dir)?;
+                // The run's directory is the agent's: its output and bookkeeping, which the run
+                // cannot replace; the run works in `work/`, its own.
+                agent_dir(&dir)?;
                 let stdout = std::fs::File::create(dir.join("stdout"))?;
                 let stderr = std::fs::File::create(dir.join("stderr"))?;
-                let visible: Vec<String> = a.gpus.iter().map(u32::to_string).collect();
+                let work = dir.join("work");
+                let boxed = match &sandbox {
+                    Some(sandbox) => {
+                        let limits = Limits { cpu_milli: a.cpu_milli, memory_mib: a.memory_mib, gpus: a.gpus.clone() };
+                        let run = format!("{}-{}-{}", key.job_id, key.generation, key.member);
+                        Some(sandbox.prepare(&scope, &run, &limits, &work).map_err(std::io::Error::other)?)
+                    }
+                    None => {
+                        std::fs::create_dir_all(&work)?;
+                        None
+                    }
+                };
+                let tmp = match &boxed {
+                    Some(b) if b.private_tmp() => "/tmp".to_string(),
+                    _ => work.display().to_string(),
+                };
                 let mut cmd = tokio::process::Command::new(&a.command);
                 cmd.args(&a.args)
-                    .envs(&a.env)
-                    .env("CUDA_VISIBLE_DEVICES", visible.join(","))
-                    .env("DROME_NODE", &node)
-                    .env("DROME_WORK_DIR", &dir)
-                    .current_dir(&dir)
+                    .env_clear()
+                    .envs(run_environment(&a, &node, &work, &tmp))
+                    .current_dir(&work)
                     .stdin(Stdio::null())
                     .stdout(stdout)
                     .stderr(stderr)
                     .process_group(0);
-                let child = cmd.spawn()?;
+                if let Some(b) = &boxed {
+                    b.confine(&mut cmd);
+                }
+                let child = match cmd.spawn() {
+                    Ok(child) => child,
+                    Err(e) => {
+                        if let Some(b) = boxed {
+                            b.release();
+                        }
+                        return Err(e);
+                    }
+                };
                 if let Some(pid) = child.id() {
                     let _ = std::fs::write(dir.join("pgid"), pid.to_string());
                 }
-                Ok(child)
+                Ok((child, boxed))
             })
             .await;
-            let mut child = match spawned {
-                Ok(child) => child,
+            let (mut child, boxed) = match spawned {
+                Ok(spawned) => spawned,
                 Err(e) => {
                     tracing::warn!(node = %node, job = key.job_id, error = %e, "run cannot start");
                     let _ = std::fs::write(dir.join("stderr"), format!("drome: cannot start {command}: {e}\n"));
@@ -401,10 +500,17 @@ impl NodeAgent {
                     return;
                 }
             };
+            let boxed = boxed.map(Arc::new);
+            if let Some(b) = &boxed {
+                let _ = run_sandbox.set(b.clone());
+            }
             let group = child.id().map(|p| p as i32).unwrap_or(SPAWNING);
             if pgid.compare_exchange(SPAWNING, group, Ordering::SeqCst, Ordering::SeqCst).is_err() {
                 // Stopped while it was being spawned.
                 signal_group(group, Signal::SIGKILL);
+                if let Some(b) = &boxed {
+                    b.signal(Signal::SIGKILL);
+                }
             }
             tracing::debug!(node = %node, job = key.job_id, member = key.member, generation = key.generation, pgid = group, "run started");
             let code = match child.wait().await {
@@ -414,8 +520,14 @@ impl NodeAgent {
                 }
                 Err(_) => 255,
             };
-            // Whatever the leader left behind in its group goes with it.
+            // Whatever the leader left behind goes with it: its process group and, sandboxed,
+            // everything in its cgroup, before the end is reported.
             signal_group(group, Signal::SIGKILL);
+            drop(run_sandbox);
+            if let Some(b) = boxed {
+                // Its uid is let go when the last holder (the live run's entry) drops it.
+                let _ = tokio::task::spawn_blocking(move || b.release()).await;
+            }
             let _ = std::fs::remove_file(dir.join("pgid"));
             let _ = tx.send((index, RunExit { run: key, code }));
         });
@@ -429,12 +541,7 @@ impl NodeAgent {
         }
         let pgid = live.pgid.load(Ordering::SeqCst);
         tracing::debug!(node = %self.cfg.name, job = key.job_id, member = key.member, pgid, "killing run");
-        signal_group(pgid, Signal::SIGTERM);
-        let grace = self.cfg.kill_grace;
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            signal_group(pgid, Signal::SIGKILL);
-        });
+        stop_run(pgid, live.sandbox.get().cloned(), self.cfg.kill_grace);
     }
 
     fn run_dir(&self, key: &RunKey) -> PathBuf {
@@ -500,13 +607,17 @@ impl NodeAgent {
         let mut pgids = Vec::new();
         for l in self.live.values() {
             if l.pgid.compare_exchange(SPAWNING, KILL_ON_SPAWN, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-                pgids.push(l.pgid.load(Ordering::SeqCst));
+                pgids.push((l.pgid.load(Ordering::SeqCst), l.sandbox.get().cloned()));
             }
         }
-        pgids.retain(|&p| p > 1);
+        pgids.retain(|&(p, _)| p > 1);
         tracing::warn!(node = %self.cfg.name, runs = pgids.len(), "lease not renewed in time: runs stopped");
-        for pgid in pgids {
+        for (pgid, sandbox) in pgids {
             signal_group(pgid, Signal::SIGKILL);
+            if let Some(s) = sandbox {
+                s.signal(Signal::SIGKILL);
+                tokio::task::spawn_blocking(move || s.kill_all());
+            }
         }
         // Fenced once per lapse: a renewal arms it again.
         self.renewed_at = None;

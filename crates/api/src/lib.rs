@@ -115,6 +115,15 @@ pub struct JobSpec {
     /// GPU model or family the job needs (`H200`); any when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_model: Option<String>,
+    /// CPU time held on each node, in thousandths of a CPU (`4000`: four CPUs). Unset: the
+    /// fleet's share per GPU times the GPUs asked for (one CPU for CPU-only work). The run is
+    /// confined to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_milli: Option<u64>,
+    /// Memory held on each node, in MiB. Unset: the fleet's share per GPU times the GPUs asked
+    /// for (2 GiB for CPU-only work). A run that goes past it is killed by the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
     /// Higher goes first.
     #[serde(default)]
     pub priority: i32,
@@ -142,6 +151,8 @@ impl Default for JobSpec {
             nodes: 1,
             gpu_milli: None,
             gpu_model: None,
+            cpu_milli: None,
+            memory_mib: None,
             priority: 0,
             deferrable: false,
             max_runtime_s: None,
@@ -524,6 +535,12 @@ pub struct Assignment {
     pub env: BTreeMap<String, String>,
     /// GPU indexes on the node.
     pub gpus: Vec<u32>,
+    /// CPU time the run may use, in thousandths of a CPU (0: not limited).
+    #[serde(default)]
+    pub cpu_milli: u64,
+    /// Memory the run may use, in MiB (0: not limited).
+    #[serde(default)]
+    pub memory_mib: u64,
 }
 
 /// The server's answer to a heartbeat.

@@ -120,7 +120,7 @@ async fn agents_run_gangs_cancel_survive_and_never_double_run_postgres() {
 async fn end_to_end(dir: &Path, db: &str) {
     let dir = dir.to_path_buf();
     let marks = dir.join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
+    common::shared_dir(&marks);
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
@@ -174,7 +174,8 @@ async fn end_to_end(dir: &Path, db: &str) {
     let slow =
         api.submit(json!({"command": "sh", "args": sh("echo one; sleep 1; echo two"), "gpus_per_node": 1})).await;
     api.wait_state(slow, &["running"], Duration::from_secs(10)).await;
-    assert_eq!(drome_logs(&base, &api.token, slow, &["--follow"]), "one\ntwo\n");
+    let followed = drome_logs(&base, &api.token, slow, &["--follow"]);
+    assert_eq!(followed, "one\ntwo\n", "{}", api.job(slow).await);
     // --follow on a job just submitted waits for it to be placed, then reads it to the end.
     let fresh = api.submit(json!({"command": "sh", "args": sh("echo fresh"), "gpus_per_node": 1})).await;
     assert_eq!(drome_logs(&base, &api.token, fresh, &["--follow"]), "fresh\n");

@@ -99,11 +99,12 @@ async fn a_partitioned_agent_stops_its_work_before_the_job_runs_elsewhere() {
     // Only the node inside the namespace at first, so the job lands there.
     procs.0.push(agent(Some(&netns.name), &base, &join, INSIDE, &dir));
     let marks = dir.join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
+    common::shared_dir(&marks);
     let m = marks.display();
-    // Each copy records an overlap if an earlier copy is still alive as it starts.
+    // Each copy records an overlap if an earlier copy is still alive as it starts (each runs as
+    // a uid of its own: it looks in /proc, it could not signal the other).
     let script = format!(
-        "for p in $(cat {m}/pids 2>/dev/null); do kill -0 $p 2>/dev/null && echo \"$p alive\" >> {m}/overlaps; done; \
+        "umask 000; for p in $(cat {m}/pids 2>/dev/null); do test -d /proc/$p && echo \"$p alive\" >> {m}/overlaps; done; \
          echo $$ >> {m}/pids; exec sleep 600"
     );
     let spec = json!({"command": "sh", "args": ["-c", script], "gpus_per_node": 8,

@@ -1,7 +1,8 @@
 //! GPUs go to other work only once the work that held them is gone. The real `drome server`
 //! with real agents: a cancelled or preempted run that ignores SIGTERM lives on for the agent's
-//! kill grace; the job placed on its GPUs must start only after it is dead (it checks, with
-//! `kill -0`, the process ids the old runs wrote). A server aborted right after recording a
+//! kill grace; the job placed on its GPUs must start only after it is dead (it looks in
+//! `/proc` for the process ids the old runs wrote: each run is a uid of its own and could not
+//! signal them). A server aborted right after recording a
 //! preemption (`DROME_FAILPOINT=after-preemption-recorded`, as under `kill -9`) and started
 //! again strands nothing: the preempted job goes back to the queue once its run is gone, and the
 //! job that preempted it runs. The same holds for a cancellation
@@ -58,7 +59,7 @@ fn stubborn(pid_file: &Path) -> serde_json::Value {
 /// A run that writes to `out` how many of the pids in `dir`'s `*.pid` files are alive.
 fn census(dir: &Path, out: &Path) -> serde_json::Value {
     let script = format!(
-        "n=0; for f in {}/*.pid; do kill -0 $(cat $f) 2>/dev/null && n=$((n+1)); done; echo $n > {}",
+        "n=0; for f in {}/*.pid; do test -d /proc/$(cat $f) && n=$((n+1)); done; echo $n > {}",
         dir.display(),
         out.display()
     );
@@ -87,6 +88,7 @@ impl Drop for Reaper {
         for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
             if let Ok(pid) = std::fs::read_to_string(entry.path())
                 && let Ok(pid) = pid.trim().parse::<i32>()
+                && pid > 1
             {
                 let _ = Command::new("kill").args(["-9", "--", &format!("-{pid}")]).stderr(Stdio::null()).status();
             }
@@ -107,7 +109,8 @@ struct Site {
 async fn site(name: &str, policy: &str, failpoint: Option<&str>, agents: usize) -> Site {
     let dir = std::env::temp_dir().join(format!("drome-stop-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("pids")).unwrap();
+    common::shared_dir(&dir.join("pids"));
+    common::shared_dir(&dir.join("out"));
     let db = format!("sqlite://{}", dir.join("drome.db").display());
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -132,7 +135,7 @@ async fn cancellation(name: &str, crash: bool) {
     wait_state(&http, &base, &token, old, "running").await;
     wait_file(&pids.join("old.pid"));
     // The one node with an agent is full: the next whole-node job waits for it.
-    let out = dir.join("census");
+    let out = dir.join("out").join("census");
     let next = submit(&http, &base, &token, &census(&pids, &out)).await;
     let r = http.post(format!("{base}/v1/jobs/{old}/cancel")).bearer_auth(&token).send().await;
     // With the failpoint the server may abort before its answer goes out: the cancel is stored.
@@ -181,7 +184,7 @@ async fn preemption(name: &str, crash: bool) {
         wait_file(&pid);
         olds.push(id);
     }
-    let out = dir.join("census");
+    let out = dir.join("out").join("census");
     let new = submit(&http, &base, &b, &census(&pids, &out)).await;
     if crash {
         wait_aborted(&mut procs.0[0]).await;

@@ -69,6 +69,60 @@ async fn up_runs_jobs_on_in_process_agents() {
     // The run's files are under the data directory, on the node's own work directory.
     assert!(dir.join("nodes").join(node).join("runs").exists());
 
+    // Every job holds CPUs and memory: by default the fleet's share per GPU (small.toml: 28
+    // CPUs and 256 GiB per H200 or A100).
+    assert_eq!(
+        (job["spec"]["cpu_milli"].as_u64(), job["spec"]["memory_mib"].as_u64()),
+        (Some(112_000), Some(1_048_576))
+    );
+
+    // A job as a stranger would write it: who am I, what is around me, the node's secrets.
+    let credential = std::fs::read_to_string(dir.join("nodes").join(node).join("credential")).unwrap();
+    let probe = "id -u; env; cat ../../../credential; echo 1 > ../pgid; ls ../..; cat ../../../../../drome.db | head -c 16; true";
+    let spec = json!({"command": "sh", "args": ["-c", probe], "gpus_per_node": 1, "memory_mib": 512});
+    let r = http.post(format!("{base}/v1/jobs")).bearer_auth(&token).json(&spec).send().await.unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"].as_i64().expect("the probe is accepted");
+    let t0 = Instant::now();
+    loop {
+        let v: Value =
+            http.get(format!("{base}/v1/jobs/{id}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        if matches!(v["state"].as_str(), Some("succeeded" | "failed")) {
+            assert_eq!(v["state"], "succeeded", "{v}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "job {id} never ended: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out: Value =
+        http.get(format!("{base}/v1/jobs/{id}/logs")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let out = out["data"].as_str().unwrap_or_default().to_string();
+    let err: Value = http
+        .get(format!("{base}/v1/jobs/{id}/logs?stream=stderr"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let err = err["data"].as_str().unwrap_or_default().to_string();
+    // Nothing of the agent's environment (this test gave `drome up` RUST_LOG).
+    assert!(!out.contains("RUST_LOG") && !out.contains("CARGO"), "the agent's environment leaked: {out}");
+    assert!(out.contains("DROME_RANK=0") && out.contains("CUDA_VISIBLE_DEVICES="), "{out}");
+    if nix::unistd::geteuid().is_root() {
+        // Sandboxed: a uid of its own, no read of the node's credential, its bookkeeping or the
+        // database; the runs of the node cannot be listed.
+        let uid: u32 = out.lines().next().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+        assert!(uid >= 200_000, "the job ran as uid {uid}: {out}");
+        assert!(!out.contains(credential.trim()), "the job read the node's credential: {out}");
+        assert!(!out.contains("SQLite format"), "the job read the database: {out}");
+        assert!(err.matches("Permission denied").count() >= 4, "{err}");
+    }
+    assert!(
+        !dir.join("nodes").join(node).join("runs").join(format!("{id}-1-0")).join("work").exists(),
+        "the run's directory outlived it"
+    );
+
     let nodes: Value =
         http.get(format!("{base}/v1/nodes")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
     let reporting = nodes.as_array().unwrap().iter().filter(|n| n["power_watts"].as_f64().is_some()).count();

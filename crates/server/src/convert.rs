@@ -87,6 +87,8 @@ pub fn workload_of(job: &store::Job, id: WorkloadId) -> Workload {
     w.tenant = TenantId(u32::try_from(job.spec.tenant_id).unwrap_or(u32::MAX));
     w.priority = i32::try_from(job.spec.priority).unwrap_or(0);
     w.submit_time = SimTime(job.submitted_ms.max(0) as u64);
+    w.cpu_milli = job.spec.cpu_milli.max(0) as u64;
+    w.memory_mib = job.spec.memory_mib.max(0) as u64;
     if let Some(m) = job.spec.gpu_milli.and_then(|m| u32::try_from(m).ok()) {
         w.gpu = GpuRequest::Fraction { gpu_milli: m };
     }
@@ -157,6 +159,8 @@ pub fn job_to_api(job: &store::Job, tenant: &str, history: &[store::JobEvent]) -
             nodes: u32::try_from(job.spec.nodes).unwrap_or(1),
             gpu_milli: job.spec.gpu_milli.and_then(|m| u32::try_from(m).ok()),
             gpu_model: job.spec.gpu_model.clone(),
+            cpu_milli: u64::try_from(job.spec.cpu_milli).ok().filter(|&c| c > 0),
+            memory_mib: u64::try_from(job.spec.memory_mib).ok().filter(|&m| m > 0),
             priority: i32::try_from(job.spec.priority).unwrap_or(0),
             deferrable: job.spec.deferrable,
             max_runtime_s: job.spec.max_runtime_s.and_then(|s| u64::try_from(s).ok()),

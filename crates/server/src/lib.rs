@@ -27,6 +27,7 @@ mod leadership;
 pub mod metrics;
 pub mod node;
 mod replicas;
+mod resources;
 mod routes;
 mod scheduler;
 
@@ -137,6 +138,8 @@ pub struct AppState {
     pub(crate) empty_cluster: Arc<sched::ClusterState>,
     /// GPUs of the fleet's largest node, read once: a submission's check does not walk the fleet.
     pub(crate) max_gpus_per_node: u8,
+    /// The CPUs and memory a job holds when it does not say, read once from the fleet.
+    pub(crate) resource_defaults: resources::ResourceDefaults,
     /// Tenants by token hash, as read a moment ago: a burst of requests with one token costs
     /// one store read, not one each.
     pub(crate) tenant_cache: Arc<auth::TenantCache>,
@@ -287,6 +290,7 @@ impl Common {
             sched_events,
             empty_cluster: self.empty_cluster.clone(),
             max_gpus_per_node: self.fleet.max_gpus_per_node(),
+            resource_defaults: resources::ResourceDefaults::of(&self.fleet),
             tenant_cache: self.tenant_cache.clone(),
             events: self.events.clone(),
             snapshot: Arc::new(RwLock::new(Snapshot { node_gpus_used: vec![0; self.fleet.nodes.len()] })),

@@ -21,6 +21,9 @@ pub struct RunSpec {
     pub env: BTreeMap<String, String>,
     /// GPU indexes on the node.
     pub gpus: Vec<u32>,
+    /// CPU time and memory the member holds on the node (0: not limited).
+    pub cpu_milli: u64,
+    pub memory_mib: u64,
     /// When the job started, in milliseconds since the Unix epoch: a member resumed after a
     /// server restart keeps its original start.
     pub started_at_ms: i64,
@@ -155,6 +158,8 @@ mod tests {
             args: args.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             gpus: vec![0],
+            cpu_milli: 0,
+            memory_mib: 0,
             started_at_ms: 0,
             generation: 1,
             master_node: None,

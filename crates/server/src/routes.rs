@@ -273,6 +273,7 @@ fn validate(
     if spec.max_restarts > limits::MAX_RESTARTS {
         return Err(ApiError::invalid("max_restarts", format!("at most {}", limits::MAX_RESTARTS)));
     }
+    let (cpu_milli, memory_mib) = st.resource_defaults.resolve(spec)?;
     let total = u64::from(spec.gpus_per_node) * u64::from(spec.nodes);
     if let Some(quota) = tenant.gpu_quota
         && total > quota.max(0) as u64
@@ -299,6 +300,8 @@ fn validate(
         gpus_per_node: i64::from(spec.gpus_per_node),
         nodes: i64::from(spec.nodes),
         gpu_milli: spec.gpu_milli.map(i64::from),
+        cpu_milli: i64::try_from(cpu_milli).unwrap_or(i64::MAX),
+        memory_mib: i64::try_from(memory_mib).unwrap_or(i64::MAX),
         gpu_model: spec.gpu_model.clone(),
         priority: i64::from(spec.priority),
         deferrable: spec.deferrable,
@@ -310,7 +313,8 @@ fn validate(
     };
     // A shape no node set of the fleet can ever hold would wait forever: refuse it now.
     {
-        let w = request_workload(model::WorkloadId(0), job.gpus_per_node, job.nodes, job.gpu_model.as_deref());
+        let mut w = request_workload(model::WorkloadId(0), job.gpus_per_node, job.nodes, job.gpu_model.as_deref());
+        (w.cpu_milli, w.memory_mib) = (cpu_milli, memory_mib);
         if !st.empty_cluster.could_ever_fit(&sched::Demand::of(&w, fleet)) {
             return Err(ApiError::invalid(
                 "nodes",

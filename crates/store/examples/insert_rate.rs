@@ -29,6 +29,8 @@ fn job(tenant_id: i64, key: String) -> NewJob {
         gpus_per_node: 8,
         nodes: 1,
         gpu_milli: None,
+        cpu_milli: 0,
+        memory_mib: 0,
         gpu_model: Some("H100".into()),
         priority: 0,
         deferrable: false,

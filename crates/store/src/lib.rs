@@ -143,6 +143,10 @@ pub struct NewJob {
     pub nodes: i64,
     /// A share of one GPU, thousandths (`None`: `gpus_per_node` whole GPUs).
     pub gpu_milli: Option<i64>,
+    /// CPU time held on each node, thousandths of a CPU (0: not limited).
+    pub cpu_milli: i64,
+    /// Memory held on each node, MiB (0: not limited).
+    pub memory_mib: i64,
     pub gpu_model: Option<String>,
     pub priority: i64,
     pub deferrable: bool,
@@ -300,10 +304,10 @@ pub struct JobFilter {
 
 const JOB_COLUMNS: &str = "id, tenant_id, name, command, args_json, env_json, gpus_per_node, nodes, gpu_model, \
      priority, is_deferrable, max_runtime_s, restart_policy, max_restarts, idempotency_key, request_hash, state, \
-     generation, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms, gpu_milli";
+     generation, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms, gpu_milli, cpu_milli, memory_mib";
 
 fn migrator(backend: Backend) -> Migrator {
-    let (init, agents, shares, usage, generation, lease, address, replicas, join_limits) = match backend {
+    let (init, agents, shares, usage, generation, lease, address, replicas, join_limits, resources) = match backend {
         Backend::Sqlite => (
             include_str!("../migrations/sqlite/0001_init.sql"),
             include_str!("../migrations/sqlite/0002_agents.sql"),
@@ -314,6 +318,7 @@ fn migrator(backend: Backend) -> Migrator {
             include_str!("../migrations/sqlite/0007_leader_address.sql"),
             include_str!("../migrations/sqlite/0008_replicas.sql"),
             include_str!("../migrations/sqlite/0009_join_token_limits.sql"),
+            include_str!("../migrations/sqlite/0010_job_resources.sql"),
         ),
         Backend::Postgres => (
             include_str!("../migrations/postgres/0001_init.sql"),
@@ -325,6 +330,7 @@ fn migrator(backend: Backend) -> Migrator {
             include_str!("../migrations/postgres/0007_leader_address.sql"),
             include_str!("../migrations/postgres/0008_replicas.sql"),
             include_str!("../migrations/postgres/0009_join_token_limits.sql"),
+            include_str!("../migrations/postgres/0010_job_resources.sql"),
         ),
     };
     let migrations = vec![
@@ -337,6 +343,7 @@ fn migrator(backend: Backend) -> Migrator {
         Migration::new(7, Cow::Borrowed("leader address"), MigrationType::Simple, Cow::Borrowed(address), false),
         Migration::new(8, Cow::Borrowed("replicas"), MigrationType::Simple, Cow::Borrowed(replicas), false),
         Migration::new(9, Cow::Borrowed("join token limits"), MigrationType::Simple, Cow::Borrowed(join_limits), false),
+        Migration::new(10, Cow::Borrowed("job resources"), MigrationType::Simple, Cow::Borrowed(resources), false),
     ];
     Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
@@ -619,6 +626,8 @@ impl Store {
             idempotency_key: r.try_get(14)?,
             request_hash: r.try_get(15)?,
             gpu_milli: r.try_get(24)?,
+            cpu_milli: r.try_get(25)?,
+            memory_mib: r.try_get(26)?,
         };
         Ok(Job {
             id: r.try_get(0)?,
@@ -1559,9 +1568,9 @@ async fn insert_batch(
 /// The columns a submission fills, in the order [`insert_in`] binds them.
 const INSERT_COLUMNS: &str = "tenant_id, name, command, args_json, env_json, gpus_per_node, nodes, gpu_model, \
      priority, is_deferrable, max_runtime_s, restart_policy, max_restarts, idempotency_key, request_hash, \
-     state, generation, submitted_ms, gpu_milli";
+     state, generation, submitted_ms, gpu_milli, cpu_milli, memory_mib";
 /// Parameters a submission binds (every column of [`INSERT_COLUMNS`] but `state` and `generation`).
-const INSERT_PARAMS: usize = 17;
+const INSERT_PARAMS: usize = 19;
 
 /// Stores `jobs` and their first history entries inside a transaction, as if one after the
 /// other: a key used before, or earlier in `jobs`, stores nothing and answers the job stored
@@ -1591,7 +1600,8 @@ async fn insert_in(conn: &mut AnyConnection, backend: Backend, jobs: &[(&NewJob,
         let sql = format!(
             "INSERT INTO jobs ({INSERT_COLUMNS}) \
              SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, column10, \
-                    column11, column12, column13, column14, column15, 'pending', 0, column16, column17 \
+                    column11, column12, column13, column14, column15, 'pending', 0, column16, column17, \
+                    column18, column19 \
              FROM (VALUES {}) AS submitted WHERE column1 IS NOT NULL \
              ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}",
             values_list(size, INSERT_PARAMS)
@@ -1616,7 +1626,9 @@ async fn insert_in(conn: &mut AnyConnection, backend: Backend, jobs: &[(&NewJob,
                 .bind(job.idempotency_key.as_deref())
                 .bind(job.request_hash.as_str())
                 .bind(now_ms)
-                .bind(job.gpu_milli);
+                .bind(job.gpu_milli)
+                .bind(job.cpu_milli)
+                .bind(job.memory_mib);
         }
         // Spare rows: NULL in every column, of each column's type (PostgreSQL types the VALUES
         // columns from them too), and left out by the WHERE.
@@ -1624,7 +1636,7 @@ async fn insert_in(conn: &mut AnyConnection, backend: Backend, jobs: &[(&NewJob,
         for _ in rows.len()..size {
             q = q.bind(no_int).bind(no_text).bind(no_text).bind(no_text).bind(no_text).bind(no_int).bind(no_int);
             q = q.bind(no_text).bind(no_int).bind(no_int).bind(no_int).bind(no_text).bind(no_int).bind(no_text);
-            q = q.bind(no_text).bind(no_int).bind(no_int);
+            q = q.bind(no_text).bind(no_int).bind(no_int).bind(no_int).bind(no_int);
         }
         for r in q.fetch_all(&mut *conn).await? {
             created.push(Store::job_of(&r)?);

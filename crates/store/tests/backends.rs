@@ -16,6 +16,8 @@ fn new_job(tenant_id: i64, key: Option<&str>) -> NewJob {
         gpus_per_node: 8,
         nodes: 2,
         gpu_milli: None,
+        cpu_milli: 0,
+        memory_mib: 0,
         gpu_model: Some("H200".into()),
         priority: 0,
         deferrable: false,
@@ -192,13 +194,22 @@ async fn agents(store: &Store) {
     assert_eq!(store.agent_nodes().await.unwrap(), vec![node]);
 }
 
-/// A share of one GPU is kept as asked; whole-GPU jobs have none. Runs last: it adds a job.
+/// A share of one GPU is kept as asked; whole-GPU jobs have none; so are the CPUs and memory a
+/// job holds. Runs last: it adds a job.
 async fn gpu_shares(store: &Store) {
     let t = store.create_tenant("shares", "hash-shares", None, 99).await.unwrap();
-    let share = NewJob { gpu_milli: Some(250), gpus_per_node: 1, nodes: 1, ..new_job(t.id, Some("share")) };
+    let share = NewJob {
+        gpu_milli: Some(250),
+        gpus_per_node: 1,
+        nodes: 1,
+        cpu_milli: 3_500,
+        memory_mib: 24_576,
+        ..new_job(t.id, Some("share"))
+    };
     let stored = store.insert_job(&share, 15).await.unwrap().job;
     assert_eq!(stored.spec.gpu_milli, Some(250));
-    assert_eq!(store.job_by_id(stored.id).await.unwrap().unwrap().spec.gpu_milli, Some(250));
+    let read = store.job_by_id(stored.id).await.unwrap().unwrap();
+    assert_eq!((read.spec.gpu_milli, read.spec.cpu_milli, read.spec.memory_mib), (Some(250), 3_500, 24_576));
     let whole = store.insert_job(&new_job(t.id, None), 16).await.unwrap().job;
     assert_eq!(store.job_by_id(whole.id).await.unwrap().unwrap().spec.gpu_milli, None);
 }

@@ -15,6 +15,8 @@ fn job(tenant_id: i64) -> NewJob {
         gpus_per_node: 1,
         nodes: 1,
         gpu_milli: None,
+        cpu_milli: 0,
+        memory_mib: 0,
         gpu_model: None,
         priority: 0,
         deferrable: false,

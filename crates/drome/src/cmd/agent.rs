@@ -43,6 +43,73 @@ pub struct AgentArgs {
     /// Print the GPUs NVML finds and exit.
     #[arg(long)]
     pub probe: bool,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// How runs are sandboxed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxMode {
+    /// Sandboxed where the agent can (root, cgroups mounted); otherwise runs go unconfined,
+    /// with a warning.
+    Auto,
+    /// Always sandboxed: the agent does not start where it cannot.
+    On,
+    /// Runs go unconfined, as the agent's user (a trusted single-user machine only).
+    Off,
+}
+
+/// Where runs' uids and the GPU device files are.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SandboxArgs {
+    /// Run each run as a uid of its own inside cgroups holding its CPUs, memory and GPUs.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub sandbox: SandboxMode,
+    /// The first of the uids runs get (they need no entry in /etc/passwd).
+    #[arg(long, default_value_t = 200_000)]
+    pub run_uid_first: u32,
+    /// How many uids, from --run-uid-first, are drome's: at most that many runs at once.
+    #[arg(long, default_value_t = 65_536)]
+    pub run_uid_count: u32,
+    /// Where the GPUs' device files are (nvidia0, nvidiactl, ...).
+    #[arg(long, default_value = "/dev")]
+    pub device_dir: PathBuf,
+}
+
+impl SandboxArgs {
+    /// The machine's sandbox, as the mode asks.
+    pub fn sandbox(&self) -> anyhow::Result<Option<std::sync::Arc<agent::Sandbox>>> {
+        if self.sandbox == SandboxMode::Off {
+            tracing::warn!("runs are not sandboxed (--sandbox off): they run as the agent's user");
+            return Ok(None);
+        }
+        let opts = agent::SandboxOptions {
+            uid_first: self.run_uid_first,
+            uid_count: self.run_uid_count.max(1),
+            device_dir: self.device_dir.clone(),
+            ..agent::SandboxOptions::default()
+        };
+        match agent::Sandbox::detect(opts) {
+            Ok(sandbox) => {
+                tracing::info!(
+                    cgroups = %sandbox.describe(),
+                    uids = %format!("{}..{}", self.run_uid_first, self.run_uid_first.saturating_add(self.run_uid_count.max(1) - 1)),
+                    "runs are sandboxed"
+                );
+                if !sandbox.confines_devices() {
+                    tracing::warn!(
+                        "gpu device files are not confined (no devices controller): a run's gpus are its CUDA_VISIBLE_DEVICES only"
+                    );
+                }
+                Ok(Some(std::sync::Arc::new(sandbox)))
+            }
+            Err(e) if self.sandbox == SandboxMode::Auto => {
+                tracing::warn!(reason = %e, "runs are not sandboxed: they run as the agent's user");
+                Ok(None)
+            }
+            Err(e) => bail!("cannot sandbox runs: {e}"),
+        }
+    }
 }
 
 fn names(args: &AgentArgs) -> anyhow::Result<Vec<String>> {
@@ -101,9 +168,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let grace = if args.kill_grace.is_finite() && args.kill_grace >= 0.0 { args.kill_grace } else { 10.0 };
     let server = args.server.trim().to_string();
+    let sandbox = args.sandbox.sandbox()?;
     runtime()?.block_on(async move {
         let mut configs = Vec::new();
         let mut work_dirs = Vec::new();
+        let node_names = names.clone();
         for name in names {
             let work_dir = if args.node_count > 1 { args.work_dir.join(&name) } else { args.work_dir.clone() };
             work_dirs.push(work_dir.clone());
@@ -116,6 +185,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 work_dir,
                 kill_grace: Duration::from_secs_f64(grace),
                 use_nvml,
+                sandbox: sandbox.clone(),
             });
         }
         // One node: its own heartbeat; many: one batched heartbeat over one connection.
@@ -143,7 +213,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             _ = term.recv() => { tracing::info!("terminated; stopping"); Ok(()) }
         };
         // Nothing runs unwatched: the server requeues or fails the runs when the leases expire.
-        let killed: usize = work_dirs.iter().map(|d| agent::runner::kill_runs(d)).sum();
+        let killed: usize = node_names
+            .iter()
+            .zip(&work_dirs)
+            .map(|(n, d)| agent::runner::stop_node_runs(n, d, sandbox.as_deref()))
+            .sum();
         if killed > 0 {
             tracing::info!(runs = killed, "runs killed as the agent stops");
         }

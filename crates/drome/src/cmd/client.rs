@@ -40,6 +40,14 @@ pub struct SubmitArgs {
     /// GPU model or family (H200).
     #[arg(long)]
     pub gpu_model: Option<String>,
+    /// CPUs on each node (0.5, 4, ...); by default the fleet's share per GPU asked for (one
+    /// CPU for CPU-only work). The job is confined to them.
+    #[arg(long, value_parser = parse_cpus)]
+    pub cpus: Option<u64>,
+    /// Memory on each node: 512M, 16G, 1T (a bare number is MiB); by default the fleet's share
+    /// per GPU asked for (2G for CPU-only work). A job that goes past it is killed.
+    #[arg(long, value_parser = parse_memory_mib)]
+    pub memory: Option<u64>,
     #[arg(long)]
     pub name: Option<String>,
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
@@ -331,6 +339,33 @@ fn command_of(job: &api::Job) -> String {
     }
 }
 
+/// `--cpus 2.5` in thousandths of a CPU.
+fn parse_cpus(s: &str) -> Result<u64, String> {
+    let cpus: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of CPUs (e.g. 0.5, 4)"))?;
+    if !(cpus > 0.0 && cpus <= 1e6) {
+        return Err(format!("'{s}': CPUs must be above 0"));
+    }
+    Ok((cpus * 1000.0).round() as u64)
+}
+
+/// `--memory 16G` in MiB: K, M, G, T suffixes (powers of 1024), a bare number in MiB.
+fn parse_memory_mib(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches(['b', 'B']).trim_end_matches(['i']);
+    let (number, factor) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1.0 / 1024.0),
+        Some((i, 'm' | 'M')) => (&t[..i], 1.0),
+        Some((i, 'g' | 'G')) => (&t[..i], 1024.0),
+        Some((i, 't' | 'T')) => (&t[..i], 1024.0 * 1024.0),
+        _ => (t, 1.0),
+    };
+    let value: f64 = number.trim().parse().map_err(|_| format!("'{s}' is not a size (e.g. 512M, 16G)"))?;
+    let mib = value * factor;
+    if !(1.0..=1e12).contains(&mib) {
+        return Err(format!("'{s}': at least 1M"));
+    }
+    Ok(mib.round() as u64)
+}
+
 pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let mut env = BTreeMap::new();
     for kv in &args.env {
@@ -352,6 +387,8 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         nodes: args.nodes,
         gpu_milli: args.gpu_milli,
         gpu_model: args.gpu_model,
+        cpu_milli: args.cpus,
+        memory_mib: args.memory,
         priority: args.priority,
         deferrable: args.deferrable,
         max_runtime_s: args.max_runtime,

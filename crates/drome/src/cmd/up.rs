@@ -5,7 +5,9 @@
 //! the data directory.
 
 use super::server::{DEFAULT_LISTEN, init_logging, load_fleet, runtime};
+use anyhow::Context;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,6 +25,8 @@ pub struct UpArgs {
     /// Name of the demo tenant.
     #[arg(long, default_value = "demo")]
     pub tenant: String,
+    #[command(flatten)]
+    pub sandbox: super::agent::SandboxArgs,
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -38,11 +42,23 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             (n.name.clone(), u32::from(n.gpu_count), model)
         })
         .collect();
+    let sandbox = args.sandbox.sandbox()?;
+    // Runs pass through the data directory to their own; they list nothing and read no database.
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot make {}", args.data_dir.display()))?;
+    std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("cannot restrict {}", args.data_dir.display()))?;
     let mut config = server::Config::new(db.clone(), args.listen, fleet);
     config.agents = Some(server::LeaseConfig::default());
     runtime()?.block_on(async move {
         let running = server::start(config).await?;
         let store = running.store().clone();
+        for file in ["drome.db", "drome.db-wal", "drome.db-shm"] {
+            let path = args.data_dir.join(file);
+            if path.exists() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("cannot restrict {}", path.display()))?;
+            }
+        }
         // A demo tenant; on a later `drome up` it gets a fresh token (the old one is only a hash).
         let token = match store.tenant_by_name(&args.tenant).await? {
             Some(t) => server::rotate_token(&store, t.id).await.map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -71,6 +87,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 work_dir: args.data_dir.join("nodes").join(&name),
                 kill_grace: Duration::from_secs(10),
                 use_nvml: false,
+                sandbox: sandbox.clone(),
             });
         }
         let host = agent::AgentHost::new(configs)?;
@@ -104,7 +121,13 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); }
         }
         // Nothing the nodes started outlives them.
-        let killed: usize = node_dirs(&args.data_dir.join("nodes")).iter().map(|d| agent::runner::kill_runs(d)).sum();
+        let killed: usize = node_dirs(&args.data_dir.join("nodes"))
+            .iter()
+            .map(|d| {
+                let name = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                agent::runner::stop_node_runs(&name, d, sandbox.as_deref())
+            })
+            .sum();
         if killed > 0 {
             tracing::info!(runs = killed, "runs killed as drome stops");
         }

@@ -142,3 +142,11 @@ pub async fn wait_state(http: &reqwest::Client, base: &str, token: &str, id: i64
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A directory test jobs write marks into: jobs run as uids of their own (sandboxed), so it is
+/// open to all, as a shared scratch file system would be.
+pub fn shared_dir(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+}

@@ -112,6 +112,8 @@ impl RemoteNodes {
             args: if spec.command.is_some() { spec.args.clone() } else { vec!["infinity".into()] },
             env,
             gpus: spec.gpus.clone(),
+            cpu_milli: spec.cpu_milli,
+            memory_mib: spec.memory_mib,
         }
     }
 }

@@ -40,6 +40,8 @@ pub(crate) fn pending_job(id: i64, tenant_id: i64, gpus_per_node: i64, nodes: i6
             gpus_per_node,
             nodes,
             gpu_milli: None,
+            cpu_milli: 0,
+            memory_mib: 0,
             gpu_model: None,
             priority,
             deferrable: false,

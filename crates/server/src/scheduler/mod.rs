@@ -821,6 +821,8 @@ impl Scheduler {
                 args: args.clone(),
                 env: env.clone(),
                 gpus: m.gpus.iter().map(|g| u32::from(g.index)).collect(),
+                cpu_milli: m.cpu_milli,
+                memory_mib: m.memory_mib,
                 started_at_ms,
                 generation,
                 master_node: master_node.clone(),

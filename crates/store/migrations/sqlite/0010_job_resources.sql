@@ -1,0 +1,4 @@
+-- CPUs (thousandths) and memory (MiB) a job holds on each of its nodes; 0 for jobs stored
+-- before jobs asked for them (not limited).
+ALTER TABLE jobs ADD COLUMN cpu_milli BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN memory_mib BIGINT NOT NULL DEFAULT 0;
