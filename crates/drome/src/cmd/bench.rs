@@ -30,6 +30,9 @@ pub enum BenchCommand {
     /// the policy's round, the start applied) on a large fleet full of running jobs, against the
     /// cluster rebuild every round used to pay, timed in the same process.
     Live(LiveBenchArgs),
+    /// What sandboxing costs a trivial run, start to end: the plain path and the sandboxed one
+    /// (uid, cgroups, mount namespace), alternated in the same process. Needs root.
+    Sandbox(super::bench_sandbox::SandboxBenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -127,6 +130,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Submit(args) => bench_submit::run(args),
         BenchCommand::Failover(args) => bench_failover::run(args),
         BenchCommand::Live(args) => live_bench(args),
+        BenchCommand::Sandbox(args) => super::bench_sandbox::run(args),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod bench_agents;
 pub mod bench_failover;
 pub mod bench_openb;
 pub mod bench_submit;
+pub mod bench_sandbox;
 pub mod client;
 pub mod energy;
 pub mod fleet;
