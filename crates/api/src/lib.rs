@@ -294,6 +294,21 @@ pub struct Node {
     /// fleet or physical bounds), until a report passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// Why the admin drained the node: it takes no new work; its running work goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained: Option<String>,
+    /// Whether a node agent holds the node's lease now (servers with agents only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<bool>,
+}
+
+/// `PUT /v1/nodes/{name}/drain`: why the node takes no new work.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Drain {
+    /// Shown with the node (`maintenance: DIMM swap`); `drained by the admin` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A site of the fleet.
@@ -728,6 +743,9 @@ pub struct ClusterStatus {
         paths::list_nodes,
         paths::list_sites,
         paths::set_gpu_power_cap,
+        paths::drain_node,
+        paths::resume_node,
+        paths::remove_node,
         paths::events,
         paths::create_join_token,
         paths::list_join_tokens,
@@ -742,7 +760,7 @@ pub struct ClusterStatus {
         TenantCreated, QuotaUpdate, Quota, Node, Site, Event, ErrorBody, ErrorDetail, Health,
         GpuInfo, JoinToken, AgentJoin, AgentJoined, RunKey, RunExit, Heartbeat, Assignment, HeartbeatReply,
         NodeHeartbeat, HeartbeatBatch, NodeHeartbeatReply, HeartbeatBatchReply,
-        LogStream, LogRequest, LogChunk, JobLogs, GpuPowerCap, Leader, Replica, ClusterStatus, NewJoinToken, JoinTokenInfo
+        LogStream, LogRequest, LogChunk, JobLogs, GpuPowerCap, Leader, Replica, ClusterStatus, NewJoinToken, JoinTokenInfo, Drain
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

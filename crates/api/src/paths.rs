@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use crate::{
-    AgentJoin, AgentJoined, ClusterStatus, ErrorBody, Event, GpuPowerCap, Health, Heartbeat, HeartbeatBatch,
+    AgentJoin, AgentJoined, ClusterStatus, Drain, ErrorBody, Event, GpuPowerCap, Health, Heartbeat, HeartbeatBatch,
     HeartbeatBatchReply, HeartbeatReply, Job, JobList, JobLogs, JobSpec, JoinToken, JoinTokenInfo, LogChunk,
     NewJoinToken, NewTenant, Node, Quota, QuotaUpdate, Site, Tenant, TenantCreated,
 };
@@ -147,6 +147,44 @@ pub fn list_sites() {}
         (status = 422, description = "Not a positive number of watts", body = ErrorBody),
     ))]
 pub fn set_gpu_power_cap() {}
+
+/// Drains a node (admin only): it takes no new work; what runs there goes on. Kept across
+/// restarts and replicas.
+#[utoipa::path(put, path = "/v1/nodes/{name}/drain", tag = "fleet", request_body(content = Option<Drain>),
+    params(("name" = String, Path, description = "Node name")),
+    responses(
+        (status = 200, description = "The node, drained", body = Node),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Not the admin token", body = ErrorBody),
+        (status = 404, description = "No such node", body = ErrorBody),
+        (status = 422, description = "A reason too long or with control characters", body = ErrorBody),
+    ))]
+pub fn drain_node() {}
+
+/// Resumes a drained node (admin only): it takes work again.
+#[utoipa::path(delete, path = "/v1/nodes/{name}/drain", tag = "fleet",
+    params(("name" = String, Path, description = "Node name")),
+    responses(
+        (status = 200, description = "The node, taking work", body = Node),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Not the admin token", body = ErrorBody),
+        (status = 404, description = "No such node", body = ErrorBody),
+    ))]
+pub fn resume_node() {}
+
+/// Removes a drained node with nothing running from service (admin only): its credential is
+/// revoked and its agent's lease ended; it comes back only with a new join token, and stays
+/// drained until resumed.
+#[utoipa::path(post, path = "/v1/nodes/{name}/remove", tag = "fleet",
+    params(("name" = String, Path, description = "Node name")),
+    responses(
+        (status = 200, description = "The node, out of service", body = Node),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Not the admin token", body = ErrorBody),
+        (status = 404, description = "No such node, or the server runs no agents", body = ErrorBody),
+        (status = 409, description = "Not drained, or work still runs there", body = ErrorBody),
+    ))]
+pub fn remove_node() {}
 
 /// Server-sent events: the caller's job state changes, `event: job`, data an `Event`.
 #[utoipa::path(get, path = "/v1/events", tag = "jobs",

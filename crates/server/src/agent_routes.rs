@@ -143,6 +143,13 @@ pub(crate) async fn join(
         remote.set_problem(&req.node, Some(format!("join refused: {}", r.message)));
         return Err(ApiError::invalid(r.field, r.message));
     }
+    // A node the admin removed stays out until resumed, whatever join token its agent holds.
+    if remote.is_removed(&req.node) {
+        return Err(ApiError::Conflict(format!(
+            "node {} was removed from service by the admin: it joins again once resumed (drome nodes resume {})",
+            req.node, req.node
+        )));
+    }
     // A node's agent holds it while its lease runs: nobody else may join under its name.
     if remote.is_live(&req.node) {
         return Err(ApiError::Conflict(format!(

@@ -532,6 +532,16 @@ async fn lead(
         for n in store.agent_nodes().await? {
             r.register(&n.name, &n.token_hash, &n.address);
         }
+        for (key, reason) in store.settings_with_prefix(routes::DRAINED_PREFIX).await? {
+            if let Some(node) = key.strip_prefix(routes::DRAINED_PREFIX) {
+                r.set_drained(node, Some(reason));
+            }
+        }
+        for (key, _) in store.settings_with_prefix(routes::REMOVED_PREFIX).await? {
+            if let Some(node) = key.strip_prefix(routes::REMOVED_PREFIX) {
+                r.set_removed(node);
+            }
+        }
         for (i, site) in fleet.sites.iter().enumerate() {
             let Some(w) = store.setting(&routes::cap_key(&site.name)).await?.and_then(|v| v.parse::<f64>().ok()) else {
                 continue;

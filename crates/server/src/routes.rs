@@ -43,6 +43,8 @@ pub fn router(state: AppState) -> Router {
         .route("/sites", leader_only(get(list_sites)))
         .route("/cluster", get(cluster))
         .route("/sites/{name}/gpu-power-cap", leader_only(put(set_gpu_power_cap)))
+        .route("/nodes/{name}/drain", leader_only(put(drain_node).delete(resume_node)))
+        .route("/nodes/{name}/remove", leader_only(post(remove_node)))
         .route("/events", get(events))
         .route("/join-tokens", post(crate::agent_routes::create_join_token).get(crate::agent_routes::list_join_tokens))
         .route("/join-tokens/{id}", delete(crate::agent_routes::revoke_join_token))
@@ -450,13 +452,17 @@ fn gpus_used(st: &AppState) -> Vec<u32> {
 }
 
 async fn list_nodes(State(st): State<AppState>, _caller: Caller) -> Json<Vec<api::Node>> {
-    let used = gpus_used(&st);
-    let (power, caps, cpu_caps, problems) = match &st.remote {
-        Some(r) => (r.power(), r.applied_caps(), r.applied_cpu_caps(), r.problems()),
+    Json(nodes(&st))
+}
+
+fn nodes(st: &AppState) -> Vec<api::Node> {
+    let used = gpus_used(st);
+    let (power, caps, cpu_caps, problems, drained) = match &st.remote {
+        Some(r) => (r.power(), r.applied_caps(), r.applied_cpu_caps(), r.problems(), r.drained()),
         None => Default::default(),
     };
     let fleet = &st.fleet;
-    let nodes = fleet
+    fleet
         .nodes
         .iter()
         .enumerate()
@@ -476,10 +482,84 @@ async fn list_nodes(State(st): State<AppState>, _caller: Caller) -> Json<Vec<api
                 gpu_power_cap_watts: caps.get(&n.name).copied(),
                 cpu_power_cap_watts: cpu_caps.get(&n.name).copied(),
                 problem: problems.get(&n.name).cloned(),
+                drained: drained.get(&n.name).cloned(),
+                agent: st.remote.as_ref().map(|r| r.has_agent(&n.name)),
             }
         })
-        .collect();
-    Json(nodes)
+        .collect()
+}
+
+/// The settings key that marks a node drained, its value the reason.
+pub(crate) const DRAINED_PREFIX: &str = "drained/";
+/// The settings key that marks a node removed from service.
+pub(crate) const REMOVED_PREFIX: &str = "removed/";
+
+/// The node `name` of a server with agents, or why there is none.
+fn agent_node<'a>(st: &'a AppState, name: &str) -> Result<&'a crate::agents::RemoteNodes, ApiError> {
+    if !st.node_ids.contains_key(name) {
+        return Err(ApiError::NotFound(format!("no node '{name}' in the fleet")));
+    }
+    st.remote.as_ref().ok_or_else(|| ApiError::NotFound("this server runs its nodes in process: no agents".into()))
+}
+
+fn node_view(st: &AppState, name: &str) -> Result<Json<api::Node>, ApiError> {
+    nodes(st).into_iter().find(|n| n.name == name).map(Json).ok_or_else(|| ApiError::NotFound(name.to_string()))
+}
+
+async fn drain_node(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<api::Node>, ApiError> {
+    let remote = agent_node(&st, &name)?;
+    // The body may be left out.
+    let drain: api::Drain =
+        if body.iter().all(u8::is_ascii_whitespace) { api::Drain::default() } else { crate::json::parse(&body)? };
+    let reason = drain.reason.unwrap_or_else(|| "drained by the admin".into());
+    check_text("reason", &reason, limits::MAX_NAME_LEN * 2)?;
+    if reason.chars().any(char::is_control) {
+        return Err(ApiError::invalid("reason", "contains control characters"));
+    }
+    st.store.set_setting(&format!("{DRAINED_PREFIX}{name}"), &reason).await?;
+    remote.set_drained(&name, Some(reason.clone()));
+    tracing::info!(node = %name, reason = ?reason, "node drained");
+    node_view(&st, &name)
+}
+
+async fn resume_node(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    Path(name): Path<String>,
+) -> Result<Json<api::Node>, ApiError> {
+    let remote = agent_node(&st, &name)?;
+    st.store.delete_setting(&format!("{REMOVED_PREFIX}{name}")).await?;
+    st.store.delete_setting(&format!("{DRAINED_PREFIX}{name}")).await?;
+    remote.set_drained(&name, None);
+    tracing::info!(node = %name, "node resumed");
+    node_view(&st, &name)
+}
+
+async fn remove_node(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    Path(name): Path<String>,
+) -> Result<Json<api::Node>, ApiError> {
+    let remote = agent_node(&st, &name)?;
+    if !remote.drained().contains_key(&name) {
+        return Err(ApiError::Conflict(format!(
+            "node {name} is not drained: drain it first (drome nodes drain {name})"
+        )));
+    }
+    if let Err(runs) = remote.remove(&name) {
+        return Err(ApiError::Conflict(format!(
+            "node {name} still holds {runs} runs: cancel them or wait for their end"
+        )));
+    }
+    st.store.set_setting(&format!("{REMOVED_PREFIX}{name}"), "removed by the admin").await?;
+    st.store.remove_agent_node(&name).await?;
+    tracing::info!(node = %name, "node removed: its credential is revoked");
+    node_view(&st, &name)
 }
 
 /// The settings key of a site's GPU power cap.

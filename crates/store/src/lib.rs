@@ -501,6 +501,24 @@ impl Store {
         Ok(row.map(|r| r.try_get::<String, _>(0)).transpose()?)
     }
 
+    /// Every setting whose key starts with `prefix`, by key.
+    pub async fn settings_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let pattern = format!("{}%", prefix.replace(['%', '_', '\\'], ""));
+        let rows = sqlx::query("SELECT key, value FROM settings WHERE key LIKE $1 ORDER BY key")
+            .bind(pattern)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// Removes a setting; whether there was one.
+    pub async fn delete_setting(&self, key: &str) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query("DELETE FROM settings WHERE key = $1").bind(key).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     pub async fn set_setting(&self, key: &str, value: &str) -> Result<()> {
         let mut tx = self.write().await?;
         sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = $2")
@@ -1295,6 +1313,14 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Forgets a node that joined: its credential stops working. Whether it was known.
+    pub async fn remove_agent_node(&self, name: &str) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query("DELETE FROM agent_nodes WHERE name = $1").bind(name).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Every node that joined, by name.

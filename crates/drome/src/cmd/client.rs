@@ -118,6 +118,24 @@ pub struct NodesArgs {
     /// Sites instead of nodes.
     #[arg(long)]
     pub sites: bool,
+    #[command(subcommand)]
+    pub action: Option<NodesAction>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum NodesAction {
+    /// Take a node out of placement (admin): it gets no new work, what runs there goes on.
+    Drain {
+        node: String,
+        /// Why, shown with the node (`drome nodes`).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Put a drained node back into placement (admin).
+    Resume { node: String },
+    /// Take a drained node with nothing running out of service (admin): its credential is
+    /// revoked; its agent needs a new join token to come back.
+    Remove { node: String },
 }
 
 #[derive(clap::Args, Debug)]
@@ -525,6 +543,35 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
 pub fn nodes(args: NodesArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
     let rt = runtime()?;
+    if let Some(action) = args.action {
+        let (node, what): (api::Node, &str) = match &action {
+            NodesAction::Drain { node, reason } => {
+                let body = api::Drain { reason: reason.clone() };
+                (rt.block_on(client.put(&format!("/v1/nodes/{node}/drain"), &body))?, "drained")
+            }
+            NodesAction::Resume { node } => {
+                rt.block_on(client.delete(&format!("/v1/nodes/{node}/drain")))?;
+                let nodes: Vec<api::Node> = rt.block_on(client.get("/v1/nodes"))?;
+                let n = nodes.into_iter().find(|n| &n.name == node).with_context(|| format!("no node {node}"))?;
+                (n, "resumed: it takes work again")
+            }
+            NodesAction::Remove { node } => (
+                rt.block_on(client.post(&format!("/v1/nodes/{node}/remove"), &serde_json::json!({})))?,
+                "removed: its credential is revoked",
+            ),
+        };
+        if args.conn.output == Output::Json {
+            return print_json(&node);
+        }
+        match (&action, &node.drained) {
+            (NodesAction::Drain { .. }, Some(reason)) => println!(
+                "node {} drained ({reason}): it takes no new work; {} GPUs in use go on",
+                node.name, node.gpus_used
+            ),
+            _ => println!("node {} {what}", node.name),
+        }
+        return Ok(());
+    }
     if args.sites {
         let sites: Vec<api::Site> = rt.block_on(client.get("/v1/sites"))?;
         if args.conn.output == Output::Json {
@@ -550,8 +597,13 @@ pub fn nodes(args: NodesArgs) -> anyhow::Result<()> {
     if args.conn.output == Output::Json {
         return print_json(&nodes);
     }
-    let mut t = Table::new(["NODE", "SITE", "HALL", "RACK", "MODEL", "GPUS", "USED", "FREE"]);
+    let mut t = Table::new(["NODE", "SITE", "HALL", "RACK", "MODEL", "GPUS", "USED", "FREE", "STATE"]);
     for n in &nodes {
+        let state = match (&n.drained, n.agent) {
+            (Some(_), _) => "drained",
+            (None, Some(false)) => "no agent",
+            (None, _) => "up",
+        };
         t.row([
             n.name.clone(),
             n.site.clone(),
@@ -561,9 +613,18 @@ pub fn nodes(args: NodesArgs) -> anyhow::Result<()> {
             n.gpus.to_string(),
             n.gpus_used.to_string(),
             n.gpus_free.to_string(),
+            state.to_string(),
         ]);
     }
     println!("{}", t.render());
+    let drained: Vec<&api::Node> = nodes.iter().filter(|n| n.drained.is_some()).collect();
+    if !drained.is_empty() {
+        let mut d = Table::new(["NODE", "DRAINED BECAUSE"]);
+        for n in drained {
+            d.row([n.name.clone(), n.drained.clone().unwrap_or_default()]);
+        }
+        println!("{}", d.render());
+    }
     // Nodes whose agent was refused, and why: an operator's first look when a node takes no work.
     let refused: Vec<&api::Node> = nodes.iter().filter(|n| n.problem.is_some()).collect();
     if !refused.is_empty() {

@@ -106,6 +106,10 @@ struct Inner {
     cap_reports_changed: std::collections::HashSet<String>,
     /// Lost nodes by when their grace ends and their runs end as lost.
     grace_deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String)>>,
+    /// Nodes the admin drained, with why: they take no new work.
+    drained: HashMap<String, String>,
+    /// Nodes the admin removed from service: no agent joins them until they are resumed.
+    removed: std::collections::HashSet<String>,
 }
 
 /// Nodes served by agents.
@@ -152,6 +156,62 @@ impl RemoteNodes {
         slot.address = address.to_string();
         inner.availability_changed.insert(name.to_string());
         inner.deadlines.push(std::cmp::Reverse((lease, name.to_string())));
+    }
+
+    /// Drains a node (`Some(reason)`: it takes no new work) or resumes it (`None`: a removed
+    /// node may join again).
+    pub fn set_drained(&self, node: &str, reason: Option<String>) {
+        let mut inner = self.lock();
+        match reason {
+            Some(r) => inner.drained.insert(node.to_string(), r),
+            None => {
+                inner.removed.remove(node);
+                inner.drained.remove(node)
+            }
+        };
+        inner.availability_changed.insert(node.to_string());
+        drop(inner);
+        self.wake.notify_one();
+    }
+
+    /// The drained nodes, with why.
+    pub fn drained(&self) -> HashMap<String, String> {
+        self.lock().drained.clone()
+    }
+
+    /// Marks a node removed from service (as read back from the store at start).
+    pub fn set_removed(&self, node: &str) {
+        self.lock().removed.insert(node.to_string());
+    }
+
+    pub fn is_removed(&self, node: &str) -> bool {
+        self.lock().removed.contains(node)
+    }
+
+    /// Whether an agent holds the node's lease now.
+    pub fn has_agent(&self, node: &str) -> bool {
+        self.lock().slots.get(node).is_some_and(|s| s.lease_until.is_some())
+    }
+
+    /// Takes a node with nothing running out of service: its credential stops working and its
+    /// lease ends now. `Err` says how many runs it still holds.
+    pub fn remove(&self, node: &str) -> Result<(), usize> {
+        let mut inner = self.lock();
+        let runs = inner.slots.get(node).map_or(0, |s| s.assigned.len());
+        if runs > 0 {
+            return Err(runs);
+        }
+        if let Some(hash) = inner.credential_of.remove(node) {
+            inner.credentials.remove(&hash);
+        }
+        inner.removed.insert(node.to_string());
+        if let Some(slot) = inner.slots.get_mut(node) {
+            slot.lease_until = None;
+            slot.power_watts = None;
+            slot.notify.notify_waiters();
+        }
+        inner.availability_changed.insert(node.to_string());
+        Ok(())
     }
 
     pub fn node_of(&self, credential_hash: &str) -> Option<String> {

@@ -142,7 +142,11 @@ impl NodeExecutor for RemoteNodes {
 
     fn unavailable(&self, all: &[String]) -> Vec<String> {
         let inner = self.lock();
-        all.iter().filter(|n| inner.slots.get(*n).is_none_or(|s| s.lease_until.is_none())).cloned().collect()
+        // A drained node is as good as absent to new work; its runs go on.
+        all.iter()
+            .filter(|n| inner.drained.contains_key(*n) || inner.slots.get(*n).is_none_or(|s| s.lease_until.is_none()))
+            .cloned()
+            .collect()
     }
 
     fn availability_changes(&self) -> Vec<String> {

@@ -552,10 +552,13 @@ impl LiveState {
         // Registered even with nothing to hold, so the node stays known as blocked.
         self.blocked.insert(node, wid);
         self.blockers.insert(wid);
-        if free.is_empty() {
+        // Its free CPUs and memory too, or CPU-only work would still land there.
+        let (cpu_milli, memory_mib) = (self.cluster.free_cpu_milli(node), self.cluster.free_memory_mib(node));
+        if free.is_empty() && cpu_milli == 0 && memory_mib == 0 {
             return;
         }
-        let w = crate::convert::request_workload(wid, free.len() as i64, 1, None);
+        let mut w = crate::convert::request_workload(wid, free.len() as i64, 1, None);
+        (w.cpu_milli, w.memory_mib) = (cpu_milli, memory_mib);
         let demand = Demand::of(&w, &self.fleet);
         let member =
             sched::MemberPlacement { node, cpu_milli: demand.cpu_milli, memory_mib: demand.memory_mib, gpus: free };
