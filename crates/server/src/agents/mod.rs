@@ -110,6 +110,63 @@ struct Inner {
     drained: HashMap<String, String>,
     /// Nodes the admin removed from service: no agent joins them until they are resumed.
     removed: std::collections::HashSet<String>,
+    /// The gangs' rendezvous ports.
+    rendezvous: Rendezvous,
+}
+
+/// Where each gang's members meet (`DROME_MASTER_PORT` on the master node): a port of
+/// `RENDEZVOUS_PORTS` given to one run of one job at a time on its master node, drawn from a
+/// random place so it is not known before the run starts, and taken back when the run's last
+/// member is done.
+#[derive(Default)]
+pub(crate) struct Rendezvous {
+    /// (job, generation) to its master node, port and the members holding it.
+    held: HashMap<(i64, i64), (String, u16, u32)>,
+    /// Ports held on each master node.
+    by_node: HashMap<String, std::collections::HashSet<u16>>,
+}
+
+/// The ports gangs meet on: 20,000 from 29,500 (PyTorch's default rendezvous port).
+pub(crate) const RENDEZVOUS_PORTS: std::ops::Range<u16> = 29_500..49_500;
+
+impl Rendezvous {
+    /// The port of run `generation` of job `job`, whose master is `master`: the one its other
+    /// members hold, or a free one.
+    pub(crate) fn hold(&mut self, job: i64, generation: i64, master: &str) -> u16 {
+        if let Some((_, port, holders)) = self.held.get_mut(&(job, generation)) {
+            *holders += 1;
+            return *port;
+        }
+        let taken = self.by_node.entry(master.to_string()).or_default();
+        let span = RENDEZVOUS_PORTS.end - RENDEZVOUS_PORTS.start;
+        let mut start = [0u8; 2];
+        let _ = rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut start);
+        let start = u16::from_le_bytes(start) % span;
+        // All 20,000 held on one node at once: the run shares one, and its members may meet
+        // another gang's listener, as they would on a port of their own choosing.
+        let port = (0..span)
+            .map(|i| RENDEZVOUS_PORTS.start + (start + i) % span)
+            .find(|p| !taken.contains(p))
+            .unwrap_or(RENDEZVOUS_PORTS.start + start);
+        taken.insert(port);
+        self.held.insert((job, generation), (master.to_string(), port, 1));
+        port
+    }
+
+    /// A member of the run is done with its port.
+    pub(crate) fn release(&mut self, job: i64, generation: i64) {
+        let Some((_, _, holders)) = self.held.get_mut(&(job, generation)) else { return };
+        *holders = holders.saturating_sub(1);
+        if *holders == 0
+            && let Some((node, port, _)) = self.held.remove(&(job, generation))
+            && let Some(taken) = self.by_node.get_mut(&node)
+        {
+            taken.remove(&port);
+            if taken.is_empty() {
+                self.by_node.remove(&node);
+            }
+        }
+    }
 }
 
 /// Nodes served by agents.
@@ -235,5 +292,43 @@ impl RemoteNodes {
 
     pub(crate) fn address(&self, node: &str) -> String {
         self.lock().slots.get(node).map(|s| s.address.clone()).filter(|a| !a.is_empty()).unwrap_or("127.0.0.1".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gang_shares_one_rendezvous_port_and_no_two_gangs_of_a_node_do() {
+        let mut r = Rendezvous::default();
+        let a = r.hold(1, 1, "n1");
+        assert!(RENDEZVOUS_PORTS.contains(&a));
+        assert_eq!(r.hold(1, 1, "n1"), a, "the second member meets at the first's port");
+        let b = r.hold(2, 1, "n1");
+        let next_run = r.hold(1, 2, "n1");
+        assert!(b != a && next_run != a && next_run != b, "{a} {b} {next_run}");
+        // Freed once both members of job 1's first run are done.
+        r.release(1, 1);
+        assert!(r.by_node["n1"].contains(&a));
+        r.release(1, 1);
+        assert!(!r.by_node["n1"].contains(&a));
+        r.release(2, 1);
+        r.release(1, 2);
+        assert!(r.held.is_empty() && r.by_node.is_empty());
+        // Ten gangs meeting on one node: ten ports.
+        let ports: std::collections::HashSet<u16> = (10..20).map(|j| r.hold(j, 1, "n2")).collect();
+        assert_eq!(ports.len(), 10);
+    }
+
+    #[test]
+    fn a_node_with_every_port_held_still_answers() {
+        let mut r = Rendezvous::default();
+        let span = i64::from(RENDEZVOUS_PORTS.end - RENDEZVOUS_PORTS.start);
+        for j in 0..span {
+            r.hold(j, 1, "n");
+        }
+        assert_eq!(r.by_node["n"].len() as i64, span);
+        assert!(RENDEZVOUS_PORTS.contains(&r.hold(span, 1, "n")));
     }
 }

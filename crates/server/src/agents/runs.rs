@@ -42,6 +42,7 @@ struct Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         let mut inner = self.nodes.lock();
+        inner.rendezvous.release(self.run.job_id, self.run.generation);
         if let Some(slot) = inner.slots.get_mut(&self.node)
             && slot.assigned.get(&(self.run.job_id, self.run.member)).is_some_and(|a| a.assignment.run == self.run)
         {
@@ -57,7 +58,11 @@ impl RemoteNodes {
     /// (after a server restart); a run to start on a node without an agent is lost at once,
     /// while one to stop there is gone a grace from now at the latest.
     fn assign(&self, spec: RunSpec, stopping: bool) -> RunFuture {
-        let assignment = self.assignment(&spec);
+        let port = {
+            let master = spec.master_node.clone().unwrap_or_else(|| spec.node.clone());
+            self.lock().rendezvous.hold(spec.job_id, spec.generation, &master)
+        };
+        let assignment = self.assignment(&spec, port);
         let run = assignment.run;
         let (tx, rx) = oneshot::channel();
         let early = {
@@ -95,7 +100,7 @@ impl RemoteNodes {
     }
 
     /// What the node is handed for `spec`'s work.
-    fn assignment(&self, spec: &RunSpec) -> api::Assignment {
+    fn assignment(&self, spec: &RunSpec, port: u16) -> api::Assignment {
         let run = RunKey { job_id: spec.job_id, member: spec.member, generation: spec.generation };
         let master = spec.master_node.as_deref().map(|n| self.address(n)).unwrap_or_else(|| "127.0.0.1".into());
         let mut env: BTreeMap<String, String> = spec.env.clone();
@@ -103,7 +108,7 @@ impl RemoteNodes {
         env.insert("DROME_RANK".into(), spec.member.to_string());
         env.insert("DROME_WORLD_SIZE".into(), spec.members.to_string());
         env.insert("DROME_MASTER_ADDR".into(), master);
-        env.insert("DROME_MASTER_PORT".into(), (29500 + (spec.job_id % 20000)).to_string());
+        env.insert("DROME_MASTER_PORT".into(), port.to_string());
         env.insert("DROME_GENERATION".into(), spec.generation.to_string());
         api::Assignment {
             run,
