@@ -59,7 +59,7 @@ async fn reports(db: Db) {
     let a = a["credential"].as_str().unwrap().to_string();
     let (_, b) = try_join(&s, &token, OTHER, "node-2.example:7000", gpus(8)).await;
     let b = b["credential"].as_str().unwrap().to_string();
-    let beat = |power: f64| json!({"running": [], "exited": [], "power_watts": power});
+    let beat = |power: f64| json!({"running": [], "exited": [], "power_watts": power, "gpu_power_cap_watts": 500.0});
     for (cred, w) in [(&a, 1_500.0), (&b, 2_000.0)] {
         let (status, v) = s.call(Method::POST, "/v1/agent/heartbeat", Some(cred), Some(beat(w))).await;
         assert_eq!(status, StatusCode::OK, "{v}");
@@ -92,6 +92,7 @@ async fn reports(db: Db) {
         let n = node(&nodes, name);
         assert!(n["problem"].as_str().unwrap().starts_with("report refused"), "{n}");
         assert!(n["power_watts"].is_null(), "a refused draw is not shown: {n}");
+        assert!(n["gpu_power_cap_watts"].is_null(), "caps a refused node claimed are believed: {n}");
     }
     // Nothing reported: the site's figure falls back to the model's for GPUs in use (none).
     assert_eq!(site_power().await, 0.0);
@@ -101,6 +102,7 @@ async fn reports(db: Db) {
     assert_eq!(status, StatusCode::OK);
     let (_, nodes) = s.call(Method::GET, "/v1/nodes", Some(ADMIN), None).await;
     assert!(node(&nodes, NODE)["problem"].is_null(), "{nodes}");
+    assert_eq!(node(&nodes, NODE)["gpu_power_cap_watts"], 500.0, "{nodes}");
     assert_eq!(site_power().await, 1_200.0);
     s.stop().await;
     place.cleanup().await;

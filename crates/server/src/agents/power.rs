@@ -18,15 +18,21 @@ impl RemoteNodes {
         }
     }
 
-    /// Marks `node` with why its report was refused, and forgets the draw it reported last: the
-    /// site's figures fall back to the model's for it. `None` clears the mark.
+    /// Marks `node` with why its report was refused, and forgets the draw and the caps it
+    /// reported last: the site's figures fall back to the model's for it, and caps it was asked
+    /// to lower count as not applied (the site's held-back starts stay held) until a report
+    /// passes. `None` clears the mark.
     pub(crate) fn set_problem(&self, node: &str, problem: Option<String>) {
         let mut inner = self.lock();
         match problem {
             Some(p) => {
                 let slot = inner.slots.entry(node.to_string()).or_default();
                 slot.power_watts = None;
+                let had_caps = slot.applied_cap.take().is_some() | slot.applied_cpu_cap.take().is_some();
                 slot.problem = Some(p);
+                if had_caps {
+                    inner.cap_reports_changed.insert(node.to_string());
+                }
             }
             // The common case, every heartbeat: no allocation.
             None => {
