@@ -67,7 +67,13 @@ fn stop_run(pgid: i32, sandbox: Option<Arc<RunSandbox>>, grace: Duration) {
 
 /// The environment a run starts with: nothing of the agent's, only what the job set, drome's
 /// documented variables and a few sane defaults the job may override.
-fn run_environment(a: &Assignment, node: &str, work: &std::path::Path, tmp: &str) -> Vec<(String, String)> {
+fn run_environment(
+    a: &Assignment,
+    node: &str,
+    gpus: &[GpuInfo],
+    work: &std::path::Path,
+    tmp: &str,
+) -> Vec<(String, String)> {
     let visible: Vec<String> = a.gpus.iter().map(u32::to_string).collect();
     let work = work.display().to_string();
     let mut env: Vec<(String, String)> = vec![
@@ -78,6 +84,15 @@ fn run_environment(a: &Assignment, node: &str, work: &std::path::Path, tmp: &str
     ];
     env.extend(a.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.push(("CUDA_VISIBLE_DEVICES".into(), visible.join(",")));
+    if let (Some(milli), [index]) = (a.gpu_milli, a.gpus.as_slice()) {
+        // A share of one GPU: MPS (where its control daemon runs on the node) holds the run to
+        // that share of the GPU's threads and memory. The run sees its GPU as device 0.
+        env.push(("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".into(), milli.div_ceil(10).clamp(1, 100).to_string()));
+        if let Some(g) = gpus.iter().find(|g| g.index == *index) {
+            let mib = (g.memory_mib * u64::from(milli) / 1000).max(1);
+            env.push(("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT".into(), format!("0={mib}M")));
+        }
+    }
     env.push(("DROME_NODE".into(), node.to_string()));
     env.push(("DROME_WORK_DIR".into(), work));
     env
@@ -434,6 +449,7 @@ impl NodeAgent {
         self.live.insert(key, Live { pgid: pgid.clone(), sandbox: run_sandbox.clone(), gpus: a.gpus.len() });
         let (a, node, sandbox) = (a.clone(), self.cfg.name.clone(), self.cfg.sandbox.clone());
         let scope = sandbox_scope(&node, &self.cfg.work_dir);
+        let gpus = self.cfg.gpus.clone();
         // Spawning (fork, exec, the run's files) blocks: off the heartbeat loop, so a node given
         // many runs at once keeps renewing its lease.
         tokio::spawn(async move {
@@ -467,7 +483,7 @@ impl NodeAgent {
                 let mut cmd = tokio::process::Command::new(&a.command);
                 cmd.args(&a.args)
                     .env_clear()
-                    .envs(run_environment(&a, &node, &work, &tmp))
+                    .envs(run_environment(&a, &node, &gpus, &work, &tmp))
                     .current_dir(&work)
                     .stdin(Stdio::null())
                     .stdout(stdout)
@@ -819,6 +835,40 @@ mod tests {
         assert!((capped - 8.0 * 300.0).abs() < 1e-9, "{capped}");
         // A cap under the idle draw does not make an idle GPU draw less.
         assert_eq!(estimate_watts(&gpus, 0, Some(10.0)), idle);
+    }
+
+    #[test]
+    fn a_run_gets_only_its_environment_and_a_share_its_mps_limits() {
+        let gpus = crate::inventory::declared_gpus(8, "H200");
+        let mut a = Assignment {
+            run: RunKey { job_id: 7, member: 0, generation: 1 },
+            members: 1,
+            command: "python".into(),
+            args: Vec::new(),
+            env: [("DROME_RANK".to_string(), "0".to_string()), ("PATH".to_string(), "/opt/bin".to_string())]
+                .into_iter()
+                .collect(),
+            gpus: vec![3],
+            gpu_milli: Some(250),
+            cpu_milli: 4_000,
+            memory_mib: 8_192,
+        };
+        let env: HashMap<String, String> =
+            run_environment(&a, "n1", &gpus, std::path::Path::new("/w"), "/tmp").into_iter().collect();
+        assert_eq!(env["CUDA_VISIBLE_DEVICES"], "3");
+        assert_eq!(env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"], "25");
+        // A quarter of an H200's 141 GiB.
+        let mib = gpus[3].memory_mib / 4;
+        assert_eq!(env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"], format!("0={mib}M"));
+        assert_eq!(
+            (env["HOME"].as_str(), env["DROME_WORK_DIR"].as_str(), env["PATH"].as_str()),
+            ("/w", "/w", "/opt/bin")
+        );
+        assert!(!env.contains_key("DROME_JOIN_TOKEN") && !env.contains_key("CARGO"));
+        a.gpu_milli = None;
+        let env: HashMap<String, String> =
+            run_environment(&a, "n1", &gpus, std::path::Path::new("/w"), "/tmp").into_iter().collect();
+        assert!(!env.contains_key("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"));
     }
 
     #[test]

@@ -550,6 +550,10 @@ pub struct Assignment {
     pub env: BTreeMap<String, String>,
     /// GPU indexes on the node.
     pub gpus: Vec<u32>,
+    /// The share of its one GPU, thousandths, when the run holds less than a whole GPU: the node
+    /// holds it to that share of the GPU's compute and memory through MPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_milli: Option<u32>,
     /// CPU time the run may use, in thousandths of a CPU (0: not limited).
     #[serde(default)]
     pub cpu_milli: u64,

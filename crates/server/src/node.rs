@@ -21,6 +21,8 @@ pub struct RunSpec {
     pub env: BTreeMap<String, String>,
     /// GPU indexes on the node.
     pub gpus: Vec<u32>,
+    /// The share of its one GPU, thousandths, when the member holds less than a whole GPU.
+    pub gpu_milli: Option<u32>,
     /// CPU time and memory the member holds on the node (0: not limited).
     pub cpu_milli: u64,
     pub memory_mib: u64,
@@ -158,6 +160,7 @@ mod tests {
             args: args.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             gpus: vec![0],
+            gpu_milli: None,
             cpu_milli: 0,
             memory_mib: 0,
             started_at_ms: 0,

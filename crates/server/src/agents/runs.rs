@@ -117,6 +117,7 @@ impl RemoteNodes {
             args: if spec.command.is_some() { spec.args.clone() } else { vec!["infinity".into()] },
             env,
             gpus: spec.gpus.clone(),
+            gpu_milli: spec.gpu_milli,
             cpu_milli: spec.cpu_milli,
             memory_mib: spec.memory_mib,
         }

@@ -821,6 +821,7 @@ impl Scheduler {
                 args: args.clone(),
                 env: env.clone(),
                 gpus: m.gpus.iter().map(|g| u32::from(g.index)).collect(),
+                gpu_milli: m.gpus.iter().map(|g| u32::from(g.milli)).find(|&milli| milli < 1000),
                 cpu_milli: m.cpu_milli,
                 memory_mib: m.memory_mib,
                 started_at_ms,
