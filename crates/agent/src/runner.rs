@@ -710,6 +710,15 @@ impl NodeAgent {
         for a in &reply.assign {
             self.start(a);
         }
+        if let Some(credential) = reply.credential {
+            // A rotation: kept (0600) before it is used, so a restarted agent has it.
+            let path = self.cfg.work_dir.join("credential");
+            if let Err(e) = write_secret(&path, &credential) {
+                tracing::warn!(node = %self.cfg.name, error = %e, "cannot keep the node's new credential; using it anyway");
+            }
+            tracing::debug!(node = %self.cfg.name, "node credential rotated");
+            self.credential = Some(credential);
+        }
         self.apply_cap(reply.gpu_power_cap_watts);
         self.apply_cpu_cap(reply.cpu_power_cap_watts);
         if let Some(credential) = self.credential.clone() {

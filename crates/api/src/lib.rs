@@ -586,6 +586,10 @@ pub struct HeartbeatReply {
     /// `POST /v1/agent/logs`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<LogRequest>,
+    /// The node's new credential (a rotation): the node keeps it in place of the one it has and
+    /// uses it from its next call; the old one works until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// Which output of a run.

@@ -41,7 +41,20 @@ async fn a_drained_node_takes_no_new_work_and_a_removed_one_stays_out_until_resu
     let db = format!("sqlite://{}", dir.join("drome.db").display());
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let args = ["--fleet", FLEET, "--agents", "--heartbeat-ms", "200", "--lease-ms", "2000", "--lease-grace-ms", "500"];
+    // Credentials rotate every second, so the agents take up new ones all along.
+    let args = [
+        "--fleet",
+        FLEET,
+        "--agents",
+        "--heartbeat-ms",
+        "200",
+        "--lease-ms",
+        "2000",
+        "--lease-grace-ms",
+        "500",
+        "--credential-rotation-s",
+        "1",
+    ];
     let mut procs = Procs(vec![server(&db, port, ADMIN, &args, &dir, None)]);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     wait_healthy(&http, &base).await;
@@ -59,6 +72,8 @@ async fn a_drained_node_takes_no_new_work_and_a_removed_one_stays_out_until_resu
     })
     .await;
 
+    let first_credentials: Vec<String> =
+        NODES.iter().map(|n| std::fs::read_to_string(dir.join(n).join("credential")).unwrap()).collect();
     let long = json!({"command": "sleep", "args": ["600"], "gpus_per_node": 8});
     let a = submit(&http, &base, &token, &long).await;
     let a_job = wait_state(&http, &base, &token, a, "running").await;
@@ -95,8 +110,8 @@ async fn a_drained_node_takes_no_new_work_and_a_removed_one_stays_out_until_resu
     let r = http.post(format!("{base}/v1/jobs/{a}/cancel")).bearer_auth(&token).send().await.unwrap();
     assert!(r.status().is_success());
     wait_state(&http, &base, &token, a, "cancelled").await;
-    let r = remove(&busy).await.unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // Removed once the node has confirmed the run gone (a moment after the cancel is recorded).
+    until("the node's removal", async || remove(&busy).await.unwrap().status() == 200).await;
     // Its agent's credential is refused; it joins again with its (still valid) join token and is
     // kept out.
     until("the removed node's agent losing its lease", async || node(&http, &base, &busy).await["agent"] == false)
@@ -120,6 +135,14 @@ async fn a_drained_node_takes_no_new_work_and_a_removed_one_stays_out_until_resu
     let c_job = wait_state(&http, &base, &token, c, "running").await;
     assert_eq!(c_job["placement"][0]["node"], busy.as_str(), "{c_job}");
     assert!(node(&http, &base, &busy).await["drained"].is_null());
+
+    // Both agents took up rotated credentials and kept their nodes all along (the removed one
+    // joined again once resumed).
+    for (n, first) in NODES.iter().zip(&first_credentials) {
+        let now = std::fs::read_to_string(dir.join(n).join("credential")).unwrap();
+        assert_ne!(&now, first, "node {n} never got a new credential");
+        assert_eq!(node(&http, &base, n).await["agent"], true);
+    }
 
     // Tenants may not drain.
     let r = http.put(format!("{base}/v1/nodes/{other}/drain")).bearer_auth(&token).send().await.unwrap();

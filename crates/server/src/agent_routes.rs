@@ -18,7 +18,7 @@ fn remote(st: &AppState) -> Result<&RemoteNodes, ApiError> {
 }
 
 /// A caller that holds a node's credential: it acts only for that node.
-pub(crate) struct NodeCaller(pub String);
+pub(crate) struct NodeCaller(pub String, pub String);
 
 impl FromRequestParts<AppState> for NodeCaller {
     type Rejection = ApiError;
@@ -27,7 +27,7 @@ impl FromRequestParts<AppState> for NodeCaller {
         let hash = hash_token(bearer(parts)?);
         let remote = remote(state)?;
         if let Some(node) = remote.node_of(&hash) {
-            return Ok(NodeCaller(node));
+            return Ok(NodeCaller(node, hash));
         }
         Err(ApiError::Unauthorized("not a node credential".into()))
     }
@@ -174,6 +174,7 @@ pub(crate) async fn join(
         inventory_json,
         address: req.address.clone(),
         joined_ms: now_ms(),
+        previous_token_hash: None,
     };
     st.store.upsert_agent_node(&node).await?;
     remote.register(&req.node, &hash, &req.address);
@@ -239,19 +240,64 @@ async fn answer_node(
             gpu_power_cap_watts: plan.cap,
             cpu_power_cap_watts: plan.cpu_cap,
             logs: plan.logs,
+            credential: None,
         },
         has_work,
         delivered_exits: plan.delivered_exits,
     })
 }
 
+/// Credentials a call rotates or settles at most: one store write each, so a batch of nodes
+/// that all came due at once spreads its writes over several calls.
+const CREDENTIAL_WRITES_PER_CALL: usize = 64;
+
+/// Rotates the credential of `node`, which called with the one hashed `used_hash`, when it is
+/// due, or settles a rotation the node has taken up; the credential to send it, if any.
+async fn step_credential(
+    st: &AppState,
+    remote: &RemoteNodes,
+    node: &str,
+    used_hash: &str,
+    writes_left: &mut usize,
+) -> Result<Option<String>, ApiError> {
+    use crate::agents::CredentialStep;
+    let step = remote.credential_step(node, used_hash);
+    if matches!(step, CredentialStep::Rotate | CredentialStep::Settle) {
+        if *writes_left == 0 {
+            return Ok(None);
+        }
+        *writes_left -= 1;
+    }
+    match step {
+        CredentialStep::Keep => Ok(None),
+        CredentialStep::Resend(credential) => Ok(Some(credential)),
+        CredentialStep::Settle => {
+            st.store.settle_agent_credential(node).await?;
+            remote.settled(node);
+            Ok(None)
+        }
+        CredentialStep::Rotate => {
+            let credential = new_token()?;
+            let new_hash = hash_token(&credential);
+            // Stored first: a restart between the two still knows both.
+            if !st.store.rotate_agent_credential(node, &new_hash, used_hash).await? {
+                return Ok(None);
+            }
+            remote.rotated(node, used_hash, &new_hash, &credential);
+            tracing::debug!(node, "node credential rotated");
+            Ok(Some(credential))
+        }
+    }
+}
+
 pub(crate) async fn heartbeat(
     State(st): State<AppState>,
-    NodeCaller(node): NodeCaller,
+    NodeCaller(node, used_hash): NodeCaller,
     ApiJson(hb): ApiJson<api::Heartbeat>,
 ) -> Result<Json<api::HeartbeatReply>, ApiError> {
     let remote = remote(&st)?.clone();
     check_report(&st, &remote, &node, &hb).map_err(|r| ApiError::invalid(r.field, r.message))?;
+    let credential = step_credential(&st, &remote, &node, &used_hash, &mut 1).await?;
     let wait = Duration::from_millis(hb.wait_ms).min(remote.config.heartbeat);
     let mut deadline = Instant::now() + wait;
     let mut first = true;
@@ -267,7 +313,11 @@ pub(crate) async fn heartbeat(
         let changed = notify.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let answer = answer_node(&st, &remote, &node, &hb, first).await?;
+        let mut answer = answer_node(&st, &remote, &node, &hb, first).await?;
+        if credential.is_some() {
+            answer.reply.credential.clone_from(&credential);
+            answer.has_work = true;
+        }
         if first && answer.delivered_exits {
             // The answer waits (a little) for the ends to be recorded, to acknowledge them: an
             // end the agent forgets is then never one a crash could lose.
@@ -332,9 +382,15 @@ pub(crate) async fn heartbeats(
     let mut deadline = Instant::now() + Duration::from_millis(batch.wait_ms).min(remote.config.heartbeat);
     let mut replies = Vec::new();
     let mut listed = Vec::with_capacity(batch.nodes.len());
+    let mut credentials: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut writes_left = CREDENTIAL_WRITES_PER_CALL;
     for nb in &batch.nodes {
-        match remote.node_of(&hash_token(&nb.credential)) {
+        let used_hash = hash_token(&nb.credential);
+        match remote.node_of(&used_hash) {
             Some(name) if name == nb.node => {
+                if let Some(c) = step_credential(&st, &remote, &nb.node, &used_hash, &mut writes_left).await? {
+                    credentials.insert(nb.node.clone(), c);
+                }
                 if let Err(r) = check_report(&st, &remote, &nb.node, &nb.heartbeat) {
                     replies.push(api::NodeHeartbeatReply {
                         node: nb.node.clone(),
@@ -368,7 +424,11 @@ pub(crate) async fn heartbeats(
         let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         if first {
             for nb in &listed {
-                let answer = answer_node(&st, &remote, &nb.node, &nb.heartbeat, true).await?;
+                let mut answer = answer_node(&st, &remote, &nb.node, &nb.heartbeat, true).await?;
+                if let Some(c) = credentials.remove(&nb.node) {
+                    answer.reply.credential = Some(c);
+                    answer.has_work = true;
+                }
                 seen.insert(nb.node.clone());
                 if answer.delivered_exits {
                     // Held (a little) for the ends to be recorded, to acknowledge them.
@@ -422,7 +482,7 @@ async fn still_placed(st: &AppState, run: api::RunKey) -> Result<bool, ApiError>
 
 pub(crate) async fn logs(
     State(st): State<AppState>,
-    NodeCaller(node): NodeCaller,
+    NodeCaller(node, _): NodeCaller,
     ApiJson(chunk): ApiJson<api::LogChunk>,
 ) -> Result<StatusCode, ApiError> {
     if chunk.data.len() > MAX_LOG_CHUNK as usize * 3 {

@@ -531,6 +531,9 @@ async fn lead(
     if let Some(r) = &remote {
         for n in store.agent_nodes().await? {
             r.register(&n.name, &n.token_hash, &n.address);
+            if let Some(previous) = &n.previous_token_hash {
+                r.register_previous(&n.name, previous);
+            }
         }
         for (key, reason) in store.settings_with_prefix(routes::DRAINED_PREFIX).await? {
             if let Some(node) = key.strip_prefix(routes::DRAINED_PREFIX) {

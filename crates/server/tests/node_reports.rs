@@ -188,3 +188,67 @@ async fn node_reports_are_checked_sqlite() {
 async fn node_reports_are_checked_postgres() {
     reports(Db::Postgres).await;
 }
+
+/// A node's credential is rotated once it is due: the new one comes in a heartbeat's answer,
+/// again and again until the node uses it; then the old one is refused. Batched heartbeats
+/// carry it too.
+async fn rotation(db: Db) {
+    let place = Place::new(db).await;
+    let s = TestServer::start_tuned(&place, common::fleet(), |c| {
+        let mut lease = server::LeaseConfig::new(Duration::from_millis(200), Duration::from_millis(10_000));
+        lease.credential_rotation = Duration::from_millis(300);
+        c.agents = Some(lease);
+    })
+    .await;
+    let (_, j) = s.call(Method::POST, "/v1/join-tokens", Some(ADMIN), Some(json!({"uses": 2}))).await;
+    let token = j["token"].as_str().unwrap().to_string();
+    let (_, a) = try_join(&s, &token, NODE, "10.0.0.1", gpus(8)).await;
+    let old = a["credential"].as_str().unwrap().to_string();
+    let beat = json!({"running": [], "exited": [], "wait_ms": 0});
+    let call = |cred: String| {
+        let s = &s;
+        let beat = beat.clone();
+        async move { s.call(Method::POST, "/v1/agent/heartbeat", Some(&cred), Some(beat)).await }
+    };
+    let (status, v) = call(old.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(v["credential"].is_null(), "rotated before it was due: {v}");
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, v) = call(old.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let new = v["credential"].as_str().expect("a due credential is rotated").to_string();
+    assert_ne!(new, old);
+    // The answer was lost: the old one still works and the same new one comes again.
+    let (status, v) = call(old.clone()).await;
+    assert_eq!((status, v["credential"].as_str()), (StatusCode::OK, Some(new.as_str())), "{v}");
+    // The node takes it up: the old one is refused from then on.
+    let (status, v) = call(new.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(v["credential"].is_null(), "{v}");
+    let (status, _) = call(old.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a replaced credential still works");
+
+    // Batched: the node's answer carries its new credential.
+    let (_, b) = try_join(&s, &token, OTHER, "10.0.0.2", gpus(8)).await;
+    let b_old = b["credential"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let batch = json!({"agent_id": "rotating", "wait_ms": 0, "last_answer": 0, "nodes": [
+        {"node": OTHER, "credential": b_old, "heartbeat": {"running": [], "exited": []}}]});
+    let (status, v) = s.call(Method::POST, "/v1/agent/heartbeats", None, Some(batch)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let b_new = v["nodes"][0]["reply"]["credential"].as_str().unwrap_or_else(|| panic!("no new credential: {v}"));
+    assert_ne!(b_new, b_old);
+    s.stop().await;
+    place.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_rotate_sqlite() {
+    rotation(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_rotate_postgres() {
+    rotation(Db::Postgres).await;
+}

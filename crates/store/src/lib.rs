@@ -230,6 +230,8 @@ pub struct AgentNode {
     /// Where the node's gang members reach each other (`DROME_MASTER_ADDR`).
     pub address: String,
     pub joined_ms: i64,
+    /// The credential the node held before the last rotation, good until it uses the new one.
+    pub previous_token_hash: Option<String>,
 }
 
 /// Filter for [`Store::jobs`].
@@ -1315,6 +1317,32 @@ impl Store {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Gives a node the credential hashed `new_hash`; with `previous_hash`, the one it held
+    /// stays good until it uses the new one ([`Store::settle_agent_credential`]). Whether the
+    /// node is known.
+    pub async fn rotate_agent_credential(&self, name: &str, new_hash: &str, previous_hash: &str) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query("UPDATE agent_nodes SET token_hash = $1, previous_token_hash = $2 WHERE name = $3")
+            .bind(new_hash)
+            .bind(previous_hash)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The node used its new credential: the previous one stops working.
+    pub async fn settle_agent_credential(&self, name: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query("UPDATE agent_nodes SET previous_token_hash = NULL WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Forgets a node that joined: its credential stops working. Whether it was known.
     pub async fn remove_agent_node(&self, name: &str) -> Result<bool> {
         let mut tx = self.write().await?;
@@ -1326,7 +1354,7 @@ impl Store {
     /// Every node that joined, by name.
     pub async fn agent_nodes(&self) -> Result<Vec<AgentNode>> {
         let rows =
-            sqlx::query("SELECT name, token_hash, inventory_json, address, joined_ms FROM agent_nodes ORDER BY name")
+            sqlx::query("SELECT name, token_hash, inventory_json, address, joined_ms, previous_token_hash FROM agent_nodes ORDER BY name")
                 .fetch_all(&self.reader)
                 .await?;
         rows.iter()
@@ -1337,6 +1365,7 @@ impl Store {
                     inventory_json: r.try_get(2)?,
                     address: r.try_get(3)?,
                     joined_ms: r.try_get(4)?,
+                    previous_token_hash: r.try_get(5)?,
                 })
             })
             .collect()
@@ -1468,7 +1497,8 @@ async fn upsert_nodes(writer: &AnyPool, backend: Backend, nodes: &[(&AgentNode, 
     for (node, _) in nodes {
         sqlx::query(
             "INSERT INTO agent_nodes (name, token_hash, inventory_json, address, joined_ms) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (name) DO UPDATE SET token_hash = $2, inventory_json = $3, address = $4, joined_ms = $5",
+             ON CONFLICT (name) DO UPDATE SET token_hash = $2, inventory_json = $3, address = $4, joined_ms = $5, \
+             previous_token_hash = NULL",
         )
         .bind(&node.name)
         .bind(&node.token_hash)

@@ -187,11 +187,23 @@ async fn agents(store: &Store) {
         inventory_json: "[]".into(),
         address: "127.0.0.1".into(),
         joined_ms: 5,
+        previous_token_hash: None,
     };
     store.upsert_agent_node(&node).await.unwrap();
     node.token_hash = "c2".into();
     store.upsert_agent_node(&node).await.unwrap();
+    assert_eq!(store.agent_nodes().await.unwrap(), vec![node.clone()]);
+    // A rotation keeps the credential it replaces until the node uses its new one.
+    assert!(store.rotate_agent_credential("n1", "c3", "c2").await.unwrap());
+    let rotated = store.agent_nodes().await.unwrap().remove(0);
+    assert_eq!((rotated.token_hash.as_str(), rotated.previous_token_hash.as_deref()), ("c3", Some("c2")));
+    store.settle_agent_credential("n1").await.unwrap();
+    assert_eq!(store.agent_nodes().await.unwrap()[0].previous_token_hash, None);
+    // Joining again starts afresh.
+    assert!(store.rotate_agent_credential("n1", "c4", "c3").await.unwrap());
+    store.upsert_agent_node(&node).await.unwrap();
     assert_eq!(store.agent_nodes().await.unwrap(), vec![node]);
+    assert!(!store.rotate_agent_credential("nobody", "x", "y").await.unwrap());
 }
 
 /// A share of one GPU is kept as asked; whole-GPU jobs have none; so are the CPUs and memory a

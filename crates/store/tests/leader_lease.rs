@@ -95,6 +95,7 @@ async fn exercise(store: Store) {
         inventory_json: "[]".into(),
         address: "127.0.0.1".into(),
         joined_ms: 5,
+        previous_token_hash: None,
     };
     assert!(matches!(leader_a.upsert_agent_node(&node).await, Err(StoreError::Fenced { .. })));
     assert!(matches!(leader_a.create_tenant("u", "hash-u", None, 3).await, Err(StoreError::Fenced { .. })));

@@ -63,6 +63,10 @@ pub struct ServerArgs {
     /// many milliseconds later, unless the node is back: time for its agent to have stopped them.
     #[arg(long, default_value_t = 2000)]
     pub lease_grace_ms: u64,
+    /// Seconds a node's credential serves before the server hands it a new one in a heartbeat's
+    /// answer (the old one works until the node uses the new one).
+    #[arg(long, default_value_t = 86_400)]
+    pub credential_rotation_s: u64,
     // For sites with a grid cap (`grid_power_cap_mw` in the fleet).
     #[command(flatten)]
     pub power: super::sim::PowerModeArgs,
@@ -166,6 +170,7 @@ pub fn config(args: &ServerArgs) -> anyhow::Result<server::Config> {
         let mut lease =
             server::LeaseConfig::new(Duration::from_millis(args.heartbeat_ms), Duration::from_millis(args.lease_ms));
         lease.grace = Duration::from_millis(args.lease_grace_ms);
+        lease.credential_rotation = Duration::from_secs(args.credential_rotation_s.max(1));
         config.agents = Some(lease);
     }
     Ok(config)

@@ -12,12 +12,20 @@ pub struct LeaseConfig {
     /// work). An agent that cannot renew its lease for a lease period kills its runs itself, so
     /// by then no copy of them runs on the lost node: no job ever has two live copies.
     pub grace: Duration,
+    /// How long a node's credential serves before the server gives it a new one (in a
+    /// heartbeat's answer; the old one works until the node uses the new).
+    pub credential_rotation: Duration,
 }
 
 impl LeaseConfig {
     /// Leases of `lease`, renewed every `heartbeat`, with the default grace.
     pub fn new(heartbeat: Duration, lease: Duration) -> LeaseConfig {
-        LeaseConfig { heartbeat, lease, grace: Duration::from_secs(2) }
+        LeaseConfig {
+            heartbeat,
+            lease,
+            grace: Duration::from_secs(2),
+            credential_rotation: Duration::from_secs(86_400),
+        }
     }
 }
 

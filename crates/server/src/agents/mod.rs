@@ -68,6 +68,12 @@ struct Slot {
     last_beat: Option<api::Heartbeat>,
     /// Why its last report was refused, until one passes.
     problem: Option<String>,
+    /// When the node's credential was issued (its join, or its last rotation, or this
+    /// process's start).
+    credential_issued: Option<Instant>,
+    /// A rotated credential this process issued and the node has not used yet: sent again
+    /// with every answer until it does.
+    pending_credential: Option<String>,
 }
 
 impl Slot {
@@ -112,6 +118,22 @@ struct Inner {
     removed: std::collections::HashSet<String>,
     /// The gangs' rendezvous ports.
     rendezvous: Rendezvous,
+    /// Node name to the credential it held before its last rotation, good until it uses the
+    /// new one.
+    previous_of: HashMap<String, String>,
+}
+
+/// What to do about the credential a node's call came with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum CredentialStep {
+    /// Nothing: it is current and young enough.
+    Keep,
+    /// The node still uses the credential a rotation replaced: the new one goes out again.
+    Resend(String),
+    /// Time for a new one (or the new one's text is gone with a restart): issue it.
+    Rotate,
+    /// The node uses its new credential: the one before stops working.
+    Settle,
 }
 
 /// Where each gang's members meet (`DROME_MASTER_PORT` on the master node): a port of
@@ -206,11 +228,16 @@ impl RemoteNodes {
         if let Some(old) = inner.credential_of.insert(name.to_string(), credential_hash.to_string()) {
             inner.credentials.remove(&old);
         }
+        if let Some(previous) = inner.previous_of.remove(name) {
+            inner.credentials.remove(&previous);
+        }
         inner.credentials.insert(credential_hash.to_string(), name.to_string());
         let lease = Instant::now() + self.config.lease;
         let slot = inner.slots.entry(name.to_string()).or_default();
         slot.lease_until = Some(lease);
         slot.address = address.to_string();
+        slot.credential_issued = Some(Instant::now());
+        slot.pending_credential = None;
         inner.availability_changed.insert(name.to_string());
         inner.deadlines.push(std::cmp::Reverse((lease, name.to_string())));
     }
@@ -261,6 +288,9 @@ impl RemoteNodes {
         if let Some(hash) = inner.credential_of.remove(node) {
             inner.credentials.remove(&hash);
         }
+        if let Some(previous) = inner.previous_of.remove(node) {
+            inner.credentials.remove(&previous);
+        }
         inner.removed.insert(node.to_string());
         if let Some(slot) = inner.slots.get_mut(node) {
             slot.lease_until = None;
@@ -269,6 +299,63 @@ impl RemoteNodes {
         }
         inner.availability_changed.insert(node.to_string());
         Ok(())
+    }
+
+    /// A credential a rotation replaced that the node has not given up yet (read back at
+    /// start): it still works until the node uses its new one.
+    pub fn register_previous(&self, name: &str, previous_hash: &str) {
+        let mut inner = self.lock();
+        inner.credentials.insert(previous_hash.to_string(), name.to_string());
+        inner.previous_of.insert(name.to_string(), previous_hash.to_string());
+    }
+
+    /// What to do about `used_hash`, the credential `node`'s call came with.
+    pub(crate) fn credential_step(&self, node: &str, used_hash: &str) -> CredentialStep {
+        let inner = self.lock();
+        match inner.previous_of.get(node) {
+            Some(previous) if previous == used_hash => {
+                match inner.slots.get(node).and_then(|s| s.pending_credential.clone()) {
+                    Some(c) => CredentialStep::Resend(c),
+                    None => CredentialStep::Rotate,
+                }
+            }
+            Some(_) => CredentialStep::Settle,
+            None => {
+                let issued = inner.slots.get(node).and_then(|s| s.credential_issued);
+                if issued.is_some_and(|t| t.elapsed() >= self.config.credential_rotation) {
+                    CredentialStep::Rotate
+                } else {
+                    CredentialStep::Keep
+                }
+            }
+        }
+    }
+
+    /// `node` was given the credential `credential` (hashed `new_hash`) while it used the one
+    /// hashed `used_hash`, which stays good until it uses the new one; any other goes.
+    pub(crate) fn rotated(&self, node: &str, used_hash: &str, new_hash: &str, credential: &str) {
+        let mut inner = self.lock();
+        if let Some(old) = inner.credential_of.insert(node.to_string(), new_hash.to_string())
+            && old != used_hash
+        {
+            inner.credentials.remove(&old);
+        }
+        inner.credentials.insert(new_hash.to_string(), node.to_string());
+        inner.previous_of.insert(node.to_string(), used_hash.to_string());
+        let slot = inner.slots.entry(node.to_string()).or_default();
+        slot.pending_credential = Some(credential.to_string());
+        slot.credential_issued = Some(Instant::now());
+    }
+
+    /// `node` used its new credential: the one before stops working.
+    pub(crate) fn settled(&self, node: &str) {
+        let mut inner = self.lock();
+        if let Some(previous) = inner.previous_of.remove(node) {
+            inner.credentials.remove(&previous);
+        }
+        if let Some(slot) = inner.slots.get_mut(node) {
+            slot.pending_credential = None;
+        }
     }
 
     pub fn node_of(&self, credential_hash: &str) -> Option<String> {
