@@ -98,6 +98,14 @@ fn run_environment(
     env
 }
 
+/// A file of the agent's only (0600), created or emptied.
+fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
 /// A directory of the agent's that others may pass through but not list (0711).
 fn agent_dir(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -337,6 +345,9 @@ impl NodeAgent {
         exit_tx: mpsc::UnboundedSender<(usize, RunExit)>,
         servers: Arc<crate::Servers>,
     ) -> Result<NodeAgent, AgentError> {
+        let mut cfg = cfg;
+        // Absolute: runs are told where they work, and a run's private /tmp must not hide it.
+        cfg.work_dir = std::path::absolute(&cfg.work_dir).map_err(io(&cfg.work_dir))?;
         // The credential and every run's output are the agent's; runs pass through to their
         // own directories only.
         agent_dir(&cfg.work_dir).map_err(io(&cfg.work_dir))?;
@@ -462,8 +473,9 @@ impl NodeAgent {
                 // The run's directory is the agent's: its output and bookkeeping, which the run
                 // cannot replace; the run works in `work/`, its own.
                 agent_dir(&dir)?;
-                let stdout = std::fs::File::create(dir.join("stdout"))?;
-                let stderr = std::fs::File::create(dir.join("stderr"))?;
+                // The agent's alone (0600): other runs pass through this directory.
+                let stdout = private_file(&dir.join("stdout"))?;
+                let stderr = private_file(&dir.join("stderr"))?;
                 let work = dir.join("work");
                 let boxed = match &sandbox {
                     Some(sandbox) => {

@@ -157,6 +157,12 @@ impl Sandbox {
             return Err(SandboxError::NotRoot(euid));
         }
         std::fs::create_dir_all(&opts.lock_dir).map_err(io(&opts.lock_dir))?;
+        // Root's alone: a run that could open a lock file could hold it, and keep a uid from use.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&opts.lock_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(&opts.lock_dir))?;
+        }
         let (v2, v1) = cgroup_mounts(&opts.cgroup_mount);
         let needed = [Controller::Memory, Controller::Cpu, Controller::Pids];
         let v2_with = v2.into_iter().find(|m| {

@@ -78,7 +78,10 @@ async fn up_runs_jobs_on_in_process_agents() {
 
     // A job as a stranger would write it: who am I, what is around me, the node's secrets.
     let credential = std::fs::read_to_string(dir.join("nodes").join(node).join("credential")).unwrap();
-    let probe = "id -u; env; cat ../../../credential; echo 1 > ../pgid; ls ../..; cat ../../../../../drome.db | head -c 16; true";
+    let probe = format!(
+        "id -u; env; cat ../../../credential; echo 1 > ../pgid; ls ../..; cat ../../../../../drome.db | head -c 16; \
+         cat ../../../../{node}/runs/{id}-1-0/stdout; true"
+    );
     let spec = json!({"command": "sh", "args": ["-c", probe], "gpus_per_node": 1, "memory_mib": 512});
     let r = http.post(format!("{base}/v1/jobs")).bearer_auth(&token).json(&spec).send().await.unwrap();
     let id = r.json::<Value>().await.unwrap()["id"].as_i64().expect("the probe is accepted");
@@ -116,7 +119,8 @@ async fn up_runs_jobs_on_in_process_agents() {
         assert!(uid >= 200_000, "the job ran as uid {uid}: {out}");
         assert!(!out.contains(credential.trim()), "the job read the node's credential: {out}");
         assert!(!out.contains("SQLite format"), "the job read the database: {out}");
-        assert!(err.matches("Permission denied").count() >= 4, "{err}");
+        assert!(!out.contains("rank 0 on"), "the job read another run's output: {out}");
+        assert!(err.matches("Permission denied").count() >= 5, "{err}");
     }
     assert!(
         !dir.join("nodes").join(node).join("runs").join(format!("{id}-1-0")).join("work").exists(),
