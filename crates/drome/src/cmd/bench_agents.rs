@@ -47,6 +47,10 @@ pub struct AgentsBenchArgs {
     /// nodes stay out of the figures while the database stays on disk.
     #[arg(long)]
     pub node_dir: Option<PathBuf>,
+    /// How the agents run the jobs (`drome agent --sandbox`): `auto` sandboxes them where the
+    /// agents are root; `off` measures the unsandboxed path beside it.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub sandbox: super::agent::SandboxMode,
     /// Control-plane replicas on one PostgreSQL database (`--db postgres://...`, or a fresh
     /// local database): with more than one, or with --kill-leader, this runs the failover
     /// benchmark (`drome bench failover`) with the nodes served by an agent process.
@@ -432,6 +436,11 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path, node_dir: &Path)
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
 
     // The agents: each serves its share of the nodes.
+    let sandbox_mode = match args.sandbox {
+        super::agent::SandboxMode::Auto => "auto",
+        super::agent::SandboxMode::On => "on",
+        super::agent::SandboxMode::Off => "off",
+    };
     let per = names.len().div_ceil(agents as usize);
     let mut credentials = Vec::new();
     for (i, chunk) in names.chunks(per).enumerate() {
@@ -440,6 +449,7 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path, node_dir: &Path)
         cmd.args(["agent", "--server", &base, "--join-token", &join, "--name", &chunk.join(",")])
             .args(["--node-count", &chunk.len().to_string(), "--declared-gpus", "8", "--gpu-model", "H200"])
             .args(["--kill-grace", "1"])
+            .args(["--sandbox", sandbox_mode])
             .arg("--work-dir")
             .arg(&work)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
