@@ -60,7 +60,8 @@ impl AgentHost {
     }
 
     /// Joins up to `at_most` nodes without a credential; a node refused for good stops the host.
-    async fn join_missing(&mut self, at_most: usize) -> Result<usize, AgentError> {
+    /// How many joined, and whether a join failed (to be tried again later).
+    async fn join_missing(&mut self, at_most: usize) -> Result<(usize, bool), AgentError> {
         let mut joined = 0;
         for n in self.nodes.iter_mut().filter(|n| n.credential().is_none()).take(at_most) {
             match n.join().await {
@@ -68,11 +69,11 @@ impl AgentHost {
                 Err(AgentError::Refused(m)) => return Err(AgentError::Refused(format!("node {}: {m}", n.name()))),
                 Err(e) => {
                     tracing::warn!(node = %n.name(), error = %e, "join failed; retrying");
-                    return Ok(joined);
+                    return Ok((joined, true));
                 }
             }
         }
-        Ok(joined)
+        Ok((joined, false))
     }
 
     /// Joins and heartbeats for every node until the process ends.
@@ -81,11 +82,22 @@ impl AgentHost {
         // Every node is listed at least this often, which renews its lease.
         let period = self.nodes.first().map_or(Duration::from_secs(5), |n| n.heartbeat_period());
         let mut listed_all_at: Option<Instant> = None;
+        let (mut join_retry_at, mut join_delay): (Option<Instant>, Duration) = (None, Duration::ZERO);
         loop {
-            if self.nodes.iter().any(|n| n.credential().is_none()) {
+            let join_due = join_retry_at.is_none_or(|t| Instant::now() >= t);
+            if join_due && self.nodes.iter().any(|n| n.credential().is_none()) {
                 // A few at a time, with heartbeats between: the nodes that joined first keep
                 // their leases while the rest join.
-                let joined = self.join_missing(JOINS_PER_ROUND).await?;
+                let (joined, failed) = self.join_missing(JOINS_PER_ROUND).await?;
+                // A node that cannot join now (held, removed, the server away) is tried again
+                // later, not at every turn of the loop.
+                if failed {
+                    join_delay = (join_delay * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                    join_retry_at = Some(Instant::now() + join_delay);
+                } else {
+                    join_delay = Duration::ZERO;
+                    join_retry_at = None;
+                }
                 if joined > 0 {
                     tracing::debug!(nodes = joined, "nodes joined");
                     listed_all_at = None;
@@ -115,8 +127,10 @@ impl AgentHost {
             let next_full = listed_all_at.map_or(now, |t| t + period);
             let until_full = if all { period } else { next_full.saturating_duration_since(now) };
             let joining = self.nodes.iter().any(|n| n.credential().is_none());
-            let wait = if news || joining {
+            let wait = if news || (joining && join_retry_at.is_none()) {
                 Duration::ZERO
+            } else if let Some(t) = join_retry_at.filter(|_| joining) {
+                t.saturating_duration_since(now).min(until_full)
             } else if self.nodes.iter().any(NodeAgent::has_live_runs) {
                 until_full.min(EXIT_REPORT)
             } else {

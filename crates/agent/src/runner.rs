@@ -106,9 +106,14 @@ fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     Ok(f)
 }
 
-/// A directory of the agent's that others may pass through but not list (0711).
+/// A directory of the agent's that others may pass through but not list (0711), made so if
+/// the agent makes it; one that was there keeps its mode (`--work-dir /srv` is not the agent's
+/// to change).
 fn agent_dir(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    if path.is_dir() {
+        return Ok(());
+    }
     std::fs::create_dir_all(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))
 }
@@ -319,10 +324,16 @@ pub fn sandbox_scope(node: &str, work_dir: &std::path::Path) -> String {
 }
 
 /// Kills every run a node's agent left (by process group, and by cgroup where sandboxed), as
-/// an agent starts or stops. Returns how many it found.
+/// an agent starts or stops, and removes their private directories. Returns how many it found.
 pub fn stop_node_runs(node: &str, work_dir: &std::path::Path, sandbox: Option<&crate::Sandbox>) -> usize {
     let by_group = kill_runs(work_dir);
     let by_cgroup = sandbox.map_or(0, |s| s.reap(&sandbox_scope(node, work_dir)));
+    // Their private directories go too, once they are dead: their uids will be other runs'.
+    if let Ok(entries) = std::fs::read_dir(work_dir.join("runs")) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_dir_all(e.path().join("work"));
+        }
+    }
     by_group.max(by_cgroup)
 }
 
@@ -351,7 +362,13 @@ impl NodeAgent {
         // The credential and every run's output are the agent's; runs pass through to their
         // own directories only.
         agent_dir(&cfg.work_dir).map_err(io(&cfg.work_dir))?;
-        agent_dir(&cfg.work_dir.join("runs")).map_err(io(&cfg.work_dir))?;
+        let runs = cfg.work_dir.join("runs");
+        agent_dir(&runs).map_err(io(&runs))?;
+        {
+            // The agent's own, whatever made it: runs may pass, not list.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&runs, std::fs::Permissions::from_mode(0o711)).map_err(io(&runs))?;
+        }
         let credential = std::fs::read_to_string(cfg.work_dir.join("credential")).ok().map(|s| s.trim().to_string());
         let agent = NodeAgent {
             cfg,
@@ -479,7 +496,12 @@ impl NodeAgent {
                 let work = dir.join("work");
                 let boxed = match &sandbox {
                     Some(sandbox) => {
-                        let limits = Limits { cpu_milli: a.cpu_milli, memory_mib: a.memory_mib, gpus: a.gpus.clone() };
+                        let limits = Limits {
+                            cpu_milli: a.cpu_milli,
+                            memory_mib: a.memory_mib,
+                            gpus: a.gpus.clone(),
+                            gpu_share: a.gpu_milli.is_some(),
+                        };
                         let run = format!("{}-{}-{}", key.job_id, key.generation, key.member);
                         Some(sandbox.prepare(&scope, &run, &limits, &work).map_err(std::io::Error::other)?)
                     }
@@ -492,18 +514,21 @@ impl NodeAgent {
                     Some(b) if b.private_tmp() => "/tmp".to_string(),
                     _ => work.display().to_string(),
                 };
-                let mut cmd = tokio::process::Command::new(&a.command);
-                cmd.args(&a.args)
-                    .env_clear()
+                let mut cmd = match &boxed {
+                    // The launcher makes the run a session (and process group) of its own.
+                    Some(b) => b.command(&a.command, &a.args),
+                    None => {
+                        let mut cmd = tokio::process::Command::new(&a.command);
+                        cmd.args(&a.args).process_group(0);
+                        cmd
+                    }
+                };
+                cmd.env_clear()
                     .envs(run_environment(&a, &node, &gpus, &work, &tmp))
                     .current_dir(&work)
                     .stdin(Stdio::null())
                     .stdout(stdout)
-                    .stderr(stderr)
-                    .process_group(0);
-                if let Some(b) = &boxed {
-                    b.confine(&mut cmd);
-                }
+                    .stderr(stderr);
                 let child = match cmd.spawn() {
                     Ok(child) => child,
                     Err(e) => {
@@ -723,13 +748,18 @@ impl NodeAgent {
             self.start(a);
         }
         if let Some(credential) = reply.credential {
-            // A rotation: kept (0600) before it is used, so a restarted agent has it.
+            // A rotation: used only once kept (0600), so a restarted agent has what the server
+            // will take; until then the old one works, and the server sends the new one again.
             let path = self.cfg.work_dir.join("credential");
-            if let Err(e) = write_secret(&path, &credential) {
-                tracing::warn!(node = %self.cfg.name, error = %e, "cannot keep the node's new credential; using it anyway");
+            match write_secret(&path, &credential) {
+                Ok(()) => {
+                    tracing::debug!(node = %self.cfg.name, "node credential rotated");
+                    self.credential = Some(credential);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %self.cfg.name, error = %e, "cannot keep the node's new credential; keeping the old")
+                }
             }
-            tracing::debug!(node = %self.cfg.name, "node credential rotated");
-            self.credential = Some(credential);
         }
         self.apply_cap(reply.gpu_power_cap_watts);
         self.apply_cpu_cap(reply.cpu_power_cap_watts);
@@ -831,11 +861,14 @@ impl NodeAgent {
 fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    // Written aside and renamed over: a crash leaves the old secret or the new, never half.
+    let aside = path.with_extension("new");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&aside)?;
     // A file made before (with wider rights) keeps its mode on open: narrow it.
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(secret.as_bytes())?;
-    f.sync_all()
+    f.sync_all()?;
+    std::fs::rename(&aside, path)
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Sandboxed runs. Each run executes as an unprivileged uid of its own (claimed from a range,
 //! machine-wide, for as long as the run lives), inside cgroups that hold its CPUs, memory,
-//! process count and device access, in a mount namespace with a private `/dev/shm` (and `/tmp`),
-//! with no capabilities and no way to gain any (`no_new_privs`). Stopping a run kills its whole
+//! process count and device access, in a session, a mount namespace with a private `/dev/shm`
+//! (and `/tmp`) and an IPC namespace of its own, with no capabilities and no way to gain any
+//! (`no_new_privs`). Stopping a run kills its whole
 //! cgroup, so nothing it forked survives, whatever process group or session it made.
 //!
 //! cgroup v1 (one hierarchy per controller) and v2 (one unified hierarchy) are both handled.
@@ -24,6 +25,8 @@ pub enum SandboxError {
     NotRoot(u32),
     #[error("no cgroup hierarchy with the {0} controller is mounted")]
     NoController(&'static str),
+    #[error("runs' uids must be {{first}} >= 1000 and {{count}} >= 1 below 2^32 - 1, not {first} and {count}")]
+    UidRange { first: u32, count: u32 },
     #[error("every uid of {first}..{last} is held by a live run")]
     NoFreeUid { first: u32, last: u32 },
     #[error("{path}: {source}")]
@@ -48,6 +51,9 @@ pub struct SandboxOptions {
     pub cgroup_mount: PathBuf,
     /// Processes and threads a run may hold at once.
     pub pids_max: u64,
+    /// The program that enters a run's sandbox and execs the run ([`enter_and_exec`]), with
+    /// the arguments before its own: `drome sandbox-exec` by default.
+    pub launcher: (PathBuf, Vec<String>),
 }
 
 impl Default for SandboxOptions {
@@ -59,8 +65,17 @@ impl Default for SandboxOptions {
             device_dir: PathBuf::from("/dev"),
             cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
             pids_max: 16_384,
+            launcher: default_launcher(),
         }
     }
+}
+
+/// `drome-sandbox-exec` where it lies beside this program (a small program: quick to start on
+/// every run's path), else this program's `sandbox-exec` (`drome sandbox-exec`).
+fn default_launcher() -> (PathBuf, Vec<String>) {
+    let this = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("drome"));
+    let small = this.with_file_name("drome-sandbox-exec");
+    if small.is_file() { (small, Vec::new()) } else { (this, vec!["sandbox-exec".to_string()]) }
 }
 
 /// What one run may use.
@@ -72,6 +87,9 @@ pub struct Limits {
     pub memory_mib: u64,
     /// GPU indexes on the node: the only GPU device files the run may open.
     pub gpus: Vec<u32>,
+    /// A share of a GPU: the run reaches the node's MPS daemon, whose pipes are under /tmp, so
+    /// its /tmp stays the node's.
+    pub gpu_share: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +173,12 @@ impl Sandbox {
         let euid = nix::unistd::geteuid().as_raw();
         if euid != 0 {
             return Err(SandboxError::NotRoot(euid));
+        }
+        if opts.uid_first < 1000
+            || opts.uid_count == 0
+            || opts.uid_first.checked_add(opts.uid_count).is_none_or(|end| end == u32::MAX)
+        {
+            return Err(SandboxError::UidRange { first: opts.uid_first, count: opts.uid_count });
         }
         std::fs::create_dir_all(&opts.lock_dir).map_err(io(&opts.lock_dir))?;
         // Root's alone: a run that could open a lock file could hold it, and keep a uid from use.
@@ -246,10 +270,10 @@ impl Sandbox {
         let mut run_box = RunSandbox {
             uid,
             v2: self.is_v2(),
-            _lock: lock,
+            lock: std::sync::Mutex::new(Some(lock)),
             groups: Vec::new(),
-            join: Vec::new(),
-            private_tmp: !work.starts_with("/tmp") && !work.starts_with("/var/tmp"),
+            launcher: self.opts.launcher.clone(),
+            private_tmp: !limits.gpu_share && !work.starts_with("/tmp") && !work.starts_with("/var/tmp"),
             work: work.to_path_buf(),
         };
         for (controller, scope_dir) in self.scope_dirs(scope) {
@@ -266,9 +290,6 @@ impl Sandbox {
             std::fs::create_dir_all(&dir).map_err(io(&dir))?;
             run_box.groups.push((controller, dir.clone()));
             self.limit(controller, &dir, limits)?;
-            let procs = dir.join("cgroup.procs");
-            let file = std::fs::OpenOptions::new().write(true).open(&procs).map_err(io(&procs))?;
-            run_box.join.push(file);
         }
         make_private_dir(work, uid)?;
         Ok(run_box)
@@ -406,20 +427,27 @@ fn kill_group_dir(dir: &Path, v2: bool, freezer: Option<&Path>) -> usize {
         killed = procs(dir).len();
         let _ = write(&dir.join("cgroup.kill"), "1");
     }
+    // v2 without cgroup.kill (kernels before 5.14) freezes through the group's own file.
+    let v2_freeze = dir.join("cgroup.freeze");
+    let freezer_file = match freezer {
+        Some(f) => Some((f.join("freezer.state"), "FROZEN", "THAWED")),
+        None if v2 && v2_freeze.exists() => Some((v2_freeze, "1", "0")),
+        None => None,
+    };
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let pids = procs(dir);
         if pids.is_empty() || Instant::now() > deadline {
             break;
         }
-        let frozen = freezer.is_some_and(|f| write(&f.join("freezer.state"), "FROZEN").is_ok());
+        let frozen = freezer_file.as_ref().is_some_and(|(f, on, _)| write(f, on).is_ok());
         for pid in &pids {
             if kill(Pid::from_raw(*pid), Signal::SIGKILL).is_ok() {
                 killed += 1;
             }
         }
-        if frozen && let Some(f) = freezer {
-            let _ = write(&f.join("freezer.state"), "THAWED");
+        if frozen && let Some((f, _, off)) = &freezer_file {
+            let _ = write(f, off);
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -439,12 +467,12 @@ fn remove_group(dir: &Path) {
 pub struct RunSandbox {
     uid: u32,
     v2: bool,
-    /// Holds the uid for this run while it lives.
-    _lock: File,
+    /// Holds the uid for this run while it lives (and for good if its processes could not all
+    /// be killed: the uid is then never handed to another run).
+    lock: std::sync::Mutex<Option<File>>,
     groups: Vec<(Controller, PathBuf)>,
-    /// `cgroup.procs` of each group, opened by the agent: the child writes itself into them
-    /// before it drops root.
-    join: Vec<File>,
+    /// The launcher and the arguments before its own (`drome`, `sandbox-exec`).
+    launcher: (PathBuf, Vec<String>),
     /// Whether the run gets a `/tmp` and `/var/tmp` of its own (not when its directory lies
     /// under them: the mount would hide it).
     private_tmp: bool,
@@ -465,78 +493,29 @@ impl RunSandbox {
         self.private_tmp
     }
 
-    /// Makes `cmd` enter this sandbox between fork and exec: into the cgroups, a mount
-    /// namespace with private temporary directories, no supplementary groups, the run's gid and
-    /// uid, `no_new_privs`.
-    ///
-    /// The one place drome uses `unsafe`: what a child does between fork and exec can only be
-    /// given as a `pre_exec` closure, which must make async-signal-safe calls only (the
-    /// closure below: raw system calls on values made before the fork).
-    #[allow(unsafe_code)]
-    pub fn confine(&self, cmd: &mut tokio::process::Command) {
-        use std::ffi::CString;
-        use std::os::fd::AsRawFd;
-        let fds: Vec<i32> = self.join.iter().map(|f| f.as_raw_fd()).collect();
-        let uid = self.uid;
-        let cstr = |s: &str| CString::new(s).unwrap_or_default();
-        let mut tmpfs: Vec<(CString, CString)> = vec![(cstr("/dev/shm"), cstr("mode=1777,size=50%"))];
+    /// The command that runs `program` with `args` inside this sandbox: the launcher
+    /// ([`SandboxOptions::launcher`], `drome sandbox-exec`) enters the run's cgroups and a
+    /// mount namespace with private temporary directories, drops to the run's uid with no
+    /// groups and `no_new_privs`, and execs the program in its own place ([`enter_and_exec`]).
+    /// Starting a small program and letting it confine itself spares the agent a fork of its
+    /// whole address space: the command is spawned the cheap way (`posix_spawn`).
+    pub fn command(&self, program: &str, args: &[String]) -> tokio::process::Command {
+        let (launcher, launcher_args) = &self.launcher;
+        let mut cmd = tokio::process::Command::new(launcher);
+        cmd.args(launcher_args);
+        for (_, dir) in &self.groups {
+            cmd.arg("--cgroup").arg(dir.join("cgroup.procs"));
+        }
+        cmd.arg("--uid").arg(self.uid.to_string());
+        let mut private = vec!["/dev/shm"];
         if self.private_tmp {
-            tmpfs.push((cstr("/tmp"), cstr("mode=1777")));
-            tmpfs.push((cstr("/var/tmp"), cstr("mode=1777")));
+            private.extend(["/tmp", "/var/tmp"]);
         }
-        let (root, fstype) = (cstr("/"), cstr("tmpfs"));
-        // Only async-signal-safe calls (raw system calls, nothing that allocates) between fork
-        // and exec.
-        let enter = move || -> std::io::Result<()> {
-            use nix::libc;
-            let last = || Err(std::io::Error::last_os_error());
-            for fd in &fds {
-                // SAFETY: `fd` is open in the child (inherited) and the buffer lives.
-                if unsafe { libc::write(*fd, b"0".as_ptr().cast(), 1) } != 1 {
-                    return last();
-                }
-            }
-            // SAFETY: plain system calls on values made before the fork.
-            unsafe {
-                if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                    return last();
-                }
-                if libc::mount(
-                    std::ptr::null(),
-                    root.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return last();
-                }
-                for (target, data) in &tmpfs {
-                    if libc::access(target.as_ptr(), libc::F_OK) == 0
-                        && libc::mount(
-                            fstype.as_ptr(),
-                            target.as_ptr(),
-                            fstype.as_ptr(),
-                            libc::MS_NOSUID | libc::MS_NODEV,
-                            data.as_ptr().cast(),
-                        ) != 0
-                    {
-                        return last();
-                    }
-                }
-                if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
-                    return last();
-                }
-                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                    return last();
-                }
-            }
-            Ok(())
-        };
-        // SAFETY: `enter` makes only async-signal-safe calls.
-        unsafe {
-            cmd.pre_exec(enter);
+        for dir in private {
+            cmd.arg("--tmpfs").arg(dir);
         }
+        cmd.arg("--").arg(program).args(args);
+        cmd
     }
 
     /// The processes of the run now.
@@ -566,12 +545,111 @@ impl RunSandbox {
     /// The uid is let go when this is dropped.
     pub fn release(&self) {
         self.kill_all();
+        if !self.pids().is_empty() {
+            // Something of the run outlived every kill: its uid stays claimed by this agent, so
+            // no other run ever shares it with what is left.
+            tracing::error!(uid = self.uid, pids = ?self.pids(), "a run's processes survived its end; its uid is retired");
+            if let Some(lock) = self.lock.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                std::mem::forget(lock);
+            }
+        }
         for (_, dir) in &self.groups {
             remove_group(dir);
         }
         // The uid goes to another run next: nothing of this one may stay readable to it.
         let _ = std::fs::remove_dir_all(&self.work);
     }
+}
+
+/// Why the launcher could not start a run.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("usage: sandbox-exec [--cgroup PROCS_FILE]... --uid UID [--tmpfs DIR]... -- PROGRAM [ARGS]...: {0}")]
+    Usage(String),
+    #[error("{step}: {source}")]
+    Step { step: String, source: std::io::Error },
+}
+
+fn step(step: impl Into<String>) -> impl FnOnce(nix::Error) -> LaunchError {
+    let step = step.into();
+    move |e| LaunchError::Step { step, source: std::io::Error::from(e) }
+}
+
+/// The launcher's work, as root, in the process that becomes the run: joins the cgroups whose
+/// `cgroup.procs` files it is given, makes a mount namespace with a fresh tmpfs on each
+/// `--tmpfs` directory, drops every group and root for `--uid` (as gid too), forbids gaining
+/// privileges again, and execs the program with the environment and directory it was given.
+/// Returns only if something failed: the run then never starts unconfined.
+pub fn enter_and_exec(args: &[std::ffi::OsString]) -> LaunchError {
+    match enter(args) {
+        Ok(program) => {
+            use std::os::unix::process::CommandExt;
+            let (program, rest) = program;
+            let e = std::process::Command::new(&program).args(rest).exec();
+            LaunchError::Step { step: format!("exec {}", program.to_string_lossy()), source: e }
+        }
+        Err(e) => e,
+    }
+}
+
+type Program = (std::ffi::OsString, Vec<std::ffi::OsString>);
+
+fn enter(args: &[std::ffi::OsString]) -> Result<Program, LaunchError> {
+    use nix::mount::{MsFlags, mount};
+    let mut cgroups = Vec::new();
+    let mut tmpfs = Vec::new();
+    let mut uid = None;
+    let mut it = args.iter();
+    let program = loop {
+        let Some(a) = it.next() else { return Err(LaunchError::Usage("no program after --".into())) };
+        let value = |it: &mut std::slice::Iter<'_, std::ffi::OsString>| {
+            it.next().cloned().ok_or_else(|| LaunchError::Usage(format!("{} needs a value", a.to_string_lossy())))
+        };
+        match a.to_str() {
+            Some("--cgroup") => cgroups.push(PathBuf::from(value(&mut it)?)),
+            Some("--tmpfs") => tmpfs.push(PathBuf::from(value(&mut it)?)),
+            Some("--uid") => {
+                let v = value(&mut it)?;
+                let n: u32 =
+                    v.to_str().and_then(|s| s.parse().ok()).ok_or_else(|| LaunchError::Usage("--uid".into()))?;
+                uid = Some(n);
+            }
+            Some("--") => break it.next().cloned().ok_or_else(|| LaunchError::Usage("no program after --".into()))?,
+            _ => return Err(LaunchError::Usage(format!("unknown argument {}", a.to_string_lossy()))),
+        }
+    };
+    let uid = uid.ok_or_else(|| LaunchError::Usage("--uid is required".into()))?;
+    if uid == 0 {
+        return Err(LaunchError::Usage("a run never gets uid 0".into()));
+    }
+    for procs in &cgroups {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(procs)
+            .and_then(|mut f| f.write_all(b"0"))
+            .map_err(|source| LaunchError::Step { step: format!("join {}", procs.display()), source })?;
+    }
+    // A session of its own: no controlling terminal of the agent's, a process group the agent
+    // signals as a whole.
+    nix::unistd::setsid().map_err(step("start a session"))?;
+    // Mounts and System V IPC of its own.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS | nix::sched::CloneFlags::CLONE_NEWIPC)
+        .map_err(step("unshare the mount and IPC namespaces"))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(step("make mounts private"))?;
+    for dir in &tmpfs {
+        if dir.is_dir() {
+            mount(Some("tmpfs"), dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))
+                .map_err(step(format!("mount a tmpfs on {}", dir.display())))?;
+        }
+    }
+    let id = nix::unistd::Uid::from_raw(uid);
+    let gid = nix::unistd::Gid::from_raw(uid);
+    nix::unistd::setgroups(&[]).map_err(step("drop groups"))?;
+    nix::unistd::setgid(gid).map_err(step("set the gid"))?;
+    nix::unistd::setuid(id).map_err(step("set the uid"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(step("set no_new_privs"))?;
+    Ok((program, it.cloned().collect()))
 }
 
 #[cfg(test)]

@@ -24,8 +24,14 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn sandbox(device_dir: &Path) -> Sandbox {
-    let opts = SandboxOptions { device_dir: device_dir.to_path_buf(), ..SandboxOptions::default() };
+    let opts =
+        SandboxOptions { device_dir: device_dir.to_path_buf(), launcher: launcher(), ..SandboxOptions::default() };
     Sandbox::detect(opts).expect("root with cgroups: the sandbox works")
+}
+
+/// The launcher built with this crate.
+fn launcher() -> (PathBuf, Vec<String>) {
+    (PathBuf::from(env!("CARGO_BIN_EXE_drome-sandbox-exec")), Vec::new())
 }
 
 struct Ran {
@@ -36,16 +42,12 @@ struct Ran {
 }
 
 fn spawn(run: &RunSandbox, script: &str) -> tokio::process::Child {
-    let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(script)
-        .env_clear()
+    let mut cmd = run.command("/bin/sh", &["-c".to_string(), script.to_string()]);
+    cmd.env_clear()
         .env("PATH", "/usr/bin:/bin")
         .current_dir(run.work_dir())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0);
-    run.confine(&mut cmd);
+        .stderr(std::process::Stdio::piped());
     cmd.spawn().expect("the sandboxed run starts")
 }
 
@@ -272,7 +274,7 @@ async fn an_agent_that_died_leaves_nothing_running_once_reaped() {
     let mut child = spawn(&run, "setsid sleep 300 & sleep 300");
     tokio::time::sleep(Duration::from_millis(100)).await;
     // A new agent on the node (the sandbox made afresh) finds the run and kills it.
-    let again = Sandbox::detect(SandboxOptions::default()).unwrap();
+    let again = Sandbox::detect(SandboxOptions { launcher: launcher(), ..SandboxOptions::default() }).unwrap();
     let found = tokio::task::spawn_blocking({
         let scope = scope.clone();
         move || again.reap(&scope)

@@ -81,6 +81,15 @@ fn run() -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // The node agent's sandbox launcher: no parsing, no logging, straight to the run (it is on
+    // every sandboxed run's start path).
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "sandbox-exec") {
+        let rest: Vec<std::ffi::OsString> = args.collect();
+        let e = agent::sandbox::enter_and_exec(&rest);
+        eprintln!("drome sandbox-exec: {e}");
+        return ExitCode::from(127);
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

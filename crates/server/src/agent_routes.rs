@@ -283,7 +283,10 @@ async fn step_credential(
             if !st.store.rotate_agent_credential(node, &new_hash, used_hash).await? {
                 return Ok(None);
             }
-            remote.rotated(node, used_hash, &new_hash, &credential);
+            if !remote.rotated(node, used_hash, &new_hash, &credential) {
+                // Removed or joined again meanwhile: what the store holds now is what counts.
+                return Ok(None);
+            }
             tracing::debug!(node, "node credential rotated");
             Ok(Some(credential))
         }

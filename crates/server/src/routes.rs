@@ -551,13 +551,19 @@ async fn remove_node(
             "node {name} is not drained: drain it first (drome nodes drain {name})"
         )));
     }
-    if let Err(runs) = remote.remove(&name) {
+    if let Some(runs) = remote.runs_on(&name).filter(|&r| r > 0) {
         return Err(ApiError::Conflict(format!(
             "node {name} still holds {runs} runs: cancel them or wait for their end"
         )));
     }
+    // Stored first: a server that restarts in between still keeps the node out.
     st.store.set_setting(&format!("{REMOVED_PREFIX}{name}"), "removed by the admin").await?;
     st.store.remove_agent_node(&name).await?;
+    let runs = remote.remove(&name);
+    if runs > 0 {
+        // Nothing new goes to a drained node; a run that got there meanwhile ends as lost.
+        tracing::warn!(node = %name, runs, "node removed while it held runs");
+    }
     tracing::info!(node = %name, "node removed: its credential is revoked");
     node_view(&st, &name)
 }

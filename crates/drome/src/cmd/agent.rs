@@ -103,6 +103,10 @@ impl SandboxArgs {
                 }
                 Ok(Some(std::sync::Arc::new(sandbox)))
             }
+            // Unsandboxed runs of a root agent would be root: only where asked for (off).
+            Err(e) if self.sandbox == SandboxMode::Auto && !matches!(e, agent::sandbox::SandboxError::NotRoot(_)) => {
+                bail!("cannot sandbox runs, and they would run as root: {e} (--sandbox off runs them unconfined)")
+            }
             Err(e) if self.sandbox == SandboxMode::Auto => {
                 tracing::warn!(reason = %e, "runs are not sandboxed: they run as the agent's user");
                 Ok(None)

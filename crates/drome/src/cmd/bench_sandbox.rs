@@ -80,19 +80,25 @@ pub fn run(args: SandboxBenchArgs) -> anyhow::Result<()> {
 
 fn command(work: &Path) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new("/bin/true");
+    set_up(&mut cmd, work);
+    // As the agent starts an unsandboxed run (the launcher makes a sandboxed one a session).
+    cmd.process_group(0);
+    cmd
+}
+
+/// A run's environment, directory and output, as the agent gives them.
+fn set_up(cmd: &mut tokio::process::Command, work: &Path) {
     cmd.env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("HOME", work)
         .current_dir(work)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0);
-    cmd
+        .stderr(std::process::Stdio::null());
 }
 
 async fn bench(args: &SandboxBenchArgs, sandbox: &agent::Sandbox, scope: &str, dir: &Path) -> anyhow::Result<Report> {
-    let limits = agent::sandbox::Limits { cpu_milli: 1_000, memory_mib: 512, gpus: Vec::new() };
+    let limits = agent::sandbox::Limits { cpu_milli: 1_000, memory_mib: 512, gpus: Vec::new(), gpu_share: false };
     let (mut plain, mut boxed) = (Vec::new(), Vec::new());
     for i in 0..args.runs {
         let work = dir.join(format!("plain-{i}"));
@@ -106,8 +112,8 @@ async fn bench(args: &SandboxBenchArgs, sandbox: &agent::Sandbox, scope: &str, d
         let work = dir.join(format!("boxed-{i}"));
         let t0 = Instant::now();
         let run = sandbox.prepare(scope, &format!("{i}-1-0"), &limits, &work)?;
-        let mut cmd = command(&work);
-        run.confine(&mut cmd);
+        let mut cmd = run.command("/bin/true", &[]);
+        set_up(&mut cmd, &work);
         let status = cmd.status().await?;
         run.release();
         drop(run);

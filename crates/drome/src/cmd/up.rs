@@ -44,9 +44,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .collect();
     let sandbox = args.sandbox.sandbox()?;
     // Runs pass through the data directory to their own; they list nothing and read no database.
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot make {}", args.data_dir.display()))?;
-    std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o711))
-        .with_context(|| format!("cannot restrict {}", args.data_dir.display()))?;
+    // (A directory given that was there keeps its mode.)
+    if !args.data_dir.is_dir() {
+        std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot make {}", args.data_dir.display()))?;
+        std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("cannot restrict {}", args.data_dir.display()))?;
+    }
     let mut config = server::Config::new(db.clone(), args.listen, fleet);
     config.agents = Some(server::LeaseConfig::default());
     runtime()?.block_on(async move {

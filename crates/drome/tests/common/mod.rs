@@ -64,8 +64,13 @@ pub fn agent(netns: Option<&str>, base: &str, join: &str, name: &str, dir: &std:
         }
         None => Command::new(env!("CARGO_BIN_EXE_drome")),
     };
-    cmd.args(["agent", "--server", base, "--join-token", join, "--name", name])
-        .args(["--declared-gpus", "8", "--gpu-model", "H200", "--kill-grace", "1"])
+    cmd.args(["agent", "--server", base, "--join-token", join, "--name", name]);
+    if netns.is_some() {
+        // `ip netns exec` mounts a /sys of the namespace's, without the cgroup hierarchies:
+        // there the agent cannot sandbox, and refuses to run jobs as root unless told to.
+        cmd.args(["--sandbox", "off"]);
+    }
+    cmd.args(["--declared-gpus", "8", "--gpu-model", "H200", "--kill-grace", "1"])
         .arg("--work-dir")
         .arg(dir.join(name))
         .env("RUST_LOG", "info")

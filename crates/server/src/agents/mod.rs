@@ -137,14 +137,14 @@ pub(crate) enum CredentialStep {
 }
 
 /// Where each gang's members meet (`DROME_MASTER_PORT` on the master node): a port of
-/// `RENDEZVOUS_PORTS` given to one run of one job at a time on its master node, drawn from a
+/// `RENDEZVOUS_PORTS` given to one run of one job at a time on its master node's address, drawn from a
 /// random place so it is not known before the run starts, and taken back when the run's last
 /// member is done.
 #[derive(Default)]
 pub(crate) struct Rendezvous {
     /// (job, generation) to its master node, port and the members holding it.
     held: HashMap<(i64, i64), (String, u16, u32)>,
-    /// Ports held on each master node.
+    /// Ports held on each master address.
     by_node: HashMap<String, std::collections::HashSet<u16>>,
 }
 
@@ -277,14 +277,16 @@ impl RemoteNodes {
         self.lock().slots.get(node).is_some_and(|s| s.lease_until.is_some())
     }
 
-    /// Takes a node with nothing running out of service: its credential stops working and its
-    /// lease ends now. `Err` says how many runs it still holds.
-    pub fn remove(&self, node: &str) -> Result<(), usize> {
+    /// Runs assigned to the node now (`None`: never heard of).
+    pub fn runs_on(&self, node: &str) -> Option<usize> {
+        self.lock().slots.get(node).map(|s| s.assigned.len())
+    }
+
+    /// Takes a node out of service: its credentials stop working and its lease ends now.
+    /// Returns how many runs it still held (the caller checks there are none first).
+    pub fn remove(&self, node: &str) -> usize {
         let mut inner = self.lock();
         let runs = inner.slots.get(node).map_or(0, |s| s.assigned.len());
-        if runs > 0 {
-            return Err(runs);
-        }
         if let Some(hash) = inner.credential_of.remove(node) {
             inner.credentials.remove(&hash);
         }
@@ -298,7 +300,7 @@ impl RemoteNodes {
             slot.notify.notify_waiters();
         }
         inner.availability_changed.insert(node.to_string());
-        Ok(())
+        runs
     }
 
     /// A credential a rotation replaced that the node has not given up yet (read back at
@@ -333,8 +335,15 @@ impl RemoteNodes {
 
     /// `node` was given the credential `credential` (hashed `new_hash`) while it used the one
     /// hashed `used_hash`, which stays good until it uses the new one; any other goes.
-    pub(crate) fn rotated(&self, node: &str, used_hash: &str, new_hash: &str, credential: &str) {
+    /// Returns false, changing nothing, when the node was removed or its credential changed
+    /// meanwhile (a join, another rotation): the new credential is then not to be sent.
+    pub(crate) fn rotated(&self, node: &str, used_hash: &str, new_hash: &str, credential: &str) -> bool {
         let mut inner = self.lock();
+        let current = inner.credential_of.get(node).map(String::as_str);
+        let previous = inner.previous_of.get(node).map(String::as_str);
+        if inner.removed.contains(node) || (current != Some(used_hash) && previous != Some(used_hash)) {
+            return false;
+        }
         if let Some(old) = inner.credential_of.insert(node.to_string(), new_hash.to_string())
             && old != used_hash
         {
@@ -345,6 +354,7 @@ impl RemoteNodes {
         let slot = inner.slots.entry(node.to_string()).or_default();
         slot.pending_credential = Some(credential.to_string());
         slot.credential_issued = Some(Instant::now());
+        true
     }
 
     /// `node` used its new credential: the one before stops working.

@@ -59,8 +59,10 @@ impl RemoteNodes {
     /// while one to stop there is gone a grace from now at the latest.
     fn assign(&self, spec: RunSpec, stopping: bool) -> RunFuture {
         let port = {
+            // By the master's address: virtual nodes of one machine share its ports.
             let master = spec.master_node.clone().unwrap_or_else(|| spec.node.clone());
-            self.lock().rendezvous.hold(spec.job_id, spec.generation, &master)
+            let host = self.address(&master);
+            self.lock().rendezvous.hold(spec.job_id, spec.generation, &host)
         };
         let assignment = self.assignment(&spec, port);
         let run = assignment.run;
