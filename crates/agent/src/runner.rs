@@ -121,6 +121,8 @@ fn agent_dir(path: &std::path::Path) -> std::io::Result<()> {
 /// The agent of one node.
 pub struct NodeAgent {
     cfg: NodeConfig,
+    /// The name of the node's cgroups ([`sandbox_scope`]), worked out once.
+    scope: String,
     http: reqwest::Client,
     /// The replicas; shared by every node of a host.
     servers: Arc<crate::Servers>,
@@ -370,7 +372,9 @@ impl NodeAgent {
             std::fs::set_permissions(&runs, std::fs::Permissions::from_mode(0o711)).map_err(io(&runs))?;
         }
         let credential = std::fs::read_to_string(cfg.work_dir.join("credential")).ok().map(|s| s.trim().to_string());
+        let scope = sandbox_scope(&cfg.name, &cfg.work_dir);
         let agent = NodeAgent {
+            scope,
             cfg,
             http,
             servers,
@@ -476,7 +480,7 @@ impl NodeAgent {
         let run_sandbox: Arc<OnceLock<Arc<RunSandbox>>> = Arc::default();
         self.live.insert(key, Live { pgid: pgid.clone(), sandbox: run_sandbox.clone(), gpus: a.gpus.len() });
         let (a, node, sandbox) = (a.clone(), self.cfg.name.clone(), self.cfg.sandbox.clone());
-        let scope = sandbox_scope(&node, &self.cfg.work_dir);
+        let scope = self.scope.clone();
         let gpus = self.cfg.gpus.clone();
         // Spawning (fork, exec, the run's files) blocks: off the heartbeat loop, so a node given
         // many runs at once keeps renewing its lease.

@@ -545,10 +545,11 @@ impl RunSandbox {
     /// The uid is let go when this is dropped.
     pub fn release(&self) {
         self.kill_all();
-        if !self.pids().is_empty() {
+        let left = self.pids();
+        if !left.is_empty() {
             // Something of the run outlived every kill: its uid stays claimed by this agent, so
             // no other run ever shares it with what is left.
-            tracing::error!(uid = self.uid, pids = ?self.pids(), "a run's processes survived its end; its uid is retired");
+            tracing::error!(uid = self.uid, pids = ?left, "a run's processes survived its end; its uid is retired");
             if let Some(lock) = self.lock.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 std::mem::forget(lock);
             }

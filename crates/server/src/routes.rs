@@ -461,6 +461,9 @@ fn nodes(st: &AppState) -> Vec<api::Node> {
         Some(r) => (r.power(), r.applied_caps(), r.applied_cpu_caps(), r.problems(), r.drained()),
         None => Default::default(),
     };
+    // One look at the leases for the whole fleet, not one per node.
+    let live: Option<std::collections::HashSet<String>> =
+        st.remote.as_ref().map(|r| r.live_nodes().into_iter().collect());
     let fleet = &st.fleet;
     fleet
         .nodes
@@ -483,7 +486,7 @@ fn nodes(st: &AppState) -> Vec<api::Node> {
                 cpu_power_cap_watts: cpu_caps.get(&n.name).copied(),
                 problem: problems.get(&n.name).cloned(),
                 drained: drained.get(&n.name).cloned(),
-                agent: st.remote.as_ref().map(|r| r.has_agent(&n.name)),
+                agent: live.as_ref().map(|l| l.contains(&n.name)),
             }
         })
         .collect()

@@ -272,11 +272,6 @@ impl RemoteNodes {
         self.lock().removed.contains(node)
     }
 
-    /// Whether an agent holds the node's lease now.
-    pub fn has_agent(&self, node: &str) -> bool {
-        self.lock().slots.get(node).is_some_and(|s| s.lease_until.is_some())
-    }
-
     /// Runs assigned to the node now (`None`: never heard of).
     pub fn runs_on(&self, node: &str) -> Option<usize> {
         self.lock().slots.get(node).map(|s| s.assigned.len())
