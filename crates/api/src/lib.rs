@@ -229,6 +229,14 @@ pub struct NewTenant {
     /// GPUs the tenant may hold at once; unlimited when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_quota: Option<u32>,
+    /// Thousandths of a CPU the tenant's jobs may hold at once, over all their nodes; unlimited
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_milli_quota: Option<u64>,
+    /// MiB of memory the tenant's jobs may hold at once, over all their nodes; unlimited when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib_quota: Option<u64>,
 }
 
 /// A tenant.
@@ -238,6 +246,10 @@ pub struct Tenant {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_quota: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_milli_quota: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib_quota: Option<u64>,
     pub created_at_ms: i64,
 }
 
@@ -248,12 +260,20 @@ pub struct TenantCreated {
     pub token: String,
 }
 
-/// `PUT /v1/tenants/{name}/quota`.
+/// `PUT /v1/tenants/{name}/quota`: the whole quota, replaced (a field left out is unlimited).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaUpdate {
     /// GPUs the tenant may hold at once; `null` for unlimited.
     pub gpu_quota: Option<u32>,
+    /// Thousandths of a CPU its jobs may hold at once, over all their nodes; `null` or absent
+    /// for unlimited.
+    #[serde(default)]
+    pub cpu_milli_quota: Option<u64>,
+    /// MiB of memory its jobs may hold at once, over all their nodes; `null` or absent for
+    /// unlimited.
+    #[serde(default)]
+    pub memory_mib_quota: Option<u64>,
 }
 
 /// A tenant's quota and what it uses.
@@ -266,6 +286,22 @@ pub struct Quota {
     pub gpus_used: u64,
     /// GPUs asked for by the tenant's pending jobs.
     pub gpus_pending: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_milli_quota: Option<u64>,
+    /// Thousandths of a CPU held by the tenant's scheduled and running jobs, over their nodes.
+    #[serde(default)]
+    pub cpu_milli_used: u64,
+    /// Thousandths of a CPU asked for by its pending jobs.
+    #[serde(default)]
+    pub cpu_milli_pending: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib_quota: Option<u64>,
+    /// MiB of memory held by the tenant's scheduled and running jobs, over their nodes.
+    #[serde(default)]
+    pub memory_mib_used: u64,
+    /// MiB of memory asked for by its pending jobs.
+    #[serde(default)]
+    pub memory_mib_pending: u64,
 }
 
 /// A node of the fleet.

@@ -626,10 +626,10 @@ pub fn year_start_ms(ms: i64) -> i64 {
 pub async fn create_tenant(
     store: &store::Store,
     name: &str,
-    gpu_quota: Option<u32>,
+    quota: store::TenantQuota,
 ) -> Result<(store::Tenant, String), error::ApiError> {
     let token = auth::new_token()?;
-    let tenant = store.create_tenant(name, &auth::hash_token(&token), gpu_quota.map(i64::from), now_ms()).await?;
+    let tenant = store.create_tenant(name, &auth::hash_token(&token), quota, now_ms()).await?;
     Ok((tenant, token))
 }
 

@@ -79,7 +79,7 @@ pub(crate) async fn follow_notices(
             },
             Notice::Cancelled(ids) => ids.into_iter().for_each(|id| tell(SchedEvent::Cancelled(id))),
             Notice::QuotaSet(tenant_id) => match store.tenant(tenant_id).await {
-                Ok(Some(t)) => tell(SchedEvent::QuotaSet { tenant_id, gpu_quota: t.gpu_quota }),
+                Ok(Some(t)) => tell(SchedEvent::QuotaSet { tenant_id, quota: t.quota }),
                 Ok(None) => {}
                 Err(_) => tell(SchedEvent::Reload),
             },

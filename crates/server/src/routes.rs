@@ -119,9 +119,27 @@ fn tenant_to_api(t: &store::Tenant) -> api::Tenant {
     api::Tenant {
         id: t.id,
         name: t.name.clone(),
-        gpu_quota: t.gpu_quota.and_then(|q| u32::try_from(q).ok()),
+        gpu_quota: t.quota.gpus.and_then(|q| u32::try_from(q).ok()),
+        cpu_milli_quota: t.quota.cpu_milli.and_then(|q| u64::try_from(q).ok()),
+        memory_mib_quota: t.quota.memory_mib.and_then(|q| u64::try_from(q).ok()),
         created_at_ms: t.created_ms,
     }
+}
+
+/// A quota as asked for, checked to fit the store's 64-bit integers.
+fn quota_of(
+    gpus: Option<u32>,
+    cpu_milli: Option<u64>,
+    memory_mib: Option<u64>,
+) -> Result<store::TenantQuota, ApiError> {
+    let signed = |field: &str, v: Option<u64>| -> Result<Option<i64>, ApiError> {
+        v.map(|v| i64::try_from(v).map_err(|_| ApiError::invalid(field, format!("at most {}", i64::MAX)))).transpose()
+    };
+    Ok(store::TenantQuota {
+        gpus: gpus.map(i64::from),
+        cpu_milli: signed("cpu_milli_quota", cpu_milli)?,
+        memory_mib: signed("memory_mib_quota", memory_mib)?,
+    })
 }
 
 fn valid_tenant_name(name: &str) -> bool {
@@ -136,7 +154,8 @@ async fn create_tenant(
     if !valid_tenant_name(&req.name) {
         return Err(ApiError::invalid("name", "1 to 64 letters, digits, '-' or '_'"));
     }
-    let (tenant, token) = crate::create_tenant(&st.store, &req.name, req.gpu_quota).await?;
+    let quota = quota_of(req.gpu_quota, req.cpu_milli_quota, req.memory_mib_quota)?;
+    let (tenant, token) = crate::create_tenant(&st.store, &req.name, quota).await?;
     tracing::info!(tenant = %tenant.name, id = tenant.id, "tenant created");
     Ok((StatusCode::CREATED, Json(api::TenantCreated { tenant: tenant_to_api(&tenant), token })))
 }
@@ -156,24 +175,35 @@ async fn set_quota(
 ) -> Result<Json<api::Tenant>, ApiError> {
     let tenant =
         st.store.tenant_by_name(&name).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?;
-    let updated = st
-        .store
-        .set_quota(tenant.id, req.gpu_quota.map(i64::from))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?;
+    let quota = quota_of(req.gpu_quota, req.cpu_milli_quota, req.memory_mib_quota)?;
+    let updated =
+        st.store.set_quota(tenant.id, quota).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?;
     st.tenant_cache.forget_tenant(updated.id);
-    tracing::info!(tenant = %name, gpu_quota = ?req.gpu_quota, "quota set");
-    st.tell_scheduler(crate::scheduler::SchedEvent::QuotaSet { tenant_id: updated.id, gpu_quota: updated.gpu_quota });
+    tracing::info!(
+        tenant = %name,
+        gpus = ?req.gpu_quota,
+        cpu_milli = ?req.cpu_milli_quota,
+        memory_mib = ?req.memory_mib_quota,
+        "quota set"
+    );
+    st.tell_scheduler(crate::scheduler::SchedEvent::QuotaSet { tenant_id: updated.id, quota: updated.quota });
     Ok(Json(tenant_to_api(&updated)))
 }
 
 async fn get_quota(State(st): State<AppState>, TenantCaller(t): TenantCaller) -> Result<Json<api::Quota>, ApiError> {
-    let (used, pending) = st.store.tenant_gpus(t.id).await?;
+    let usage = st.store.tenant_usage(t.id).await?;
+    let view = tenant_to_api(&t);
     Ok(Json(api::Quota {
         tenant: t.name.clone(),
-        gpu_quota: t.gpu_quota.and_then(|q| u32::try_from(q).ok()),
-        gpus_used: used,
-        gpus_pending: pending,
+        gpu_quota: view.gpu_quota,
+        gpus_used: usage.gpus_used,
+        gpus_pending: usage.gpus_pending,
+        cpu_milli_quota: view.cpu_milli_quota,
+        cpu_milli_used: usage.cpu_milli_used,
+        cpu_milli_pending: usage.cpu_milli_pending,
+        memory_mib_quota: view.memory_mib_quota,
+        memory_mib_used: usage.memory_mib_used,
+        memory_mib_pending: usage.memory_mib_pending,
     }))
 }
 
@@ -276,14 +306,22 @@ fn validate(
         return Err(ApiError::invalid("max_restarts", format!("at most {}", limits::MAX_RESTARTS)));
     }
     let (cpu_milli, memory_mib) = st.resource_defaults.resolve(spec)?;
-    let total = u64::from(spec.gpus_per_node) * u64::from(spec.nodes);
-    if let Some(quota) = tenant.gpu_quota
-        && total > quota.max(0) as u64
-    {
-        return Err(ApiError::invalid(
-            "gpus_per_node",
-            format!("asks for {total} GPUs; the tenant's quota is {quota}"),
-        ));
+    // A job bigger than its tenant's whole quota would wait for ever: refused now.
+    let nodes = u64::from(spec.nodes.max(1));
+    let asks = [
+        ("gpus_per_node", "GPUs", u64::from(spec.gpus_per_node) * nodes, tenant.quota.gpus),
+        ("cpu_milli", "thousandths of a CPU", cpu_milli.saturating_mul(nodes), tenant.quota.cpu_milli),
+        ("memory_mib", "MiB of memory", memory_mib.saturating_mul(nodes), tenant.quota.memory_mib),
+    ];
+    for (field, what, total, quota) in asks {
+        if let Some(quota) = quota
+            && total > quota.max(0).unsigned_abs()
+        {
+            return Err(ApiError::invalid(
+                field,
+                format!("asks for {total} {what} over its nodes; the tenant's quota is {quota}"),
+            ));
+        }
     }
     let name = spec.name.clone().unwrap_or_else(|| match &spec.command {
         Some(c) => c.rsplit('/').next().unwrap_or(c).chars().take(limits::MAX_NAME_LEN).collect(),

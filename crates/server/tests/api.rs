@@ -156,6 +156,90 @@ async fn quotas(db: Db) {
 }
 both_backends!(quota_tests, quotas);
 
+/// CPUs and memory count against a tenant's quota as GPUs do: CPU-only jobs cannot start without
+/// end, and a quota set while they wait lets them in.
+async fn cpu_and_memory_quotas(db: Db) {
+    let place = Place::new(db).await;
+    let s = TestServer::start(&place).await;
+    let body = json!({"name": "cpus", "cpu_milli_quota": 2000, "memory_mib_quota": 8192});
+    let (status, created) = s.call(Method::POST, "/v1/tenants", Some(ADMIN), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        (created["tenant"]["cpu_milli_quota"].as_u64(), created["tenant"]["memory_mib_quota"].as_u64()),
+        (Some(2000), Some(8192))
+    );
+    let cpus = created["token"].as_str().unwrap().to_string();
+    // Bigger than the whole quota: refused now, naming the field.
+    for (field, value) in [("cpu_milli", 3000), ("memory_mib", 9000)] {
+        let (status, err) = s
+            .call(
+                Method::POST,
+                "/v1/jobs",
+                Some(&cpus),
+                Some(json!({"command": "x", "gpus_per_node": 0, field: value})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+        assert_eq!(err["error"]["field"], field, "{err}");
+    }
+    // Three CPU-only jobs of one CPU each: two run, the third waits for the quota.
+    let ids: Vec<i64> = {
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let job =
+                json!({"command": "sleep", "args": ["600"], "gpus_per_node": 0, "cpu_milli": 1000, "memory_mib": 1024});
+            ids.push(s.submit(&cpus, job).await["id"].as_i64().unwrap());
+        }
+        ids
+    };
+    s.wait_state(&cpus, ids[0], "running").await;
+    s.wait_state(&cpus, ids[1], "running").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.job(&cpus, ids[2]).await["state"], "pending");
+    let (_, q) = s.call(Method::GET, "/v1/quota", Some(&cpus), None).await;
+    assert_eq!((q["cpu_milli_used"].as_u64(), q["cpu_milli_pending"].as_u64()), (Some(2000), Some(1000)), "{q}");
+    assert_eq!((q["memory_mib_used"].as_u64(), q["memory_mib_pending"].as_u64()), (Some(2048), Some(1024)), "{q}");
+    // Raised: the third starts. The PUT replaces the whole quota: memory is unlimited now.
+    let (status, t) = s
+        .call(
+            Method::PUT,
+            "/v1/tenants/cpus/quota",
+            Some(ADMIN),
+            Some(json!({"gpu_quota": null, "cpu_milli_quota": 3000})),
+        )
+        .await;
+    assert_eq!((status, t["cpu_milli_quota"].as_u64(), t.get("memory_mib_quota")), (StatusCode::OK, Some(3000), None));
+    s.wait_state(&cpus, ids[2], "running").await;
+    // Lowered below what runs: nothing is killed, new work waits.
+    let (status, _) = s
+        .call(
+            Method::PUT,
+            "/v1/tenants/cpus/quota",
+            Some(ADMIN),
+            Some(json!({"gpu_quota": null, "cpu_milli_quota": 1000})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let late = s.submit(&cpus, json!({"command": "sleep", "args": ["0"], "gpus_per_node": 0, "cpu_milli": 500})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.job(&cpus, late["id"].as_i64().unwrap()).await["state"], "pending");
+    for id in &ids {
+        assert_eq!(s.job(&cpus, *id).await["state"], "running", "a lowered quota kills nothing");
+    }
+    let (status, err) = s
+        .call(
+            Method::PUT,
+            "/v1/tenants/cpus/quota",
+            Some(ADMIN),
+            Some(json!({"gpu_quota": null, "cpu_milli_quota": u64::MAX})),
+        )
+        .await;
+    assert_eq!((status, err["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("cpu_milli_quota")));
+    s.stop().await;
+    place.cleanup().await;
+}
+both_backends!(cpu_memory_quota_tests, cpu_and_memory_quotas);
+
 async fn events(db: Db) {
     let place = Place::new(db).await;
     let s = TestServer::start(&place).await;

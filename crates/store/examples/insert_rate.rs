@@ -10,7 +10,7 @@
 //! Every run adds a tenant of its own, so it may be repeated on the same database.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use store::{NewJob, Store};
+use store::{NewJob, Store, TenantQuota};
 
 const DEFAULT_INSERTS: usize = 20_000;
 const DEFAULT_TASKS: usize = 64;
@@ -63,7 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let store = Store::connect(&url).await?;
     let run = format!("insert-rate-{}-{}", std::process::id(), now_ms());
-    let tenant = store.create_tenant(&run, &run, None, now_ms()).await?;
+    let tenant = store.create_tenant(&run, &run, TenantQuota::default(), now_ms()).await?;
 
     let started = Instant::now();
     let mut workers = Vec::with_capacity(tasks);

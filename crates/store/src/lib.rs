@@ -125,9 +125,28 @@ impl FromStr for JobState {
 pub struct Tenant {
     pub id: i64,
     pub name: String,
-    /// GPUs the tenant may hold at once; `None` is unlimited.
-    pub gpu_quota: Option<i64>,
+    pub quota: TenantQuota,
     pub created_ms: i64,
+}
+
+/// What a tenant may hold at once over all its placed and queued jobs; `None` is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantQuota {
+    pub gpus: Option<i64>,
+    /// Thousandths of a CPU.
+    pub cpu_milli: Option<i64>,
+    pub memory_mib: Option<i64>,
+}
+
+/// What a tenant's active jobs hold and ask for ([`Store::tenant_usage`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantUsage {
+    pub gpus_used: u64,
+    pub gpus_pending: u64,
+    pub cpu_milli_used: u64,
+    pub cpu_milli_pending: u64,
+    pub memory_mib_used: u64,
+    pub memory_mib_pending: u64,
 }
 
 /// What a submission asks for, as the store keeps it. Lists and maps arrive already encoded as
@@ -304,51 +323,47 @@ pub struct JobFilter {
     pub limit: i64,
 }
 
+const TENANT_COLUMNS: &str = "id, name, gpu_quota, created_ms, cpu_milli_quota, memory_mib_quota";
+
 const JOB_COLUMNS: &str = "id, tenant_id, name, command, args_json, env_json, gpus_per_node, nodes, gpu_model, \
      priority, is_deferrable, max_runtime_s, restart_policy, max_restarts, idempotency_key, request_hash, state, \
      generation, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms, gpu_milli, cpu_milli, memory_mib";
 
-fn migrator(backend: Backend) -> Migrator {
-    let (init, agents, shares, usage, generation, lease, address, replicas, join_limits, resources) = match backend {
-        Backend::Sqlite => (
-            include_str!("../migrations/sqlite/0001_init.sql"),
-            include_str!("../migrations/sqlite/0002_agents.sql"),
-            include_str!("../migrations/sqlite/0003_gpu_share.sql"),
-            include_str!("../migrations/sqlite/0004_tenant_usage.sql"),
-            include_str!("../migrations/sqlite/0005_generation.sql"),
-            include_str!("../migrations/sqlite/0006_leader_lease.sql"),
-            include_str!("../migrations/sqlite/0007_leader_address.sql"),
-            include_str!("../migrations/sqlite/0008_replicas.sql"),
-            include_str!("../migrations/sqlite/0009_join_token_limits.sql"),
-            include_str!("../migrations/sqlite/0010_job_resources.sql"),
-        ),
-        Backend::Postgres => (
-            include_str!("../migrations/postgres/0001_init.sql"),
-            include_str!("../migrations/postgres/0002_agents.sql"),
-            include_str!("../migrations/postgres/0003_gpu_share.sql"),
-            include_str!("../migrations/postgres/0004_tenant_usage.sql"),
-            include_str!("../migrations/postgres/0005_generation.sql"),
-            include_str!("../migrations/postgres/0006_leader_lease.sql"),
-            include_str!("../migrations/postgres/0007_leader_address.sql"),
-            include_str!("../migrations/postgres/0008_replicas.sql"),
-            include_str!("../migrations/postgres/0009_join_token_limits.sql"),
-            include_str!("../migrations/postgres/0010_job_resources.sql"),
-        ),
+/// The store's migrations in order: (version, description, file name). Both engines have a
+/// file of that name, each in its own dialect.
+macro_rules! migrations {
+    ($(($version:expr, $description:expr, $file:expr)),* $(,)?) => {
+        fn migrator(backend: Backend) -> Migrator {
+            let migrations = vec![$(
+                Migration::new(
+                    $version,
+                    Cow::Borrowed($description),
+                    MigrationType::Simple,
+                    Cow::Borrowed(match backend {
+                        Backend::Sqlite => include_str!(concat!("../migrations/sqlite/", $file)),
+                        Backend::Postgres => include_str!(concat!("../migrations/postgres/", $file)),
+                    }),
+                    false,
+                ),
+            )*];
+            Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
+        }
     };
-    let migrations = vec![
-        Migration::new(1, Cow::Borrowed("init"), MigrationType::Simple, Cow::Borrowed(init), false),
-        Migration::new(2, Cow::Borrowed("agents"), MigrationType::Simple, Cow::Borrowed(agents), false),
-        Migration::new(3, Cow::Borrowed("gpu share"), MigrationType::Simple, Cow::Borrowed(shares), false),
-        Migration::new(4, Cow::Borrowed("tenant usage"), MigrationType::Simple, Cow::Borrowed(usage), false),
-        Migration::new(5, Cow::Borrowed("generation"), MigrationType::Simple, Cow::Borrowed(generation), false),
-        Migration::new(6, Cow::Borrowed("leader lease"), MigrationType::Simple, Cow::Borrowed(lease), false),
-        Migration::new(7, Cow::Borrowed("leader address"), MigrationType::Simple, Cow::Borrowed(address), false),
-        Migration::new(8, Cow::Borrowed("replicas"), MigrationType::Simple, Cow::Borrowed(replicas), false),
-        Migration::new(9, Cow::Borrowed("join token limits"), MigrationType::Simple, Cow::Borrowed(join_limits), false),
-        Migration::new(10, Cow::Borrowed("job resources"), MigrationType::Simple, Cow::Borrowed(resources), false),
-    ];
-    Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
+
+migrations![
+    (1, "init", "0001_init.sql"),
+    (2, "agents", "0002_agents.sql"),
+    (3, "gpu share", "0003_gpu_share.sql"),
+    (4, "tenant usage", "0004_tenant_usage.sql"),
+    (5, "generation", "0005_generation.sql"),
+    (6, "leader lease", "0006_leader_lease.sql"),
+    (7, "leader address", "0007_leader_address.sql"),
+    (8, "replicas", "0008_replicas.sql"),
+    (9, "join token limits", "0009_join_token_limits.sql"),
+    (10, "job resources", "0010_job_resources.sql"),
+    (11, "tenant cpu and memory quota", "0011_tenant_cpu_memory_quota.sql"),
+];
 
 /// How long a call waits for a free connection before it fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -540,37 +555,38 @@ impl Store {
     }
 
     /// Creates a tenant; its name must be new.
-    pub async fn create_tenant(
-        &self,
-        name: &str,
-        token_hash: &str,
-        gpu_quota: Option<i64>,
-        now_ms: i64,
-    ) -> Result<Tenant> {
+    pub async fn create_tenant(&self, name: &str, token_hash: &str, quota: TenantQuota, now_ms: i64) -> Result<Tenant> {
         let mut tx = self.write().await?;
         let row = sqlx::query(
-            "INSERT INTO tenants (name, token_hash, gpu_quota, created_ms) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (name) DO NOTHING RETURNING id",
+            "INSERT INTO tenants (name, token_hash, gpu_quota, cpu_milli_quota, memory_mib_quota, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING RETURNING id",
         )
         .bind(name)
         .bind(token_hash)
-        .bind(gpu_quota)
+        .bind(quota.gpus)
+        .bind(quota.cpu_milli)
+        .bind(quota.memory_mib)
         .bind(now_ms)
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
         match row {
-            Some(r) => Ok(Tenant { id: r.try_get(0)?, name: name.to_string(), gpu_quota, created_ms: now_ms }),
+            Some(r) => Ok(Tenant { id: r.try_get(0)?, name: name.to_string(), quota, created_ms: now_ms }),
             None => Err(StoreError::Conflict { what: "tenant", name: name.to_string() }),
         }
     }
 
     fn tenant_of(r: &AnyRow) -> Result<Tenant> {
-        Ok(Tenant { id: r.try_get(0)?, name: r.try_get(1)?, gpu_quota: r.try_get(2)?, created_ms: r.try_get(3)? })
+        Ok(Tenant {
+            id: r.try_get(0)?,
+            name: r.try_get(1)?,
+            quota: TenantQuota { gpus: r.try_get(2)?, cpu_milli: r.try_get(4)?, memory_mib: r.try_get(5)? },
+            created_ms: r.try_get(3)?,
+        })
     }
 
     pub async fn tenant_by_token_hash(&self, token_hash: &str) -> Result<Option<Tenant>> {
-        let row = sqlx::query("SELECT id, name, gpu_quota, created_ms FROM tenants WHERE token_hash = $1")
+        let row = sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE token_hash = $1"))
             .bind(token_hash)
             .fetch_optional(&self.reader)
             .await?;
@@ -578,7 +594,7 @@ impl Store {
     }
 
     pub async fn tenant_by_name(&self, name: &str) -> Result<Option<Tenant>> {
-        let row = sqlx::query("SELECT id, name, gpu_quota, created_ms FROM tenants WHERE name = $1")
+        let row = sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE name = $1"))
             .bind(name)
             .fetch_optional(&self.reader)
             .await?;
@@ -586,7 +602,7 @@ impl Store {
     }
 
     pub async fn tenant(&self, id: i64) -> Result<Option<Tenant>> {
-        let row = sqlx::query("SELECT id, name, gpu_quota, created_ms FROM tenants WHERE id = $1")
+        let row = sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.reader)
             .await?;
@@ -594,17 +610,18 @@ impl Store {
     }
 
     pub async fn tenants(&self) -> Result<Vec<Tenant>> {
-        let rows = sqlx::query("SELECT id, name, gpu_quota, created_ms FROM tenants ORDER BY id")
-            .fetch_all(&self.reader)
-            .await?;
+        let rows =
+            sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY id")).fetch_all(&self.reader).await?;
         rows.iter().map(Self::tenant_of).collect()
     }
 
-    /// Sets a tenant's GPU quota; `None` if there is no such tenant.
-    pub async fn set_quota(&self, id: i64, gpu_quota: Option<i64>) -> Result<Option<Tenant>> {
+    /// Sets a tenant's quota; `None` if there is no such tenant.
+    pub async fn set_quota(&self, id: i64, quota: TenantQuota) -> Result<Option<Tenant>> {
         let mut tx = self.write().await?;
-        sqlx::query("UPDATE tenants SET gpu_quota = $1 WHERE id = $2")
-            .bind(gpu_quota)
+        sqlx::query("UPDATE tenants SET gpu_quota = $1, cpu_milli_quota = $2, memory_mib_quota = $3 WHERE id = $4")
+            .bind(quota.gpus)
+            .bind(quota.cpu_milli)
+            .bind(quota.memory_mib)
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -1014,27 +1031,42 @@ impl Store {
             .collect()
     }
 
-    /// A tenant's GPUs: those its scheduled and running jobs hold, and those its pending jobs
-    /// ask for, in that order. A job's GPUs are `max(gpus_per_node, 0) * max(nodes, 1)`; a share
-    /// of one GPU counts as its `gpus_per_node`.
-    pub async fn tenant_gpus(&self, tenant_id: i64) -> Result<(u64, u64)> {
+    /// What a tenant's active jobs hold (scheduled and running) and ask for (pending), over all
+    /// their nodes.
+    pub async fn tenant_usage(&self, tenant_id: i64) -> Result<TenantUsage> {
         // SUM of BIGINT is NUMERIC on PostgreSQL, which the Any driver does not decode: cast back.
         let row = sqlx::query(
-            "SELECT COALESCE(CAST(SUM(CASE WHEN state = 'pending' THEN 0 ELSE gpus END) AS BIGINT), 0), \
-                    COALESCE(CAST(SUM(CASE WHEN state = 'pending' THEN gpus ELSE 0 END) AS BIGINT), 0) \
+            "SELECT \
+               COALESCE(CAST(SUM(CASE WHEN state = 'pending' THEN 0 ELSE gpus END) AS BIGINT), 0), \
+               COALESCE(CAST(SUM(CASE WHEN state = 'pending' THEN gpus ELSE 0 END) AS BIGINT), 0), \
+               COALESCE(CAST(SUM(CASE WHEN state = 'pending' THEN 0 ELSE cpu_milli END) AS BIGINT), 0), \
+               COALESCE(CAST(SUM(CASE WHEN state = 'pending' THEN cpu_milli ELSE 0 END) AS BIGINT), 0), \
+               COALESCE(CAST(SUM(CASE WHEN state = 'pending' THEN 0 ELSE memory_mib END) AS BIGINT), 0), \
+               COALESCE(CAST(SUM(CASE WHEN state = 'pending' THEN memory_mib ELSE 0 END) AS BIGINT), 0) \
              FROM (SELECT state, \
-                          (CASE WHEN gpus_per_node > 0 THEN gpus_per_node ELSE 0 END) \
-                          * (CASE WHEN nodes > 1 THEN nodes ELSE 1 END) AS gpus \
-                   FROM jobs WHERE tenant_id = $1 AND state IN ('pending', 'scheduled', 'running')) AS active",
+                          (CASE WHEN gpus_per_node > 0 THEN gpus_per_node ELSE 0 END) * n AS gpus, \
+                          (CASE WHEN cpu_milli > 0 THEN cpu_milli ELSE 0 END) * n AS cpu_milli, \
+                          (CASE WHEN memory_mib > 0 THEN memory_mib ELSE 0 END) * n AS memory_mib \
+                   FROM (SELECT state, gpus_per_node, cpu_milli, memory_mib, \
+                                CASE WHEN nodes > 1 THEN nodes ELSE 1 END AS n \
+                         FROM jobs WHERE tenant_id = $1 AND state IN ('pending', 'scheduled', 'running')) AS j \
+                  ) AS active",
         )
         .bind(tenant_id)
         .fetch_one(&self.reader)
         .await?;
-        let gpus = |at: usize| -> Result<u64> {
+        let amount = |at: usize| -> Result<u64> {
             let n: i64 = row.try_get(at)?;
-            u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("tenant {tenant_id} holds {n} GPUs")))
+            u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("tenant {tenant_id} holds {n} of something")))
         };
-        Ok((gpus(0)?, gpus(1)?))
+        Ok(TenantUsage {
+            gpus_used: amount(0)?,
+            gpus_pending: amount(1)?,
+            cpu_milli_used: amount(2)?,
+            cpu_milli_pending: amount(3)?,
+            memory_mib_used: amount(4)?,
+            memory_mib_pending: amount(5)?,
+        })
     }
 
     /// Moves `job_id` to `to` if it is in one of `from`, writing `change` and a history entry in

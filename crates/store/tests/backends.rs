@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use store::testing::TempPostgres;
-use store::{Change, JobFilter, JobState, NewJob, Store, StoreError, Transition};
+use store::{Change, JobFilter, JobState, NewJob, Store, StoreError, TenantQuota, TenantUsage, Transition};
 
 fn new_job(tenant_id: i64, key: Option<&str>) -> NewJob {
     NewJob {
@@ -37,12 +37,20 @@ async fn exercise(store: Store) {
     store.set_setting("admin", "b").await.unwrap();
     assert_eq!(store.setting("admin").await.unwrap().as_deref(), Some("b"));
 
-    let acme = store.create_tenant("acme", "hash-a", Some(16), 1).await.unwrap();
-    let other = store.create_tenant("other", "hash-b", None, 2).await.unwrap();
-    assert!(matches!(store.create_tenant("acme", "hash-c", None, 3).await, Err(store::StoreError::Conflict { .. })));
+    let acme = store
+        .create_tenant("acme", "hash-a", TenantQuota { gpus: Some(16), ..TenantQuota::default() }, 1)
+        .await
+        .unwrap();
+    let other = store.create_tenant("other", "hash-b", TenantQuota::default(), 2).await.unwrap();
+    assert!(matches!(
+        store.create_tenant("acme", "hash-c", TenantQuota::default(), 3).await,
+        Err(store::StoreError::Conflict { .. })
+    ));
     assert_eq!(store.tenant_by_token_hash("hash-a").await.unwrap().map(|t| t.id), Some(acme.id));
     assert_eq!(store.tenant_by_token_hash("nope").await.unwrap(), None);
-    assert_eq!(store.set_quota(other.id, Some(4)).await.unwrap().and_then(|t| t.gpu_quota), Some(4));
+    let quota = TenantQuota { gpus: Some(4), cpu_milli: Some(64_000), memory_mib: None };
+    assert_eq!(store.set_quota(other.id, quota).await.unwrap().map(|t| t.quota), Some(quota));
+    assert_eq!(store.tenant(other.id).await.unwrap().map(|t| t.quota), Some(quota), "read back as set");
     assert_eq!(store.tenants().await.unwrap().len(), 2);
 
     let first = store.insert_job(&new_job(acme.id, Some("k1")), 10).await.unwrap();
@@ -209,7 +217,7 @@ async fn agents(store: &Store) {
 /// A share of one GPU is kept as asked; whole-GPU jobs have none; so are the CPUs and memory a
 /// job holds. Runs last: it adds a job.
 async fn gpu_shares(store: &Store) {
-    let t = store.create_tenant("shares", "hash-shares", None, 99).await.unwrap();
+    let t = store.create_tenant("shares", "hash-shares", TenantQuota::default(), 99).await.unwrap();
     let share = NewJob {
         gpu_milli: Some(250),
         gpus_per_node: 1,
@@ -249,7 +257,7 @@ async fn group_commit(url: &str) {
     batch_with_retries(&store).await;
     large_batches(&store).await;
     failed_batches_store_nothing(&store).await;
-    tenant_gpus(&store).await;
+    tenant_usage(&store).await;
     closing_answers_everyone(store, url).await;
 }
 
@@ -260,7 +268,7 @@ fn all(limit: i64) -> JobFilter {
 /// Many submissions at once: each is stored once, with its own id, time and history entry, and
 /// a read after the answer sees it.
 async fn concurrent_inserts(store: &Store) {
-    let tenant_id = store.create_tenant("burst", "hash-burst", None, 1).await.unwrap().id;
+    let tenant_id = store.create_tenant("burst", "hash-burst", TenantQuota::default(), 1).await.unwrap().id;
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let store = store.clone();
@@ -294,7 +302,7 @@ async fn concurrent_inserts(store: &Store) {
 
 /// The same key submitted many times at once stores one job; every other call replays it.
 async fn concurrent_retries(store: &Store) {
-    let tenant_id = store.create_tenant("retries", "hash-retries", None, 1).await.unwrap().id;
+    let tenant_id = store.create_tenant("retries", "hash-retries", TenantQuota::default(), 1).await.unwrap().id;
     let tasks: Vec<_> = (0..50)
         .map(|i| {
             let store = store.clone();
@@ -314,7 +322,7 @@ async fn concurrent_retries(store: &Store) {
 
 /// One batch behaves as its submissions one after the other, keys reused within it included.
 async fn batch_with_retries(store: &Store) {
-    let tenant_id = store.create_tenant("batch", "hash-batch", None, 1).await.unwrap().id;
+    let tenant_id = store.create_tenant("batch", "hash-batch", TenantQuota::default(), 1).await.unwrap().id;
     let before = store.insert_job(&new_job(tenant_id, Some("k0")), 1).await.unwrap();
     let batch = [
         new_job(tenant_id, Some("k0")),
@@ -340,7 +348,7 @@ async fn batch_with_retries(store: &Store) {
 
 /// Batches larger than one statement takes, with keys repeated within and across them.
 async fn large_batches(store: &Store) {
-    let tenant_id = store.create_tenant("large", "hash-large", None, 1).await.unwrap().id;
+    let tenant_id = store.create_tenant("large", "hash-large", TenantQuota::default(), 1).await.unwrap().id;
     // Even submissions carry one of 250 keys (each twice past the 500th), odd ones none.
     let key = |i: usize| i.is_multiple_of(2).then(|| format!("big-{}", i % 500));
     let batch: Vec<NewJob> = (0..700).map(|i| new_job(tenant_id, key(i).as_deref())).collect();
@@ -370,7 +378,7 @@ async fn large_batches(store: &Store) {
 /// A batch that fails stores none of its submissions; through the writer, only the submission
 /// that fails on its own is refused.
 async fn failed_batches_store_nothing(store: &Store) {
-    let tenant_id = store.create_tenant("failing", "hash-failing", None, 1).await.unwrap().id;
+    let tenant_id = store.create_tenant("failing", "hash-failing", TenantQuota::default(), 1).await.unwrap().id;
     const NO_SUCH_TENANT: i64 = 999_999;
     let batch = [new_job(tenant_id, Some("f0")), new_job(NO_SUCH_TENANT, None), new_job(tenant_id, None)];
     assert!(store.insert_jobs(&batch, 1).await.is_err());
@@ -406,12 +414,19 @@ async fn failed_batches_store_nothing(store: &Store) {
     assert!(store.insert_job(&new_job(tenant_id, Some("after")), 4).await.unwrap().created, "the writer goes on");
 }
 
-/// GPUs held (scheduled, running) and asked for (pending), counted by the database.
-async fn tenant_gpus(store: &Store) {
-    let tenant_id = store.create_tenant("gpus", "hash-gpus", None, 1).await.unwrap().id;
-    let other = store.create_tenant("gpus-other", "hash-gpus-other", None, 1).await.unwrap().id;
-    assert_eq!(store.tenant_gpus(tenant_id).await.unwrap(), (0, 0));
-    let shape = |gpus_per_node, nodes| NewJob { gpus_per_node, nodes, ..new_job(tenant_id, None) };
+/// GPUs, CPUs and memory held (scheduled, running) and asked for (pending), counted by the
+/// database over each job's nodes.
+async fn tenant_usage(store: &Store) {
+    let tenant_id = store.create_tenant("gpus", "hash-gpus", TenantQuota::default(), 1).await.unwrap().id;
+    let other = store.create_tenant("gpus-other", "hash-gpus-other", TenantQuota::default(), 1).await.unwrap().id;
+    assert_eq!(store.tenant_usage(tenant_id).await.unwrap(), TenantUsage::default());
+    let shape = |gpus_per_node, nodes| NewJob {
+        gpus_per_node,
+        nodes,
+        cpu_milli: 500,
+        memory_mib: 1024,
+        ..new_job(tenant_id, None)
+    };
     let jobs = store
         .insert_jobs(&[shape(8, 2), shape(2, 0), shape(1, 3), shape(4, 1), shape(-1, 5), shape(3, 1)], 1)
         .await
@@ -429,13 +444,17 @@ async fn tenant_gpus(store: &Store) {
     ];
     assert!(store.transitions(&steps, 2).await.unwrap().into_iter().all(|applied| applied));
     // Held: 2 (scheduled, one node at least) + 3 (running); pending: 16 + 0 (no GPUs) + 3.
-    assert_eq!(store.tenant_gpus(tenant_id).await.unwrap(), (5, 19));
+    // Nodes held: 1 + 3; pending: 2 + 5 + 1 (jobs 0, 4, 5), each 500 CPU-milli and 1 GiB.
+    let usage = store.tenant_usage(tenant_id).await.unwrap();
+    assert_eq!((usage.gpus_used, usage.gpus_pending), (5, 19));
+    assert_eq!((usage.cpu_milli_used, usage.cpu_milli_pending), (2000, 4000));
+    assert_eq!((usage.memory_mib_used, usage.memory_mib_pending), (4096, 8192));
 }
 
 /// Closing answers every submission in flight (stored, or refused as closed) and never hangs;
 /// what was answered as stored is there when the database is opened again.
 async fn closing_answers_everyone(store: Store, url: &str) {
-    let tenant_id = store.create_tenant("closing", "hash-closing", None, 1).await.unwrap().id;
+    let tenant_id = store.create_tenant("closing", "hash-closing", TenantQuota::default(), 1).await.unwrap().id;
     let (stored_tx, mut stored_rx) = tokio::sync::mpsc::unbounded_channel();
     let tasks: Vec<_> = (0..32)
         .map(|task| {

@@ -3,7 +3,7 @@
 //! replica that does not lead are announced to the listening leader, once committed.
 
 use store::testing::TempPostgres;
-use store::{Change, JobState, NewJob, Store, StoreError, Transition};
+use store::{Change, JobState, NewJob, Store, StoreError, TenantQuota, Transition};
 
 fn job(tenant_id: i64) -> NewJob {
     NewJob {
@@ -53,7 +53,7 @@ async fn exercise(store: Store) {
     assert!(store.renew_lease(&a.holder, 1, 5_000, LEASE_MS).await.unwrap());
     assert_eq!(store.acquire_lease("b", None, 14_999, LEASE_MS).await.unwrap(), None, "renewed until 15,000");
 
-    let tenant = store.create_tenant("t", "hash-t", None, 1).await.unwrap();
+    let tenant = store.create_tenant("t", "hash-t", TenantQuota::default(), 1).await.unwrap();
     let id = store.insert_job(&job(tenant.id), 2).await.unwrap().job.id;
     let schedule = |to: JobState| Transition {
         job_id: id,
@@ -98,8 +98,14 @@ async fn exercise(store: Store) {
         previous_token_hash: None,
     };
     assert!(matches!(leader_a.upsert_agent_node(&node).await, Err(StoreError::Fenced { .. })));
-    assert!(matches!(leader_a.create_tenant("u", "hash-u", None, 3).await, Err(StoreError::Fenced { .. })));
-    assert!(matches!(leader_a.set_quota(tenant.id, Some(1)).await, Err(StoreError::Fenced { .. })));
+    assert!(matches!(
+        leader_a.create_tenant("u", "hash-u", TenantQuota::default(), 3).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(matches!(
+        leader_a.set_quota(tenant.id, TenantQuota { gpus: Some(1), ..TenantQuota::default() }).await,
+        Err(StoreError::Fenced { .. })
+    ));
     assert!(matches!(leader_a.set_setting("k", "v").await, Err(StoreError::Fenced { .. })));
     assert!(matches!(leader_a.add_join_token("j", 1).await, Err(StoreError::Fenced { .. })));
     assert!(matches!(leader_a.insert_jobs(&[job(tenant.id)], 15_006).await, Err(StoreError::Fenced { .. })));
@@ -160,7 +166,7 @@ async fn postgres_announces_the_writes_of_replicas_that_do_not_lead() {
     let store = Store::connect(&db.url).await.unwrap();
     let mut listener = store.listen().await.unwrap().expect("PostgreSQL listens");
     let standby = store.announcing();
-    let tenant = store.create_tenant("t", "hash-t", None, 1).await.unwrap();
+    let tenant = store.create_tenant("t", "hash-t", TenantQuota::default(), 1).await.unwrap();
 
     // The leader's own writes (not announcing) are not announced; a standby's are, committed.
     let own = store.insert_job(&job(tenant.id), 2).await.unwrap().job.id;
@@ -186,7 +192,7 @@ async fn postgres_announces_the_writes_of_replicas_that_do_not_lead() {
     let applied = standby.transitions(&[cancel(ids[0]), cancel(ids[0])], 6).await.unwrap();
     assert_eq!(applied, vec![true, false]);
     assert_eq!(next(&mut listener).await, Notice::Cancelled(vec![ids[0]]), "the replayed one is not announced");
-    standby.set_quota(tenant.id, Some(8)).await.unwrap();
+    standby.set_quota(tenant.id, TenantQuota { gpus: Some(8), ..TenantQuota::default() }).await.unwrap();
     assert_eq!(next(&mut listener).await, Notice::QuotaSet(tenant.id));
 
     // A write that fails announces nothing: the notice goes with the commit.

@@ -154,6 +154,12 @@ pub enum TenantsAction {
         /// GPUs it may hold at once.
         #[arg(long)]
         gpu_quota: Option<u32>,
+        /// CPUs its jobs may hold at once, over all their nodes (e.g. 64, 0.5).
+        #[arg(long, value_parser = parse_cpus)]
+        cpu_quota: Option<u64>,
+        /// Memory its jobs may hold at once, over all their nodes (e.g. 512G).
+        #[arg(long, value_parser = parse_memory_mib)]
+        memory_quota: Option<u64>,
     },
 }
 
@@ -193,8 +199,20 @@ pub struct QuotaArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum QuotaAction {
-    /// Set a tenant's GPU quota (admin): a number, or `unlimited`.
-    Set { tenant: String, gpus: String },
+    /// Set a tenant's quota (admin); what is not given stays as it was.
+    ///
+    /// `drome quota set lab 64 --cpus 512 --memory 4T`; each limit is a number or `unlimited`.
+    Set {
+        tenant: String,
+        /// GPUs it may hold at once, or `unlimited`.
+        gpus: Option<String>,
+        /// CPUs its jobs may hold at once over all their nodes (e.g. 512, 0.5), or `unlimited`.
+        #[arg(long)]
+        cpus: Option<String>,
+        /// Memory its jobs may hold at once over all their nodes (e.g. 4T, 512G), or `unlimited`.
+        #[arg(long)]
+        memory: Option<String>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -641,9 +659,9 @@ pub fn tenants(args: TenantsArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
     let rt = runtime()?;
     match args.action {
-        Some(TenantsAction::Create { name, gpu_quota }) => {
-            let created: api::TenantCreated =
-                rt.block_on(client.post("/v1/tenants", &api::NewTenant { name, gpu_quota }))?;
+        Some(TenantsAction::Create { name, gpu_quota, cpu_quota, memory_quota }) => {
+            let body = api::NewTenant { name, gpu_quota, cpu_milli_quota: cpu_quota, memory_mib_quota: memory_quota };
+            let created: api::TenantCreated = rt.block_on(client.post("/v1/tenants", &body))?;
             if args.conn.output == Output::Json {
                 return print_json(&created);
             }
@@ -656,12 +674,14 @@ pub fn tenants(args: TenantsArgs) -> anyhow::Result<()> {
             if args.conn.output == Output::Json {
                 return print_json(&tenants);
             }
-            let mut t = Table::new(["ID", "TENANT", "GPU QUOTA", "CREATED"]);
+            let mut t = Table::new(["ID", "TENANT", "GPU QUOTA", "CPU QUOTA", "MEMORY QUOTA", "CREATED"]);
             for x in &tenants {
                 t.row([
                     x.id.to_string(),
                     x.name.clone(),
                     x.gpu_quota.map(|q| q.to_string()).unwrap_or_else(|| "unlimited".into()),
+                    limit_text(x.cpu_milli_quota, fmt_cpus),
+                    limit_text(x.memory_mib_quota, fmt_mib),
                     fmt_time(x.created_at_ms),
                 ]);
             }
@@ -717,20 +737,37 @@ pub fn quota(args: QuotaArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
     let rt = runtime()?;
     match args.action {
-        Some(QuotaAction::Set { tenant, gpus }) => {
-            let gpu_quota = match gpus.as_str() {
-                "unlimited" | "none" => None,
-                n => Some(n.parse::<u32>().with_context(|| format!("'{n}': a number of GPUs or `unlimited`"))?),
+        Some(QuotaAction::Set { tenant, gpus, cpus, memory }) => {
+            if gpus.is_none() && cpus.is_none() && memory.is_none() {
+                bail!("nothing to set: give GPUs, --cpus or --memory (each a number or `unlimited`)");
+            }
+            let tenants: Vec<api::Tenant> = rt.block_on(client.get("/v1/tenants"))?;
+            let current =
+                tenants.into_iter().find(|t| t.name == tenant).with_context(|| format!("no tenant '{tenant}'"))?;
+            let limit = |given: Option<String>, kept: Option<u64>, parse: fn(&str) -> Result<u64, String>| match given
+                .as_deref()
+            {
+                None => Ok(kept),
+                Some("unlimited" | "none") => Ok(None),
+                Some(v) => parse(v).map(Some).map_err(anyhow::Error::msg),
             };
-            let t: api::Tenant =
-                rt.block_on(client.put(&format!("/v1/tenants/{tenant}/quota"), &api::QuotaUpdate { gpu_quota }))?;
+            let parse_gpus = |v: &str| v.parse::<u32>().map(u64::from).map_err(|_| format!("'{v}': a number of GPUs"));
+            let update = api::QuotaUpdate {
+                gpu_quota: limit(gpus, current.gpu_quota.map(u64::from), parse_gpus)?
+                    .map(|g| u32::try_from(g).unwrap_or(u32::MAX)),
+                cpu_milli_quota: limit(cpus, current.cpu_milli_quota, parse_cpus)?,
+                memory_mib_quota: limit(memory, current.memory_mib_quota, parse_memory_mib)?,
+            };
+            let t: api::Tenant = rt.block_on(client.put(&format!("/v1/tenants/{tenant}/quota"), &update))?;
             if args.conn.output == Output::Json {
                 return print_json(&t);
             }
             println!(
-                "tenant {}: GPU quota {}",
+                "tenant {}: {} GPUs, {} CPUs, {} of memory",
                 t.name,
-                t.gpu_quota.map(|q| q.to_string()).unwrap_or_else(|| "unlimited".into())
+                t.gpu_quota.map(|q| q.to_string()).unwrap_or_else(|| "unlimited".into()),
+                limit_text(t.cpu_milli_quota, fmt_cpus),
+                limit_text(t.memory_mib_quota, fmt_mib),
             );
             Ok(())
         }
@@ -739,17 +776,57 @@ pub fn quota(args: QuotaArgs) -> anyhow::Result<()> {
             if args.conn.output == Output::Json {
                 return print_json(&q);
             }
-            let mut t = Table::new(["TENANT", "GPU QUOTA", "GPUS USED", "GPUS PENDING"]);
+            println!("tenant {}", q.tenant);
+            let mut t = Table::new(["RESOURCE", "QUOTA", "USED", "PENDING"]);
             t.row([
-                q.tenant.clone(),
-                q.gpu_quota.map(|q| q.to_string()).unwrap_or_else(|| "unlimited".into()),
+                "GPUs".to_string(),
+                limit_text(q.gpu_quota.map(u64::from), |g| g.to_string()),
                 q.gpus_used.to_string(),
                 q.gpus_pending.to_string(),
+            ]);
+            t.row([
+                "CPUs".to_string(),
+                limit_text(q.cpu_milli_quota, fmt_cpus),
+                fmt_cpus(q.cpu_milli_used),
+                fmt_cpus(q.cpu_milli_pending),
+            ]);
+            t.row([
+                "memory".to_string(),
+                limit_text(q.memory_mib_quota, fmt_mib),
+                fmt_mib(q.memory_mib_used),
+                fmt_mib(q.memory_mib_pending),
             ]);
             println!("{}", t.render());
             Ok(())
         }
     }
+}
+
+/// A limit for people: its amount, or `unlimited`.
+fn limit_text(limit: Option<u64>, show: fn(u64) -> String) -> String {
+    limit.map(show).unwrap_or_else(|| "unlimited".into())
+}
+
+/// Thousandths of a CPU as CPUs (`2.5`).
+fn fmt_cpus(milli: u64) -> String {
+    if milli.is_multiple_of(1000) {
+        (milli / 1000).to_string()
+    } else {
+        format!("{:.3}", milli as f64 / 1000.0).trim_end_matches('0').to_string()
+    }
+}
+
+/// MiB as people read sizes (`512M`, `16G`, `1.5T`).
+fn fmt_mib(mib: u64) -> String {
+    let (value, unit) = if mib >= 1 << 20 {
+        (mib as f64 / f64::from(1u32 << 20), "T")
+    } else if mib >= 1 << 10 {
+        (mib as f64 / 1024.0, "G")
+    } else {
+        (mib as f64, "M")
+    };
+    let text = format!("{value:.1}");
+    format!("{}{unit}", text.trim_end_matches(".0"))
 }
 
 pub fn status(args: StatusArgs) -> anyhow::Result<()> {
@@ -789,5 +866,18 @@ mod tests {
     fn times_print_in_utc() {
         assert_eq!(super::fmt_time(0), "1970-01-01 00:00:00Z");
         assert_eq!(super::fmt_time(1_709_251_199_000), "2024-02-29 23:59:59Z");
+    }
+
+    #[test]
+    fn cpus_and_sizes_print_as_they_are_typed() {
+        assert_eq!(super::fmt_cpus(2000), "2");
+        assert_eq!(super::fmt_cpus(2500), "2.5");
+        assert_eq!(super::fmt_cpus(125), "0.125");
+        assert_eq!(super::fmt_mib(512), "512M");
+        assert_eq!(super::fmt_mib(16 * 1024), "16G");
+        assert_eq!(super::fmt_mib(1536 * 1024), "1.5T");
+        for typed in ["512M", "16G", "1.5T"] {
+            assert_eq!(super::fmt_mib(super::parse_memory_mib(typed).unwrap()), typed);
+        }
     }
 }

@@ -65,7 +65,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         // A demo tenant; on a later `drome up` it gets a fresh token (the old one is only a hash).
         let token = match store.tenant_by_name(&args.tenant).await? {
             Some(t) => server::rotate_token(&store, t.id).await.map_err(|e| anyhow::anyhow!("{e}"))?,
-            None => server::create_tenant(&store, &args.tenant, None).await.map_err(|e| anyhow::anyhow!("{e}"))?.1,
+            None => {
+                server::create_tenant(&store, &args.tenant, store::TenantQuota::default())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .1
+            }
         };
         // The nodes' agents, in process: one join token, then each node its own credential.
         let join = server::auth::new_token().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -12,7 +12,7 @@ use sched::{ClusterState, Demand, Placement, Queue, QueuedJob};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use store::{Job, JobState};
+use store::{Job, JobState, TenantQuota};
 
 /// Queue order between all tenants' jobs: priority first, deferrable work after the rest, then
 /// arrival (the job id).
@@ -47,9 +47,49 @@ pub(crate) struct LiveJob {
     pub wid: WorkloadId,
     pub workload: Arc<Workload>,
     pub demand: Demand,
-    /// Whole GPUs it holds when placed, as quotas count them.
-    pub gpus: u64,
+    /// What it holds when placed, over all its nodes, as quotas count it.
+    pub holds: Holding,
     pub place: Place,
+}
+
+/// What a job holds, or a tenant's jobs hold together, over all their nodes: what a quota bounds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Holding {
+    /// Whole GPUs; a share of one GPU counts as one.
+    pub gpus: u64,
+    pub cpu_milli: u64,
+    pub memory_mib: u64,
+}
+
+impl Holding {
+    fn of(job: &Job) -> Holding {
+        let nodes = job.spec.nodes.max(1).unsigned_abs();
+        Holding {
+            gpus: total_gpus(job),
+            cpu_milli: job.spec.cpu_milli.max(0).unsigned_abs().saturating_mul(nodes),
+            memory_mib: job.spec.memory_mib.max(0).unsigned_abs().saturating_mul(nodes),
+        }
+    }
+
+    fn add(&mut self, other: Holding) {
+        self.gpus = self.gpus.saturating_add(other.gpus);
+        self.cpu_milli = self.cpu_milli.saturating_add(other.cpu_milli);
+        self.memory_mib = self.memory_mib.saturating_add(other.memory_mib);
+    }
+
+    fn sub(&mut self, other: Holding) {
+        self.gpus = self.gpus.saturating_sub(other.gpus);
+        self.cpu_milli = self.cpu_milli.saturating_sub(other.cpu_milli);
+        self.memory_mib = self.memory_mib.saturating_sub(other.memory_mib);
+    }
+
+    /// Whether this much stays within `quota` (a limit left out does not bound).
+    fn within(&self, quota: &TenantQuota) -> bool {
+        let within = |amount: u64, limit: Option<i64>| limit.is_none_or(|l| amount <= l.max(0).unsigned_abs());
+        within(self.gpus, quota.gpus)
+            && within(self.cpu_milli, quota.cpu_milli)
+            && within(self.memory_mib, quota.memory_mib)
+    }
 }
 
 /// Why a job could not be taken into memory.
@@ -73,10 +113,10 @@ pub(crate) struct LiveState {
     jobs: HashMap<i64, LiveJob>,
     job_of_wid: HashMap<WorkloadId, i64>,
     next_wid: u32,
-    /// GPU quota by tenant id (`None`: unlimited).
-    quotas: HashMap<i64, Option<i64>>,
-    /// GPUs of each tenant's placed and queued jobs, which its quota bounds.
-    reserved: HashMap<i64, u64>,
+    /// Quota by tenant id.
+    quotas: HashMap<i64, TenantQuota>,
+    /// What each tenant's placed and queued jobs hold, which its quota bounds.
+    reserved: HashMap<i64, Holding>,
     /// Each tenant's pending jobs held back by its quota, in queue order.
     held: HashMap<i64, BTreeSet<QueueKey>>,
     /// Deferrable jobs by the time they may enter the queue.
@@ -237,11 +277,11 @@ impl LiveState {
         }
     }
 
-    /// A tenant's quota, as stored (`None`: unlimited). Lowering it sends the tenant's queued
-    /// jobs over it back to be held; raising it lets held ones in.
-    pub fn set_quota(&mut self, tenant_id: i64, gpu_quota: Option<i64>) {
-        self.quotas.insert(tenant_id, gpu_quota);
-        if gpu_quota.is_some() && !self.fits_quota(tenant_id, 0) {
+    /// A tenant's quota, as stored. Lowering it sends the tenant's queued jobs over it back to
+    /// be held; raising it lets held ones in.
+    pub fn set_quota(&mut self, tenant_id: i64, quota: TenantQuota) {
+        self.quotas.insert(tenant_id, quota);
+        if !self.fits_quota(tenant_id, Holding::default()) {
             let mut queued: Vec<(QueueKey, i64)> = self
                 .jobs
                 .values()
@@ -250,7 +290,7 @@ impl LiveState {
                 .collect();
             queued.sort();
             for (_, id) in queued.into_iter().rev() {
-                if self.fits_quota(tenant_id, 0) {
+                if self.fits_quota(tenant_id, Holding::default()) {
                     break;
                 }
                 self.unqueue(id);
@@ -260,13 +300,12 @@ impl LiveState {
         self.admit_held(tenant_id);
     }
 
-    /// Whether the tenant may reserve `more` GPUs.
-    fn fits_quota(&self, tenant_id: i64, more: u64) -> bool {
-        let used = self.reserved.get(&tenant_id).copied().unwrap_or(0);
-        match self.quotas.get(&tenant_id).copied().flatten() {
-            Some(quota) => used + more <= quota.max(0).unsigned_abs(),
-            None => true,
-        }
+    /// Whether the tenant may reserve `more` beside what it holds.
+    fn fits_quota(&self, tenant_id: i64, more: Holding) -> bool {
+        let Some(quota) = self.quotas.get(&tenant_id) else { return true };
+        let mut after = self.reserved.get(&tenant_id).copied().unwrap_or_default();
+        after.add(more);
+        after.within(quota)
     }
 
     /// A pending job: into the queue, held by its tenant's quota, or deferred until `release_ms`.
@@ -303,9 +342,9 @@ impl LiveState {
         let wid = self.take_wid();
         let workload = workload_of(&job, wid);
         let demand = Demand::of(&workload, &self.fleet);
-        let gpus = total_gpus(&job);
+        let holds = Holding::of(&job);
         self.job_of_wid.insert(wid, job.id);
-        self.jobs.insert(job.id, LiveJob { job, wid, workload: Arc::new(workload), demand, gpus, place: Place::Held });
+        self.jobs.insert(job.id, LiveJob { job, wid, workload: Arc::new(workload), demand, holds, place: Place::Held });
         Ok(())
     }
 
@@ -336,8 +375,8 @@ impl LiveState {
 
     fn admit(&mut self, id: i64) {
         let Some(j) = self.jobs.get(&id) else { return };
-        let (tenant, gpus) = (j.job.spec.tenant_id, j.gpus);
-        if self.fits_quota(tenant, gpus) {
+        let (tenant, holds) = (j.job.spec.tenant_id, j.holds);
+        if self.fits_quota(tenant, holds) {
             self.enqueue(id);
         } else {
             self.hold(id);
@@ -357,8 +396,8 @@ impl LiveState {
         let keys: Vec<QueueKey> = held.iter().copied().collect();
         for key in keys {
             let id = key.2;
-            let Some(gpus) = self.jobs.get(&id).map(|j| j.gpus) else { continue };
-            if self.fits_quota(tenant_id, gpus) {
+            let Some(holds) = self.jobs.get(&id).map(|j| j.holds) else { continue };
+            if self.fits_quota(tenant_id, holds) {
                 if let Some(h) = self.held.get_mut(&tenant_id) {
                     h.remove(&key);
                 }
@@ -374,7 +413,7 @@ impl LiveState {
         let Some(j) = self.jobs.get_mut(&id) else { return };
         j.place = Place::Queued;
         let key = key_of(&j.job);
-        *self.reserved.entry(j.job.spec.tenant_id).or_default() += j.gpus;
+        self.reserved.entry(j.job.spec.tenant_id).or_default().add(j.holds);
         let queued = QueuedJob::new(j.workload.clone(), j.demand.clone(), j.workload.submit_time);
         if self.queue_tail.is_some_and(|tail| key < tail) {
             self.queue_out_of_order = true;
@@ -392,7 +431,7 @@ impl LiveState {
         j.place = Place::Held;
         self.queue.remove(j.wid);
         if let Some(r) = self.reserved.get_mut(&j.job.spec.tenant_id) {
-            *r = r.saturating_sub(j.gpus);
+            r.sub(j.holds);
         }
     }
 
@@ -433,7 +472,7 @@ impl LiveState {
         let tenant = j.job.spec.tenant_id;
         if j.place != Place::Queued {
             // Restored from the store: not reserved yet.
-            *self.reserved.entry(tenant).or_default() += j.gpus;
+            self.reserved.entry(tenant).or_default().add(j.holds);
         }
         for m in &placement.members {
             if let Some(used) = self.node_gpus_used.get_mut(m.node.index()) {
@@ -451,7 +490,7 @@ impl LiveState {
         let Some(j) = self.jobs.get_mut(&id) else { return };
         let tenant = j.job.spec.tenant_id;
         let place = std::mem::replace(&mut j.place, Place::Held);
-        let (wid, gpus) = (j.wid, j.gpus);
+        let (wid, holds) = (j.wid, j.holds);
         match place {
             Place::Deferred(t) => {
                 self.deferred.remove(&(t, id));
@@ -465,7 +504,7 @@ impl LiveState {
             Place::Queued => {
                 self.queue.remove(wid);
                 if let Some(r) = self.reserved.get_mut(&tenant) {
-                    *r = r.saturating_sub(gpus);
+                    r.sub(holds);
                 }
             }
             Place::Stopping(placement) => {
@@ -485,7 +524,7 @@ impl LiveState {
                 self.waiting.remove(&id);
                 self.placed_jobs -= 1;
                 if let Some(r) = self.reserved.get_mut(&tenant) {
-                    *r = r.saturating_sub(gpus);
+                    r.sub(holds);
                 }
                 for m in &placement.members {
                     if let Some(used) = self.node_gpus_used.get_mut(m.node.index()) {
@@ -591,7 +630,7 @@ impl LiveState {
     #[cfg(test)]
     pub fn verify(&self) -> Result<(), String> {
         self.cluster.verify()?;
-        let mut reserved: HashMap<i64, u64> = HashMap::new();
+        let mut reserved: HashMap<i64, Holding> = HashMap::new();
         let mut used = vec![0u32; self.node_gpus_used.len()];
         let mut stopping: HashMap<NodeId, u32> = HashMap::new();
         for j in self.jobs.values() {
@@ -600,7 +639,7 @@ impl LiveState {
                     if self.cluster.allocation(j.wid) != Some(p) {
                         return Err(format!("job {} is placed but the cluster disagrees", j.job.id));
                     }
-                    *reserved.entry(j.job.spec.tenant_id).or_default() += j.gpus;
+                    reserved.entry(j.job.spec.tenant_id).or_default().add(j.holds);
                     for m in &p.members {
                         used[m.node.index()] += m.gpus.len() as u32;
                     }
@@ -609,7 +648,7 @@ impl LiveState {
                     if !self.queue.contains(j.wid) {
                         return Err(format!("job {} is queued but not in the queue", j.job.id));
                     }
-                    *reserved.entry(j.job.spec.tenant_id).or_default() += j.gpus;
+                    reserved.entry(j.job.spec.tenant_id).or_default().add(j.holds);
                 }
                 Place::Held | Place::Deferred(_) => {
                     if self.queue.contains(j.wid) {
@@ -639,8 +678,8 @@ impl LiveState {
             return Err("the queue holds jobs that are not queued".into());
         }
         for (tenant, r) in &self.reserved {
-            if reserved.get(tenant).copied().unwrap_or(0) != *r {
-                return Err(format!("tenant {tenant} reserves {r} GPUs, its jobs {:?}", reserved.get(tenant)));
+            if reserved.get(tenant).copied().unwrap_or_default() != *r {
+                return Err(format!("tenant {tenant} reserves {r:?}, its jobs {:?}", reserved.get(tenant)));
             }
         }
         if used != self.node_gpus_used {
@@ -649,8 +688,8 @@ impl LiveState {
         // Nothing is held back that its tenant's quota would now take.
         for (tenant, keys) in &self.held {
             for key in keys {
-                let gpus = self.jobs.get(&key.2).map_or(0, |j| j.gpus);
-                if self.fits_quota(*tenant, gpus) {
+                let holds = self.jobs.get(&key.2).map_or(Holding::default(), |j| j.holds);
+                if self.fits_quota(*tenant, holds) {
                     return Err(format!("job {} is held though tenant {tenant}'s quota has room", key.2));
                 }
             }
@@ -712,6 +751,18 @@ mod tests {
         started
     }
 
+    fn gpu_quota(gpus: Option<i64>) -> TenantQuota {
+        TenantQuota { gpus, ..TenantQuota::default() }
+    }
+
+    /// A job of `gpus_per_node` GPUs holding `cpu_milli` on each node.
+    fn job_with_cpus(id: i64, tenant_id: i64, gpus_per_node: i64, nodes: i64, cpu_milli: i64) -> Job {
+        let mut j = job(id, tenant_id, gpus_per_node, nodes, 0);
+        j.spec.cpu_milli = cpu_milli;
+        j.spec.memory_mib = cpu_milli * 2;
+        j
+    }
+
     fn queued_ids(live: &LiveState) -> Vec<i64> {
         live.queue.iter().filter_map(|q| live.job_id_of(q.id())).collect()
     }
@@ -720,7 +771,7 @@ mod tests {
     fn a_quota_holds_jobs_until_gpus_come_back() {
         let mut live = LiveState::new(fleet(), 1);
         let mut fifo = sched::policy_by_name("fifo", 0).unwrap();
-        live.set_quota(7, Some(8));
+        live.set_quota(7, gpu_quota(Some(8)));
         live.add_pending(job(1, 7, 8, 1, 0), None, 0).unwrap();
         live.add_pending(job(2, 7, 4, 1, 0), None, 0).unwrap();
         live.add_pending(job(3, 8, 8, 1, 0), None, 0).unwrap();
@@ -737,16 +788,46 @@ mod tests {
     #[test]
     fn a_quota_set_on_an_unlimited_tenant_holds_what_is_over_it() {
         let mut live = LiveState::new(fleet(), 1);
-        live.set_quota(3, None);
+        live.set_quota(3, gpu_quota(None));
         for id in 1..=3 {
             live.add_pending(job(id, 3, 8, 1, 0), None, 0).unwrap();
         }
         assert_eq!(queued_ids(&live), vec![1, 2, 3]);
-        live.set_quota(3, Some(8));
+        live.set_quota(3, gpu_quota(Some(8)));
         assert_eq!(queued_ids(&live), vec![1], "the first job keeps its place, the later ones wait");
         live.verify().unwrap();
-        live.set_quota(3, None);
+        live.set_quota(3, gpu_quota(None));
         assert_eq!(queued_ids(&live).len(), 3);
+        live.verify().unwrap();
+    }
+
+    #[test]
+    fn cpu_only_jobs_count_against_a_cpu_quota() {
+        let mut live = LiveState::new(fleet(), 1);
+        let mut fifo = sched::policy_by_name("fifo", 0).unwrap();
+        live.set_quota(4, TenantQuota { cpu_milli: Some(4000), ..TenantQuota::default() });
+        for id in 1..=5 {
+            live.add_pending(job_with_cpus(id, 4, 0, 1, 1000), None, 0).unwrap();
+        }
+        assert_eq!(queued_ids(&live), vec![1, 2, 3, 4], "four CPUs: the fifth CPU-only job waits");
+        assert_eq!(schedule(&mut live, fifo.as_mut()), vec![1, 2, 3, 4]);
+        live.verify().unwrap();
+        live.remove(2);
+        assert_eq!(queued_ids(&live), vec![5], "a CPU came back");
+        live.verify().unwrap();
+    }
+
+    #[test]
+    fn a_memory_quota_counts_every_node_of_a_gang() {
+        let mut live = LiveState::new(fleet(), 1);
+        // Two nodes of 1000 CPU-milli and 2000 MiB each: 4000 MiB in all.
+        live.set_quota(5, TenantQuota { memory_mib: Some(3000), ..TenantQuota::default() });
+        live.add_pending(job_with_cpus(1, 5, 1, 2, 1000), None, 0).unwrap();
+        live.add_pending(job_with_cpus(2, 5, 1, 1, 1000), None, 0).unwrap();
+        assert_eq!(queued_ids(&live), vec![2], "the gang's 4000 MiB are over the 3000 MiB quota");
+        live.set_quota(5, TenantQuota { memory_mib: Some(6000), ..TenantQuota::default() });
+        live.order_queue();
+        assert_eq!(queued_ids(&live), vec![1, 2], "raised: the gang enters in its place");
         live.verify().unwrap();
     }
 
@@ -835,6 +916,7 @@ mod tests {
             gpus: i64,
             nodes: i64,
             priority: i64,
+            cpu_milli: i64,
         },
         Schedule,
         End(usize),
@@ -849,6 +931,7 @@ mod tests {
         Quota {
             tenant: i64,
             gpus: Option<i64>,
+            cpu_milli: Option<i64>,
         },
         Node {
             index: usize,
@@ -858,8 +941,8 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (0i64..3, 0i64..=8, 1i64..=2, 0i64..3)
-                .prop_map(|(tenant, gpus, nodes, priority)| Op::Submit { tenant, gpus, nodes: if gpus == 0 { 1 } else { nodes }, priority }),
+            4 => (0i64..3, 0i64..=8, 1i64..=2, 0i64..3, 0i64..4)
+                .prop_map(|(tenant, gpus, nodes, priority, cpus)| Op::Submit { tenant, gpus, nodes: if gpus == 0 { 1 } else { nodes }, priority, cpu_milli: cpus * 500 }),
             3 => Just(Op::Schedule),
             2 => any::<usize>().prop_map(Op::End),
             1 => any::<usize>().prop_map(Op::Requeue),
@@ -867,7 +950,8 @@ mod tests {
             2 => any::<usize>().prop_map(Op::Stop),
             2 => any::<usize>().prop_map(Op::Gone),
             1 => Just(Op::Ready),
-            1 => (0i64..3, proptest::option::of(0i64..24)).prop_map(|(tenant, gpus)| Op::Quota { tenant, gpus }),
+            1 => (0i64..3, proptest::option::of(0i64..24), proptest::option::of(0i64..8000))
+                .prop_map(|(tenant, gpus, cpu_milli)| Op::Quota { tenant, gpus, cpu_milli }),
             1 => (0usize..8, any::<bool>()).prop_map(|(index, available)| Op::Node { index, available }),
         ]
     }
@@ -885,8 +969,10 @@ mod tests {
             let mut known: Vec<i64> = Vec::new();
             for op in ops {
                 match op {
-                    Op::Submit { tenant, gpus, nodes, priority } => {
-                        live.add_pending(job(next_id, tenant, gpus, nodes, priority), None, 0).unwrap();
+                    Op::Submit { tenant, gpus, nodes, priority, cpu_milli } => {
+                        let mut j = job(next_id, tenant, gpus, nodes, priority);
+                        j.spec.cpu_milli = cpu_milli;
+                        live.add_pending(j, None, 0).unwrap();
                         known.push(next_id);
                         next_id += 1;
                     }
@@ -927,7 +1013,9 @@ mod tests {
                             }
                         }
                     }
-                    Op::Quota { tenant, gpus } => live.set_quota(tenant, gpus),
+                    Op::Quota { tenant, gpus, cpu_milli } => {
+                        live.set_quota(tenant, TenantQuota { gpus, cpu_milli, memory_mib: None })
+                    }
                     Op::Node { index, available } => live.set_available(NodeId(index as u32), available),
                     _ => {}
                 }

@@ -30,7 +30,7 @@ pub(crate) enum SchedEvent {
     Cancelled(i64),
     QuotaSet {
         tenant_id: i64,
-        gpu_quota: Option<i64>,
+        quota: store::TenantQuota,
     },
     /// What other replicas wrote may have been missed (their notices were lost): read the
     /// whole state from the store again.
@@ -202,7 +202,7 @@ impl Scheduler {
         let fleet = self.st.fleet.clone();
         let mut live = LiveState::new(fleet.clone(), self.loads);
         for t in &tenants {
-            live.set_quota(t.id, t.gpu_quota);
+            live.set_quota(t.id, t.quota);
         }
         let now = now_ms();
         let (placed, rest): (Vec<Job>, Vec<Job>) = active.into_iter().partition(|j| is_placed_state(j.state));
@@ -378,7 +378,7 @@ impl Scheduler {
                 SchedEvent::Submitted(job) => {
                     let tenant_id = job.spec.tenant_id;
                     if !live.knows_tenant(tenant_id) {
-                        let quota = self.st.store.tenant(tenant_id).await?.and_then(|t| t.gpu_quota);
+                        let quota = self.st.store.tenant(tenant_id).await?.map(|t| t.quota).unwrap_or_default();
                         live.set_quota(tenant_id, quota);
                     }
                     let release = release_ms(self.deferral.as_ref(), &job);
@@ -418,7 +418,7 @@ impl Scheduler {
                         self.policy.on_finished(&w, wall, wall);
                     }
                 }
-                SchedEvent::QuotaSet { tenant_id, gpu_quota } => live.set_quota(tenant_id, gpu_quota),
+                SchedEvent::QuotaSet { tenant_id, quota } => live.set_quota(tenant_id, quota),
                 SchedEvent::Reload => {}
             }
         }
