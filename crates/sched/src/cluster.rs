@@ -99,6 +99,8 @@ pub struct ClusterState {
     group_allocated_milli: Vec<u64>,
     /// Allocations and releases so far: a caller that saw the same count saw the same state.
     changes: u64,
+    /// Per node: the features it offers now ([`Demand::node_features`]), set by the caller.
+    node_features: Vec<u64>,
 }
 
 /// Kinds of GPU-holding members [`ClusterState::member_kinds`] tells apart: a share of one GPU
@@ -145,6 +147,7 @@ impl ClusterState {
             node_groups: None,
             group_allocated_milli: Vec::new(),
             changes: 0,
+            node_features: vec![0; fleet.nodes.len()],
             fleet,
         };
         let caps: Vec<Capacity> = (0..state.fleet.nodes.len()).map(|i| state.capacity_of(i)).collect();
@@ -304,10 +307,26 @@ impl ClusterState {
         }
     }
 
+    /// Sets the features `node` offers now (what a node can do beyond its hardware, such as run
+    /// container images): new placements of work that needs one go only where it is offered.
+    /// Work already placed is not moved when a node loses one.
+    pub fn set_node_features(&mut self, node: NodeId, features: u64) {
+        if let Some(f) = self.node_features.get_mut(node.index()) {
+            *f = features;
+        }
+    }
+
+    pub fn node_features(&self, node: NodeId) -> u64 {
+        self.node_features.get(node.index()).copied().unwrap_or(0)
+    }
+
     /// True if one member of `demand` fits on `node` now.
     pub fn member_fits(&self, node: NodeId, demand: &Demand) -> bool {
         let i = node.index();
         if i >= self.free_cpu.len() || self.free_cpu[i] < demand.cpu_milli || self.free_memory[i] < demand.memory_mib {
+            return false;
+        }
+        if self.node_features[i] & demand.node_features != demand.node_features {
             return false;
         }
         let model = self.fleet.nodes[i].gpu_model;

@@ -49,6 +49,10 @@ pub struct Demand {
     pub memory_mib: u64,
     pub gpu: GpuRequest,
     pub models: ModelSet,
+    /// Features each member's node must offer ([`crate::ClusterState::set_node_features`]), as
+    /// bits whose meaning is the caller's; 0 for none. Checked when work is placed, not when a
+    /// placement is restored or checked.
+    pub node_features: u64,
 }
 
 impl Demand {
@@ -65,7 +69,13 @@ impl Demand {
                 .fold(0u64, |acc, (i, _)| acc | model_bit(Some(GpuModelId(i as u16))));
             ModelSet { mask, allowed: Some(allowed) }
         };
-        Demand { cpu_milli: workload.cpu_milli, memory_mib: workload.memory_mib, gpu: workload.gpu, models }
+        Demand {
+            cpu_milli: workload.cpu_milli,
+            memory_mib: workload.memory_mib,
+            gpu: workload.gpu,
+            models,
+            node_features: 0,
+        }
     }
 
     /// Whole GPUs each member needs on its node (0 for CPU-only and fractional requests).

@@ -518,7 +518,7 @@ impl PowerGuard {
                         }
                         _ => GpuRequest::Gang { nodes: 1, gpus_per_node: gpus.len() as u32 },
                     };
-                    let demand = Demand { cpu_milli: 0, memory_mib: 0, gpu, models: ModelSet::any() };
+                    let demand = Demand { cpu_milli: 0, memory_mib: 0, gpu, models: ModelSet::any(), node_features: 0 };
                     let placement =
                         Placement { members: vec![MemberPlacement { node, cpu_milli: 0, memory_mib: 0, gpus }] };
                     // Ids a caller already uses up here (the server's blockers for nodes

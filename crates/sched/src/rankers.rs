@@ -750,7 +750,7 @@ mod tests {
     }
 
     fn queued(w: &Arc<Workload>, now: SimTime) -> QueuedJob {
-        let demand = Demand { cpu_milli: 0, memory_mib: 0, gpu: w.gpu, models: ModelSet::any() };
+        let demand = Demand { cpu_milli: 0, memory_mib: 0, gpu: w.gpu, models: ModelSet::any(), node_features: 0 };
         QueuedJob::new(w.clone(), demand, now)
     }
 
