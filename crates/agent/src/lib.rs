@@ -4,9 +4,11 @@
 //! start and the runs to kill. Work runs as real processes, one process group per run, under the
 //! work directory; nothing of a run is left when it ends. Where the agent is root, each run is
 //! sandboxed ([`sandbox`]): a uid of its own, cgroups holding its CPUs, memory and devices, a
-//! clean environment and a private directory.
+//! clean environment and a private directory; a job may name an OCI image, which the node's
+//! container runtime runs under the same confinement ([`image`]).
 
 pub mod host;
+pub mod image;
 pub mod inventory;
 pub mod rapl;
 pub mod runner;
@@ -14,6 +16,7 @@ pub mod sandbox;
 pub mod servers;
 
 pub use host::AgentHost;
+pub use image::{ImageOptions, ImageRuntime};
 pub use runner::{NodeAgent, NodeConfig};
 pub use sandbox::{Sandbox, SandboxOptions};
 pub use servers::Servers;

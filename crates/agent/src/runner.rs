@@ -8,7 +8,7 @@ use api::{
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -38,6 +38,8 @@ pub struct NodeConfig {
     /// Runs are sandboxed with it; without it they run as the agent's user (its environment
     /// is still not theirs).
     pub sandbox: Option<Arc<crate::Sandbox>>,
+    /// The node's container runtime: jobs naming an image run with it (sandboxed nodes only).
+    pub images: Option<Arc<crate::ImageRuntime>>,
 }
 
 struct Live {
@@ -47,11 +49,19 @@ struct Live {
     /// The run's sandbox once spawned (sandboxed runs only): stopping it kills its cgroup.
     sandbox: Arc<OnceLock<Arc<RunSandbox>>>,
     gpus: usize,
+    /// The run's container, for a run in an image.
+    container: Option<(Arc<crate::ImageRuntime>, String)>,
 }
 
-/// Stops a run: SIGTERM to its process group and, sandboxed, to everything in its cgroup;
-/// SIGKILL to all of it after `grace`.
-fn stop_run(pgid: i32, sandbox: Option<Arc<RunSandbox>>, grace: Duration) {
+/// Stops a run: SIGTERM to its process group and, sandboxed, to everything in its cgroup
+/// (podman passes it on to a container); SIGKILL to all of it after `grace`, and its container
+/// removed.
+fn stop_run(
+    pgid: i32,
+    sandbox: Option<Arc<RunSandbox>>,
+    container: Option<(Arc<crate::ImageRuntime>, String)>,
+    grace: Duration,
+) {
     signal_group(pgid, Signal::SIGTERM);
     if let Some(s) = &sandbox {
         s.signal(Signal::SIGTERM);
@@ -61,6 +71,9 @@ fn stop_run(pgid: i32, sandbox: Option<Arc<RunSandbox>>, grace: Duration) {
         signal_group(pgid, Signal::SIGKILL);
         if let Some(s) = sandbox {
             let _ = tokio::task::spawn_blocking(move || s.kill_all()).await;
+        }
+        if let Some((images, name)) = container {
+            let _ = tokio::task::spawn_blocking(move || images.remove(&name)).await;
         }
     });
 }
@@ -403,6 +416,17 @@ impl NodeAgent {
         if killed > 0 {
             tracing::info!(node = %self.cfg.name, runs = killed, "killed runs left by an earlier agent");
         }
+        if let Some(images) = self.images() {
+            let removed = images.reap(&self.scope);
+            if removed > 0 {
+                tracing::info!(node = %self.cfg.name, containers = removed, "removed containers left by an earlier agent");
+            }
+        }
+    }
+
+    /// The container runtime, where runs are sandboxed (an image's run needs a uid of its own).
+    fn images(&self) -> Option<&Arc<crate::ImageRuntime>> {
+        self.cfg.images.as_ref().filter(|_| self.cfg.sandbox.is_some())
     }
 
     pub(crate) async fn join(&mut self) -> Result<String, AgentError> {
@@ -411,6 +435,7 @@ impl NodeAgent {
             node: self.cfg.name.clone(),
             address: self.cfg.address.clone(),
             gpus: self.cfg.gpus.clone(),
+            runtimes: self.images().map(|i| vec![i.name().to_string()]).unwrap_or_default(),
         };
         let (at, server) = self.servers.current();
         let r = match self.http.post(format!("{server}/v1/agent/join")).json(&body).send().await {
@@ -478,9 +503,19 @@ impl NodeAgent {
         let index = self.index;
         let pgid = Arc::new(AtomicI32::new(SPAWNING));
         let run_sandbox: Arc<OnceLock<Arc<RunSandbox>>> = Arc::default();
-        self.live.insert(key, Live { pgid: pgid.clone(), sandbox: run_sandbox.clone(), gpus: a.gpus.len() });
+        let run_name = format!("{}-{}-{}", key.job_id, key.generation, key.member);
+        let images = self.images().cloned();
+        let container = match (&a.image, &images) {
+            (Some(_), Some(images)) => Some((images.clone(), crate::image::container_name(&self.scope, &run_name))),
+            _ => None,
+        };
+        self.live.insert(
+            key,
+            Live { pgid: pgid.clone(), sandbox: run_sandbox.clone(), gpus: a.gpus.len(), container: container.clone() },
+        );
         let (a, node, sandbox) = (a.clone(), self.cfg.name.clone(), self.cfg.sandbox.clone());
         let scope = self.scope.clone();
+        let spawn_container = container.clone();
         let gpus = self.cfg.gpus.clone();
         // Spawning (fork, exec, the run's files) blocks: off the heartbeat loop, so a node given
         // many runs at once keeps renewing its lease.
@@ -491,6 +526,9 @@ impl NodeAgent {
             let spawned = spawner::run(move || -> std::io::Result<(tokio::process::Child, Option<RunSandbox>)> {
                 let node = spawn_node;
                 let dir = spawn_dir;
+                if a.image.is_some() && spawn_container.is_none() {
+                    return Err(std::io::Error::other("this node runs no images (no container runtime, or not sandboxed)"));
+                }
                 // The run's directory is the agent's: its output and bookkeeping, which the run
                 // cannot replace; the run works in `work/`, its own.
                 agent_dir(&dir)?;
@@ -506,8 +544,7 @@ impl NodeAgent {
                             gpus: a.gpus.clone(),
                             gpu_share: a.gpu_milli.is_some(),
                         };
-                        let run = format!("{}-{}-{}", key.job_id, key.generation, key.member);
-                        Some(sandbox.prepare(&scope, &run, &limits, &work).map_err(std::io::Error::other)?)
+                        Some(sandbox.prepare(&scope, &run_name, &limits, &work).map_err(std::io::Error::other)?)
                     }
                     None => {
                         std::fs::create_dir_all(&work)?;
@@ -518,21 +555,53 @@ impl NodeAgent {
                     Some(b) if b.private_tmp() => "/tmp".to_string(),
                     _ => work.display().to_string(),
                 };
-                let mut cmd = match &boxed {
+                let mut cmd = match (&boxed, &spawn_container, &a.image, &sandbox) {
+                    (Some(b), Some((images, name)), Some(image), Some(sandbox)) => {
+                        // In its image: podman (root) starts it as the run's uid, with the run's
+                        // limits; the environment goes by a file only the agent reads.
+                        let mut env = run_environment(&a, &node, &gpus, Path::new("/work"), "/tmp");
+                        if !a.env.contains_key("PATH") {
+                            // The image's own PATH holds.
+                            env.retain(|(k, _)| k != "PATH");
+                        }
+                        let (text, left_out) = crate::image::env_file_text(&env);
+                        if !left_out.is_empty() {
+                            tracing::warn!(node = %node, job = key.job_id, variables = ?left_out, "variables with line breaks cannot reach a run in an image");
+                        }
+                        let env_file = dir.join("env");
+                        std::io::Write::write_all(&mut private_file(&env_file)?, text.as_bytes())?;
+                        let devices = sandbox.gpu_device_files(&a.gpus);
+                        let run = crate::image::ImageRun {
+                            name,
+                            image,
+                            program: &a.command,
+                            args: &a.args,
+                            uid: b.uid(),
+                            cpu_milli: a.cpu_milli,
+                            memory_mib: a.memory_mib,
+                            pids_max: sandbox.pids_max(),
+                            devices: &devices,
+                            work: &work,
+                            env_file: &env_file,
+                        };
+                        let mut cmd = images.command(&run);
+                        cmd.process_group(0);
+                        cmd
+                    }
                     // The launcher makes the run a session (and process group) of its own.
-                    Some(b) => b.command(&a.command, &a.args),
-                    None => {
+                    (Some(b), ..) => {
+                        let mut cmd = b.command(&a.command, &a.args);
+                        cmd.env_clear().envs(run_environment(&a, &node, &gpus, &work, &tmp));
+                        cmd
+                    }
+                    (None, ..) => {
                         let mut cmd = tokio::process::Command::new(&a.command);
                         cmd.args(&a.args).process_group(0);
+                        cmd.env_clear().envs(run_environment(&a, &node, &gpus, &work, &tmp));
                         cmd
                     }
                 };
-                cmd.env_clear()
-                    .envs(run_environment(&a, &node, &gpus, &work, &tmp))
-                    .current_dir(&work)
-                    .stdin(Stdio::null())
-                    .stdout(stdout)
-                    .stderr(stderr);
+                cmd.current_dir(&work).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
                 let child = match cmd.spawn() {
                     Ok(child) => child,
                     Err(e) => {
@@ -580,6 +649,10 @@ impl NodeAgent {
             // Whatever the leader left behind goes with it: its process group and, sandboxed,
             // everything in its cgroup, before the end is reported.
             signal_group(group, Signal::SIGKILL);
+            if let Some((images, name)) = container {
+                // Gone already when podman ended with it; not when podman was killed first.
+                let _ = tokio::task::spawn_blocking(move || images.remove(&name)).await;
+            }
             drop(run_sandbox);
             if let Some(b) = boxed {
                 // Its uid is let go when the last holder (the live run's entry) drops it.
@@ -598,7 +671,7 @@ impl NodeAgent {
         }
         let pgid = live.pgid.load(Ordering::SeqCst);
         tracing::debug!(node = %self.cfg.name, job = key.job_id, member = key.member, pgid, "killing run");
-        stop_run(pgid, live.sandbox.get().cloned(), self.cfg.kill_grace);
+        stop_run(pgid, live.sandbox.get().cloned(), live.container.clone(), self.cfg.kill_grace);
     }
 
     fn run_dir(&self, key: &RunKey) -> PathBuf {
@@ -910,6 +983,7 @@ mod tests {
             gpu_milli: Some(250),
             cpu_milli: 4_000,
             memory_mib: 8_192,
+            image: None,
         };
         let env: HashMap<String, String> =
             run_environment(&a, "n1", &gpus, std::path::Path::new("/w"), "/tmp").into_iter().collect();

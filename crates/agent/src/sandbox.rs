@@ -233,6 +233,24 @@ impl Sandbox {
         }
     }
 
+    /// The device files a run of `gpus` needs: each GPU's `nvidiaN` and the GPUs' shared ones,
+    /// those the node has.
+    pub fn gpu_device_files(&self, gpus: &[u32]) -> Vec<PathBuf> {
+        if gpus.is_empty() {
+            return Vec::new();
+        }
+        let own = gpus.iter().map(|i| format!("nvidia{i}"));
+        own.chain(GPU_SHARED_DEVICES.iter().map(|s| s.to_string()))
+            .map(|name| self.opts.device_dir.join(name))
+            .filter(|path| char_device_rule(path).is_some())
+            .collect()
+    }
+
+    /// Processes and threads a run may hold at once.
+    pub fn pids_max(&self) -> u64 {
+        self.opts.pids_max
+    }
+
     /// Whether runs' device access is confined.
     pub fn confines_devices(&self) -> bool {
         matches!(&self.hierarchy, Hierarchy::V1 { bases } if bases.iter().any(|(c, _)| *c == Controller::Devices))

@@ -124,6 +124,11 @@ pub struct JobSpec {
     /// for (2 GiB for CPU-only work). A run that goes past it is killed by the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u64>,
+    /// An OCI image to run the command in (`localhost/train:3`), taken from the node's own image
+    /// store (nodes pull nothing): the job goes only to nodes with a container runtime, under
+    /// the same limits, user and GPUs as any run. Unset: the command runs on the node's system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Higher goes first.
     #[serde(default)]
     pub priority: i32,
@@ -153,6 +158,7 @@ impl Default for JobSpec {
             gpu_model: None,
             cpu_milli: None,
             memory_mib: None,
+            image: None,
             priority: 0,
             deferrable: false,
             max_runtime_s: None,
@@ -467,6 +473,10 @@ pub struct AgentJoin {
     /// Where the node's gang members reach each other.
     pub address: String,
     pub gpus: Vec<GpuInfo>,
+    /// Container runtimes the node runs images with (`podman`); without one, the node takes no
+    /// job that names an image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtimes: Vec<String>,
 }
 
 /// The node's own credential (shown once) and the lease timing it must keep.
@@ -596,6 +606,9 @@ pub struct Assignment {
     /// Memory the run may use, in MiB (0: not limited).
     #[serde(default)]
     pub memory_mib: u64,
+    /// The OCI image to run the command in, from the node's own image store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// The server's answer to a heartbeat.

@@ -175,9 +175,10 @@ pub(crate) async fn join(
         address: req.address.clone(),
         joined_ms: now_ms(),
         previous_token_hash: None,
+        runtimes: req.runtimes.clone(),
     };
     st.store.upsert_agent_node(&node).await?;
-    remote.register(&req.node, &hash, &req.address);
+    remote.register(&req.node, &hash, &req.address, &req.runtimes);
     st.wake.notify_one();
     remote.count_join();
     remote.set_problem(&req.node, None);

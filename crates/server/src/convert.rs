@@ -161,6 +161,7 @@ pub fn job_to_api(job: &store::Job, tenant: &str, history: &[store::JobEvent]) -
             gpu_model: job.spec.gpu_model.clone(),
             cpu_milli: u64::try_from(job.spec.cpu_milli).ok().filter(|&c| c > 0),
             memory_mib: u64::try_from(job.spec.memory_mib).ok().filter(|&m| m > 0),
+            image: job.spec.image.clone(),
             priority: i32::try_from(job.spec.priority).unwrap_or(0),
             deferrable: job.spec.deferrable,
             max_runtime_s: job.spec.max_runtime_s.and_then(|s| u64::try_from(s).ok()),

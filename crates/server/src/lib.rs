@@ -530,7 +530,7 @@ async fn lead(
     let mut site_caps = HashMap::new();
     if let Some(r) = &remote {
         for n in store.agent_nodes().await? {
-            r.register(&n.name, &n.token_hash, &n.address);
+            r.register(&n.name, &n.token_hash, &n.address, &n.runtimes);
             if let Some(previous) = &n.previous_token_hash {
                 r.register_previous(&n.name, previous);
             }

@@ -26,6 +26,8 @@ pub struct RunSpec {
     /// CPU time and memory the member holds on the node (0: not limited).
     pub cpu_milli: u64,
     pub memory_mib: u64,
+    /// The OCI image the command runs in, from the node's own image store.
+    pub image: Option<String>,
     /// When the job started, in milliseconds since the Unix epoch: a member resumed after a
     /// server restart keeps its original start.
     pub started_at_ms: i64,
@@ -78,8 +80,14 @@ pub trait NodeExecutor: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Nodes whose availability may have changed since the last call (each once), so the
-    /// scheduler asks [`NodeExecutor::unavailable`] about them alone.
+    /// Of `all` nodes, those that run container images (a job naming an image goes only there).
+    fn runs_images(&self, all: &[String]) -> Vec<String> {
+        let _ = all;
+        Vec::new()
+    }
+
+    /// Nodes whose availability (or what they run) may have changed since the last call (each
+    /// once), so the scheduler asks [`NodeExecutor::unavailable`] about them alone.
     fn availability_changes(&self) -> Vec<String> {
         Vec::new()
     }
@@ -130,6 +138,11 @@ impl InProcessNodes {
 }
 
 impl NodeExecutor for InProcessNodes {
+    /// Every in-process node "runs" images as it runs commands: for their declared time.
+    fn runs_images(&self, all: &[String]) -> Vec<String> {
+        all.to_vec()
+    }
+
     fn run(&self, spec: RunSpec) -> RunFuture {
         let plan = self.plan(&spec);
         Box::pin(async move {
@@ -163,6 +176,7 @@ mod tests {
             gpu_milli: None,
             cpu_milli: 0,
             memory_mib: 0,
+            image: None,
             started_at_ms: 0,
             generation: 1,
             master_node: None,

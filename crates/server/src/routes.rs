@@ -217,6 +217,23 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// An image reference as OCI tools write it (`[host[:port]/]path[:tag][@digest]`): letters,
+/// digits and `._-/:@`, starting with a letter or digit (never taken for an option).
+fn check_image(image: &str) -> Result<(), ApiError> {
+    const MAX_IMAGE_LEN: usize = 255;
+    let valid_chars = image.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b));
+    if image.is_empty() || image.len() > MAX_IMAGE_LEN {
+        return Err(ApiError::invalid("image", format!("1 to {MAX_IMAGE_LEN} characters")));
+    }
+    if !valid_chars || !image.starts_with(|c: char| c.is_ascii_alphanumeric()) || image.contains("..") {
+        return Err(ApiError::invalid(
+            "image",
+            format!("'{}' is not an image reference (e.g. localhost/train:3)", image.escape_debug()),
+        ));
+    }
+    Ok(())
+}
+
 fn valid_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -242,6 +259,12 @@ fn validate(
         check_text("command", command, limits::MAX_COMMAND_LEN)?;
     } else if !spec.args.is_empty() {
         return Err(ApiError::invalid("args", "a GPU instance (no command) takes no args"));
+    }
+    if let Some(image) = &spec.image {
+        if spec.command.is_none() {
+            return Err(ApiError::invalid("image", "a GPU instance (no command) takes no image"));
+        }
+        check_image(image)?;
     }
     if spec.args.len() > limits::MAX_ARGS {
         return Err(ApiError::invalid("args", format!("more than {} args", limits::MAX_ARGS)));
@@ -342,6 +365,7 @@ fn validate(
         gpu_milli: spec.gpu_milli.map(i64::from),
         cpu_milli: i64::try_from(cpu_milli).unwrap_or(i64::MAX),
         memory_mib: i64::try_from(memory_mib).unwrap_or(i64::MAX),
+        image: spec.image.clone(),
         gpu_model: spec.gpu_model.clone(),
         priority: i64::from(spec.priority),
         deferrable: spec.deferrable,

@@ -31,6 +31,7 @@ fn job(tenant_id: i64, key: String) -> NewJob {
         gpu_milli: None,
         cpu_milli: 0,
         memory_mib: 0,
+        image: None,
         gpu_model: Some("H100".into()),
         priority: 0,
         deferrable: false,

@@ -166,6 +166,8 @@ pub struct NewJob {
     pub cpu_milli: i64,
     /// Memory held on each node, MiB (0: not limited).
     pub memory_mib: i64,
+    /// The OCI image the command runs in (`None`: on the node's own system).
+    pub image: Option<String>,
     pub gpu_model: Option<String>,
     pub priority: i64,
     pub deferrable: bool,
@@ -251,6 +253,8 @@ pub struct AgentNode {
     pub joined_ms: i64,
     /// The credential the node held before the last rotation, good until it uses the new one.
     pub previous_token_hash: Option<String>,
+    /// Container runtimes its agent found (`podman`).
+    pub runtimes: Vec<String>,
 }
 
 /// Filter for [`Store::jobs`].
@@ -327,7 +331,7 @@ const TENANT_COLUMNS: &str = "id, name, gpu_quota, created_ms, cpu_milli_quota, 
 
 const JOB_COLUMNS: &str = "id, tenant_id, name, command, args_json, env_json, gpus_per_node, nodes, gpu_model, \
      priority, is_deferrable, max_runtime_s, restart_policy, max_restarts, idempotency_key, request_hash, state, \
-     generation, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms, gpu_milli, cpu_milli, memory_mib";
+     generation, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms, gpu_milli, cpu_milli, memory_mib, image";
 
 /// The store's migrations in order: (version, description, file name). Both engines have a
 /// file of that name, each in its own dialect.
@@ -363,6 +367,7 @@ migrations![
     (9, "join token limits", "0009_join_token_limits.sql"),
     (10, "job resources", "0010_job_resources.sql"),
     (11, "tenant cpu and memory quota", "0011_tenant_cpu_memory_quota.sql"),
+    (12, "job image", "0012_job_image.sql"),
 ];
 
 /// How long a call waits for a free connection before it fails.
@@ -665,6 +670,7 @@ impl Store {
             gpu_milli: r.try_get(24)?,
             cpu_milli: r.try_get(25)?,
             memory_mib: r.try_get(26)?,
+            image: r.try_get(27)?,
         };
         Ok(Job {
             id: r.try_get(0)?,
@@ -1386,7 +1392,7 @@ impl Store {
     /// Every node that joined, by name.
     pub async fn agent_nodes(&self) -> Result<Vec<AgentNode>> {
         let rows =
-            sqlx::query("SELECT name, token_hash, inventory_json, address, joined_ms, previous_token_hash FROM agent_nodes ORDER BY name")
+            sqlx::query("SELECT name, token_hash, inventory_json, address, joined_ms, previous_token_hash, runtimes FROM agent_nodes ORDER BY name")
                 .fetch_all(&self.reader)
                 .await?;
         rows.iter()
@@ -1398,6 +1404,12 @@ impl Store {
                     address: r.try_get(3)?,
                     joined_ms: r.try_get(4)?,
                     previous_token_hash: r.try_get(5)?,
+                    runtimes: r
+                        .try_get::<String, _>(6)?
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect(),
                 })
             })
             .collect()
@@ -1528,15 +1540,17 @@ async fn upsert_nodes(writer: &AnyPool, backend: Backend, nodes: &[(&AgentNode, 
     check_fences(&mut tx, backend, nodes.iter().map(|(_, f)| *f)).await?;
     for (node, _) in nodes {
         sqlx::query(
-            "INSERT INTO agent_nodes (name, token_hash, inventory_json, address, joined_ms) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO agent_nodes (name, token_hash, inventory_json, address, joined_ms, runtimes) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (name) DO UPDATE SET token_hash = $2, inventory_json = $3, address = $4, joined_ms = $5, \
-             previous_token_hash = NULL",
+             runtimes = $6, previous_token_hash = NULL",
         )
         .bind(&node.name)
         .bind(&node.token_hash)
         .bind(&node.inventory_json)
         .bind(&node.address)
         .bind(node.joined_ms)
+        .bind(node.runtimes.join(","))
         .execute(&mut *tx)
         .await?;
     }
@@ -1656,9 +1670,9 @@ async fn insert_batch(
 /// The columns a submission fills, in the order [`insert_in`] binds them.
 const INSERT_COLUMNS: &str = "tenant_id, name, command, args_json, env_json, gpus_per_node, nodes, gpu_model, \
      priority, is_deferrable, max_runtime_s, restart_policy, max_restarts, idempotency_key, request_hash, \
-     state, generation, submitted_ms, gpu_milli, cpu_milli, memory_mib";
+     state, generation, submitted_ms, gpu_milli, cpu_milli, memory_mib, image";
 /// Parameters a submission binds (every column of [`INSERT_COLUMNS`] but `state` and `generation`).
-const INSERT_PARAMS: usize = 19;
+const INSERT_PARAMS: usize = 20;
 
 /// Stores `jobs` and their first history entries inside a transaction, as if one after the
 /// other: a key used before, or earlier in `jobs`, stores nothing and answers the job stored
@@ -1689,7 +1703,7 @@ async fn insert_in(conn: &mut AnyConnection, backend: Backend, jobs: &[(&NewJob,
             "INSERT INTO jobs ({INSERT_COLUMNS}) \
              SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, column10, \
                     column11, column12, column13, column14, column15, 'pending', 0, column16, column17, \
-                    column18, column19 \
+                    column18, column19, column20 \
              FROM (VALUES {}) AS submitted WHERE column1 IS NOT NULL \
              ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}",
             values_list(size, INSERT_PARAMS)
@@ -1716,7 +1730,8 @@ async fn insert_in(conn: &mut AnyConnection, backend: Backend, jobs: &[(&NewJob,
                 .bind(now_ms)
                 .bind(job.gpu_milli)
                 .bind(job.cpu_milli)
-                .bind(job.memory_mib);
+                .bind(job.memory_mib)
+                .bind(job.image.as_deref());
         }
         // Spare rows: NULL in every column, of each column's type (PostgreSQL types the VALUES
         // columns from them too), and left out by the WHERE.
@@ -1724,7 +1739,7 @@ async fn insert_in(conn: &mut AnyConnection, backend: Backend, jobs: &[(&NewJob,
         for _ in rows.len()..size {
             q = q.bind(no_int).bind(no_text).bind(no_text).bind(no_text).bind(no_text).bind(no_int).bind(no_int);
             q = q.bind(no_text).bind(no_int).bind(no_int).bind(no_int).bind(no_text).bind(no_int).bind(no_text);
-            q = q.bind(no_text).bind(no_int).bind(no_int).bind(no_int).bind(no_int);
+            q = q.bind(no_text).bind(no_int).bind(no_int).bind(no_int).bind(no_int).bind(no_text);
         }
         for r in q.fetch_all(&mut *conn).await? {
             created.push(Store::job_of(&r)?);

@@ -18,6 +18,7 @@ fn new_job(tenant_id: i64, key: Option<&str>) -> NewJob {
         gpu_milli: None,
         cpu_milli: 0,
         memory_mib: 0,
+        image: Some("localhost/train:3".into()),
         gpu_model: Some("H200".into()),
         priority: 0,
         deferrable: false,
@@ -196,6 +197,7 @@ async fn agents(store: &Store) {
         address: "127.0.0.1".into(),
         joined_ms: 5,
         previous_token_hash: None,
+        runtimes: vec!["podman".into()],
     };
     store.upsert_agent_node(&node).await.unwrap();
     node.token_hash = "c2".into();

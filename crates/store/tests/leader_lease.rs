@@ -17,6 +17,7 @@ fn job(tenant_id: i64) -> NewJob {
         gpu_milli: None,
         cpu_milli: 0,
         memory_mib: 0,
+        image: None,
         gpu_model: None,
         priority: 0,
         deferrable: false,
@@ -96,6 +97,7 @@ async fn exercise(store: Store) {
         address: "127.0.0.1".into(),
         joined_ms: 5,
         previous_token_hash: None,
+        runtimes: vec!["podman".into()],
     };
     assert!(matches!(leader_a.upsert_agent_node(&node).await, Err(StoreError::Fenced { .. })));
     assert!(matches!(

@@ -74,6 +74,26 @@ pub struct SandboxArgs {
     /// Where the GPUs' device files are (nvidia0, nvidiactl, ...).
     #[arg(long, default_value = "/dev")]
     pub device_dir: PathBuf,
+    /// Run jobs that name an OCI image: `auto` where podman is installed and runs are
+    /// sandboxed; `off` refuses them (the scheduler then sends none here).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub images: ImagesMode,
+    /// Where the node's images are (podman's --root; `podman --root DIR load` fills it). Unset:
+    /// podman's own store (/var/lib/containers/storage).
+    #[arg(long)]
+    pub image_store: Option<PathBuf>,
+    /// The podman program runs in images use.
+    #[arg(long, default_value = "podman")]
+    pub podman: PathBuf,
+}
+
+/// Whether nodes run jobs in OCI images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImagesMode {
+    /// Where a container runtime is found and runs are sandboxed.
+    Auto,
+    /// Never: jobs naming an image go to other nodes.
+    Off,
 }
 
 impl SandboxArgs {
@@ -112,6 +132,33 @@ impl SandboxArgs {
                 Ok(None)
             }
             Err(e) => bail!("cannot sandbox runs: {e}"),
+        }
+    }
+
+    /// The node's container runtime, where images may run (sandboxed runs only: a run in an
+    /// image needs a uid of its own). Blocks briefly (asks podman its version).
+    pub fn images(
+        &self,
+        sandbox: Option<&std::sync::Arc<agent::Sandbox>>,
+        config_dir: &std::path::Path,
+    ) -> Option<std::sync::Arc<agent::ImageRuntime>> {
+        if self.images == ImagesMode::Off || sandbox.is_none() {
+            return None;
+        }
+        let opts = agent::ImageOptions {
+            podman: self.podman.clone(),
+            store: self.image_store.clone(),
+            config_file: config_dir.join("containers.conf"),
+        };
+        match agent::ImageRuntime::detect(opts) {
+            Ok(rt) => {
+                tracing::info!(runtime = %rt.version(), store = ?self.image_store, "jobs in oci images run here");
+                Some(std::sync::Arc::new(rt))
+            }
+            Err(e) => {
+                tracing::info!(reason = %e, "no container runtime: jobs naming an image go to other nodes");
+                None
+            }
         }
     }
 }
@@ -173,6 +220,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let grace = if args.kill_grace.is_finite() && args.kill_grace >= 0.0 { args.kill_grace } else { 10.0 };
     let server = args.server.trim().to_string();
     let sandbox = args.sandbox.sandbox()?;
+    std::fs::create_dir_all(&args.work_dir).with_context(|| format!("cannot make {}", args.work_dir.display()))?;
+    let images = args.sandbox.images(sandbox.as_ref(), &std::path::absolute(&args.work_dir)?);
     runtime()?.block_on(async move {
         let mut configs = Vec::new();
         let mut work_dirs = Vec::new();
@@ -190,6 +239,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 kill_grace: Duration::from_secs_f64(grace),
                 use_nvml,
                 sandbox: sandbox.clone(),
+                images: images.clone(),
             });
         }
         // One node: its own heartbeat; many: one batched heartbeat over one connection.

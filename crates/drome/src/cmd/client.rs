@@ -48,6 +48,10 @@ pub struct SubmitArgs {
     /// per GPU asked for (2G for CPU-only work). A job that goes past it is killed.
     #[arg(long, value_parser = parse_memory_mib)]
     pub memory: Option<u64>,
+    /// Run the command in this OCI image (localhost/train:3), from the nodes' own image store:
+    /// the job goes only to nodes with a container runtime.
+    #[arg(long)]
+    pub image: Option<String>,
     #[arg(long)]
     pub name: Option<String>,
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
@@ -425,6 +429,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         gpu_model: args.gpu_model,
         cpu_milli: args.cpus,
         memory_mib: args.memory,
+        image: args.image,
         priority: args.priority,
         deferrable: args.deferrable,
         max_runtime_s: args.max_runtime,

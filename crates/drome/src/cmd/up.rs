@@ -50,6 +50,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o711))
             .with_context(|| format!("cannot restrict {}", args.data_dir.display()))?;
     }
+    let images = args.sandbox.images(sandbox.as_ref(), &std::path::absolute(&args.data_dir)?);
     let mut config = server::Config::new(db.clone(), args.listen, fleet);
     config.agents = Some(server::LeaseConfig::default());
     runtime()?.block_on(async move {
@@ -96,6 +97,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 kill_grace: Duration::from_secs(10),
                 use_nvml: false,
                 sandbox: sandbox.clone(),
+                images: images.clone(),
             });
         }
         let host = agent::AgentHost::new(configs)?;

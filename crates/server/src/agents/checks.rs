@@ -180,7 +180,13 @@ mod tests {
     }
 
     fn join(address: &str, gpus: Vec<api::GpuInfo>) -> api::AgentJoin {
-        api::AgentJoin { join_token: "t".into(), node: "hall-a-r001-n01".into(), address: address.into(), gpus }
+        api::AgentJoin {
+            join_token: "t".into(),
+            node: "hall-a-r001-n01".into(),
+            address: address.into(),
+            gpus,
+            runtimes: Vec::new(),
+        }
     }
 
     #[test]

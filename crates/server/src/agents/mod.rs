@@ -37,6 +37,8 @@ struct Slot {
     /// `None`: never heard from (or lost).
     lease_until: Option<Instant>,
     address: String,
+    /// Whether its agent runs container images (it found a runtime).
+    runs_images: bool,
     assigned: HashMap<(i64, u32), Assigned>,
     /// Exits reported before their run was registered here (after a server restart).
     early_exits: HashMap<RunKey, i32>,
@@ -223,7 +225,7 @@ impl RemoteNodes {
 
     /// A node known to have joined: its lease starts now (after a server restart, its agent gets
     /// one lease to come back).
-    pub fn register(&self, name: &str, credential_hash: &str, address: &str) {
+    pub fn register(&self, name: &str, credential_hash: &str, address: &str, runtimes: &[String]) {
         let mut inner = self.lock();
         if let Some(old) = inner.credential_of.insert(name.to_string(), credential_hash.to_string()) {
             inner.credentials.remove(&old);
@@ -236,6 +238,7 @@ impl RemoteNodes {
         let slot = inner.slots.entry(name.to_string()).or_default();
         slot.lease_until = Some(lease);
         slot.address = address.to_string();
+        slot.runs_images = !runtimes.is_empty();
         slot.credential_issued = Some(Instant::now());
         slot.pending_credential = None;
         inner.availability_changed.insert(name.to_string());

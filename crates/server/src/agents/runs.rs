@@ -122,6 +122,7 @@ impl RemoteNodes {
             gpu_milli: spec.gpu_milli,
             cpu_milli: spec.cpu_milli,
             memory_mib: spec.memory_mib,
+            image: spec.image.clone(),
         }
     }
 }
@@ -155,6 +156,11 @@ impl NodeExecutor for RemoteNodes {
             .filter(|n| inner.drained.contains_key(*n) || inner.slots.get(*n).is_none_or(|s| s.lease_until.is_none()))
             .cloned()
             .collect()
+    }
+
+    fn runs_images(&self, all: &[String]) -> Vec<String> {
+        let inner = self.lock();
+        all.iter().filter(|n| inner.slots.get(*n).is_some_and(|s| s.runs_images)).cloned().collect()
     }
 
     fn availability_changes(&self) -> Vec<String> {

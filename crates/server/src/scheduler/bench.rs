@@ -42,6 +42,7 @@ pub(crate) fn pending_job(id: i64, tenant_id: i64, gpus_per_node: i64, nodes: i6
             gpu_milli: None,
             cpu_milli: 0,
             memory_mib: 0,
+            image: None,
             gpu_model: None,
             priority,
             deferrable: false,

@@ -22,6 +22,9 @@ fn key_of(job: &Job) -> QueueKey {
     (Reverse(job.spec.priority), job.spec.deferrable, job.id)
 }
 
+/// The node feature ([`sched::Demand::node_features`]) of nodes that run container images.
+pub(crate) const RUNS_IMAGES: u64 = 1;
+
 /// Where an active job stands in the scheduler's memory.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Place {
@@ -341,7 +344,10 @@ impl LiveState {
         }
         let wid = self.take_wid();
         let workload = workload_of(&job, wid);
-        let demand = Demand::of(&workload, &self.fleet);
+        let mut demand = Demand::of(&workload, &self.fleet);
+        if job.spec.image.is_some() {
+            demand.node_features |= RUNS_IMAGES;
+        }
         let holds = Holding::of(&job);
         self.job_of_wid.insert(wid, job.id);
         self.jobs.insert(job.id, LiveJob { job, wid, workload: Arc::new(workload), demand, holds, place: Place::Held });
@@ -570,6 +576,14 @@ impl LiveState {
 
     /// Whether `node` has an agent to run work. Blocking holds its free whole GPUs with a
     /// blocker workload, so no policy places work there; unblocking frees them.
+    /// Whether `node` runs container images now: jobs naming an image are placed only where one
+    /// does (a job placed already stays).
+    pub fn set_runs_images(&mut self, node: NodeId, runs_images: bool) {
+        let features = self.cluster.node_features(node);
+        let features = if runs_images { features | RUNS_IMAGES } else { features & !RUNS_IMAGES };
+        self.cluster.set_node_features(node, features);
+    }
+
     pub fn set_available(&mut self, node: NodeId, available: bool) {
         match (available, self.blocked.contains_key(&node)) {
             (false, false) => self.block(node),

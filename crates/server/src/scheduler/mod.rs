@@ -286,6 +286,11 @@ impl Scheduler {
                 live.set_available(id, false);
             }
         }
+        for name in self.executor.runs_images(&names) {
+            if let Some(&id) = self.st.node_ids.get(&name) {
+                live.set_runs_images(id, true);
+            }
+        }
         // Jobs placed in an earlier round and not yet started (before a crash) start now.
         if !scheduled.is_empty() {
             let steps: Vec<Transition> = scheduled.iter().map(|&id| run_step(id)).collect();
@@ -352,9 +357,11 @@ impl Scheduler {
         let Some(live) = self.live.as_mut() else { return Ok(()) };
         if !changed_nodes.is_empty() {
             let down: HashSet<String> = self.executor.unavailable(&changed_nodes).into_iter().collect();
+            let imaging: HashSet<String> = self.executor.runs_images(&changed_nodes).into_iter().collect();
             for name in &changed_nodes {
                 if let Some(&id) = self.st.node_ids.get(name) {
                     live.set_available(id, !down.contains(name));
+                    live.set_runs_images(id, imaging.contains(name));
                 }
             }
             self.changed = true;
@@ -824,6 +831,7 @@ impl Scheduler {
                 gpu_milli: m.gpus.iter().map(|g| u32::from(g.milli)).find(|&milli| milli < 1000),
                 cpu_milli: m.cpu_milli,
                 memory_mib: m.memory_mib,
+                image: job.spec.image.clone(),
                 started_at_ms,
                 generation,
                 master_node: master_node.clone(),
