@@ -639,18 +639,20 @@ impl NodeAgent {
                 }
             }
             tracing::debug!(node = %node, job = key.job_id, member = key.member, generation = key.generation, pgid = group, "run started");
-            let code = match child.wait().await {
+            let (code, exited) = match child.wait().await {
                 Ok(status) => {
                     use std::os::unix::process::ExitStatusExt;
-                    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+                    (status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)), status.code().is_some())
                 }
-                Err(_) => 255,
+                Err(_) => (255, false),
             };
             // Whatever the leader left behind goes with it: its process group and, sandboxed,
             // everything in its cgroup, before the end is reported.
             signal_group(group, Signal::SIGKILL);
-            if let Some((images, name)) = container {
-                // Gone already when podman ended with it; not when podman was killed first.
+            if let Some((images, name)) = container
+                && !exited
+            {
+                // podman that ended by itself took its container (`--rm`); one killed leaves it.
                 let _ = tokio::task::spawn_blocking(move || images.remove(&name)).await;
             }
             drop(run_sandbox);

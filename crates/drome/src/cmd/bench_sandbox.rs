@@ -2,7 +2,9 @@
 //! "it has ended and nothing of it is left", on this machine. The unsandboxed path (a directory
 //! of its own, a clean environment, a process group) and the sandboxed one (besides: a uid
 //! claimed, cgroups made and limited, a mount namespace with private temporary directories, the
-//! cgroups and directory removed after) alternate, so drift hits both alike.
+//! cgroups and directory removed after) alternate, so drift hits both alike. With `--image`, a
+//! third path runs `/bin/true` in that OCI image through podman as the agent does (sandboxed,
+//! its container removed after).
 
 use super::bench_agents::quantile;
 use super::{Output, print_json};
@@ -17,6 +19,15 @@ pub struct SandboxBenchArgs {
     /// Runs timed on each path.
     #[arg(long, default_value_t = 200)]
     pub runs: u32,
+    /// Also time runs in this OCI image (it needs `/bin/true`), from `--image-store`.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// The podman store the image is in (podman's own when unset).
+    #[arg(long)]
+    pub image_store: Option<std::path::PathBuf>,
+    /// Runs timed in the image (each takes a podman start).
+    #[arg(long, default_value_t = 20)]
+    pub image_runs: u32,
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -35,6 +46,8 @@ struct Report {
     sandbox: String,
     plain: PathReport,
     sandboxed: PathReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<PathReport>,
     /// Sandboxed p50 minus plain p50.
     overhead_p50_ms: f64,
     /// Sandboxed mean over plain mean.
@@ -63,9 +76,9 @@ pub fn run(args: SandboxBenchArgs) -> anyhow::Result<()> {
         Output::Table => {
             println!("drome run start to end, /bin/true, {} runs on each path ({})", args.runs, r.sandbox);
             let mut t = Table::new(["path", "mean (ms)", "p50 (ms)", "p99 (ms)"]);
-            for p in [&r.plain, &r.sandboxed] {
+            for p in [Some(&r.plain), Some(&r.sandboxed), r.image.as_ref()].into_iter().flatten() {
                 t.row(vec![
-                    p.path.to_string(),
+                    format!("{} ({} runs)", p.path, p.runs),
                     format!("{:.2}", p.mean_ms),
                     format!("{:.2}", p.p50_ms),
                     format!("{:.2}", p.p99_ms),
@@ -128,11 +141,70 @@ async fn bench(args: &SandboxBenchArgs, sandbox: &agent::Sandbox, scope: &str, d
         p99_ms: quantile(v, 0.99),
     };
     let (plain, sandboxed) = (report("plain", &plain), report("sandboxed", &boxed));
+    let image = match &args.image {
+        Some(image) => {
+            let v = bench_image(args, image, sandbox, scope, dir, &limits).await?;
+            Some(PathReport { runs: v.len() as u32, ..report("in an image", &v) })
+        }
+        None => None,
+    };
     Ok(Report {
+        image,
         sandbox: sandbox.describe(),
         overhead_p50_ms: sandboxed.p50_ms - plain.p50_ms,
         ratio: sandboxed.mean_ms / plain.mean_ms.max(1e-9),
         plain,
         sandboxed,
     })
+}
+
+/// Times `/bin/true` in `image` as the agent runs it: a sandbox prepared (uid, private
+/// directory), podman run in the foreground, the container removed after.
+async fn bench_image(
+    args: &SandboxBenchArgs,
+    image: &str,
+    sandbox: &agent::Sandbox,
+    scope: &str,
+    dir: &Path,
+    limits: &agent::sandbox::Limits,
+) -> anyhow::Result<Vec<f64>> {
+    let opts = agent::ImageOptions {
+        store: args.image_store.clone(),
+        config_file: dir.join("containers.conf"),
+        ..agent::ImageOptions::default()
+    };
+    let images = agent::ImageRuntime::detect(opts).context("runs in images cannot be measured here")?;
+    let env_file = dir.join("env");
+    std::fs::write(&env_file, "HOME=/work\n")?;
+    let mut times = Vec::new();
+    for i in 0..args.image_runs.max(1) {
+        let work = dir.join(format!("image-{i}"));
+        let name = agent::image::container_name(scope, &format!("{i}-1-0"));
+        let t0 = Instant::now();
+        let run = sandbox.prepare(scope, &format!("image-{i}-1-0"), limits, &work)?;
+        let spec = agent::image::ImageRun {
+            name: &name,
+            image,
+            program: "/bin/true",
+            args: &[],
+            uid: run.uid(),
+            cpu_milli: limits.cpu_milli,
+            memory_mib: limits.memory_mib,
+            pids_max: sandbox.pids_max(),
+            devices: &[],
+            work: &work,
+            env_file: &env_file,
+        };
+        // As the agent: podman that ends by itself has removed its container (`--rm`).
+        let out = images.command(&spec).output().await?;
+        run.release();
+        drop(run);
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(
+            out.status.success(),
+            "/bin/true failed in {image}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(times)
 }

@@ -491,7 +491,13 @@ fn print_job(job: &api::Job, output: Output) -> anyhow::Result<()> {
     println!("job {}  {}  [{}]", job.id, job.name, job.state.as_str());
     println!("  tenant     {}", job.tenant);
     println!("  command    {}", command_of(job));
+    if let Some(image) = &job.spec.image {
+        println!("  image      {image}");
+    }
     println!("  gpus       {}", gpus_of(job));
+    let cpus = job.spec.cpu_milli.map_or_else(|| "-".to_string(), fmt_cpus);
+    let memory = job.spec.memory_mib.map_or_else(|| "-".to_string(), fmt_mib);
+    println!("  per node   {cpus} CPUs, {memory} of memory");
     if !job.placement.is_empty() {
         let nodes: Vec<String> = job.placement.iter().map(|m| format!("{} {:?}", m.node, m.gpus)).collect();
         println!("  placement  {}", nodes.join(", "));
