@@ -39,7 +39,7 @@ pub struct AgentHost {
 impl AgentHost {
     /// A host for `configs` (all for the same server).
     pub fn new(configs: Vec<NodeConfig>) -> Result<AgentHost, AgentError> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        let http = crate::runner::http_client(configs.first().and_then(|c| c.trust.as_ref()))?;
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
         let servers = crate::Servers::parse(&configs.first().map(|c| c.server.clone()).unwrap_or_default());
         let mut nodes = Vec::with_capacity(configs.len());

@@ -21,10 +21,26 @@ pub use runner::{NodeAgent, NodeConfig};
 pub use sandbox::{Sandbox, SandboxOptions};
 pub use servers::Servers;
 
+/// An error and its causes, `: `-separated: an HTTP client's error says "error sending
+/// request" and leaves why (a refused certificate, a reset connection) to its sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// Why an agent stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("cannot reach the server: {0}")]
+    #[error("cannot reach the server: {}", error_chain(.0))]
     Http(#[from] reqwest::Error),
     #[error("the server refused the join: {0}")]
     Refused(String),
@@ -37,4 +53,6 @@ pub enum AgentError {
     NodeHeld(String),
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
 }

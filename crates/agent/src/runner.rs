@@ -40,6 +40,19 @@ pub struct NodeConfig {
     pub sandbox: Option<Arc<crate::Sandbox>>,
     /// The node's container runtime: jobs naming an image run with it (sandboxed nodes only).
     pub images: Option<Arc<crate::ImageRuntime>>,
+    /// How the server is trusted over HTTPS (a CA file or its certificate's fingerprint).
+    pub trust: Option<tls::Trust>,
+}
+
+/// The agent's HTTP client: a minute at most a call, over TLS trusting the server as `trust`
+/// says.
+pub fn http_client(trust: Option<&tls::Trust>) -> Result<reqwest::Client, AgentError> {
+    let builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
+    let builder = match trust {
+        Some(trust) => builder.use_preconfigured_tls(tls::client_config(trust)?),
+        None => builder,
+    };
+    Ok(builder.build()?)
 }
 
 struct Live {
@@ -354,7 +367,7 @@ pub fn stop_node_runs(node: &str, work_dir: &std::path::Path, sandbox: Option<&c
 
 impl NodeAgent {
     pub fn new(cfg: NodeConfig) -> Result<NodeAgent, AgentError> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        let http = http_client(cfg.trust.as_ref())?;
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
         let servers = crate::Servers::parse(&cfg.server);
         let mut agent = NodeAgent::in_host(cfg, http, 0, exit_tx, servers)?;

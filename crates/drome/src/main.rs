@@ -90,6 +90,21 @@ fn main() -> ExitCode {
         eprintln!("drome sandbox-exec: {e}");
         return ExitCode::from(127);
     }
+    // `drome jobs | head`: a reader that stops early is no error. println! panics on a closed
+    // stdout; that one panic ends the program quietly, as a shell tool would.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -18,9 +18,13 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("report", &["model"][..]),
         ("api", &["model"][..]),
         ("store", &[][..]),
-        ("server", &["model", "sched", "energy", "api", "store"][..]),
-        ("agent", &["model", "energy", "api"][..]),
-        ("drome", &["model", "sched", "sim", "trace", "report", "energy", "api", "store", "server", "agent"][..]),
+        ("tls", &[][..]),
+        ("server", &["model", "sched", "energy", "api", "store", "tls"][..]),
+        ("agent", &["model", "energy", "api", "tls"][..]),
+        (
+            "drome",
+            &["model", "sched", "sim", "trace", "report", "energy", "api", "store", "server", "agent", "tls"][..],
+        ),
     ])
 }
 

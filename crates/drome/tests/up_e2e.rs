@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,8 +44,17 @@ async fn up_runs_jobs_on_in_process_agents() {
         }
     });
     let token = rx.recv_timeout(Duration::from_secs(60)).expect("drome up printed no token");
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    // HTTPS by default, with a certificate made under the data directory; its CA is printed
+    // for the CLI to trust.
+    let base = format!("https://127.0.0.1:{port}");
+    let ca = std::fs::read(dir.join("tls").join("ca.pem")).expect("drome up made its CA");
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let key_mode = std::fs::metadata(dir.join("tls").join("key.pem")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(key_mode, 0o600, "the server's key is its own");
 
     let spec = json!({"command": "sh", "args": ["-c", "echo rank $DROME_RANK on $DROME_NODE"], "gpus_per_node": 4});
     let r = http.post(format!("{base}/v1/jobs")).bearer_auth(&token).json(&spec).send().await.unwrap();

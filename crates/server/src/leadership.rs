@@ -64,15 +64,15 @@ pub(crate) async fn acquire(
 
 /// The address other replicas reach a server listening on `addr` at: the host's name when it
 /// listens on every interface.
-pub(crate) fn default_address(addr: std::net::SocketAddr) -> String {
+pub(crate) fn default_address(addr: std::net::SocketAddr, scheme: &str) -> String {
     if addr.ip().is_unspecified() {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let host = host.trim();
         if !host.is_empty() {
-            return format!("http://{host}:{}", addr.port());
+            return format!("{scheme}://{host}:{}", addr.port());
         }
     }
-    format!("http://{addr}")
+    format!("{scheme}://{addr}")
 }
 
 /// Renews the lease a third of its term ahead, until it is lost: another replica took it, or

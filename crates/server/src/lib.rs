@@ -30,6 +30,7 @@ mod replicas;
 mod resources;
 mod routes;
 mod scheduler;
+pub mod serve;
 
 pub use agents::{LeaseConfig, RemoteNodes};
 pub use node::{InProcessNodes, NodeExecutor, RunOutcome, RunSpec};
@@ -91,6 +92,12 @@ pub struct Config {
     /// The address other replicas reach this one's API at (`http://host:port`); by default the
     /// address it listens on (the host's name for a wildcard address).
     pub advertise: Option<String>,
+    /// Serve HTTPS with this configuration (`tls::server_config`); plain HTTP when `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How other replicas are trusted when this one forwards to the leader over HTTPS.
+    pub peer_tls: Option<rustls::ClientConfig>,
+    /// How long a client may take over its handshake and each request's headers.
+    pub timeouts: serve::Timeouts,
 }
 
 impl Config {
@@ -111,6 +118,9 @@ impl Config {
             gpu_cap_by_hour: None,
             leader_lease: Duration::from_secs(5),
             advertise: None,
+            tls: None,
+            peer_tls: None,
+            timeouts: serve::Timeouts::default(),
         }
     }
 }
@@ -334,7 +344,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .await
         .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
-    let address = config.advertise.clone().unwrap_or_else(|| leadership::default_address(addr));
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let address = config.advertise.clone().unwrap_or_else(|| leadership::default_address(addr, scheme));
     // Listening before anything is read: a write that commits later is announced to us.
     let link: LeaderLink = Arc::default();
     let fleet = Arc::new(config.fleet);
@@ -348,10 +359,14 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         tenant_cache: Arc::default(),
         replica: Arc::from(replica.as_str()),
         address: Arc::from(address.as_str()),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| ServerError::Config(format!("cannot make an HTTP client: {e}")))?,
+        http: {
+            let builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
+            let builder = match config.peer_tls.clone() {
+                Some(tls) => builder.use_preconfigured_tls(tls),
+                None => builder,
+            };
+            builder.build().map_err(|e| ServerError::Config(format!("cannot make an HTTP client: {e}")))?
+        },
         leader_lease: config.leader_lease,
         node_bounds: Arc::new(agents::checks::NodeBounds::new(&fleet)),
     };
@@ -414,11 +429,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             }
         }
     });
-    let serve = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "http server stopped");
-        }
-    });
+    let serve = tokio::spawn(serve::serve(listener, app, config.tls.clone(), config.timeouts));
     let fleet = &common.fleet;
     tracing::info!(%addr, %address, backend = ?store.backend(), nodes = fleet.nodes.len(), gpus = fleet.total_gpus(), leads = epoch.is_some(), "drome server listening");
     Ok(Running { addr, generated_admin_token: generated, epoch, store, serve, role, leading, background })

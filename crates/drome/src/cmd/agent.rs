@@ -13,6 +13,9 @@ pub struct AgentArgs {
     /// commas: the agent talks to the one that leads and moves on when it stops answering.
     #[arg(long, env = "DROME_URL", default_value = "http://127.0.0.1:8420")]
     pub server: String,
+    /// How an https:// server is trusted (a CA file, or its certificate's fingerprint).
+    #[command(flatten)]
+    pub trust: super::client::TrustArgs,
     /// A join token made by the admin (`POST /v1/join-tokens`).
     #[arg(long, env = "DROME_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
@@ -219,6 +222,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let grace = if args.kill_grace.is_finite() && args.kill_grace >= 0.0 { args.kill_grace } else { 10.0 };
     let server = args.server.trim().to_string();
+    let trust = args.trust.trust()?;
+    if server.split(',').any(|s| s.trim().starts_with("https://")) && trust.is_none() {
+        bail!("an https:// server needs --ca-file or --server-fingerprint: the agent trusts no server by default");
+    }
     let sandbox = args.sandbox.sandbox()?;
     std::fs::create_dir_all(&args.work_dir).with_context(|| format!("cannot make {}", args.work_dir.display()))?;
     let images = args.sandbox.images(sandbox.as_ref(), &std::path::absolute(&args.work_dir)?);
@@ -240,6 +247,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 use_nvml,
                 sandbox: sandbox.clone(),
                 images: images.clone(),
+                trust: trust.clone(),
             });
         }
         // One node: its own heartbeat; many: one batched heartbeat over one connection.

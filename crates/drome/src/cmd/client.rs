@@ -7,6 +7,7 @@ use report::Table;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Which server, as whom, and how to print.
@@ -18,9 +19,29 @@ pub struct Conn {
     /// Bearer token (a tenant's, or the admin's for `tenants`, `quota set` and `join-tokens`).
     #[arg(long, env = "DROME_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
-    /// `table` or `json`. These three may come before or after a subcommand.
+    /// `table` or `json`. These options may come before or after a subcommand.
     #[arg(long, value_enum, default_value_t, global = true)]
     pub output: Output,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// How an https:// server is trusted: by the CA that signed its certificate, or by its
+/// certificate's fingerprint (pinned). `drome up` prints the first.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TrustArgs {
+    /// A PEM file of the CA(s) that sign the server's certificate.
+    #[arg(long, env = "DROME_CA_FILE", global = true, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Trust only the server whose certificate has this SHA-256 fingerprint (sha256:HEX).
+    #[arg(long, env = "DROME_SERVER_FINGERPRINT", global = true, value_name = "SHA256")]
+    pub server_fingerprint: Option<String>,
+}
+
+impl TrustArgs {
+    pub fn trust(&self) -> anyhow::Result<Option<tls::Trust>> {
+        Ok(tls::Trust::from_options(self.ca_file.as_deref(), self.server_fingerprint.as_deref())?)
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -239,11 +260,13 @@ fn random_key() -> String {
 
 impl Client {
     pub fn new(conn: &Conn) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
-            .build()
-            .context("cannot build the HTTP client")?;
+        let builder =
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(60));
+        let builder = match conn.trust.trust()? {
+            Some(trust) => builder.use_preconfigured_tls(tls::client_config(&trust)?),
+            None => builder,
+        };
+        let http = builder.build().context("cannot build the HTTP client")?;
         Ok(Client {
             http,
             base: conn.url.trim_end_matches('/').to_string(),

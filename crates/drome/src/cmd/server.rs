@@ -45,6 +45,8 @@ pub struct ServerArgs {
     /// host's name with its port when listening on every interface.
     #[arg(long, env = "DROME_ADVERTISE", value_name = "URL")]
     pub advertise: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Without --agents, the work runs on in-process nodes that only wait: seconds such a node
     /// runs a command that declares no duration.
     #[arg(long, alias = "virtual-seconds", default_value_t = 10.0)]
@@ -101,9 +103,46 @@ pub fn load_fleet(path: Option<&std::path::Path>) -> anyhow::Result<model::Fleet
     }
 }
 
+/// How the server speaks HTTPS, and how long clients may take.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// Serve HTTPS with this certificate chain (PEM, the server's own certificate first).
+    #[arg(long, env = "DROME_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "DROME_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA(s) other replicas' certificates are signed by, trusted when this replica forwards
+    /// to the leader; by default the certificates of --tls-cert.
+    #[arg(long, value_name = "PEM")]
+    pub tls_peer_ca: Option<PathBuf>,
+    /// Seconds a client may take to send a request's headers, or leave its connection idle
+    /// between requests; longer, it is cut off.
+    #[arg(long, default_value_t = 30.0)]
+    pub header_timeout_s: f64,
+}
+
+impl TlsArgs {
+    /// Sets the server's TLS and timeouts from these options.
+    pub fn apply(&self, config: &mut server::Config) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.header_timeout_s.is_finite() && (0.1..=3600.0).contains(&self.header_timeout_s),
+            "--header-timeout-s must be between 0.1 and 3600 seconds"
+        );
+        config.timeouts.header = Duration::from_secs_f64(self.header_timeout_s);
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls = Some(tls::server_config(cert, key)?);
+            let peers = self.tls_peer_ca.as_ref().unwrap_or(cert);
+            config.peer_tls = Some(tls::client_config(&tls::Trust::CaFile(peers.clone()))?);
+        }
+        Ok(())
+    }
+}
+
 pub fn config(args: &ServerArgs) -> anyhow::Result<server::Config> {
     let fleet = load_fleet(args.fleet.as_deref())?;
     let mut config = server::Config::new(args.db.clone(), args.listen, fleet);
+    args.tls.apply(&mut config)?;
     config.admin_token = args.admin_token.clone().filter(|t| !t.trim().is_empty());
     config.policy = args.policy.clone();
     anyhow::ensure!(

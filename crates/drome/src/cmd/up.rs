@@ -27,6 +27,26 @@ pub struct UpArgs {
     pub tenant: String,
     #[command(flatten)]
     pub sandbox: super::agent::SandboxArgs,
+    /// Serve plain HTTP: tokens and jobs then travel in clear (loopback experiments only). By
+    /// default the API is HTTPS with a certificate made once under the data directory's `tls/`,
+    /// signed by a CA of its own that the CLI is told to trust.
+    #[arg(long)]
+    pub plain_http: bool,
+}
+
+/// The names the self-made certificate holds: loopback, the listen address, this host.
+fn certificate_names(listen: SocketAddr) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    if !listen.ip().is_unspecified() {
+        names.push(listen.ip().to_string());
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    if !host.trim().is_empty() {
+        names.push(host.trim().to_string());
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -53,6 +73,20 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let images = args.sandbox.images(sandbox.as_ref(), &std::path::absolute(&args.data_dir)?);
     let mut config = server::Config::new(db.clone(), args.listen, fleet);
     config.agents = Some(server::LeaseConfig::default());
+    let identity = if args.plain_http {
+        None
+    } else {
+        let tls_dir = std::path::absolute(args.data_dir.join("tls"))?;
+        let made = tls::self_signed(&tls_dir, &certificate_names(args.listen))?;
+        if made.made {
+            tracing::info!(dir = %tls_dir.display(), "made the server's certificate and its CA");
+        }
+        config.tls = Some(tls::server_config(&made.cert, &made.key)?);
+        config.peer_tls = Some(tls::client_config(&tls::Trust::CaFile(made.ca.clone()))?);
+        Some(made)
+    };
+    let trust = identity.as_ref().map(|m| tls::Trust::CaFile(m.ca.clone()));
+    let scheme = if identity.is_some() { "https" } else { "http" };
     runtime()?.block_on(async move {
         let running = server::start(config).await?;
         let store = running.store().clone();
@@ -83,7 +117,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             node: None,
         };
         store.create_join_token(&server::auth::hash_token(&join), now, &limits).await?;
-        let base = format!("http://{}", running.addr);
+        let base = format!("{scheme}://{}", running.addr);
         // One batched heartbeat for the whole fleet, as one agent process would send.
         let mut configs = Vec::with_capacity(node_gpus.len());
         for (name, gpus, model) in node_gpus {
@@ -98,6 +132,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 use_nvml: false,
                 sandbox: sandbox.clone(),
                 images: images.clone(),
+                trust: trust.clone(),
             });
         }
         let host = agent::AgentHost::new(configs)?;
@@ -106,12 +141,15 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 tracing::error!(error = %e, "nodes stopped");
             }
         });
-        let url = format!("http://{}", running.addr);
+        let url = format!("{scheme}://{}", running.addr);
         println!();
         println!("drome is up: {fleet_name} fleet, {nodes} nodes (declared GPUs), {gpus} GPUs, store {db}");
         println!();
         println!("  API       {url}/v1   (docs: {url}/v1/docs)");
         println!("  metrics   {url}/metrics");
+        if let Some(made) = &identity {
+            println!("  tls       CA {}, certificate {}", made.ca.display(), tls::fingerprint_of_file(&made.cert)?);
+        }
         println!("  tenant    {}", args.tenant);
         println!("  token     {token}");
         if let Some(admin) = &running.generated_admin_token {
@@ -120,7 +158,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         println!();
         println!("In another terminal:");
         println!();
-        println!("  export DROME_URL={url} DROME_TOKEN={token}");
+        match &identity {
+            Some(made) => {
+                println!("  export DROME_URL={url} DROME_TOKEN={token} DROME_CA_FILE={}", made.ca.display())
+            }
+            None => println!("  export DROME_URL={url} DROME_TOKEN={token}"),
+        }
         println!("  drome submit --gpus 8 --nodes 2 --gpu-model H200 -- sleep 30");
         println!("  drome jobs");
         println!("  drome nodes --sites");
