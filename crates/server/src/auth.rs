@@ -62,16 +62,19 @@ impl FromRequestParts<AppState> for Caller {
         if same(&hash, &state.admin_hash) {
             return Ok(Caller::Admin);
         }
-        if let Some(t) = state.tenant_cache.get(&hash) {
-            return Ok(Caller::Tenant(t));
-        }
-        match state.store.tenant_by_token_hash(&hash).await? {
-            Some(t) => {
-                state.tenant_cache.put(hash, t.clone());
-                Ok(Caller::Tenant(t))
-            }
-            None => Err(ApiError::Unauthorized("unknown token".into())),
-        }
+        let tenant = match state.tenant_cache.get(&hash) {
+            Some(t) => t,
+            None => match state.store.tenant_by_token_hash(&hash).await? {
+                Some(t) => {
+                    state.tenant_cache.put(hash, t.clone());
+                    t
+                }
+                None => return Err(ApiError::Unauthorized("unknown token".into())),
+            },
+        };
+        // Every request of a tenant counts against its rate, whatever it asks.
+        state.limiter.request(tenant.id)?;
+        Ok(Caller::Tenant(tenant))
     }
 }
 

@@ -24,6 +24,7 @@ mod convert;
 pub mod error;
 pub mod json;
 mod leadership;
+pub mod limits;
 pub mod metrics;
 pub mod node;
 mod replicas;
@@ -98,6 +99,8 @@ pub struct Config {
     pub peer_tls: Option<rustls::ClientConfig>,
     /// How long a client may take over its handshake and each request's headers.
     pub timeouts: serve::Timeouts,
+    /// What one tenant may ask of the API (rate, streams, pending jobs).
+    pub tenant_limits: limits::TenantLimits,
 }
 
 impl Config {
@@ -121,6 +124,7 @@ impl Config {
             tls: None,
             peer_tls: None,
             timeouts: serve::Timeouts::default(),
+            tenant_limits: limits::TenantLimits::unlimited(),
         }
     }
 }
@@ -153,6 +157,8 @@ pub struct AppState {
     /// Tenants by token hash, as read a moment ago: a burst of requests with one token costs
     /// one store read, not one each.
     pub(crate) tenant_cache: Arc<auth::TenantCache>,
+    /// What each tenant has used of its limits.
+    pub(crate) limiter: Arc<limits::Limiter>,
     /// Bumped on every job event, for the event streams.
     pub(crate) events: watch::Sender<u64>,
     pub(crate) snapshot: Arc<RwLock<Snapshot>>,
@@ -280,6 +286,7 @@ struct Common {
     events: watch::Sender<u64>,
     empty_cluster: Arc<sched::ClusterState>,
     tenant_cache: Arc<auth::TenantCache>,
+    limiter: Arc<limits::Limiter>,
     replica: Arc<str>,
     address: Arc<str>,
     http: reqwest::Client,
@@ -302,6 +309,7 @@ impl Common {
             max_gpus_per_node: self.fleet.max_gpus_per_node(),
             resource_defaults: resources::ResourceDefaults::of(&self.fleet),
             tenant_cache: self.tenant_cache.clone(),
+            limiter: self.limiter.clone(),
             events: self.events.clone(),
             snapshot: Arc::new(RwLock::new(Snapshot { node_gpus_used: vec![0; self.fleet.nodes.len()] })),
             remote: None,
@@ -357,6 +365,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         metrics: Arc::new(metrics::Metrics::new()),
         events: watch::channel(0u64).0,
         tenant_cache: Arc::default(),
+        limiter: Arc::new(limits::Limiter::new(config.tenant_limits)),
         replica: Arc::from(replica.as_str()),
         address: Arc::from(address.as_str()),
         http: {
@@ -371,6 +380,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         node_bounds: Arc::new(agents::checks::NodeBounds::new(&fleet)),
     };
     let mut background = Vec::new();
+    if common.limiter.counts_pending() {
+        let period = Duration::from_secs(1);
+        background.push(tokio::spawn(limits::count_pending(store.clone(), common.limiter.clone(), period)));
+    }
     if let Some(l) = store.listen().await? {
         background.push(tokio::spawn(replicas::follow_notices(l, store.clone(), common.events.clone(), link.clone())));
     }

@@ -413,6 +413,7 @@ async fn submit_job(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let new = validate(&st, &tenant, &spec, key)?;
+    st.limiter.may_queue(tenant.id)?;
     let inserted = st.store.insert_job(&new, now_ms()).await?;
     if !inserted.created && inserted.job.spec.request_hash != new.request_hash {
         return Err(ApiError::Conflict("this Idempotency-Key was used for a different request".into()));
@@ -420,6 +421,7 @@ async fn submit_job(
     let job = job_to_api(&inserted.job, &tenant.name, &[])?;
     if inserted.created {
         tracing::debug!(tenant = %tenant.name, job = job.id, gpus = total_gpus(&inserted.job), "job submitted");
+        st.limiter.queued(tenant.id);
         st.tell_scheduler(crate::scheduler::SchedEvent::Submitted(Box::new(inserted.job)));
         st.job_changed();
         Ok((StatusCode::CREATED, Json(job)).into_response())
@@ -773,6 +775,8 @@ struct EventCursor {
     after: i64,
     buffer: VecDeque<store::JobEvent>,
     changes: tokio::sync::watch::Receiver<u64>,
+    /// Its place among the tenant's open streams, given back when the stream ends.
+    _open: crate::limits::StreamGuard,
 }
 
 async fn next_event(mut c: EventCursor) -> Option<(Result<SseEvent, Infallible>, EventCursor)> {
@@ -803,12 +807,21 @@ async fn events(
     params: Result<Query<EventParams>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let Query(params) = params.map_err(query_error)?;
+    let open = st.limiter.open_stream(tenant.id)?;
     let from_header = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
     let after = match from_header.or(params.after) {
         Some(a) => a,
         None => st.store.last_event_id(tenant.id).await?,
     };
-    let cursor =
-        EventCursor { changes: st.events.subscribe(), st, tenant_id: tenant.id, after, buffer: VecDeque::new() };
-    Ok(Sse::new(futures_util::stream::unfold(cursor, next_event)).keep_alive(KeepAlive::default()))
+    let cursor = EventCursor {
+        changes: st.events.subscribe(),
+        st,
+        tenant_id: tenant.id,
+        after,
+        buffer: VecDeque::new(),
+        _open: open,
+    };
+    // A comment line every 5 s: a client gone is noticed then, and its stream's place given back.
+    Ok(Sse::new(futures_util::stream::unfold(cursor, next_event))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(5))))
 }

@@ -1210,6 +1210,19 @@ impl Store {
         rows.iter().map(Self::event_of).collect()
     }
 
+    /// Pending jobs per tenant (tenants with none are left out).
+    pub async fn pending_by_tenant(&self) -> Result<HashMap<i64, u64>> {
+        let rows = sqlx::query("SELECT tenant_id, COUNT(*) FROM jobs WHERE state = 'pending' GROUP BY tenant_id")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let n: i64 = r.try_get(1)?;
+                Ok((r.try_get(0)?, n.max(0).unsigned_abs()))
+            })
+            .collect()
+    }
+
     /// The id of a tenant's latest event, 0 if none.
     pub async fn last_event_id(&self, tenant_id: i64) -> Result<i64> {
         let row = sqlx::query("SELECT COALESCE(MAX(id), 0) FROM job_events WHERE tenant_id = $1")

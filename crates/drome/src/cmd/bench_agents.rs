@@ -137,6 +137,8 @@ pub(super) async fn start_server(
     let base = format!("http://127.0.0.1:{port}");
     let mut server = Command::new(exe)
         .args(["server", "--db", db, "--listen", &format!("127.0.0.1:{port}"), "--admin-token", admin])
+        // The benchmark floods on purpose: no per-tenant limits.
+        .args(["--tenant-rate", "0", "--tenant-pending-jobs", "0"])
         .arg("--fleet")
         .arg(fleet)
         .args(extra)

@@ -47,6 +47,8 @@ pub struct ServerArgs {
     pub advertise: Option<String>,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub limits: TenantLimitArgs,
     /// Without --agents, the work runs on in-process nodes that only wait: seconds such a node
     /// runs a command that declares no duration.
     #[arg(long, alias = "virtual-seconds", default_value_t = 10.0)]
@@ -103,6 +105,38 @@ pub fn load_fleet(path: Option<&std::path::Path>) -> anyhow::Result<model::Fleet
     }
 }
 
+/// What one tenant may ask of the API; past a limit it gets 429 with Retry-After. 0 turns a
+/// limit off.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TenantLimitArgs {
+    /// Requests a second each tenant may make, on average.
+    #[arg(long, default_value_t = 200.0)]
+    pub tenant_rate: f64,
+    /// Requests a tenant may make at once after a quiet while.
+    #[arg(long, default_value_t = 1000.0)]
+    pub tenant_burst: f64,
+    /// Event streams a tenant may hold open at once.
+    #[arg(long, default_value_t = 16)]
+    pub tenant_streams: u32,
+    /// Jobs a tenant may have waiting at once.
+    #[arg(long, default_value_t = 100_000)]
+    pub tenant_pending_jobs: u64,
+}
+
+impl TenantLimitArgs {
+    pub fn limits(&self) -> anyhow::Result<server::limits::TenantLimits> {
+        for (name, v) in [("--tenant-rate", self.tenant_rate), ("--tenant-burst", self.tenant_burst)] {
+            anyhow::ensure!(v.is_finite() && (0.0..=1e9).contains(&v), "{name} must be between 0 and 1e9");
+        }
+        Ok(server::limits::TenantLimits {
+            requests_per_s: self.tenant_rate,
+            burst: self.tenant_burst,
+            streams: self.tenant_streams,
+            pending_jobs: self.tenant_pending_jobs,
+        })
+    }
+}
+
 /// How the server speaks HTTPS, and how long clients may take.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TlsArgs {
@@ -143,6 +177,7 @@ pub fn config(args: &ServerArgs) -> anyhow::Result<server::Config> {
     let fleet = load_fleet(args.fleet.as_deref())?;
     let mut config = server::Config::new(args.db.clone(), args.listen, fleet);
     args.tls.apply(&mut config)?;
+    config.tenant_limits = args.limits.limits()?;
     config.admin_token = args.admin_token.clone().filter(|t| !t.trim().is_empty());
     config.policy = args.policy.clone();
     anyhow::ensure!(

@@ -32,6 +32,8 @@ pub struct UpArgs {
     /// signed by a CA of its own that the CLI is told to trust.
     #[arg(long)]
     pub plain_http: bool,
+    #[command(flatten)]
+    pub limits: super::server::TenantLimitArgs,
 }
 
 /// The names the self-made certificate holds: loopback, the listen address, this host.
@@ -73,6 +75,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let images = args.sandbox.images(sandbox.as_ref(), &std::path::absolute(&args.data_dir)?);
     let mut config = server::Config::new(db.clone(), args.listen, fleet);
     config.agents = Some(server::LeaseConfig::default());
+    config.tenant_limits = args.limits.limits()?;
     let identity = if args.plain_http {
         None
     } else {
