@@ -243,6 +243,33 @@ pub struct NewTenant {
     /// absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib_quota: Option<u64>,
+    /// Seconds its token works; it never expires when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ttl_s: Option<u64>,
+}
+
+/// `POST /v1/tenants/{name}/token`: a new token for the tenant (the old one stops working).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRotation {
+    /// Seconds the new token works; it never expires when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
+}
+
+/// One admin action, as the audit log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at_ms: i64,
+    pub actor: String,
+    /// `tenant.create`, `tenant.token.rotate`, `tenant.token.revoke`, `tenant.remove`,
+    /// `quota.set`, `site.gpu_power_cap`, `node.drain`, `node.resume`, `node.remove`,
+    /// `join_token.create`, `join_token.revoke`.
+    pub action: String,
+    pub target: String,
+    /// The values set, as JSON.
+    pub detail: String,
 }
 
 /// A tenant.
@@ -257,6 +284,9 @@ pub struct Tenant {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib_quota: Option<u64>,
     pub created_at_ms: i64,
+    /// When its token stops working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expires_at_ms: Option<i64>,
 }
 
 /// A new tenant and its token, shown only this once (the server keeps its hash).
@@ -791,6 +821,10 @@ pub struct ClusterStatus {
         paths::create_tenant,
         paths::list_tenants,
         paths::set_quota,
+        paths::rotate_tenant_token,
+        paths::revoke_tenant_token,
+        paths::remove_tenant,
+        paths::audit_log,
         paths::get_quota,
         paths::submit_job,
         paths::list_jobs,
@@ -817,7 +851,8 @@ pub struct ClusterStatus {
         TenantCreated, QuotaUpdate, Quota, Node, Site, Event, ErrorBody, ErrorDetail, Health,
         GpuInfo, JoinToken, AgentJoin, AgentJoined, RunKey, RunExit, Heartbeat, Assignment, HeartbeatReply,
         NodeHeartbeat, HeartbeatBatch, NodeHeartbeatReply, HeartbeatBatchReply,
-        LogStream, LogRequest, LogChunk, JobLogs, GpuPowerCap, Leader, Replica, ClusterStatus, NewJoinToken, JoinTokenInfo, Drain
+        LogStream, LogRequest, LogChunk, JobLogs, GpuPowerCap, Leader, Replica, ClusterStatus, NewJoinToken, JoinTokenInfo, Drain,
+        TokenRotation, AuditEntry
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

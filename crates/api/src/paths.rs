@@ -3,9 +3,9 @@
 #![allow(dead_code)]
 
 use crate::{
-    AgentJoin, AgentJoined, ClusterStatus, Drain, ErrorBody, Event, GpuPowerCap, Health, Heartbeat, HeartbeatBatch,
-    HeartbeatBatchReply, HeartbeatReply, Job, JobList, JobLogs, JobSpec, JoinToken, JoinTokenInfo, LogChunk,
-    NewJoinToken, NewTenant, Node, Quota, QuotaUpdate, Site, Tenant, TenantCreated,
+    AgentJoin, AgentJoined, AuditEntry, ClusterStatus, Drain, ErrorBody, Event, GpuPowerCap, Health, Heartbeat,
+    HeartbeatBatch, HeartbeatBatchReply, HeartbeatReply, Job, JobList, JobLogs, JobSpec, JoinToken, JoinTokenInfo,
+    LogChunk, NewJoinToken, NewTenant, Node, Quota, QuotaUpdate, Site, Tenant, TenantCreated, TokenRotation,
 };
 
 /// Liveness and database reachability.
@@ -49,6 +49,54 @@ pub fn list_tenants() {}
         (status = 404, description = "No such tenant", body = ErrorBody),
     ))]
 pub fn set_quota() {}
+
+/// Gives a tenant a new token, shown once; the old one stops working at once (admin only).
+#[utoipa::path(post, path = "/v1/tenants/{name}/token", tag = "tenants", request_body = TokenRotation,
+    params(("name" = String, Path, description = "Tenant name")),
+    responses(
+        (status = 200, description = "The tenant and its new token", body = TenantCreated),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Not the admin token", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ))]
+pub fn rotate_tenant_token() {}
+
+/// Revokes a tenant's token: it stops working at once, until a new one is made (admin only).
+#[utoipa::path(delete, path = "/v1/tenants/{name}/token", tag = "tenants",
+    params(("name" = String, Path, description = "Tenant name")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Not the admin token", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ))]
+pub fn revoke_tenant_token() {}
+
+/// Removes a tenant with no work waiting or running: its token stops working; its finished
+/// jobs stay on record (admin only).
+#[utoipa::path(delete, path = "/v1/tenants/{name}", tag = "tenants",
+    params(("name" = String, Path, description = "Tenant name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Not the admin token", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "It has work waiting or running", body = ErrorBody),
+    ))]
+pub fn remove_tenant() {}
+
+/// What the admin changed, newest first (admin only).
+#[utoipa::path(get, path = "/v1/audit", tag = "tenants",
+    params(
+        ("limit" = Option<u32>, Query, description = "Entries, 1 to 1000 (100)"),
+        ("before" = Option<i64>, Query, description = "Only entries older than this id"),
+    ),
+    responses(
+        (status = 200, description = "The audit log", body = Vec<AuditEntry>),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Not the admin token", body = ErrorBody),
+    ))]
+pub fn audit_log() {}
 
 /// The caller's quota and use.
 #[utoipa::path(get, path = "/v1/quota", tag = "tenants", responses(

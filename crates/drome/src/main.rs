@@ -46,9 +46,11 @@ enum Command {
     Cancel(cmd::client::JobArgs),
     /// List the fleet's nodes (or --sites) and their free GPUs.
     Nodes(cmd::client::NodesArgs),
-    /// List tenants, or create one (admin).
+    /// List tenants, create or remove one, rotate or revoke its token (admin).
     Tenants(cmd::client::TenantsArgs),
-    /// Show your GPU quota, or set a tenant's (admin).
+    /// What the admin changed, newest first (admin).
+    Audit(cmd::client::AuditArgs),
+    /// Show your quota and usage, or set a tenant's (admin).
     Quota(cmd::client::QuotaArgs),
     /// List join tokens for node agents, make one or revoke one (admin).
     JoinTokens(cmd::client::JoinTokensArgs),
@@ -74,6 +76,7 @@ fn run() -> anyhow::Result<()> {
         Command::Cancel(args) => cmd::client::cancel(args),
         Command::Nodes(args) => cmd::client::nodes(args),
         Command::Tenants(args) => cmd::client::tenants(args),
+        Command::Audit(args) => cmd::client::audit(args),
         Command::JoinTokens(args) => cmd::client::join_tokens(args),
         Command::Quota(args) => cmd::client::quota(args),
         Command::Status(args) => cmd::client::status(args),

@@ -73,5 +73,35 @@ async fn quotas_are_set_piece_by_piece_and_read_back() {
     }
     let q = json(&base, &lab, &["quota", "--output", "json"]);
     assert_eq!((q["memory_mib_quota"].as_u64(), q["cpu_milli_used"].as_u64()), (Some(65_536), Some(0)), "{q}");
+
+    // The token: rotated (the old one then fails), revoked; every admin step is audited.
+    let rotated = json(&base, ADMIN, &["tenants", "token", "rotate", "lab", "--ttl-s", "3600", "--output", "json"]);
+    let new = rotated["token"].as_str().unwrap().to_string();
+    assert!(rotated["tenant"]["token_expires_at_ms"].as_i64().is_some(), "{rotated}");
+    let (ok, _, err) = drome(&base, &lab, &["quota"]);
+    assert!(!ok && err.contains("unknown token"), "the old token still works: {err}");
+    json(&base, &new, &["quota", "--output", "json"]);
+    let (ok, out, err) = drome(&base, ADMIN, &["tenants", "token", "revoke", "lab"]);
+    assert!(ok && out.contains("revoked"), "{err}");
+    let (ok, _, _) = drome(&base, &new, &["quota"]);
+    assert!(!ok, "a revoked token still works");
+    let (ok, out, err) = drome(&base, ADMIN, &["tenants", "remove", "lab"]);
+    assert!(ok && out.contains("removed"), "{err}");
+    let log = json(&base, ADMIN, &["audit", "--output", "json"]);
+    let actions: Vec<&str> = log.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        [
+            "tenant.remove",
+            "tenant.token.revoke",
+            "tenant.token.rotate",
+            "quota.set",
+            "quota.set",
+            "quota.set",
+            "tenant.create"
+        ]
+    );
+    let (ok, table, _) = drome(&base, ADMIN, &["audit"]);
+    assert!(ok && table.contains("tenant.remove") && table.contains("ACTION"), "{table}");
     let _ = std::fs::remove_dir_all(&dir);
 }

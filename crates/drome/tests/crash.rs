@@ -21,6 +21,8 @@ fn spawn(db: &str, port: u16, log: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_drome"))
         .args(["server", "--db", db, "--listen", &format!("127.0.0.1:{port}"), "--admin-token", ADMIN])
         .args(["--fleet", FLEET, "--in-process-seconds", "1"])
+        // One tenant's storm, on purpose: no per-tenant rate limit.
+        .args(["--tenant-rate", "0"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)

@@ -21,7 +21,8 @@ fn replica(db: &str, port: u16, dir: &std::path::Path) -> Child {
         db,
         port,
         ADMIN,
-        &["--fleet", FLEET, "--in-process-seconds", "1", "--leader-lease-s", "1"],
+        // The storms here are one tenant's on purpose: no per-tenant rate limit.
+        &["--fleet", FLEET, "--in-process-seconds", "1", "--leader-lease-s", "1", "--tenant-rate", "0"],
         dir,
         None,
     )
@@ -29,7 +30,19 @@ fn replica(db: &str, port: u16, dir: &std::path::Path) -> Child {
 
 /// A replica whose work runs on node agents.
 fn agents_replica(db: &str, port: u16, dir: &std::path::Path) -> Child {
-    let args = ["--fleet", FLEET, "--agents", "--heartbeat-ms", "200", "--lease-ms", "5000", "--leader-lease-s", "1"];
+    let args = [
+        "--fleet",
+        FLEET,
+        "--agents",
+        "--heartbeat-ms",
+        "200",
+        "--lease-ms",
+        "5000",
+        "--leader-lease-s",
+        "1",
+        "--tenant-rate",
+        "0",
+    ];
     common::server(db, port, ADMIN, &args, dir, None)
 }
 

@@ -19,21 +19,19 @@ impl Drop for Up {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn up_runs_jobs_on_in_process_agents() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let dir = std::env::temp_dir().join(format!("drome-up-e2e-{}-{port}", std::process::id()));
+/// `drome up` on `dir`, listening on `port`; it and the demo token it printed.
+fn up(dir: &std::path::Path, port: u16) -> (Up, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_drome"))
         .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--fleet", FLEET])
         .arg("--data-dir")
-        .arg(&dir)
+        .arg(dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let _up = Up(child);
+    let guard = Up(child);
     // Read what it prints to the end (a closed pipe would fail its later lines).
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -44,6 +42,14 @@ async fn up_runs_jobs_on_in_process_agents() {
         }
     });
     let token = rx.recv_timeout(Duration::from_secs(60)).expect("drome up printed no token");
+    (guard, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_jobs_on_in_process_agents() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("drome-up-e2e-{}-{port}", std::process::id()));
+    let (_up, token) = up(&dir, port);
     // HTTPS by default, with a certificate made under the data directory; its CA is printed
     // for the CLI to trust.
     let base = format!("https://127.0.0.1:{port}");
@@ -142,5 +148,15 @@ async fn up_runs_jobs_on_in_process_agents() {
     let reporting = nodes.as_array().unwrap().iter().filter(|n| n["power_watts"].as_f64().is_some()).count();
     assert_eq!(reporting, nodes.as_array().unwrap().len(), "every virtual node reports its draw: {nodes}");
     drop(_up);
+
+    // Started again on the same data directory: the same demo token, which still works.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (_again, same) = up(&dir, port);
+    assert_eq!(same, token, "a second drome up gave the demo tenant a new token");
+    let r = http.get(format!("https://127.0.0.1:{port}/v1/jobs")).bearer_auth(&token).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let mode = std::fs::metadata(dir.join("demo-token")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    drop(_again);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -73,6 +73,13 @@ pub(crate) async fn create_join_token(
     st.store.create_join_token(&hash, now, &limits).await?;
     let id = hash[..JOIN_TOKEN_ID_LEN.min(hash.len())].to_string();
     tracing::info!(id, uses, ttl_s, node = ?req.node, "join token created");
+    crate::routes::audit(
+        &st,
+        "join_token.create",
+        &id,
+        serde_json::json!({"uses": uses, "ttl_s": ttl_s, "node": req.node}),
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         Json(api::JoinToken { token, id, uses: Some(uses), expires_at_ms: Some(expires_ms), node: req.node }),
@@ -125,6 +132,7 @@ pub(crate) async fn revoke_join_token(
         0 => Err(not_found()),
         _ => {
             tracing::info!(id, "join token revoked");
+            crate::routes::audit(&st, "join_token.revoke", &id, serde_json::json!({})).await;
             Ok(StatusCode::NO_CONTENT)
         }
     }

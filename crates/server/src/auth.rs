@@ -72,6 +72,12 @@ impl FromRequestParts<AppState> for Caller {
                 None => return Err(ApiError::Unauthorized("unknown token".into())),
             },
         };
+        if tenant.removed_ms.is_some() {
+            return Err(ApiError::Unauthorized("this tenant was removed".into()));
+        }
+        if tenant.token_expires_ms.is_some_and(|t| t <= crate::now_ms()) {
+            return Err(ApiError::Unauthorized("this token has expired: ask the admin for a new one".into()));
+        }
         // Every request of a tenant counts against its rate, whatever it asks.
         state.limiter.request(tenant.id)?;
         Ok(Caller::Tenant(tenant))

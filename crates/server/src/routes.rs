@@ -35,6 +35,9 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/tenants", post(create_tenant).get(list_tenants))
         .route("/tenants/{name}/quota", put(set_quota))
+        .route("/tenants/{name}", delete(remove_tenant))
+        .route("/tenants/{name}/token", post(rotate_tenant_token).delete(revoke_tenant_token))
+        .route("/audit", get(audit_log))
         .route("/quota", get(get_quota))
         .route("/jobs", post(submit_job).get(list_jobs))
         .route("/jobs/{id}", get(get_job))
@@ -123,7 +126,123 @@ fn tenant_to_api(t: &store::Tenant) -> api::Tenant {
         cpu_milli_quota: t.quota.cpu_milli.and_then(|q| u64::try_from(q).ok()),
         memory_mib_quota: t.quota.memory_mib.and_then(|q| u64::try_from(q).ok()),
         created_at_ms: t.created_ms,
+        token_expires_at_ms: t.token_expires_ms,
     }
+}
+
+/// Records an admin action. The action is done already: a log that cannot be written is an
+/// error in the server's log, not a refusal.
+pub(crate) async fn audit(st: &AppState, action: &str, target: &str, detail: serde_json::Value) {
+    if let Err(e) = st.store.audit("admin", action, target, &detail.to_string(), now_ms()).await {
+        tracing::error!(error = %e, action, target, "cannot write the audit log");
+    }
+}
+
+/// When a token given now for `ttl_s` seconds stops working.
+fn token_expiry(field: &str, ttl_s: Option<u64>) -> Result<Option<i64>, ApiError> {
+    const MAX_TTL_S: u64 = 10 * 366 * 24 * 3600;
+    match ttl_s {
+        None => Ok(None),
+        Some(s) if (1..=MAX_TTL_S).contains(&s) => Ok(Some(now_ms() + (s as i64) * 1000)),
+        Some(_) => Err(ApiError::invalid(field, format!("between 1 and {MAX_TTL_S} seconds"))),
+    }
+}
+
+async fn tenant_named(st: &AppState, name: &str) -> Result<store::Tenant, ApiError> {
+    st.store
+        .tenant_by_name(name)
+        .await?
+        .filter(|t| t.removed_ms.is_none())
+        .ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))
+}
+
+async fn rotate_tenant_token(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<api::TenantCreated>, ApiError> {
+    let req: api::TokenRotation = if body.iter().all(u8::is_ascii_whitespace) {
+        api::TokenRotation::default()
+    } else {
+        crate::json::parse(&body)?
+    };
+    let tenant = tenant_named(&st, &name).await?;
+    let expires = token_expiry("ttl_s", req.ttl_s)?;
+    let token = crate::auth::new_token()?;
+    if !st.store.set_token(tenant.id, &crate::auth::hash_token(&token), expires).await? {
+        return Err(ApiError::NotFound(format!("no tenant '{name}'")));
+    }
+    st.tenant_cache.forget_tenant(tenant.id);
+    tracing::info!(tenant = %name, expires_ms = ?expires, "tenant token rotated");
+    audit(&st, "tenant.token.rotate", &name, serde_json::json!({"ttl_s": req.ttl_s})).await;
+    let tenant = tenant_named(&st, &name).await?;
+    Ok(Json(api::TenantCreated { tenant: tenant_to_api(&tenant), token }))
+}
+
+async fn revoke_tenant_token(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = tenant_named(&st, &name).await?;
+    // A hash no token has: the tenant is locked out until the admin rotates it a new one.
+    let unusable = format!("revoked:{}", crate::auth::new_token()?);
+    if !st.store.set_token(tenant.id, &unusable, None).await? {
+        return Err(ApiError::NotFound(format!("no tenant '{name}'")));
+    }
+    st.tenant_cache.forget_tenant(tenant.id);
+    tracing::info!(tenant = %name, "tenant token revoked");
+    audit(&st, "tenant.token.revoke", &name, serde_json::json!({})).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_tenant(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = tenant_named(&st, &name).await?;
+    let unusable = format!("removed:{}", crate::auth::new_token()?);
+    if !st.store.remove_tenant(tenant.id, &unusable, now_ms()).await? {
+        return Err(ApiError::Conflict(format!(
+            "tenant '{name}' has jobs waiting or running: cancel them first (its finished jobs stay on record)"
+        )));
+    }
+    st.tenant_cache.forget_tenant(tenant.id);
+    tracing::info!(tenant = %name, "tenant removed");
+    audit(&st, "tenant.remove", &name, serde_json::json!({})).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    limit: Option<u32>,
+    before: Option<i64>,
+}
+
+async fn audit_log(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    params: Result<Query<AuditParams>, QueryRejection>,
+) -> Result<Json<Vec<api::AuditEntry>>, ApiError> {
+    let Query(params) = params.map_err(query_error)?;
+    let limit = i64::from(params.limit.unwrap_or(100).clamp(1, 1000));
+    let entries = st.store.audit_log(limit, params.before).await?;
+    Ok(Json(
+        entries
+            .into_iter()
+            .map(|e| api::AuditEntry {
+                id: e.id,
+                at_ms: e.at_ms,
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                detail: e.detail,
+            })
+            .collect(),
+    ))
 }
 
 /// A quota as asked for, checked to fit the store's 64-bit integers.
@@ -155,8 +274,14 @@ async fn create_tenant(
         return Err(ApiError::invalid("name", "1 to 64 letters, digits, '-' or '_'"));
     }
     let quota = quota_of(req.gpu_quota, req.cpu_milli_quota, req.memory_mib_quota)?;
-    let (tenant, token) = crate::create_tenant(&st.store, &req.name, quota).await?;
+    let expires = token_expiry("token_ttl_s", req.token_ttl_s)?;
+    let (mut tenant, token) = crate::create_tenant(&st.store, &req.name, quota).await?;
+    if expires.is_some() {
+        st.store.set_token(tenant.id, &crate::auth::hash_token(&token), expires).await?;
+        tenant.token_expires_ms = expires;
+    }
     tracing::info!(tenant = %tenant.name, id = tenant.id, "tenant created");
+    audit(&st, "tenant.create", &tenant.name, serde_json::to_value(&req).unwrap_or_default()).await;
     Ok((StatusCode::CREATED, Json(api::TenantCreated { tenant: tenant_to_api(&tenant), token })))
 }
 
@@ -187,6 +312,7 @@ async fn set_quota(
         "quota set"
     );
     st.tell_scheduler(crate::scheduler::SchedEvent::QuotaSet { tenant_id: updated.id, quota: updated.quota });
+    audit(&st, "quota.set", &name, serde_json::to_value(&req).unwrap_or_default()).await;
     Ok(Json(tenant_to_api(&updated)))
 }
 
@@ -591,6 +717,7 @@ async fn drain_node(
     st.store.set_setting(&format!("{DRAINED_PREFIX}{name}"), &reason).await?;
     remote.set_drained(&name, Some(reason.clone()));
     tracing::info!(node = %name, reason = ?reason, "node drained");
+    audit(&st, "node.drain", &name, serde_json::json!({"reason": reason})).await;
     node_view(&st, &name)
 }
 
@@ -604,6 +731,7 @@ async fn resume_node(
     st.store.delete_setting(&format!("{DRAINED_PREFIX}{name}")).await?;
     remote.set_drained(&name, None);
     tracing::info!(node = %name, "node resumed");
+    audit(&st, "node.resume", &name, serde_json::json!({})).await;
     node_view(&st, &name)
 }
 
@@ -632,6 +760,7 @@ async fn remove_node(
         tracing::warn!(node = %name, runs, "node removed while it held runs");
     }
     tracing::info!(node = %name, "node removed: its credential is revoked");
+    audit(&st, "node.remove", &name, serde_json::json!({})).await;
     node_view(&st, &name)
 }
 
@@ -760,6 +889,7 @@ async fn set_gpu_power_cap(
     // In the dynamic mode the scheduler asks for the lower of this cap and its own.
     st.wake.notify_one();
     tracing::info!(site = %name, watts = ?body.gpu_power_cap_watts, nodes = nodes.len(), "gpu power cap set");
+    audit(&st, "site.gpu_power_cap", &name, serde_json::json!({"watts": body.gpu_power_cap_watts})).await;
     let site = sites(&st).into_iter().find(|s| s.name == name);
     site.map(Json).ok_or(ApiError::NotFound(name))
 }

@@ -127,6 +127,25 @@ pub struct Tenant {
     pub name: String,
     pub quota: TenantQuota,
     pub created_ms: i64,
+    /// When its token stops working (`None`: it does not expire).
+    pub token_expires_ms: Option<i64>,
+    /// When the admin removed it (its token then works no more).
+    pub removed_ms: Option<i64>,
+}
+
+/// One admin action, as the audit log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at_ms: i64,
+    /// Who did it (`admin`).
+    pub actor: String,
+    /// What was done (`tenant.create`, `quota.set`, `node.drain`, ...).
+    pub action: String,
+    /// On what (a tenant's or node's name, a site, a join token's id).
+    pub target: String,
+    /// The values set, as JSON.
+    pub detail: String,
 }
 
 /// What a tenant may hold at once over all its placed and queued jobs; `None` is unlimited.
@@ -327,7 +346,8 @@ pub struct JobFilter {
     pub limit: i64,
 }
 
-const TENANT_COLUMNS: &str = "id, name, gpu_quota, created_ms, cpu_milli_quota, memory_mib_quota";
+const TENANT_COLUMNS: &str =
+    "id, name, gpu_quota, created_ms, cpu_milli_quota, memory_mib_quota, token_expires_ms, removed_ms";
 
 const JOB_COLUMNS: &str = "id, tenant_id, name, command, args_json, env_json, gpus_per_node, nodes, gpu_model, \
      priority, is_deferrable, max_runtime_s, restart_policy, max_restarts, idempotency_key, request_hash, state, \
@@ -368,6 +388,7 @@ migrations![
     (10, "job resources", "0010_job_resources.sql"),
     (11, "tenant cpu and memory quota", "0011_tenant_cpu_memory_quota.sql"),
     (12, "job image", "0012_job_image.sql"),
+    (13, "tokens and audit", "0013_tokens_audit.sql"),
 ];
 
 /// How long a call waits for a free connection before it fails.
@@ -576,7 +597,14 @@ impl Store {
         .await?;
         tx.commit().await?;
         match row {
-            Some(r) => Ok(Tenant { id: r.try_get(0)?, name: name.to_string(), quota, created_ms: now_ms }),
+            Some(r) => Ok(Tenant {
+                id: r.try_get(0)?,
+                name: name.to_string(),
+                quota,
+                created_ms: now_ms,
+                token_expires_ms: None,
+                removed_ms: None,
+            }),
             None => Err(StoreError::Conflict { what: "tenant", name: name.to_string() }),
         }
     }
@@ -587,6 +615,8 @@ impl Store {
             name: r.try_get(1)?,
             quota: TenantQuota { gpus: r.try_get(2)?, cpu_milli: r.try_get(4)?, memory_mib: r.try_get(5)? },
             created_ms: r.try_get(3)?,
+            token_expires_ms: r.try_get(6)?,
+            removed_ms: r.try_get(7)?,
         })
     }
 
@@ -639,14 +669,83 @@ impl Store {
 
     /// Replaces a tenant's token (by its hash); false if there is no such tenant.
     pub async fn set_token_hash(&self, id: i64, token_hash: &str) -> Result<bool> {
+        self.set_token(id, token_hash, None).await
+    }
+
+    /// Gives a tenant a new token (by its hash), expiring at `expires_ms` (`None`: never); the
+    /// old one stops working. False if there is no such tenant, or it was removed.
+    pub async fn set_token(&self, id: i64, token_hash: &str, expires_ms: Option<i64>) -> Result<bool> {
         let mut tx = self.write().await?;
-        let done = sqlx::query("UPDATE tenants SET token_hash = $1 WHERE id = $2")
-            .bind(token_hash)
-            .bind(id)
+        let done = sqlx::query(
+            "UPDATE tenants SET token_hash = $1, token_expires_ms = $2 WHERE id = $3 AND removed_ms IS NULL",
+        )
+        .bind(token_hash)
+        .bind(expires_ms)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if self.announce && done.rows_affected() == 1 {
+            announce_in(&mut tx, self.backend, WriteKind::QuotaSet, &[id]).await?;
+        }
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Removes a tenant from service: its token stops working and it can make no other; its
+    /// jobs' rows stay. Refused (false) while it has jobs pending, scheduled or running, or if
+    /// there is no such tenant.
+    pub async fn remove_tenant(&self, id: i64, unusable_hash: &str, now_ms: i64) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query(
+            "UPDATE tenants SET removed_ms = $1, token_hash = $2, token_expires_ms = $1 \
+             WHERE id = $3 AND removed_ms IS NULL AND NOT EXISTS (SELECT 1 FROM jobs WHERE tenant_id = $3 \
+             AND state IN ('pending', 'scheduled', 'running', 'preempted', 'cancelled') AND finished_ms IS NULL)",
+        )
+        .bind(now_ms)
+        .bind(unusable_hash)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records an admin action.
+    pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: &str, now_ms: i64) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query("INSERT INTO audit_log (at_ms, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)")
+            .bind(now_ms)
+            .bind(actor)
+            .bind(action)
+            .bind(target)
+            .bind(detail)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        Ok(())
+    }
+
+    /// The audit log, newest first: at most `limit` entries, older than `before_id` if given.
+    pub async fn audit_log(&self, limit: i64, before_id: Option<i64>) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, at_ms, actor, action, target, detail FROM audit_log WHERE id < $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(before_id.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get(0)?,
+                    at_ms: r.try_get(1)?,
+                    actor: r.try_get(2)?,
+                    action: r.try_get(3)?,
+                    target: r.try_get(4)?,
+                    detail: r.try_get(5)?,
+                })
+            })
+            .collect()
     }
 
     fn job_of(r: &AnyRow) -> Result<Job> {

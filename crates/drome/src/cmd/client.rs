@@ -185,7 +185,40 @@ pub enum TenantsAction {
         /// Memory its jobs may hold at once, over all their nodes (e.g. 512G).
         #[arg(long, value_parser = parse_memory_mib)]
         memory_quota: Option<u64>,
+        /// Seconds its token works (it never expires by default).
+        #[arg(long)]
+        token_ttl_s: Option<u64>,
     },
+    /// Remove a tenant with no work waiting or running: its token stops working, its finished
+    /// jobs stay on record.
+    Remove { name: String },
+    /// A tenant's token.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TokenAction {
+    /// A new token for the tenant, printed once; the old one stops working at once.
+    Rotate {
+        name: String,
+        /// Seconds the new token works (it never expires by default).
+        #[arg(long)]
+        ttl_s: Option<u64>,
+    },
+    /// The tenant's token stops working at once; `rotate` gives it a new one.
+    Revoke { name: String },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Entries to show, newest first.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -693,8 +726,35 @@ pub fn tenants(args: TenantsArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
     let rt = runtime()?;
     match args.action {
-        Some(TenantsAction::Create { name, gpu_quota, cpu_quota, memory_quota }) => {
-            let body = api::NewTenant { name, gpu_quota, cpu_milli_quota: cpu_quota, memory_mib_quota: memory_quota };
+        Some(TenantsAction::Remove { name }) => {
+            rt.block_on(client.delete(&format!("/v1/tenants/{name}")))?;
+            println!("tenant {name} removed");
+            Ok(())
+        }
+        Some(TenantsAction::Token { action: TokenAction::Revoke { name } }) => {
+            rt.block_on(client.delete(&format!("/v1/tenants/{name}/token")))?;
+            println!("tenant {name}: token revoked (`drome tenants token rotate {name}` gives it a new one)");
+            Ok(())
+        }
+        Some(TenantsAction::Token { action: TokenAction::Rotate { name, ttl_s } }) => {
+            let made: api::TenantCreated =
+                rt.block_on(client.post(&format!("/v1/tenants/{name}/token"), &api::TokenRotation { ttl_s }))?;
+            if args.conn.output == Output::Json {
+                return print_json(&made);
+            }
+            let until = made.tenant.token_expires_at_ms.map(fmt_time).unwrap_or_else(|| "never expires".into());
+            println!("tenant {}: new token ({until}); the old one no longer works", made.tenant.name);
+            println!("token (shown once): {}", made.token);
+            Ok(())
+        }
+        Some(TenantsAction::Create { name, gpu_quota, cpu_quota, memory_quota, token_ttl_s }) => {
+            let body = api::NewTenant {
+                name,
+                gpu_quota,
+                cpu_milli_quota: cpu_quota,
+                memory_mib_quota: memory_quota,
+                token_ttl_s,
+            };
             let created: api::TenantCreated = rt.block_on(client.post("/v1/tenants", &body))?;
             if args.conn.output == Output::Json {
                 return print_json(&created);
@@ -723,6 +783,21 @@ pub fn tenants(args: TenantsArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.conn)?;
+    let entries: Vec<api::AuditEntry> =
+        runtime()?.block_on(client.get(&format!("/v1/audit?limit={}", args.limit.clamp(1, 1000))))?;
+    if args.conn.output == Output::Json {
+        return print_json(&entries);
+    }
+    let mut t = Table::new(["AT", "WHO", "ACTION", "TARGET", "DETAIL"]);
+    for e in &entries {
+        t.row([fmt_time(e.at_ms), e.actor.clone(), e.action.clone(), e.target.clone(), e.detail.clone()]);
+    }
+    println!("{}", t.render());
+    Ok(())
 }
 
 pub fn join_tokens(args: JoinTokensArgs) -> anyhow::Result<()> {

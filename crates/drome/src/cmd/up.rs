@@ -100,9 +100,24 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot restrict {}", path.display()))?;
             }
         }
-        // A demo tenant; on a later `drome up` it gets a fresh token (the old one is only a hash).
-        let token = match store.tenant_by_name(&args.tenant).await? {
-            Some(t) => server::rotate_token(&store, t.id).await.map_err(|e| anyhow::anyhow!("{e}"))?,
+        // A demo tenant, and its token kept in the data directory (0600): a later `drome up`
+        // gives the same one back while it still works (the store keeps only its hash).
+        let token_file = args.data_dir.join("demo-token");
+        let kept = std::fs::read_to_string(&token_file).ok().map(|s| s.trim().to_string());
+        let token = match store.tenant_by_name(&args.tenant).await?.filter(|t| t.removed_ms.is_none()) {
+            Some(t) => {
+                let still_good = match &kept {
+                    Some(k) => store
+                        .tenant_by_token_hash(&server::auth::hash_token(k))
+                        .await?
+                        .is_some_and(|found| found.id == t.id && found.token_expires_ms.is_none()),
+                    None => false,
+                };
+                match kept.filter(|_| still_good) {
+                    Some(k) => k,
+                    None => server::rotate_token(&store, t.id).await.map_err(|e| anyhow::anyhow!("{e}"))?,
+                }
+            }
             None => {
                 server::create_tenant(&store, &args.tenant, store::TenantQuota::default())
                     .await
@@ -110,6 +125,18 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                     .1
             }
         };
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&token_file)
+                .with_context(|| format!("cannot keep the demo token in {}", token_file.display()))?;
+            f.write_all(token.as_bytes())?;
+        }
         // The nodes' agents, in process: one join token, then each node its own credential.
         let join = server::auth::new_token().map_err(|e| anyhow::anyhow!("{e}"))?;
         // Good for this start's nodes only: once each, within the hour.
