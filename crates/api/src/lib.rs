@@ -246,6 +246,10 @@ pub struct NewTenant {
     /// Seconds its token works; it never expires when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_ttl_s: Option<u64>,
+    /// The highest priority its jobs may ask for (0 when absent: priority orders every
+    /// tenant's jobs, so raising it is the admin's to give).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_priority: Option<i32>,
 }
 
 /// `POST /v1/tenants/{name}/token`: a new token for the tenant (the old one stops working).
@@ -284,6 +288,9 @@ pub struct Tenant {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib_quota: Option<u64>,
     pub created_at_ms: i64,
+    /// The highest priority its jobs may ask for.
+    #[serde(default)]
+    pub max_priority: i32,
     /// When its token stops working.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_expires_at_ms: Option<i64>,
@@ -310,6 +317,9 @@ pub struct QuotaUpdate {
     /// unlimited.
     #[serde(default)]
     pub memory_mib_quota: Option<u64>,
+    /// The highest priority its jobs may ask for; 0 when absent.
+    #[serde(default)]
+    pub max_priority: Option<i32>,
 }
 
 /// A tenant's quota and what it uses.

@@ -126,6 +126,7 @@ fn tenant_to_api(t: &store::Tenant) -> api::Tenant {
         cpu_milli_quota: t.quota.cpu_milli.and_then(|q| u64::try_from(q).ok()),
         memory_mib_quota: t.quota.memory_mib.and_then(|q| u64::try_from(q).ok()),
         created_at_ms: t.created_ms,
+        max_priority: i32::try_from(t.quota.max_priority).unwrap_or(0),
         token_expires_at_ms: t.token_expires_ms,
     }
 }
@@ -250,6 +251,7 @@ fn quota_of(
     gpus: Option<u32>,
     cpu_milli: Option<u64>,
     memory_mib: Option<u64>,
+    max_priority: Option<i32>,
 ) -> Result<store::TenantQuota, ApiError> {
     let signed = |field: &str, v: Option<u64>| -> Result<Option<i64>, ApiError> {
         v.map(|v| i64::try_from(v).map_err(|_| ApiError::invalid(field, format!("at most {}", i64::MAX)))).transpose()
@@ -258,6 +260,7 @@ fn quota_of(
         gpus: gpus.map(i64::from),
         cpu_milli: signed("cpu_milli_quota", cpu_milli)?,
         memory_mib: signed("memory_mib_quota", memory_mib)?,
+        max_priority: i64::from(max_priority.unwrap_or(0)),
     })
 }
 
@@ -273,7 +276,7 @@ async fn create_tenant(
     if !valid_tenant_name(&req.name) {
         return Err(ApiError::invalid("name", "1 to 64 letters, digits, '-' or '_'"));
     }
-    let quota = quota_of(req.gpu_quota, req.cpu_milli_quota, req.memory_mib_quota)?;
+    let quota = quota_of(req.gpu_quota, req.cpu_milli_quota, req.memory_mib_quota, req.max_priority)?;
     let expires = token_expiry("token_ttl_s", req.token_ttl_s)?;
     let (mut tenant, token) = crate::create_tenant(&st.store, &req.name, quota).await?;
     if expires.is_some() {
@@ -300,7 +303,7 @@ async fn set_quota(
 ) -> Result<Json<api::Tenant>, ApiError> {
     let tenant =
         st.store.tenant_by_name(&name).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?;
-    let quota = quota_of(req.gpu_quota, req.cpu_milli_quota, req.memory_mib_quota)?;
+    let quota = quota_of(req.gpu_quota, req.cpu_milli_quota, req.memory_mib_quota, req.max_priority)?;
     let updated =
         st.store.set_quota(tenant.id, quota).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?;
     st.tenant_cache.forget_tenant(updated.id);
@@ -455,6 +458,16 @@ fn validate(
         return Err(ApiError::invalid("max_restarts", format!("at most {}", limits::MAX_RESTARTS)));
     }
     let (cpu_milli, memory_mib) = st.resource_defaults.resolve(spec)?;
+    // Priority orders every tenant's jobs: above 0 only as far as the admin allows.
+    if i64::from(spec.priority) > tenant.quota.max_priority {
+        return Err(ApiError::invalid(
+            "priority",
+            format!(
+                "{} is above this tenant's highest, {} (the admin raises it: drome quota set {} --max-priority N)",
+                spec.priority, tenant.quota.max_priority, tenant.name
+            ),
+        ));
+    }
     // A job bigger than its tenant's whole quota would wait for ever: refused now.
     let nodes = u64::from(spec.nodes.max(1));
     let asks = [

@@ -240,6 +240,29 @@ async fn cpu_and_memory_quotas(db: Db) {
 }
 both_backends!(cpu_memory_quota_tests, cpu_and_memory_quotas);
 
+/// Priority orders every tenant's jobs: a tenant may put its own jobs behind others, but only
+/// the admin lets it go ahead of them.
+async fn priority_ceilings(db: Db) {
+    let place = Place::new(db).await;
+    let s = TestServer::start(&place).await;
+    let lab = s.tenant("lab", None).await;
+    let ask = |priority: i64| json!({"command": "true", "gpus_per_node": 0, "priority": priority});
+    let (status, err) = s.call(Method::POST, "/v1/jobs", Some(&lab), Some(ask(1))).await;
+    assert_eq!((status, err["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("priority")), "{err}");
+    s.submit(&lab, ask(-5)).await;
+    s.submit(&lab, ask(0)).await;
+    let (status, t) = s
+        .call(Method::PUT, "/v1/tenants/lab/quota", Some(ADMIN), Some(json!({"gpu_quota": null, "max_priority": 10})))
+        .await;
+    assert_eq!((status, t["max_priority"].as_i64()), (StatusCode::OK, Some(10)));
+    s.submit(&lab, ask(10)).await;
+    let (status, _) = s.call(Method::POST, "/v1/jobs", Some(&lab), Some(ask(11))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    s.stop().await;
+    place.cleanup().await;
+}
+both_backends!(priority_tests, priority_ceilings);
+
 async fn events(db: Db) {
     let place = Place::new(db).await;
     let s = TestServer::start(&place).await;

@@ -148,13 +148,17 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
-/// What a tenant may hold at once over all its placed and queued jobs; `None` is unlimited.
+/// What a tenant may hold at once over all its placed and queued jobs (`None` is unlimited),
+/// and the highest priority its jobs may ask for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TenantQuota {
     pub gpus: Option<i64>,
     /// Thousandths of a CPU.
     pub cpu_milli: Option<i64>,
     pub memory_mib: Option<i64>,
+    /// Priority orders every tenant's jobs: 0 by default, so a tenant may only put its own
+    /// jobs behind others.
+    pub max_priority: i64,
 }
 
 /// What a tenant's active jobs hold and ask for ([`Store::tenant_usage`]).
@@ -347,7 +351,7 @@ pub struct JobFilter {
 }
 
 const TENANT_COLUMNS: &str =
-    "id, name, gpu_quota, created_ms, cpu_milli_quota, memory_mib_quota, token_expires_ms, removed_ms";
+    "id, name, gpu_quota, created_ms, cpu_milli_quota, memory_mib_quota, token_expires_ms, removed_ms, max_priority";
 
 const JOB_COLUMNS: &str = "id, tenant_id, name, command, args_json, env_json, gpus_per_node, nodes, gpu_model, \
      priority, is_deferrable, max_runtime_s, restart_policy, max_restarts, idempotency_key, request_hash, state, \
@@ -389,6 +393,7 @@ migrations![
     (11, "tenant cpu and memory quota", "0011_tenant_cpu_memory_quota.sql"),
     (12, "job image", "0012_job_image.sql"),
     (13, "tokens and audit", "0013_tokens_audit.sql"),
+    (14, "tenant max priority", "0014_tenant_max_priority.sql"),
 ];
 
 /// How long a call waits for a free connection before it fails.
@@ -584,8 +589,8 @@ impl Store {
     pub async fn create_tenant(&self, name: &str, token_hash: &str, quota: TenantQuota, now_ms: i64) -> Result<Tenant> {
         let mut tx = self.write().await?;
         let row = sqlx::query(
-            "INSERT INTO tenants (name, token_hash, gpu_quota, cpu_milli_quota, memory_mib_quota, created_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING RETURNING id",
+            "INSERT INTO tenants (name, token_hash, gpu_quota, cpu_milli_quota, memory_mib_quota, created_ms, \
+             max_priority) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING RETURNING id",
         )
         .bind(name)
         .bind(token_hash)
@@ -593,6 +598,7 @@ impl Store {
         .bind(quota.cpu_milli)
         .bind(quota.memory_mib)
         .bind(now_ms)
+        .bind(quota.max_priority)
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -613,7 +619,12 @@ impl Store {
         Ok(Tenant {
             id: r.try_get(0)?,
             name: r.try_get(1)?,
-            quota: TenantQuota { gpus: r.try_get(2)?, cpu_milli: r.try_get(4)?, memory_mib: r.try_get(5)? },
+            quota: TenantQuota {
+                gpus: r.try_get(2)?,
+                cpu_milli: r.try_get(4)?,
+                memory_mib: r.try_get(5)?,
+                max_priority: r.try_get(8)?,
+            },
             created_ms: r.try_get(3)?,
             token_expires_ms: r.try_get(6)?,
             removed_ms: r.try_get(7)?,
@@ -653,13 +664,17 @@ impl Store {
     /// Sets a tenant's quota; `None` if there is no such tenant.
     pub async fn set_quota(&self, id: i64, quota: TenantQuota) -> Result<Option<Tenant>> {
         let mut tx = self.write().await?;
-        sqlx::query("UPDATE tenants SET gpu_quota = $1, cpu_milli_quota = $2, memory_mib_quota = $3 WHERE id = $4")
-            .bind(quota.gpus)
-            .bind(quota.cpu_milli)
-            .bind(quota.memory_mib)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE tenants SET gpu_quota = $1, cpu_milli_quota = $2, memory_mib_quota = $3, max_priority = $4 \
+             WHERE id = $5",
+        )
+        .bind(quota.gpus)
+        .bind(quota.cpu_milli)
+        .bind(quota.memory_mib)
+        .bind(quota.max_priority)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         if self.announce {
             announce_in(&mut tx, self.backend, WriteKind::QuotaSet, &[id]).await?;
         }

@@ -49,7 +49,7 @@ async fn exercise(store: Store) {
     ));
     assert_eq!(store.tenant_by_token_hash("hash-a").await.unwrap().map(|t| t.id), Some(acme.id));
     assert_eq!(store.tenant_by_token_hash("nope").await.unwrap(), None);
-    let quota = TenantQuota { gpus: Some(4), cpu_milli: Some(64_000), memory_mib: None };
+    let quota = TenantQuota { gpus: Some(4), cpu_milli: Some(64_000), memory_mib: None, max_priority: 5 };
     assert_eq!(store.set_quota(other.id, quota).await.unwrap().map(|t| t.quota), Some(quota));
     assert_eq!(store.tenant(other.id).await.unwrap().map(|t| t.quota), Some(quota), "read back as set");
     assert_eq!(store.tenants().await.unwrap().len(), 2);

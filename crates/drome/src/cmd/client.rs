@@ -188,6 +188,10 @@ pub enum TenantsAction {
         /// Seconds its token works (it never expires by default).
         #[arg(long)]
         token_ttl_s: Option<u64>,
+        /// The highest priority its jobs may ask for (0 by default: priority orders every
+        /// tenant's jobs, so a tenant may only put its own jobs behind others).
+        #[arg(long, allow_negative_numbers = true)]
+        max_priority: Option<i32>,
     },
     /// Remove a tenant with no work waiting or running: its token stops working, its finished
     /// jobs stay on record.
@@ -270,6 +274,9 @@ pub enum QuotaAction {
         /// Memory its jobs may hold at once over all their nodes (e.g. 4T, 512G), or `unlimited`.
         #[arg(long)]
         memory: Option<String>,
+        /// The highest priority its jobs may ask for (0 by default).
+        #[arg(long, allow_negative_numbers = true)]
+        max_priority: Option<i32>,
     },
 }
 
@@ -747,13 +754,14 @@ pub fn tenants(args: TenantsArgs) -> anyhow::Result<()> {
             println!("token (shown once): {}", made.token);
             Ok(())
         }
-        Some(TenantsAction::Create { name, gpu_quota, cpu_quota, memory_quota, token_ttl_s }) => {
+        Some(TenantsAction::Create { name, gpu_quota, cpu_quota, memory_quota, token_ttl_s, max_priority }) => {
             let body = api::NewTenant {
                 name,
                 gpu_quota,
                 cpu_milli_quota: cpu_quota,
                 memory_mib_quota: memory_quota,
                 token_ttl_s,
+                max_priority,
             };
             let created: api::TenantCreated = rt.block_on(client.post("/v1/tenants", &body))?;
             if args.conn.output == Output::Json {
@@ -846,9 +854,9 @@ pub fn quota(args: QuotaArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
     let rt = runtime()?;
     match args.action {
-        Some(QuotaAction::Set { tenant, gpus, cpus, memory }) => {
-            if gpus.is_none() && cpus.is_none() && memory.is_none() {
-                bail!("nothing to set: give GPUs, --cpus or --memory (each a number or `unlimited`)");
+        Some(QuotaAction::Set { tenant, gpus, cpus, memory, max_priority }) => {
+            if gpus.is_none() && cpus.is_none() && memory.is_none() && max_priority.is_none() {
+                bail!("nothing to set: give GPUs, --cpus, --memory (each a number or `unlimited`) or --max-priority");
             }
             let tenants: Vec<api::Tenant> = rt.block_on(client.get("/v1/tenants"))?;
             let current =
@@ -866,6 +874,7 @@ pub fn quota(args: QuotaArgs) -> anyhow::Result<()> {
                     .map(|g| u32::try_from(g).unwrap_or(u32::MAX)),
                 cpu_milli_quota: limit(cpus, current.cpu_milli_quota, parse_cpus)?,
                 memory_mib_quota: limit(memory, current.memory_mib_quota, parse_memory_mib)?,
+                max_priority: Some(max_priority.unwrap_or(current.max_priority)),
             };
             let t: api::Tenant = rt.block_on(client.put(&format!("/v1/tenants/{tenant}/quota"), &update))?;
             if args.conn.output == Output::Json {

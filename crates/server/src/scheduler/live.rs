@@ -1028,7 +1028,7 @@ mod tests {
                         }
                     }
                     Op::Quota { tenant, gpus, cpu_milli } => {
-                        live.set_quota(tenant, TenantQuota { gpus, cpu_milli, memory_mib: None })
+                        live.set_quota(tenant, TenantQuota { gpus, cpu_milli, ..TenantQuota::default() })
                     }
                     Op::Node { index, available } => live.set_available(NodeId(index as u32), available),
                     _ => {}
