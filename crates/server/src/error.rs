@@ -58,6 +58,14 @@ impl From<store::StoreError> for ApiError {
                 tracing::warn!(error = %e, "write refused: another server leads now");
                 ApiError::Unavailable("this server no longer leads the control plane; retry on the leader".into())
             }
+            e if e.is_disk_full() => {
+                tracing::error!(error = %e, "the store cannot write: its disk is full or read-only");
+                ApiError::Unavailable(
+                    "the store's disk is full (or read-only): nothing new is accepted until the operator frees \
+                     space; what was acknowledged is kept"
+                        .into(),
+                )
+            }
             store::StoreError::Db(_) | store::StoreError::Closed => {
                 tracing::error!(error = %e, "store call failed");
                 ApiError::Unavailable("the store is unavailable, retry later".into())

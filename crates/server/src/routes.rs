@@ -97,6 +97,19 @@ async fn not_found() -> ApiError {
 
 async fn health(State(st): State<AppState>) -> Result<Json<api::Health>, ApiError> {
     let database = database_name(st.store.backend());
+    // Below this, a write may fail: the server says so before it does.
+    const MIN_FREE_BYTES: u64 = 1 << 20;
+    if let Some(disk) = st.store.disk() {
+        if disk.read_only {
+            return Err(ApiError::Unavailable(format!("the {database} store's disk is read-only")));
+        }
+        if disk.free_bytes < MIN_FREE_BYTES {
+            return Err(ApiError::Unavailable(format!(
+                "the {database} store's disk is full: {} KiB free",
+                disk.free_bytes / 1024
+            )));
+        }
+    }
     match st.store.ping().await {
         Ok(()) => Ok(Json(api::Health { status: "ok".into(), database: database.into() })),
         Err(e) => {

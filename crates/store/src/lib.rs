@@ -447,6 +447,34 @@ pub struct Store {
     announce: bool,
     /// The PostgreSQL address, for [`Store::listen`]'s connection of its own.
     url: Option<std::sync::Arc<str>>,
+    /// The SQLite database file, whose disk [`Store::disk`] looks at.
+    sqlite_path: Option<std::sync::Arc<std::path::Path>>,
+}
+
+/// The disk an embedded store writes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Bytes free for the store's process.
+    pub free_bytes: u64,
+    pub read_only: bool,
+}
+
+impl StoreError {
+    /// Whether the database could not write for want of disk: full, or read-only.
+    pub fn is_disk_full(&self) -> bool {
+        let StoreError::Db(e) = self else { return false };
+        match e {
+            // SQLITE_FULL (13), SQLITE_READONLY (8), SQLITE_IOERR (10): their extended codes
+            // keep the primary one in the low byte. PostgreSQL: disk_full (53100).
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                let primary = code.parse::<i64>().map(|c| c & 0xff).unwrap_or(-1);
+                matches!(primary, 8 | 10 | 13) || code == "53100"
+            }
+            sqlx::Error::Io(io) => io.raw_os_error() == Some(28) || io.raw_os_error() == Some(30),
+            _ => false,
+        }
+    }
 }
 
 /// What the submission writer is asked to do.
@@ -477,6 +505,7 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let mut pg_url = None;
+        let mut sqlite_path = None;
         let (backend, writer, reader) = if let Some(path) = url.strip_prefix("sqlite://") {
             let path = path.split('?').next().unwrap_or(path);
             if path.is_empty() {
@@ -490,6 +519,7 @@ impl Store {
             migrator(Backend::Sqlite).run(&writer).await?;
             // Only now: a read-only connection can neither create the file nor switch it to WAL.
             let reader = sqlite_pool(&format!("sqlite://{path}?mode=ro"), SQLITE_READERS, SqliteRole::Reader).await?;
+            sqlite_path = Some(std::sync::Arc::from(std::path::Path::new(path)));
             (Backend::Sqlite, writer, reader)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
@@ -516,7 +546,19 @@ impl Store {
         let (submissions, queue) = mpsc::channel(SUBMISSION_QUEUE);
         tokio::spawn(write_submissions(writer.clone(), backend, queue));
         tracing::debug!(backend = ?backend, "store ready");
-        Ok(Store { writer, reader, backend, submissions, fence: None, announce: false, url: pg_url })
+        Ok(Store { writer, reader, backend, submissions, fence: None, announce: false, url: pg_url, sqlite_path })
+    }
+
+    /// The space left on an embedded store's disk (`None` on PostgreSQL, whose disk is its
+    /// server's). Blocks briefly (one `statvfs`).
+    pub fn disk(&self) -> Option<DiskSpace> {
+        let path = self.sqlite_path.as_deref()?;
+        let at = if path.exists() { path } else { path.parent().unwrap_or(path) };
+        let stat = nix::sys::statvfs::statvfs(at).ok()?;
+        Some(DiskSpace {
+            free_bytes: stat.blocks_available().saturating_mul(stat.fragment_size()),
+            read_only: stat.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY),
+        })
     }
 
     pub fn backend(&self) -> Backend {
