@@ -32,6 +32,10 @@ enum Command {
     Up(cmd::up::UpArgs),
     /// Run the control plane: REST API, scheduler and nodes over SQLite or PostgreSQL.
     Server(cmd::server::ServerArgs),
+    /// Copy the embedded store while the server runs (PostgreSQL: pg_dump).
+    Backup(cmd::backup::BackupArgs),
+    /// Put a copy made by `drome backup` in place of the embedded store (no server running).
+    Restore(cmd::backup::RestoreArgs),
     /// Run a node agent: join a server and run its work on this machine's GPUs (or declared ones).
     Agent(cmd::agent::AgentArgs),
     /// Submit a job (or a GPU instance): drome submit --gpus 8 [--nodes 2] -- CMD ARGS.
@@ -68,6 +72,8 @@ fn run() -> anyhow::Result<()> {
         Command::Energy(args) => cmd::energy::run(args),
         Command::Up(args) => cmd::up::run(args),
         Command::Server(args) => cmd::server::run(args),
+        Command::Backup(args) => cmd::backup::backup(args),
+        Command::Restore(args) => cmd::backup::restore(args),
         Command::Agent(args) => cmd::agent::run(args),
         Command::Submit(args) => cmd::client::submit(args),
         Command::Jobs(args) => cmd::client::jobs(args),

@@ -48,6 +48,8 @@ pub enum StoreError {
     /// The store was closed ([`Store::close`]) before the call could be done.
     #[error("the store is closed")]
     Closed,
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// A write of a leader ([`Store::fenced`]) after another replica took the lease over.
     #[error("fenced: this replica led in epoch {epoch}, the lease is now at epoch {current:?}; it may no longer write")]
     Fenced { epoch: i64, current: Option<i64> },
@@ -547,6 +549,18 @@ impl Store {
         tokio::spawn(write_submissions(writer.clone(), backend, queue));
         tracing::debug!(backend = ?backend, "store ready");
         Ok(Store { writer, reader, backend, submissions, fence: None, announce: false, url: pg_url, sqlite_path })
+    }
+
+    /// Writes a consistent copy of an embedded store to `to` (a new file) while it serves:
+    /// SQLite's `VACUUM INTO`, one read transaction. PostgreSQL has its own tools (`pg_dump`).
+    pub async fn backup_to(&self, to: &std::path::Path) -> Result<()> {
+        if self.backend != Backend::Sqlite {
+            return Err(StoreError::Unsupported(
+                "a PostgreSQL store is backed up with PostgreSQL's tools: pg_dump (or pg_basebackup with WAL archiving)",
+            ));
+        }
+        sqlx::query("VACUUM INTO $1").bind(to.display().to_string()).execute(&self.reader).await?;
+        Ok(())
     }
 
     /// The space left on an embedded store's disk (`None` on PostgreSQL, whose disk is its

@@ -1,6 +1,7 @@
 //! One module per subcommand, plus the loaders they share.
 
 pub mod agent;
+pub mod backup;
 pub mod bench;
 pub mod bench_agents;
 pub mod bench_failover;
