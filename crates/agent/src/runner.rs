@@ -42,6 +42,33 @@ pub struct NodeConfig {
     pub images: Option<Arc<crate::ImageRuntime>>,
     /// How the server is trusted over HTTPS (a CA file or its certificate's fingerprint).
     pub trust: Option<tls::Trust>,
+    /// How long an ended run's output is kept for `drome logs` (`None`: for good).
+    pub keep_output: Option<Duration>,
+}
+
+/// Removes the directories of ended runs under `runs` whose output was last written before
+/// `keep` ago, but none of `live`. Returns how many it removed. Blocks (a directory walk).
+pub fn prune_runs(runs: &std::path::Path, live: &HashSet<String>, keep: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(runs) else { return 0 };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if live.contains(&name) {
+            continue;
+        }
+        let dir = e.path();
+        // The last write of its output (or the directory itself when it has none).
+        let written = ["stdout", "stderr"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok())
+            .chain(std::fs::metadata(&dir).and_then(|m| m.modified()).ok())
+            .max();
+        let old = written.and_then(|t| t.elapsed().ok()).is_some_and(|age| age > keep);
+        if old && std::fs::remove_dir_all(&dir).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// The agent's HTTP client: a minute at most a call, over TLS trusting the server as `trust`
@@ -175,6 +202,8 @@ pub struct NodeAgent {
     /// Its own end of the channel when it runs alone; a host holds the shared one.
     exit_rx: Option<mpsc::UnboundedReceiver<(usize, RunExit)>>,
     index: usize,
+    /// When ended runs' output was last pruned.
+    pruned_at: Option<tokio::time::Instant>,
 }
 
 fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
@@ -418,6 +447,7 @@ impl NodeAgent {
             exit_tx,
             exit_rx: None,
             index,
+            pruned_at: None,
         };
         agent.reap_leftovers();
         Ok(agent)
@@ -820,6 +850,26 @@ impl NodeAgent {
         self.renewed_at = Some(sent_at);
         self.lease = Duration::from_millis(lease_ms.max(100));
         self.exits_sent = self.exits_sent.max(sent_exits).min(self.exited.len());
+        self.prune_output();
+    }
+
+    /// Every ten minutes, ended runs' output past its keeping goes (off the heartbeat loop).
+    fn prune_output(&mut self) {
+        const EVERY: Duration = Duration::from_secs(600);
+        let Some(keep) = self.cfg.keep_output else { return };
+        if self.pruned_at.is_some_and(|t| t.elapsed() < EVERY) {
+            return;
+        }
+        self.pruned_at = Some(tokio::time::Instant::now());
+        let live: HashSet<String> =
+            self.live.keys().map(|k| format!("{}-{}-{}", k.job_id, k.generation, k.member)).collect();
+        let (runs, node) = (self.cfg.work_dir.join("runs"), self.cfg.name.clone());
+        tokio::task::spawn_blocking(move || {
+            let removed = prune_runs(&runs, &live, keep);
+            if removed > 0 {
+                tracing::info!(node = %node, runs = removed, "removed ended runs' output past its keeping");
+            }
+        });
     }
 
     /// Does what the server's answer says: forgets acknowledged ends, kills, starts, applies
@@ -966,6 +1016,27 @@ fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ended_runs_output_goes_after_its_keeping_live_runs_stay() {
+        let dir = std::env::temp_dir().join(format!("drome-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let old = std::time::SystemTime::now() - Duration::from_secs(3 * 86_400);
+        for run in ["1-1-0", "2-1-0", "3-1-0"] {
+            std::fs::create_dir_all(dir.join(run)).unwrap();
+            let f = std::fs::File::create(dir.join(run).join("stdout")).unwrap();
+            if run != "3-1-0" {
+                f.set_modified(old).unwrap();
+                std::fs::File::open(dir.join(run)).unwrap().set_modified(old).unwrap();
+            }
+        }
+        let live: HashSet<String> = ["2-1-0".to_string()].into_iter().collect();
+        assert_eq!(prune_runs(&dir, &live, Duration::from_secs(86_400)), 1);
+        assert!(!dir.join("1-1-0").exists(), "an old ended run's output goes");
+        assert!(dir.join("2-1-0").exists(), "a live run stays, however old");
+        assert!(dir.join("3-1-0").exists(), "recent output stays");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_estimate_follows_busy_gpus_and_the_cap() {

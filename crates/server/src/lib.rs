@@ -101,6 +101,9 @@ pub struct Config {
     pub timeouts: serve::Timeouts,
     /// What one tenant may ask of the API (rate, streams, pending jobs).
     pub tenant_limits: limits::TenantLimits,
+    /// How long ended jobs' state changes and spent join tokens are kept (`None`: for good).
+    pub keep_events: Option<Duration>,
+    pub keep_spent_tokens: Option<Duration>,
 }
 
 impl Config {
@@ -125,6 +128,8 @@ impl Config {
             peer_tls: None,
             timeouts: serve::Timeouts::default(),
             tenant_limits: limits::TenantLimits::unlimited(),
+            keep_events: None,
+            keep_spent_tokens: None,
         }
     }
 }
@@ -380,6 +385,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         node_bounds: Arc::new(agents::checks::NodeBounds::new(&fleet)),
     };
     let mut background = Vec::new();
+    if config.keep_events.is_some() || config.keep_spent_tokens.is_some() {
+        let (events, tokens) = (config.keep_events, config.keep_spent_tokens);
+        background.push(tokio::spawn(prune(store.clone(), events, tokens, Duration::from_secs(3600))));
+    }
     if common.limiter.counts_pending() {
         let period = Duration::from_secs(1);
         background.push(tokio::spawn(limits::count_pending(store.clone(), common.limiter.clone(), period)));
@@ -446,6 +455,23 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let fleet = &common.fleet;
     tracing::info!(%addr, %address, backend = ?store.backend(), nodes = fleet.nodes.len(), gpus = fleet.total_gpus(), leads = epoch.is_some(), "drome server listening");
     Ok(Running { addr, generated_admin_token: generated, epoch, store, serve, role, leading, background })
+}
+
+/// Forgets, every `period`, the state changes of jobs that ended longer ago than `events` and
+/// the join tokens spent longer ago than `tokens` (each kept for good when `None`).
+async fn prune(store: store::Store, events: Option<Duration>, tokens: Option<Duration>, period: Duration) {
+    let before = |keep: Option<Duration>| match keep {
+        Some(k) => now_ms().saturating_sub(i64::try_from(k.as_millis()).unwrap_or(i64::MAX)),
+        None => i64::MIN,
+    };
+    loop {
+        match store.prune(before(events), before(tokens), now_ms()).await {
+            Ok((0, 0)) => {}
+            Ok((events, tokens)) => tracing::info!(events, join_tokens = tokens, "pruned what is past its keeping"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune old events and join tokens"),
+        }
+        tokio::time::sleep(period).await;
+    }
 }
 
 /// The admin token's hash a standby checks admins against: the one it was given, or the one

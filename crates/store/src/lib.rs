@@ -1380,6 +1380,34 @@ impl Store {
         rows.iter().map(Self::event_of).collect()
     }
 
+    /// Forgets what is kept only for a while: the state changes of jobs that ended before
+    /// `events_before_ms` (their rows stay, with their final state and times), and join tokens
+    /// spent (used up, expired or revoked) before `tokens_before_ms`. Returns how many of each.
+    pub async fn prune(&self, events_before_ms: i64, tokens_before_ms: i64, now_ms: i64) -> Result<(u64, u64)> {
+        let mut tx = self.write().await?;
+        let events = sqlx::query(
+            "DELETE FROM job_events WHERE at_ms < $1 AND job_id IN \
+             (SELECT id FROM jobs WHERE finished_ms IS NOT NULL AND finished_ms < $1 \
+              AND state IN ('succeeded', 'failed', 'cancelled'))",
+        )
+        .bind(events_before_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let tokens = sqlx::query(
+            "DELETE FROM join_tokens WHERE (revoked_ms IS NOT NULL AND revoked_ms < $1) \
+             OR (expires_ms IS NOT NULL AND expires_ms < $1 AND expires_ms < $2) \
+             OR (uses_left IS NOT NULL AND uses_left <= 0 AND created_ms < $1)",
+        )
+        .bind(tokens_before_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok((events, tokens))
+    }
+
     /// Pending jobs per tenant (tenants with none are left out).
     pub async fn pending_by_tenant(&self) -> Result<HashMap<i64, u64>> {
         let rows = sqlx::query("SELECT tenant_id, COUNT(*) FROM jobs WHERE state = 'pending' GROUP BY tenant_id")

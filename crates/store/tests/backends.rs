@@ -260,6 +260,7 @@ async fn group_commit(url: &str) {
     large_batches(&store).await;
     failed_batches_store_nothing(&store).await;
     tenant_usage(&store).await;
+    prune_old(&store).await;
     closing_answers_everyone(store, url).await;
 }
 
@@ -451,6 +452,43 @@ async fn tenant_usage(store: &Store) {
     assert_eq!((usage.gpus_used, usage.gpus_pending), (5, 19));
     assert_eq!((usage.cpu_milli_used, usage.cpu_milli_pending), (2000, 4000));
     assert_eq!((usage.memory_mib_used, usage.memory_mib_pending), (4096, 8192));
+}
+
+/// Old state changes of ended jobs, and spent join tokens, are forgotten; the jobs' rows, live
+/// jobs' history and good tokens stay.
+async fn prune_old(store: &Store) {
+    let tenant_id = store.create_tenant("prune", "hash-prune", TenantQuota::default(), 1).await.unwrap().id;
+    let jobs = store.insert_jobs(&[new_job(tenant_id, None), new_job(tenant_id, None)], 1_000).await.unwrap();
+    let (ended, live) = (jobs[0].job.id, jobs[1].job.id);
+    let step = |job_id, from, to| Transition { job_id, from: vec![from], to, change: Change::default() };
+    let finish = Transition {
+        job_id: ended,
+        from: vec![JobState::Running],
+        to: JobState::Succeeded,
+        change: Change { finished: true, ..Change::default() },
+    };
+    let steps = [
+        step(ended, JobState::Pending, JobState::Scheduled),
+        step(ended, JobState::Scheduled, JobState::Running),
+        finish,
+        step(live, JobState::Pending, JobState::Scheduled),
+    ];
+    assert!(store.transitions(&steps, 2_000).await.unwrap().into_iter().all(|applied| applied));
+    let limits =
+        |uses, expires_ms| store::JoinTokenLimits { uses: Some(uses), expires_ms: Some(expires_ms), node: None };
+    store.create_join_token("spent", 1_000, &limits(0, 10_000_000)).await.unwrap();
+    store.create_join_token("expired", 1_000, &limits(5, 1_500)).await.unwrap();
+    store.create_join_token("good", 1_000, &limits(5, 10_000_000)).await.unwrap();
+    let before = store.history(ended).await.unwrap().len();
+    assert!(before >= 4, "{before}");
+    let (events, tokens) = store.prune(3_000, 3_000, 5_000).await.unwrap();
+    assert_eq!(tokens, 2, "the used-up and the expired tokens go");
+    assert!(events >= before as u64, "the ended job's changes go: {events}");
+    assert!(store.history(ended).await.unwrap().is_empty());
+    assert!(!store.history(live).await.unwrap().is_empty(), "a live job keeps its history");
+    assert_eq!(store.job(tenant_id, ended).await.unwrap().map(|j| j.state), Some(JobState::Succeeded), "its row stays");
+    let left: Vec<String> = store.join_tokens().await.unwrap().into_iter().map(|t| t.token_hash).collect();
+    assert!(left.contains(&"good".to_string()) && !left.contains(&"spent".to_string()), "{left:?}");
 }
 
 /// Closing answers every submission in flight (stored, or refused as closed) and never hangs;

@@ -43,6 +43,9 @@ pub struct AgentArgs {
     /// Seconds between SIGTERM and SIGKILL when a run is stopped.
     #[arg(long, default_value_t = 10.0)]
     pub kill_grace: f64,
+    /// Hours an ended run's output is kept for `drome logs`; 0 keeps it for good.
+    #[arg(long, default_value_t = 168)]
+    pub keep_output_hours: u32,
     /// Print the GPUs NVML finds and exit.
     #[arg(long)]
     pub probe: bool,
@@ -248,6 +251,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 sandbox: sandbox.clone(),
                 images: images.clone(),
                 trust: trust.clone(),
+                keep_output: (args.keep_output_hours > 0)
+                    .then(|| Duration::from_secs(u64::from(args.keep_output_hours) * 3600)),
             });
         }
         // One node: its own heartbeat; many: one batched heartbeat over one connection.

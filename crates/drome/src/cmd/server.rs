@@ -49,6 +49,12 @@ pub struct ServerArgs {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub limits: TenantLimitArgs,
+    /// Days the state changes of ended jobs are kept (their rows stay); 0 keeps them for good.
+    #[arg(long, default_value_t = 90)]
+    pub keep_events_days: u32,
+    /// Days used-up, expired or revoked join tokens are kept; 0 keeps them for good.
+    #[arg(long, default_value_t = 7)]
+    pub keep_spent_tokens_days: u32,
     /// Without --agents, the work runs on in-process nodes that only wait: seconds such a node
     /// runs a command that declares no duration.
     #[arg(long, alias = "virtual-seconds", default_value_t = 10.0)]
@@ -178,6 +184,9 @@ pub fn config(args: &ServerArgs) -> anyhow::Result<server::Config> {
     let mut config = server::Config::new(args.db.clone(), args.listen, fleet);
     args.tls.apply(&mut config)?;
     config.tenant_limits = args.limits.limits()?;
+    let days = |d: u32| (d > 0).then(|| Duration::from_secs(u64::from(d) * 86_400));
+    config.keep_events = days(args.keep_events_days);
+    config.keep_spent_tokens = days(args.keep_spent_tokens_days);
     config.admin_token = args.admin_token.clone().filter(|t| !t.trim().is_empty());
     config.policy = args.policy.clone();
     anyhow::ensure!(

@@ -163,6 +163,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 sandbox: sandbox.clone(),
                 images: images.clone(),
                 trust: trust.clone(),
+                // A week of ended runs' output, as `drome agent` keeps by default.
+                keep_output: Some(Duration::from_secs(7 * 86_400)),
             });
         }
         let host = agent::AgentHost::new(configs)?;
