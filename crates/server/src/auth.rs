@@ -78,11 +78,19 @@ impl FromRequestParts<AppState> for Caller {
         if tenant.token_expires_ms.is_some_and(|t| t <= crate::now_ms()) {
             return Err(ApiError::Unauthorized("this token has expired: ask the admin for a new one".into()));
         }
-        // Every request of a tenant counts against its rate, whatever it asks.
-        state.limiter.request(tenant.id)?;
+        // Every request of a tenant counts against its rate, whatever it asks. A refusal is
+        // answered after a pause: a client that does not wait as told is slowed to a few
+        // requests a second per connection, and its flood costs the server little.
+        if let Err(refused) = state.limiter.request(tenant.id) {
+            tokio::time::sleep(REFUSAL_PAUSE).await;
+            return Err(refused);
+        }
         Ok(Caller::Tenant(tenant))
     }
 }
+
+/// How long a request past its tenant's rate waits before its 429.
+const REFUSAL_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A caller that must be a tenant: work belongs to tenants.
 pub struct TenantCaller(pub store::Tenant);

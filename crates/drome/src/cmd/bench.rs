@@ -23,6 +23,9 @@ pub enum BenchCommand {
     /// Durable submissions alone: a real server takes jobs from concurrent clients, each 201
     /// once its job is durable; submissions per second, latency, the server's CPU per submission.
     Submit(bench_submit::SubmitBenchArgs),
+    /// What a flooding tenant does to the others: a quiet tenant's submission latency alone and
+    /// beside a tenant submitting as fast as it can, under the default per-tenant limits.
+    Flood(super::bench_flood::FloodBenchArgs),
     /// Replicas on one PostgreSQL database, the leader killed with SIGKILL again and again under
     /// a storm of submissions: failover times, acknowledged jobs lost, jobs run twice.
     Failover(bench_failover::FailoverBenchArgs),
@@ -128,6 +131,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Openb(args) => bench_openb::run(args),
         BenchCommand::Agents(args) => bench_agents::run(args),
         BenchCommand::Submit(args) => bench_submit::run(args),
+        BenchCommand::Flood(args) => super::bench_flood::run(args),
         BenchCommand::Failover(args) => bench_failover::run(args),
         BenchCommand::Live(args) => live_bench(args),
         BenchCommand::Sandbox(args) => super::bench_sandbox::run(args),

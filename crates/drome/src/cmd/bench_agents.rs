@@ -137,8 +137,6 @@ pub(super) async fn start_server(
     let base = format!("http://127.0.0.1:{port}");
     let mut server = Command::new(exe)
         .args(["server", "--db", db, "--listen", &format!("127.0.0.1:{port}"), "--admin-token", admin])
-        // The benchmark floods on purpose: no per-tenant limits.
-        .args(["--tenant-rate", "0", "--tenant-pending-jobs", "0"])
         .arg("--fleet")
         .arg(fleet)
         .args(extra)
@@ -427,7 +425,9 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path, node_dir: &Path)
     std::fs::write(&fleet, fleet_toml(args.nodes)).with_context(|| format!("cannot write {}", fleet.display()))?;
     let db = args.db.clone().unwrap_or_else(|| format!("sqlite://{}", dir.join("drome.db").display()));
     let mut procs = Procs { server: None, agents: Vec::new() };
-    let (server, c) = start_server(&exe, &db, &fleet, ADMIN, &["--agents"], dir).await?;
+    // The benchmark floods on purpose: no per-tenant limits.
+    let extra = ["--agents", "--tenant-rate", "0", "--tenant-pending-jobs", "0"];
+    let (server, c) = start_server(&exe, &db, &fleet, ADMIN, &extra, dir).await?;
     procs.server = Some(server);
     let base = c.base.clone();
     let tenant = c.post("/v1/tenants", ADMIN, &json!({"name": "bench"})).await?;
