@@ -6,11 +6,11 @@
 
 mod common;
 
-use common::{Procs, create_tenant, free_port, join_token, server, submit, wait_healthy, wait_state};
+use common::{Procs, agent_with, create_tenant, free_port, join_token, server, submit, wait_healthy, wait_state};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const ADMIN: &str = "tls-admin";
@@ -31,21 +31,6 @@ fn pinned_client(fingerprint: &str) -> reqwest::Client {
         .use_preconfigured_tls(tls::client_config(&trust).unwrap())
         .timeout(Duration::from_secs(10))
         .build()
-        .unwrap()
-}
-
-fn agent(base: &str, join: &str, name: &str, dir: &Path, trust: &[&str]) -> std::process::Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_drome"))
-        .args(["agent", "--server", base, "--join-token", join, "--name", name, "--sandbox", "off"])
-        .args(["--declared-gpus", "8", "--gpu-model", "H200", "--kill-grace", "1"])
-        .args(trust)
-        .arg("--work-dir")
-        .arg(dir.join(name))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
         .unwrap()
 }
 
@@ -100,8 +85,11 @@ async fn clients_and_agents_reach_the_api_over_tls_only_when_they_trust_it() {
     let join = join_token(&http, &base, ADMIN).await;
     let ca = ours.ca.display().to_string();
     let other_ca = other.ca.display().to_string();
-    procs.0.push(agent(&base, &join, "hall-a-r001-n01", &dir, &["--ca-file", &ca]));
-    procs.0.push(agent(&base, &join, "hall-a-r001-n02", &dir, &["--ca-file", &other_ca]));
+    // Unsandboxed: this test is about the wire, and runs where the agent may not be root.
+    let trusting = ["--sandbox", "off", "--ca-file", &ca];
+    let distrusting = ["--sandbox", "off", "--ca-file", &other_ca];
+    procs.0.push(agent_with(None, &base, &join, "hall-a-r001-n01", &dir, &trusting));
+    procs.0.push(agent_with(None, &base, &join, "hall-a-r001-n02", &dir, &distrusting));
     let token = create_tenant(&http, &base, ADMIN, "lab").await;
     let id = submit(&http, &base, &token, &json!({"command": "echo", "args": ["over tls"], "gpus_per_node": 8})).await;
     let job = wait_state(&http, &base, &token, id, "succeeded").await;

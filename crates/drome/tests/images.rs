@@ -9,10 +9,12 @@
 
 mod common;
 
-use common::{Procs, create_tenant, free_port, get_job, join_token, server, submit, wait_healthy, wait_state};
+use common::{
+    Procs, agent_with, create_tenant, free_port, get_job, join_token, server, submit, wait_healthy, wait_state,
+};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const ADMIN: &str = "images-admin";
@@ -82,23 +84,6 @@ fn stand_in_devices(dir: &Path) {
     }
 }
 
-fn agent(base: &str, join: &str, name: &str, dir: &Path, extra: &[&str]) -> std::process::Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_drome"))
-        .args(["agent", "--server", base, "--join-token", join, "--name", name, "--sandbox", "on"])
-        .args(["--declared-gpus", "8", "--gpu-model", "H200", "--kill-grace", "1"])
-        .arg("--device-dir")
-        .arg(dir.join("dev"))
-        .arg("--work-dir")
-        .arg(dir.join(name))
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
 async fn logs(http: &reqwest::Client, base: &str, token: &str, id: i64, stream: &str) -> String {
     let v: Value = http
         .get(format!("{base}/v1/jobs/{id}/logs?stream={stream}"))
@@ -162,8 +147,11 @@ async fn jobs_run_in_images_confined_and_only_where_a_runtime_is() {
     wait_healthy(&http, &base).await;
     let join = join_token(&http, &base, ADMIN).await;
     let store_arg = store.display().to_string();
-    procs.0.push(agent(&base, &join, WITH_RUNTIME, &dir, &["--image-store", &store_arg]));
-    procs.0.push(agent(&base, &join, WITHOUT, &dir, &["--images", "off"]));
+    let devices = dir.join("dev").display().to_string();
+    let with_runtime = ["--sandbox", "on", "--device-dir", &devices, "--image-store", &store_arg];
+    let without = ["--sandbox", "on", "--device-dir", &devices, "--images", "off"];
+    procs.0.push(agent_with(None, &base, &join, WITH_RUNTIME, &dir, &with_runtime));
+    procs.0.push(agent_with(None, &base, &join, WITHOUT, &dir, &without));
     let token = create_tenant(&http, &base, ADMIN, "lab").await;
     // Both nodes up: a plain job on each.
     for _ in 0..2 {

@@ -54,6 +54,18 @@ pub async fn join_token(http: &reqwest::Client, base: &str, admin: &str) -> Stri
 /// `drome agent` serving the virtual 8-GPU H200 node `name`, with its work under `dir/name` and
 /// its log appended to `dir/name.log`; run inside network namespace `netns` when given.
 pub fn agent(netns: Option<&str>, base: &str, join: &str, name: &str, dir: &std::path::Path) -> Child {
+    agent_with(netns, base, join, name, dir, &[])
+}
+
+/// [`agent`] with `extra` arguments after the usual ones.
+pub fn agent_with(
+    netns: Option<&str>,
+    base: &str,
+    join: &str,
+    name: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> Child {
     use std::process::{Command, Stdio};
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap();
     let mut cmd = match netns {
@@ -73,6 +85,7 @@ pub fn agent(netns: Option<&str>, base: &str, join: &str, name: &str, dir: &std:
     cmd.args(["--declared-gpus", "8", "--gpu-model", "H200", "--kill-grace", "1"])
         .arg("--work-dir")
         .arg(dir.join(name))
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
