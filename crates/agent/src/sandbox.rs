@@ -133,6 +133,9 @@ pub struct Sandbox {
 const BASIC_DEVICES: &[&str] =
     &["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm", "c 5:2 rwm", "c 136:* rwm"];
 
+/// Device files every run finds in its own `/dev`, as the node has them.
+const BASIC_DEVICE_FILES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
 /// GPU device files every GPU run needs besides its own `nvidiaN`.
 const GPU_SHARED_DEVICES: &[&str] = &["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset"];
 
@@ -293,6 +296,11 @@ impl Sandbox {
             launcher: self.opts.launcher.clone(),
             private_tmp: !limits.gpu_share && !work.starts_with("/tmp") && !work.starts_with("/var/tmp"),
             work: work.to_path_buf(),
+            devices: BASIC_DEVICE_FILES
+                .iter()
+                .map(|name| Path::new("/dev").join(name))
+                .chain(self.gpu_device_files(&limits.gpus))
+                .collect(),
         };
         for (controller, scope_dir) in self.scope_dirs(scope) {
             let dir = scope_dir.join(component(run));
@@ -495,6 +503,8 @@ pub struct RunSandbox {
     /// under them: the mount would hide it).
     private_tmp: bool,
     work: PathBuf,
+    /// The device files the run's own `/dev` holds: the basic ones and its GPUs'.
+    devices: Vec<PathBuf>,
 }
 
 impl RunSandbox {
@@ -525,6 +535,9 @@ impl RunSandbox {
             cmd.arg("--cgroup").arg(dir.join("cgroup.procs"));
         }
         cmd.arg("--uid").arg(self.uid.to_string());
+        for device in &self.devices {
+            cmd.arg("--device").arg(device);
+        }
         let mut private = vec!["/dev/shm"];
         if self.private_tmp {
             private.extend(["/tmp", "/var/tmp"]);
@@ -617,6 +630,7 @@ fn enter(args: &[std::ffi::OsString]) -> Result<Program, LaunchError> {
     use nix::mount::{MsFlags, mount};
     let mut cgroups = Vec::new();
     let mut tmpfs = Vec::new();
+    let mut devices = Vec::new();
     let mut uid = None;
     let mut it = args.iter();
     let program = loop {
@@ -627,6 +641,7 @@ fn enter(args: &[std::ffi::OsString]) -> Result<Program, LaunchError> {
         match a.to_str() {
             Some("--cgroup") => cgroups.push(PathBuf::from(value(&mut it)?)),
             Some("--tmpfs") => tmpfs.push(PathBuf::from(value(&mut it)?)),
+            Some("--device") => devices.push(PathBuf::from(value(&mut it)?)),
             Some("--uid") => {
                 let v = value(&mut it)?;
                 let n: u32 =
@@ -656,6 +671,7 @@ fn enter(args: &[std::ffi::OsString]) -> Result<Program, LaunchError> {
         .map_err(step("unshare the mount and IPC namespaces"))?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(step("make mounts private"))?;
+    private_dev(&devices)?;
     for dir in &tmpfs {
         if dir.is_dir() {
             mount(Some("tmpfs"), dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))
@@ -669,6 +685,55 @@ fn enter(args: &[std::ffi::OsString]) -> Result<Program, LaunchError> {
     nix::unistd::setuid(id).map_err(step("set the uid"))?;
     nix::sys::prctl::set_no_new_privs().map_err(step("set no_new_privs"))?;
     Ok((program, it.cloned().collect()))
+}
+
+/// Gives the run a `/dev` of its own: a small tmpfs holding only `devices` (each bound from the
+/// node's file of that name, named as its file is named), its terminals (`pts`, `ptmx`), the usual
+/// links and an empty `shm`. Other device files, other GPUs' among them, do not exist for it:
+/// this confines devices where the cgroup cannot (cgroup v2 without a device filter), and doubles
+/// the cgroup's rule where it can.
+fn private_dev(devices: &[PathBuf]) -> Result<(), LaunchError> {
+    use nix::fcntl::{OFlag, open};
+    use nix::mount::{MsFlags, mount};
+    use nix::sys::stat::Mode;
+    use std::os::fd::AsRawFd;
+    // Held open (O_PATH) before /dev is covered, bound in from /proc/self/fd after.
+    let mut held = Vec::new();
+    let terminals = Path::new("/dev/pts");
+    for path in devices.iter().map(PathBuf::as_path).chain([terminals]) {
+        let Some(name) = path.file_name() else { continue };
+        match open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()) {
+            Ok(fd) => held.push((PathBuf::from("/dev").join(name), fd, path.is_dir())),
+            // A device the node lacks is one the run lacks.
+            Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(step(format!("open {}", path.display()))(e)),
+        }
+    }
+    mount(Some("tmpfs"), "/dev", Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=755,size=1m"))
+        .map_err(step("mount a private /dev"))?;
+    let io_step = |what: String| move |source: std::io::Error| LaunchError::Step { step: what, source };
+    for (target, fd, is_dir) in &held {
+        if *is_dir {
+            std::fs::create_dir(target).map_err(io_step(format!("make {}", target.display())))?;
+        } else {
+            std::fs::File::create(target).map_err(io_step(format!("make {}", target.display())))?;
+        }
+        let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        mount(Some(source.as_str()), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .map_err(step(format!("bind {}", target.display())))?;
+    }
+    drop(held);
+    for (link, to) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+        ("/dev/ptmx", "pts/ptmx"),
+    ] {
+        std::os::unix::fs::symlink(to, link).map_err(io_step(format!("link {link}")))?;
+    }
+    std::fs::create_dir("/dev/shm").map_err(io_step("make /dev/shm".into()))?;
+    Ok(())
 }
 
 #[cfg(test)]

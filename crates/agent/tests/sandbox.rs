@@ -169,6 +169,67 @@ async fn a_run_cannot_exceed_its_memory() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Its own `/dev`: the basic devices, its terminals and its own GPUs' files, nothing else,
+/// whatever cgroup hierarchy the node has.
+#[tokio::test]
+async fn a_run_sees_only_its_own_devices_in_dev() {
+    if !root() {
+        return;
+    }
+    let dir = scratch("own-dev");
+    let devices = dir.join("dev");
+    std::fs::create_dir_all(&devices).unwrap();
+    std::fs::set_permissions(&devices, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, minor) in [("nvidia0", 0), ("nvidia1", 1), ("nvidiactl", 255)] {
+        let path = devices.join(name);
+        nix::sys::stat::mknod(
+            &path,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(195, minor),
+        )
+        .unwrap();
+    }
+    let sandbox = sandbox(&devices);
+    let scope = format!("test-own-dev-{}", std::process::id());
+    let run =
+        sandbox.prepare(&scope, "1-1-0", &Limits { gpus: vec![1], ..Limits::default() }, &dir.join("run")).unwrap();
+    let seen = run_to_end(&run, "ls /dev; echo hi > /dev/null && echo null-ok; cat /dev/nvidia0; cat /dev/sda").await;
+    let names: Vec<&str> = seen.stdout.lines().collect();
+    assert_eq!(
+        names,
+        [
+            "fd",
+            "full",
+            "null",
+            "nvidia1",
+            "nvidiactl",
+            "ptmx",
+            "pts",
+            "random",
+            "shm",
+            "stderr",
+            "stdin",
+            "stdout",
+            "tty",
+            "urandom",
+            "zero",
+            "null-ok"
+        ],
+        "stderr: {}",
+        seen.stderr
+    );
+    assert!(seen.stderr.contains("/dev/nvidia0: No such file"), "{}", seen.stderr);
+    let cpu_only = sandbox.prepare(&scope, "2-1-0", &Limits::default(), &dir.join("cpu")).unwrap();
+    let seen = run_to_end(&cpu_only, "ls /dev | grep -c nvidia; true").await;
+    assert_eq!(seen.stdout.trim(), "0", "a run without GPUs sees none: {}", seen.stderr);
+    run.release();
+    cpu_only.release();
+    drop((run, cpu_only));
+    sandbox.reap(&scope);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn a_run_opens_only_its_own_gpus_device_files() {
     if !root() {
