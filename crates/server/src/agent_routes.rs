@@ -122,7 +122,7 @@ pub(crate) async fn list_join_tokens(
 pub(crate) async fn revoke_join_token(
     State(st): State<AppState>,
     _admin: AdminCaller,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    crate::json::PathSegment(id): crate::json::PathSegment,
 ) -> Result<StatusCode, ApiError> {
     let not_found = || ApiError::NotFound(format!("no join token {id:?} to revoke"));
     if id.len() != JOIN_TOKEN_ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -521,7 +521,7 @@ pub(crate) struct LogParams {
 pub(crate) async fn job_logs(
     State(st): State<AppState>,
     crate::auth::TenantCaller(tenant): crate::auth::TenantCaller,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    crate::json::PathSegment(id): crate::json::PathSegment,
     params: Result<axum::extract::Query<LogParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<api::JobLogs>, ApiError> {
     let axum::extract::Query(params) = params.map_err(crate::routes::query_error)?;

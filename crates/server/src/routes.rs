@@ -4,13 +4,13 @@
 use crate::auth::{AdminCaller, Caller, TenantCaller};
 use crate::convert::{event_to_api, job_to_api, request_workload, state_from_api, total_gpus};
 use crate::error::ApiError;
-use crate::json::ApiJson;
+use crate::json::{ApiJson, PathSegment};
 use crate::{AppState, now_ms};
 use api::limits;
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -173,7 +173,7 @@ async fn tenant_named(st: &AppState, name: &str) -> Result<store::Tenant, ApiErr
 async fn rotate_tenant_token(
     State(st): State<AppState>,
     _admin: AdminCaller,
-    Path(name): Path<String>,
+    PathSegment(name): PathSegment,
     body: axum::body::Bytes,
 ) -> Result<Json<api::TenantCreated>, ApiError> {
     let req: api::TokenRotation = if body.iter().all(u8::is_ascii_whitespace) {
@@ -197,7 +197,7 @@ async fn rotate_tenant_token(
 async fn revoke_tenant_token(
     State(st): State<AppState>,
     _admin: AdminCaller,
-    Path(name): Path<String>,
+    PathSegment(name): PathSegment,
 ) -> Result<StatusCode, ApiError> {
     let tenant = tenant_named(&st, &name).await?;
     // A hash no token has: the tenant is locked out until the admin rotates it a new one.
@@ -214,7 +214,7 @@ async fn revoke_tenant_token(
 async fn remove_tenant(
     State(st): State<AppState>,
     _admin: AdminCaller,
-    Path(name): Path<String>,
+    PathSegment(name): PathSegment,
 ) -> Result<StatusCode, ApiError> {
     let tenant = tenant_named(&st, &name).await?;
     let unusable = format!("removed:{}", crate::auth::new_token()?);
@@ -311,7 +311,7 @@ async fn list_tenants(State(st): State<AppState>, caller: Caller) -> Result<Json
 async fn set_quota(
     State(st): State<AppState>,
     _admin: AdminCaller,
-    Path(name): Path<String>,
+    PathSegment(name): PathSegment,
     ApiJson(req): ApiJson<api::QuotaUpdate>,
 ) -> Result<Json<api::Tenant>, ApiError> {
     let tenant =
@@ -624,7 +624,7 @@ async fn tenant_job(st: &AppState, tenant: &store::Tenant, id: &str) -> Result<s
 async fn get_job(
     State(st): State<AppState>,
     TenantCaller(tenant): TenantCaller,
-    Path(id): Path<String>,
+    PathSegment(id): PathSegment,
 ) -> Result<Json<api::Job>, ApiError> {
     let job = tenant_job(&st, &tenant, &id).await?;
     let history = st.store.history(job.id).await?;
@@ -634,7 +634,7 @@ async fn get_job(
 async fn cancel_job(
     State(st): State<AppState>,
     TenantCaller(tenant): TenantCaller,
-    Path(id): Path<String>,
+    PathSegment(id): PathSegment,
 ) -> Result<Json<api::Job>, ApiError> {
     let job = tenant_job(&st, &tenant, &id).await?;
     if !job.state.is_terminal() {
@@ -728,7 +728,7 @@ fn node_view(st: &AppState, name: &str) -> Result<Json<api::Node>, ApiError> {
 async fn drain_node(
     State(st): State<AppState>,
     _admin: AdminCaller,
-    Path(name): Path<String>,
+    PathSegment(name): PathSegment,
     body: axum::body::Bytes,
 ) -> Result<Json<api::Node>, ApiError> {
     let remote = agent_node(&st, &name)?;
@@ -750,7 +750,7 @@ async fn drain_node(
 async fn resume_node(
     State(st): State<AppState>,
     _admin: AdminCaller,
-    Path(name): Path<String>,
+    PathSegment(name): PathSegment,
 ) -> Result<Json<api::Node>, ApiError> {
     let remote = agent_node(&st, &name)?;
     st.store.delete_setting(&format!("{REMOVED_PREFIX}{name}")).await?;
@@ -764,7 +764,7 @@ async fn resume_node(
 async fn remove_node(
     State(st): State<AppState>,
     _admin: AdminCaller,
-    Path(name): Path<String>,
+    PathSegment(name): PathSegment,
 ) -> Result<Json<api::Node>, ApiError> {
     let remote = agent_node(&st, &name)?;
     if !remote.drained().contains_key(&name) {
@@ -885,7 +885,7 @@ async fn list_sites(State(st): State<AppState>, _caller: Caller) -> Json<Vec<api
 async fn set_gpu_power_cap(
     State(st): State<AppState>,
     _admin: AdminCaller,
-    Path(name): Path<String>,
+    PathSegment(name): PathSegment,
     ApiJson(body): ApiJson<api::GpuPowerCap>,
 ) -> Result<Json<api::Site>, ApiError> {
     let Some(site) = st.fleet.sites.iter().position(|s| s.name == name) else {

@@ -63,6 +63,8 @@ async fn batched(db: Db) {
     let v = batch(&s, vec![entry(NODES[0], &a), entry(NODES[1], &b)], 0, 0).await;
     assert!(v["nodes"].as_array().unwrap().iter().all(|n| n["error"].is_null()), "{v}");
     let last = v["answer"].as_u64().unwrap();
+    // The largest answer number a process may name (found by fuzzing: an overflow).
+    batch(&s, vec![], 0, u64::MAX).await;
 
     // A held call that lists no node answers as soon as one of its nodes gets work.
     let tenant = s.tenant("lab", None).await;

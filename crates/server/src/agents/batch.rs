@@ -23,7 +23,7 @@ impl BatchSession {
     /// of later answers are planned again.
     pub fn begin_call(&self, last_answer: u64) {
         let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
-        let later = answered.split_off(&(last_answer + 1));
+        let later = answered.split_off(&last_answer.saturating_add(1));
         // The process names every answer it gets with its next call: an earlier one still here
         // never reached it. Its nodes are planned again once more, then forgotten; later ones
         // (perhaps still on their way) are planned again until named.
