@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use utoipa::{OpenApi, ToSchema};
 
 pub mod paths;
+pub mod ranges;
 
 /// Limits the server enforces on a submission (and the client can check before sending).
 pub mod limits {
@@ -102,15 +103,15 @@ pub struct JobSpec {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Whole GPUs on each node (0 for CPU-only work).
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "crate::ranges::int32")]
     pub gpus_per_node: u32,
     /// Nodes the job spans; all start together or none does.
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "crate::ranges::int32")]
     pub nodes: u32,
     /// A share of one GPU instead of whole GPUs, in thousandths (1-999; `gpus_per_node` 1,
     /// `nodes` 1): the GPU is shared with other work (time-sliced or MPS), and drome places
     /// shares where they leave the least capacity stranded. Counts as one GPU against quotas.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int32")]
     pub gpu_milli: Option<u32>,
     /// GPU model or family the job needs (`H200`); any when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -118,11 +119,11 @@ pub struct JobSpec {
     /// CPU time held on each node, in thousandths of a CPU (`4000`: four CPUs). Unset: the
     /// fleet's share per GPU times the GPUs asked for (one CPU for CPU-only work). The run is
     /// confined to it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int64")]
     pub cpu_milli: Option<u64>,
     /// Memory held on each node, in MiB. Unset: the fleet's share per GPU times the GPUs asked
     /// for (2 GiB for CPU-only work). A run that goes past it is killed by the node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int64")]
     pub memory_mib: Option<u64>,
     /// An OCI image to run the command in (`localhost/train:3`), taken from the node's own image
     /// store (nodes pull nothing): the job goes only to nodes with a container runtime, under
@@ -136,12 +137,12 @@ pub struct JobSpec {
     #[serde(default)]
     pub deferrable: bool,
     /// The job is stopped (failed; an instance: expired) after this many seconds of running.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int64")]
     pub max_runtime_s: Option<u64>,
     #[serde(default)]
     pub restart_policy: RestartPolicy,
     /// Restarts allowed under `on-failure`.
-    #[serde(default = "default_max_restarts")]
+    #[serde(default = "default_max_restarts", deserialize_with = "crate::ranges::int32")]
     pub max_restarts: u32,
 }
 
@@ -173,6 +174,7 @@ impl Default for JobSpec {
 pub struct PlacedMember {
     pub node: String,
     /// GPU indexes on the node.
+    #[serde(deserialize_with = "crate::ranges::vec_int32")]
     pub gpus: Vec<u32>,
 }
 
@@ -233,18 +235,18 @@ pub struct NewTenant {
     /// Letters, digits, `-` and `_`; 1 to 64 characters.
     pub name: String,
     /// GPUs the tenant may hold at once; unlimited when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int32")]
     pub gpu_quota: Option<u32>,
     /// Thousandths of a CPU the tenant's jobs may hold at once, over all their nodes; unlimited
     /// when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int64")]
     pub cpu_milli_quota: Option<u64>,
     /// MiB of memory the tenant's jobs may hold at once, over all their nodes; unlimited when
     /// absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int64")]
     pub memory_mib_quota: Option<u64>,
     /// Seconds its token works; it never expires when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int64")]
     pub token_ttl_s: Option<u64>,
     /// The highest priority its jobs may ask for (0 when absent: priority orders every
     /// tenant's jobs, so raising it is the admin's to give).
@@ -257,7 +259,7 @@ pub struct NewTenant {
 #[serde(deny_unknown_fields)]
 pub struct TokenRotation {
     /// Seconds the new token works; it never expires when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int64")]
     pub ttl_s: Option<u64>,
 }
 
@@ -281,11 +283,11 @@ pub struct AuditEntry {
 pub struct Tenant {
     pub id: i64,
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int32")]
     pub gpu_quota: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int64")]
     pub cpu_milli_quota: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int64")]
     pub memory_mib_quota: Option<u64>,
     pub created_at_ms: i64,
     /// The highest priority its jobs may ask for.
@@ -308,14 +310,15 @@ pub struct TenantCreated {
 #[serde(deny_unknown_fields)]
 pub struct QuotaUpdate {
     /// GPUs the tenant may hold at once; `null` for unlimited.
+    #[serde(default, deserialize_with = "crate::ranges::opt_int32")]
     pub gpu_quota: Option<u32>,
     /// Thousandths of a CPU its jobs may hold at once, over all their nodes; `null` or absent
     /// for unlimited.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::ranges::opt_int64")]
     pub cpu_milli_quota: Option<u64>,
     /// MiB of memory its jobs may hold at once, over all their nodes; `null` or absent for
     /// unlimited.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::ranges::opt_int64")]
     pub memory_mib_quota: Option<u64>,
     /// The highest priority its jobs may ask for; 0 when absent.
     #[serde(default)]
@@ -326,27 +329,29 @@ pub struct QuotaUpdate {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Quota {
     pub tenant: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int32")]
     pub gpu_quota: Option<u32>,
     /// GPUs held by the tenant's scheduled and running jobs.
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub gpus_used: u64,
     /// GPUs asked for by the tenant's pending jobs.
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub gpus_pending: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int64")]
     pub cpu_milli_quota: Option<u64>,
     /// Thousandths of a CPU held by the tenant's scheduled and running jobs, over their nodes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::ranges::int64")]
     pub cpu_milli_used: u64,
     /// Thousandths of a CPU asked for by its pending jobs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::ranges::int64")]
     pub cpu_milli_pending: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int64")]
     pub memory_mib_quota: Option<u64>,
     /// MiB of memory held by the tenant's scheduled and running jobs, over their nodes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::ranges::int64")]
     pub memory_mib_used: u64,
     /// MiB of memory asked for by its pending jobs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::ranges::int64")]
     pub memory_mib_pending: u64,
 }
 
@@ -359,8 +364,11 @@ pub struct Node {
     pub rack: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_model: Option<String>,
+    #[serde(deserialize_with = "crate::ranges::int32")]
     pub gpus: u32,
+    #[serde(deserialize_with = "crate::ranges::int32")]
     pub gpus_free: u32,
+    #[serde(deserialize_with = "crate::ranges::int32")]
     pub gpus_used: u32,
     /// Power draw its agent last reported, in watts (absent without an agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -398,15 +406,19 @@ pub struct Drain {
 pub struct Site {
     pub name: String,
     pub cooling: String,
+    #[serde(deserialize_with = "crate::ranges::int32")]
     pub nodes: u32,
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub gpus: u64,
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub gpus_free: u64,
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub gpus_used: u64,
     /// GPU power draw, in watts: the load the site's cap is measured against. Live where the
     /// nodes' agents report it (`power_reporting_nodes`), else the board power of the GPUs in use.
     pub power_watts: f64,
     /// Nodes whose draw in `power_watts` is their agent's report.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::ranges::int32")]
     pub power_reporting_nodes: u32,
     /// The GPU power cap the site's nodes are asked to apply, watts per GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -440,13 +452,15 @@ pub struct Event {
 /// One GPU of a node, as its agent discovered it (NVML) or declared it (virtual).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GpuInfo {
+    #[serde(deserialize_with = "crate::ranges::int32")]
     pub index: u32,
     pub model: String,
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub memory_mib: u64,
     /// The board power limit now in force, in watts.
     pub power_limit_watts: f64,
     /// Indexes of the GPUs this one reaches over NVLink.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::ranges::vec_int32")]
     pub nvlink_peers: Vec<u32>,
     #[serde(default)]
     pub mig_enabled: bool,
@@ -460,10 +474,10 @@ pub struct GpuInfo {
 #[serde(deny_unknown_fields)]
 pub struct NewJoinToken {
     /// Nodes it may join (default 1; an agent serving several nodes needs one per node).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int32")]
     pub uses: Option<u32>,
     /// Seconds it stays valid (default 86,400: a day; at most a year).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int64")]
     pub ttl_s: Option<u64>,
     /// The only node it may join, by its fleet name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -477,7 +491,7 @@ pub struct JoinToken {
     /// Names the token in `GET /v1/join-tokens` and `DELETE /v1/join-tokens/{id}`.
     #[serde(default)]
     pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int32")]
     pub uses: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<i64>,
@@ -524,7 +538,9 @@ pub struct AgentJoin {
 pub struct AgentJoined {
     pub node: String,
     pub credential: String,
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub heartbeat_ms: u64,
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub lease_ms: u64,
 }
 
@@ -532,6 +548,7 @@ pub struct AgentJoined {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 pub struct RunKey {
     pub job_id: i64,
+    #[serde(deserialize_with = "crate::ranges::int32")]
     pub member: u32,
     /// The job's start count when this run was assigned; a run of an older generation is stale.
     pub generation: i64,
@@ -566,7 +583,7 @@ pub struct Heartbeat {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_power_cap_watts: Option<f64>,
     /// How long the server may hold the call waiting for work, in milliseconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::ranges::int64")]
     pub wait_ms: u64,
 }
 
@@ -593,11 +610,11 @@ pub struct HeartbeatBatch {
     #[serde(default)]
     pub nodes: Vec<NodeHeartbeat>,
     /// How long the server may hold the call waiting for work, in milliseconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::ranges::int64")]
     pub wait_ms: u64,
     /// The `answer` number of the last answer this process received (0: none): the server
     /// plans again the nodes of later answers, which the process dropped or never got.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::ranges::int64")]
     pub last_answer: u64,
 }
 
@@ -615,9 +632,10 @@ pub struct NodeHeartbeatReply {
 /// The server's answer to a batched heartbeat: only the nodes that have something to do.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HeartbeatBatchReply {
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub lease_ms: u64,
     /// Numbers this answer, for the process's next `last_answer`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::ranges::int64")]
     pub answer: u64,
     #[serde(default)]
     pub nodes: Vec<NodeHeartbeatReply>,
@@ -627,6 +645,7 @@ pub struct HeartbeatBatchReply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Assignment {
     pub run: RunKey,
+    #[serde(deserialize_with = "crate::ranges::int32")]
     pub members: u32,
     pub command: String,
     #[serde(default)]
@@ -635,16 +654,17 @@ pub struct Assignment {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// GPU indexes on the node.
+    #[serde(deserialize_with = "crate::ranges::vec_int32")]
     pub gpus: Vec<u32>,
     /// The share of its one GPU, thousandths, when the run holds less than a whole GPU: the node
     /// holds it to that share of the GPU's compute and memory through MPS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int32")]
     pub gpu_milli: Option<u32>,
     /// CPU time the run may use, in thousandths of a CPU (0: not limited).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::ranges::int64")]
     pub cpu_milli: u64,
     /// Memory the run may use, in MiB (0: not limited).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::ranges::int64")]
     pub memory_mib: u64,
     /// The OCI image to run the command in, from the node's own image store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -654,6 +674,7 @@ pub struct Assignment {
 /// The server's answer to a heartbeat.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HeartbeatReply {
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub lease_ms: u64,
     /// Runs to start (the node ignores those it already runs).
     #[serde(default)]
@@ -703,12 +724,15 @@ impl LogStream {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogRequest {
     /// Echoed in the answer.
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub id: u64,
     pub run: RunKey,
     pub stream: LogStream,
     /// Byte offset in the output file.
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub offset: u64,
     /// The most bytes to send.
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub limit: u64,
 }
 
@@ -716,14 +740,17 @@ pub struct LogRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogChunk {
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub id: u64,
     /// The bytes from the offset, as UTF-8 (cut before an incomplete character at the end;
     /// invalid bytes become U+FFFD).
     #[serde(default)]
     pub data: String,
     /// Where the next read starts: the offset plus the bytes sent.
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub next_offset: u64,
     /// The file's size when read.
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub size: u64,
     /// Why the node could not read the output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -734,16 +761,20 @@ pub struct LogChunk {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JobLogs {
     pub job_id: i64,
+    #[serde(deserialize_with = "crate::ranges::int32")]
     pub member: u32,
     /// The run the output belongs to (the job's start count).
     pub generation: i64,
     pub node: String,
     pub stream: LogStream,
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub offset: u64,
     pub data: String,
     /// Pass as `offset` to read on.
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub next_offset: u64,
     /// The output's size so far, in bytes.
+    #[serde(deserialize_with = "crate::ranges::int64")]
     pub size: u64,
     /// The job has ended: nothing is written after `size`.
     pub complete: bool,

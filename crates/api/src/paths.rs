@@ -19,6 +19,8 @@ pub fn health() {}
 #[utoipa::path(get, path = "/v1/cluster", tag = "fleet", responses(
     (status = 200, description = "The leader's lease as stored, and whether this server leads", body = ClusterStatus),
     (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 429, description = "Past the tenant's request rate: try again after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
 ))]
 pub fn cluster() {}
 
@@ -102,6 +104,8 @@ pub fn audit_log() {}
 #[utoipa::path(get, path = "/v1/quota", tag = "tenants", responses(
     (status = 200, description = "Quota", body = Quota),
     (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 429, description = "Past the tenant's request rate: try again after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
 ))]
 pub fn get_quota() {}
 
@@ -114,6 +118,8 @@ pub fn get_quota() {}
         (status = 200, description = "A retry: the job stored for this key", body = Job),
         (status = 400, description = "Not JSON", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 429, description = "Past the tenant's request rate or its cap on pending jobs: try again after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 409, description = "The key was used for a different request", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
@@ -130,6 +136,8 @@ pub fn submit_job() {}
     responses(
         (status = 200, description = "Jobs", body = JobList),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 429, description = "Past the tenant's request rate: try again after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
 pub fn list_jobs() {}
 
@@ -138,6 +146,8 @@ pub fn list_jobs() {}
     responses(
         (status = 200, description = "The job", body = Job),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 429, description = "Past the tenant's request rate: try again after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 404, description = "No such job for this tenant", body = ErrorBody),
     ))]
 pub fn get_job() {}
@@ -147,6 +157,8 @@ pub fn get_job() {}
     responses(
         (status = 200, description = "The job after cancelling", body = Job),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 429, description = "Past the tenant's request rate: try again after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 404, description = "No such job for this tenant", body = ErrorBody),
     ))]
 pub fn cancel_job() {}
@@ -164,6 +176,8 @@ pub fn cancel_job() {}
     responses(
         (status = 200, description = "The output from the offset", body = JobLogs),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 429, description = "Past the tenant's request rate or its open streams: try again after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 404, description = "No such job or member, or the job has not been placed", body = ErrorBody),
         (status = 503, description = "The node that ran it does not answer", body = ErrorBody),
     ))]
@@ -173,6 +187,8 @@ pub fn job_logs() {}
 #[utoipa::path(get, path = "/v1/nodes", tag = "fleet", responses(
     (status = 200, description = "Nodes", body = Vec<Node>),
     (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 429, description = "Past the tenant's request rate: try again after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
 ))]
 pub fn list_nodes() {}
 
@@ -180,6 +196,8 @@ pub fn list_nodes() {}
 #[utoipa::path(get, path = "/v1/sites", tag = "fleet", responses(
     (status = 200, description = "Sites", body = Vec<Site>),
     (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 429, description = "Past the tenant's request rate: try again after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
 ))]
 pub fn list_sites() {}
 
@@ -243,6 +261,8 @@ pub fn remove_node() {}
     responses(
         (status = 200, description = "text/event-stream of Event", body = Event, content_type = "text/event-stream"),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 429, description = "Past the tenant's request rate or its open streams: try again after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
 pub fn events() {}
 

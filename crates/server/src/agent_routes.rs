@@ -512,9 +512,12 @@ pub(crate) const MAX_LOG_BODY: usize = MAX_LOG_CHUNK as usize * 6 + 4096;
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LogParams {
+    #[serde(default, deserialize_with = "api::ranges::opt_int32")]
     member: Option<u32>,
     stream: Option<api::LogStream>,
+    #[serde(default, deserialize_with = "api::ranges::opt_int64")]
     offset: Option<u64>,
+    #[serde(default, deserialize_with = "api::ranges::opt_int64")]
     limit: Option<u64>,
 }
 

@@ -171,6 +171,40 @@ async fn malformed_bodies(db: Db) {
         .await
         .unwrap();
     assert_eq!(bad_key.status(), StatusCode::BAD_REQUEST);
+    // Every integer is held to its schema type: int32 and int64 fields take no more than
+    // 2^31 - 1 and 2^63 - 1, though Rust's unsigned types would.
+    let out_of_range = [
+        ("/v1/jobs", t.clone(), Method::POST, r#"{"command": "x", "cpu_milli": 9223372036854775808}"#, "cpu_milli"),
+        ("/v1/jobs", t.clone(), Method::POST, r#"{"command": "x", "gpus_per_node": 2147483648}"#, "gpus_per_node"),
+        ("/v1/tenants/t/quota", ADMIN.to_string(), Method::PUT, r#"{"gpu_quota": 2147483648}"#, "gpu_quota"),
+        (
+            "/v1/tenants",
+            ADMIN.to_string(),
+            Method::POST,
+            r#"{"name": "u", "token_ttl_s": 18446744073709551615}"#,
+            "token_ttl_s",
+        ),
+        ("/v1/join-tokens", ADMIN.to_string(), Method::POST, r#"{"uses": 4294967295}"#, "uses"),
+    ];
+    for (path, token, method, body, field) in out_of_range {
+        let resp = s
+            .req(method, path, Some(&token))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let err: serde_json::Value = resp.json().await.unwrap_or_default();
+        assert_eq!(
+            (status, err["error"]["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some(field)),
+            "{body}: {err}"
+        );
+        assert!(err["error"]["message"].as_str().is_some_and(|m| m.contains("out of range")), "{body}: {err}");
+    }
+    let (status, err) = s.call(Method::GET, "/v1/jobs/1/logs?member=2147483648", Some(&t), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
     // A path segment that is not UTF-8 (found by fuzzing: it was refused in plain text).
     for path in ["/v1/sites/%AFlab-oil/gpu-power-cap", "/v1/tenants/%FF/quota", "/v1/jobs/%C3/cancel"] {
         let (method, token) =
