@@ -68,6 +68,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A path's one parameter (a name or an id) as text; a segment that is not UTF-8 is refused
+/// with the API's own error body, like every other refusal.
+pub struct PathSegment(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathSegment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(segment)| PathSegment(segment))
+            .map_err(|e| ApiError::BadRequest { message: e.body_text(), field: Some("path".into()) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,20 +108,5 @@ mod tests {
         assert_eq!(field_of(r#"{} {}"#), (400, None));
         assert_eq!(field_of(r#"[]"#), (422, Some("body".into())));
         assert_eq!(field_of(r#"{"command": "x"}"#), (200, None));
-    }
-}
-
-/// A path's one parameter (a name or an id) as text; a segment that is not UTF-8 is refused
-/// with the API's own error body, like every other refusal.
-pub struct PathSegment(pub String);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathSegment {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map(|axum::extract::Path(segment)| PathSegment(segment))
-            .map_err(|e| ApiError::BadRequest { message: e.body_text(), field: Some("path".into()) })
     }
 }
