@@ -44,6 +44,9 @@ pub struct NodeConfig {
     pub trust: Option<tls::Trust>,
     /// How long an ended run's output is kept for `drome logs` (`None`: for good).
     pub keep_output: Option<Duration>,
+    /// The most of each output (stdout, stderr) of a run kept on the node (`None`: all of it);
+    /// past it the rest is read and dropped, and the file says so.
+    pub max_output_bytes: Option<u64>,
 }
 
 /// Removes the directories of ended runs under `runs` whose output was last written before
@@ -152,6 +155,46 @@ fn run_environment(
 }
 
 /// A file of the agent's only (0600), created or emptied.
+/// Copies a run's output from its pipe into `file`: the first `max_bytes` of it (all without a
+/// limit). Past that the rest is still read, so the run never blocks on a full pipe, and
+/// dropped; the file says where and, at the end, how much. Output the disk cannot take is
+/// dropped too, never the run. Returns the bytes dropped.
+pub async fn keep_output<R: tokio::io::AsyncRead + Unpin>(
+    mut from: R,
+    mut file: std::fs::File,
+    max_bytes: Option<u64>,
+) -> u64 {
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut kept, mut dropped) = (0u64, 0u64);
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let room = max_bytes.map_or(n, |max| max.saturating_sub(kept).min(n as u64) as usize);
+        if room > 0 {
+            match file.write_all(&buf[..room]) {
+                Ok(()) => kept += room as u64,
+                Err(_) => dropped += room as u64,
+            }
+        }
+        if room < n {
+            if dropped == 0
+                && let Some(max) = max_bytes
+            {
+                let _ = write!(file, "\n[drome: output past this node's limit of {max} bytes is dropped]\n");
+            }
+            dropped += (n - room) as u64;
+        }
+    }
+    if dropped > 0 {
+        let _ = writeln!(file, "[drome: {dropped} bytes of output dropped]");
+    }
+    dropped
+}
+
 fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
@@ -560,13 +603,15 @@ impl NodeAgent {
         let scope = self.scope.clone();
         let spawn_container = container.clone();
         let gpus = self.cfg.gpus.clone();
+        let max_output = self.cfg.max_output_bytes;
         // Spawning (fork, exec, the run's files) blocks: off the heartbeat loop, so a node given
         // many runs at once keeps renewing its lease.
         tokio::spawn(async move {
             let spawn_dir = dir.clone();
             let command = a.command.clone();
             let spawn_node = node.clone();
-            let spawned = spawner::run(move || -> std::io::Result<(tokio::process::Child, Option<RunSandbox>)> {
+            type Spawned = (tokio::process::Child, Option<RunSandbox>, [std::fs::File; 2]);
+            let spawned = spawner::run(move || -> std::io::Result<Spawned> {
                 let node = spawn_node;
                 let dir = spawn_dir;
                 if a.image.is_some() && spawn_container.is_none() {
@@ -644,7 +689,8 @@ impl NodeAgent {
                         cmd
                     }
                 };
-                cmd.current_dir(&work).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+                // Through the agent, which keeps at most `max_output_bytes` of each.
+                cmd.current_dir(&work).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
                 let child = match cmd.spawn() {
                     Ok(child) => child,
                     Err(e) => {
@@ -657,10 +703,10 @@ impl NodeAgent {
                 if let Some(pid) = child.id() {
                     let _ = std::fs::write(dir.join("pgid"), pid.to_string());
                 }
-                Ok((child, boxed))
+                Ok((child, boxed, [stdout, stderr]))
             })
             .await;
-            let (mut child, boxed) = match spawned {
+            let (mut child, boxed, [stdout, stderr]) = match spawned {
                 Ok(spawned) => spawned,
                 Err(e) => {
                     tracing::warn!(node = %node, job = key.job_id, error = %e, "run cannot start");
@@ -681,6 +727,10 @@ impl NodeAgent {
                     b.signal(Signal::SIGKILL);
                 }
             }
+            let copiers = [
+                child.stdout.take().map(|pipe| tokio::spawn(keep_output(pipe, stdout, max_output))),
+                child.stderr.take().map(|pipe| tokio::spawn(keep_output(pipe, stderr, max_output))),
+            ];
             tracing::debug!(node = %node, job = key.job_id, member = key.member, generation = key.generation, pgid = group, "run started");
             let (code, exited) = match child.wait().await {
                 Ok(status) => {
@@ -702,6 +752,14 @@ impl NodeAgent {
             if let Some(b) = boxed {
                 // Its uid is let go when the last holder (the live run's entry) drops it.
                 let _ = tokio::task::spawn_blocking(move || b.release()).await;
+            }
+            // Its output is on disk before its end is reported; a process that left the run's
+            // group and holds the pipes open is not waited for long.
+            for copier in copiers.into_iter().flatten() {
+                let abort = copier.abort_handle();
+                if tokio::time::timeout(Duration::from_secs(2), copier).await.is_err() {
+                    abort.abort();
+                }
             }
             let _ = std::fs::remove_file(dir.join("pgid"));
             let _ = tx.send((index, RunExit { run: key, code }));
@@ -1016,6 +1074,23 @@ fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn output_past_the_limit_is_read_and_dropped() {
+        let dir = std::env::temp_dir().join(format!("drome-keep-output-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stdout");
+        let input = vec![b'x'; 200_000];
+        let dropped = keep_output(&input[..], private_file(&path).unwrap(), Some(70_000)).await;
+        assert_eq!(dropped, 130_000);
+        let kept = std::fs::read_to_string(&path).unwrap();
+        assert!(kept.starts_with(&"x".repeat(70_000)) && !kept[70_000..].contains('x'), "{}", &kept[70_000..]);
+        assert!(kept.ends_with("[drome: 130000 bytes of output dropped]\n"), "{}", &kept[70_000..]);
+        // Without a limit, all of it.
+        assert_eq!(keep_output(&input[..], private_file(&path).unwrap(), None).await, 0);
+        assert_eq!(std::fs::read(&path).unwrap(), input);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn ended_runs_output_goes_after_its_keeping_live_runs_stay() {

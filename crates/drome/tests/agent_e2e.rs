@@ -23,8 +23,9 @@ fn server(db: &str, port: u16, dir: &Path) -> Child {
     common::server(db, port, ADMIN, &args, dir, None)
 }
 
+/// An agent keeping at most 1 MiB of each output of a run.
 fn agent(base: &str, join: &str, name: &str, dir: &Path) -> Child {
-    common::agent(None, base, join, name, dir)
+    common::agent_with(None, base, join, name, dir, &["--max-output-mib", "1"])
 }
 
 struct Api {
@@ -187,6 +188,20 @@ async fn end_to_end(dir: &Path, db: &str) {
     let out = drome_logs(&base, &api.token, big, &["--follow"]);
     assert_eq!(out.len(), 600_000);
     assert!(out.bytes().all(|b| b == b'x'));
+    // Output past the node's limit (1 MiB here) is read and dropped: the run goes on to its end,
+    // and its output says what was dropped.
+    let flood = api
+        .submit(json!({"command": "sh", "args": sh("head -c 3145728 /dev/zero | tr '\\0' z; echo done >&2"), "gpus_per_node": 1}))
+        .await;
+    let v = api.wait_state(flood, &["succeeded", "failed"], Duration::from_secs(20)).await;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let out = drome_logs(&base, &api.token, flood, &["--follow"]);
+    assert!(out.starts_with(&"z".repeat(1 << 20)), "the first MiB is kept");
+    let tail = &out[1 << 20..];
+    assert!(!tail.contains('z'), "nothing past the limit is kept: {}", &tail[..tail.len().min(200)]);
+    assert!(tail.contains("output past this node's limit of 1048576 bytes is dropped"), "{tail}");
+    assert!(tail.contains("[drome: 2097152 bytes of output dropped]"), "{tail}");
+    assert_eq!(drome_logs(&base, &api.token, flood, &["--stderr"]), "done\n");
     let r = http.get(format!("{base}/v1/jobs/{slow}/logs?member=5")).bearer_auth(&api.token).send().await.unwrap();
     assert_eq!(r.status(), 404, "no member 5");
 

@@ -46,6 +46,10 @@ pub struct AgentArgs {
     /// Hours an ended run's output is kept for `drome logs`; 0 keeps it for good.
     #[arg(long, default_value_t = 168)]
     pub keep_output_hours: u32,
+    /// MiB of each output (stdout, stderr) of a run kept on the node; past it the rest is
+    /// dropped and the output says so. 0 keeps all of it.
+    #[arg(long, default_value_t = 1024)]
+    pub max_output_mib: u64,
     /// Print the GPUs NVML finds and exit.
     #[arg(long)]
     pub probe: bool,
@@ -253,6 +257,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 trust: trust.clone(),
                 keep_output: (args.keep_output_hours > 0)
                     .then(|| Duration::from_secs(u64::from(args.keep_output_hours) * 3600)),
+                max_output_bytes: (args.max_output_mib > 0).then(|| args.max_output_mib.saturating_mul(1 << 20)),
             });
         }
         // One node: its own heartbeat; many: one batched heartbeat over one connection.

@@ -165,6 +165,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 trust: trust.clone(),
                 // A week of ended runs' output, as `drome agent` keeps by default.
                 keep_output: Some(Duration::from_secs(7 * 86_400)),
+                max_output_bytes: Some(1 << 30),
             });
         }
         let host = agent::AgentHost::new(configs)?;
