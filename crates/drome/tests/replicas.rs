@@ -348,6 +348,22 @@ async fn every_replica_serves_the_api() {
     assert!(cancelled.status().is_success());
     wait_state(&http, &b, &token, first, "cancelled").await;
     stream_until(&b, &token, second, "running").await;
+
+    // A token revoked at the standby is refused at the leader at once, though the leader had
+    // just taken it (and keeps a token it checked for 2 s): the revocation's notice reaches it.
+    let status = |base: &str| {
+        let (http, url, token) = (http.clone(), format!("{base}/v1/jobs"), token.clone());
+        async move { http.get(url).bearer_auth(token).send().await.unwrap().status() }
+    };
+    assert_eq!(status(&a).await, 200);
+    let revoked = http.delete(format!("{b}/v1/tenants/lab/token")).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(revoked.status(), 204);
+    let t0 = std::time::Instant::now();
+    while status(&a).await != 401 {
+        assert!(t0.elapsed() < Duration::from_millis(500), "the leader still takes a token revoked at the standby");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status(&b).await, 401);
     p.end().await;
 }
 

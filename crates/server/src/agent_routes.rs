@@ -70,16 +70,10 @@ pub(crate) async fn create_join_token(
     let expires_ms = now.saturating_add(i64::try_from(ttl_s * 1000).unwrap_or(i64::MAX));
     let limits =
         store::JoinTokenLimits { uses: Some(i64::from(uses)), expires_ms: Some(expires_ms), node: req.node.clone() };
-    st.store.create_join_token(&hash, now, &limits).await?;
     let id = hash[..JOIN_TOKEN_ID_LEN.min(hash.len())].to_string();
+    let detail = serde_json::json!({"uses": uses, "ttl_s": ttl_s, "node": req.node});
+    crate::routes::audited(&st, "join_token.create", &id, detail).create_join_token(&hash, now, &limits).await?;
     tracing::info!(id, uses, ttl_s, node = ?req.node, "join token created");
-    crate::routes::audit(
-        &st,
-        "join_token.create",
-        &id,
-        serde_json::json!({"uses": uses, "ttl_s": ttl_s, "node": req.node}),
-    )
-    .await;
     Ok((
         StatusCode::CREATED,
         Json(api::JoinToken { token, id, uses: Some(uses), expires_at_ms: Some(expires_ms), node: req.node }),
@@ -128,11 +122,11 @@ pub(crate) async fn revoke_join_token(
     if id.len() != JOIN_TOKEN_ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(not_found());
     }
-    match st.store.revoke_join_tokens(&id, now_ms()).await? {
+    let store = crate::routes::audited(&st, "join_token.revoke", &id, serde_json::json!({}));
+    match store.revoke_join_tokens(&id, now_ms()).await? {
         0 => Err(not_found()),
         _ => {
             tracing::info!(id, "join token revoked");
-            crate::routes::audit(&st, "join_token.revoke", &id, serde_json::json!({})).await;
             Ok(StatusCode::NO_CONTENT)
         }
     }

@@ -150,6 +150,11 @@ impl TenantCache {
         entries.insert(hash, (tenant, std::time::Instant::now()));
     }
 
+    /// Forgets every token (after a notice was lost: one may have been revoked).
+    pub fn forget_all(&self) {
+        self.lock().clear();
+    }
+
     /// Forgets every token of `tenant_id`.
     pub fn forget_tenant(&self, tenant_id: i64) {
         self.lock().retain(|_, (t, _)| t.id != tenant_id);

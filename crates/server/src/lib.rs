@@ -394,7 +394,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         background.push(tokio::spawn(limits::count_pending(store.clone(), common.limiter.clone(), period)));
     }
     if let Some(l) = store.listen().await? {
-        background.push(tokio::spawn(replicas::follow_notices(l, store.clone(), common.events.clone(), link.clone())));
+        background.push(tokio::spawn(replicas::follow_notices(
+            l,
+            store.clone(),
+            common.events.clone(),
+            link.clone(),
+            common.tenant_cache.clone(),
+        )));
     }
     // Listed by every replica from the moment this one serves.
     let started_ms = now_ms();

@@ -38,7 +38,7 @@ fn bump(events: &watch::Sender<u64>) {
 }
 
 /// Follows the other replicas' notices, for as long as the process runs: they wake this
-/// replica's event streams, and once it leads (`link` set) they tell its scheduler what other
+/// replica's event streams, make it forget the tokens of a tenant whose token changed, and once it leads (`link` set) they tell its scheduler what other
 /// replicas stored, cancelled or set. A notice lost with the connection makes the leader read
 /// the store again.
 pub(crate) async fn follow_notices(
@@ -46,6 +46,7 @@ pub(crate) async fn follow_notices(
     store: Store,
     events: watch::Sender<u64>,
     link: LeaderLink,
+    tenant_cache: Arc<crate::auth::TenantCache>,
 ) {
     loop {
         let notice = match listener.next().await {
@@ -56,6 +57,12 @@ pub(crate) async fn follow_notices(
                 Notice::Missed
             }
         };
+        // A token revoked on any replica is refused on this one from now on.
+        match notice {
+            Notice::TokensChanged(tenant_id) => tenant_cache.forget_tenant(tenant_id),
+            Notice::Missed => tenant_cache.forget_all(),
+            _ => {}
+        }
         let scheduler = link.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(scheduler) = scheduler else {
             bump(&events);
@@ -78,7 +85,7 @@ pub(crate) async fn follow_notices(
                 }
             },
             Notice::Cancelled(ids) => ids.into_iter().for_each(|id| tell(SchedEvent::Cancelled(id))),
-            Notice::QuotaSet(tenant_id) => match store.tenant(tenant_id).await {
+            Notice::QuotaSet(tenant_id) | Notice::TokensChanged(tenant_id) => match store.tenant(tenant_id).await {
                 Ok(Some(t)) => tell(SchedEvent::QuotaSet { tenant_id, quota: t.quota }),
                 Ok(None) => {}
                 Err(_) => tell(SchedEvent::Reload),

@@ -144,12 +144,16 @@ fn tenant_to_api(t: &store::Tenant) -> api::Tenant {
     }
 }
 
-/// Records an admin action. The action is done already: a log that cannot be written is an
-/// error in the server's log, not a refusal.
-pub(crate) async fn audit(st: &AppState, action: &str, target: &str, detail: serde_json::Value) {
-    if let Err(e) = st.store.audit("admin", action, target, &detail.to_string(), now_ms()).await {
-        tracing::error!(error = %e, action, target, "cannot write the audit log");
-    }
+/// The store, its next write recording an admin action in the audit log in the write's own
+/// transaction: the log holds the action if and only if it was done.
+pub(crate) fn audited(st: &AppState, action: &str, target: &str, detail: serde_json::Value) -> store::Store {
+    st.store.audited(store::AuditRecord {
+        actor: "admin".into(),
+        action: action.into(),
+        target: target.into(),
+        detail: detail.to_string(),
+        at_ms: now_ms(),
+    })
 }
 
 /// When a token given now for `ttl_s` seconds stops working.
@@ -184,12 +188,12 @@ async fn rotate_tenant_token(
     let tenant = tenant_named(&st, &name).await?;
     let expires = token_expiry("ttl_s", req.ttl_s)?;
     let token = crate::auth::new_token()?;
-    if !st.store.set_token(tenant.id, &crate::auth::hash_token(&token), expires).await? {
+    let store = audited(&st, "tenant.token.rotate", &name, serde_json::json!({"ttl_s": req.ttl_s}));
+    if !store.set_token(tenant.id, &crate::auth::hash_token(&token), expires).await? {
         return Err(ApiError::NotFound(format!("no tenant '{name}'")));
     }
     st.tenant_cache.forget_tenant(tenant.id);
     tracing::info!(tenant = %name, expires_ms = ?expires, "tenant token rotated");
-    audit(&st, "tenant.token.rotate", &name, serde_json::json!({"ttl_s": req.ttl_s})).await;
     let tenant = tenant_named(&st, &name).await?;
     Ok(Json(api::TenantCreated { tenant: tenant_to_api(&tenant), token }))
 }
@@ -202,12 +206,12 @@ async fn revoke_tenant_token(
     let tenant = tenant_named(&st, &name).await?;
     // A hash no token has: the tenant is locked out until the admin rotates it a new one.
     let unusable = format!("revoked:{}", crate::auth::new_token()?);
-    if !st.store.set_token(tenant.id, &unusable, None).await? {
+    let store = audited(&st, "tenant.token.revoke", &name, serde_json::json!({}));
+    if !store.set_token(tenant.id, &unusable, None).await? {
         return Err(ApiError::NotFound(format!("no tenant '{name}'")));
     }
     st.tenant_cache.forget_tenant(tenant.id);
     tracing::info!(tenant = %name, "tenant token revoked");
-    audit(&st, "tenant.token.revoke", &name, serde_json::json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -218,14 +222,14 @@ async fn remove_tenant(
 ) -> Result<StatusCode, ApiError> {
     let tenant = tenant_named(&st, &name).await?;
     let unusable = format!("removed:{}", crate::auth::new_token()?);
-    if !st.store.remove_tenant(tenant.id, &unusable, now_ms()).await? {
+    let store = audited(&st, "tenant.remove", &name, serde_json::json!({}));
+    if !store.remove_tenant(tenant.id, &unusable, now_ms()).await? {
         return Err(ApiError::Conflict(format!(
             "tenant '{name}' has jobs waiting or running: cancel them first (its finished jobs stay on record)"
         )));
     }
     st.tenant_cache.forget_tenant(tenant.id);
     tracing::info!(tenant = %name, "tenant removed");
-    audit(&st, "tenant.remove", &name, serde_json::json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -291,13 +295,13 @@ async fn create_tenant(
     }
     let quota = quota_of(req.gpu_quota, req.cpu_milli_quota, req.memory_mib_quota, req.max_priority)?;
     let expires = token_expiry("token_ttl_s", req.token_ttl_s)?;
-    let (mut tenant, token) = crate::create_tenant(&st.store, &req.name, quota).await?;
+    let store = audited(&st, "tenant.create", &req.name, serde_json::to_value(&req).unwrap_or_default());
+    let (mut tenant, token) = crate::create_tenant(&store, &req.name, quota).await?;
     if expires.is_some() {
         st.store.set_token(tenant.id, &crate::auth::hash_token(&token), expires).await?;
         tenant.token_expires_ms = expires;
     }
     tracing::info!(tenant = %tenant.name, id = tenant.id, "tenant created");
-    audit(&st, "tenant.create", &tenant.name, serde_json::to_value(&req).unwrap_or_default()).await;
     Ok((StatusCode::CREATED, Json(api::TenantCreated { tenant: tenant_to_api(&tenant), token })))
 }
 
@@ -317,8 +321,9 @@ async fn set_quota(
     let tenant =
         st.store.tenant_by_name(&name).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?;
     let quota = quota_of(req.gpu_quota, req.cpu_milli_quota, req.memory_mib_quota, req.max_priority)?;
+    let store = audited(&st, "quota.set", &name, serde_json::to_value(&req).unwrap_or_default());
     let updated =
-        st.store.set_quota(tenant.id, quota).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?;
+        store.set_quota(tenant.id, quota).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?;
     st.tenant_cache.forget_tenant(updated.id);
     tracing::info!(
         tenant = %name,
@@ -328,7 +333,6 @@ async fn set_quota(
         "quota set"
     );
     st.tell_scheduler(crate::scheduler::SchedEvent::QuotaSet { tenant_id: updated.id, quota: updated.quota });
-    audit(&st, "quota.set", &name, serde_json::to_value(&req).unwrap_or_default()).await;
     Ok(Json(tenant_to_api(&updated)))
 }
 
@@ -740,10 +744,10 @@ async fn drain_node(
     if reason.chars().any(char::is_control) {
         return Err(ApiError::invalid("reason", "contains control characters"));
     }
-    st.store.set_setting(&format!("{DRAINED_PREFIX}{name}"), &reason).await?;
+    let store = audited(&st, "node.drain", &name, serde_json::json!({"reason": reason}));
+    store.set_setting(&format!("{DRAINED_PREFIX}{name}"), &reason).await?;
     remote.set_drained(&name, Some(reason.clone()));
     tracing::info!(node = %name, reason = ?reason, "node drained");
-    audit(&st, "node.drain", &name, serde_json::json!({"reason": reason})).await;
     node_view(&st, &name)
 }
 
@@ -754,10 +758,12 @@ async fn resume_node(
 ) -> Result<Json<api::Node>, ApiError> {
     let remote = agent_node(&st, &name)?;
     st.store.delete_setting(&format!("{REMOVED_PREFIX}{name}")).await?;
-    st.store.delete_setting(&format!("{DRAINED_PREFIX}{name}")).await?;
+    // A removed node was drained first: the drain's end is the resume, recorded with it.
+    audited(&st, "node.resume", &name, serde_json::json!({}))
+        .delete_setting(&format!("{DRAINED_PREFIX}{name}"))
+        .await?;
     remote.set_drained(&name, None);
     tracing::info!(node = %name, "node resumed");
-    audit(&st, "node.resume", &name, serde_json::json!({})).await;
     node_view(&st, &name)
 }
 
@@ -778,7 +784,8 @@ async fn remove_node(
         )));
     }
     // Stored first: a server that restarts in between still keeps the node out.
-    st.store.set_setting(&format!("{REMOVED_PREFIX}{name}"), "removed by the admin").await?;
+    let store = audited(&st, "node.remove", &name, serde_json::json!({}));
+    store.set_setting(&format!("{REMOVED_PREFIX}{name}"), "removed by the admin").await?;
     st.store.remove_agent_node(&name).await?;
     let runs = remote.remove(&name);
     if runs > 0 {
@@ -786,7 +793,6 @@ async fn remove_node(
         tracing::warn!(node = %name, runs, "node removed while it held runs");
     }
     tracing::info!(node = %name, "node removed: its credential is revoked");
-    audit(&st, "node.remove", &name, serde_json::json!({})).await;
     node_view(&st, &name)
 }
 
@@ -900,7 +906,8 @@ async fn set_gpu_power_cap(
         return Err(ApiError::invalid("gpu_power_cap_watts", "watts per GPU, above 0 and at most 5000"));
     }
     let value = body.gpu_power_cap_watts.map(|w| w.to_string()).unwrap_or_default();
-    st.store.set_setting(&cap_key(&name), &value).await?;
+    let store = audited(&st, "site.gpu_power_cap", &name, serde_json::json!({"watts": body.gpu_power_cap_watts}));
+    store.set_setting(&cap_key(&name), &value).await?;
     let nodes: Vec<String> = st.fleet.nodes.iter().filter(|n| n.site.index() == site).map(|n| n.name.clone()).collect();
     if !st.dynamic_caps {
         remote.set_gpu_power_cap(&nodes, body.gpu_power_cap_watts);
@@ -915,7 +922,6 @@ async fn set_gpu_power_cap(
     // In the dynamic mode the scheduler asks for the lower of this cap and its own.
     st.wake.notify_one();
     tracing::info!(site = %name, watts = ?body.gpu_power_cap_watts, nodes = nodes.len(), "gpu power cap set");
-    audit(&st, "site.gpu_power_cap", &name, serde_json::json!({"watts": body.gpu_power_cap_watts})).await;
     let site = sites(&st).into_iter().find(|s| s.name == name);
     site.map(Json).ok_or(ApiError::NotFound(name))
 }

@@ -50,6 +50,12 @@ async fn tokens_and_audit(db: Db) {
     s.wait_state(&token, id, "running").await;
     assert_eq!(s.call(Method::DELETE, "/v1/tenants/lab", Some(ADMIN), None).await.0, StatusCode::CONFLICT);
     s.call(Method::POST, &format!("/v1/jobs/{id}/cancel"), Some(&token), None).await;
+    // Cancelled, its run is still being stopped (and counts as running) until it has ended.
+    let t0 = std::time::Instant::now();
+    while s.call(Method::GET, &format!("/v1/jobs/{id}"), Some(&token), None).await.1["finished_at_ms"].is_null() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the cancelled run never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(s.call(Method::DELETE, "/v1/tenants/lab", Some(ADMIN), None).await.0, StatusCode::NO_CONTENT);
     assert_eq!(s.call(Method::GET, "/v1/jobs", Some(&token), None).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(s.call(Method::DELETE, "/v1/tenants/lab", Some(ADMIN), None).await.0, StatusCode::NOT_FOUND);

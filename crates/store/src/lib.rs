@@ -451,6 +451,20 @@ pub struct Store {
     url: Option<std::sync::Arc<str>>,
     /// The SQLite database file, whose disk [`Store::disk`] looks at.
     sqlite_path: Option<std::sync::Arc<std::path::Path>>,
+    /// The admin action this store's writes carry out, recorded in their transaction
+    /// ([`Store::audited`]).
+    audit: Option<std::sync::Arc<AuditRecord>>,
+}
+
+/// An admin action for the audit log, written in the transaction of the write that does it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    /// JSON.
+    pub detail: String,
+    pub at_ms: i64,
 }
 
 /// The disk an embedded store writes to.
@@ -548,7 +562,17 @@ impl Store {
         let (submissions, queue) = mpsc::channel(SUBMISSION_QUEUE);
         tokio::spawn(write_submissions(writer.clone(), backend, queue));
         tracing::debug!(backend = ?backend, "store ready");
-        Ok(Store { writer, reader, backend, submissions, fence: None, announce: false, url: pg_url, sqlite_path })
+        Ok(Store {
+            writer,
+            reader,
+            backend,
+            submissions,
+            fence: None,
+            announce: false,
+            url: pg_url,
+            sqlite_path,
+            audit: None,
+        })
     }
 
     /// Writes a consistent copy of an embedded store to `to` (a new file) while it serves:
@@ -619,7 +643,7 @@ impl Store {
     pub async fn delete_setting(&self, key: &str) -> Result<bool> {
         let mut tx = self.write().await?;
         let done = sqlx::query("DELETE FROM settings WHERE key = $1").bind(key).execute(&mut *tx).await?;
-        tx.commit().await?;
+        self.commit_admin(tx, done.rows_affected() > 0).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -630,7 +654,7 @@ impl Store {
             .bind(value)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit_admin(tx, true).await?;
         Ok(())
     }
 
@@ -657,7 +681,7 @@ impl Store {
         .bind(quota.max_priority)
         .fetch_optional(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit_admin(tx, row.is_some()).await?;
         match row {
             Some(r) => Ok(Tenant {
                 id: r.try_get(0)?,
@@ -720,7 +744,7 @@ impl Store {
     /// Sets a tenant's quota; `None` if there is no such tenant.
     pub async fn set_quota(&self, id: i64, quota: TenantQuota) -> Result<Option<Tenant>> {
         let mut tx = self.write().await?;
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE tenants SET gpu_quota = $1, cpu_milli_quota = $2, memory_mib_quota = $3, max_priority = $4 \
              WHERE id = $5",
         )
@@ -734,7 +758,7 @@ impl Store {
         if self.announce {
             announce_in(&mut tx, self.backend, WriteKind::QuotaSet, &[id]).await?;
         }
-        tx.commit().await?;
+        self.commit_admin(tx, done.rows_affected() == 1).await?;
         self.tenant(id).await
     }
 
@@ -755,10 +779,11 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        if self.announce && done.rows_affected() == 1 {
-            announce_in(&mut tx, self.backend, WriteKind::QuotaSet, &[id]).await?;
+        if done.rows_affected() == 1 {
+            // Every replica forgets the tokens it holds for this tenant, at once.
+            announce_in(&mut tx, self.backend, WriteKind::TokensChanged, &[id]).await?;
         }
-        tx.commit().await?;
+        self.commit_admin(tx, done.rows_affected() == 1).await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -777,23 +802,11 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        if done.rows_affected() == 1 {
+            announce_in(&mut tx, self.backend, WriteKind::TokensChanged, &[id]).await?;
+        }
+        self.commit_admin(tx, done.rows_affected() == 1).await?;
         Ok(done.rows_affected() == 1)
-    }
-
-    /// Records an admin action.
-    pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: &str, now_ms: i64) -> Result<()> {
-        let mut tx = self.write().await?;
-        sqlx::query("INSERT INTO audit_log (at_ms, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)")
-            .bind(now_ms)
-            .bind(actor)
-            .bind(action)
-            .bind(target)
-            .bind(detail)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     /// The audit log, newest first: at most `limit` entries, older than `before_id` if given.
@@ -995,6 +1008,29 @@ impl Store {
     /// serves the API without leading.
     pub fn announcing(&self) -> Store {
         Store { announce: true, ..self.clone() }
+    }
+
+    /// This store, its admin writes recording `record` in the audit log in their own
+    /// transaction, when they change something: the log holds an action if and only if it was
+    /// done. Meant for one write (the one that completes the action).
+    pub fn audited(&self, record: AuditRecord) -> Store {
+        Store { audit: Some(std::sync::Arc::new(record)), ..self.clone() }
+    }
+
+    /// Commits an admin write, with its audit record when it `changed` something.
+    async fn commit_admin(&self, mut tx: sqlx::Transaction<'static, sqlx::Any>, changed: bool) -> Result<()> {
+        if let Some(a) = self.audit.as_deref().filter(|_| changed) {
+            sqlx::query("INSERT INTO audit_log (at_ms, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)")
+                .bind(a.at_ms)
+                .bind(&a.actor)
+                .bind(&a.action)
+                .bind(&a.target)
+                .bind(&a.detail)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Receives the replicas' notices on a connection of its own; `None` on SQLite, where one
@@ -1471,7 +1507,7 @@ impl Store {
         .bind(limits.node.as_deref())
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit_admin(tx, true).await?;
         Ok(())
     }
 
@@ -1551,7 +1587,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-        tx.commit().await?;
+        self.commit_admin(tx, done > 0).await?;
         Ok(done)
     }
 
@@ -1596,7 +1632,7 @@ impl Store {
     pub async fn remove_agent_node(&self, name: &str) -> Result<bool> {
         let mut tx = self.write().await?;
         let done = sqlx::query("DELETE FROM agent_nodes WHERE name = $1").bind(name).execute(&mut *tx).await?;
-        tx.commit().await?;
+        self.commit_admin(tx, done.rows_affected() > 0).await?;
         Ok(done.rows_affected() > 0)
     }
 

@@ -27,6 +27,9 @@ pub enum Notice {
     Cancelled(Vec<i64>),
     /// A tenant whose GPU quota a replica that does not lead set.
     QuotaSet(i64),
+    /// A tenant whose token any replica rotated, revoked or removed: every replica forgets the
+    /// tokens it holds for it.
+    TokensChanged(i64),
     /// The leader recorded changes of jobs.
     JobsChanged,
     /// The connection to the database was lost (and is made again at the next call): what was
@@ -40,6 +43,7 @@ pub(crate) enum WriteKind {
     Submitted,
     Cancelled,
     QuotaSet,
+    TokensChanged,
 }
 
 impl WriteKind {
@@ -48,6 +52,7 @@ impl WriteKind {
             WriteKind::Submitted => 's',
             WriteKind::Cancelled => 'c',
             WriteKind::QuotaSet => 'q',
+            WriteKind::TokensChanged => 't',
         }
     }
 }
@@ -88,6 +93,7 @@ pub(crate) fn parse(channel: &str, payload: &str) -> Option<Notice> {
         "s" => Some(Notice::Submitted(ids)),
         "c" => Some(Notice::Cancelled(ids)),
         "q" => ids.first().map(|&id| Notice::QuotaSet(id)),
+        "t" => ids.first().map(|&id| Notice::TokensChanged(id)),
         _ => None,
     }
 }
@@ -137,6 +143,7 @@ mod tests {
         }
         assert_eq!(back, ids);
         assert_eq!(parse(WRITES_CHANNEL, "q:7"), Some(Notice::QuotaSet(7)));
+        assert_eq!(parse(WRITES_CHANNEL, "t:8"), Some(Notice::TokensChanged(8)));
         assert_eq!(parse(WRITES_CHANNEL, "c:3,4"), Some(Notice::Cancelled(vec![3, 4])));
         assert_eq!(parse(EVENTS_CHANNEL, ""), Some(Notice::JobsChanged));
         assert_eq!(parse(WRITES_CHANNEL, "x:1"), None);
