@@ -21,20 +21,23 @@ pub struct TenantLimits {
     pub streams: u32,
     /// Jobs a tenant may have waiting (pending) at once.
     pub pending_jobs: u64,
+    /// Requests of a tenant served at once (event streams and log requests aside); the others
+    /// wait for a seat: a tenant's many connections cannot crowd the others out of the server.
+    pub concurrency: u32,
 }
 
 impl TenantLimits {
     /// No limits: what a library user (tests, benchmarks) gets unless it asks.
     pub fn unlimited() -> TenantLimits {
-        TenantLimits { requests_per_s: 0.0, burst: 0.0, streams: 0, pending_jobs: 0 }
+        TenantLimits { requests_per_s: 0.0, burst: 0.0, streams: 0, pending_jobs: 0, concurrency: 0 }
     }
 }
 
 impl Default for TenantLimits {
     /// What `drome server` and `drome up` apply: 200 requests a second with bursts of 1,000,
-    /// 16 event streams, 100,000 pending jobs per tenant.
+    /// 16 event streams, 100,000 pending jobs, 4 requests served at once per tenant.
     fn default() -> Self {
-        TenantLimits { requests_per_s: 200.0, burst: 1000.0, streams: 16, pending_jobs: 100_000 }
+        TenantLimits { requests_per_s: 200.0, burst: 1000.0, streams: 16, pending_jobs: 100_000, concurrency: 4 }
     }
 }
 
@@ -51,11 +54,31 @@ struct Counts {
 pub(crate) struct Limiter {
     limits: TenantLimits,
     counts: Mutex<Counts>,
+    /// Per tenant, the seats its requests are served in.
+    seats: Mutex<HashMap<i64, Arc<tokio::sync::Semaphore>>>,
 }
 
 impl Limiter {
     pub fn new(limits: TenantLimits) -> Limiter {
-        Limiter { limits, counts: Mutex::default() }
+        Limiter { limits, counts: Mutex::default(), seats: Mutex::default() }
+    }
+
+    /// A seat for one request of `tenant_id`, held while it is served; waits while the tenant's
+    /// seats are taken. `None` when requests are not limited so.
+    pub async fn seat(&self, tenant_id: i64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let seats = self.limits.concurrency as usize;
+        if seats == 0 {
+            return None;
+        }
+        let semaphore = {
+            let mut all = self.seats.lock().unwrap_or_else(|e| e.into_inner());
+            if all.len() > 100_000 {
+                // Tenants come and go: forget those with no request in flight.
+                all.retain(|_, s| s.available_permits() < seats);
+            }
+            all.entry(tenant_id).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(seats))).clone()
+        };
+        semaphore.acquire_owned().await.ok()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -187,6 +210,25 @@ mod tests {
         limiter.request_at(2, t0).expect("another tenant has its own bucket");
         limiter.request_at(1, t0 + Duration::from_millis(100)).expect("a token is back after 100 ms");
         assert!(limiter.request_at(1, t0 + Duration::from_millis(100)).is_err());
+    }
+
+    #[test]
+    fn a_tenant_past_its_seats_waits_and_the_others_do_not() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let limiter = Limiter::new(TenantLimits { concurrency: 2, ..TenantLimits::unlimited() });
+            let first = limiter.seat(1).await.expect("a seat");
+            let _second = limiter.seat(1).await.expect("a seat");
+            let third = tokio::time::timeout(Duration::from_millis(50), limiter.seat(1)).await;
+            assert!(third.is_err(), "a third request of the tenant waits");
+            let other = tokio::time::timeout(Duration::from_millis(50), limiter.seat(2)).await;
+            assert!(other.is_ok_and(|s| s.is_some()), "another tenant has seats of its own");
+            drop(first);
+            let third = tokio::time::timeout(Duration::from_millis(50), limiter.seat(1)).await;
+            assert!(third.is_ok_and(|s| s.is_some()), "a seat given back is taken");
+            let unlimited = Limiter::new(TenantLimits::unlimited());
+            assert!(unlimited.seat(1).await.is_none());
+        });
     }
 
     #[test]

@@ -11,7 +11,13 @@ use std::time::Duration;
 
 fn limited(rate: f64, burst: f64, streams: u32, pending: u64) -> impl FnOnce(&mut server::Config) {
     move |c: &mut server::Config| {
-        c.tenant_limits = server::limits::TenantLimits { requests_per_s: rate, burst, streams, pending_jobs: pending };
+        c.tenant_limits = server::limits::TenantLimits {
+            requests_per_s: rate,
+            burst,
+            streams,
+            pending_jobs: pending,
+            concurrency: 0,
+        };
     }
 }
 

@@ -426,7 +426,7 @@ async fn bench(args: &AgentsBenchArgs, agents: u32, dir: &Path, node_dir: &Path)
     let db = args.db.clone().unwrap_or_else(|| format!("sqlite://{}", dir.join("drome.db").display()));
     let mut procs = Procs { server: None, agents: Vec::new() };
     // The benchmark floods on purpose: no per-tenant limits.
-    let extra = ["--agents", "--tenant-rate", "0", "--tenant-pending-jobs", "0"];
+    let extra = ["--agents", "--tenant-rate", "0", "--tenant-pending-jobs", "0", "--tenant-concurrency", "0"];
     let (server, c) = start_server(&exe, &db, &fleet, ADMIN, &extra, dir).await?;
     procs.server = Some(server);
     let base = c.base.clone();

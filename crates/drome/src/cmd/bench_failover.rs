@@ -172,7 +172,7 @@ impl Replicas {
     fn start(&mut self, i: usize) -> anyhow::Result<()> {
         let mut cmd = Command::new(&self.exe);
         cmd.args(["server", "--db", &self.db, "--listen", &format!("127.0.0.1:{}", self.ports[i])])
-            .args(["--tenant-rate", "0", "--tenant-pending-jobs", "0"])
+            .args(["--tenant-rate", "0", "--tenant-pending-jobs", "0", "--tenant-concurrency", "0"])
             .args(["--admin-token", ADMIN, "--in-process-seconds", "1"])
             .args(["--leader-lease-s", &self.lease_s.to_string()]);
         if let Some(fleet) = &self.fleet {

@@ -25,6 +25,10 @@ pub struct FloodBenchArgs {
     /// The flooding tenant's concurrent clients.
     #[arg(long, default_value_t = 32)]
     pub flood_clients: u32,
+    /// Requests of one tenant the server serves at once (its default; 0: no such limit, to
+    /// see what the seats do).
+    #[arg(long, default_value_t = 4)]
+    pub tenant_concurrency: u32,
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -34,6 +38,7 @@ struct Report {
     quiet_requests: u32,
     quiet_rate: f64,
     flood_clients: u32,
+    tenant_concurrency: u32,
     alone_p50_ms: f64,
     alone_p99_ms: f64,
     flooded_p50_ms: f64,
@@ -72,8 +77,8 @@ pub fn run(args: FloodBenchArgs) -> anyhow::Result<()> {
         Output::Table => {
             println!(
                 "a quiet tenant's submissions ({} at {}/s) alone and beside a tenant flooding with {} clients; \
-                 default limits (200 requests/s, bursts of 1000, per tenant)",
-                r.quiet_requests, r.quiet_rate, r.flood_clients
+                 default limits (200 requests/s, bursts of 1000, per tenant) and {} requests of a tenant served at once",
+                r.quiet_requests, r.quiet_rate, r.flood_clients, r.tenant_concurrency
             );
             let mut t = Table::new(["quiet tenant", "p50 (ms)", "p99 (ms)", "refused"]);
             t.row(vec!["alone".into(), format!("{:.2}", r.alone_p50_ms), format!("{:.2}", r.alone_p99_ms), "0".into()]);
@@ -122,7 +127,9 @@ async fn bench(args: &FloodBenchArgs, dir: &Path) -> anyhow::Result<Report> {
     let db = format!("sqlite://{}", dir.join("drome.db").display());
     let fleet: PathBuf = dir.join("fleet.toml");
     std::fs::write(&fleet, super::server::VALENCE_TOML)?;
-    let (process, c) = start_server(&exe, &db, &fleet, ADMIN, &[], dir).await?;
+    let concurrency = args.tenant_concurrency.to_string();
+    let extra = ["--tenant-concurrency", concurrency.as_str()];
+    let (process, c) = start_server(&exe, &db, &fleet, ADMIN, &extra, dir).await?;
     let _process = Server(process);
     let token = |v: serde_json::Value| v["token"].as_str().map(str::to_string).context("no tenant token");
     let quiet_token = token(c.post("/v1/tenants", ADMIN, &json!({"name": "quiet"})).await?)?;
@@ -167,6 +174,7 @@ async fn bench(args: &FloodBenchArgs, dir: &Path) -> anyhow::Result<Report> {
         quiet_requests: args.quiet_requests,
         quiet_rate: args.quiet_rate,
         flood_clients: args.flood_clients,
+        tenant_concurrency: args.tenant_concurrency,
         alone_p50_ms: quantile(&alone, 0.5),
         alone_p99_ms: alone_p99,
         flooded_p50_ms: quantile(&flooded, 0.5),

@@ -96,7 +96,7 @@ async fn bench(args: &SubmitBenchArgs, dir: &Path) -> anyhow::Result<Report> {
     let fleet: PathBuf = dir.join("fleet.toml");
     std::fs::write(&fleet, super::server::VALENCE_TOML)?;
     // One tenant floods on purpose: no per-tenant limits.
-    let no_limits = ["--tenant-rate", "0", "--tenant-pending-jobs", "0"];
+    let no_limits = ["--tenant-rate", "0", "--tenant-pending-jobs", "0", "--tenant-concurrency", "0"];
     let (process, c) = start_server(&exe, &db, &fleet, ADMIN, &no_limits, dir).await?;
     let process = Server(process);
     // A fresh tenant each run (a --db may hold earlier ones), held to one GPU.

@@ -127,6 +127,11 @@ pub struct TenantLimitArgs {
     /// Jobs a tenant may have waiting at once.
     #[arg(long, default_value_t = 100_000)]
     pub tenant_pending_jobs: u64,
+    /// Requests of one tenant served at once; the others wait their turn, so a tenant with
+    /// many connections takes no more of the server than one with a few (event streams and
+    /// output follows are counted by --tenant-streams instead).
+    #[arg(long, default_value_t = 4)]
+    pub tenant_concurrency: u32,
 }
 
 impl TenantLimitArgs {
@@ -139,6 +144,7 @@ impl TenantLimitArgs {
             burst: self.tenant_burst,
             streams: self.tenant_streams,
             pending_jobs: self.tenant_pending_jobs,
+            concurrency: self.tenant_concurrency,
         })
     }
 }
