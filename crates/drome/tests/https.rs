@@ -146,7 +146,14 @@ async fn slow_and_idle_connections_are_cut_off() {
     let db = format!("sqlite://{}", dir.join("drome.db").display());
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let _procs = Procs(vec![server(&db, port, ADMIN, &["--fleet", FLEET, "--header-timeout-s", "1"], &dir, None)]);
+    let _procs = Procs(vec![server(
+        &db,
+        port,
+        ADMIN,
+        &["--fleet", FLEET, "--header-timeout-s", "1", "--request-timeout-s", "1"],
+        &dir,
+        None,
+    )]);
     wait_healthy(&reqwest::Client::new(), &base).await;
     let limit = Duration::from_secs(10);
 
@@ -161,6 +168,20 @@ async fn slow_and_idle_connections_are_cut_off() {
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let took = closed_within(&mut idle, limit).expect("an idle connection stayed open");
     assert!(took < Duration::from_secs(5), "cut off after {took:?}");
+
+    // Whole headers, then half the body they announce: answered 408, JSON saying why.
+    let mut half = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    half.write_all(
+        format!("POST /v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\"").as_bytes(),
+    )
+    .unwrap();
+    half.set_read_timeout(Some(limit)).unwrap();
+    let t0 = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut half, &mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("\"timeout\""), "{answer}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "answered after {:?}", t0.elapsed());
 
     // Nothing sent at all.
     let mut silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

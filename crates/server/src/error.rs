@@ -27,6 +27,9 @@ pub enum ApiError {
     TooManyRequests { message: String, retry_after: std::time::Duration },
     #[error("{0}")]
     Internal(String),
+    /// The request took longer than the server allows (a body that stopped coming).
+    #[error("{0}")]
+    Timeout(String),
 }
 
 impl ApiError {
@@ -46,6 +49,7 @@ impl ApiError {
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
+            ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout", None),
         }
     }
 }

@@ -174,6 +174,8 @@ pub struct AppState {
     /// The scheduler's power guard chooses GPU caps too (dynamic mode): it asks the agents for
     /// the lower of its cap and the admin's.
     pub(crate) dynamic_caps: bool,
+    /// The longest a request (its body read and its answer made) may take, streams aside.
+    pub(crate) request_timeout: Duration,
     /// This server's replica name: the lease's holder while it leads.
     pub(crate) replica: Arc<str>,
     /// Whether this state is the leader's or a standby's: a standby forwards to the leader what
@@ -297,6 +299,7 @@ struct Common {
     http: reqwest::Client,
     leader_lease: Duration,
     node_bounds: Arc<agents::checks::NodeBounds>,
+    request_timeout: Duration,
 }
 
 impl Common {
@@ -325,6 +328,7 @@ impl Common {
             http: self.http.clone(),
             leader_lease: self.leader_lease,
             node_bounds: self.node_bounds.clone(),
+            request_timeout: self.request_timeout,
         }
     }
 }
@@ -371,6 +375,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         events: watch::channel(0u64).0,
         tenant_cache: Arc::default(),
         limiter: Arc::new(limits::Limiter::new(config.tenant_limits)),
+        request_timeout: config.timeouts.request,
         replica: Arc::from(replica.as_str()),
         address: Arc::from(address.as_str()),
         http: {

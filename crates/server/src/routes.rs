@@ -89,7 +89,18 @@ async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response
         Some(id) => st.limiter.seat(id).await,
         None => None,
     };
-    let resp = next.run(req).await;
+    let resp = if long_lived {
+        next.run(req).await
+    } else {
+        match tokio::time::timeout(st.request_timeout, next.run(req)).await {
+            Ok(resp) => resp,
+            Err(_) => ApiError::Timeout(format!(
+                "the request took longer than {} s (its body stopped coming?)",
+                st.request_timeout.as_secs_f64()
+            ))
+            .into_response(),
+        }
+    };
     let labels = vec![
         ("method".to_string(), method),
         ("route".to_string(), route),

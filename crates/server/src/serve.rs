@@ -14,12 +14,20 @@ pub struct Timeouts {
     /// From the connection (or the end of the previous answer) to the end of a request's
     /// headers: a slow or idle client is cut off.
     pub header: Duration,
+    /// From a request's headers to its answer, its body included (event streams and output
+    /// requests aside): a body that trickles in, or stops, is answered 408.
+    pub request: Duration,
 }
 
 impl Default for Timeouts {
-    /// 10 s for a handshake, 30 s for a request's headers or between requests.
+    /// 10 s for a handshake, 30 s for a request's headers or between requests, 60 s for a
+    /// request's body and answer.
     fn default() -> Self {
-        Timeouts { handshake: Duration::from_secs(10), header: Duration::from_secs(30) }
+        Timeouts {
+            handshake: Duration::from_secs(10),
+            header: Duration::from_secs(30),
+            request: Duration::from_secs(60),
+        }
     }
 }
 

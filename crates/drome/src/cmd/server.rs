@@ -166,6 +166,10 @@ pub struct TlsArgs {
     /// between requests; longer, it is cut off.
     #[arg(long, default_value_t = 30.0)]
     pub header_timeout_s: f64,
+    /// Seconds a request may take from its headers to its answer, its body included (event
+    /// streams and output aside); longer, it is answered 408.
+    #[arg(long, default_value_t = 60.0)]
+    pub request_timeout_s: f64,
 }
 
 impl TlsArgs {
@@ -176,6 +180,11 @@ impl TlsArgs {
             "--header-timeout-s must be between 0.1 and 3600 seconds"
         );
         config.timeouts.header = Duration::from_secs_f64(self.header_timeout_s);
+        anyhow::ensure!(
+            self.request_timeout_s.is_finite() && (0.1..=3600.0).contains(&self.request_timeout_s),
+            "--request-timeout-s must be between 0.1 and 3600 seconds"
+        );
+        config.timeouts.request = Duration::from_secs_f64(self.request_timeout_s);
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             config.tls = Some(tls::server_config(cert, key)?);
             let peers = self.tls_peer_ca.as_ref().unwrap_or(cert);
