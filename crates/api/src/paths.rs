@@ -31,6 +31,7 @@ pub fn cluster() {}
     (status = 403, description = "Not the admin token", body = ErrorBody),
     (status = 409, description = "A tenant of that name exists", body = ErrorBody),
     (status = 422, description = "A field is invalid", body = ErrorBody),
+    (status = 400, description = "The body is not JSON", body = ErrorBody),
 ))]
 pub fn create_tenant() {}
 
@@ -49,17 +50,21 @@ pub fn list_tenants() {}
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 403, description = "Not the admin token", body = ErrorBody),
         (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 400, description = "The body is not JSON, or a path segment is not UTF-8", body = ErrorBody),
+        (status = 422, description = "A field or query parameter is invalid; `field` names it", body = ErrorBody),
     ))]
 pub fn set_quota() {}
 
 /// Gives a tenant a new token, shown once; the old one stops working at once (admin only).
-#[utoipa::path(post, path = "/v1/tenants/{name}/token", tag = "tenants", request_body = TokenRotation,
+#[utoipa::path(post, path = "/v1/tenants/{name}/token", tag = "tenants", request_body(content = Option<TokenRotation>),
     params(("name" = String, Path, description = "Tenant name")),
     responses(
         (status = 200, description = "The tenant and its new token", body = TenantCreated),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 403, description = "Not the admin token", body = ErrorBody),
         (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 400, description = "The body is not JSON, or a path segment is not UTF-8", body = ErrorBody),
+        (status = 422, description = "A field or query parameter is invalid; `field` names it", body = ErrorBody),
     ))]
 pub fn rotate_tenant_token() {}
 
@@ -71,6 +76,7 @@ pub fn rotate_tenant_token() {}
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 403, description = "Not the admin token", body = ErrorBody),
         (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 400, description = "A path segment is not UTF-8", body = ErrorBody),
     ))]
 pub fn revoke_tenant_token() {}
 
@@ -84,6 +90,7 @@ pub fn revoke_tenant_token() {}
         (status = 403, description = "Not the admin token", body = ErrorBody),
         (status = 404, description = "No such tenant", body = ErrorBody),
         (status = 409, description = "It has work waiting or running", body = ErrorBody),
+        (status = 400, description = "A path segment is not UTF-8", body = ErrorBody),
     ))]
 pub fn remove_tenant() {}
 
@@ -97,6 +104,7 @@ pub fn remove_tenant() {}
         (status = 200, description = "The audit log", body = Vec<AuditEntry>),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 403, description = "Not the admin token", body = ErrorBody),
+        (status = 422, description = "A field or query parameter is invalid; `field` names it", body = ErrorBody),
     ))]
 pub fn audit_log() {}
 
@@ -104,6 +112,7 @@ pub fn audit_log() {}
 #[utoipa::path(get, path = "/v1/quota", tag = "tenants", responses(
     (status = 200, description = "Quota", body = Quota),
     (status = 401, description = "Missing or bad token", body = ErrorBody),
+    (status = 403, description = "The admin token: work belongs to tenants", body = ErrorBody),
         (status = 429, description = "Past the tenant's request rate: try again after `Retry-After` seconds", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
 ))]
@@ -118,6 +127,7 @@ pub fn get_quota() {}
         (status = 200, description = "A retry: the job stored for this key", body = Job),
         (status = 400, description = "Not JSON", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "The admin token: work belongs to tenants", body = ErrorBody),
         (status = 429, description = "Past the tenant's request rate or its cap on pending jobs: try again after `Retry-After` seconds", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 409, description = "The key was used for a different request", body = ErrorBody),
@@ -136,8 +146,10 @@ pub fn submit_job() {}
     responses(
         (status = 200, description = "Jobs", body = JobList),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "The admin token: work belongs to tenants", body = ErrorBody),
         (status = 429, description = "Past the tenant's request rate: try again after `Retry-After` seconds", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 422, description = "A field or query parameter is invalid; `field` names it", body = ErrorBody),
     ))]
 pub fn list_jobs() {}
 
@@ -146,9 +158,11 @@ pub fn list_jobs() {}
     responses(
         (status = 200, description = "The job", body = Job),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "The admin token: work belongs to tenants", body = ErrorBody),
         (status = 429, description = "Past the tenant's request rate: try again after `Retry-After` seconds", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 404, description = "No such job for this tenant", body = ErrorBody),
+        (status = 400, description = "A path segment is not UTF-8", body = ErrorBody),
     ))]
 pub fn get_job() {}
 
@@ -157,9 +171,11 @@ pub fn get_job() {}
     responses(
         (status = 200, description = "The job after cancelling", body = Job),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "The admin token: work belongs to tenants", body = ErrorBody),
         (status = 429, description = "Past the tenant's request rate: try again after `Retry-After` seconds", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 404, description = "No such job for this tenant", body = ErrorBody),
+        (status = 400, description = "A path segment is not UTF-8", body = ErrorBody),
     ))]
 pub fn cancel_job() {}
 
@@ -176,10 +192,13 @@ pub fn cancel_job() {}
     responses(
         (status = 200, description = "The output from the offset", body = JobLogs),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "The admin token: work belongs to tenants", body = ErrorBody),
         (status = 429, description = "Past the tenant's request rate or its open streams: try again after `Retry-After` seconds", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 404, description = "No such job or member, or the job has not been placed", body = ErrorBody),
         (status = 503, description = "The node that ran it does not answer", body = ErrorBody),
+        (status = 400, description = "A path segment is not UTF-8", body = ErrorBody),
+        (status = 422, description = "A field or query parameter is invalid; `field` names it", body = ErrorBody),
     ))]
 pub fn job_logs() {}
 
@@ -211,6 +230,7 @@ pub fn list_sites() {}
         (status = 403, description = "Not the admin token", body = ErrorBody),
         (status = 404, description = "No such site, or the server runs no agents", body = ErrorBody),
         (status = 422, description = "Not a positive number of watts", body = ErrorBody),
+        (status = 400, description = "The body is not JSON, or a path segment is not UTF-8", body = ErrorBody),
     ))]
 pub fn set_gpu_power_cap() {}
 
@@ -224,6 +244,7 @@ pub fn set_gpu_power_cap() {}
         (status = 403, description = "Not the admin token", body = ErrorBody),
         (status = 404, description = "No such node", body = ErrorBody),
         (status = 422, description = "A reason too long or with control characters", body = ErrorBody),
+        (status = 400, description = "The body is not JSON, or a path segment is not UTF-8", body = ErrorBody),
     ))]
 pub fn drain_node() {}
 
@@ -235,6 +256,7 @@ pub fn drain_node() {}
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 403, description = "Not the admin token", body = ErrorBody),
         (status = 404, description = "No such node", body = ErrorBody),
+        (status = 400, description = "A path segment is not UTF-8", body = ErrorBody),
     ))]
 pub fn resume_node() {}
 
@@ -249,6 +271,7 @@ pub fn resume_node() {}
         (status = 403, description = "Not the admin token", body = ErrorBody),
         (status = 404, description = "No such node, or the server runs no agents", body = ErrorBody),
         (status = 409, description = "Not drained, or work still runs there", body = ErrorBody),
+        (status = 400, description = "A path segment is not UTF-8", body = ErrorBody),
     ))]
 pub fn remove_node() {}
 
@@ -263,6 +286,7 @@ pub fn remove_node() {}
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 429, description = "Past the tenant's request rate or its open streams: try again after `Retry-After` seconds", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 422, description = "A field or query parameter is invalid; `field` names it", body = ErrorBody),
     ))]
 pub fn events() {}
 
@@ -273,6 +297,7 @@ pub fn events() {}
     (status = 401, description = "Missing or bad token", body = ErrorBody),
     (status = 403, description = "Not the admin token", body = ErrorBody),
     (status = 422, description = "A limit out of range, or an unknown node", body = ErrorBody),
+    (status = 400, description = "The body is not JSON", body = ErrorBody),
 ))]
 pub fn create_join_token() {}
 
@@ -291,6 +316,7 @@ pub fn list_join_tokens() {}
     (status = 401, description = "Missing or bad token", body = ErrorBody),
     (status = 403, description = "Not the admin token", body = ErrorBody),
     (status = 404, description = "No such token, or revoked already", body = ErrorBody),
+    (status = 400, description = "A path segment is not UTF-8", body = ErrorBody),
 ))]
 pub fn revoke_join_token() {}
 
@@ -299,6 +325,7 @@ pub fn revoke_join_token() {}
     (status = 200, description = "Joined", body = AgentJoined),
     (status = 401, description = "Unknown join token", body = ErrorBody),
     (status = 422, description = "No such node in the fleet", body = ErrorBody),
+    (status = 400, description = "The body is not JSON", body = ErrorBody),
 ))]
 pub fn agent_join() {}
 
@@ -307,6 +334,8 @@ pub fn agent_join() {}
 #[utoipa::path(post, path = "/v1/agent/heartbeat", tag = "agents", request_body = Heartbeat, responses(
     (status = 200, description = "Lease renewed", body = HeartbeatReply),
     (status = 401, description = "Not a node credential", body = ErrorBody),
+    (status = 400, description = "The body is not JSON", body = ErrorBody),
+    (status = 422, description = "A field or query parameter is invalid; `field` names it", body = ErrorBody),
 ))]
 pub fn agent_heartbeat() {}
 
@@ -314,6 +343,7 @@ pub fn agent_heartbeat() {}
 #[utoipa::path(post, path = "/v1/agent/heartbeats", tag = "agents", security(()), request_body = HeartbeatBatch, responses(
     (status = 200, description = "Leases of the listed nodes renewed; the nodes with work", body = HeartbeatBatchReply),
     (status = 400, description = "Malformed batch", body = ErrorBody),
+    (status = 422, description = "A field or query parameter is invalid; `field` names it", body = ErrorBody),
 ))]
 pub fn agent_heartbeats() {}
 
@@ -321,5 +351,7 @@ pub fn agent_heartbeats() {}
 #[utoipa::path(post, path = "/v1/agent/logs", tag = "agents", request_body = LogChunk, responses(
     (status = 204, description = "Taken"),
     (status = 401, description = "Not a node credential", body = ErrorBody),
+    (status = 400, description = "The body is not JSON", body = ErrorBody),
+    (status = 422, description = "A field or query parameter is invalid; `field` names it", body = ErrorBody),
 ))]
 pub fn agent_logs() {}

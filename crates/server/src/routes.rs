@@ -262,6 +262,7 @@ async fn remove_tenant(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AuditParams {
+    #[serde(default, deserialize_with = "api::ranges::opt_int32")]
     limit: Option<u32>,
     before: Option<i64>,
 }
@@ -272,8 +273,11 @@ async fn audit_log(
     params: Result<Query<AuditParams>, QueryRejection>,
 ) -> Result<Json<Vec<api::AuditEntry>>, ApiError> {
     let Query(params) = params.map_err(query_error)?;
-    let limit = i64::from(params.limit.unwrap_or(100).clamp(1, 1000));
-    let entries = st.store.audit_log(limit, params.before).await?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=api::limits::MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("between 1 and {}", api::limits::MAX_PAGE)));
+    }
+    let entries = st.store.audit_log(i64::from(limit), params.before).await?;
     Ok(Json(
         entries
             .into_iter()
@@ -616,13 +620,20 @@ async fn submit_job(
 #[serde(deny_unknown_fields)]
 struct ListParams {
     state: Option<api::JobState>,
+    #[serde(default, deserialize_with = "api::ranges::opt_int32")]
     limit: Option<u32>,
     before: Option<i64>,
 }
 
 pub(crate) fn query_error(e: QueryRejection) -> ApiError {
     let message = e.body_text();
-    let field = message.split('`').nth(1).map(str::to_string).unwrap_or_else(|| "query".into());
+    // serde names a field in backticks; a range check's message starts with `name: `.
+    let named = || {
+        let rest = message.split_once("query string: ")?.1;
+        let (name, _) = rest.split_once(": ")?;
+        name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_').then(|| name.to_string())
+    };
+    let field = message.split('`').nth(1).map(str::to_string).or_else(named).unwrap_or_else(|| "query".into());
     ApiError::Invalid { field, message }
 }
 

@@ -205,6 +205,14 @@ async fn malformed_bodies(db: Db) {
     }
     let (status, err) = s.call(Method::GET, "/v1/jobs/1/logs?member=2147483648", Some(&t), None).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    for q in ["limit=2147483648", "limit=0", "limit=1001"] {
+        let (status, err) = s.call(Method::GET, &format!("/v1/audit?{q}"), Some(ADMIN), None).await;
+        assert_eq!(
+            (status, err["error"]["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("limit")),
+            "{q}: {err}"
+        );
+    }
     // A path segment that is not UTF-8 (found by fuzzing: it was refused in plain text).
     for path in ["/v1/sites/%AFlab-oil/gpu-power-cap", "/v1/tenants/%FF/quota", "/v1/jobs/%C3/cancel"] {
         let (method, token) =
