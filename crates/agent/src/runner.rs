@@ -154,6 +154,26 @@ fn run_environment(
     env
 }
 
+/// Where `command` is found, as `execvp` in the run would find it: a name with a `/` as it is,
+/// else the first executable file of that name in the run's `PATH` (the last `PATH` of `env`; an
+/// empty entry is the run's directory `cwd`). A name found nowhere is left as it is, so the
+/// spawn fails as it would have.
+fn program_path(command: &str, env: &[(String, String)], cwd: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if command.contains('/') || command.is_empty() {
+        return command.into();
+    }
+    let Some((_, path)) = env.iter().rev().find(|(k, _)| k == "PATH") else {
+        return command.into();
+    };
+    path.split(':')
+        .map(|dir| if dir.is_empty() { cwd.join(command) } else { Path::new(dir).join(command) })
+        .find(|candidate| {
+            std::fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| command.into())
+}
+
 /// A file of the agent's only (0600), created or emptied.
 /// Copies a run's output from its pipe into `file`: the first `max_bytes` of it (all without a
 /// limit). Past that the rest is still read, so the run never blocks on a full pipe, and
@@ -683,9 +703,13 @@ impl NodeAgent {
                         cmd
                     }
                     (None, ..) => {
-                        let mut cmd = tokio::process::Command::new(&a.command);
-                        cmd.args(&a.args).process_group(0);
-                        cmd.env_clear().envs(run_environment(&a, &node, &gpus, &work, &tmp));
+                        let env = run_environment(&a, &node, &gpus, &work, &tmp);
+                        // Found here as the run's PATH says: a bare name under a PATH of the run's
+                        // own would make the spawn fork the whole agent (to search in the child)
+                        // instead of a cheap posix_spawn. The run still sees its name as given.
+                        let mut cmd = tokio::process::Command::new(program_path(&a.command, &env, &work));
+                        cmd.arg0(&a.command).args(&a.args).process_group(0);
+                        cmd.env_clear().envs(env);
                         cmd
                     }
                 };
@@ -1074,6 +1098,33 @@ fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_name_is_found_in_the_runs_own_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("drome-program-path-{}", std::process::id()));
+        let (bin, work) = (dir.join("bin"), dir.join("work"));
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        for (name, mode) in [("tool", 0o755), ("data", 0o644)] {
+            std::fs::write(bin.join(name), "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        std::fs::write(work.join("local"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(work.join("local"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let env = |path: &str| vec![("PATH".to_string(), "/nowhere".to_string()), ("PATH".to_string(), path.to_string())];
+        let on_path = format!("/nowhere:{}", bin.display());
+        // The last PATH holds, as it does for the run.
+        assert_eq!(program_path("tool", &env(&on_path), &work), bin.join("tool"));
+        // Not executable, or found nowhere: left as given, so the spawn fails as before.
+        assert_eq!(program_path("data", &env(&on_path), &work), PathBuf::from("data"));
+        assert_eq!(program_path("absent", &env(&on_path), &work), PathBuf::from("absent"));
+        // An empty entry is the run's own directory; a path is never searched.
+        assert_eq!(program_path("local", &env(&format!("{on_path}:")), &work), work.join("local"));
+        assert_eq!(program_path("./tool", &env(&on_path), &work), PathBuf::from("./tool"));
+        assert_eq!(program_path("tool", &[], &work), PathBuf::from("tool"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[tokio::test]
     async fn output_past_the_limit_is_read_and_dropped() {
