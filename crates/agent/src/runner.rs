@@ -175,23 +175,32 @@ fn program_path(command: &str, env: &[(String, String)], cwd: &Path) -> PathBuf 
 }
 
 /// A file of the agent's only (0600), created or emptied.
-/// Copies a run's output from its pipe into `file`: the first `max_bytes` of it (all without a
-/// limit). Past that the rest is still read, so the run never blocks on a full pipe, and
-/// dropped; the file says where and, at the end, how much. Output the disk cannot take is
-/// dropped too, never the run. Returns the bytes dropped.
-pub async fn keep_output<R: tokio::io::AsyncRead + Unpin>(
-    mut from: R,
-    mut file: std::fs::File,
-    max_bytes: Option<u64>,
-) -> u64 {
+/// Copies a run's output from its pipe into the file at `path` (made already, the agent's
+/// only): the first `max_bytes` of it (all without a limit). Past that the rest is still read,
+/// so the run never blocks on a full pipe, and dropped; the file says where and, at the end,
+/// how much. Output the disk cannot take is dropped too, never the run. Returns the bytes
+/// dropped. The file is opened at the first output only: a quiet run holds no file open, and
+/// every file the agent holds is copied into each process it spawns.
+pub async fn keep_output<R: tokio::io::AsyncRead + Unpin>(mut from: R, path: PathBuf, max_bytes: Option<u64>) -> u64 {
     use std::io::Write;
     use tokio::io::AsyncReadExt;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = Vec::new();
     let (mut kept, mut dropped) = (0u64, 0u64);
+    let mut opened: Option<std::io::Result<std::fs::File>> = None;
     loop {
+        // Read one byte's worth first: a run that never writes costs no buffer either.
+        if buf.is_empty() {
+            buf.resize(1, 0);
+        } else if buf.len() < 64 * 1024 {
+            buf.resize(64 * 1024, 0);
+        }
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
+        };
+        let Ok(file) = opened.get_or_insert_with(|| std::fs::OpenOptions::new().append(true).open(&path)) else {
+            dropped += n as u64;
+            continue;
         };
         let room = max_bytes.map_or(n, |max| max.saturating_sub(kept).min(n as u64) as usize);
         if room > 0 {
@@ -209,7 +218,9 @@ pub async fn keep_output<R: tokio::io::AsyncRead + Unpin>(
             dropped += (n - room) as u64;
         }
     }
-    if dropped > 0 {
+    if dropped > 0
+        && let Some(Ok(file)) = &mut opened
+    {
         let _ = writeln!(file, "[drome: {dropped} bytes of output dropped]");
     }
     dropped
@@ -630,7 +641,7 @@ impl NodeAgent {
             let spawn_dir = dir.clone();
             let command = a.command.clone();
             let spawn_node = node.clone();
-            type Spawned = (tokio::process::Child, Option<RunSandbox>, [std::fs::File; 2]);
+            type Spawned = (tokio::process::Child, Option<RunSandbox>, [PathBuf; 2]);
             let spawned = spawner::run(move || -> std::io::Result<Spawned> {
                 let node = spawn_node;
                 let dir = spawn_dir;
@@ -641,8 +652,9 @@ impl NodeAgent {
                 // cannot replace; the run works in `work/`, its own.
                 agent_dir(&dir)?;
                 // The agent's alone (0600): other runs pass through this directory.
-                let stdout = private_file(&dir.join("stdout"))?;
-                let stderr = private_file(&dir.join("stderr"))?;
+                let (stdout, stderr) = (dir.join("stdout"), dir.join("stderr"));
+                private_file(&stdout)?;
+                private_file(&stderr)?;
                 let work = dir.join("work");
                 let boxed = match &sandbox {
                     Some(sandbox) => {
@@ -1132,13 +1144,15 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("stdout");
         let input = vec![b'x'; 200_000];
-        let dropped = keep_output(&input[..], private_file(&path).unwrap(), Some(70_000)).await;
+        private_file(&path).unwrap();
+        let dropped = keep_output(&input[..], path.clone(), Some(70_000)).await;
         assert_eq!(dropped, 130_000);
         let kept = std::fs::read_to_string(&path).unwrap();
         assert!(kept.starts_with(&"x".repeat(70_000)) && !kept[70_000..].contains('x'), "{}", &kept[70_000..]);
         assert!(kept.ends_with("[drome: 130000 bytes of output dropped]\n"), "{}", &kept[70_000..]);
         // Without a limit, all of it.
-        assert_eq!(keep_output(&input[..], private_file(&path).unwrap(), None).await, 0);
+        private_file(&path).unwrap();
+        assert_eq!(keep_output(&input[..], path.clone(), None).await, 0);
         assert_eq!(std::fs::read(&path).unwrap(), input);
         let _ = std::fs::remove_dir_all(&dir);
     }
