@@ -62,18 +62,25 @@ impl AgentHost {
     /// Joins up to `at_most` nodes without a credential; a node refused for good stops the host.
     /// How many joined, and whether a join failed (to be tried again later).
     async fn join_missing(&mut self, at_most: usize) -> Result<(usize, bool), AgentError> {
-        let mut joined = 0;
-        for n in self.nodes.iter_mut().filter(|n| n.credential().is_none()).take(at_most) {
-            match n.join().await {
+        // All at once: the server stores the joins that arrive together in one commit.
+        let joins = self.nodes.iter_mut().filter(|n| n.credential().is_none()).take(at_most).map(|n| async move {
+            let joined = n.join().await;
+            (n.name().to_string(), joined)
+        });
+        let (mut joined, mut failed) = (0, false);
+        for (name, result) in futures_util::future::join_all(joins).await {
+            match result {
                 Ok(_) => joined += 1,
-                Err(AgentError::Refused(m)) => return Err(AgentError::Refused(format!("node {}: {m}", n.name()))),
+                Err(AgentError::Refused(m)) => return Err(AgentError::Refused(format!("node {name}: {m}"))),
                 Err(e) => {
-                    tracing::warn!(node = %n.name(), error = %e, "join failed; retrying");
-                    return Ok((joined, true));
+                    if !failed {
+                        tracing::warn!(node = %name, error = %e, "join failed; retrying");
+                    }
+                    failed = true;
                 }
             }
         }
-        Ok((joined, false))
+        Ok((joined, failed))
     }
 
     /// Joins and heartbeats for every node until the process ends.

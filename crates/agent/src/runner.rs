@@ -1124,7 +1124,8 @@ mod tests {
         }
         std::fs::write(work.join("local"), "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(work.join("local"), std::fs::Permissions::from_mode(0o700)).unwrap();
-        let env = |path: &str| vec![("PATH".to_string(), "/nowhere".to_string()), ("PATH".to_string(), path.to_string())];
+        let env =
+            |path: &str| vec![("PATH".to_string(), "/nowhere".to_string()), ("PATH".to_string(), path.to_string())];
         let on_path = format!("/nowhere:{}", bin.display());
         // The last PATH holds, as it does for the run.
         assert_eq!(program_path("tool", &env(&on_path), &work), bin.join("tool"));

@@ -160,13 +160,6 @@ pub(crate) async fn join(
             remote.config.lease.as_millis()
         )));
     }
-    // Last: a join refused for another reason costs the token nothing.
-    if let Err(why) = st.store.use_join_token(&hash_token(&req.join_token), &req.node, now_ms()).await? {
-        return Err(match why {
-            store::JoinTokenRefusal::OtherNode(_) => ApiError::Forbidden(why.to_string()),
-            _ => ApiError::Unauthorized(why.to_string()),
-        });
-    }
     let credential = new_token()?;
     let hash = hash_token(&credential);
     let inventory_json = serde_json::to_string(&req.gpus).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -179,7 +172,14 @@ pub(crate) async fn join(
         previous_token_hash: None,
         runtimes: req.runtimes.clone(),
     };
-    st.store.upsert_agent_node(&node).await?;
+    // Last: a join refused for another reason costs the token nothing. The token's use and the
+    // node's record are one write, committed with the joins that come meanwhile.
+    if let Err(why) = st.store.join_agent_node(&hash_token(&req.join_token), &node, now_ms()).await? {
+        return Err(match why {
+            store::JoinTokenRefusal::OtherNode(_) => ApiError::Forbidden(why.to_string()),
+            _ => ApiError::Unauthorized(why.to_string()),
+        });
+    }
     remote.register(&req.node, &hash, &req.address, &req.runtimes);
     st.wake.notify_one();
     remote.count_join();

@@ -498,8 +498,9 @@ impl StoreError {
 #[allow(clippy::large_enum_variant)]
 enum Submission {
     Insert(PendingInsert),
-    /// A node's join ([`Store::upsert_agent_node`]): joins arriving together share a commit too.
-    Node(AgentNode, Option<i64>, oneshot::Sender<Result<()>>),
+    /// A node's join ([`Store::join_agent_node`], [`Store::upsert_agent_node`]): joins arriving
+    /// together share a commit too.
+    Node(NodeJoin),
     /// Stop: answer what was handed over before, fail what comes after, then say so.
     Close(oneshot::Sender<()>),
 }
@@ -1521,36 +1522,11 @@ impl Store {
         now_ms: i64,
     ) -> Result<std::result::Result<(), JoinTokenRefusal>> {
         let mut tx = self.write().await?;
-        let lock = if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
-        let row = sqlx::query(&format!(
-            "SELECT uses_left, expires_ms, node, revoked_ms FROM join_tokens WHERE token_hash = $1{lock}"
-        ))
-        .bind(token_hash)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else { return Ok(Err(JoinTokenRefusal::Unknown)) };
-        let (uses_left, expires_ms, bound, revoked_ms): (Option<i64>, Option<i64>, Option<String>, Option<i64>) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
-        let refusal = if revoked_ms.is_some() {
-            Some(JoinTokenRefusal::Revoked)
-        } else if expires_ms.is_some_and(|e| e <= now_ms) {
-            Some(JoinTokenRefusal::Expired)
-        } else if uses_left.is_some_and(|u| u <= 0) {
-            Some(JoinTokenRefusal::UsedUp)
-        } else {
-            bound.filter(|b| b != node).map(JoinTokenRefusal::OtherNode)
-        };
-        if let Some(r) = refusal {
-            return Ok(Err(r));
+        let used = take_join_token(&mut tx, self.backend, token_hash, node, now_ms).await?;
+        if used.is_ok() {
+            tx.commit().await?;
         }
-        if uses_left.is_some() {
-            sqlx::query("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE token_hash = $1")
-                .bind(token_hash)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(Ok(()))
+        Ok(used)
     }
 
     /// Every join token, newest first.
@@ -1594,11 +1570,31 @@ impl Store {
     /// Records a node that joined, or replaces its credential, inventory and address when it
     /// joins again: the old credential stops working.
     pub async fn upsert_agent_node(&self, node: &AgentNode) -> Result<()> {
+        // Without a token there is nothing to refuse: only the store's own errors come back.
+        self.send_join(node, None).await.map(|_| ())
+    }
+
+    /// A node's join with the join token hashed `token_hash`: the token's use
+    /// ([`Store::use_join_token`]) and the node's record ([`Store::upsert_agent_node`]) in one
+    /// transaction, shared with the joins that arrive meanwhile (one commit for a fleet joining
+    /// at once, not two a node). A refused token stores nothing.
+    pub async fn join_agent_node(
+        &self,
+        token_hash: &str,
+        node: &AgentNode,
+        now_ms: i64,
+    ) -> Result<std::result::Result<(), JoinTokenRefusal>> {
+        self.send_join(node, Some((token_hash.to_string(), now_ms))).await
+    }
+
+    async fn send_join(
+        &self,
+        node: &AgentNode,
+        token: Option<(String, i64)>,
+    ) -> Result<std::result::Result<(), JoinTokenRefusal>> {
         let (reply, answer) = oneshot::channel();
-        self.submissions
-            .send(Submission::Node(node.clone(), self.fence, reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let join = NodeJoin { node: node.clone(), token, fence: self.fence, reply };
+        self.submissions.send(Submission::Node(join)).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -1713,13 +1709,13 @@ async fn write_submissions(writer: AnyPool, backend: Backend, mut queue: mpsc::R
         for submission in waiting.drain(..) {
             match submission {
                 Submission::Insert(insert) if closers.is_empty() => batch.push(insert),
-                Submission::Node(node, fence, reply) if closers.is_empty() => nodes.push((node, fence, reply)),
+                Submission::Node(join) if closers.is_empty() => nodes.push(join),
                 // Handed over after the store began to close.
                 Submission::Insert(insert) => {
                     let _ = insert.reply.send(Err(StoreError::Closed));
                 }
-                Submission::Node(_, _, reply) => {
-                    let _ = reply.send(Err(StoreError::Closed));
+                Submission::Node(join) => {
+                    let _ = join.reply.send(Err(StoreError::Closed));
                 }
                 Submission::Close(done) => closers.push(done),
             }
@@ -1743,8 +1739,8 @@ async fn write_submissions(writer: AnyPool, backend: Backend, mut queue: mpsc::R
                 Submission::Insert(insert) => {
                     let _ = insert.reply.send(Err(StoreError::Closed));
                 }
-                Submission::Node(_, _, reply) => {
-                    let _ = reply.send(Err(StoreError::Closed));
+                Submission::Node(join) => {
+                    let _ = join.reply.send(Err(StoreError::Closed));
                 }
                 Submission::Close(done) => closers.push(done),
             }
@@ -1757,35 +1753,58 @@ async fn write_submissions(writer: AnyPool, backend: Backend, mut queue: mpsc::R
 }
 
 /// A node's join, the leader's epoch it is written under (if fenced), and its caller's answer.
-type NodeJoin = (AgentNode, Option<i64>, oneshot::Sender<Result<()>>);
+/// One caller's node join, waiting for its batch to commit.
+struct NodeJoin {
+    node: AgentNode,
+    /// The join token's hash and the time of the join, when the join uses one.
+    token: Option<(String, i64)>,
+    /// The leader's epoch the joining server writes under, if fenced.
+    fence: Option<i64>,
+    reply: oneshot::Sender<Result<std::result::Result<(), JoinTokenRefusal>>>,
+}
 
 /// Stores the joins of `nodes` in one transaction and answers each; if it fails, each is tried
 /// alone, so a bad one fails by itself.
 async fn commit_nodes(writer: &AnyPool, backend: Backend, nodes: Vec<NodeJoin>) {
-    let all: Vec<(&AgentNode, Option<i64>)> = nodes.iter().map(|(n, f, _)| (n, *f)).collect();
+    let all: Vec<&NodeJoin> = nodes.iter().collect();
     match upsert_nodes(writer, backend, &all).await {
-        Ok(()) => {
-            for (_, _, reply) in nodes {
-                let _ = reply.send(Ok(()));
+        Ok(answers) => {
+            for (join, answer) in nodes.into_iter().zip(answers) {
+                let _ = join.reply.send(Ok(answer));
             }
         }
         Err(error) if nodes.len() == 1 => {
-            if let Some((_, _, reply)) = nodes.into_iter().next() {
-                let _ = reply.send(Err(error));
+            if let Some(join) = nodes.into_iter().next() {
+                let _ = join.reply.send(Err(error));
             }
         }
         Err(_) => {
-            for (node, fence, reply) in nodes {
-                let _ = reply.send(upsert_nodes(writer, backend, &[(&node, fence)]).await);
+            for join in nodes {
+                let answer = upsert_nodes(writer, backend, &[&join]).await;
+                let _ = join.reply.send(answer.map(|a| a.into_iter().next().unwrap_or(Ok(()))));
             }
         }
     }
 }
 
-async fn upsert_nodes(writer: &AnyPool, backend: Backend, nodes: &[(&AgentNode, Option<i64>)]) -> Result<()> {
+/// Stores the joins of `nodes` in one transaction; each node's answer, in order: a join whose
+/// token is refused stores nothing.
+async fn upsert_nodes(
+    writer: &AnyPool,
+    backend: Backend,
+    nodes: &[&NodeJoin],
+) -> Result<Vec<std::result::Result<(), JoinTokenRefusal>>> {
     let mut tx = writer.begin().await?;
-    check_fences(&mut tx, backend, nodes.iter().map(|(_, f)| *f)).await?;
-    for (node, _) in nodes {
+    check_fences(&mut tx, backend, nodes.iter().map(|j| j.fence)).await?;
+    let mut answers = Vec::with_capacity(nodes.len());
+    for join in nodes {
+        let node = &join.node;
+        if let Some((token_hash, now_ms)) = &join.token
+            && let Err(refusal) = take_join_token(&mut tx, backend, token_hash, &node.name, *now_ms).await?
+        {
+            answers.push(Err(refusal));
+            continue;
+        }
         sqlx::query(
             "INSERT INTO agent_nodes (name, token_hash, inventory_json, address, joined_ms, runtimes) \
              VALUES ($1, $2, $3, $4, $5, $6) \
@@ -1800,9 +1819,50 @@ async fn upsert_nodes(writer: &AnyPool, backend: Backend, nodes: &[(&AgentNode, 
         .bind(node.runtimes.join(","))
         .execute(&mut *tx)
         .await?;
+        answers.push(Ok(()));
     }
     tx.commit().await?;
-    Ok(())
+    Ok(answers)
+}
+
+/// Uses join token `token_hash` for `node` inside `tx`: one use fewer where it counts them, or
+/// why it is refused (and then nothing is written).
+async fn take_join_token(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    token_hash: &str,
+    node: &str,
+    now_ms: i64,
+) -> Result<std::result::Result<(), JoinTokenRefusal>> {
+    let lock = if backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+    let row = sqlx::query(&format!(
+        "SELECT uses_left, expires_ms, node, revoked_ms FROM join_tokens WHERE token_hash = $1{lock}"
+    ))
+    .bind(token_hash)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else { return Ok(Err(JoinTokenRefusal::Unknown)) };
+    let (uses_left, expires_ms, bound, revoked_ms): (Option<i64>, Option<i64>, Option<String>, Option<i64>) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+    let refusal = if revoked_ms.is_some() {
+        Some(JoinTokenRefusal::Revoked)
+    } else if expires_ms.is_some_and(|e| e <= now_ms) {
+        Some(JoinTokenRefusal::Expired)
+    } else if uses_left.is_some_and(|u| u <= 0) {
+        Some(JoinTokenRefusal::UsedUp)
+    } else {
+        bound.filter(|b| b != node).map(JoinTokenRefusal::OtherNode)
+    };
+    if let Some(r) = refusal {
+        return Ok(Err(r));
+    }
+    if uses_left.is_some() {
+        sqlx::query("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(Ok(()))
 }
 
 /// Checks, inside a transaction, that the lease is still at `epoch` ([`Store::fenced`]): on

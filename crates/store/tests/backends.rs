@@ -212,8 +212,26 @@ async fn agents(store: &Store) {
     // Joining again starts afresh.
     assert!(store.rotate_agent_credential("n1", "c4", "c3").await.unwrap());
     store.upsert_agent_node(&node).await.unwrap();
-    assert_eq!(store.agent_nodes().await.unwrap(), vec![node]);
+    assert_eq!(store.agent_nodes().await.unwrap(), vec![node.clone()]);
     assert!(!store.rotate_agent_credential("nobody", "x", "y").await.unwrap());
+    // Joins that come together share commits, and the token's uses still count one by one:
+    // of five joins on a three-use token, three store their node; the others store nothing.
+    let three = JoinTokenLimits { uses: Some(3), expires_ms: None, node: None };
+    store.create_join_token("h4", 10, &three).await.unwrap();
+    let mut joins = tokio::task::JoinSet::new();
+    for i in 1..=5 {
+        let node = store::AgentNode { name: format!("j{i}"), token_hash: format!("cj{i}"), ..node.clone() };
+        let store = store.clone();
+        joins.spawn(async move { (node.name.clone(), store.join_agent_node("h4", &node, 20).await.unwrap()) });
+    }
+    let answers = joins.join_all().await;
+    let joined: HashSet<String> = answers.iter().filter(|(_, a)| a.is_ok()).map(|(n, _)| n.clone()).collect();
+    assert_eq!(joined.len(), 3, "{answers:?}");
+    assert!(answers.iter().all(|(_, a)| a.is_ok() || *a == Err(No::UsedUp)), "{answers:?}");
+    let stored: HashSet<String> =
+        store.agent_nodes().await.unwrap().into_iter().map(|n| n.name).filter(|n| n.starts_with('j')).collect();
+    assert_eq!(stored, joined);
+    assert_eq!(store.join_agent_node("nope", &node, 21).await.unwrap(), Err(No::Unknown));
 }
 
 /// A share of one GPU is kept as asked; whole-GPU jobs have none; so are the CPUs and memory a
