@@ -483,7 +483,7 @@ async fn still_placed(st: &AppState, run: api::RunKey) -> Result<bool, ApiError>
         .store
         .job_by_id(run.job_id)
         .await?
-        .is_some_and(|j| matches!(j.state, JobState::Scheduled | JobState::Running) && j.generation == run.generation))
+        .is_some_and(|j| matches!(j.state, JobState::Scheduled | JobState::Assigned) && j.generation == run.generation))
 }
 
 pub(crate) async fn logs(

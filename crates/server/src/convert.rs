@@ -99,7 +99,7 @@ pub fn state_to_api(s: store::JobState) -> api::JobState {
     match s {
         store::JobState::Pending => api::JobState::Pending,
         store::JobState::Scheduled => api::JobState::Scheduled,
-        store::JobState::Running => api::JobState::Running,
+        store::JobState::Assigned => api::JobState::Running,
         store::JobState::Succeeded => api::JobState::Succeeded,
         store::JobState::Failed => api::JobState::Failed,
         store::JobState::Cancelled => api::JobState::Cancelled,
@@ -111,7 +111,7 @@ pub fn state_from_api(s: api::JobState) -> store::JobState {
     match s {
         api::JobState::Pending => store::JobState::Pending,
         api::JobState::Scheduled => store::JobState::Scheduled,
-        api::JobState::Running => store::JobState::Running,
+        api::JobState::Running => store::JobState::Assigned,
         api::JobState::Succeeded => store::JobState::Succeeded,
         api::JobState::Failed => store::JobState::Failed,
         api::JobState::Cancelled => store::JobState::Cancelled,

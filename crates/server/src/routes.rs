@@ -689,7 +689,7 @@ async fn cancel_job(
             change: Change { finished, message: Some(message.into()), ..Default::default() },
         };
         let steps = [
-            cancel(vec![JobState::Running, JobState::Preempted], false),
+            cancel(vec![JobState::Assigned, JobState::Preempted], false),
             cancel(vec![JobState::Pending, JobState::Scheduled], true),
         ];
         if st.store.transitions(&steps, now_ms()).await?.contains(&true) {

@@ -64,12 +64,18 @@ pub enum Backend {
     Postgres,
 }
 
-/// A job's lifecycle state.
+/// A job's lifecycle state, as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum JobState {
+    /// Queued for GPUs.
     Pending,
+    /// Placed on GPUs that a stopped run still holds until its node confirms it gone; handed
+    /// to the agents then.
     Scheduled,
-    Running,
+    /// Handed to its nodes' agents under its generation: they start it and report its end.
+    /// Stored and shown as `running`, the API's word (and Slurm's and Kubernetes' users'):
+    /// whether its process runs yet is the agents' report, not the store's.
+    Assigned,
     Succeeded,
     Failed,
     Cancelled,
@@ -80,20 +86,20 @@ impl JobState {
     pub const ALL: [JobState; 7] = [
         JobState::Pending,
         JobState::Scheduled,
-        JobState::Running,
+        JobState::Assigned,
         JobState::Succeeded,
         JobState::Failed,
         JobState::Cancelled,
         JobState::Preempted,
     ];
     /// States that hold or wait for GPUs.
-    pub const ACTIVE: [JobState; 3] = [JobState::Pending, JobState::Scheduled, JobState::Running];
+    pub const ACTIVE: [JobState; 3] = [JobState::Pending, JobState::Scheduled, JobState::Assigned];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Pending => "pending",
             JobState::Scheduled => "scheduled",
-            JobState::Running => "running",
+            JobState::Assigned => "running",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",

@@ -74,9 +74,9 @@ async fn exercise(store: Store) {
     assert!(store.transition(id, &[JobState::Pending], JobState::Scheduled, 20, &placement).await.unwrap());
     assert!(!store.transition(id, &[JobState::Pending], JobState::Scheduled, 21, &placement).await.unwrap());
     let start = Change { started: true, ..Default::default() };
-    assert!(store.transition(id, &[JobState::Scheduled], JobState::Running, 22, &start).await.unwrap());
+    assert!(store.transition(id, &[JobState::Scheduled], JobState::Assigned, 22, &start).await.unwrap());
     let done = Change { finished: true, exit_code: Some(0), message: Some("done".into()), ..Default::default() };
-    assert!(store.transition(id, &[JobState::Running], JobState::Succeeded, 30, &done).await.unwrap());
+    assert!(store.transition(id, &[JobState::Assigned], JobState::Succeeded, 30, &done).await.unwrap());
     assert!(!store.transition(id, &JobState::ACTIVE, JobState::Cancelled, 31, &Change::default()).await.unwrap());
 
     let job = store.job(acme.id, id).await.unwrap().unwrap();
@@ -84,7 +84,7 @@ async fn exercise(store: Store) {
     assert_eq!((job.started_ms, job.finished_ms, job.generation, job.exit_code), (Some(22), Some(30), 1, Some(0)));
     assert_eq!(job.placement_json.as_deref(), Some("[]"));
     let history: Vec<JobState> = store.history(id).await.unwrap().into_iter().map(|e| e.state).collect();
-    assert_eq!(history, vec![JobState::Pending, JobState::Scheduled, JobState::Running, JobState::Succeeded]);
+    assert_eq!(history, vec![JobState::Pending, JobState::Scheduled, JobState::Assigned, JobState::Succeeded]);
 
     let active: Vec<i64> = store.active_jobs().await.unwrap().into_iter().map(|j| j.id).collect();
     assert_eq!(active, vec![theirs.job.id, no_key_a.job.id, no_key_b.job.id]);
@@ -105,14 +105,14 @@ async fn exercise(store: Store) {
         |job_id, from: &[JobState], to| Transition { job_id, from: from.to_vec(), to, change: Change::default() };
     let steps = [
         step(a, &[JobState::Pending], JobState::Scheduled),
-        step(b, &[JobState::Running], JobState::Failed),
-        step(a, &[JobState::Scheduled], JobState::Running),
+        step(b, &[JobState::Assigned], JobState::Failed),
+        step(a, &[JobState::Scheduled], JobState::Assigned),
     ];
     assert_eq!(store.transitions(&steps, 40).await.unwrap(), vec![true, false, true]);
-    assert_eq!(store.job_by_id(a).await.unwrap().unwrap().state, JobState::Running);
+    assert_eq!(store.job_by_id(a).await.unwrap().unwrap().state, JobState::Assigned);
     assert_eq!(store.job_by_id(b).await.unwrap().unwrap().state, JobState::Pending);
     let history: Vec<JobState> = store.history(a).await.unwrap().into_iter().map(|e| e.state).collect();
-    assert_eq!(history, vec![JobState::Pending, JobState::Scheduled, JobState::Running]);
+    assert_eq!(history, vec![JobState::Pending, JobState::Scheduled, JobState::Assigned]);
     assert!(store.transitions(&[], 41).await.unwrap().is_empty());
     let got: Vec<i64> = store.jobs_by_ids(&[b, 999_999, a]).await.unwrap().into_iter().map(|j| j.id).collect();
     assert_eq!(got, vec![a, b]);
@@ -120,7 +120,7 @@ async fn exercise(store: Store) {
     // A running job cancelled stays among the active ones, unfinished, until its run is known
     // gone; then it has its finish time and leaves them.
     let cancel = Change { message: Some("cancelled".into()), ..Default::default() };
-    assert!(store.transition(a, &[JobState::Running], JobState::Cancelled, 50, &cancel).await.unwrap());
+    assert!(store.transition(a, &[JobState::Assigned], JobState::Cancelled, 50, &cancel).await.unwrap());
     assert!(store.active_jobs().await.unwrap().iter().any(|j| j.id == a && j.state == JobState::Cancelled));
     store.finish_cancelled(&[a, b], 60).await.unwrap();
     assert_eq!(store.job_by_id(a).await.unwrap().unwrap().finished_ms, Some(60));
@@ -458,10 +458,10 @@ async fn tenant_usage(store: &Store) {
     let steps = [
         step(id(1), JobState::Pending, JobState::Scheduled),
         step(id(2), JobState::Pending, JobState::Scheduled),
-        step(id(2), JobState::Scheduled, JobState::Running),
+        step(id(2), JobState::Scheduled, JobState::Assigned),
         step(id(3), JobState::Pending, JobState::Scheduled),
-        step(id(3), JobState::Scheduled, JobState::Running),
-        step(id(3), JobState::Running, JobState::Succeeded),
+        step(id(3), JobState::Scheduled, JobState::Assigned),
+        step(id(3), JobState::Assigned, JobState::Succeeded),
     ];
     assert!(store.transitions(&steps, 2).await.unwrap().into_iter().all(|applied| applied));
     // Held: 2 (scheduled, one node at least) + 3 (running); pending: 16 + 0 (no GPUs) + 3.
@@ -481,13 +481,13 @@ async fn prune_old(store: &Store) {
     let step = |job_id, from, to| Transition { job_id, from: vec![from], to, change: Change::default() };
     let finish = Transition {
         job_id: ended,
-        from: vec![JobState::Running],
+        from: vec![JobState::Assigned],
         to: JobState::Succeeded,
         change: Change { finished: true, ..Change::default() },
     };
     let steps = [
         step(ended, JobState::Pending, JobState::Scheduled),
-        step(ended, JobState::Scheduled, JobState::Running),
+        step(ended, JobState::Scheduled, JobState::Assigned),
         finish,
         step(live, JobState::Pending, JobState::Scheduled),
     ];

@@ -109,7 +109,7 @@ pub fn live_start_cost(
                 && let Some(id) = live.job_id_of(job)
             {
                 if let Some(j) = live.job_mut(id) {
-                    j.job.state = store::JobState::Running;
+                    j.job.state = store::JobState::Assigned;
                 }
                 live.started(id, placement);
             }

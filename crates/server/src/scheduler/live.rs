@@ -719,7 +719,7 @@ impl LiveState {
 
 /// Whether a job in `state` holds a placement.
 pub(crate) fn is_placed_state(state: JobState) -> bool {
-    matches!(state, JobState::Scheduled | JobState::Running)
+    matches!(state, JobState::Scheduled | JobState::Assigned)
 }
 
 #[cfg(test)]
@@ -751,7 +751,7 @@ mod tests {
                     if waits {
                         j.job.state = JobState::Scheduled;
                     } else {
-                        j.job.state = JobState::Running;
+                        j.job.state = JobState::Assigned;
                         j.job.generation += 1;
                     }
                 }
@@ -1007,7 +1007,7 @@ mod tests {
                     }
                     Op::Stop(k) if !known.is_empty() => {
                         let id = known[k % known.len()];
-                        if live.job(id).is_some_and(|j| j.job.state == JobState::Running) {
+                        if live.job(id).is_some_and(|j| j.job.state == JobState::Assigned) {
                             prop_assert!(live.stop(id, JobState::Preempted));
                         }
                     }
@@ -1023,7 +1023,7 @@ mod tests {
                         for id in live.ready_to_run() {
                             live.runs_now(id);
                             if let Some(j) = live.job_mut(id) {
-                                j.job.state = JobState::Running;
+                                j.job.state = JobState::Assigned;
                             }
                         }
                     }

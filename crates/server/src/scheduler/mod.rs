@@ -297,7 +297,7 @@ impl Scheduler {
             let applied = store.transitions(&steps, now).await?;
             for (id, ok) in scheduled.iter().zip(applied) {
                 if let Some(j) = live.job_mut(*id).filter(|_| ok) {
-                    j.job.state = JobState::Running;
+                    j.job.state = JobState::Assigned;
                     j.job.generation += 1;
                     j.job.started_ms = Some(now);
                     self.st.job_changed();
@@ -323,7 +323,7 @@ impl Scheduler {
         }
         let resume: Vec<(Job, Placement)> = live
             .placed()
-            .filter(|(j, _)| j.job.state == JobState::Running && !self.runs.contains_key(&j.job.id))
+            .filter(|(j, _)| j.job.state == JobState::Assigned && !self.runs.contains_key(&j.job.id))
             .map(|(j, p)| (j.job.clone(), p.clone()))
             .collect();
         for (job, placement) in &resume {
@@ -395,7 +395,7 @@ impl Scheduler {
                 SchedEvent::Cancelled(id) => {
                     let Some(j) = live.job_mut(id) else { continue };
                     let (wid, state) = (j.wid, j.job.state);
-                    if self.crash_on_cancel && state == JobState::Running {
+                    if self.crash_on_cancel && state == JobState::Assigned {
                         tracing::error!(job = id, "failpoint cancel-recorded: aborting");
                         std::process::abort();
                     }
@@ -404,7 +404,7 @@ impl Scheduler {
                         j.job.state = JobState::Cancelled;
                         continue;
                     }
-                    let running = state == JobState::Running && self.runs.contains_key(&id);
+                    let running = state == JobState::Assigned && self.runs.contains_key(&id);
                     if running && live.stop(id, JobState::Cancelled) {
                         // Its GPUs take other work once its nodes confirm it gone.
                         if let Some(handle) = self.runs.get_mut(&id) {
@@ -414,12 +414,12 @@ impl Scheduler {
                     } else {
                         live.remove(id);
                         self.runs.remove(&id);
-                        if state == JobState::Running {
+                        if state == JobState::Assigned {
                             // No run of it here to wait for.
                             unfinished.push(id);
                         }
                     }
-                    if matches!(state, JobState::Scheduled | JobState::Running) {
+                    if matches!(state, JobState::Scheduled | JobState::Assigned) {
                         // The policy keeps its own record of the run, by id.
                         let w = crate::convert::request_workload(wid, 0, 0, None);
                         self.policy.on_finished(&w, wall, wall);
@@ -450,9 +450,9 @@ impl Scheduler {
                 continue;
             }
             match (&j.place, j.job.state) {
-                (Place::Placed(_), JobState::Running) => {
+                (Place::Placed(_), JobState::Assigned) => {
                     let (to, change) = ending(&j.job, &done.outcome);
-                    steps.push(Transition { job_id: j.job.id, from: vec![JobState::Running], to, change });
+                    steps.push(Transition { job_id: j.job.id, from: vec![JobState::Assigned], to, change });
                 }
                 (Place::Stopping(_), JobState::Preempted) => {
                     // Its run is gone: back to the queue, unless it had finished its work.
@@ -619,13 +619,13 @@ impl Scheduler {
         let mut preempt_steps = Vec::with_capacity(preempts.len());
         for id in &preempts {
             let Some(j) = live.job(*id) else { continue };
-            let step = if j.job.state == JobState::Running {
+            let step = if j.job.state == JobState::Assigned {
                 if let Place::Placed(p) = &j.place {
                     stopped_nodes.extend(p.members.iter().map(|m| m.node));
                 }
                 let message = Some("preempted by the scheduler; stopping its run".into());
                 let change = Change { message, ..Default::default() };
-                Transition { job_id: *id, from: vec![JobState::Running], to: JobState::Preempted, change }
+                Transition { job_id: *id, from: vec![JobState::Assigned], to: JobState::Preempted, change }
             } else {
                 // Scheduled, waiting to run: nothing runs, straight back to the queue.
                 requeue_step(*id, JobState::Scheduled)
@@ -696,7 +696,7 @@ impl Scheduler {
                 let Some(j) = live.job_mut(id) else { continue };
                 j.job.placement_json = Some(encode_placement(&fleet, &placement));
                 if runs_now {
-                    j.job.state = JobState::Running;
+                    j.job.state = JobState::Assigned;
                     j.job.generation += 1;
                     j.job.started_ms = Some(now);
                 } else {
@@ -744,7 +744,7 @@ impl Scheduler {
             }
             self.st.job_changed();
             let Some(j) = live.job_mut(id) else { continue };
-            j.job.state = JobState::Running;
+            j.job.state = JobState::Assigned;
             j.job.generation += 1;
             j.job.started_ms = Some(now);
             let job = j.job.clone();
@@ -959,7 +959,7 @@ fn failure(job: &Job, exit_code: Option<i64>, why: String) -> (JobState, Change)
 /// The step that runs a scheduled job: its start, a new generation.
 fn run_step(job_id: i64) -> Transition {
     let change = Change { started: true, ..Default::default() };
-    Transition { job_id, from: vec![JobState::Scheduled], to: JobState::Running, change }
+    Transition { job_id, from: vec![JobState::Scheduled], to: JobState::Assigned, change }
 }
 
 /// The step that sends a job in `from` back to the queue, its placement and times cleared.
