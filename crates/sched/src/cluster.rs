@@ -101,6 +101,13 @@ pub struct ClusterState {
     changes: u64,
     /// Per node: the features it offers now ([`Demand::node_features`]), set by the caller.
     node_features: Vec<u64>,
+    /// GPU shares withheld from placement for a while ([`ClusterState::withhold_free_gpus`]):
+    /// per node, the thousandths taken from each of its GPUs.
+    withheld: Vec<(u32, Vec<u16>)>,
+    /// Per node: whether it is in `withheld`.
+    withheld_on: Vec<bool>,
+    /// GPU-thousandths withheld, all nodes together.
+    withheld_milli: u64,
 }
 
 /// Kinds of GPU-holding members [`ClusterState::member_kinds`] tells apart: a share of one GPU
@@ -148,6 +155,9 @@ impl ClusterState {
             group_allocated_milli: Vec::new(),
             changes: 0,
             node_features: vec![0; fleet.nodes.len()],
+            withheld: Vec::new(),
+            withheld_on: vec![false; fleet.nodes.len()],
+            withheld_milli: 0,
             fleet,
         };
         let caps: Vec<Capacity> = (0..state.fleet.nodes.len()).map(|i| state.capacity_of(i)).collect();
@@ -201,8 +211,54 @@ impl ClusterState {
         self.fleet.nodes[node.index()].gpu_model
     }
 
+    /// GPU-thousandths allocated, and withheld ([`ClusterState::withhold_free_gpus`]).
     pub fn allocated_gpu_milli(&self) -> u64 {
-        self.allocated_gpu_milli
+        self.allocated_gpu_milli + self.withheld_milli
+    }
+
+    /// Takes every free GPU share of `node` out of placement until
+    /// [`ClusterState::restore_withheld`]: its free shares read zero, so no search places GPUs
+    /// there, and count as allocated, while its CPUs and memory stay free and GPUs freed on it
+    /// meanwhile are free as usual. It is what an allocation of those shares to nobody would do,
+    /// without the allocation: no placement is kept and no placement index is updated (every
+    /// search checks a node's free shares themselves before it takes the node), so withholding
+    /// many nodes for a round costs a few writes per node. Returns the thousandths withheld.
+    pub fn withhold_free_gpus(&mut self, node: NodeId) -> u64 {
+        let i = node.index();
+        if i >= self.withheld_on.len() || self.withheld_on[i] {
+            return 0;
+        }
+        let gpus = self.gpu_offset[i] as usize..self.gpu_offset[i + 1] as usize;
+        let taken = self.gpu_free[gpus.clone()].to_vec();
+        let milli: u64 = taken.iter().map(|&m| u64::from(m)).sum();
+        if milli == 0 {
+            return 0;
+        }
+        self.gpu_free[gpus].fill(0);
+        self.withheld_on[i] = true;
+        self.withheld_milli += milli;
+        self.withheld.push((i as u32, taken));
+        milli
+    }
+
+    /// Gives back every GPU share [`ClusterState::withhold_free_gpus`] took.
+    pub fn restore_withheld(&mut self) {
+        for (i, taken) in std::mem::take(&mut self.withheld) {
+            let i = i as usize;
+            let base = self.gpu_offset[i] as usize;
+            for (k, milli) in taken.into_iter().enumerate() {
+                self.gpu_free[base + k] += milli;
+            }
+            self.withheld_on[i] = false;
+            // Its index entry is what it was unless work came or went on it meanwhile.
+            self.refresh(i);
+        }
+        self.withheld_milli = 0;
+    }
+
+    /// Whether some of `node`'s GPU shares are withheld ([`ClusterState::withhold_free_gpus`]).
+    pub fn gpus_withheld_on(&self, node: NodeId) -> bool {
+        self.withheld_on.get(node.index()).copied().unwrap_or(false)
     }
 
     pub fn total_gpu_milli(&self) -> u64 {
@@ -563,6 +619,11 @@ impl ClusterState {
                 }
             }
         }
+        for (i, taken) in &self.withheld {
+            for (k, milli) in taken.iter().enumerate() {
+                gpu[self.gpu_offset[*i as usize] as usize + k] -= i64::from(*milli);
+            }
+        }
         if let Some(pos) = gpu.iter().position(|&g| g < 0) {
             return Err(format!("GPU slot {pos} over-committed"));
         }
@@ -588,8 +649,13 @@ impl ClusterState {
                 return Err("node groups' sums out of step with allocations".into());
             }
         }
+        let withheld: u64 = self.withheld.iter().flat_map(|(_, t)| t.iter().map(|&m| u64::from(m))).sum();
+        if withheld != self.withheld_milli || self.withheld.len() != self.withheld_on.iter().filter(|w| **w).count() {
+            return Err("withheld GPU shares out of step".into());
+        }
         for i in 0..self.free_cpu.len() {
-            if self.live.get(i) != self.capacity_of(i) {
+            // A withheld node's entry may stay as it was before (see `withhold_free_gpus`).
+            if !self.withheld_on[i] && self.live.get(i) != self.capacity_of(i) {
                 return Err(format!("placement index stale at node {i}"));
             }
         }

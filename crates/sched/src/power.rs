@@ -18,8 +18,10 @@
 //!   the longest-running first, each down to `min_cap` before the next is touched.
 //!
 //! How it holds the inner policy to the budget: before the policy's round, GPUs beyond the power
-//! headroom are hidden behind placeholder allocations (on the most fragmented nodes first, so
-//! whole free nodes stay usable for gangs); after it, they are released. A start that still
+//! headroom are hidden (on the most fragmented nodes first, so whole free nodes stay usable for
+//! gangs): a node hidden whole has its free GPUs withheld ([`ClusterState::withhold_free_gpus`],
+//! no allocation and no index update, so hiding tens of thousands of nodes stays cheap), the one
+//! node hidden in part holds placeholder allocations; after the round, both are given back. A start that still
 //! exceeds the budget (a policy that preempted and started in ways the headroom did not foresee)
 //! is rolled back: released from the cluster and dropped from the decisions, so it stays queued.
 
@@ -486,9 +488,14 @@ impl PowerGuard {
                 .collect();
             // Most fragmented nodes first; ties by id, highest first (first-fit starts low).
             free_nodes.sort_by_key(|&(f, id)| (f, std::cmp::Reverse(id.0)));
-            for &(_, node) in &free_nodes {
+            for &(free, node) in &free_nodes {
                 if to_hide <= 0.0 {
                     break;
+                }
+                // A node hidden whole is withheld: no allocation, no index update.
+                if f64::from(free) <= to_hide {
+                    to_hide -= cluster.withhold_free_gpus(node) as f64;
+                    continue;
                 }
                 // The node's free GPUs in index order until enough is hidden: its whole ones in
                 // one placeholder, each share of a GPU in one of its own.
@@ -563,6 +570,7 @@ impl PowerGuard {
         for id in self.placeholders.drain(..) {
             let _ = cluster.release(id);
         }
+        cluster.restore_withheld();
         self.install_groups(cluster);
         let floor = self.budget.floor_cap();
         let (mut loads, _) = self.site_loads(cluster, false);

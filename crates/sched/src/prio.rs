@@ -330,8 +330,9 @@ pub(crate) fn choose_victims(
                 blocked.extend(p.members.iter().map(|m| m.node.0));
             }
         }
+        // So are nodes whose GPUs are withheld (the power guard's, as an allocation would).
         let mut nodes: Vec<(u64, u32)> = (0..cluster.node_count() as u32)
-            .filter(|n| !blocked.contains(n) && allowed(*n))
+            .filter(|n| !blocked.contains(n) && !cluster.gpus_withheld_on(model::NodeId(*n)) && allowed(*n))
             .map(|n| {
                 let held = holders.get(&n).map_or(0, |v| {
                     v.iter().filter_map(|id| cluster.allocation(*id)).map(|p| p.gpu_milli()).sum::<u64>()
