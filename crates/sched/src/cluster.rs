@@ -101,9 +101,11 @@ pub struct ClusterState {
     changes: u64,
     /// Per node: the features it offers now ([`Demand::node_features`]), set by the caller.
     node_features: Vec<u64>,
-    /// GPU shares withheld from placement for a while ([`ClusterState::withhold_free_gpus`]):
-    /// per node, the thousandths taken from each of its GPUs.
-    withheld: Vec<(u32, Vec<u16>)>,
+    /// Nodes whose GPU shares are withheld from placement for a while
+    /// ([`ClusterState::withhold_free_gpus`]), and the thousandths taken from each of their GPUs,
+    /// node after node (a node's run as long as its GPU count).
+    withheld: Vec<u32>,
+    withheld_shares: Vec<u16>,
     /// Per node: whether it is in `withheld`.
     withheld_on: Vec<bool>,
     /// GPU-thousandths withheld, all nodes together.
@@ -156,6 +158,7 @@ impl ClusterState {
             changes: 0,
             node_features: vec![0; fleet.nodes.len()],
             withheld: Vec::new(),
+            withheld_shares: Vec::new(),
             withheld_on: vec![false; fleet.nodes.len()],
             withheld_milli: 0,
             fleet,
@@ -229,25 +232,29 @@ impl ClusterState {
             return 0;
         }
         let gpus = self.gpu_offset[i] as usize..self.gpu_offset[i + 1] as usize;
-        let taken = self.gpu_free[gpus.clone()].to_vec();
-        let milli: u64 = taken.iter().map(|&m| u64::from(m)).sum();
+        let milli: u64 = self.gpu_free[gpus.clone()].iter().map(|&m| u64::from(m)).sum();
         if milli == 0 {
             return 0;
         }
+        self.withheld_shares.extend_from_slice(&self.gpu_free[gpus.clone()]);
         self.gpu_free[gpus].fill(0);
         self.withheld_on[i] = true;
         self.withheld_milli += milli;
-        self.withheld.push((i as u32, taken));
+        self.withheld.push(i as u32);
         milli
     }
 
     /// Gives back every GPU share [`ClusterState::withhold_free_gpus`] took.
     pub fn restore_withheld(&mut self) {
-        for (i, taken) in std::mem::take(&mut self.withheld) {
+        let (nodes, shares) = (std::mem::take(&mut self.withheld), std::mem::take(&mut self.withheld_shares));
+        let mut taken = shares.iter();
+        for i in nodes {
             let i = i as usize;
-            let base = self.gpu_offset[i] as usize;
-            for (k, milli) in taken.into_iter().enumerate() {
-                self.gpu_free[base + k] += milli;
+            for (free, milli) in self.gpu_free[self.gpu_offset[i] as usize..self.gpu_offset[i + 1] as usize]
+                .iter_mut()
+                .zip(taken.by_ref())
+            {
+                *free += milli;
             }
             self.withheld_on[i] = false;
             // Its index entry is what it was unless work came or went on it meanwhile.
@@ -619,9 +626,11 @@ impl ClusterState {
                 }
             }
         }
-        for (i, taken) in &self.withheld {
-            for (k, milli) in taken.iter().enumerate() {
-                gpu[self.gpu_offset[*i as usize] as usize + k] -= i64::from(*milli);
+        let mut taken = self.withheld_shares.iter();
+        for &i in &self.withheld {
+            let gpus = self.gpu_offset[i as usize] as usize..self.gpu_offset[i as usize + 1] as usize;
+            for (expected, milli) in gpu[gpus].iter_mut().zip(taken.by_ref()) {
+                *expected -= i64::from(*milli);
             }
         }
         if let Some(pos) = gpu.iter().position(|&g| g < 0) {
@@ -649,7 +658,7 @@ impl ClusterState {
                 return Err("node groups' sums out of step with allocations".into());
             }
         }
-        let withheld: u64 = self.withheld.iter().flat_map(|(_, t)| t.iter().map(|&m| u64::from(m))).sum();
+        let withheld: u64 = self.withheld_shares.iter().map(|&m| u64::from(m)).sum();
         if withheld != self.withheld_milli || self.withheld.len() != self.withheld_on.iter().filter(|w| **w).count() {
             return Err("withheld GPU shares out of step".into());
         }

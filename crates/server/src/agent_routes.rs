@@ -2,7 +2,7 @@
 
 use crate::AppState;
 use crate::agents::RemoteNodes;
-use crate::auth::{AdminCaller, bearer, hash_token, new_token};
+use crate::auth::{AdminCaller, caller_hash, hash_token, new_token};
 use crate::error::ApiError;
 use crate::json::ApiJson;
 use crate::now_ms;
@@ -24,7 +24,7 @@ impl FromRequestParts<AppState> for NodeCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let hash = hash_token(bearer(parts)?);
+        let hash = caller_hash(parts)?;
         let remote = remote(state)?;
         if let Some(node) = remote.node_of(&hash) {
             return Ok(NodeCaller(node, hash));

@@ -26,6 +26,20 @@ pub fn hash_token(token: &str) -> String {
     hex(&Sha256::digest(token.as_bytes()))
 }
 
+/// The hash of a request's bearer token, left in its extensions by the front middleware
+/// (`routes::track`), which works it out to find the tenant's seat: hashed once a request.
+#[derive(Clone, Debug)]
+pub(crate) struct TokenHash(pub String);
+
+/// The hash of the request's bearer token: the one the middleware left, or worked out now.
+pub(crate) fn caller_hash(parts: &Parts) -> Result<String, ApiError> {
+    let token = bearer(&parts.headers)?;
+    Ok(match parts.extensions.get::<TokenHash>() {
+        Some(TokenHash(hash)) => hash.clone(),
+        None => hash_token(token),
+    })
+}
+
 /// Compares two hashes without an early exit.
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -38,9 +52,8 @@ pub enum Caller {
     Tenant(store::Tenant),
 }
 
-pub(crate) fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts
-        .headers
+pub(crate) fn bearer(headers: &header::HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer TOKEN header".into()))?;
     let value = value.to_str().map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;
@@ -57,8 +70,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?;
-        let hash = hash_token(token);
+        let hash = caller_hash(parts)?;
         if same(&hash, &state.admin_hash) {
             return Ok(Caller::Admin);
         }

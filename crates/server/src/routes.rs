@@ -77,14 +77,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
+async fn track(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
     let method = req.method().to_string();
     let t0 = Instant::now();
     // A tenant known here is served in one of its seats; streams and output, which may last,
     // are bounded by its stream limit instead.
     let long_lived = route.ends_with("/events") || route.ends_with("/logs");
-    let tenant = if long_lived { None } else { known_tenant(&st, &req) };
+    let tenant = if long_lived { None } else { known_tenant(&st, &mut req) };
     let _seat = match tenant {
         Some(id) => st.limiter.seat(id).await,
         None => None,
@@ -110,11 +110,13 @@ async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response
     resp
 }
 
-/// The tenant a request's token belongs to, when this process checked the token lately.
-fn known_tenant(st: &AppState, req: &Request) -> Option<i64> {
-    let value = req.headers().get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
-    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
-    st.tenant_cache.get(&crate::auth::hash_token(token)).map(|t| t.id)
+/// The tenant a request's token belongs to, when this process checked the token lately. The
+/// token's hash stays with the request for the caller's extractor.
+fn known_tenant(st: &AppState, req: &mut Request) -> Option<i64> {
+    let hash = crate::auth::hash_token(crate::auth::bearer(req.headers()).ok()?);
+    let tenant = st.tenant_cache.get(&hash).map(|t| t.id);
+    req.extensions_mut().insert(crate::auth::TokenHash(hash));
+    tenant
 }
 
 async fn not_found() -> ApiError {

@@ -124,6 +124,29 @@ pub(super) fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// A benchmark's server process, killed (and reaped) when dropped.
+pub(super) struct ServerProcess(pub(super) Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `bench` on a fresh runtime in a new temporary directory named after `name` and this
+/// process, removed afterwards whatever `bench` did.
+pub(super) fn in_scratch_dir<T, F: std::future::Future<Output = anyhow::Result<T>>>(
+    name: &str,
+    bench: impl FnOnce(std::path::PathBuf) -> F,
+) -> anyhow::Result<T> {
+    let dir = std::env::temp_dir().join(format!("drome-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let result = super::server::runtime().and_then(|rt| rt.block_on(bench(dir.clone())));
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// Starts `drome server` on a free loopback port over `db` and `fleet` with `admin` as its admin
 /// token and `extra` arguments, its log in `dir/server.log`, and waits (up to a minute) until it
 /// answers: the process and a client of it.

@@ -54,24 +54,14 @@ struct Report {
 
 const ADMIN: &str = "bench-flood-admin";
 
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 pub fn run(args: FloodBenchArgs) -> anyhow::Result<()> {
     if args.quiet_requests == 0 || !(args.quiet_rate > 0.0 && args.quiet_rate <= 10_000.0) {
         bail!("--quiet-requests must be at least 1 and --quiet-rate between 0 and 10000");
     }
-    let dir = std::env::temp_dir().join(format!("drome-bench-flood-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let result = super::server::runtime()?.block_on(bench(&args, &dir));
-    let _ = std::fs::remove_dir_all(&dir);
-    let r = result?;
+    let r = super::bench_agents::in_scratch_dir("flood", |dir| {
+        let args = &args;
+        async move { bench(args, &dir).await }
+    })?;
     match args.output {
         Output::Json => print_json(&r),
         Output::Table => {
@@ -130,7 +120,7 @@ async fn bench(args: &FloodBenchArgs, dir: &Path) -> anyhow::Result<Report> {
     let concurrency = args.tenant_concurrency.to_string();
     let extra = ["--tenant-concurrency", concurrency.as_str()];
     let (process, c) = start_server(&exe, &db, &fleet, ADMIN, &extra, dir).await?;
-    let _process = Server(process);
+    let _process = super::bench_agents::ServerProcess(process);
     let token = |v: serde_json::Value| v["token"].as_str().map(str::to_string).context("no tenant token");
     let quiet_token = token(c.post("/v1/tenants", ADMIN, &json!({"name": "quiet"})).await?)?;
     let flood_token = token(c.post("/v1/tenants", ADMIN, &json!({"name": "flood"})).await?)?;

@@ -11,7 +11,6 @@ use report::Table;
 use serde::Serialize;
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
@@ -46,24 +45,14 @@ struct Report {
 
 const ADMIN: &str = "bench-submit-admin";
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 pub fn run(args: SubmitBenchArgs) -> anyhow::Result<()> {
     if args.jobs == 0 || args.clients == 0 {
         bail!("--jobs and --clients must be at least 1");
     }
-    let dir = std::env::temp_dir().join(format!("drome-bench-submit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let result = super::server::runtime()?.block_on(bench(&args, &dir));
-    let _ = std::fs::remove_dir_all(&dir);
-    let r = result?;
+    let r = super::bench_agents::in_scratch_dir("submit", |dir| {
+        let args = &args;
+        async move { bench(args, &dir).await }
+    })?;
     match args.output {
         Output::Json => print_json(&r),
         Output::Table => {
@@ -98,7 +87,7 @@ async fn bench(args: &SubmitBenchArgs, dir: &Path) -> anyhow::Result<Report> {
     // One tenant floods on purpose: no per-tenant limits.
     let no_limits = ["--tenant-rate", "0", "--tenant-pending-jobs", "0", "--tenant-concurrency", "0"];
     let (process, c) = start_server(&exe, &db, &fleet, ADMIN, &no_limits, dir).await?;
-    let process = Server(process);
+    let process = super::bench_agents::ServerProcess(process);
     // A fresh tenant each run (a --db may hold earlier ones), held to one GPU.
     let name = format!("bench-{}-{}", std::process::id(), server::now_ms());
     let tenant = c.post("/v1/tenants", ADMIN, &json!({"name": name, "gpu_quota": 1})).await?;
