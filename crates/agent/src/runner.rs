@@ -174,7 +174,6 @@ fn program_path(command: &str, env: &[(String, String)], cwd: &Path) -> PathBuf 
         .unwrap_or_else(|| command.into())
 }
 
-/// A file of the agent's only (0600), created or emptied.
 /// Copies a run's output from its pipe into the file at `path` (made already, the agent's
 /// only): the first `max_bytes` of it (all without a limit). Past that the rest is still read,
 /// so the run never blocks on a full pipe, and dropped; the file says where and, at the end,
@@ -226,6 +225,7 @@ pub async fn keep_output<R: tokio::io::AsyncRead + Unpin>(mut from: R, path: Pat
     dropped
 }
 
+/// A file of the agent's only (0600), created or emptied.
 fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
