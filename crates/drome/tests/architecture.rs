@@ -13,7 +13,8 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("model", &[][..]),
         ("sched", &["model"][..]),
         ("energy", &["model"][..]),
-        ("sim", &["model", "sched", "energy"][..]),
+        ("dispatch", &[][..]),
+        ("sim", &["model", "sched", "energy", "dispatch"][..]),
         ("trace", &["model"][..]),
         ("report", &["model"][..]),
         ("api", &["model"][..]),
@@ -23,7 +24,10 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("agent", &["model", "energy", "api", "tls"][..]),
         (
             "drome",
-            &["model", "sched", "sim", "trace", "report", "energy", "api", "store", "server", "agent", "tls"][..],
+            &[
+                "model", "sched", "sim", "trace", "report", "energy", "dispatch", "api", "store", "server", "agent",
+                "tls",
+            ][..],
         ),
     ])
 }
@@ -31,7 +35,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
 /// External crates the pure core must never use.
 const IMPURE: &[&str] =
     &["tokio", "sqlx", "axum", "hyper", "reqwest", "tower", "tower-http", "rusqlite", "tokio-postgres"];
-const PURE: &[&str] = &["model", "sched", "sim", "energy"];
+const PURE: &[&str] = &["model", "sched", "sim", "energy", "dispatch"];
 
 fn deps(manifest: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(manifest).unwrap();

@@ -85,6 +85,47 @@ pub struct Site {
     pub grid_power_cap_watts: Option<f64>,
     pub cooling: Cooling,
     pub halls: Vec<HallId>,
+    /// Where the site stands and what surrounds it: region, weather, grid contract, heat network,
+    /// fiber. Defaults say nothing, and the energy model then assumes its own.
+    #[serde(default)]
+    pub env: SiteEnv,
+}
+
+/// What a site is beyond its hardware, for the federation's dispatch and the twin's energy
+/// figures. Every field is optional: a one-site fleet needs none of them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SiteEnv {
+    /// Region the site stands in (an ISO 3166-2 code such as `FR-ARA`); work bound to a region
+    /// stays in it.
+    pub region: Option<String>,
+    /// The site's climate normals; `None`: the twin's default year (Valence).
+    pub climate: Option<SiteClimate>,
+    /// Added to the grid's hourly price at this site, EUR/MWh: what its connection's voltage level
+    /// (network tariff) or its supply contract adds to or takes from the wholesale price.
+    pub price_adder_eur_per_mwh: f64,
+    /// The heat network next to the site; `None`: one sized to the site by the energy model.
+    pub heat_network: Option<HeatNetworkSpec>,
+    /// The site's link to the other sites, Gbit/s; `None`: no figure (data is not moved).
+    pub fiber_gbps: Option<f64>,
+}
+
+/// Monthly normal temperatures of the weather station nearest a site, °C.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SiteClimate {
+    pub station: String,
+    pub min_celsius: [f64; 12],
+    pub max_celsius: [f64; 12],
+}
+
+/// The demand of the heat network a site sells to.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeatNetworkSpec {
+    /// Steady process-heat demand (industry, greenhouses), watts.
+    pub base_watts: f64,
+    /// Space-heating demand per kelvin below 15 °C outside, watts.
+    pub heating_watts_per_kelvin: f64,
+    /// What the network pays, EUR/MWh; `None`: the run's heat price.
+    pub price_eur_per_mwh: Option<f64>,
 }
 
 /// A hall (data room) inside a site.
@@ -210,6 +251,43 @@ impl Fleet {
         counts.into_iter().enumerate().map(|(i, c)| (GpuModelId(i as u16), c)).collect()
     }
 
+    /// The fleet of one site alone, as that site's own control plane holds it: its halls, racks
+    /// and nodes in the same order, renumbered from 0, with the whole fleet's GPU model table (so a
+    /// model's id is the same in both). Leaf switches and NVLink domains keep their numbers.
+    pub fn site_fleet(&self, site: SiteId) -> Fleet {
+        let mut b = FleetBuilder::new(self.name.clone());
+        for m in &self.gpu_models {
+            b.add_gpu_model(m.clone());
+        }
+        let Some(s) = self.sites.get(site.index()) else { return b.build() };
+        let id = b.add_site(s.name.clone(), s.cooling, s.grid_power_cap_watts);
+        b.set_site_env(id, s.env.clone());
+        for &h in &s.halls {
+            let hall = &self.halls[h.index()];
+            let hall_id = b.add_hall(id, hall.name.clone(), hall.cooling_capacity_watts);
+            for &r in &hall.racks {
+                let rack = &self.racks[r.index()];
+                let rack_id = b.add_rack(hall_id, rack.name.clone(), rack.power_limit_watts);
+                for &n in &rack.nodes {
+                    let node = &self.nodes[n.index()];
+                    b.add_node(
+                        rack_id,
+                        NodeSpec {
+                            name: node.name.clone(),
+                            cpu_milli: node.cpu_milli,
+                            memory_mib: node.memory_mib,
+                            gpu_count: node.gpu_count,
+                            gpu_model: node.gpu_model.map(|m| self.gpu_model(m).name.clone()),
+                            nvlink_domain: Some(node.nvlink_domain),
+                            leaf_switch: Some(node.leaf_switch),
+                        },
+                    );
+                }
+            }
+        }
+        b.build()
+    }
+
     /// Sum of the GPUs' board power, in watts: the nameplate the power-cap fractions refer to.
     pub fn gpu_board_power_watts(&self) -> f64 {
         self.nodes
@@ -243,11 +321,24 @@ impl FleetBuilder {
 
     pub fn add_site(&mut self, name: impl Into<String>, cooling: Cooling, grid_power_cap_watts: Option<f64>) -> SiteId {
         let id = SiteId(self.fleet.sites.len() as u32);
-        self.fleet.sites.push(Site { name: name.into(), grid_power_cap_watts, cooling, halls: Vec::new() });
+        self.fleet.sites.push(Site {
+            name: name.into(),
+            grid_power_cap_watts,
+            cooling,
+            halls: Vec::new(),
+            env: SiteEnv::default(),
+        });
         id
     }
 
     /// Adds a hall to `site`; each hall gets a spine of its own.
+    /// Sets what the fleet file says of a site beyond its hardware.
+    pub fn set_site_env(&mut self, site: SiteId, env: SiteEnv) {
+        if let Some(s) = self.fleet.sites.get_mut(site.index()) {
+            s.env = env;
+        }
+    }
+
     pub fn add_hall(&mut self, site: SiteId, name: impl Into<String>, cooling_capacity_watts: Option<f64>) -> HallId {
         let id = HallId(self.fleet.halls.len() as u32);
         self.fleet.halls.push(Hall { name: name.into(), site, cooling_capacity_watts, racks: Vec::new() });

@@ -26,7 +26,7 @@
 //!
 //! Parsing is pure: the caller reads the file and adds its path to the error.
 
-use crate::fleet::{Cooling, Fleet, FleetBuilder, NodeSpec};
+use crate::fleet::{Cooling, Fleet, FleetBuilder, HeatNetworkSpec, NodeSpec, SiteClimate, SiteEnv};
 use crate::gpu::GpuModel;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -87,6 +87,34 @@ struct SiteEntry {
     grid_power_cap_mw: Option<f64>,
     #[serde(default)]
     halls: Vec<HallEntry>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    climate: Option<ClimateEntry>,
+    #[serde(default)]
+    price_adder_eur_per_mwh: Option<f64>,
+    #[serde(default)]
+    heat_network: Option<HeatNetworkEntry>,
+    #[serde(default)]
+    fiber_gbps: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClimateEntry {
+    station: String,
+    min_celsius: [f64; 12],
+    max_celsius: [f64; 12],
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeatNetworkEntry {
+    base_mw: f64,
+    #[serde(default)]
+    heating_mw_per_kelvin: f64,
+    #[serde(default)]
+    price_eur_per_mwh: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +153,64 @@ fn positive_mw(field: String, mw: Option<f64>) -> Result<Option<f64>, FleetTomlE
         Some(v) if v.is_finite() && v > 0.0 => Ok(Some(v * 1e6)),
         Some(v) => Err(invalid(field, format!("must be a positive number of MW, got {v}"))),
     }
+}
+
+fn site_env(si: usize, site: &SiteEntry) -> Result<SiteEnv, FleetTomlError> {
+    let field = |name: &str| format!("sites[{si}].{name}");
+    let finite = |name: &str, v: f64| {
+        if v.is_finite() { Ok(v) } else { Err(invalid(field(name), format!("must be a finite number, got {v}"))) }
+    };
+    let non_negative = |name: &str, v: f64| {
+        if v.is_finite() && v >= 0.0 { Ok(v) } else { Err(invalid(field(name), format!("must be 0 or more, got {v}"))) }
+    };
+    let climate = match &site.climate {
+        None => None,
+        Some(c) => {
+            for m in 0..12 {
+                let (lo, hi) = (c.min_celsius[m], c.max_celsius[m]);
+                if !(lo.is_finite() && hi.is_finite() && (-60.0..=60.0).contains(&lo) && (-60.0..=60.0).contains(&hi))
+                    || lo > hi
+                {
+                    return Err(invalid(
+                        field(&format!("climate.min_celsius[{m}]")),
+                        format!("month {} needs -60 <= min <= max <= 60 °C, got {lo} and {hi}", m + 1),
+                    ));
+                }
+            }
+            Some(SiteClimate { station: c.station.clone(), min_celsius: c.min_celsius, max_celsius: c.max_celsius })
+        }
+    };
+    let heat_network = match &site.heat_network {
+        None => None,
+        Some(h) => Some(HeatNetworkSpec {
+            base_watts: non_negative("heat_network.base_mw", h.base_mw)? * 1e6,
+            heating_watts_per_kelvin: non_negative("heat_network.heating_mw_per_kelvin", h.heating_mw_per_kelvin)?
+                * 1e6,
+            price_eur_per_mwh: h
+                .price_eur_per_mwh
+                .map(|p| non_negative("heat_network.price_eur_per_mwh", p))
+                .transpose()?,
+        }),
+    };
+    let fiber_gbps = match site.fiber_gbps {
+        None => None,
+        Some(g) if g.is_finite() && g > 0.0 => Some(g),
+        Some(g) => return Err(invalid(field("fiber_gbps"), format!("must be a positive number of Gbit/s, got {g}"))),
+    };
+    if site.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
+        return Err(invalid(field("region"), "must not be empty"));
+    }
+    Ok(SiteEnv {
+        region: site.region.as_ref().map(|r| r.trim().to_string()),
+        climate,
+        price_adder_eur_per_mwh: site
+            .price_adder_eur_per_mwh
+            .map(|p| finite("price_adder_eur_per_mwh", p))
+            .transpose()?
+            .unwrap_or(0.0),
+        heat_network,
+        fiber_gbps,
+    })
 }
 
 /// Parses fleet TOML text into a [`Fleet`].
@@ -169,6 +255,7 @@ pub fn parse_fleet(text: &str) -> Result<Fleet, FleetTomlError> {
         };
         let cap = positive_mw(format!("sites[{si}].grid_power_cap_mw"), site.grid_power_cap_mw)?;
         let site_id = b.add_site(site.name.clone(), cooling, cap);
+        b.set_site_env(site_id, site_env(si, site)?);
         for (hi, hall) in site.halls.iter().enumerate() {
             let field = format!("sites[{si}].halls[{hi}]");
             let capacity = positive_mw(format!("{field}.cooling_capacity_mw"), hall.cooling_capacity_mw)?;
@@ -252,6 +339,7 @@ pub fn parse_fleet(text: &str) -> Result<Fleet, FleetTomlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::SiteId;
 
     const SMALL: &str = r#"
 name = "small"
@@ -285,6 +373,46 @@ racks_per_leaf = 2
         assert_eq!(f.sites[0].grid_power_cap_watts, Some(1.5e6));
         assert_eq!(f.sites[0].cooling, Cooling::Immersion);
         assert_eq!(f.nodes[5].name, "a-r003-n02");
+    }
+
+    #[test]
+    fn reads_what_surrounds_a_site() {
+        let text = SMALL.replace(
+            "grid_power_cap_mw = 1.5\n",
+            "grid_power_cap_mw = 1.5\nregion = \"FR-ARA\"\nprice_adder_eur_per_mwh = -4.5\nfiber_gbps = 400\n\
+             climate = { station = \"x\", min_celsius = [0,1,2,3,4,5,6,7,8,9,10,11], max_celsius = [5,6,7,8,9,10,11,12,13,14,15,16] }\n\
+             heat_network = { base_mw = 2.0, heating_mw_per_kelvin = 0.1 }\n",
+        );
+        let f = parse_fleet(&text).unwrap();
+        let env = &f.sites[0].env;
+        assert_eq!(env.region.as_deref(), Some("FR-ARA"));
+        assert_eq!(env.price_adder_eur_per_mwh, -4.5);
+        assert_eq!(env.fiber_gbps, Some(400.0));
+        assert_eq!(env.climate.as_ref().map(|c| c.max_celsius[11]), Some(16.0));
+        let heat = env.heat_network.unwrap();
+        assert_eq!((heat.base_watts, heat.heating_watts_per_kelvin, heat.price_eur_per_mwh), (2e6, 1e5, None));
+        let e = error_of(&text.replace("min_celsius = [0,", "min_celsius = [9,"));
+        assert!(e.contains("sites[0].climate.min_celsius[0]"), "{e}");
+        let e = error_of(&text.replace("fiber_gbps = 400", "fiber_gbps = 0"));
+        assert!(e.contains("sites[0].fiber_gbps"), "{e}");
+        let e = error_of(&text.replace("base_mw = 2.0", "base_mw = -2.0"));
+        assert!(e.contains("sites[0].heat_network.base_mw"), "{e}");
+    }
+
+    #[test]
+    fn a_sites_own_fleet_holds_its_nodes_alone() {
+        let text = format!(
+            "{SMALL}\n[[sites]]\nname = \"t\"\nregion = \"FR-PAC\"\n[[sites.halls]]\nname = \"b\"\n[[sites.halls.racks]]\ncount = 1\nnodes_per_rack = 3\nnode_type = \"h\"\n"
+        );
+        let f = parse_fleet(&text).unwrap();
+        let t = f.site_fleet(SiteId(1));
+        assert_eq!((t.sites.len(), t.halls.len(), t.racks.len(), t.nodes.len()), (1, 1, 1, 3));
+        assert_eq!(t.sites[0].name, "t");
+        assert_eq!(t.sites[0].env.region.as_deref(), Some("FR-PAC"));
+        assert_eq!(t.nodes[0].name, f.nodes[6].name);
+        assert_eq!(t.gpu_models, f.gpu_models);
+        assert_eq!(t.nodes[2].site, SiteId(0));
+        assert_eq!(f.site_fleet(SiteId(0)).nodes.len(), 6);
     }
 
     fn error_of(text: &str) -> String {

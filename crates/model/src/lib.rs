@@ -10,7 +10,10 @@ pub mod gpu;
 pub mod units;
 pub mod workload;
 
-pub use fleet::{Cooling, Fleet, FleetBuilder, Hall, HallId, Node, NodeId, NodeSpec, Rack, RackId, Site, SiteId};
+pub use fleet::{
+    Cooling, Fleet, FleetBuilder, Hall, HallId, HeatNetworkSpec, Node, NodeId, NodeSpec, Rack, RackId, Site,
+    SiteClimate, SiteEnv, SiteId,
+};
 pub use gpu::{GpuFamily, GpuModel, GpuModelId};
 pub use units::{GPU_MILLI_PER_GPU, SimDuration, SimTime};
 pub use workload::{GpuRequest, ModelFilter, TenantId, Workload, WorkloadId};
