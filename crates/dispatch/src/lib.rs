@@ -258,7 +258,7 @@ pub fn choose(
     let fitting: Vec<usize> = live.iter().copied().filter(|&i| sites[i].fits_now).collect();
     if fitting.is_empty() {
         let backlog = |i: usize| sites[i].backlog_per_gpu(job.gpus);
-        let best = pick(&live, |i| backlog(i), 0.0, free_share);
+        let best = pick(&live, backlog, 0.0, free_share);
         return Ok(Choice {
             site: best,
             reason: Reason::LeastBacklog { backlog_per_gpu: backlog(best), candidates: live.len() as u32 },
