@@ -120,114 +120,245 @@ pub fn simulate(
             return Err(SimError::BadIds { position: i, id: w.id.0 });
         }
     }
-    if let Some(budget) = config.power.as_deref().and_then(|p| p.budget(&fleet)) {
-        for (s, b) in budget.sites.iter().enumerate() {
-            if b.cap_watts < b.base_watts {
-                let site = fleet.sites.get(s).map_or_else(|| s.to_string(), |x| x.name.clone());
-                return Err(SimError::CapBelowIdle { site, cap_mw: b.cap_watts / 1e6, idle_mw: b.base_watts / 1e6 });
-            }
-        }
-    }
+    let mut engine = Engine::new(fleet, policy, config)?;
     // When each job enters the queue: its submit time, or for a deferrable job the hour the gate
     // holds it for. Waits and JCTs still count from the submit time.
-    let entry: Vec<SimTime> = workloads
-        .iter()
-        .map(|w| match (&config.deferral, w.deferrable) {
+    for w in workloads {
+        let entry = match (&config.deferral, w.deferrable) {
             (Some(gate), true) => gate.release_time(w.submit_time),
             _ => w.submit_time,
-        })
-        .collect();
-    let mut order: Vec<u32> = (0..workloads.len() as u32).collect();
-    order.sort_by_key(|&i| (entry[i as usize], i));
-
-    let mut cluster = ClusterState::new(fleet.clone());
-    let mut queue = Queue::new();
-    let mut completions: BinaryHeap<Reverse<(SimTime, u32, u32)>> = BinaryHeap::new();
-    let mut jobs: Vec<JobState> = vec![JobState::default(); workloads.len()];
-    let mut never_fit = 0u64;
-    let total_gpu_milli = cluster.total_gpu_milli().max(1) as f64;
-    let bug = |policy: &dyn Policy, detail: String| SimError::PolicyBug { policy: policy.name().to_string(), detail };
-
-    let events_total = workloads.len() as u64 * 2;
-    let mut events_done = 0u64;
+        };
+        engine.push_arrival(Arc::new(w.clone()), entry);
+    }
+    let events_total = engine.events_total();
     let progress_every = (events_total / 200).max(1);
-    let mut series: Vec<TimePoint> = Vec::new();
-    let mut log: Vec<SimEvent> = Vec::new();
-    let mut allocated_integral = 0.0f64; // gpu_milli x ms
-    let mut last_t: Option<SimTime> = None;
-    let mut last_alloc = 0u64;
-    let mut peak_queue = 0u32;
-    let mut next_arrival = 0usize;
-    let mut preemptions = 0u64;
-    let mut gang_starts = 0u64;
-    let mut gang_switches = 0u64;
-    let min_runtime = policy.min_runtime();
-    // Queued jobs share the workload through an Arc so a policy can keep it cheaply.
-    let shared: Vec<Arc<Workload>> = workloads.iter().cloned().map(Arc::new).collect();
-    let power = config.power.as_deref();
-    let mut guard = power.and_then(|p| p.budget(&fleet)).map(sched::power::PowerGuard::new);
-    let meter = power.map(|p| Meter::new(&fleet, &p.model));
-    let caps_of = |guard: &Option<sched::power::PowerGuard>| -> Vec<f64> {
-        guard.as_ref().map_or_else(|| vec![1.0; fleet.sites.len()], |g| g.site_caps().to_vec())
-    };
-    let mut caps = caps_of(&guard);
-    let mut caps_epoch = guard.as_ref().map_or(0, |g| g.caps_epoch());
-    let site_caps_w: Option<Vec<f64>> = power.and_then(|p| p.cap_watts.clone());
-    let mut site_w: Vec<f64> = Vec::new();
-    // (t_s, equivalent allocation of each site) at every event, for the hourly accounting.
-    let mut energy_series: Vec<(f64, Vec<f64>)> = Vec::new();
-    let mut site_mw_series: Vec<(f64, f64)> = Vec::new();
-    let mut cap_violations = 0u64;
-    let mut peak_site_w = 0.0f64;
-    let mut cap_integral = 0.0f64;
-    // GPUs' worth of throughput the caps take from running work, and its integral, GPU-s.
-    let mut cap_lost_gpus = 0.0f64;
-    let mut cap_lost_gpu_s = 0.0f64;
-    let mut worst_case_violations = 0u64;
-    // The hour whose conditions the guard's caps (and the price ceiling) were last set for.
-    let mut weather_hour: Option<u64> = None;
-    // No GPU runs above this fraction of its board limit this hour (price caps).
-    let mut ceiling = 1.0f64;
-    let mut rates_ceiling = 1.0f64;
-
     loop {
-        // Completions of runs that were preempted or re-timed by a cap change are stale: drop
-        // them here so they do not cost a scheduling round each.
-        while let Some(&Reverse((_, id, generation))) = completions.peek() {
-            let job = &jobs[id as usize];
+        let before = engine.events_done;
+        if !engine.step()? {
+            break;
+        }
+        if engine.events_done / progress_every != before / progress_every {
+            progress(Progress { events_done: engine.events_done.min(events_total), events_total });
+        }
+    }
+    progress(Progress { events_done: events_total, events_total });
+    engine.report()
+}
+
+/// One scheduler over one fleet in virtual time: [`simulate`] feeds it a whole trace, the
+/// multi-site twin one engine per site, fed by the dispatch as jobs arrive.
+pub(crate) struct Engine<'a> {
+    fleet: Arc<Fleet>,
+    policy: &'a mut dyn Policy,
+    config: &'a SimConfig,
+    /// Every job pushed, by id (`0..`, in push order); queued jobs share it through the Arc.
+    shared: Vec<Arc<Workload>>,
+    /// When each job enters the queue.
+    entry: Vec<SimTime>,
+    arrivals: BinaryHeap<Reverse<(SimTime, u32)>>,
+    cluster: ClusterState,
+    queue: Queue,
+    completions: BinaryHeap<Reverse<(SimTime, u32, u32)>>,
+    jobs: Vec<JobState>,
+    never_fit: u64,
+    total_gpu_milli: f64,
+    pub(crate) events_done: u64,
+    series: Vec<TimePoint>,
+    log: Vec<SimEvent>,
+    allocated_integral: f64, // gpu_milli x ms
+    last_t: Option<SimTime>,
+    last_alloc: u64,
+    peak_queue: u32,
+    preemptions: u64,
+    gang_starts: u64,
+    gang_switches: u64,
+    min_runtime: SimDuration,
+    guard: Option<sched::power::PowerGuard>,
+    meter: Option<Meter>,
+    caps: Vec<f64>,
+    caps_epoch: u64,
+    site_caps_w: Option<Vec<f64>>,
+    /// Each site's IT draw at the wall now, watts.
+    site_w: Vec<f64>,
+    // (t_s, equivalent allocation of each site) at every event, for the hourly accounting.
+    energy_series: Vec<(f64, Vec<f64>)>,
+    site_mw_series: Vec<(f64, f64)>,
+    cap_violations: u64,
+    peak_site_w: f64,
+    cap_integral: f64,
+    // GPUs' worth of throughput the caps take from running work, and its integral, GPU-s.
+    cap_lost_gpus: f64,
+    cap_lost_gpu_s: f64,
+    worst_case_violations: u64,
+    // The hour whose conditions the guard's caps (and the price ceiling) were last set for.
+    weather_hour: Option<u64>,
+    // No GPU runs above this fraction of its board limit this hour (price caps).
+    ceiling: f64,
+    rates_ceiling: f64,
+    /// GPU thousandths asked by the jobs queued or yet to enter the queue.
+    waiting_gpu_milli: u64,
+}
+
+impl<'a> Engine<'a> {
+    pub(crate) fn new(fleet: Arc<Fleet>, policy: &'a mut dyn Policy, config: &'a SimConfig) -> Result<Self, SimError> {
+        if let Some(budget) = config.power.as_deref().and_then(|p| p.budget(&fleet)) {
+            for (s, b) in budget.sites.iter().enumerate() {
+                if b.cap_watts < b.base_watts {
+                    let site = fleet.sites.get(s).map_or_else(|| s.to_string(), |x| x.name.clone());
+                    return Err(SimError::CapBelowIdle {
+                        site,
+                        cap_mw: b.cap_watts / 1e6,
+                        idle_mw: b.base_watts / 1e6,
+                    });
+                }
+            }
+        }
+        let cluster = ClusterState::new(fleet.clone());
+        let total_gpu_milli = cluster.total_gpu_milli().max(1) as f64;
+        let power = config.power.as_deref();
+        let guard = power.and_then(|p| p.budget(&fleet)).map(sched::power::PowerGuard::new);
+        let meter = power.map(|p| Meter::new(&fleet, &p.model));
+        let caps = caps_of(&guard, fleet.sites.len());
+        let caps_epoch = guard.as_ref().map_or(0, |g| g.caps_epoch());
+        let site_caps_w: Option<Vec<f64>> = power.and_then(|p| p.cap_watts.clone());
+        let min_runtime = policy.min_runtime();
+        Ok(Engine {
+            fleet,
+            policy,
+            config,
+            shared: Vec::new(),
+            entry: Vec::new(),
+            arrivals: BinaryHeap::new(),
+            cluster,
+            queue: Queue::new(),
+            completions: BinaryHeap::new(),
+            jobs: Vec::new(),
+            never_fit: 0,
+            total_gpu_milli,
+            events_done: 0,
+            series: Vec::new(),
+            log: Vec::new(),
+            allocated_integral: 0.0,
+            last_t: None,
+            last_alloc: 0,
+            peak_queue: 0,
+            preemptions: 0,
+            gang_starts: 0,
+            gang_switches: 0,
+            min_runtime,
+            guard,
+            meter,
+            caps,
+            caps_epoch,
+            site_caps_w,
+            site_w: Vec::new(),
+            energy_series: Vec::new(),
+            site_mw_series: Vec::new(),
+            cap_violations: 0,
+            peak_site_w: 0.0,
+            cap_integral: 0.0,
+            cap_lost_gpus: 0.0,
+            cap_lost_gpu_s: 0.0,
+            worst_case_violations: 0,
+            weather_hour: None,
+            ceiling: 1.0,
+            rates_ceiling: 1.0,
+            waiting_gpu_milli: 0,
+        })
+    }
+
+    /// Adds a job, entering the queue at `entry`; its id must be the number of jobs pushed so far.
+    pub(crate) fn push_arrival(&mut self, workload: Arc<Workload>, entry: SimTime) {
+        let id = self.shared.len() as u32;
+        debug_assert_eq!(workload.id.0, id);
+        self.waiting_gpu_milli += workload.gpu.total_gpu_milli();
+        self.shared.push(workload);
+        self.entry.push(entry);
+        self.jobs.push(JobState::default());
+        self.arrivals.push(Reverse((entry, id)));
+    }
+
+    /// Events a run of the jobs pushed so far will count: an arrival and a completion each.
+    pub(crate) fn events_total(&self) -> u64 {
+        self.shared.len() as u64 * 2
+    }
+
+    pub(crate) fn fleet(&self) -> &Arc<Fleet> {
+        &self.fleet
+    }
+
+    pub(crate) fn cluster(&self) -> &ClusterState {
+        &self.cluster
+    }
+
+    pub(crate) fn guard(&self) -> Option<&sched::power::PowerGuard> {
+        self.guard.as_ref()
+    }
+
+    /// GPU thousandths asked by the jobs queued or yet to enter the queue.
+    pub(crate) fn waiting_gpu_milli(&self) -> u64 {
+        self.waiting_gpu_milli
+    }
+
+    /// Each site's IT draw at the wall after the last event, watts (empty without power).
+    pub(crate) fn site_it_watts(&self) -> &[f64] {
+        &self.site_w
+    }
+
+    /// Drops completions of runs that were preempted or re-timed by a cap change: they would
+    /// cost a scheduling round each.
+    fn drop_stale_completions(&mut self) {
+        while let Some(&Reverse((_, id, generation))) = self.completions.peek() {
+            let job = &self.jobs[id as usize];
             if generation == job.generation && job.running {
                 break;
             }
-            completions.pop();
+            self.completions.pop();
         }
-        let t_arrival = order.get(next_arrival).map(|&i| entry[i as usize]);
-        let t_completion = completions.peek().map(|Reverse((t, _, _))| *t);
+    }
+
+    /// When the next event happens, `None` when nothing is left to happen.
+    pub(crate) fn next_time(&mut self) -> Option<SimTime> {
+        self.drop_stale_completions();
+        let t_arrival = self.arrivals.peek().map(|Reverse((t, _))| *t);
+        let t_completion = self.completions.peek().map(|Reverse((t, _, _))| *t);
         let now = match (t_arrival, t_completion) {
-            (None, None) => break,
+            (None, None) => return None,
             (Some(a), None) => a,
             (None, Some(c)) => c,
             (Some(a), Some(c)) => a.min(c),
         };
         // Caps that follow the weather are re-set at every hour boundary while anything runs.
-        let now = match (weather_hour, power) {
-            (Some(h), Some(_)) if cluster.running_count() > 0 => now.min(SimTime((h + 1) * HOUR_MS)),
+        Some(match (self.weather_hour, self.config.power.as_deref()) {
+            (Some(h), Some(_)) if self.cluster.running_count() > 0 => now.min(SimTime((h + 1) * HOUR_MS)),
             _ => now,
-        };
+        })
+    }
+
+    /// Processes the next moment: completions, arrivals, a policy round. `false` when nothing
+    /// was left to happen.
+    pub(crate) fn step(&mut self) -> Result<bool, SimError> {
+        let Some(now) = self.next_time() else { return Ok(false) };
+        let t_arrival = self.arrivals.peek().map(|Reverse((t, _))| *t);
+        let t_completion = self.completions.peek().map(|Reverse((t, _, _))| *t);
+        let config = self.config;
+        let power = config.power.as_deref();
+        let fleet = self.fleet.clone();
         if let Some(p) = power.filter(|p| p.is_hourly()) {
             let hour = now.as_millis() / HOUR_MS;
-            if weather_hour != Some(hour) {
+            if self.weather_hour != Some(hour) {
                 if p.follows_weather()
-                    && let Some(g) = guard.as_mut()
+                    && let Some(g) = self.guard.as_mut()
                     && let Some((sites, nodes)) = p.figures_at(&fleet, p.hour_celsius(hour))
                 {
-                    g.set_conditions(&cluster, sites, nodes);
+                    g.set_conditions(&self.cluster, sites, nodes);
                 }
-                ceiling = p.price_ceiling(hour);
-                weather_hour = Some(hour);
+                self.ceiling = p.price_ceiling(hour);
+                self.weather_hour = Some(hour);
             }
         }
-        if let Some(prev) = last_t {
-            allocated_integral += last_alloc as f64 * (now - prev).as_millis() as f64;
+        if let Some(prev) = self.last_t {
+            self.allocated_integral += self.last_alloc as f64 * (now - prev).as_millis() as f64;
             if let Some(p) = power {
                 // The interval [prev, now) at its hottest hour: the draw must fit the cap.
                 let (a, b) = (at(prev), at(now));
@@ -237,99 +368,105 @@ pub fn simulate(
                 } else {
                     (0..=hours).map(|k| p.outdoor_c(a + k as f64 * 3600.0)).collect()
                 };
-                for (s, &w) in site_w.iter().enumerate() {
+                for (s, &w) in self.site_w.iter().enumerate() {
                     let over = temps.iter().any(|&t| {
                         let total = p.model.site_power_at_it(model::SiteId(s as u32), w, t).total_watts;
-                        peak_site_w = peak_site_w.max(total);
-                        site_caps_w.as_ref().and_then(|c| c.get(s)).is_some_and(|&c| total > c * (1.0 + 1e-9))
+                        self.peak_site_w = self.peak_site_w.max(total);
+                        self.site_caps_w.as_ref().and_then(|c| c.get(s)).is_some_and(|&c| total > c * (1.0 + 1e-9))
                     });
                     if over {
-                        cap_violations += 1;
+                        self.cap_violations += 1;
                     }
                 }
-                cap_integral += caps.iter().sum::<f64>() / caps.len().max(1) as f64 * (b - a);
-                cap_lost_gpu_s += cap_lost_gpus * (b - a);
+                self.cap_integral += self.caps.iter().sum::<f64>() / self.caps.len().max(1) as f64 * (b - a);
+                self.cap_lost_gpu_s += self.cap_lost_gpus * (b - a);
             }
         }
-        let before = events_done;
 
-        while let Some(Reverse((t, id, generation))) = completions.peek().copied() {
+        while let Some(Reverse((t, id, generation))) = self.completions.peek().copied() {
             if t != now {
                 break;
             }
-            completions.pop();
-            let job = &mut jobs[id as usize];
+            self.completions.pop();
+            let job = &mut self.jobs[id as usize];
             if generation != job.generation || !job.running {
                 continue; // the run this completion belonged to was preempted
             }
             let id = WorkloadId(id);
-            if cluster.release(id).is_err() {
-                return Err(bug(policy, format!("{id:?} completed without an allocation")));
+            if self.cluster.release(id).is_err() {
+                return Err(bug(self.policy, format!("{id:?} completed without an allocation")));
             }
             let started = job.last_start.unwrap_or(now);
             job.running = false;
             job.finish = Some(now);
-            job.attained_gpu_s += workloads[id.0 as usize].gpu.total_gpus() * now.since(started).as_secs_f64();
+            let w = &self.shared[id.0 as usize];
+            job.attained_gpu_s += w.gpu.total_gpus() * now.since(started).as_secs_f64();
             if config.keep_events {
-                log.push(SimEvent { t_ms: now.as_millis(), job: id, kind: EventKind::Finish });
+                self.log.push(SimEvent { t_ms: now.as_millis(), job: id, kind: EventKind::Finish });
             }
-            policy.on_finished(&workloads[id.0 as usize], started, now);
-            events_done += 1;
+            self.policy.on_finished(w, started, now);
+            self.events_done += 1;
         }
-        while let Some(&i) = order.get(next_arrival) {
-            let w = &workloads[i as usize];
-            if entry[i as usize] != now {
+        while let Some(&Reverse((t, i))) = self.arrivals.peek() {
+            if t != now {
                 break;
             }
-            next_arrival += 1;
-            events_done += 1;
-            let demand = Demand::of(w, &fleet);
-            if !cluster.could_ever_fit(&demand) || guard.as_ref().is_some_and(|g| !g.could_ever_fit(&demand)) {
-                never_fit += 1;
-                events_done += 1; // it will never complete either
+            self.arrivals.pop();
+            self.events_done += 1;
+            let w = self.shared[i as usize].clone();
+            let demand = Demand::of(&w, &fleet);
+            if !self.cluster.could_ever_fit(&demand) || self.guard.as_ref().is_some_and(|g| !g.could_ever_fit(&demand))
+            {
+                self.never_fit += 1;
+                self.events_done += 1; // it will never complete either
+                self.waiting_gpu_milli -= w.gpu.total_gpu_milli();
                 continue;
             }
-            queue.push(QueuedJob::new(shared[i as usize].clone(), demand, now));
+            self.queue.push(QueuedJob::new(w, demand, now));
         }
 
         let mut requeue: Vec<QueuedJob> = Vec::new();
         // An hour boundary with nothing arriving or ending only re-sets caps: the policy gets no
         // round it would not get in an uncapped run.
         let weather_only = t_arrival.is_none_or(|a| now < a) && t_completion.is_none_or(|c| now < c);
-        if let Some(g) = guard.as_mut().filter(|_| !weather_only) {
-            g.before(&mut cluster);
+        if let Some(g) = self.guard.as_mut().filter(|_| !weather_only) {
+            g.before(&mut self.cluster);
         }
-        let decisions = if weather_only { Vec::new() } else { policy.schedule(now, &queue, &mut cluster) };
-        let decisions = match guard.as_mut().filter(|_| !weather_only) {
+        let decisions =
+            if weather_only { Vec::new() } else { self.policy.schedule(now, &self.queue, &mut self.cluster) };
+        let decisions = match self.guard.as_mut().filter(|_| !weather_only) {
             Some(g) => {
                 if g.wants_shed_order() {
-                    g.set_shed_order(policy.shed_order(now));
+                    g.set_shed_order(self.policy.shed_order(now));
                 }
-                let kept = g.after(&mut cluster, decisions);
+                let kept = g.after(&mut self.cluster, decisions);
                 for id in g.take_undone() {
-                    if let (Some(job), Some(seq)) = (queue.get(id), queue.seq(id)) {
-                        policy.start_undone(job, seq, now);
+                    if let (Some(job), Some(seq)) = (self.queue.get(id), self.queue.seq(id)) {
+                        self.policy.start_undone(job, seq, now);
                     }
                 }
                 kept
             }
             None => decisions,
         };
-        let new_caps: Vec<f64> = caps_of(&guard).into_iter().map(|c| c.min(ceiling)).collect();
+        let new_caps: Vec<f64> =
+            caps_of(&self.guard, fleet.sites.len()).into_iter().map(|c| c.min(self.ceiling)).collect();
         for decision in decisions {
             match decision {
                 Decision::Start { job, placement } => {
-                    let Some(queued) = queue.remove(job) else {
-                        return Err(bug(policy, format!("started {job:?}, which is not queued")));
+                    let Some(queued) = self.queue.remove(job) else {
+                        return Err(bug(self.policy, format!("started {job:?}, which is not queued")));
                     };
-                    let state = &mut jobs[job.0 as usize];
+                    let w = &self.shared[job.0 as usize];
+                    self.waiting_gpu_milli -= w.gpu.total_gpu_milli();
+                    let state = &mut self.jobs[job.0 as usize];
                     state.running = true;
                     state.last_start = Some(now);
                     state.first_start.get_or_insert(now);
                     if placement.members.len() > 1 {
                         state.switches = sched::switches_spanned(&fleet, &placement);
-                        gang_starts += 1;
-                        gang_switches += u64::from(state.switches);
+                        self.gang_starts += 1;
+                        self.gang_switches += u64::from(state.switches);
                     } else {
                         state.switches = u32::from(!placement.members.is_empty());
                     }
@@ -339,40 +476,46 @@ pub fn simulate(
                             .iter()
                             .map(|m| (m.node, m.gpus.iter().map(|g| (g.index, g.milli)).collect()))
                             .collect();
-                        log.push(SimEvent { t_ms: now.as_millis(), job, kind: EventKind::Start { gpus } });
+                        self.log.push(SimEvent { t_ms: now.as_millis(), job, kind: EventKind::Start { gpus } });
                     }
                     let delay = if queued.preemptions > 0 { config.restart_delay } else { SimDuration::ZERO };
-                    state.lost_gpu_s += workloads[job.0 as usize].gpu.total_gpus() * delay.as_secs_f64();
+                    state.lost_gpu_s += w.gpu.total_gpus() * delay.as_secs_f64();
                     state.accrued_ms = 0;
                     state.seg_start = now + delay;
-                    let cap = guard.as_ref().map_or(1.0, |g| g.job_cap(job)).min(ceiling);
-                    state.rate = meter.as_ref().map_or(1.0, |m| m.rate(&placement, cap));
-                    match workloads[job.0 as usize].duration {
+                    let cap = self.guard.as_ref().map_or(1.0, |g| g.job_cap(job)).min(self.ceiling);
+                    state.rate = self.meter.as_ref().map_or(1.0, |m| m.rate(&placement, cap));
+                    match w.duration {
                         Some(d) => {
                             let rest = d.as_millis().saturating_sub(state.progress.as_millis());
                             let t = state.seg_start + SimDuration(wall_for(rest, state.rate));
-                            completions.push(Reverse((t, job.0, state.generation)));
+                            self.completions.push(Reverse((t, job.0, state.generation)));
                         }
                         None => {
                             if queued.preemptions == 0 {
-                                events_done += 1; // runs to the end: no completion event
+                                self.events_done += 1; // runs to the end: no completion event
                             }
                         }
                     }
                 }
                 Decision::Preempt { job } => {
-                    let Some(state) = jobs.get_mut(job.0 as usize) else {
-                        return Err(bug(policy, format!("preempted {job:?}, which does not exist")));
+                    let Some(state) = self.jobs.get_mut(job.0 as usize) else {
+                        return Err(bug(self.policy, format!("preempted {job:?}, which does not exist")));
                     };
-                    if !state.running || cluster.allocation(job).is_some() {
-                        return Err(bug(policy, format!("preempted {job:?}, which is not running or not released")));
+                    if !state.running || self.cluster.allocation(job).is_some() {
+                        return Err(bug(
+                            self.policy,
+                            format!("preempted {job:?}, which is not running or not released"),
+                        ));
                     }
                     let started = state.last_start.unwrap_or(now);
                     let ran = now.since(started);
-                    if ran < min_runtime {
-                        return Err(bug(policy, format!("preempted {job:?} after {ran}, under its minimum runtime")));
+                    if ran < self.min_runtime {
+                        return Err(bug(
+                            self.policy,
+                            format!("preempted {job:?} after {ran}, under its minimum runtime"),
+                        ));
                     }
-                    let w = &workloads[job.0 as usize];
+                    let w = &self.shared[job.0 as usize];
                     let gpus = w.gpu.total_gpus();
                     let delay = if state.preemptions > 0 { config.restart_delay } else { SimDuration::ZERO };
                     let productive = ran.as_millis().saturating_sub(delay.as_millis());
@@ -392,34 +535,36 @@ pub fn simulate(
                     state.preemptions += 1;
                     state.generation += 1;
                     state.running = false;
-                    preemptions += 1;
+                    self.preemptions += 1;
                     if config.keep_events {
-                        log.push(SimEvent { t_ms: now.as_millis(), job, kind: EventKind::Preempt });
+                        self.log.push(SimEvent { t_ms: now.as_millis(), job, kind: EventKind::Preempt });
                     }
-                    let mut q = QueuedJob::new(shared[job.0 as usize].clone(), Demand::of(w, &fleet), now);
+                    let mut q = QueuedJob::new(w.clone(), Demand::of(w, &fleet), now);
                     q.attained_gpu_s = state.attained_gpu_s;
                     q.progress = state.progress;
                     q.preemptions = state.preemptions;
                     q.last_started = Some(started);
                     q.last_run = ran;
+                    self.waiting_gpu_milli += gpus_milli(w);
                     requeue.push(q);
                 }
             }
         }
         for q in requeue {
-            queue.push(q);
+            self.queue.push(q);
         }
-        if let Some(m) = &meter {
-            let epoch = guard.as_ref().map_or(0, |g| g.caps_epoch());
-            if epoch != caps_epoch || ceiling != rates_ceiling {
-                caps_epoch = epoch;
-                rates_ceiling = ceiling;
+        if let Some(m) = &self.meter {
+            let epoch = self.guard.as_ref().map_or(0, |g| g.caps_epoch());
+            if epoch != self.caps_epoch || self.ceiling != self.rates_ceiling {
+                self.caps_epoch = epoch;
+                self.rates_ceiling = self.ceiling;
                 // Caps moved: every running job's completion moves with its new throughput.
+                let (guard, ceiling) = (&self.guard, self.ceiling);
                 let cap_of = |id: WorkloadId| guard.as_ref().map_or(1.0, |g| g.job_cap(id)).min(ceiling);
                 let running: Vec<(WorkloadId, f64)> =
-                    cluster.allocations().map(|(id, p)| (*id, m.rate(p, cap_of(*id)))).collect();
+                    self.cluster.allocations().map(|(id, p)| (*id, m.rate(p, cap_of(*id)))).collect();
                 for (id, rate) in running {
-                    let Some(state) = jobs.get_mut(id.0 as usize) else { continue };
+                    let Some(state) = self.jobs.get_mut(id.0 as usize) else { continue };
                     if !state.running || rate == state.rate {
                         continue;
                     }
@@ -428,26 +573,28 @@ pub fn simulate(
                         state.seg_start = now;
                     }
                     state.rate = rate;
-                    if let Some(d) = workloads[id.0 as usize].duration {
+                    if let Some(d) = self.shared[id.0 as usize].duration {
                         state.generation += 1;
                         let done = state.progress.as_millis() + state.accrued_ms;
                         let rest = d.as_millis().saturating_sub(done);
                         let t = state.seg_start + SimDuration(wall_for(rest, rate));
-                        completions.push(Reverse((t, id.0, state.generation)));
+                        self.completions.push(Reverse((t, id.0, state.generation)));
                     }
                 }
             }
-            caps = new_caps;
+            self.caps = new_caps;
             // The guarantee itself: whatever the work draws, the worst case at the caps now set
             // fits every site's cap.
-            if let (Some(g), Some(limits)) = (guard.as_ref(), site_caps_w.as_ref()) {
+            if let (Some(g), Some(limits)) = (self.guard.as_ref(), self.site_caps_w.as_ref()) {
                 for (s, &limit) in limits.iter().enumerate() {
-                    if g.site_worst_watts(&cluster, s) > limit * (1.0 + 1e-9) + 1e-6 {
-                        worst_case_violations += 1;
+                    if g.site_worst_watts(&self.cluster, s) > limit * (1.0 + 1e-9) + 1e-6 {
+                        self.worst_case_violations += 1;
                     }
                 }
             }
-            cap_lost_gpus = cluster
+            let jobs = &self.jobs;
+            self.cap_lost_gpus = self
+                .cluster
                 .allocations()
                 .filter_map(|(id, p)| {
                     let rate = jobs.get(id.0 as usize).filter(|s| s.running)?.rate;
@@ -455,20 +602,22 @@ pub fn simulate(
                     Some(gpus / 1000.0 * (1.0 - rate))
                 })
                 .sum();
+            let (guard, ceiling) = (&self.guard, self.ceiling);
             let cap_of = |id: WorkloadId| guard.as_ref().map_or(1.0, |g| g.job_cap(id)).min(ceiling);
-            let dc = m.site_dc(&cluster, &cap_of);
-            site_w = dc
+            let dc = m.site_dc(&self.cluster, &cap_of);
+            self.site_w = dc
                 .iter()
                 .enumerate()
                 .map(|(s, dc)| dc * power.map_or(1.0, |p| p.model.site_wall_factor(model::SiteId(s as u32))))
                 .collect();
             let eq = m.equivalent_allocations(&dc);
-            match energy_series.last_mut() {
+            match self.energy_series.last_mut() {
                 Some(p) if p.0 == at(now) => p.1 = eq,
-                _ => energy_series.push((at(now), eq)),
+                _ => self.energy_series.push((at(now), eq)),
             }
             let t_now = power.map_or(0.0, |p| p.outdoor_c(at(now)));
-            let mw: f64 = site_w
+            let mw: f64 = self
+                .site_w
                 .iter()
                 .enumerate()
                 .filter_map(|(s, &w)| {
@@ -476,139 +625,161 @@ pub fn simulate(
                 })
                 .sum::<f64>()
                 / 1e6;
-            match site_mw_series.last_mut() {
+            match self.site_mw_series.last_mut() {
                 Some(p) if p.0 == at(now) => p.1 = mw,
-                _ => site_mw_series.push((at(now), mw)),
+                _ => self.site_mw_series.push((at(now), mw)),
             }
         }
 
-        last_t = Some(now);
-        last_alloc = cluster.allocated_gpu_milli();
-        peak_queue = peak_queue.max(queue.len() as u32);
+        self.last_t = Some(now);
+        self.last_alloc = self.cluster.allocated_gpu_milli();
+        self.peak_queue = self.peak_queue.max(self.queue.len() as u32);
         let point = TimePoint {
             t_s: at(now),
-            gpu_allocation: last_alloc as f64 / total_gpu_milli,
-            queue_len: queue.len() as u32,
-            running: cluster.running_count() as u32,
+            gpu_allocation: self.last_alloc as f64 / self.total_gpu_milli,
+            queue_len: self.queue.len() as u32,
+            running: self.cluster.running_count() as u32,
         };
-        match series.last_mut() {
+        match self.series.last_mut() {
             Some(p) if p.t_s == point.t_s => *p = point,
-            _ => series.push(point),
+            _ => self.series.push(point),
         }
-        if events_done / progress_every != before / progress_every {
-            progress(Progress { events_done: events_done.min(events_total), events_total });
-        }
+        Ok(true)
     }
-    progress(Progress { events_done: events_total, events_total });
 
-    let first_submit = workloads.iter().map(|w| w.submit_time).min().unwrap_or(SimTime::ZERO);
-    let deferrals: Vec<f64> = workloads
-        .iter()
-        .zip(&entry)
-        .filter(|(w, _)| w.deferrable && config.deferral.is_some())
-        .map(|(w, e)| e.since(w.submit_time).as_secs_f64())
-        .collect();
-    let end = last_t.unwrap_or(first_submit);
-    let makespan_ms = (end - first_submit).as_millis();
+    /// The run's report, once no event is left.
+    pub(crate) fn report(mut self) -> Result<SimReport, SimError> {
+        let config = self.config;
+        let power = config.power.as_deref();
+        let first_submit = self.shared.iter().map(|w| w.submit_time).min().unwrap_or(SimTime::ZERO);
+        let deferrals: Vec<f64> = self
+            .shared
+            .iter()
+            .zip(&self.entry)
+            .filter(|(w, _)| w.deferrable && config.deferral.is_some())
+            .map(|(w, e)| e.since(w.submit_time).as_secs_f64())
+            .collect();
+        let end = self.last_t.unwrap_or(first_submit);
+        let makespan_ms = (end - first_submit).as_millis();
 
-    let mut jcts = Vec::new();
-    let mut waits = Vec::new();
-    let mut records = Vec::with_capacity(workloads.len());
-    let mut unfinished = 0u64;
-    let mut lost_gpu_s = 0.0;
-    for (i, w) in workloads.iter().enumerate() {
-        let submit = w.submit_time;
-        let job = &jobs[i];
-        if let Some(s) = job.first_start {
-            waits.push((s - submit).as_secs_f64());
-        }
-        match job.finish {
-            Some(f) => jcts.push((f - submit).as_secs_f64()),
-            None if job.first_start.is_some() || queue.contains(w.id) => unfinished += 1,
-            None => {}
-        }
-        let mut attained = job.attained_gpu_s;
-        if job.running
-            && let Some(s) = job.last_start
-        {
-            attained += w.gpu.total_gpus() * end.since(s).as_secs_f64();
-        }
-        lost_gpu_s += job.lost_gpu_s;
-        records.push(JobRecord {
-            id: w.id,
-            tenant: w.tenant.0,
-            gpus: w.gpu.total_gpus(),
-            submit_s: at(submit),
-            start_s: job.first_start.map(at),
-            finish_s: job.finish.map(at),
-            duration_s: w.duration.map(|d| d.as_secs_f64()),
-            preemptions: job.preemptions,
-            gpu_hours: attained / 3600.0,
-            lost_gpu_hours: job.lost_gpu_s / 3600.0,
-            switches: job.switches,
-        });
-    }
-    let (tenants, jain_fairness) = tenant_rows(&records);
-    let power_summary = match power {
-        None => None,
-        Some(p) => {
-            if let Some((t, eq)) = energy_series.last()
-                && at(end) > *t
-            {
-                let idle = vec![0.0; eq.len()];
-                energy_series.push((at(end), idle));
+        let mut jcts = Vec::new();
+        let mut waits = Vec::new();
+        let mut records = Vec::with_capacity(self.shared.len());
+        let mut unfinished = 0u64;
+        let mut lost_gpu_s = 0.0;
+        for (w, job) in self.shared.iter().zip(&self.jobs) {
+            let submit = w.submit_time;
+            if let Some(s) = job.first_start {
+                waits.push((s - submit).as_secs_f64());
             }
-            let gh: Vec<(u32, f64)> = tenants.iter().map(|t| (t.tenant, t.gpu_hours)).collect();
-            let mut summary = summarize(p, &energy_series, &gh).map_err(|e| SimError::Energy(e.to_string()))?;
-            let span = energy_series.last().map_or(0.0, |l| l.0) - energy_series.first().map_or(0.0, |f| f.0);
-            summary.peak_site_mw = peak_site_w / 1e6;
-            summary.cap_violations = cap_violations;
-            summary.refused_starts = guard.as_ref().map_or(0, |g| g.refused_starts);
-            summary.mean_gpu_cap = if span > 0.0 { cap_integral / span } else { 1.0 };
-            summary.cap_lost_gpu_hours = cap_lost_gpu_s / 3600.0;
-            summary.worst_case_violations = worst_case_violations;
-            summary.site_mw = std::mem::take(&mut site_mw_series);
-            Some(summary)
+            match job.finish {
+                Some(f) => jcts.push((f - submit).as_secs_f64()),
+                None if job.first_start.is_some() || self.queue.contains(w.id) => unfinished += 1,
+                None => {}
+            }
+            let mut attained = job.attained_gpu_s;
+            if job.running
+                && let Some(s) = job.last_start
+            {
+                attained += w.gpu.total_gpus() * end.since(s).as_secs_f64();
+            }
+            lost_gpu_s += job.lost_gpu_s;
+            records.push(JobRecord {
+                id: w.id,
+                tenant: w.tenant.0,
+                gpus: w.gpu.total_gpus(),
+                submit_s: at(submit),
+                start_s: job.first_start.map(at),
+                finish_s: job.finish.map(at),
+                duration_s: w.duration.map(|d| d.as_secs_f64()),
+                preemptions: job.preemptions,
+                gpu_hours: attained / 3600.0,
+                lost_gpu_hours: job.lost_gpu_s / 3600.0,
+                switches: job.switches,
+            });
         }
-    };
-    let _: Option<&PowerSummary> = power_summary.as_ref();
-    if !config.keep_records {
-        records = Vec::new();
-    }
-    jcts.sort_by(f64::total_cmp);
-    waits.sort_by(f64::total_cmp);
-    let utilization = if makespan_ms == 0 { 0.0 } else { allocated_integral / (total_gpu_milli * makespan_ms as f64) };
+        let (tenants, jain_fairness) = tenant_rows(&records);
+        let power_summary = match power {
+            None => None,
+            Some(p) => {
+                if let Some((t, eq)) = self.energy_series.last()
+                    && at(end) > *t
+                {
+                    let idle = vec![0.0; eq.len()];
+                    self.energy_series.push((at(end), idle));
+                }
+                let gh: Vec<(u32, f64)> = tenants.iter().map(|t| (t.tenant, t.gpu_hours)).collect();
+                let mut summary =
+                    summarize(p, &self.energy_series, &gh).map_err(|e| SimError::Energy(e.to_string()))?;
+                let span =
+                    self.energy_series.last().map_or(0.0, |l| l.0) - self.energy_series.first().map_or(0.0, |f| f.0);
+                summary.peak_site_mw = self.peak_site_w / 1e6;
+                summary.cap_violations = self.cap_violations;
+                summary.refused_starts = self.guard.as_ref().map_or(0, |g| g.refused_starts);
+                summary.mean_gpu_cap = if span > 0.0 { self.cap_integral / span } else { 1.0 };
+                summary.cap_lost_gpu_hours = self.cap_lost_gpu_s / 3600.0;
+                summary.worst_case_violations = self.worst_case_violations;
+                summary.site_mw = std::mem::take(&mut self.site_mw_series);
+                Some(summary)
+            }
+        };
+        let _: Option<&PowerSummary> = power_summary.as_ref();
+        if !config.keep_records {
+            records = Vec::new();
+        }
+        jcts.sort_by(f64::total_cmp);
+        waits.sort_by(f64::total_cmp);
+        let total_gpu_milli = self.total_gpu_milli;
+        let utilization =
+            if makespan_ms == 0 { 0.0 } else { self.allocated_integral / (total_gpu_milli * makespan_ms as f64) };
 
-    Ok(SimReport {
-        policy: policy.name().to_string(),
-        seed: config.seed,
-        fleet_gpus: fleet.total_gpus(),
-        fleet_nodes: fleet.nodes.len() as u64,
-        jobs: workloads.len() as u64,
-        completed: jcts.len() as u64,
-        never_fit,
-        unfinished,
-        mean_jct_s: mean(&jcts),
-        p50_jct_s: percentile(&jcts, 0.5),
-        p99_jct_s: percentile(&jcts, 0.99),
-        mean_wait_s: mean(&waits),
-        p50_wait_s: percentile(&waits, 0.5),
-        p99_wait_s: percentile(&waits, 0.99),
-        makespan_s: makespan_ms as f64 / 1000.0,
-        gpu_utilization: utilization,
-        peak_queue_len: peak_queue,
-        events: events_done,
-        preemptions,
-        lost_gpu_hours: lost_gpu_s / 3600.0,
-        mean_switches_per_gang: if gang_starts == 0 { 0.0 } else { gang_switches as f64 / gang_starts as f64 },
-        jain_fairness,
-        deferrable_jobs: deferrals.len() as u64,
-        deferred_jobs: deferrals.iter().filter(|&&d| d > 0.0).count() as u64,
-        mean_deferral_s: mean(&deferrals),
-        tenants,
-        series,
-        records,
-        log,
-        power: power_summary,
-    })
+        Ok(SimReport {
+            policy: self.policy.name().to_string(),
+            seed: config.seed,
+            fleet_gpus: self.fleet.total_gpus(),
+            fleet_nodes: self.fleet.nodes.len() as u64,
+            jobs: self.shared.len() as u64,
+            completed: jcts.len() as u64,
+            never_fit: self.never_fit,
+            unfinished,
+            mean_jct_s: mean(&jcts),
+            p50_jct_s: percentile(&jcts, 0.5),
+            p99_jct_s: percentile(&jcts, 0.99),
+            mean_wait_s: mean(&waits),
+            p50_wait_s: percentile(&waits, 0.5),
+            p99_wait_s: percentile(&waits, 0.99),
+            makespan_s: makespan_ms as f64 / 1000.0,
+            gpu_utilization: utilization,
+            peak_queue_len: self.peak_queue,
+            events: self.events_done,
+            preemptions: self.preemptions,
+            lost_gpu_hours: lost_gpu_s / 3600.0,
+            mean_switches_per_gang: if self.gang_starts == 0 {
+                0.0
+            } else {
+                self.gang_switches as f64 / self.gang_starts as f64
+            },
+            jain_fairness,
+            deferrable_jobs: deferrals.len() as u64,
+            deferred_jobs: deferrals.iter().filter(|&&d| d > 0.0).count() as u64,
+            mean_deferral_s: mean(&deferrals),
+            tenants,
+            series: self.series,
+            records,
+            log: self.log,
+            power: power_summary,
+        })
+    }
+}
+
+fn gpus_milli(w: &Workload) -> u64 {
+    w.gpu.total_gpu_milli()
+}
+
+fn caps_of(guard: &Option<sched::power::PowerGuard>, sites: usize) -> Vec<f64> {
+    guard.as_ref().map_or_else(|| vec![1.0; sites], |g| g.site_caps().to_vec())
+}
+
+fn bug(policy: &dyn Policy, detail: String) -> SimError {
+    SimError::PolicyBug { policy: policy.name().to_string(), detail }
 }
