@@ -73,6 +73,15 @@ impl GridYear {
         GridYear { price_eur_per_mwh: vec![price_eur_per_mwh], co2_g_per_kwh: vec![co2_g_per_kwh] }
     }
 
+    /// The same year with `adder` EUR/MWh on every hour's price: a site's network tariff or
+    /// contract on top of the wholesale price.
+    pub fn with_price_adder(&self, adder_eur_per_mwh: f64) -> GridYear {
+        GridYear {
+            price_eur_per_mwh: self.price_eur_per_mwh.iter().map(|p| p + adder_eur_per_mwh).collect(),
+            co2_g_per_kwh: self.co2_g_per_kwh.clone(),
+        }
+    }
+
     pub fn hours(&self) -> usize {
         self.price_eur_per_mwh.len()
     }

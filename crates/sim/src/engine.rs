@@ -197,6 +197,9 @@ pub(crate) struct Engine<'a> {
     rates_ceiling: f64,
     /// GPU thousandths asked by the jobs queued or yet to enter the queue.
     waiting_gpu_milli: u64,
+    /// The span the report covers when the caller sets one (a federation's sites all report over
+    /// the federation's span, idle time included); otherwise first submission to last event.
+    span: Option<(SimTime, SimTime)>,
 }
 
 impl<'a> Engine<'a> {
@@ -264,6 +267,7 @@ impl<'a> Engine<'a> {
             ceiling: 1.0,
             rates_ceiling: 1.0,
             waiting_gpu_milli: 0,
+            span: None,
         })
     }
 
@@ -298,6 +302,12 @@ impl<'a> Engine<'a> {
     /// GPU thousandths asked by the jobs queued or yet to enter the queue.
     pub(crate) fn waiting_gpu_milli(&self) -> u64 {
         self.waiting_gpu_milli
+    }
+
+    /// Makes the report cover `start..end` (widened to the engine's own events): utilization and
+    /// energy count the idle time before the first job and after the last.
+    pub(crate) fn set_span(&mut self, start: SimTime, end: SimTime) {
+        self.span = Some((start, end));
     }
 
     /// Each site's IT draw at the wall after the last event, watts (empty without power).
@@ -651,7 +661,15 @@ impl<'a> Engine<'a> {
     pub(crate) fn report(mut self) -> Result<SimReport, SimError> {
         let config = self.config;
         let power = config.power.as_deref();
-        let first_submit = self.shared.iter().map(|w| w.submit_time).min().unwrap_or(SimTime::ZERO);
+        let mut first_submit = self.shared.iter().map(|w| w.submit_time).min().unwrap_or(SimTime::ZERO);
+        if let Some((start, end)) = self.span {
+            first_submit = if self.shared.is_empty() { start } else { first_submit.min(start) };
+            self.last_t = Some(self.last_t.map_or(end, |t| t.max(end)));
+            let sites = self.fleet.sites.len();
+            if self.energy_series.first().is_none_or(|p| p.0 > at(first_submit)) && config.power.is_some() {
+                self.energy_series.insert(0, (at(first_submit), vec![0.0; sites]));
+            }
+        }
         let deferrals: Vec<f64> = self
             .shared
             .iter()

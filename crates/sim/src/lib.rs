@@ -8,6 +8,7 @@
 mod engine;
 mod loadfleet;
 mod metrics;
+pub mod multisite;
 pub mod openb;
 pub mod power;
 pub mod reshape;
@@ -17,4 +18,5 @@ pub use loadfleet::{LoadFleetShape, fleet_for_load, offered_load};
 pub use metrics::{
     EventKind, JobRecord, SLOWDOWN_FLOOR_S, SimEvent, SimReport, TenantRow, TimePoint, percentile, tenant_rows,
 };
+pub use multisite::{FederationConfig, FederationReport, SiteOutcome, SiteRun, simulate_federation};
 pub use power::{PowerOptions, PowerSummary, PriceCap, TenantEnergy};

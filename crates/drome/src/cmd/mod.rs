@@ -14,6 +14,7 @@ pub mod energy;
 pub mod fleet;
 pub mod server;
 pub mod sim;
+pub mod sim_sites;
 pub mod trace;
 pub mod up;
 

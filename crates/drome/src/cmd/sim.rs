@@ -114,10 +114,25 @@ pub struct SimArgs {
     /// horizon of the prices).
     #[arg(long, default_value_t = 24.0)]
     pub max_defer_hours: f64,
+    /// Replay the fleet's sites as a federation: every site runs --policy on its own nodes under
+    /// its own weather, grid price and heat network (from the fleet file), and each arriving job
+    /// is sent to one site by this dispatch policy: capacity (most free), price-carbon (cheapest
+    /// power for the hours ahead, carbon at 80 EUR/t), heat (the site whose heat network wants
+    /// most), data (nearest its data). Several separated by commas are compared side by side.
+    #[arg(long)]
+    pub dispatch: Option<String>,
+    /// With --dispatch: each job reads a dataset of this many GB per GPU, kept at its tenant's home
+    /// site (drawn by --seed in proportion to the sites' GPUs); run elsewhere, the job waits for it
+    /// to cross the fiber (`fiber_gbps` of both sites).
+    #[arg(long, default_value_t = 0.0)]
+    pub data_gb_per_gpu: f64,
+    /// With --dispatch: this share of tenants (drawn by --seed) is bound to its home site's region.
+    #[arg(long, default_value_t = 0.0)]
+    pub bound_share: f64,
 }
 
 /// The policy `name`, with `--quota`'s shares when it is the quota policy.
-fn build_policy(name: &str, args: &SimArgs, trace: &trace::Trace) -> anyhow::Result<Box<dyn sched::Policy>> {
+pub(super) fn build_policy(name: &str, args: &SimArgs, trace: &trace::Trace) -> anyhow::Result<Box<dyn sched::Policy>> {
     match (name.to_ascii_lowercase().as_str(), &args.quota) {
         ("quota", Some(spec)) => Ok(Box::new(sched::quota::Quota::new(quota_config(spec, trace)?))),
         _ => Ok(sched::policy_by_name(name, args.seed)?),
@@ -173,7 +188,7 @@ fn reshape_trace(args: &SimArgs, trace: &mut trace::Trace) -> anyhow::Result<()>
 }
 
 /// The deferral gate the flags ask for (with `power`'s grid and climate), if any.
-fn deferral_gate(
+pub(super) fn deferral_gate(
     args: &SimArgs,
     power: Option<&sim::PowerOptions>,
 ) -> anyhow::Result<Option<Arc<sched::defer::DeferralGate>>> {
@@ -194,11 +209,11 @@ fn deferral_gate(
     Ok(Some(Arc::new(gate)))
 }
 
-fn read_text(path: &Path) -> anyhow::Result<String> {
+pub(super) fn read_text(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn parse_cooling(name: &str) -> anyhow::Result<model::Cooling> {
+pub(super) fn parse_cooling(name: &str) -> anyhow::Result<model::Cooling> {
     match name.trim().to_ascii_lowercase().as_str() {
         "air" => Ok(model::Cooling::Air),
         "liquid" | "dlc" => Ok(model::Cooling::Liquid),
@@ -334,6 +349,10 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("give --fleet FILE or --load X"),
     };
     let fleet = Arc::new(fleet);
+    if let Some(list) = &args.dispatch {
+        let policies = super::sim_sites::parse_dispatch(list)?;
+        return super::sim_sites::run(&args, &trace, fleet, &policies);
+    }
     let names: Vec<&str> = args.policy.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
     if names.is_empty() {
         anyhow::bail!("--policy names no policy");
