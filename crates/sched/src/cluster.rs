@@ -85,6 +85,10 @@ pub struct ClusterState {
     empty: CapacityTree,
     /// Per model: (whole GPUs free, node), for best fit on whole GPUs.
     by_full_gpus: Vec<BTreeSet<(u8, u32)>>,
+    /// Per model: how many nodes have each count of whole GPUs free (index: the count).
+    full_gpus_nodes: Vec<Vec<u32>>,
+    /// Per model: the fewest GPUs a node of it has (an idle node has at least that many free).
+    min_node_gpus: Vec<u8>,
     /// Per model: (largest free GPU share, node), for best fit on fractions.
     by_max_share: Vec<BTreeSet<(u16, u32)>>,
     allocations: FxHashMap<WorkloadId, Placement>,
@@ -148,6 +152,16 @@ impl ClusterState {
             live: CapacityTree::new(&[]),
             empty: CapacityTree::new(&[]),
             by_full_gpus: vec![BTreeSet::new(); models],
+            full_gpus_nodes: vec![vec![0; usize::from(u8::MAX) + 1]; models],
+            min_node_gpus: {
+                let mut min = vec![u8::MAX; models];
+                for n in &fleet.nodes {
+                    if let Some(m) = n.gpu_model.and_then(|m| min.get_mut(m.0 as usize)) {
+                        *m = (*m).min(n.gpu_count);
+                    }
+                }
+                min
+            },
             by_max_share: vec![BTreeSet::new(); models],
             allocations: FxHashMap::default(),
             member_kinds: vec![[0; MEMBER_KINDS]; fleet.nodes.len()],
@@ -169,6 +183,7 @@ impl ClusterState {
         for (i, c) in caps.iter().enumerate() {
             if let Some(m) = state.fleet.nodes[i].gpu_model {
                 state.by_full_gpus[m.0 as usize].insert((c.full_gpus, i as u32));
+                state.full_gpus_nodes[m.0 as usize][usize::from(c.full_gpus)] += 1;
                 state.by_max_share[m.0 as usize].insert((c.max_gpu_milli, i as u32));
             }
         }
@@ -352,6 +367,8 @@ impl ClusterState {
             if old.full_gpus != new.full_gpus {
                 self.by_full_gpus[m].remove(&(old.full_gpus, i as u32));
                 self.by_full_gpus[m].insert((new.full_gpus, i as u32));
+                self.full_gpus_nodes[m][usize::from(old.full_gpus)] -= 1;
+                self.full_gpus_nodes[m][usize::from(new.full_gpus)] += 1;
             }
             if old.max_gpu_milli != new.max_gpu_milli {
                 self.by_max_share[m].remove(&(old.max_gpu_milli, i as u32));
@@ -429,6 +446,20 @@ impl ClusterState {
             .into_iter()
             .flat_map(move |set| set.range((min_gpus, 0)..))
             .map(|&(k, n)| (k, NodeId(n)))
+    }
+
+    /// The fewest GPUs a node of `model` has: idle nodes of the model are among
+    /// `nodes_by_full_gpus(model, min_node_gpus(model))`.
+    pub fn min_node_gpus(&self, model: GpuModelId) -> u8 {
+        self.min_node_gpus.get(model.0 as usize).copied().unwrap_or(0)
+    }
+
+    /// How many nodes of `model` have at least `min_gpus` whole GPUs free: a sum of at most 256
+    /// counters, whatever the fleet's size.
+    pub fn count_nodes_with_full_gpus(&self, model: GpuModelId, min_gpus: u8) -> u64 {
+        self.full_gpus_nodes
+            .get(model.0 as usize)
+            .map_or(0, |counts| counts[usize::from(min_gpus)..].iter().map(|&c| u64::from(c)).sum())
     }
 
     /// Nodes of `model` whose largest free GPU share is at least `min_milli`, smallest first.
@@ -644,6 +675,15 @@ impl ClusterState {
         }
         if kinds != self.member_kinds {
             return Err("member kinds out of step with allocations".into());
+        }
+        let mut counts = vec![vec![0u32; usize::from(u8::MAX) + 1]; self.full_gpus_nodes.len()];
+        for (m, set) in self.by_full_gpus.iter().enumerate() {
+            for &(k, _) in set {
+                counts[m][usize::from(k)] += 1;
+            }
+        }
+        if counts != self.full_gpus_nodes {
+            return Err("counts of nodes by whole GPUs free out of step with the index".into());
         }
         if let Some(groups) = &self.node_groups {
             let mut sums = vec![0u64; self.group_allocated_milli.len()];

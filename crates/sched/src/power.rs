@@ -392,6 +392,22 @@ impl PowerGuard {
         let figures = self.present.as_ref().unwrap_or(&self.budget);
         let hosts_capped = figures.caps_hosts() && self.hosts_capped.get(s).copied().unwrap_or(false);
         let mut watts = figures.sites.get(s).map_or(0.0, |b| b.base_watts);
+        // No GPU capped: the cluster's sums per group of like nodes give it in a few products,
+        // whatever the number of running jobs.
+        if self.job_caps.values().all(|&c| c >= 1.0)
+            && let Some(groups) = self.groups.as_ref().filter(|g| g.of_node.len() == cluster.node_count())
+        {
+            let sums = self.group_milli(groups, cluster);
+            for (&milli, (design, now)) in sums.iter().zip(&groups.figures) {
+                let n = if self.present.is_some() { now } else { design };
+                if milli == 0 || n.site as usize != s {
+                    continue;
+                }
+                let host = if hosts_capped { n.host_cut_watts_per_gpu } else { 0.0 };
+                watts += milli as f64 / MILLI * (n.watts_per_gpu(1.0) - host);
+            }
+            return watts;
+        }
         for (id, p) in cluster.allocations() {
             if is_placeholder(*id) {
                 continue;

@@ -22,7 +22,8 @@ impl TopoPlacer {
         let mut by_leaf: BTreeMap<u32, Vec<NodeId>> = BTreeMap::new();
         let Ok(k) = u8::try_from(per_node) else { return by_leaf };
         for model in (0..fleet.gpu_models.len() as u16).map(GpuModelId).filter(|&m| demand.models.allows(m)) {
-            for (free, node) in cluster.nodes_by_full_gpus(model, k) {
+            // Idle nodes have every GPU free: none has fewer free than the model's smallest node.
+            for (free, node) in cluster.nodes_by_full_gpus(model, k.max(cluster.min_node_gpus(model))) {
                 let spec = fleet.node(node);
                 if free == spec.gpu_count && cluster.member_fits(node, demand) {
                     by_leaf.entry(spec.leaf_switch).or_default().push(node);
@@ -46,6 +47,17 @@ impl Placer for TopoPlacer {
             GpuRequest::Gang { nodes, gpus_per_node } if nodes > 1 => (nodes as usize, gpus_per_node),
             _ => return BestFit.place(cluster, demand),
         };
+        // Too few nodes with that many GPUs free, idle or not: no walk over the idle ones.
+        let fleet = cluster.fleet();
+        let Ok(k) = u8::try_from(per_node) else { return None };
+        let candidates: u64 = (0..fleet.gpu_models.len() as u16)
+            .map(GpuModelId)
+            .filter(|&m| demand.models.allows(m))
+            .map(|m| cluster.count_nodes_with_full_gpus(m, k))
+            .sum();
+        if candidates < nodes as u64 {
+            return None;
+        }
         let by_leaf = Self::idle_nodes_by_leaf(cluster, demand, per_node);
         if by_leaf.values().map(Vec::len).sum::<usize>() < nodes {
             return None;

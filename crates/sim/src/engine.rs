@@ -66,6 +66,10 @@ struct JobState {
     lost_gpu_s: f64,
     preemptions: u32,
     switches: u32,
+    /// What the running job adds to its sites' DC draw, µW per site, as last metered.
+    dc_uw: Vec<i64>,
+    /// GPUs' worth of throughput its caps take, billionths, as last metered.
+    lost_ngpu: i64,
 }
 
 /// How far a run has got, for a progress bar.
@@ -197,6 +201,13 @@ pub(crate) struct Engine<'a> {
     rates_ceiling: f64,
     /// GPU thousandths asked by the jobs queued or yet to enter the queue.
     waiting_gpu_milli: u64,
+    /// Jobs started, finished or preempted since the meter last looked: the meter updates its
+    /// sums by them alone (in integers, so the order of updates does not matter) unless caps
+    /// moved, when it measures every running job again.
+    touched: Vec<WorkloadId>,
+    /// Per site, the running jobs' DC draw above idle, µW; and their capped-away GPUs, billionths.
+    dc_uw: Vec<i64>,
+    lost_ngpu: i64,
     /// The span the report covers when the caller sets one (a federation's sites all report over
     /// the federation's span, idle time included); otherwise first submission to last event.
     span: Option<(SimTime, SimTime)>,
@@ -267,6 +278,9 @@ impl<'a> Engine<'a> {
             ceiling: 1.0,
             rates_ceiling: 1.0,
             waiting_gpu_milli: 0,
+            touched: Vec::new(),
+            dc_uw: Vec::new(),
+            lost_ngpu: 0,
             span: None,
         })
     }
@@ -409,6 +423,7 @@ impl<'a> Engine<'a> {
             let started = job.last_start.unwrap_or(now);
             job.running = false;
             job.finish = Some(now);
+            self.touched.push(id);
             let w = &self.shared[id.0 as usize];
             job.attained_gpu_s += w.gpu.total_gpus() * now.since(started).as_secs_f64();
             if config.keep_events {
@@ -469,6 +484,7 @@ impl<'a> Engine<'a> {
                     };
                     let w = &self.shared[job.0 as usize];
                     self.waiting_gpu_milli -= w.gpu.total_gpu_milli();
+                    self.touched.push(job);
                     let state = &mut self.jobs[job.0 as usize];
                     state.running = true;
                     state.last_start = Some(now);
@@ -545,6 +561,7 @@ impl<'a> Engine<'a> {
                     state.preemptions += 1;
                     state.generation += 1;
                     state.running = false;
+                    self.touched.push(job);
                     self.preemptions += 1;
                     if config.keep_events {
                         self.log.push(SimEvent { t_ms: now.as_millis(), job, kind: EventKind::Preempt });
@@ -565,7 +582,8 @@ impl<'a> Engine<'a> {
         }
         if let Some(m) = &self.meter {
             let epoch = self.guard.as_ref().map_or(0, |g| g.caps_epoch());
-            if epoch != self.caps_epoch || self.ceiling != self.rates_ceiling {
+            let caps_moved = epoch != self.caps_epoch || self.ceiling != self.rates_ceiling;
+            if caps_moved {
                 self.caps_epoch = epoch;
                 self.rates_ceiling = self.ceiling;
                 // Caps moved: every running job's completion moves with its new throughput.
@@ -602,19 +620,55 @@ impl<'a> Engine<'a> {
                     }
                 }
             }
-            let jobs = &self.jobs;
-            self.cap_lost_gpus = self
-                .cluster
-                .allocations()
-                .filter_map(|(id, p)| {
-                    let rate = jobs.get(id.0 as usize).filter(|s| s.running)?.rate;
-                    let gpus = p.members.iter().flat_map(|m| &m.gpus).map(|g| f64::from(g.milli)).sum::<f64>();
-                    Some(gpus / 1000.0 * (1.0 - rate))
-                })
-                .sum();
             let (guard, ceiling) = (&self.guard, self.ceiling);
             let cap_of = |id: WorkloadId| guard.as_ref().map_or(1.0, |g| g.job_cap(id)).min(ceiling);
-            let dc = m.site_dc(&self.cluster, &cap_of);
+            let sites = fleet.sites.len();
+            if self.dc_uw.len() != sites {
+                self.dc_uw = vec![0; sites];
+            }
+            let meter_job =
+                |id: WorkloadId, state: &mut JobState, dc_uw: &mut [i64], lost_ngpu: &mut i64, p: &sched::Placement| {
+                    state.dc_uw = m.job_dc_uw(p, cap_of(id), sites);
+                    let gpus = p.members.iter().flat_map(|m| &m.gpus).map(|g| f64::from(g.milli)).sum::<f64>();
+                    state.lost_ngpu = (gpus / 1000.0 * (1.0 - state.rate) * 1e9).round() as i64;
+                    for (sum, uw) in dc_uw.iter_mut().zip(&state.dc_uw) {
+                        *sum += uw;
+                    }
+                    *lost_ngpu += state.lost_ngpu;
+                };
+            if caps_moved {
+                // Every running job at its new cap.
+                self.dc_uw.iter_mut().for_each(|x| *x = 0);
+                self.lost_ngpu = 0;
+                for id in self.touched.drain(..) {
+                    if let Some(state) = self.jobs.get_mut(id.0 as usize) {
+                        state.dc_uw.clear();
+                        state.lost_ngpu = 0;
+                    }
+                }
+                for (id, p) in self.cluster.allocations() {
+                    let Some(state) = self.jobs.get_mut(id.0 as usize).filter(|s| s.running) else { continue };
+                    meter_job(*id, state, &mut self.dc_uw, &mut self.lost_ngpu, p);
+                }
+            } else {
+                for id in self.touched.drain(..) {
+                    let Some(state) = self.jobs.get_mut(id.0 as usize) else { continue };
+                    for (sum, uw) in self.dc_uw.iter_mut().zip(&state.dc_uw) {
+                        *sum -= uw;
+                    }
+                    self.lost_ngpu -= state.lost_ngpu;
+                    state.dc_uw.clear();
+                    state.lost_ngpu = 0;
+                    if state.running
+                        && let Some(p) = self.cluster.allocation(id)
+                    {
+                        meter_job(id, state, &mut self.dc_uw, &mut self.lost_ngpu, p);
+                    }
+                }
+            }
+            self.cap_lost_gpus = self.lost_ngpu as f64 / 1e9;
+            let dc: Vec<f64> =
+                m.site_idle_dc().iter().zip(&self.dc_uw).map(|(idle, uw)| idle + *uw as f64 / 1e6).collect();
             self.site_w = dc
                 .iter()
                 .enumerate()

@@ -86,7 +86,15 @@ pub struct FederationReport {
 }
 
 /// What the dispatch knows of one site engine, for one job.
-fn facts(engine: &Engine<'_>, config: &SimConfig, w: &Workload, now: SimTime, lookahead_hours: usize) -> SiteFacts {
+/// `worst_watts_per_gpu`: the most watts one more GPU of the site adds in the guard's worst case.
+fn facts(
+    engine: &Engine<'_>,
+    config: &SimConfig,
+    worst_watts_per_gpu: f64,
+    w: &Workload,
+    now: SimTime,
+    lookahead_hours: usize,
+) -> SiteFacts {
     let fleet = engine.fleet();
     let site = fleet.sites.first();
     let cluster = engine.cluster();
@@ -102,9 +110,8 @@ fn facts(engine: &Engine<'_>, config: &SimConfig, w: &Workload, now: SimTime, lo
     let power_ok = guard.is_none_or(|g| {
         let budget = g.budget();
         let Some(b) = budget.sites.first() else { return true };
-        let per_gpu = budget.nodes.iter().map(|n| n.full_watts_per_gpu).fold(0.0, f64::max);
         let milli = (cluster.allocated_gpu_milli() + job_milli) as f64 / 1000.0;
-        b.base_watts + milli * per_gpu <= b.cap_watts
+        b.base_watts + milli * worst_watts_per_gpu <= b.cap_watts
     });
     let fits_now = ever && room && power_ok && placeable_now(cluster, &demand);
     let (mut price, mut co2, mut heat_demand, mut heat_supplied) = (0.0, 0.0, 0.0, 0.0);
@@ -156,14 +163,7 @@ fn placeable_now(cluster: &ClusterState, demand: &Demand) -> bool {
         }
         GpuRequest::Gang { nodes, gpus_per_node } => {
             let per_node = u8::try_from(gpus_per_node).unwrap_or(u8::MAX);
-            let mut found = 0usize;
-            for m in models {
-                found += cluster.nodes_by_full_gpus(m, per_node).take(nodes as usize).count();
-                if found >= nodes as usize {
-                    return true;
-                }
-            }
-            false
+            models.map(|m| cluster.count_nodes_with_full_gpus(m, per_node)).sum::<u64>() >= u64::from(nodes)
         }
     }
 }
@@ -203,6 +203,10 @@ pub fn simulate_federation(
     for ((fleet, policy), config) in fleets.iter().zip(policies.iter_mut()).zip(&configs) {
         engines.push(Engine::new(fleet.clone(), policy.as_mut(), config)?);
     }
+    let worst_watts_per_gpu: Vec<f64> = engines
+        .iter()
+        .map(|e| e.guard().map_or(0.0, |g| g.budget().nodes.iter().map(|n| n.full_watts_per_gpu).fold(0.0, f64::max)))
+        .collect();
     let mut order: Vec<u32> = (0..workloads.len() as u32).collect();
     order.sort_by_key(|&i| (workloads[i as usize].submit_time, i));
     // Per site: the global id of each of its local ids.
@@ -238,8 +242,8 @@ pub fn simulate_federation(
             events_done += 1;
             let job_needs = needs.get(i as usize).unwrap_or(&no_needs);
             facts_buf.clear();
-            for (e, c) in engines.iter().zip(&configs) {
-                facts_buf.push(facts(e, c, w, now, federation.lookahead_hours));
+            for ((e, c), &per_gpu) in engines.iter().zip(&configs).zip(&worst_watts_per_gpu) {
+                facts_buf.push(facts(e, c, per_gpu, w, now, federation.lookahead_hours));
             }
             let needs_now = JobNeeds { gpus: w.gpu.total_gpus(), ..job_needs.clone() };
             match dispatch::choose(federation.dispatch, &federation.weights, &needs_now, &facts_buf) {

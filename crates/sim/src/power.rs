@@ -9,8 +9,8 @@
 
 use energy::{EnergyModel, GpuPowerProfile, GridYear, HourPoint, TemperatureYear, account_by_site, throughput_at_cap};
 use model::{Fleet, SiteId};
+use sched::Placement;
 use sched::power::{NodeWatts, PowerBudget, PowerMode, SiteBudget};
-use sched::{ClusterState, Placement};
 use serde::Serialize;
 
 /// What a run knows about power: the site model, the year and, when capped, the caps.
@@ -184,18 +184,23 @@ impl Meter {
         n.busy_per_gpu - cut
     }
 
-    /// DC IT power per site, each job's GPUs at `cap_of(job)`.
-    pub(crate) fn site_dc(&self, cluster: &ClusterState, cap_of: &dyn Fn(model::WorkloadId) -> f64) -> Vec<f64> {
-        let mut dc = self.site_idle_dc.clone();
-        for (id, p) in cluster.allocations() {
-            let cap = cap_of(*id);
-            for m in &p.members {
-                let Some(n) = self.nodes.get(m.node.index()) else { continue };
-                let gpus = m.gpus.iter().map(|g| f64::from(g.milli)).sum::<f64>() / 1000.0;
-                dc[n.site] += gpus * self.gpu_dc(n, cap);
+    /// Each site's DC IT power with nothing allocated, watts.
+    pub(crate) fn site_idle_dc(&self) -> &[f64] {
+        &self.site_idle_dc
+    }
+
+    /// What a job on `placement` with its GPUs at `cap` adds to each of `sites` sites' DC IT
+    /// power, µW (integers, so that sums kept by adding and removing jobs are exact).
+    pub(crate) fn job_dc_uw(&self, placement: &Placement, cap: f64, sites: usize) -> Vec<i64> {
+        let mut uw = vec![0i64; sites];
+        for m in &placement.members {
+            let Some(n) = self.nodes.get(m.node.index()) else { continue };
+            let gpus = m.gpus.iter().map(|g| f64::from(g.milli)).sum::<f64>() / 1000.0;
+            if let Some(x) = uw.get_mut(n.site) {
+                *x += (gpus * self.gpu_dc(n, cap) * 1e6).round() as i64;
             }
         }
-        dc
+        uw
     }
 
     /// Per site, the allocation (0..1) at which typical uncapped work would draw the site's `dc`:

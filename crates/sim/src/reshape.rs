@@ -2,7 +2,7 @@
 //! a few months of history), lay several copies over each other to load a bigger fleet, and mark
 //! a share of the jobs deferrable. Ids come out `0..n` in the order [`crate::simulate`] expects.
 
-use model::{SimDuration, SimTime, TenantId, Workload, WorkloadId};
+use model::{GPU_MILLI_PER_GPU, GpuRequest, SimDuration, SimTime, TenantId, Workload, WorkloadId};
 
 /// First submit to last submit-plus-duration, at least one second.
 pub fn trace_span(workloads: &[Workload]) -> SimDuration {
@@ -91,7 +91,28 @@ pub fn mark_deferrable(workloads: &mut [Workload], share: f64, seed: u64) {
     }
 }
 
-fn splitmix64(mut x: u64) -> u64 {
+/// Every job asks `factor` times its GPUs (a share that grows past one GPU becomes whole GPUs),
+/// shaped as gangs of nodes of `node_gpus`: the history of a small cluster as the work of labs
+/// training on thousands of GPUs, the same arrivals and durations.
+pub fn scale_gpus(workloads: &mut [Workload], factor: u32, node_gpus: u32) {
+    if factor <= 1 {
+        return;
+    }
+    for w in workloads {
+        let milli = w.gpu.total_gpu_milli().saturating_mul(u64::from(factor));
+        w.gpu = match w.gpu {
+            GpuRequest::None => GpuRequest::None,
+            _ if milli < u64::from(GPU_MILLI_PER_GPU) => GpuRequest::fraction(milli as u32),
+            _ => GpuRequest::whole_gpus(
+                u32::try_from(milli.div_ceil(u64::from(GPU_MILLI_PER_GPU))).unwrap_or(u32::MAX),
+                node_gpus,
+            ),
+        };
+    }
+}
+
+/// SplitMix64: a seeded hash for draws that must not depend on anything but the seed.
+pub fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -101,7 +122,20 @@ fn splitmix64(mut x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use model::GpuRequest;
+
+    #[test]
+    fn scaling_keeps_arrivals_and_multiplies_gpus() {
+        let mut v = trace();
+        v[0].gpu = GpuRequest::Fraction { gpu_milli: 250 };
+        v[1].gpu = GpuRequest::Gang { nodes: 1, gpus_per_node: 3 };
+        let before = v.clone();
+        scale_gpus(&mut v, 64, 8);
+        assert_eq!(v[0].gpu, GpuRequest::Gang { nodes: 2, gpus_per_node: 8 });
+        assert_eq!(v[1].gpu, GpuRequest::Gang { nodes: 24, gpus_per_node: 8 });
+        assert!(v.iter().zip(&before).all(|(a, b)| a.submit_time == b.submit_time && a.duration == b.duration));
+        scale_gpus(&mut v, 1, 8);
+        assert_eq!(v[1].gpu, GpuRequest::Gang { nodes: 24, gpus_per_node: 8 });
+    }
 
     fn trace() -> Vec<Workload> {
         (0..10)

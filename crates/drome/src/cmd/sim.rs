@@ -126,6 +126,11 @@ pub struct SimArgs {
     /// to cross the fiber (`fiber_gbps` of both sites).
     #[arg(long, default_value_t = 0.0)]
     pub data_gb_per_gpu: f64,
+    /// Multiply every job's GPUs by this factor (gangs of the fleet's nodes; a GPU share grows
+    /// into whole GPUs): a small cluster's history as the work of a fleet of a million GPUs, with
+    /// --copies and --loop-days.
+    #[arg(long, default_value_t = 1)]
+    pub scale_gpus: u32,
     /// With --dispatch: this share of tenants (drawn by --seed) is bound to its home site's region.
     #[arg(long, default_value_t = 0.0)]
     pub bound_share: f64,
@@ -177,6 +182,9 @@ fn reshape_trace(args: &SimArgs, trace: &mut trace::Trace) -> anyhow::Result<()>
         for c in 1..args.copies {
             trace.tenants.extend(base.iter().map(|t| format!("{t}#{c}")));
         }
+    }
+    if args.scale_gpus == 0 || args.scale_gpus > 65_536 {
+        anyhow::bail!("--scale-gpus must be 1..65536, got {}", args.scale_gpus);
     }
     if let Some(share) = args.deferrable_share {
         if !(share.is_finite() && (0.0..=1.0).contains(&share)) {
@@ -338,8 +346,12 @@ fn power_options(
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let mut trace = load_trace(&args.trace, args.format)?;
     reshape_trace(&args, &mut trace)?;
-    let fleet = match (&args.fleet, args.load) {
-        (Some(path), _) => load_fleet(path)?,
+    let file_fleet = args.fleet.as_deref().map(load_fleet).transpose()?;
+    // GPUs scale before a fleet is sized for the load: gangs of the fleet's nodes, else of 8.
+    let node_gpus = file_fleet.as_ref().map_or(8, |f| u32::from(f.max_gpus_per_node().max(1)));
+    sim::reshape::scale_gpus(&mut trace.workloads, args.scale_gpus, node_gpus);
+    let fleet = match (file_fleet, args.load) {
+        (Some(fleet), _) => fleet,
         (None, Some(load)) => {
             if !(load.is_finite() && load > 0.0) {
                 anyhow::bail!("--load must be a positive number, got {load}");

@@ -27,13 +27,6 @@ pub fn parse_dispatch(list: &str) -> anyhow::Result<Vec<DispatchPolicy>> {
     Ok(out)
 }
 
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
 fn name_seed(name: &str) -> u64 {
     name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3))
 }
@@ -47,7 +40,7 @@ fn tenant_homes(fleet: &Fleet, tenants: usize, bound_share: f64, seed: u64) -> V
     let total: f64 = gpus.iter().sum::<f64>().max(1.0);
     (0..tenants)
         .map(|t| {
-            let h = splitmix(seed ^ splitmix(t as u64));
+            let h = sim::reshape::splitmix64(seed ^ sim::reshape::splitmix64(t as u64));
             let x = (h >> 11) as f64 / (1u64 << 53) as f64 * total;
             let mut acc = 0.0;
             let mut home = gpus.len().saturating_sub(1);
@@ -58,7 +51,7 @@ fn tenant_homes(fleet: &Fleet, tenants: usize, bound_share: f64, seed: u64) -> V
                     break;
                 }
             }
-            let b = splitmix(h) as f64 / u64::MAX as f64;
+            let b = sim::reshape::splitmix64(h) as f64 / u64::MAX as f64;
             (home, b < bound_share)
         })
         .collect()
