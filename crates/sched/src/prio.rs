@@ -330,8 +330,19 @@ pub(crate) fn choose_victims(
                 blocked.extend(p.members.iter().map(|m| m.node.0));
             }
         }
-        // So are nodes whose GPUs are withheld (the power guard's, as an allocation would).
-        let mut nodes: Vec<(u64, u32)> = (0..cluster.node_count() as u32)
+        // The candidates: nodes eligible jobs hold, and nodes nothing holds (every GPU free, so
+        // in the index from the model's smallest node up), not a walk over the whole fleet. So
+        // are nodes whose GPUs are withheld blocked (the power guard's, as an allocation would).
+        let mut candidates: Vec<u32> = holders.keys().copied().collect();
+        for m in (0..fleet.gpu_models.len() as u16).map(model::GpuModelId).filter(|&m| demand.models.allows(m)) {
+            for (free, node) in cluster.nodes_by_full_gpus(m, cluster.min_node_gpus(m)) {
+                if free == fleet.node(node).gpu_count && !holders.contains_key(&node.0) {
+                    candidates.push(node.0);
+                }
+            }
+        }
+        let mut nodes: Vec<(u64, u32)> = candidates
+            .into_iter()
             .filter(|n| !blocked.contains(n) && !cluster.gpus_withheld_on(model::NodeId(*n)) && allowed(*n))
             .map(|n| {
                 let held = holders.get(&n).map_or(0, |v| {
