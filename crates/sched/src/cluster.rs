@@ -89,6 +89,8 @@ pub struct ClusterState {
     full_gpus_nodes: Vec<Vec<u32>>,
     /// Per model: the fewest GPUs a node of it has (an idle node has at least that many free).
     min_node_gpus: Vec<u8>,
+    /// Per leaf switch, the GPU nodes with nothing allocated.
+    leaves: crate::leaves::LeafIndex,
     /// Per model: (largest free GPU share, node), for best fit on fractions.
     by_max_share: Vec<BTreeSet<(u16, u32)>>,
     allocations: FxHashMap<WorkloadId, Placement>,
@@ -162,6 +164,7 @@ impl ClusterState {
                 }
                 min
             },
+            leaves: crate::leaves::LeafIndex::new(&fleet, &[]),
             by_max_share: vec![BTreeSet::new(); models],
             allocations: FxHashMap::default(),
             member_kinds: vec![[0; MEMBER_KINDS]; fleet.nodes.len()],
@@ -180,6 +183,7 @@ impl ClusterState {
         let caps: Vec<Capacity> = (0..state.fleet.nodes.len()).map(|i| state.capacity_of(i)).collect();
         state.live = CapacityTree::new(&caps);
         state.empty = state.live.clone();
+        state.leaves = crate::leaves::LeafIndex::new(&state.fleet, &caps);
         for (i, c) in caps.iter().enumerate() {
             if let Some(m) = state.fleet.nodes[i].gpu_model {
                 state.by_full_gpus[m.0 as usize].insert((c.full_gpus, i as u32));
@@ -362,6 +366,7 @@ impl ClusterState {
             return;
         }
         self.live.set(i, new);
+        self.leaves.update(&self.fleet, i, &new);
         if let Some(m) = self.fleet.nodes[i].gpu_model {
             let m = m.0 as usize;
             if old.full_gpus != new.full_gpus {
@@ -452,6 +457,12 @@ impl ClusterState {
     /// `nodes_by_full_gpus(model, min_node_gpus(model))`.
     pub fn min_node_gpus(&self, model: GpuModelId) -> u8 {
         self.min_node_gpus.get(model.0 as usize).copied().unwrap_or(0)
+    }
+
+    /// The leaf index of empty GPU nodes, for gang placement.
+    pub(crate) fn leaf_index(&self) -> Option<&crate::leaves::LeafIndex> {
+        // Withheld GPUs are not in the indexes: while any are, the index may count them free.
+        self.withheld.is_empty().then_some(&self.leaves)
     }
 
     /// How many nodes of `model` have at least `min_gpus` whole GPUs free: a sum of at most 256
@@ -676,6 +687,8 @@ impl ClusterState {
         if kinds != self.member_kinds {
             return Err("member kinds out of step with allocations".into());
         }
+        let caps: Vec<Capacity> = (0..fleet.nodes.len()).map(|i| self.live.get(i)).collect();
+        self.leaves.verify(fleet, &caps)?;
         let mut counts = vec![vec![0u32; usize::from(u8::MAX) + 1]; self.full_gpus_nodes.len()];
         for (m, set) in self.by_full_gpus.iter().enumerate() {
             for &(k, _) in set {

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod defer;
 pub mod demand;
 pub mod frag;
+mod leaves;
 pub mod placer;
 pub mod policy;
 pub mod power;

@@ -37,6 +37,47 @@ impl TopoPlacer {
     }
 }
 
+impl TopoPlacer {
+    /// The nodes [`Placer::place`] chooses for a gang of `nodes` members of `per_node` GPUs, from
+    /// the cluster's count of empty nodes per leaf, where that count is exactly the idle nodes a
+    /// member fits on (`None` otherwise, or when the gang fits nowhere): the same choice as the
+    /// walk over idle nodes, in a few lookups per leaf used.
+    fn from_leaf_index(cluster: &ClusterState, demand: &Demand, nodes: usize, per_node: u8) -> Option<Vec<NodeId>> {
+        let index = cluster.leaf_index()?;
+        if demand.node_features != 0 {
+            return None;
+        }
+        let fleet = cluster.fleet();
+        let allowed = (0..fleet.gpu_models.len() as u16).map(GpuModelId).filter(|&m| demand.models.allows(m));
+        let model =
+            index.exact_model(allowed, per_node, |m| cluster.min_node_gpus(m), demand.cpu_milli, demand.memory_mib)?;
+        if index.empty_nodes(model) < nodes as u64 {
+            return None;
+        }
+        let leaves = index.leaves(model)?;
+        let mut chosen: Vec<NodeId> = Vec::with_capacity(nodes);
+        // Best fit at the switch: the leaf with the fewest empty nodes that holds the gang.
+        if let Some(&(_, leaf)) = leaves.range((nodes as u32, 0)..).next() {
+            chosen.extend(index.empty_under(leaf).take(nodes));
+            return (chosen.len() == nodes).then_some(chosen);
+        }
+        // Else the leaves with the most empty nodes first, lower leaf first among equals.
+        let mut below = u32::MAX;
+        while chosen.len() < nodes {
+            let &(count, _) = leaves.range(..(below, 0)).next_back()?;
+            for &(_, leaf) in leaves.range((count, 0)..=(count, u32::MAX)) {
+                let want = nodes - chosen.len();
+                chosen.extend(index.empty_under(leaf).take(want));
+                if chosen.len() == nodes {
+                    break;
+                }
+            }
+            below = count;
+        }
+        Some(chosen)
+    }
+}
+
 impl Placer for TopoPlacer {
     fn name(&self) -> &str {
         "topology"
@@ -57,6 +98,11 @@ impl Placer for TopoPlacer {
             .sum();
         if candidates < nodes as u64 {
             return None;
+        }
+        if let Some(chosen) = Self::from_leaf_index(cluster, demand, nodes, k) {
+            let members: Option<Vec<_>> =
+                chosen.iter().map(|&n| cluster.member_on(n, demand, crate::cluster::GpuPick::First)).collect();
+            return Some(Placement { members: members? });
         }
         let by_leaf = Self::idle_nodes_by_leaf(cluster, demand, per_node);
         if by_leaf.values().map(Vec::len).sum::<usize>() < nodes {
