@@ -226,3 +226,51 @@ fn a_bad_price_cap_is_refused_with_its_form() {
     ]);
     assert!((v["mean_gpu_cap"].as_f64().unwrap() - 0.7).abs() < 1e-9, "{v}");
 }
+
+#[test]
+fn sim_dispatches_over_the_example_federation_and_refuses_bad_flags() {
+    let trace = fixture("jobs.csv");
+    let v = json(&[
+        "sim",
+        "--fleet",
+        "fleets/france.toml",
+        "--trace",
+        &trace,
+        "--policy",
+        "drome",
+        "--dispatch",
+        "capacity,heat",
+        "--data-gb-per-gpu",
+        "100",
+        "--output",
+        "json",
+        "-q",
+    ]);
+    let runs = v["federation"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in runs {
+        let jobs = r["jobs"].as_u64().unwrap();
+        let sent: u64 = r["sites"].as_array().unwrap().iter().map(|s| s["jobs_sent"].as_u64().unwrap()).sum();
+        assert_eq!(sent + r["refused"].as_u64().unwrap(), jobs, "{r}");
+        assert_eq!(r["sites"].as_array().unwrap().len(), 4);
+        assert_eq!(r["cap_violations"].as_u64(), Some(0));
+    }
+    let (code, _, err) =
+        drome(&["sim", "--fleet", "fleets/france.toml", "--trace", &trace, "--dispatch", "nearest", "-q"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown dispatch policy 'nearest'"), "{err}");
+    let (code, _, err) = drome(&[
+        "sim",
+        "--fleet",
+        "fleets/france.toml",
+        "--trace",
+        &trace,
+        "--dispatch",
+        "heat",
+        "--policy",
+        "fifo,drome",
+        "-q",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("one --policy"), "{err}");
+}
