@@ -16,7 +16,9 @@ use std::sync::Arc;
     --policy fifo,tiresias,drome --plot out/philly-jct.png\n  \
     drome sim --fleet ../shared/traces/alibaba-openb-v2023/openb_node_list_all_node.csv \\\n    \
     --trace ../shared/traces/alibaba-openb-v2023/openb_pod_list_default.csv --policy fifo-bestfit --output json\n  \
-    drome sim --fleet fleets/valence.toml --trace jobs.csv --plot out/valence.png --csv out/valence.csv")]
+    drome sim --fleet fleets/valence.toml --trace jobs.csv --plot out/valence.png --csv out/valence.csv\n  \
+    drome sim --fleet fleets/france.toml --trace ../shared/traces/philly-pollux-sia/philly.csv --policy drome \\\n    \
+    --dispatch capacity,heat --copies 3 --loop-days 365 --plot out/federation.png")]
 pub struct SimArgs {
     /// Fleet: a fleet TOML (fleets/valence.toml) or a node list CSV (openb, PAI, spot-GPU).
     #[arg(long, required_unless_present = "load", conflicts_with = "load")]
