@@ -465,6 +465,16 @@ impl ClusterState {
         self.withheld.is_empty().then_some(&self.leaves)
     }
 
+    /// The fleet's GPU models `demand` accepts, by id.
+    pub fn allowed_models<'a>(&'a self, demand: &'a Demand) -> impl Iterator<Item = GpuModelId> + 'a {
+        (0..self.fleet.gpu_models.len() as u16).map(GpuModelId).filter(|&m| demand.models.allows(m))
+    }
+
+    /// How many nodes of the models `demand` accepts have at least `min_gpus` whole GPUs free.
+    pub fn count_nodes_with_room(&self, demand: &Demand, min_gpus: u8) -> u64 {
+        self.allowed_models(demand).map(|m| self.count_nodes_with_full_gpus(m, min_gpus)).sum()
+    }
+
     /// How many nodes of `model` have at least `min_gpus` whole GPUs free: a sum of at most 256
     /// counters, whatever the fleet's size.
     pub fn count_nodes_with_full_gpus(&self, model: GpuModelId, min_gpus: u8) -> u64 {

@@ -65,7 +65,7 @@ pub struct BestFit;
 
 impl BestFit {
     fn allowed_models(cluster: &ClusterState, demand: &Demand) -> Vec<GpuModelId> {
-        (0..cluster.fleet().gpu_models.len() as u16).map(GpuModelId).filter(|&m| demand.models.allows(m)).collect()
+        cluster.allowed_models(demand).collect()
     }
 }
 

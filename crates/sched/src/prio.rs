@@ -334,7 +334,7 @@ pub(crate) fn choose_victims(
         // in the index from the model's smallest node up), not a walk over the whole fleet. So
         // are nodes whose GPUs are withheld blocked (the power guard's, as an allocation would).
         let mut candidates: Vec<u32> = holders.keys().copied().collect();
-        for m in (0..fleet.gpu_models.len() as u16).map(model::GpuModelId).filter(|&m| demand.models.allows(m)) {
+        for m in cluster.allowed_models(demand) {
             for (free, node) in cluster.nodes_by_full_gpus(m, cluster.min_node_gpus(m)) {
                 if free == fleet.node(node).gpu_count && !holders.contains_key(&node.0) {
                     candidates.push(node.0);

@@ -5,7 +5,7 @@
 use crate::cluster::{ClusterState, Placement};
 use crate::demand::Demand;
 use crate::placer::{BestFit, Placer};
-use model::{Fleet, GpuModelId, GpuRequest, NodeId};
+use model::{Fleet, GpuRequest, NodeId};
 use std::collections::BTreeMap;
 
 /// Best fit for single-node requests; whole nodes under the fewest leaf switches for gangs of
@@ -21,7 +21,7 @@ impl TopoPlacer {
         let fleet = cluster.fleet();
         let mut by_leaf: BTreeMap<u32, Vec<NodeId>> = BTreeMap::new();
         let Ok(k) = u8::try_from(per_node) else { return by_leaf };
-        for model in (0..fleet.gpu_models.len() as u16).map(GpuModelId).filter(|&m| demand.models.allows(m)) {
+        for model in cluster.allowed_models(demand) {
             // Idle nodes have every GPU free: none has fewer free than the model's smallest node.
             for (free, node) in cluster.nodes_by_full_gpus(model, k.max(cluster.min_node_gpus(model))) {
                 let spec = fleet.node(node);
@@ -47,10 +47,13 @@ impl TopoPlacer {
         if demand.node_features != 0 {
             return None;
         }
-        let fleet = cluster.fleet();
-        let allowed = (0..fleet.gpu_models.len() as u16).map(GpuModelId).filter(|&m| demand.models.allows(m));
-        let model =
-            index.exact_model(allowed, per_node, |m| cluster.min_node_gpus(m), demand.cpu_milli, demand.memory_mib)?;
+        let model = index.exact_model(
+            cluster.allowed_models(demand),
+            per_node,
+            |m| cluster.min_node_gpus(m),
+            demand.cpu_milli,
+            demand.memory_mib,
+        )?;
         if index.empty_nodes(model) < nodes as u64 {
             return None;
         }
@@ -89,13 +92,8 @@ impl Placer for TopoPlacer {
             _ => return BestFit.place(cluster, demand),
         };
         // Too few nodes with that many GPUs free, idle or not: no walk over the idle ones.
-        let fleet = cluster.fleet();
         let Ok(k) = u8::try_from(per_node) else { return None };
-        let candidates: u64 = (0..fleet.gpu_models.len() as u16)
-            .map(GpuModelId)
-            .filter(|&m| demand.models.allows(m))
-            .map(|m| cluster.count_nodes_with_full_gpus(m, k))
-            .sum();
+        let candidates = cluster.count_nodes_with_room(demand, k);
         if candidates < nodes as u64 {
             return None;
         }

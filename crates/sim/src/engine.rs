@@ -572,7 +572,7 @@ impl<'a> Engine<'a> {
                     q.preemptions = state.preemptions;
                     q.last_started = Some(started);
                     q.last_run = ran;
-                    self.waiting_gpu_milli += gpus_milli(w);
+                    self.waiting_gpu_milli += w.gpu.total_gpu_milli();
                     requeue.push(q);
                 }
             }
@@ -842,10 +842,6 @@ impl<'a> Engine<'a> {
             power: power_summary,
         })
     }
-}
-
-fn gpus_milli(w: &Workload) -> u64 {
-    w.gpu.total_gpu_milli()
 }
 
 fn caps_of(guard: &Option<sched::power::PowerGuard>, sites: usize) -> Vec<f64> {

@@ -11,7 +11,7 @@ use crate::engine::Engine;
 use crate::metrics::{at, mean, percentile};
 use crate::{Progress, SimConfig, SimError, SimReport};
 use dispatch::{DispatchPolicy, DispatchWeights, JobNeeds, Reason, SiteFacts};
-use model::{Fleet, GpuModelId, GpuRequest, SimDuration, SimTime, Workload, WorkloadId};
+use model::{Fleet, GpuRequest, SimDuration, SimTime, Workload, WorkloadId};
 use sched::{ClusterState, Demand, Policy};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -85,18 +85,31 @@ pub struct FederationReport {
     pub sites: Vec<SiteOutcome>,
 }
 
-/// What the dispatch knows of one site engine, for one job.
-/// `worst_watts_per_gpu`: the most watts one more GPU of the site adds in the guard's worst case.
-fn facts(
+/// A site's facts that do not change during a run: its name, region and fiber.
+fn fixed_facts(engine: &Engine<'_>) -> SiteFacts {
+    let site = engine.fleet().sites.first();
+    SiteFacts {
+        name: site.map_or_else(String::new, |s| s.name.clone()),
+        region: site.and_then(|s| s.env.region.clone()),
+        reachable: true,
+        fiber_gbps: site.and_then(|s| s.env.fiber_gbps),
+        ..SiteFacts::default()
+    }
+}
+
+/// What the dispatch knows of one site engine, for one job: sets the figures of `facts` that
+/// change from job to job. `worst_watts_per_gpu`: the most watts one more GPU of the site adds in
+/// the guard's worst case.
+fn update_facts(
+    facts: &mut SiteFacts,
     engine: &Engine<'_>,
     config: &SimConfig,
     worst_watts_per_gpu: f64,
     w: &Workload,
     now: SimTime,
     lookahead_hours: usize,
-) -> SiteFacts {
+) {
     let fleet = engine.fleet();
-    let site = fleet.sites.first();
     let cluster = engine.cluster();
     let demand = Demand::of(w, fleet);
     let guard = engine.guard();
@@ -134,36 +147,29 @@ fn facts(
             .exported_watts;
         }
     }
-    SiteFacts {
-        name: site.map_or_else(String::new, |s| s.name.clone()),
-        region: site.and_then(|s| s.env.region.clone()),
-        reachable: true,
-        could_ever_fit: ever,
-        fits_now,
-        total_gpus: total_milli as f64 / 1000.0,
-        free_gpus: free_milli as f64 / 1000.0,
-        queued_gpus: engine.waiting_gpu_milli() as f64 / 1000.0,
-        price_eur_per_mwh: price,
-        co2_g_per_kwh: co2,
-        heat_demand_watts: heat_demand,
-        heat_supplied_watts: heat_supplied,
-        fiber_gbps: site.and_then(|s| s.env.fiber_gbps),
-    }
+    facts.could_ever_fit = ever;
+    facts.fits_now = fits_now;
+    facts.total_gpus = total_milli as f64 / 1000.0;
+    facts.free_gpus = free_milli as f64 / 1000.0;
+    facts.queued_gpus = engine.waiting_gpu_milli() as f64 / 1000.0;
+    facts.price_eur_per_mwh = price;
+    facts.co2_g_per_kwh = co2;
+    facts.heat_demand_watts = heat_demand;
+    facts.heat_supplied_watts = heat_supplied;
 }
 
 /// Whether GPUs for `demand` are free now on nodes of a model it accepts (CPU and memory
 /// aside): a few index lookups.
 fn placeable_now(cluster: &ClusterState, demand: &Demand) -> bool {
-    let models = (0..cluster.fleet().gpu_models.len() as u16).map(GpuModelId).filter(|&m| demand.models.allows(m));
     match demand.gpu {
         GpuRequest::None => true,
         GpuRequest::Fraction { gpu_milli } => {
             let milli = u16::try_from(gpu_milli).unwrap_or(u16::MAX);
-            models.into_iter().any(|m| cluster.nodes_by_max_share(m, milli).next().is_some())
+            cluster.allowed_models(demand).any(|m| cluster.nodes_by_max_share(m, milli).next().is_some())
         }
         GpuRequest::Gang { nodes, gpus_per_node } => {
             let per_node = u8::try_from(gpus_per_node).unwrap_or(u8::MAX);
-            models.map(|m| cluster.count_nodes_with_full_gpus(m, per_node)).sum::<u64>() >= u64::from(nodes)
+            cluster.count_nodes_with_room(demand, per_node) >= u64::from(nodes)
         }
     }
 }
@@ -221,7 +227,7 @@ pub fn simulate_federation(
     let mut reported = 0u64;
     let mut next = 0usize;
     let no_needs = JobNeeds::default();
-    let mut facts_buf: Vec<SiteFacts> = Vec::with_capacity(engines.len());
+    let mut facts_buf: Vec<SiteFacts> = engines.iter().map(fixed_facts).collect();
     let mut last_event: Option<SimTime> = None;
     loop {
         let t_arrival = order.get(next).map(|&i| workloads[i as usize].submit_time);
@@ -241,9 +247,8 @@ pub fn simulate_federation(
             next += 1;
             events_done += 1;
             let job_needs = needs.get(i as usize).unwrap_or(&no_needs);
-            facts_buf.clear();
-            for ((e, c), &per_gpu) in engines.iter().zip(&configs).zip(&worst_watts_per_gpu) {
-                facts_buf.push(facts(e, c, per_gpu, w, now, federation.lookahead_hours));
+            for (((f, e), c), &per_gpu) in facts_buf.iter_mut().zip(&engines).zip(&configs).zip(&worst_watts_per_gpu) {
+                update_facts(f, e, c, per_gpu, w, now, federation.lookahead_hours);
             }
             let needs_now = JobNeeds { gpus: w.gpu.total_gpus(), ..job_needs.clone() };
             match dispatch::choose(federation.dispatch, &federation.weights, &needs_now, &facts_buf) {
