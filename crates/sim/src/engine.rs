@@ -66,8 +66,8 @@ struct JobState {
     lost_gpu_s: f64,
     preemptions: u32,
     switches: u32,
-    /// What the running job adds to its sites' DC draw, µW per site, as last metered.
-    dc_uw: Vec<i64>,
+    /// What the running job adds to its sites' DC draw, nW per site, as last metered.
+    dc_nw: Vec<i64>,
     /// GPUs' worth of throughput its caps take, billionths, as last metered.
     lost_ngpu: i64,
 }
@@ -205,8 +205,9 @@ pub(crate) struct Engine<'a> {
     /// sums by them alone (in integers, so the order of updates does not matter) unless caps
     /// moved, when it measures every running job again.
     touched: Vec<WorkloadId>,
-    /// Per site, the running jobs' DC draw above idle, µW; and their capped-away GPUs, billionths.
-    dc_uw: Vec<i64>,
+    /// Per site, the running jobs' DC draw above idle, nW (i64 holds 9 GW a site); and their
+    /// capped-away GPUs, billionths.
+    dc_nw: Vec<i64>,
     lost_ngpu: i64,
     /// The span the report covers when the caller sets one (a federation's sites all report over
     /// the federation's span, idle time included); otherwise first submission to last event.
@@ -279,7 +280,7 @@ impl<'a> Engine<'a> {
             rates_ceiling: 1.0,
             waiting_gpu_milli: 0,
             touched: Vec::new(),
-            dc_uw: Vec::new(),
+            dc_nw: Vec::new(),
             lost_ngpu: 0,
             span: None,
         })
@@ -623,52 +624,52 @@ impl<'a> Engine<'a> {
             let (guard, ceiling) = (&self.guard, self.ceiling);
             let cap_of = |id: WorkloadId| guard.as_ref().map_or(1.0, |g| g.job_cap(id)).min(ceiling);
             let sites = fleet.sites.len();
-            if self.dc_uw.len() != sites {
-                self.dc_uw = vec![0; sites];
+            if self.dc_nw.len() != sites {
+                self.dc_nw = vec![0; sites];
             }
             let meter_job =
-                |id: WorkloadId, state: &mut JobState, dc_uw: &mut [i64], lost_ngpu: &mut i64, p: &sched::Placement| {
-                    state.dc_uw = m.job_dc_uw(p, cap_of(id), sites);
+                |id: WorkloadId, state: &mut JobState, dc_nw: &mut [i64], lost_ngpu: &mut i64, p: &sched::Placement| {
+                    state.dc_nw = m.job_dc_nw(p, cap_of(id), sites);
                     let gpus = p.members.iter().flat_map(|m| &m.gpus).map(|g| f64::from(g.milli)).sum::<f64>();
                     state.lost_ngpu = (gpus / 1000.0 * (1.0 - state.rate) * 1e9).round() as i64;
-                    for (sum, uw) in dc_uw.iter_mut().zip(&state.dc_uw) {
-                        *sum += uw;
+                    for (sum, nw) in dc_nw.iter_mut().zip(&state.dc_nw) {
+                        *sum += nw;
                     }
                     *lost_ngpu += state.lost_ngpu;
                 };
             if caps_moved {
                 // Every running job at its new cap.
-                self.dc_uw.iter_mut().for_each(|x| *x = 0);
+                self.dc_nw.iter_mut().for_each(|x| *x = 0);
                 self.lost_ngpu = 0;
                 for id in self.touched.drain(..) {
                     if let Some(state) = self.jobs.get_mut(id.0 as usize) {
-                        state.dc_uw.clear();
+                        state.dc_nw.clear();
                         state.lost_ngpu = 0;
                     }
                 }
                 for (id, p) in self.cluster.allocations() {
                     let Some(state) = self.jobs.get_mut(id.0 as usize).filter(|s| s.running) else { continue };
-                    meter_job(*id, state, &mut self.dc_uw, &mut self.lost_ngpu, p);
+                    meter_job(*id, state, &mut self.dc_nw, &mut self.lost_ngpu, p);
                 }
             } else {
                 for id in self.touched.drain(..) {
                     let Some(state) = self.jobs.get_mut(id.0 as usize) else { continue };
-                    for (sum, uw) in self.dc_uw.iter_mut().zip(&state.dc_uw) {
-                        *sum -= uw;
+                    for (sum, nw) in self.dc_nw.iter_mut().zip(&state.dc_nw) {
+                        *sum -= nw;
                     }
                     self.lost_ngpu -= state.lost_ngpu;
-                    state.dc_uw.clear();
+                    state.dc_nw.clear();
                     state.lost_ngpu = 0;
                     if state.running
                         && let Some(p) = self.cluster.allocation(id)
                     {
-                        meter_job(id, state, &mut self.dc_uw, &mut self.lost_ngpu, p);
+                        meter_job(id, state, &mut self.dc_nw, &mut self.lost_ngpu, p);
                     }
                 }
             }
             self.cap_lost_gpus = self.lost_ngpu as f64 / 1e9;
             let dc: Vec<f64> =
-                m.site_idle_dc().iter().zip(&self.dc_uw).map(|(idle, uw)| idle + *uw as f64 / 1e6).collect();
+                m.site_idle_dc().iter().zip(&self.dc_nw).map(|(idle, nw)| idle + *nw as f64 / 1e9).collect();
             self.site_w = dc
                 .iter()
                 .enumerate()

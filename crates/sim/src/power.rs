@@ -190,17 +190,18 @@ impl Meter {
     }
 
     /// What a job on `placement` with its GPUs at `cap` adds to each of `sites` sites' DC IT
-    /// power, µW (integers, so that sums kept by adding and removing jobs are exact).
-    pub(crate) fn job_dc_uw(&self, placement: &Placement, cap: f64, sites: usize) -> Vec<i64> {
-        let mut uw = vec![0i64; sites];
+    /// power, nW: integers, so that sums kept by adding and removing jobs are exact, and fine
+    /// enough that a site run at its cap by the guard stays within a billionth of it.
+    pub(crate) fn job_dc_nw(&self, placement: &Placement, cap: f64, sites: usize) -> Vec<i64> {
+        let mut nw = vec![0i64; sites];
         for m in &placement.members {
             let Some(n) = self.nodes.get(m.node.index()) else { continue };
             let gpus = m.gpus.iter().map(|g| f64::from(g.milli)).sum::<f64>() / 1000.0;
-            if let Some(x) = uw.get_mut(n.site) {
-                *x += (gpus * self.gpu_dc(n, cap) * 1e6).round() as i64;
+            if let Some(x) = nw.get_mut(n.site) {
+                *x += (gpus * self.gpu_dc(n, cap) * 1e9).round() as i64;
             }
         }
-        uw
+        nw
     }
 
     /// Per site, the allocation (0..1) at which typical uncapped work would draw the site's `dc`:

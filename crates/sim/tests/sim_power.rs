@@ -271,3 +271,27 @@ proptest! {
         prop_assert!(e.peak_site_mw <= e.power_cap_mw.unwrap() * (1.0 + 1e-9) + 1e-12);
     }
 }
+
+/// Found by `no_run_ever_exceeds_its_cap`: one V100 node under a dynamic, even cap with host
+/// capping, backfill, in the coldest hours of the year.
+#[test]
+fn dynamic_even_cap_on_one_small_node_holds() {
+    let f = fleet(1, 4, "V100");
+    let js = jobs(&[
+        (0, 1, 60),
+        (0, 1, 17617),
+        (5440, 2, 12275),
+        (4725, 1, 3998),
+        (5440, 2, 2545),
+        (1530, 3, 12640),
+        (4882, 2, 13728),
+        (4724, 4, 16664),
+    ]);
+    let mode = PowerMode::Dynamic { min_cap: 0.3697498093683627, share: CapShare::Even, cap_hosts: true };
+    let mut opts = (*options(&f, Cooling::Liquid, Some(0.6584952934546684), mode)).clone();
+    opts.start_hour = 8614;
+    let r = run(f, &js, "backfill", Arc::new(opts));
+    let e = r.power.unwrap();
+    assert_eq!(e.cap_violations, 0);
+    assert_eq!(e.worst_case_violations, 0);
+}
