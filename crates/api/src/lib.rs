@@ -136,6 +136,11 @@ pub struct JobSpec {
     /// The job may wait for cheaper or cleaner power: it yields to other work of its priority.
     #[serde(default)]
     pub deferrable: bool,
+    /// Sent by a federation endpoint: the job starts only while the site holds a federation
+    /// lease (`PUT /v1/federation/lease`), so that a job the federation moved away from a site
+    /// cut off from it never starts there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub federated: bool,
     /// The job is stopped (failed; an instance: expired) after this many seconds of running.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int64")]
     pub max_runtime_s: Option<u64>,
@@ -162,6 +167,7 @@ impl Default for JobSpec {
             image: None,
             priority: 0,
             deferrable: false,
+            federated: false,
             max_runtime_s: None,
             restart_policy: RestartPolicy::Never,
             max_restarts: default_max_restarts(),
@@ -216,6 +222,55 @@ pub struct Job {
     /// State history, oldest first; only in `GET /v1/jobs/{id}`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<StateChange>,
+    /// Answered by a federation endpoint: the site the job went to and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<FederationPlace>,
+}
+
+/// Where a federation endpoint sent a job, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FederationPlace {
+    pub site: String,
+    /// The job's id at that site, once the site took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_job_id: Option<i64>,
+    /// Why that site, as the dispatch policy saw it.
+    pub reason: String,
+    /// Sites it left (that site stopped answering while the job waited there), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<FederationMove>,
+}
+
+/// A site a job left.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FederationMove {
+    pub site: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_job_id: Option<i64>,
+    pub reason: String,
+    pub left_at_ms: i64,
+    /// Why it left.
+    pub why: String,
+}
+
+/// A federation endpoint's view of one of its sites (`GET /v1/federation/sites`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FederationSite {
+    pub name: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The last poll was answered.
+    pub reachable: bool,
+    /// It has not answered for longer than the federation's loss delay: its waiting jobs move.
+    pub lost: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_answer_ms: Option<i64>,
+    pub gpus: u64,
+    pub gpus_free: u64,
+    pub gpus_pending: f64,
+    /// Jobs the federation has there, not ended.
+    pub active_jobs: u64,
 }
 
 /// `GET /v1/jobs`.
@@ -270,8 +325,8 @@ pub struct AuditEntry {
     pub at_ms: i64,
     pub actor: String,
     /// `tenant.create`, `tenant.token.rotate`, `tenant.token.revoke`, `tenant.remove`,
-    /// `quota.set`, `site.gpu_power_cap`, `node.drain`, `node.resume`, `node.remove`,
-    /// `join_token.create`, `join_token.revoke`.
+    /// `quota.set`, `site.gpu_power_cap`, `federation.lease`, `node.drain`, `node.resume`,
+    /// `node.remove`, `join_token.create`, `join_token.revoke`.
     pub action: String,
     pub target: String,
     /// The values set, as JSON.
@@ -406,6 +461,9 @@ pub struct Drain {
 pub struct Site {
     pub name: String,
     pub cooling: String,
+    /// Region the site stands in (an ISO 3166-2 code such as `FR-ARA`), as the fleet declares it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     #[serde(deserialize_with = "crate::ranges::int32")]
     pub nodes: u32,
     #[serde(deserialize_with = "crate::ranges::int64")]
@@ -427,6 +485,50 @@ pub struct Site {
     pub power_nameplate_watts: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_cap_watts: Option<f64>,
+    /// GPUs asked for by the jobs waiting in this server's queue (pending: not placed yet), a
+    /// share of one GPU counting as its fraction. One server schedules all its sites' nodes
+    /// from one queue and a job is not bound to a site before it is placed: every site of the
+    /// server reports the server's whole figure.
+    #[serde(default)]
+    pub gpus_pending: f64,
+    /// The site's GPUs by model, for nodes that have GPUs.
+    #[serde(default)]
+    pub gpu_models: Vec<SiteGpuModel>,
+}
+
+/// The GPUs of one model at a site.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SiteGpuModel {
+    /// The model's name in the fleet (`H200`).
+    pub model: String,
+    /// Nodes of the site with GPUs of this model.
+    #[serde(deserialize_with = "crate::ranges::int32")]
+    pub nodes: u32,
+    #[serde(deserialize_with = "crate::ranges::int64")]
+    pub gpus: u64,
+    /// GPUs of the largest such node: the most one gang member of this model can ask for here.
+    #[serde(deserialize_with = "crate::ranges::int32")]
+    pub gpus_per_node_max: u32,
+    /// GPUs of this model with no work placed on them.
+    #[serde(deserialize_with = "crate::ranges::int64")]
+    pub gpus_free: u64,
+}
+
+/// `PUT /v1/federation/lease`: the federation endpoint renews the site's lease on federated jobs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FederationLease {
+    /// How long from now, on the site's own clock, federated jobs may start: 1 to 600,000 ms.
+    #[serde(deserialize_with = "crate::ranges::int64")]
+    pub lease_ms: u64,
+}
+
+/// The site's federation lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FederationLeaseState {
+    /// Until when federated jobs may start, Unix milliseconds on the site's clock; 0 when no
+    /// lease was ever given.
+    pub until_ms: i64,
 }
 
 /// `PUT /v1/sites/{name}/gpu-power-cap`: the power cap every GPU of the site is to run under.
@@ -875,6 +977,8 @@ pub struct ClusterStatus {
         paths::list_nodes,
         paths::list_sites,
         paths::set_gpu_power_cap,
+        paths::get_federation_lease,
+        paths::set_federation_lease,
         paths::drain_node,
         paths::resume_node,
         paths::remove_node,
@@ -893,7 +997,7 @@ pub struct ClusterStatus {
         GpuInfo, JoinToken, AgentJoin, AgentJoined, RunKey, RunExit, Heartbeat, Assignment, HeartbeatReply,
         NodeHeartbeat, HeartbeatBatch, NodeHeartbeatReply, HeartbeatBatchReply,
         LogStream, LogRequest, LogChunk, JobLogs, GpuPowerCap, Leader, Replica, ClusterStatus, NewJoinToken, JoinTokenInfo, Drain,
-        TokenRotation, AuditEntry
+        TokenRotation, AuditEntry, SiteGpuModel, FederationLease, FederationLeaseState
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

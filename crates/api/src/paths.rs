@@ -3,9 +3,10 @@
 #![allow(dead_code)]
 
 use crate::{
-    AgentJoin, AgentJoined, AuditEntry, ClusterStatus, Drain, ErrorBody, Event, GpuPowerCap, Health, Heartbeat,
-    HeartbeatBatch, HeartbeatBatchReply, HeartbeatReply, Job, JobList, JobLogs, JobSpec, JoinToken, JoinTokenInfo,
-    LogChunk, NewJoinToken, NewTenant, Node, Quota, QuotaUpdate, Site, Tenant, TenantCreated, TokenRotation,
+    AgentJoin, AgentJoined, AuditEntry, ClusterStatus, Drain, ErrorBody, Event, FederationLease, FederationLeaseState,
+    GpuPowerCap, Health, Heartbeat, HeartbeatBatch, HeartbeatBatchReply, HeartbeatReply, Job, JobList, JobLogs,
+    JobSpec, JoinToken, JoinTokenInfo, LogChunk, NewJoinToken, NewTenant, Node, Quota, QuotaUpdate, Site, Tenant,
+    TenantCreated, TokenRotation,
 };
 
 /// Liveness and database reachability.
@@ -233,6 +234,27 @@ pub fn list_sites() {}
         (status = 400, description = "The body is not JSON, or a path segment is not UTF-8", body = ErrorBody),
     ))]
 pub fn set_gpu_power_cap() {}
+
+/// The site's federation lease (admin only): until when federated jobs may start here.
+#[utoipa::path(get, path = "/v1/federation/lease", tag = "fleet", responses(
+    (status = 200, description = "The lease; `until_ms` 0 when none was given", body = FederationLeaseState),
+    (status = 401, description = "Missing or bad token", body = ErrorBody),
+    (status = 403, description = "Not the admin token", body = ErrorBody),
+))]
+pub fn get_federation_lease() {}
+
+/// Renews the site's federation lease (admin only, the federation endpoint's token): federated
+/// jobs may start here for `lease_ms` from now, on this server's clock. Once it runs out, they
+/// wait in the queue until the next renewal; other jobs are not affected.
+#[utoipa::path(put, path = "/v1/federation/lease", tag = "fleet", request_body = FederationLease,
+    responses(
+        (status = 200, description = "The lease as renewed", body = FederationLeaseState),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Not the admin token", body = ErrorBody),
+        (status = 422, description = "`lease_ms` out of range (1 to 600,000); `field` names it", body = ErrorBody),
+        (status = 400, description = "The body is not JSON", body = ErrorBody),
+    ))]
+pub fn set_federation_lease() {}
 
 /// Drains a node (admin only): it takes no new work; what runs there goes on. Kept across
 /// restarts and replicas.

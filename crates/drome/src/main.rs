@@ -32,6 +32,9 @@ enum Command {
     Up(cmd::up::UpArgs),
     /// Run the control plane: REST API, scheduler and nodes over SQLite or PostgreSQL.
     Server(cmd::server::ServerArgs),
+    /// Serve one API over many sites, each its own `drome server`: jobs go to a site by
+    /// constraints, fit, power, price, carbon, heat demand and data, and move off a lost site.
+    Federation(Box<cmd::federation::FederationArgs>),
     /// Copy the embedded store while the server runs (PostgreSQL: pg_dump).
     Backup(cmd::backup::BackupArgs),
     /// Put a copy made by `drome backup` in place of the embedded store (no server running).
@@ -72,6 +75,7 @@ fn run() -> anyhow::Result<()> {
         Command::Energy(args) => cmd::energy::run(args),
         Command::Up(args) => cmd::up::run(args),
         Command::Server(args) => cmd::server::run(args),
+        Command::Federation(args) => cmd::federation::run(*args),
         Command::Backup(args) => cmd::backup::backup(args),
         Command::Restore(args) => cmd::backup::restore(args),
         Command::Agent(args) => cmd::agent::run(args),

@@ -164,6 +164,7 @@ pub fn job_to_api(job: &store::Job, tenant: &str, history: &[store::JobEvent]) -
             image: job.spec.image.clone(),
             priority: i32::try_from(job.spec.priority).unwrap_or(0),
             deferrable: job.spec.deferrable,
+            federated: job.spec.federated,
             max_runtime_s: job.spec.max_runtime_s.and_then(|s| u64::try_from(s).ok()),
             restart_policy,
             max_restarts: u32::try_from(job.spec.max_restarts).unwrap_or(0),
@@ -180,5 +181,6 @@ pub fn job_to_api(job: &store::Job, tenant: &str, history: &[store::JobEvent]) -
             .iter()
             .map(|e| api::StateChange { state: state_to_api(e.state), at_ms: e.at_ms, message: e.message.clone() })
             .collect(),
+        federation: None,
     })
 }

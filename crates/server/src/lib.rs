@@ -139,6 +139,8 @@ impl Config {
 pub(crate) struct Snapshot {
     /// GPUs in use per node, by node index.
     pub node_gpus_used: Vec<u32>,
+    /// GPUs asked for by the pending jobs, thousandths (a share of one GPU counts as its share).
+    pub gpus_pending_milli: u64,
 }
 
 /// Shared by every handler.
@@ -319,7 +321,10 @@ impl Common {
             tenant_cache: self.tenant_cache.clone(),
             limiter: self.limiter.clone(),
             events: self.events.clone(),
-            snapshot: Arc::new(RwLock::new(Snapshot { node_gpus_used: vec![0; self.fleet.nodes.len()] })),
+            snapshot: Arc::new(RwLock::new(Snapshot {
+                node_gpus_used: vec![0; self.fleet.nodes.len()],
+                gpus_pending_milli: 0,
+            })),
             remote: None,
             site_caps: Arc::default(),
             dynamic_caps: false,

@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sites", leader_only(get(list_sites)))
         .route("/cluster", get(cluster))
         .route("/sites/{name}/gpu-power-cap", leader_only(put(set_gpu_power_cap)))
+        .route("/federation/lease", leader_only(get(get_federation_lease).put(set_federation_lease)))
         .route("/nodes/{name}/drain", leader_only(put(drain_node).delete(resume_node)))
         .route("/nodes/{name}/remove", leader_only(post(remove_node)))
         .route("/events", get(events))
@@ -557,6 +558,7 @@ fn validate(
         gpu_model: spec.gpu_model.clone(),
         priority: i64::from(spec.priority),
         deferrable: spec.deferrable,
+        federated: spec.federated,
         max_runtime_s: spec.max_runtime_s.map(|s| s as i64),
         restart_policy: spec.restart_policy.as_str().to_string(),
         max_restarts: i64::from(spec.max_restarts),
@@ -710,6 +712,12 @@ fn gpus_used(st: &AppState) -> Vec<u32> {
     snap.node_gpus_used.clone()
 }
 
+/// GPUs asked for by the jobs in the scheduler's queue, a share of one GPU as its fraction.
+fn gpus_pending(st: &AppState) -> f64 {
+    let snap = st.snapshot.read().unwrap_or_else(|e| e.into_inner());
+    snap.gpus_pending_milli as f64 / 1000.0
+}
+
 async fn list_nodes(State(st): State<AppState>, _caller: Caller) -> Json<Vec<api::Node>> {
     Json(nodes(&st))
 }
@@ -842,6 +850,7 @@ pub(crate) fn cap_key(site: &str) -> String {
 
 fn sites(st: &AppState) -> Vec<api::Site> {
     let used = gpus_used(st);
+    let pending = gpus_pending(st);
     let power = st.remote.as_ref().map(|r| r.power()).unwrap_or_default();
     let caps = st.site_caps.read().unwrap_or_else(|e| e.into_inner()).clone();
     let fleet = &st.fleet;
@@ -851,6 +860,7 @@ fn sites(st: &AppState) -> Vec<api::Site> {
         .map(|s| api::Site {
             name: s.name.clone(),
             cooling: s.cooling.as_str().to_string(),
+            region: s.env.region.clone(),
             nodes: 0,
             gpus: 0,
             gpus_free: 0,
@@ -860,6 +870,9 @@ fn sites(st: &AppState) -> Vec<api::Site> {
             gpu_power_cap_watts: caps.get(&s.name).copied(),
             power_nameplate_watts: 0.0,
             power_cap_watts: s.grid_power_cap_watts,
+            // One queue for every site of this server: each reports all of it.
+            gpus_pending: pending,
+            gpu_models: Vec::new(),
         })
         .collect();
     for (i, n) in fleet.nodes.iter().enumerate() {
@@ -879,6 +892,30 @@ fn sites(st: &AppState) -> Vec<api::Site> {
             None => site.power_watts += board * f64::from(u),
         }
         site.power_nameplate_watts += board * f64::from(gpus);
+        if let Some(model) = n.gpu_model.filter(|_| gpus > 0) {
+            let name = &fleet.gpu_model(model).name;
+            let at = match site.gpu_models.iter().position(|m| &m.model == name) {
+                Some(at) => at,
+                None => {
+                    site.gpu_models.push(api::SiteGpuModel {
+                        model: name.clone(),
+                        nodes: 0,
+                        gpus: 0,
+                        gpus_per_node_max: 0,
+                        gpus_free: 0,
+                    });
+                    site.gpu_models.len() - 1
+                }
+            };
+            let m = &mut site.gpu_models[at];
+            m.nodes += 1;
+            m.gpus += u64::from(gpus);
+            m.gpus_per_node_max = m.gpus_per_node_max.max(gpus);
+            m.gpus_free += u64::from(gpus - u);
+        }
+    }
+    for site in &mut sites {
+        site.gpu_models.sort_by(|a, b| a.model.cmp(&b.model));
     }
     sites
 }
@@ -963,6 +1000,37 @@ async fn set_gpu_power_cap(
     tracing::info!(site = %name, watts = ?body.gpu_power_cap_watts, nodes = nodes.len(), "gpu power cap set");
     let site = sites(&st).into_iter().find(|s| s.name == name);
     site.map(Json).ok_or(ApiError::NotFound(name))
+}
+
+/// The longest federation lease a renewal gives: a federation endpoint renews well within it.
+const MAX_FEDERATION_LEASE_MS: u64 = 600_000;
+
+async fn get_federation_lease(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+) -> Result<Json<api::FederationLeaseState>, ApiError> {
+    let stored = st.store.setting(crate::scheduler::FEDERATION_LEASE_KEY).await?;
+    // Unreadable counts as none, as the scheduler reads it.
+    let until_ms = stored.and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok(Json(api::FederationLeaseState { until_ms }))
+}
+
+/// Renews the federation lease from this server's clock, so the federation's clock never
+/// matters: it must only count the lease from before it sent the renewal.
+async fn set_federation_lease(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    ApiJson(body): ApiJson<api::FederationLease>,
+) -> Result<Json<api::FederationLeaseState>, ApiError> {
+    if !(1..=MAX_FEDERATION_LEASE_MS).contains(&body.lease_ms) {
+        return Err(ApiError::invalid("lease_ms", format!("between 1 and {MAX_FEDERATION_LEASE_MS} milliseconds")));
+    }
+    let until_ms = now_ms().saturating_add(body.lease_ms as i64);
+    let store = audited(&st, "federation.lease", "federation", serde_json::json!({"lease_ms": body.lease_ms}));
+    store.set_setting(crate::scheduler::FEDERATION_LEASE_KEY, &until_ms.to_string()).await?;
+    st.tell_scheduler(crate::scheduler::SchedEvent::FederationLease(until_ms));
+    tracing::debug!(lease_ms = body.lease_ms, until_ms, "federation lease renewed");
+    Ok(Json(api::FederationLeaseState { until_ms }))
 }
 
 #[derive(Deserialize)]

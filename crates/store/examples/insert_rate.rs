@@ -35,6 +35,7 @@ fn job(tenant_id: i64, key: String) -> NewJob {
         gpu_model: Some("H100".into()),
         priority: 0,
         deferrable: false,
+        federated: false,
         max_runtime_s: Some(3600),
         restart_policy: "never".into(),
         max_restarts: 0,

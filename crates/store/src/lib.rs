@@ -24,9 +24,11 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+mod federation;
 mod notice;
 pub mod testing;
 
+pub use federation::{FED_FORWARDING, FED_LOST, FedInserted, FedJob, FedMove, FedStateUpdate, NewFedJob};
 use notice::WriteKind;
 pub use notice::{Listener, Notice};
 
@@ -202,6 +204,8 @@ pub struct NewJob {
     pub gpu_model: Option<String>,
     pub priority: i64,
     pub deferrable: bool,
+    /// Sent by a federation endpoint: it starts only while the site holds a federation lease.
+    pub federated: bool,
     pub max_runtime_s: Option<i64>,
     pub restart_policy: String,
     pub max_restarts: i64,
@@ -363,7 +367,8 @@ const TENANT_COLUMNS: &str =
 
 const JOB_COLUMNS: &str = "id, tenant_id, name, command, args_json, env_json, gpus_per_node, nodes, gpu_model, \
      priority, is_deferrable, max_runtime_s, restart_policy, max_restarts, idempotency_key, request_hash, state, \
-     generation, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms, gpu_milli, cpu_milli, memory_mib, image";
+     generation, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms, gpu_milli, cpu_milli, memory_mib, image, \
+     federated";
 
 /// The store's migrations in order: (version, description, file name). Both engines have a
 /// file of that name, each in its own dialect.
@@ -402,6 +407,8 @@ migrations![
     (12, "job image", "0012_job_image.sql"),
     (13, "tokens and audit", "0013_tokens_audit.sql"),
     (14, "tenant max priority", "0014_tenant_max_priority.sql"),
+    (15, "federated jobs", "0015_federated.sql"),
+    (16, "federation", "0016_federation.sql"),
 ];
 
 /// How long a call waits for a free connection before it fails.
@@ -861,6 +868,7 @@ impl Store {
             cpu_milli: r.try_get(25)?,
             memory_mib: r.try_get(26)?,
             image: r.try_get(27)?,
+            federated: r.try_get::<i64, _>(28)? != 0,
         };
         Ok(Job {
             id: r.try_get(0)?,
@@ -1983,9 +1991,9 @@ async fn insert_batch(
 /// The columns a submission fills, in the order [`insert_in`] binds them.
 const INSERT_COLUMNS: &str = "tenant_id, name, command, args_json, env_json, gpus_per_node, nodes, gpu_model, \
      priority, is_deferrable, max_runtime_s, restart_policy, max_restarts, idempotency_key, request_hash, \
-     state, generation, submitted_ms, gpu_milli, cpu_milli, memory_mib, image";
+     state, generation, submitted_ms, gpu_milli, cpu_milli, memory_mib, image, federated";
 /// Parameters a submission binds (every column of [`INSERT_COLUMNS`] but `state` and `generation`).
-const INSERT_PARAMS: usize = 20;
+const INSERT_PARAMS: usize = 21;
 
 /// Stores `jobs` and their first history entries inside a transaction, as if one after the
 /// other: a key used before, or earlier in `jobs`, stores nothing and answers the job stored
@@ -2016,7 +2024,7 @@ async fn insert_in(conn: &mut AnyConnection, backend: Backend, jobs: &[(&NewJob,
             "INSERT INTO jobs ({INSERT_COLUMNS}) \
              SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, column10, \
                     column11, column12, column13, column14, column15, 'pending', 0, column16, column17, \
-                    column18, column19, column20 \
+                    column18, column19, column20, column21 \
              FROM (VALUES {}) AS submitted WHERE column1 IS NOT NULL \
              ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}",
             values_list(size, INSERT_PARAMS)
@@ -2044,7 +2052,8 @@ async fn insert_in(conn: &mut AnyConnection, backend: Backend, jobs: &[(&NewJob,
                 .bind(job.gpu_milli)
                 .bind(job.cpu_milli)
                 .bind(job.memory_mib)
-                .bind(job.image.as_deref());
+                .bind(job.image.as_deref())
+                .bind(i64::from(job.federated));
         }
         // Spare rows: NULL in every column, of each column's type (PostgreSQL types the VALUES
         // columns from them too), and left out by the WHERE.
@@ -2052,7 +2061,7 @@ async fn insert_in(conn: &mut AnyConnection, backend: Backend, jobs: &[(&NewJob,
         for _ in rows.len()..size {
             q = q.bind(no_int).bind(no_text).bind(no_text).bind(no_text).bind(no_text).bind(no_int).bind(no_int);
             q = q.bind(no_text).bind(no_int).bind(no_int).bind(no_int).bind(no_text).bind(no_int).bind(no_text);
-            q = q.bind(no_text).bind(no_int).bind(no_int).bind(no_int).bind(no_int).bind(no_text);
+            q = q.bind(no_text).bind(no_int).bind(no_int).bind(no_int).bind(no_int).bind(no_text).bind(no_int);
         }
         for r in q.fetch_all(&mut *conn).await? {
             created.push(Store::job_of(&r)?);

@@ -22,6 +22,7 @@ fn new_job(tenant_id: i64, key: Option<&str>) -> NewJob {
         gpu_model: Some("H200".into()),
         priority: 0,
         deferrable: false,
+        federated: false,
         max_runtime_s: None,
         restart_policy: "never".into(),
         max_restarts: 0,
@@ -235,7 +236,7 @@ async fn agents(store: &Store) {
 }
 
 /// A share of one GPU is kept as asked; whole-GPU jobs have none; so are the CPUs and memory a
-/// job holds. Runs last: it adds a job.
+/// job holds, and the federated mark. Runs last: it adds jobs.
 async fn gpu_shares(store: &Store) {
     let t = store.create_tenant("shares", "hash-shares", TenantQuota::default(), 99).await.unwrap();
     let share = NewJob {
@@ -251,7 +252,12 @@ async fn gpu_shares(store: &Store) {
     let read = store.job_by_id(stored.id).await.unwrap().unwrap();
     assert_eq!((read.spec.gpu_milli, read.spec.cpu_milli, read.spec.memory_mib), (Some(250), 3_500, 24_576));
     let whole = store.insert_job(&new_job(t.id, None), 16).await.unwrap().job;
-    assert_eq!(store.job_by_id(whole.id).await.unwrap().unwrap().spec.gpu_milli, None);
+    let whole = store.job_by_id(whole.id).await.unwrap().unwrap();
+    assert_eq!((whole.spec.gpu_milli, whole.spec.federated), (None, false));
+    // A federated job keeps its mark, which holds its starts to the site's federation lease.
+    let federated = store.insert_job(&NewJob { federated: true, ..new_job(t.id, None) }, 17).await.unwrap().job;
+    assert!(federated.spec.federated);
+    assert!(store.job_by_id(federated.id).await.unwrap().unwrap().spec.federated);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

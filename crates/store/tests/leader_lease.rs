@@ -21,6 +21,7 @@ fn job(tenant_id: i64) -> NewJob {
         gpu_model: None,
         priority: 0,
         deferrable: false,
+        federated: false,
         max_runtime_s: None,
         restart_policy: "never".into(),
         max_restarts: 0,

@@ -495,6 +495,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         image: args.image,
         priority: args.priority,
         deferrable: args.deferrable,
+        federated: false,
         max_runtime_s: args.max_runtime,
         restart_policy: if args.restart == "on-failure" {
             api::RestartPolicy::OnFailure
@@ -558,6 +559,14 @@ fn print_job(job: &api::Job, output: Output) -> anyhow::Result<()> {
         println!("  image      {image}");
     }
     println!("  gpus       {}", gpus_of(job));
+    if let Some(f) = &job.federation {
+        let there = f.site_job_id.map(|id| format!(" (its job {id} there)")).unwrap_or_default();
+        println!("  site       {}{there}", f.site);
+        println!("  why        {}", f.reason);
+        for m in &f.moves {
+            println!("  left       {} at {}: {}", m.site, fmt_time(m.left_at_ms), m.why);
+        }
+    }
     let cpus = job.spec.cpu_milli.map_or_else(|| "-".to_string(), fmt_cpus);
     let memory = job.spec.memory_mib.map_or_else(|| "-".to_string(), fmt_mib);
     println!("  per node   {cpus} CPUs, {memory} of memory");

@@ -11,6 +11,7 @@ pub mod bench_sandbox;
 pub mod bench_submit;
 pub mod client;
 pub mod energy;
+pub mod federation;
 pub mod fleet;
 pub mod server;
 pub mod sim;

@@ -46,6 +46,7 @@ pub(crate) fn pending_job(id: i64, tenant_id: i64, gpus_per_node: i64, nodes: i6
             gpu_model: None,
             priority,
             deferrable: false,
+            federated: false,
             max_runtime_s: None,
             restart_policy: "never".into(),
             max_restarts: 0,

@@ -32,6 +32,9 @@ pub(crate) enum Place {
     Deferred(i64),
     /// Pending, held out of the queue by its tenant's quota.
     Held,
+    /// Federated and pending while the site holds no federation lease: out of the queue, so
+    /// that it neither starts nor keeps GPUs from other work in the policy's rounds.
+    Fenced,
     /// In the queue the policy reads.
     Queued,
     /// Holding its placement on the cluster (scheduled or running).
@@ -124,6 +127,12 @@ pub(crate) struct LiveState {
     held: HashMap<i64, BTreeSet<QueueKey>>,
     /// Deferrable jobs by the time they may enter the queue.
     deferred: BTreeSet<(i64, i64)>,
+    /// Whether federated jobs may enter the queue: the site holds a federation lease.
+    federation_open: bool,
+    /// Federated jobs waiting for a federation lease, in queue order.
+    fenced: BTreeSet<QueueKey>,
+    /// GPUs asked for by the pending jobs (queued, held, deferred or fenced), thousandths.
+    pending_gpu_milli: u64,
     /// Nodes without a live agent: their free GPUs are held by a blocker workload.
     blocked: HashMap<NodeId, WorkloadId>,
     blockers: std::collections::HashSet<WorkloadId>,
@@ -156,6 +165,9 @@ impl LiveState {
             reserved: HashMap::new(),
             held: HashMap::new(),
             deferred: BTreeSet::new(),
+            federation_open: false,
+            fenced: BTreeSet::new(),
+            pending_gpu_milli: 0,
             blocked: HashMap::new(),
             blockers: Default::default(),
             node_gpus_used: vec![0; nodes],
@@ -205,6 +217,45 @@ impl LiveState {
 
     pub fn pending_jobs(&self) -> usize {
         self.jobs.len() - self.placed_jobs - self.stopping_jobs
+    }
+
+    /// GPUs the pending jobs ask for, thousandths (a share of one GPU counts as its share).
+    pub fn pending_gpu_milli(&self) -> u64 {
+        self.pending_gpu_milli
+    }
+
+    /// Opens or closes the queue to federated jobs as the site's federation lease holds or lapses:
+    /// closing takes the queued ones out (their tenants' reservations freed for other work),
+    /// opening lets the fenced ones in, in queue order. Returns whether it changed.
+    pub fn set_federation_open(&mut self, open: bool) -> bool {
+        if self.federation_open == open {
+            return false;
+        }
+        self.federation_open = open;
+        if open {
+            for key in std::mem::take(&mut self.fenced) {
+                self.admit(key.2);
+            }
+            return true;
+        }
+        let mut queued: Vec<(i64, i64)> = self
+            .jobs
+            .values()
+            .filter(|j| j.job.spec.federated && j.place == Place::Queued)
+            .map(|j| (j.job.id, j.job.spec.tenant_id))
+            .collect();
+        queued.sort_unstable();
+        let mut tenants: Vec<i64> = queued.iter().map(|(_, t)| *t).collect();
+        for (id, _) in queued {
+            self.unqueue(id);
+            self.fence(id);
+        }
+        tenants.sort_unstable();
+        tenants.dedup();
+        for tenant in tenants {
+            self.admit_held(tenant);
+        }
+        true
     }
 
     /// Whether a run being stopped still holds a node of `placement`: work placed there waits.
@@ -262,6 +313,10 @@ impl LiveState {
     }
 
     fn stopping_now(&mut self, id: i64, placement: Placement) {
+        // Called on a job just taken into memory or just vacated: it was counted as pending.
+        if let Some(j) = self.jobs.get(&id) {
+            self.pending_gpu_milli = self.pending_gpu_milli.saturating_sub(gpu_milli_of(&j.job));
+        }
         for m in &placement.members {
             *self.stopping_nodes.entry(m.node).or_default() += 1;
         }
@@ -349,6 +404,7 @@ impl LiveState {
             demand.node_features |= RUNS_IMAGES;
         }
         let holds = Holding::of(&job);
+        self.pending_gpu_milli = self.pending_gpu_milli.saturating_add(gpu_milli_of(&job));
         self.job_of_wid.insert(wid, job.id);
         self.jobs.insert(job.id, LiveJob { job, wid, workload: Arc::new(workload), demand, holds, place: Place::Held });
         Ok(())
@@ -417,6 +473,10 @@ impl LiveState {
 
     fn enqueue(&mut self, id: i64) {
         let Some(j) = self.jobs.get_mut(&id) else { return };
+        if j.job.spec.federated && !self.federation_open {
+            self.fence(id);
+            return;
+        }
         j.place = Place::Queued;
         let key = key_of(&j.job);
         self.reserved.entry(j.job.spec.tenant_id).or_default().add(j.holds);
@@ -426,6 +486,12 @@ impl LiveState {
         }
         self.queue_tail = Some(self.queue_tail.map_or(key, |t| t.max(key)));
         self.queue.push(queued);
+    }
+
+    fn fence(&mut self, id: i64) {
+        let Some(j) = self.jobs.get_mut(&id) else { return };
+        j.place = Place::Fenced;
+        self.fenced.insert(key_of(&j.job));
     }
 
     /// Takes a queued job out of the queue (it stays in memory).
@@ -476,6 +542,7 @@ impl LiveState {
     fn placed_now(&mut self, id: i64, placement: Placement) {
         let Some(j) = self.jobs.get_mut(&id) else { return };
         let tenant = j.job.spec.tenant_id;
+        self.pending_gpu_milli = self.pending_gpu_milli.saturating_sub(gpu_milli_of(&j.job));
         if j.place != Place::Queued {
             // Restored from the store: not reserved yet.
             self.reserved.entry(tenant).or_default().add(j.holds);
@@ -497,9 +564,16 @@ impl LiveState {
         let tenant = j.job.spec.tenant_id;
         let place = std::mem::replace(&mut j.place, Place::Held);
         let (wid, holds) = (j.wid, j.holds);
+        if matches!(place, Place::Placed(_) | Place::Stopping(_)) {
+            // Held now: pending again until it is forgotten or placed.
+            self.pending_gpu_milli = self.pending_gpu_milli.saturating_add(gpu_milli_of(&j.job));
+        }
         match place {
             Place::Deferred(t) => {
                 self.deferred.remove(&(t, id));
+            }
+            Place::Fenced => {
+                self.fenced.remove(&key_of(&j.job));
             }
             Place::Held => {
                 let key = key_of(&j.job);
@@ -558,6 +632,9 @@ impl LiveState {
 
     fn forget(&mut self, id: i64) -> Option<LiveJob> {
         let j = self.jobs.remove(&id)?;
+        if !matches!(j.place, Place::Placed(_) | Place::Stopping(_)) {
+            self.pending_gpu_milli = self.pending_gpu_milli.saturating_sub(gpu_milli_of(&j.job));
+        }
         self.job_of_wid.remove(&j.wid);
         Some(j)
     }
@@ -647,6 +724,7 @@ impl LiveState {
         let mut reserved: HashMap<i64, Holding> = HashMap::new();
         let mut used = vec![0u32; self.node_gpus_used.len()];
         let mut stopping: HashMap<NodeId, u32> = HashMap::new();
+        let mut pending_milli = 0u64;
         for j in self.jobs.values() {
             match &j.place {
                 Place::Placed(p) => {
@@ -662,12 +740,20 @@ impl LiveState {
                     if !self.queue.contains(j.wid) {
                         return Err(format!("job {} is queued but not in the queue", j.job.id));
                     }
+                    if j.job.spec.federated && !self.federation_open {
+                        return Err(format!("federated job {} is queued without a lease", j.job.id));
+                    }
                     reserved.entry(j.job.spec.tenant_id).or_default().add(j.holds);
+                    pending_milli += gpu_milli_of(&j.job);
                 }
-                Place::Held | Place::Deferred(_) => {
+                Place::Held | Place::Deferred(_) | Place::Fenced => {
                     if self.queue.contains(j.wid) {
                         return Err(format!("job {} waits but is in the queue", j.job.id));
                     }
+                    if j.place == Place::Fenced && (self.federation_open || !j.job.spec.federated) {
+                        return Err(format!("job {} is fenced though it may be queued", j.job.id));
+                    }
+                    pending_milli += gpu_milli_of(&j.job);
                 }
                 Place::Stopping(p) => {
                     if self.queue.contains(j.wid) || self.cluster.allocation(j.wid).is_some() {
@@ -681,6 +767,15 @@ impl LiveState {
         }
         if stopping != self.stopping_nodes {
             return Err("runs being stopped per node disagree with the jobs".into());
+        }
+        if pending_milli != self.pending_gpu_milli {
+            return Err(format!(
+                "pending jobs ask {pending_milli} GPU thousandths, counted {}",
+                self.pending_gpu_milli
+            ));
+        }
+        if self.fenced.len() != self.jobs.values().filter(|j| j.place == Place::Fenced).count() {
+            return Err("the fenced set disagrees with the fenced jobs".into());
         }
         for id in &self.waiting {
             match self.jobs.get(id) {
@@ -714,6 +809,20 @@ impl LiveState {
             return Err(format!("the cluster holds {in_cluster} allocations, {} jobs placed", self.placed_jobs));
         }
         Ok(())
+    }
+}
+
+/// GPUs a job asks for, thousandths: a share of one GPU as asked, else whole GPUs on every node.
+fn gpu_milli_of(job: &Job) -> u64 {
+    match job.spec.gpu_milli {
+        Some(milli) => milli.max(0).unsigned_abs(),
+        None => job
+            .spec
+            .gpus_per_node
+            .max(0)
+            .unsigned_abs()
+            .saturating_mul(job.spec.nodes.max(1).unsigned_abs())
+            .saturating_mul(1000),
     }
 }
 
@@ -931,8 +1040,11 @@ mod tests {
             nodes: i64,
             priority: i64,
             cpu_milli: i64,
+            federated: bool,
         },
         Schedule,
+        /// The federation lease is given (or renewed) or lapses.
+        Lease(bool),
         End(usize),
         Requeue(usize),
         Cancel(usize),
@@ -955,8 +1067,9 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (0i64..3, 0i64..=8, 1i64..=2, 0i64..3, 0i64..4)
-                .prop_map(|(tenant, gpus, nodes, priority, cpus)| Op::Submit { tenant, gpus, nodes: if gpus == 0 { 1 } else { nodes }, priority, cpu_milli: cpus * 500 }),
+            4 => (0i64..3, 0i64..=8, 1i64..=2, 0i64..3, 0i64..4, any::<bool>())
+                .prop_map(|(tenant, gpus, nodes, priority, cpus, federated)| Op::Submit { tenant, gpus, nodes: if gpus == 0 { 1 } else { nodes }, priority, cpu_milli: cpus * 500, federated }),
+            1 => any::<bool>().prop_map(Op::Lease),
             3 => Just(Op::Schedule),
             2 => any::<usize>().prop_map(Op::End),
             1 => any::<usize>().prop_map(Op::Requeue),
@@ -968,6 +1081,47 @@ mod tests {
                 .prop_map(|(tenant, gpus, cpu_milli)| Op::Quota { tenant, gpus, cpu_milli }),
             1 => (0usize..8, any::<bool>()).prop_map(|(index, available)| Op::Node { index, available }),
         ]
+    }
+
+    #[test]
+    fn federated_jobs_wait_out_of_the_queue_for_the_lease() {
+        let mut live = LiveState::new(fleet(), 1);
+        let mut fifo = sched::policy_by_name("fifo", 0).unwrap();
+        live.set_quota(7, gpu_quota(Some(8)));
+        let federated = |id, gpus| {
+            let mut j = job(id, 7, gpus, 1, 0);
+            j.spec.federated = true;
+            j
+        };
+        live.add_pending(federated(1, 8), None, 0).unwrap();
+        live.add_pending(job(2, 7, 4, 1, 0), None, 0).unwrap();
+        let mut share = job(3, 8, 1, 1, 0);
+        share.spec.gpu_milli = Some(250);
+        live.add_pending(share, None, 0).unwrap();
+        assert_eq!(queued_ids(&live), vec![2, 3], "no lease: the federated job keeps no quota nor GPUs");
+        assert_eq!(live.pending_gpu_milli(), 12_250);
+        live.verify().unwrap();
+
+        assert!(live.set_federation_open(true));
+        assert!(!live.set_federation_open(true), "no change");
+        assert_eq!(queued_ids(&live), vec![2, 3], "in, but over its tenant's quota: held");
+        live.remove(2);
+        assert_eq!(queued_ids(&live), vec![3, 1]);
+        live.verify().unwrap();
+
+        // The lease lapses: the queued federated job leaves the queue; a plain one of its tenant
+        // gets the quota back.
+        live.add_pending(job(4, 7, 8, 1, 0), None, 0).unwrap();
+        assert_eq!(queued_ids(&live), vec![3, 1]);
+        assert!(live.set_federation_open(false));
+        assert_eq!(queued_ids(&live), vec![3, 4]);
+        live.verify().unwrap();
+        assert_eq!(schedule(&mut live, fifo.as_mut()), vec![3, 4]);
+        assert_eq!(live.pending_gpu_milli(), 8_000, "the federated job waits");
+        live.verify().unwrap();
+        live.remove(1);
+        assert_eq!(live.pending_gpu_milli(), 0);
+        live.verify().unwrap();
     }
 
     proptest! {
@@ -983,15 +1137,19 @@ mod tests {
             let mut known: Vec<i64> = Vec::new();
             for op in ops {
                 match op {
-                    Op::Submit { tenant, gpus, nodes, priority, cpu_milli } => {
+                    Op::Submit { tenant, gpus, nodes, priority, cpu_milli, federated } => {
                         let mut j = job(next_id, tenant, gpus, nodes, priority);
                         j.spec.cpu_milli = cpu_milli;
+                        j.spec.federated = federated;
                         live.add_pending(j, None, 0).unwrap();
                         known.push(next_id);
                         next_id += 1;
                     }
                     Op::Schedule => {
                         schedule(&mut live, fifo.as_mut());
+                    }
+                    Op::Lease(open) => {
+                        live.set_federation_open(open);
                     }
                     Op::End(k) | Op::Cancel(k) if !known.is_empty() => {
                         let id = known.swap_remove(k % known.len());

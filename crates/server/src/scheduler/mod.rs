@@ -32,10 +32,17 @@ pub(crate) enum SchedEvent {
         tenant_id: i64,
         quota: store::TenantQuota,
     },
+    /// The site's federation lease now runs until this time, Unix ms on this server's clock
+    /// (stored already under [`FEDERATION_LEASE_KEY`]).
+    FederationLease(i64),
     /// What other replicas wrote may have been missed (their notices were lost): read the
     /// whole state from the store again.
     Reload,
 }
+
+/// The settings key of the site's federation lease: until when federated jobs may start, Unix
+/// ms on this server's clock.
+pub(crate) const FEDERATION_LEASE_KEY: &str = "federation_lease_until_ms";
 
 /// The sending side handed to the API.
 pub(crate) type SchedEvents = mpsc::UnboundedSender<SchedEvent>;
@@ -101,6 +108,10 @@ pub struct Scheduler {
     inbox: Vec<SchedEvent>,
     /// Something changed since the policy last ran.
     changed: bool,
+    /// Until when federated jobs may start, Unix ms (0: no lease given).
+    federation_lease_until_ms: i64,
+    /// Whether the last round found the federation lease held: its lapse is logged once.
+    federation_open: bool,
     /// Fault injection for tests (`DROME_FAILPOINT=before-exit-recorded`): the process aborts,
     /// as under `kill -9`, once runs have ended and before their ends are recorded.
     crash_before_recording_ends: bool,
@@ -140,6 +151,8 @@ impl Scheduler {
             events_rx,
             inbox: Vec::new(),
             changed: true,
+            federation_lease_until_ms: 0,
+            federation_open: false,
             crash_before_recording_ends: std::env::var("DROME_FAILPOINT").is_ok_and(|v| v == "before-exit-recorded"),
             crash_after_preempting: std::env::var("DROME_FAILPOINT").is_ok_and(|v| v == "after-preemption-recorded"),
             crash_on_cancel: std::env::var("DROME_FAILPOINT").is_ok_and(|v| v == "cancel-recorded"),
@@ -170,6 +183,11 @@ impl Scheduler {
             if let Some(t) = self.live.as_ref().and_then(|l| l.next_release_ms()) {
                 wait = wait.min(Duration::from_millis((t - now_ms()).clamp(1, i64::MAX) as u64));
             }
+            // The lease's end takes federated jobs out of the queue: the round after it comes then.
+            let lapse_in_ms = self.federation_lease_until_ms - now_ms();
+            if self.federation_open && lapse_in_ms >= 0 {
+                wait = wait.min(Duration::from_millis(lapse_in_ms.clamp(1, i64::MAX) as u64));
+            }
             let wake = self.st.wake.clone();
             tokio::select! {
                 _ = wake.notified() => self.changed = true,
@@ -198,6 +216,13 @@ impl Scheduler {
         let _ = self.executor.availability_changes();
         let active = store.active_jobs().await?;
         let tenants = store.tenants().await?;
+        self.federation_lease_until_ms = match store.setting(FEDERATION_LEASE_KEY).await? {
+            Some(v) => v.parse().unwrap_or_else(|e| {
+                tracing::warn!(value = %v, error = %e, "stored federation lease unreadable; federated jobs wait");
+                0
+            }),
+            None => 0,
+        };
         self.loads += 1;
         let fleet = self.st.fleet.clone();
         let mut live = LiveState::new(fleet.clone(), self.loads);
@@ -205,6 +230,8 @@ impl Scheduler {
             live.set_quota(t.id, t.quota);
         }
         let now = now_ms();
+        let lease_open = now < self.federation_lease_until_ms;
+        live.set_federation_open(lease_open);
         let (placed, rest): (Vec<Job>, Vec<Job>) = active.into_iter().partition(|j| is_placed_state(j.state));
         let (stopping, mut pending): (Vec<Job>, Vec<Job>) =
             rest.into_iter().partition(|j| matches!(j.state, JobState::Preempted | JobState::Cancelled));
@@ -235,6 +262,21 @@ impl Scheduler {
                     job.placement_json = None;
                     job.started_ms = None;
                     pending.push(job);
+                }
+            }
+        }
+        // Federated jobs placed but not started (before a restart) start only under a lease:
+        // without one they go back to the queue, where they wait for it.
+        let (unleased, placed): (Vec<Job>, Vec<Job>) =
+            placed.into_iter().partition(|j| j.spec.federated && j.state == JobState::Scheduled && !lease_open);
+        if !unleased.is_empty() {
+            let steps: Vec<Transition> = unleased.iter().map(|j| requeue_step(j.id, JobState::Scheduled)).collect();
+            let applied = store.transitions(&steps, now).await?;
+            for ((mut job, ok), step) in unleased.into_iter().zip(applied).zip(&steps) {
+                if ok {
+                    job = requeued(&job, &step.change);
+                    pending.push(job);
+                    self.st.job_changed();
                 }
             }
         }
@@ -333,6 +375,7 @@ impl Scheduler {
         {
             let mut snap = self.st.snapshot.write().unwrap_or_else(|e| e.into_inner());
             snap.node_gpus_used = live.node_gpus_used().to_vec();
+            snap.gpus_pending_milli = live.pending_gpu_milli();
         }
         let _ = live.take_touched_nodes();
         tracing::info!(
@@ -426,6 +469,8 @@ impl Scheduler {
                     }
                 }
                 SchedEvent::QuotaSet { tenant_id, quota } => live.set_quota(tenant_id, quota),
+                // The next round opens the queue to federated jobs (or closes it).
+                SchedEvent::FederationLease(until_ms) => self.federation_lease_until_ms = until_ms,
                 SchedEvent::Reload => {}
             }
         }
@@ -549,6 +594,7 @@ impl Scheduler {
         if live.release_deferred(now) > 0 {
             self.changed = true;
         }
+        self.follow_federation_lease(live, now);
         let sim_now = SimTime(now.max(0) as u64);
         // Nothing changed and nothing waits: an idle server does no work, but for the caps it
         // asks of the agents, which follow the hour (a look at what they follow, unless it moved).
@@ -588,6 +634,25 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Opens the queue to federated jobs while the federation lease holds, and closes it once the
+    /// lease lapses; each change is logged once.
+    fn follow_federation_lease(&mut self, live: &mut LiveState, now: i64) {
+        let open = now < self.federation_lease_until_ms;
+        if live.set_federation_open(open) {
+            self.changed = true;
+        }
+        if open == self.federation_open {
+            return;
+        }
+        self.federation_open = open;
+        let until_ms = self.federation_lease_until_ms;
+        if open {
+            tracing::info!(until_ms, "federation lease held; federated jobs may start");
+        } else {
+            tracing::info!(until_ms, lapsed_ms_ago = now - until_ms, "federation lease lapsed; federated jobs wait");
+        }
+    }
+
     /// Records the round's decisions in one transaction — each start as pending to scheduled
     /// (with its placement) to running, each preemption as running to preempted — then applies
     /// what the store took to the live state and launches the new work. A start on a node that a
@@ -598,10 +663,22 @@ impl Scheduler {
         let fleet = self.st.fleet.clone();
         let mut starts: Vec<(i64, Placement)> = Vec::new();
         let mut preempts: Vec<i64> = Vec::new();
+        let lease_open = now < self.federation_lease_until_ms;
         for decision in decisions {
             match decision {
                 Decision::Start { job, placement } => match live.job_id_of(job) {
-                    Some(id) if live.job(id).is_some_and(|j| j.place == Place::Queued) => starts.push((id, placement)),
+                    Some(id) if live.job(id).is_some_and(|j| j.place == Place::Queued) => {
+                        if lease_open || !live.job(id).is_some_and(|j| j.job.spec.federated) {
+                            starts.push((id, placement));
+                            continue;
+                        }
+                        // No start of a federated job without the lease, whatever placed it: it
+                        // stays queued for a round under a renewed lease.
+                        let _ = live.cluster.release(job);
+                        if let (Some(queued), Some(seq)) = (live.queue.get(job), live.queue.seq(job)) {
+                            self.policy.start_undone(queued, seq, SimTime(now.max(0) as u64));
+                        }
+                    }
                     _ => {
                         let _ = live.cluster.release(job);
                     }
@@ -725,17 +802,36 @@ impl Scheduler {
     /// Jobs scheduled on nodes that runs being stopped held, now free of them, run: one
     /// transaction, then launched.
     async fn start_ready(&mut self) -> Result<(), StoreError> {
-        let ready = match self.live.as_ref() {
-            Some(live) => live.ready_to_run(),
+        let now = now_ms();
+        let lease_open = now < self.federation_lease_until_ms;
+        let (ready, unleased): (Vec<i64>, Vec<i64>) = match self.live.as_ref() {
+            Some(live) => live
+                .ready_to_run()
+                .into_iter()
+                .partition(|id| lease_open || !live.job(*id).is_some_and(|j| j.job.spec.federated)),
             None => return Ok(()),
         };
-        if ready.is_empty() {
+        if ready.is_empty() && unleased.is_empty() {
             return Ok(());
         }
-        let steps: Vec<Transition> = ready.iter().map(|&id| run_step(id)).collect();
-        let now = now_ms();
+        // Federated jobs whose lease lapsed while they waited do not start: back to the queue.
+        let mut steps: Vec<Transition> = ready.iter().map(|&id| run_step(id)).collect();
+        steps.extend(unleased.iter().map(|&id| requeue_step(id, JobState::Scheduled)));
         let applied = self.st.store.transitions(&steps, now).await?;
         let Some(mut live) = self.live.take() else { return Ok(()) };
+        let wall = SimTime(now.max(0) as u64);
+        for ((id, ok), step) in unleased.iter().zip(&applied[ready.len()..]).zip(&steps[ready.len()..]) {
+            live.runs_now(*id);
+            // Not scheduled any more: cancelled meanwhile, and its event removes it.
+            let Some(j) = live.job(*id).filter(|_| *ok) else { continue };
+            // The policy started it: it forgets that run and sees the job queued again.
+            let w = crate::convert::request_workload(j.wid, 0, 0, None);
+            self.policy.on_finished(&w, wall, wall);
+            let job = requeued(&j.job, &step.change);
+            live.requeue(job);
+            self.st.job_changed();
+            tracing::debug!(job = id, "federated job requeued: the federation lease lapsed before it ran");
+        }
         for (id, ok) in ready.into_iter().zip(applied) {
             live.runs_now(id);
             // Not scheduled any more: cancelled meanwhile, and its event removes it.
@@ -759,13 +855,14 @@ impl Scheduler {
     /// What the API and the metrics read of the live state, for what changed.
     fn publish(&self, live: &mut LiveState) {
         let touched = live.take_touched_nodes();
-        if !touched.is_empty() {
+        {
             let mut snap = self.st.snapshot.write().unwrap_or_else(|e| e.into_inner());
             for (node, used) in touched {
                 if let Some(slot) = snap.node_gpus_used.get_mut(node.index()) {
                     *slot = used;
                 }
             }
+            snap.gpus_pending_milli = live.pending_gpu_milli();
         }
         self.st.metrics.running_jobs.set(live.placed_jobs() as i64);
         self.st.metrics.queue_length.set(live.pending_jobs() as i64);

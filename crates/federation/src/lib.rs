@@ -1,0 +1,614 @@
+//! drome's federation endpoint: one `/v1` API over many autonomous sites.
+//!
+//! Each site runs its own control plane (`drome server`, its own store and agents) and keeps
+//! scheduling what it holds when the federation or the fiber is gone. The federation takes a
+//! tenant's job, records it durably first (which site, why), then forwards it to that site as the
+//! tenant, marked federated, under an idempotency key of its own: a forward retried after a crash
+//! finds the job the first one made. Sites are chosen by [`dispatch::choose`], the same code the
+//! twin replays years with.
+//!
+//! A site starts federated jobs only while it holds the federation's lease, renewed at every
+//! poll. A site that stops answering is skipped at once; once it has not answered for the loss
+//! delay and its lease has surely lapsed, the jobs waiting there move to other sites (those it
+//! ran are reported lost), and when it answers again it is told to drop the moved jobs before its
+//! lease is renewed: a moved job never starts at the site it left.
+//!
+//! Knows nothing about scheduling inside a site, SQL (the store's) or the twin.
+
+pub mod config;
+mod routes;
+pub mod site;
+
+use config::{SiteConfig, SitesConfig};
+use dispatch::{DispatchPolicy, DispatchWeights, JobNeeds, SiteFacts};
+use site::{SiteClient, SiteError};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use store::{FED_FORWARDING, FED_LOST, FedJob, FedMove, FedStateUpdate, Store};
+
+pub use routes::router;
+
+/// How the federation polls, leases and declares sites lost.
+#[derive(Clone, Debug)]
+pub struct FederationOptions {
+    pub policy: DispatchPolicy,
+    pub weights: DispatchWeights,
+    /// Each site is polled (its report, its lease, its jobs' states) this often.
+    pub poll: Duration,
+    /// A call to a site not answered within this is taken as no answer.
+    pub request_timeout: Duration,
+    /// How long a renewal lets a site start federated jobs.
+    pub lease: Duration,
+    /// A site not answering for this long is lost: its waiting jobs move.
+    pub loss_after: Duration,
+    /// The admin's token (tenants are made with it).
+    pub admin_token: String,
+}
+
+impl FederationOptions {
+    pub fn new(admin_token: String) -> FederationOptions {
+        FederationOptions {
+            policy: DispatchPolicy::Capacity,
+            weights: DispatchWeights::default(),
+            poll: Duration::from_millis(1000),
+            request_timeout: Duration::from_millis(2000),
+            lease: Duration::from_millis(6000),
+            loss_after: Duration::from_millis(5000),
+            admin_token,
+        }
+    }
+}
+
+/// What the federation knows of a site now.
+#[derive(Clone, Debug, Default)]
+pub struct SiteView {
+    pub reports: Vec<api::Site>,
+    pub reachable: bool,
+    pub lost: bool,
+    pub last_answer_ms: Option<i64>,
+    /// When the last lease renewal was sent, answered or not: the site's lease lapses at the
+    /// latest a request timeout and a lease after it.
+    pub last_lease_sent_ms: Option<i64>,
+    /// GPUs of the jobs sent since its last report, which the report does not count yet.
+    pub gpus_sent_since_report: f64,
+}
+
+pub(crate) struct Site {
+    pub config: SiteConfig,
+    pub client: SiteClient,
+    pub view: RwLock<SiteView>,
+}
+
+/// The federation's shared state: its store, its sites and their last reports.
+pub struct Federation {
+    pub store: Store,
+    pub config: SitesConfig,
+    pub options: FederationOptions,
+    pub(crate) sites: Vec<Site>,
+}
+
+/// Why the federation could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Site(#[from] SiteError),
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// GPUs a job holds, a share of one GPU counted as its fraction.
+pub fn job_gpus(spec: &api::JobSpec) -> f64 {
+    match spec.gpu_milli {
+        Some(m) => f64::from(m) / 1000.0 * f64::from(spec.nodes.max(1)),
+        None => f64::from(spec.gpus_per_node) * f64::from(spec.nodes.max(1)),
+    }
+}
+
+impl Federation {
+    pub fn new(
+        store: Store,
+        config: SitesConfig,
+        options: FederationOptions,
+    ) -> Result<Arc<Federation>, FederationError> {
+        let sites = config
+            .sites
+            .iter()
+            .map(|c| {
+                Ok(Site {
+                    config: c.clone(),
+                    client: SiteClient::new(c, options.request_timeout)?,
+                    view: RwLock::new(SiteView::default()),
+                })
+            })
+            .collect::<Result<Vec<_>, SiteError>>()?;
+        Ok(Arc::new(Federation { store, config, options, sites }))
+    }
+
+    pub(crate) fn site(&self, name: &str) -> Option<&Site> {
+        self.sites.iter().find(|s| s.config.name == name)
+    }
+
+    pub fn view(&self, name: &str) -> Option<SiteView> {
+        self.site(name).map(|s| s.view.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    /// The facts of every site for one job, in the sites file's order.
+    fn facts(&self, spec: &api::JobSpec) -> Vec<SiteFacts> {
+        let gpus = job_gpus(spec);
+        self.sites
+            .iter()
+            .map(|s| {
+                let v = s.view.read().unwrap_or_else(|e| e.into_inner());
+                let models = v.reports.iter().flat_map(|r| &r.gpu_models);
+                let of_model = |m: &&api::SiteGpuModel| spec.gpu_model.as_ref().is_none_or(|want| *want == m.model);
+                let could_ever_fit = models.clone().filter(of_model).any(|m| {
+                    m.nodes >= spec.nodes.max(1)
+                        && (spec.gpu_milli.is_some() || m.gpus_per_node_max >= spec.gpus_per_node)
+                });
+                let total_gpus: u64 = models.clone().filter(of_model).map(|m| m.gpus).sum();
+                let free_gpus: u64 = models.filter(of_model).map(|m| m.gpus_free).sum();
+                // One server queues all its sites' jobs: its figure is on each of its sites.
+                let queued = v.reports.first().map_or(0.0, |r| r.gpus_pending) + v.gpus_sent_since_report;
+                let headroom = v.reports.iter().all(|r| r.power_cap_watts.is_none_or(|cap| r.power_watts < cap));
+                let region = s.config.region.clone().or_else(|| v.reports.iter().find_map(|r| r.region.clone()));
+                SiteFacts {
+                    name: s.config.name.clone(),
+                    region,
+                    reachable: v.reachable && !v.lost,
+                    // A site never heard from is taken as able: it gets the job once it answers.
+                    could_ever_fit: could_ever_fit || v.reports.is_empty(),
+                    fits_now: could_ever_fit && free_gpus as f64 - queued >= gpus && headroom,
+                    total_gpus: total_gpus as f64,
+                    free_gpus: free_gpus as f64,
+                    queued_gpus: queued,
+                    price_eur_per_mwh: s.config.price_eur_per_mwh,
+                    co2_g_per_kwh: s.config.co2_g_per_kwh,
+                    heat_demand_watts: s.config.heat_demand_watts,
+                    heat_supplied_watts: v.reports.iter().map(|r| r.power_watts).sum(),
+                    fiber_gbps: s.config.fiber_gbps,
+                }
+            })
+            .collect()
+    }
+
+    /// What `tenant`'s job must stay in.
+    fn needs(&self, tenant: &str, spec: &api::JobSpec) -> JobNeeds {
+        let binding = self.config.binding(tenant);
+        JobNeeds {
+            gpus: job_gpus(spec),
+            site: binding.and_then(|b| b.site.clone()),
+            region: binding.and_then(|b| b.region.clone()),
+            dataset: None,
+        }
+    }
+
+    /// Chooses a site for a job, leaving out `avoid`. `Ok(None)` with a reason when sites could
+    /// run it but none answers: the job is recorded at the first allowed one and waits there.
+    pub fn choose(
+        &self,
+        tenant: &str,
+        spec: &api::JobSpec,
+        avoid: Option<&str>,
+    ) -> Result<(String, String), dispatch::Refusal> {
+        let mut facts = self.facts(spec);
+        if let Some(a) = avoid {
+            for f in facts.iter_mut().filter(|f| f.name == a) {
+                f.reachable = false;
+            }
+        }
+        let needs = self.needs(tenant, spec);
+        match dispatch::choose(self.options.policy, &self.options.weights, &needs, &facts) {
+            Ok(choice) => {
+                let site = &facts[choice.site];
+                let mut v = self.sites[choice.site].view.write().unwrap_or_else(|e| e.into_inner());
+                v.gpus_sent_since_report += needs.gpus;
+                Ok((site.name.clone(), format!("{} ({} policy)", choice.reason, self.options.policy)))
+            }
+            Err(dispatch::Refusal::NoneReachable(why)) => {
+                let first = facts.iter().find(|f| dispatch::allowed(&needs, f) && Some(f.name.as_str()) != avoid);
+                match first {
+                    Some(f) => Ok((f.name.clone(), format!("waits for a site to answer: {why}"))),
+                    None => Err(dispatch::Refusal::NoneReachable(why)),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The token to act as `tenant_id` (named `tenant`) at `site`, made there on first use.
+    pub(crate) async fn site_token(
+        &self,
+        site: &Site,
+        tenant_id: i64,
+        tenant: &str,
+    ) -> Result<String, FederationError> {
+        if let Some(t) = self.store.fed_site_token(tenant_id, &site.config.name).await? {
+            return Ok(t);
+        }
+        let token = site.client.tenant_token(tenant).await?;
+        self.store.fed_set_site_token(tenant_id, &site.config.name, &token).await?;
+        Ok(token)
+    }
+
+    /// Sends a recorded job to its site. `Ok(true)` once the site took it; `Ok(false)` when the
+    /// site did not answer (it stays recorded, forwarding, and is sent again).
+    pub(crate) async fn forward(&self, job: &FedJob, tenant: &str) -> Result<api::Job, FederationError> {
+        let Some(site) = self.site(&job.site) else {
+            return Err(SiteError::Refused {
+                site: job.site.clone(),
+                status: 404,
+                body: None,
+                message: format!("site '{}' is no longer in the sites file", job.site),
+            }
+            .into());
+        };
+        let mut spec: api::JobSpec = serde_json::from_str(&job.spec_json).map_err(|e| SiteError::Refused {
+            site: job.site.clone(),
+            status: 400,
+            body: None,
+            message: format!("stored job {} is unreadable: {e}", job.id),
+        })?;
+        spec.federated = true;
+        let token = self.site_token(site, job.tenant_id, tenant).await?;
+        let moves = serde_json::from_str::<Vec<api::FederationMove>>(&job.moves_json).map_or(0, |m| m.len());
+        let key = format!("federation-{}-{moves}", job.id);
+        let taken = match site.client.submit(&token, &spec, &key).await {
+            Err(SiteError::Refused { status: 401, .. }) => {
+                // The site forgot the tenant's token (rotated there, or a new store): a new one.
+                let token = site.client.tenant_token(tenant).await?;
+                self.store.fed_set_site_token(job.tenant_id, &site.config.name, &token).await?;
+                site.client.submit(&token, &spec, &key).await?
+            }
+            other => other?,
+        };
+        self.store
+            .fed_set_forwarded(&[(job.id, job.site.clone(), taken.id, taken.state.as_str().to_string())], now_ms())
+            .await?;
+        Ok(taken)
+    }
+
+    /// The job as the tenant sees it: the site's answer with the federation's place, or the
+    /// last known state when the site does not answer.
+    pub(crate) fn to_api(&self, job: &FedJob, tenant: &str, at_site: Option<api::Job>) -> api::Job {
+        let moves: Vec<api::FederationMove> = serde_json::from_str(&job.moves_json).unwrap_or_default();
+        let place = api::FederationPlace {
+            site: job.site.clone(),
+            site_job_id: job.site_job_id,
+            reason: job.reason.clone(),
+            moves,
+        };
+        let spec: api::JobSpec = serde_json::from_str(&job.spec_json).unwrap_or_else(|_| empty_spec());
+        match at_site {
+            Some(mut j) => {
+                j.id = job.id;
+                j.tenant = tenant.to_string();
+                j.idempotency_key = job.idempotency_key.clone();
+                j.spec.federated = spec.federated;
+                j.federation = Some(place);
+                j
+            }
+            None => {
+                let (state, message) = match job.state.as_str() {
+                    FED_FORWARDING => (api::JobState::Pending, Some(format!("being sent to site {}", job.site))),
+                    FED_LOST => (
+                        api::JobState::Running,
+                        Some(format!("site {} is lost: its run's end is unknown until it answers", job.site)),
+                    ),
+                    s => (state_from_str(s).unwrap_or(api::JobState::Pending), job.message.clone()),
+                };
+                api::Job {
+                    id: job.id,
+                    tenant: tenant.to_string(),
+                    name: job.name.clone(),
+                    state,
+                    instance: spec.command.is_none(),
+                    spec,
+                    idempotency_key: job.idempotency_key.clone(),
+                    attempts: 0,
+                    placement: Vec::new(),
+                    exit_code: None,
+                    message,
+                    submitted_at_ms: job.submitted_ms,
+                    started_at_ms: None,
+                    finished_at_ms: None,
+                    history: Vec::new(),
+                    federation: Some(place),
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn empty_spec() -> api::JobSpec {
+    serde_json::from_value(serde_json::json!({"gpus_per_node": 0})).unwrap_or_else(|_| unreachable_spec())
+}
+
+fn unreachable_spec() -> api::JobSpec {
+    // JobSpec's required fields are all in the literal above; kept total all the same.
+    api::JobSpec {
+        name: None,
+        command: None,
+        args: Vec::new(),
+        env: Default::default(),
+        gpus_per_node: 0,
+        nodes: 1,
+        gpu_milli: None,
+        gpu_model: None,
+        cpu_milli: None,
+        memory_mib: None,
+        image: None,
+        priority: 0,
+        deferrable: false,
+        federated: false,
+        max_runtime_s: None,
+        restart_policy: api::RestartPolicy::Never,
+        max_restarts: 0,
+    }
+}
+
+pub(crate) fn state_from_str(s: &str) -> Option<api::JobState> {
+    use api::JobState::*;
+    [Pending, Scheduled, Running, Succeeded, Failed, Cancelled, Preempted].into_iter().find(|x| x.as_str() == s)
+}
+
+fn is_terminal(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled")
+}
+
+/// Starts the federation's background work: a poller per site and the mover of jobs off lost
+/// sites. Returns their handles.
+pub fn spawn_tasks(fed: &Arc<Federation>) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut handles = Vec::new();
+    for i in 0..fed.sites.len() {
+        let fed = fed.clone();
+        handles.push(tokio::spawn(async move { poll_site(fed, i).await }));
+    }
+    let f = fed.clone();
+    handles.push(tokio::spawn(async move { keep_forwarding(f).await }));
+    handles
+}
+
+/// One site's poll loop: its report, then (the site answering) the jobs it must drop, its
+/// lease, and its jobs' states. A site not answering for the loss delay is declared lost, and
+/// once its lease has surely lapsed its waiting jobs move.
+async fn poll_site(fed: Arc<Federation>, index: usize) {
+    let mut tick = tokio::time::interval(fed.options.poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let site = &fed.sites[index];
+        let name = site.config.name.clone();
+        match site.client.sites().await {
+            Ok(reports) => {
+                let was_lost = {
+                    let mut v = site.view.write().unwrap_or_else(|e| e.into_inner());
+                    let was = v.lost;
+                    v.reports = reports;
+                    v.reachable = true;
+                    v.last_answer_ms = Some(now_ms());
+                    v.gpus_sent_since_report = 0.0;
+                    was
+                };
+                if was_lost {
+                    tracing::info!(site = %name, "site answers again");
+                }
+                // Jobs moved away must be gone before the site may start federated jobs again.
+                match drop_moved(&fed, site).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::warn!(site = %name, error = %e, "moved jobs not yet dropped; lease held back");
+                        continue;
+                    }
+                }
+                site.view.write().unwrap_or_else(|e| e.into_inner()).last_lease_sent_ms = Some(now_ms());
+                if let Err(e) = site.client.renew_lease(fed.options.lease.as_millis() as u64).await {
+                    tracing::warn!(site = %name, error = %e, "lease not renewed");
+                    continue;
+                }
+                site.view.write().unwrap_or_else(|e| e.into_inner()).lost = false;
+                if let Err(e) = refresh_states(&fed, site).await {
+                    tracing::debug!(site = %name, error = %e, "job states not refreshed");
+                }
+            }
+            Err(e) => {
+                let now = now_ms();
+                let (declare, move_now) = {
+                    let mut v = site.view.write().unwrap_or_else(|e| e.into_inner());
+                    if v.reachable {
+                        tracing::warn!(site = %name, error = %e, "site does not answer; no new jobs go there");
+                    }
+                    v.reachable = false;
+                    let silent_ms = now - v.last_answer_ms.unwrap_or(0);
+                    let declare = !v.lost && silent_ms >= fed.options.loss_after.as_millis() as i64;
+                    if declare {
+                        v.lost = true;
+                    }
+                    let lapsed_at = v.last_lease_sent_ms.map_or(0, |t| {
+                        t + fed.options.request_timeout.as_millis() as i64 + fed.options.lease.as_millis() as i64
+                    });
+                    (declare, v.lost && now > lapsed_at)
+                };
+                if declare {
+                    tracing::warn!(site = %name, "site lost: its waiting jobs move once its lease has lapsed");
+                }
+                if move_now && let Err(e) = move_off(&fed, site).await {
+                    tracing::warn!(site = %name, error = %e, "jobs not moved");
+                }
+            }
+        }
+    }
+}
+
+/// Cancels at `site` the jobs moved off it. `Ok(false)` when some are still to drop.
+async fn drop_moved(fed: &Federation, site: &Site) -> Result<bool, FederationError> {
+    let left = fed.store.fed_left_at(&site.config.name).await?;
+    if left.is_empty() {
+        return Ok(true);
+    }
+    let mut dropped = Vec::new();
+    for (site_job_id, tenant_id) in &left {
+        let Some(tenant) = fed.store.tenant(*tenant_id).await? else { continue };
+        let token = fed.site_token(site, *tenant_id, &tenant.name).await?;
+        match site.client.cancel(&token, *site_job_id).await {
+            Ok(_) => dropped.push(*site_job_id),
+            // Gone there already (ended, or the site's store is new): nothing to drop.
+            Err(SiteError::Refused { status: 404 | 409, .. }) => dropped.push(*site_job_id),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    fed.store.fed_left_cancelled(&site.config.name, &dropped, now_ms()).await?;
+    tracing::info!(site = %site.config.name, jobs = dropped.len(), "moved jobs dropped at their old site");
+    Ok(dropped.len() == left.len())
+}
+
+/// Moves the jobs waiting at a lost site to others; those that ran there are reported lost.
+async fn move_off(fed: &Federation, site: &Site) -> Result<(), FederationError> {
+    let name = &site.config.name;
+    let waiting = fed.store.fed_jobs_at(name, &[FED_FORWARDING, "pending"]).await?;
+    let ran = fed.store.fed_jobs_at(name, &["scheduled", "running", "preempted"]).await?;
+    if !ran.is_empty() {
+        let lost: Vec<FedStateUpdate> = ran
+            .iter()
+            .map(|j| FedStateUpdate { id: j.id, state: FED_LOST.into(), message: Some(format!("site {name} lost")) })
+            .collect();
+        fed.store.fed_set_states(&lost, now_ms()).await?;
+        tracing::warn!(site = %name, jobs = lost.len(), "jobs that ran at a lost site reported lost");
+    }
+    let mut moves = Vec::new();
+    let mut tenants = std::collections::HashMap::new();
+    for job in &waiting {
+        let spec: api::JobSpec = match serde_json::from_str(&job.spec_json) {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        let tenant = match tenants.get(&job.tenant_id) {
+            Some(t) => t,
+            None => {
+                let t = fed.store.tenant(job.tenant_id).await?.map(|t| t.name).unwrap_or_default();
+                tenants.entry(job.tenant_id).or_insert(t)
+            }
+        };
+        let Ok((to, reason)) = fed.choose(tenant, &spec, Some(name)) else { continue };
+        if to == *name {
+            continue; // bound to this site: it waits for it
+        }
+        let mut history: Vec<api::FederationMove> = serde_json::from_str(&job.moves_json).unwrap_or_default();
+        history.push(api::FederationMove {
+            site: name.clone(),
+            site_job_id: job.site_job_id,
+            reason: job.reason.clone(),
+            left_at_ms: now_ms(),
+            why: format!("site {name} stopped answering"),
+        });
+        moves.push(FedMove {
+            id: job.id,
+            from_site: name.clone(),
+            to_site: to,
+            reason,
+            moves_json: serde_json::to_string(&history).unwrap_or_else(|_| "[]".into()),
+        });
+    }
+    if moves.is_empty() {
+        return Ok(());
+    }
+    let moved = fed.store.fed_move(&moves, now_ms()).await?;
+    let count = moved.iter().filter(|m| **m).count();
+    tracing::info!(site = %name, jobs = count, "waiting jobs moved off a lost site");
+    forward_waiting(fed).await;
+    Ok(())
+}
+
+/// Refreshes the states of the jobs the federation has at `site` and has not seen end: the
+/// pending ones from the site's pending lists, the others one by one.
+async fn refresh_states(fed: &Federation, site: &Site) -> Result<(), FederationError> {
+    let name = &site.config.name;
+    let active = fed.store.fed_jobs_at(name, &["pending", "scheduled", "running", "preempted", FED_LOST]).await?;
+    if active.is_empty() {
+        return Ok(());
+    }
+    let mut by_tenant: std::collections::BTreeMap<i64, Vec<&FedJob>> = Default::default();
+    for j in &active {
+        by_tenant.entry(j.tenant_id).or_default().push(j);
+    }
+    let mut updates = Vec::new();
+    for (tenant_id, jobs) in by_tenant {
+        let Some(tenant) = fed.store.tenant(tenant_id).await? else { continue };
+        let token = fed.site_token(site, tenant_id, &tenant.name).await?;
+        let pending: std::collections::HashSet<i64> =
+            site.client.jobs_in(&token, api::JobState::Pending).await?.into_iter().map(|j| j.id).collect();
+        for j in jobs {
+            let Some(site_id) = j.site_job_id else { continue };
+            if pending.contains(&site_id) {
+                if j.state != "pending" {
+                    updates.push(FedStateUpdate { id: j.id, state: "pending".into(), message: None });
+                }
+                continue;
+            }
+            match site.client.job(&token, site_id).await {
+                Ok(now) => {
+                    let state = now.state.as_str();
+                    if state != j.state || now.message != j.message {
+                        updates.push(FedStateUpdate { id: j.id, state: state.into(), message: now.message });
+                    }
+                }
+                Err(SiteError::Refused { status: 404, .. }) => updates.push(FedStateUpdate {
+                    id: j.id,
+                    state: "failed".into(),
+                    message: Some(format!("site {name} no longer knows its job {site_id}")),
+                }),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    fed.store.fed_set_states(&updates, now_ms()).await?;
+    Ok(())
+}
+
+/// Forwards jobs recorded but not taken by a site (a site that did not answer, a move, a
+/// restart of the federation), now and then.
+async fn keep_forwarding(fed: Arc<Federation>) {
+    let mut tick = tokio::time::interval(fed.options.poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        forward_waiting(&fed).await;
+    }
+}
+
+async fn forward_waiting(fed: &Federation) {
+    let waiting = match fed.store.fed_forwarding(1000).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "jobs to forward not read");
+            return;
+        }
+    };
+    for job in waiting {
+        let reachable = fed.view(&job.site).is_some_and(|v| v.reachable && !v.lost);
+        if !reachable {
+            continue;
+        }
+        let tenant = match fed.store.tenant(job.tenant_id).await {
+            Ok(Some(t)) => t.name,
+            _ => continue,
+        };
+        match fed.forward(&job, &tenant).await {
+            Ok(_) => tracing::debug!(job = job.id, site = %job.site, "job forwarded"),
+            Err(FederationError::Site(SiteError::Refused { message, .. })) => {
+                let update = FedStateUpdate { id: job.id, state: "failed".into(), message: Some(message) };
+                let _ = fed.store.fed_set_states(&[update], now_ms()).await;
+            }
+            Err(e) => tracing::debug!(job = job.id, error = %e, "job not forwarded yet"),
+        }
+    }
+}
+
+/// Whether a stored state is one a job leaves no more.
+pub fn ended(state: &str) -> bool {
+    is_terminal(state)
+}
