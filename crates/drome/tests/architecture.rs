@@ -22,11 +22,24 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("tls", &[][..]),
         ("server", &["model", "sched", "energy", "api", "store", "tls"][..]),
         ("agent", &["model", "energy", "api", "tls"][..]),
+        // A peer of the site servers, not above them: it speaks their API, never their code.
+        ("federation", &["api", "dispatch", "store"][..]),
         (
             "drome",
             &[
-                "model", "sched", "sim", "trace", "report", "energy", "dispatch", "api", "store", "server", "agent",
+                "model",
+                "sched",
+                "sim",
+                "trace",
+                "report",
+                "energy",
+                "dispatch",
+                "api",
+                "store",
+                "server",
+                "agent",
                 "tls",
+                "federation",
             ][..],
         ),
     ])

@@ -1025,8 +1025,16 @@ async fn set_federation_lease(
     if !(1..=MAX_FEDERATION_LEASE_MS).contains(&body.lease_ms) {
         return Err(ApiError::invalid("lease_ms", format!("between 1 and {MAX_FEDERATION_LEASE_MS} milliseconds")));
     }
-    let until_ms = now_ms().saturating_add(body.lease_ms as i64);
-    let store = audited(&st, "federation.lease", "federation", serde_json::json!({"lease_ms": body.lease_ms}));
+    let now = now_ms();
+    let until_ms = now.saturating_add(body.lease_ms as i64);
+    // A lease taken anew is the admin's act, kept in the audit log; its renewals, every few
+    // seconds while it holds, are not.
+    let held = st.store.setting(crate::scheduler::FEDERATION_LEASE_KEY).await?.and_then(|v| v.parse::<i64>().ok());
+    let store = if held.is_some_and(|until| until > now) {
+        st.store.clone()
+    } else {
+        audited(&st, "federation.lease", "federation", serde_json::json!({"lease_ms": body.lease_ms}))
+    };
     store.set_setting(crate::scheduler::FEDERATION_LEASE_KEY, &until_ms.to_string()).await?;
     st.tell_scheduler(crate::scheduler::SchedEvent::FederationLease(until_ms));
     tracing::debug!(lease_ms = body.lease_ms, until_ms, "federation lease renewed");
