@@ -24,7 +24,7 @@ use dispatch::{DispatchPolicy, DispatchWeights, JobNeeds, SiteFacts};
 use site::{SiteClient, SiteError};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use store::{FED_FORWARDING, FED_LOST, FedJob, FedMove, FedStateUpdate, Store};
+use store::{FED_FORWARDING, FED_LOST, FedJob, FedMove, FedStateUpdate, NewFedJob, Store};
 
 pub use routes::router;
 
@@ -85,6 +85,80 @@ pub struct Federation {
     pub config: SitesConfig,
     pub options: FederationOptions,
     pub(crate) sites: Vec<Site>,
+    /// Tokens to act as each tenant (by id) at each site, as stored.
+    tokens: RwLock<std::collections::HashMap<(i64, String), String>>,
+    /// Held while a token is made or rotated at a site: two at once would each undo the other.
+    token_change: tokio::sync::Mutex<()>,
+    /// Jobs to record, committed together by [`write_records`].
+    records: tokio::sync::mpsc::Sender<RecordRequest>,
+    /// Sites' ids of forwarded jobs, written together by [`write_forwarded`]; not waited for:
+    /// a forward whose record is lost in a crash is sent again under the same key, and the site
+    /// answers with the job it made.
+    forwarded: tokio::sync::mpsc::UnboundedSender<(i64, String, i64, String)>,
+    /// Tenants by the hash of their federation token.
+    tenants: RwLock<std::collections::HashMap<String, store::Tenant>>,
+}
+
+/// A job to record, and where to say how that went.
+struct RecordRequest {
+    job: NewFedJob,
+    reply: tokio::sync::oneshot::Sender<Recorded>,
+}
+
+/// What recording one job did.
+pub(crate) enum Recorded {
+    Done(store::FedInserted),
+    /// Its idempotency key came before with another request.
+    Conflict,
+    Failed(String),
+}
+
+/// The group commit of new records: whatever requests wait go in one transaction.
+async fn write_records(store: Store, mut queue: tokio::sync::mpsc::Receiver<RecordRequest>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match queue.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let jobs: Vec<NewFedJob> = batch.iter().map(|r| r.job.clone()).collect();
+        match store.fed_insert_jobs(&jobs, now_ms()).await {
+            Ok(results) => {
+                for (request, result) in batch.into_iter().zip(results) {
+                    let answer = match result {
+                        Ok(inserted) => Recorded::Done(inserted),
+                        Err(store::StoreError::Conflict { .. }) => Recorded::Conflict,
+                        Err(e) => Recorded::Failed(e.to_string()),
+                    };
+                    let _ = request.reply.send(answer);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = batch.len(), "jobs not recorded");
+                for request in batch {
+                    let _ = request.reply.send(Recorded::Failed(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+async fn write_forwarded(store: Store, mut queue: tokio::sync::mpsc::UnboundedReceiver<(i64, String, i64, String)>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match queue.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = store.fed_set_forwarded(&batch, now_ms()).await {
+            // Left forwarding: sent again, the site answers with the job it made.
+            tracing::warn!(error = %e, jobs = batch.len(), "forwarded jobs' site ids not written");
+        }
+    }
 }
 
 /// Why the federation could not do what it was asked.
@@ -125,7 +199,21 @@ impl Federation {
                 })
             })
             .collect::<Result<Vec<_>, SiteError>>()?;
-        Ok(Arc::new(Federation { store, config, options, sites }))
+        let (records, record_queue) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(write_records(store.clone(), record_queue));
+        let (forwarded, forwarded_queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(write_forwarded(store.clone(), forwarded_queue));
+        Ok(Arc::new(Federation {
+            store,
+            config,
+            options,
+            sites,
+            tokens: RwLock::new(Default::default()),
+            token_change: tokio::sync::Mutex::new(()),
+            records,
+            forwarded,
+            tenants: RwLock::new(Default::default()),
+        }))
     }
 
     pub(crate) fn site(&self, name: &str) -> Option<&Site> {
@@ -219,6 +307,31 @@ impl Federation {
         }
     }
 
+    /// Records a job, committed with whatever others wait.
+    pub(crate) async fn record(&self, job: NewFedJob) -> Recorded {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.records.send(RecordRequest { job, reply }).await.is_err() {
+            return Recorded::Failed("the federation's record writer stopped".into());
+        }
+        answer.await.unwrap_or_else(|_| Recorded::Failed("the federation's record writer stopped".into()))
+    }
+
+    /// The tenant whose federation token hashes to `hash`.
+    pub(crate) async fn tenant_by_hash(&self, hash: &str) -> Result<Option<store::Tenant>, store::StoreError> {
+        if let Some(t) = self.tenants.read().unwrap_or_else(|e| e.into_inner()).get(hash) {
+            return Ok(Some(t.clone()));
+        }
+        let found = self.store.tenant_by_token_hash(hash).await?.filter(|t| t.removed_ms.is_none());
+        if let Some(t) = &found {
+            self.tenants.write().unwrap_or_else(|e| e.into_inner()).insert(hash.to_string(), t.clone());
+        }
+        Ok(found)
+    }
+
+    fn cached_token(&self, tenant_id: i64, site: &str) -> Option<String> {
+        self.tokens.read().unwrap_or_else(|e| e.into_inner()).get(&(tenant_id, site.to_string())).cloned()
+    }
+
     /// The token to act as `tenant_id` (named `tenant`) at `site`, made there on first use.
     pub(crate) async fn site_token(
         &self,
@@ -226,12 +339,42 @@ impl Federation {
         tenant_id: i64,
         tenant: &str,
     ) -> Result<String, FederationError> {
-        if let Some(t) = self.store.fed_site_token(tenant_id, &site.config.name).await? {
+        let name = &site.config.name;
+        if let Some(t) = self.cached_token(tenant_id, name) {
             return Ok(t);
         }
-        let token = site.client.tenant_token(tenant).await?;
-        self.store.fed_set_site_token(tenant_id, &site.config.name, &token).await?;
+        let _one_at_a_time = self.token_change.lock().await;
+        let token = match self.store.fed_site_token(tenant_id, name).await? {
+            Some(t) => t,
+            None => {
+                let t = site.client.tenant_token(tenant).await?;
+                self.store.fed_set_site_token(tenant_id, name, &t).await?;
+                t
+            }
+        };
+        self.tokens.write().unwrap_or_else(|e| e.into_inner()).insert((tenant_id, name.clone()), token.clone());
         Ok(token)
+    }
+
+    /// A new token for `tenant` at `site`, `refused` having been refused there (rotated at the
+    /// site, or a new store); another caller's newer token if it made one meanwhile.
+    pub(crate) async fn renew_site_token(
+        &self,
+        site: &Site,
+        tenant_id: i64,
+        tenant: &str,
+        refused: &str,
+    ) -> Result<String, FederationError> {
+        let name = &site.config.name;
+        let _one_at_a_time = self.token_change.lock().await;
+        if let Some(t) = self.store.fed_site_token(tenant_id, name).await?.filter(|t| t != refused) {
+            self.tokens.write().unwrap_or_else(|e| e.into_inner()).insert((tenant_id, name.clone()), t.clone());
+            return Ok(t);
+        }
+        let t = site.client.tenant_token(tenant).await?;
+        self.store.fed_set_site_token(tenant_id, name, &t).await?;
+        self.tokens.write().unwrap_or_else(|e| e.into_inner()).insert((tenant_id, name.clone()), t.clone());
+        Ok(t)
     }
 
     /// Sends a recorded job to its site. `Ok(true)` once the site took it; `Ok(false)` when the
@@ -254,20 +397,16 @@ impl Federation {
         })?;
         spec.federated = true;
         let token = self.site_token(site, job.tenant_id, tenant).await?;
-        let moves = serde_json::from_str::<Vec<api::FederationMove>>(&job.moves_json).map_or(0, |m| m.len());
-        let key = format!("federation-{}-{moves}", job.id);
+        let key = site_key(job);
         let taken = match site.client.submit(&token, &spec, &key).await {
             Err(SiteError::Refused { status: 401, .. }) => {
                 // The site forgot the tenant's token (rotated there, or a new store): a new one.
-                let token = site.client.tenant_token(tenant).await?;
-                self.store.fed_set_site_token(job.tenant_id, &site.config.name, &token).await?;
+                let token = self.renew_site_token(site, job.tenant_id, tenant, &token).await?;
                 site.client.submit(&token, &spec, &key).await?
             }
             other => other?,
         };
-        self.store
-            .fed_set_forwarded(&[(job.id, job.site.clone(), taken.id, taken.state.as_str().to_string())], now_ms())
-            .await?;
+        let _ = self.forwarded.send((job.id, job.site.clone(), taken.id, taken.state.as_str().to_string()));
         Ok(taken)
     }
 
@@ -321,6 +460,12 @@ impl Federation {
             }
         }
     }
+}
+
+/// The idempotency key a job is sent to its present site with: one per site it goes to.
+pub(crate) fn site_key(job: &FedJob) -> String {
+    let moves = serde_json::from_str::<Vec<api::FederationMove>>(&job.moves_json).map_or(0, |m| m.len());
+    format!("federation-{}-{moves}", job.id)
 }
 
 pub(crate) fn empty_spec() -> api::JobSpec {
@@ -451,13 +596,35 @@ async fn drop_moved(fed: &Federation, site: &Site) -> Result<bool, FederationErr
         return Ok(true);
     }
     let mut dropped = Vec::new();
-    for (site_job_id, tenant_id) in &left {
-        let Some(tenant) = fed.store.tenant(*tenant_id).await? else { continue };
-        let token = fed.site_token(site, *tenant_id, &tenant.name).await?;
-        match site.client.cancel(&token, *site_job_id).await {
-            Ok(_) => dropped.push(*site_job_id),
+    for l in &left {
+        let Some(tenant) = fed.store.tenant(l.tenant_id).await? else { continue };
+        let token = fed.site_token(site, l.tenant_id, &tenant.name).await?;
+        let site_job_id = match l.site_job_id {
+            Some(id) => id,
+            None => {
+                // Its id there was never written: the same request under the same key gives it
+                // back (or makes it now, unable to start before it is cancelled: the lease is
+                // held back until every moved job is dropped).
+                let Some(job) = fed.store.fed_job(l.tenant_id, l.fed_job_id).await? else { continue };
+                let mut spec: api::JobSpec = match serde_json::from_str(&job.spec_json) {
+                    Ok(s) => s,
+                    Err(_) => continue,
+                };
+                spec.federated = true;
+                match site.client.submit(&token, &spec, &l.site_key).await {
+                    Ok(j) => j.id,
+                    Err(SiteError::Refused { .. }) => {
+                        dropped.push(l.site_key.clone());
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        match site.client.cancel(&token, site_job_id).await {
+            Ok(_) => dropped.push(l.site_key.clone()),
             // Gone there already (ended, or the site's store is new): nothing to drop.
-            Err(SiteError::Refused { status: 404 | 409, .. }) => dropped.push(*site_job_id),
+            Err(SiteError::Refused { status: 404 | 409, .. }) => dropped.push(l.site_key.clone()),
             Err(e) => return Err(e.into()),
         }
     }
@@ -508,6 +675,7 @@ async fn move_off(fed: &Federation, site: &Site) -> Result<(), FederationError> 
         moves.push(FedMove {
             id: job.id,
             from_site: name.clone(),
+            from_key: site_key(job),
             to_site: to,
             reason,
             moves_json: serde_json::to_string(&history).unwrap_or_else(|_| "[]".into()),

@@ -130,10 +130,8 @@ async fn tenant(fed: &Federation, headers: &HeaderMap) -> Result<store::Tenant, 
     if same(token, &fed.options.admin_token) {
         return Err(Failure::new(StatusCode::FORBIDDEN, "forbidden", "the admin has no jobs: use a tenant's token"));
     }
-    fed.store
-        .tenant_by_token_hash(&hash_token(token))
+    fed.tenant_by_hash(&hash_token(token))
         .await?
-        .filter(|t| t.removed_ms.is_none())
         .ok_or_else(|| Failure::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
 }
 
@@ -256,10 +254,9 @@ async fn submit(State(fed): Fed, headers: HeaderMap, body: axum::body::Bytes) ->
         site,
         reason,
     };
-    let inserted = fed.store.fed_insert_jobs(std::slice::from_ref(&new), now_ms()).await?;
-    let job = match inserted.into_iter().next() {
-        Some(Ok(FedInserted::New(j))) => j,
-        Some(Ok(FedInserted::Existing(j))) => {
+    let job = match fed.record(new).await {
+        crate::Recorded::Done(FedInserted::New(j)) => j,
+        crate::Recorded::Done(FedInserted::Existing(j)) => {
             let at_site = live(&fed, &j, &tenant).await;
             return Ok((
                 StatusCode::OK,
@@ -268,15 +265,17 @@ async fn submit(State(fed): Fed, headers: HeaderMap, body: axum::body::Bytes) ->
             )
                 .into_response());
         }
-        Some(Err(store::StoreError::Conflict { .. })) => {
+        crate::Recorded::Conflict => {
             return Err(Failure::new(
                 StatusCode::CONFLICT,
                 "conflict",
                 "this Idempotency-Key was used for a different request",
             ));
         }
-        Some(Err(e)) => return Err(e.into()),
-        None => return Err(Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "nothing recorded")),
+        crate::Recorded::Failed(why) => {
+            tracing::error!(error = %why, "job not recorded");
+            return Err(Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("not recorded: {why}")));
+        }
     };
     let reachable = fed.view(&job.site).is_some_and(|v| v.reachable && !v.lost);
     if !reachable {

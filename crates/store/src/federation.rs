@@ -58,6 +58,16 @@ pub enum FedInserted {
     Existing(FedJob),
 }
 
+/// A job moved off a site, to be dropped there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FedLeft {
+    pub site_key: String,
+    /// Its id at the site, when the site's answer was written before the move.
+    pub site_job_id: Option<i64>,
+    pub tenant_id: i64,
+    pub fed_job_id: i64,
+}
+
 /// A site's answer about one job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FedStateUpdate {
@@ -72,6 +82,8 @@ pub struct FedMove {
     pub id: i64,
     /// The site it leaves, as recorded: the move is not done if it was moved meanwhile.
     pub from_site: String,
+    /// The idempotency key it was sent to `from_site` with.
+    pub from_key: String,
     pub to_site: String,
     pub reason: String,
     /// Every earlier site, this one included, JSON.
@@ -283,19 +295,19 @@ impl Store {
             };
             let site_job_id: Option<i64> = row.try_get(0)?;
             let tenant_id: i64 = row.try_get(1)?;
-            if let Some(site_job_id) = site_job_id {
-                sqlx::query(
-                    "INSERT INTO fed_left (site, site_job_id, tenant_id, fed_job_id, left_ms) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (site, site_job_id) DO NOTHING",
-                )
-                .bind(&m.from_site)
-                .bind(site_job_id)
-                .bind(tenant_id)
-                .bind(m.id)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-            }
+            // Noted even when no id came back: the site may have taken it all the same.
+            sqlx::query(
+                "INSERT INTO fed_left (site, site_key, site_job_id, tenant_id, fed_job_id, left_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (site, site_key) DO NOTHING",
+            )
+            .bind(&m.from_site)
+            .bind(&m.from_key)
+            .bind(site_job_id)
+            .bind(tenant_id)
+            .bind(m.id)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query(
                 "UPDATE fed_jobs SET site = $1, site_job_id = NULL, reason = $2, state = $3, message = NULL, \
                  moves_json = $4, updated_ms = $5 WHERE id = $6",
@@ -314,25 +326,35 @@ impl Store {
         Ok(out)
     }
 
-    /// The jobs moved off `site` that it has not been told to drop: (its id there, tenant).
-    pub async fn fed_left_at(&self, site: &str) -> Result<Vec<(i64, i64)>> {
+    /// The jobs moved off `site` that it has not been told to drop.
+    pub async fn fed_left_at(&self, site: &str) -> Result<Vec<FedLeft>> {
         let rows = sqlx::query(
-            "SELECT site_job_id, tenant_id FROM fed_left WHERE site = $1 AND cancelled_ms IS NULL ORDER BY site_job_id",
+            "SELECT site_key, site_job_id, tenant_id, fed_job_id FROM fed_left WHERE site = $1 AND cancelled_ms IS NULL \
+             ORDER BY fed_job_id",
         )
         .bind(site)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+        rows.iter()
+            .map(|r| {
+                Ok(FedLeft {
+                    site_key: r.try_get(0)?,
+                    site_job_id: r.try_get(1)?,
+                    tenant_id: r.try_get(2)?,
+                    fed_job_id: r.try_get(3)?,
+                })
+            })
+            .collect()
     }
 
-    /// `site` dropped these jobs (its ids).
-    pub async fn fed_left_cancelled(&self, site: &str, site_job_ids: &[i64], now_ms: i64) -> Result<()> {
+    /// `site` dropped these jobs (by the keys they were sent with).
+    pub async fn fed_left_cancelled(&self, site: &str, site_keys: &[String], now_ms: i64) -> Result<()> {
         let mut tx = self.write().await?;
-        for id in site_job_ids {
-            sqlx::query("UPDATE fed_left SET cancelled_ms = $1 WHERE site = $2 AND site_job_id = $3")
+        for key in site_keys {
+            sqlx::query("UPDATE fed_left SET cancelled_ms = $1 WHERE site = $2 AND site_key = $3")
                 .bind(now_ms)
                 .bind(site)
-                .bind(id)
+                .bind(key)
                 .execute(&mut *tx)
                 .await?;
         }

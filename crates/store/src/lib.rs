@@ -28,7 +28,7 @@ mod federation;
 mod notice;
 pub mod testing;
 
-pub use federation::{FED_FORWARDING, FED_LOST, FedInserted, FedJob, FedMove, FedStateUpdate, NewFedJob};
+pub use federation::{FED_FORWARDING, FED_LOST, FedInserted, FedJob, FedLeft, FedMove, FedStateUpdate, NewFedJob};
 use notice::WriteKind;
 pub use notice::{Listener, Notice};
 

@@ -26,6 +26,9 @@ pub enum BenchCommand {
     /// What a flooding tenant does to the others: a quiet tenant's submission latency alone and
     /// beside a tenant submitting as fast as it can, under the default per-tenant limits.
     Flood(super::bench_flood::FloodBenchArgs),
+    /// Jobs through a federation endpoint to real site servers on loopback, beside the same jobs
+    /// straight to one site: jobs per second, latency, the federation's CPU per job.
+    Federation(super::bench_federation::FederationBenchArgs),
     /// Replicas on one PostgreSQL database, the leader killed with SIGKILL again and again under
     /// a storm of submissions: failover times, acknowledged jobs lost, jobs run twice.
     Failover(bench_failover::FailoverBenchArgs),
@@ -132,6 +135,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Agents(args) => bench_agents::run(args),
         BenchCommand::Submit(args) => bench_submit::run(args),
         BenchCommand::Flood(args) => super::bench_flood::run(args),
+        BenchCommand::Federation(args) => super::bench_federation::run(args),
         BenchCommand::Failover(args) => bench_failover::run(args),
         BenchCommand::Live(args) => live_bench(args),
         BenchCommand::Sandbox(args) => super::bench_sandbox::run(args),

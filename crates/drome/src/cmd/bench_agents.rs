@@ -270,7 +270,7 @@ impl Client {
         serde_json::from_str(&text).with_context(|| format!("{path}: not JSON: {text}"))
     }
 
-    async fn get(&self, path: &str, token: &str) -> anyhow::Result<Value> {
+    pub(super) async fn get(&self, path: &str, token: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, path, token, None).await
     }
 

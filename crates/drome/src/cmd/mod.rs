@@ -5,6 +5,7 @@ pub mod backup;
 pub mod bench;
 pub mod bench_agents;
 pub mod bench_failover;
+pub mod bench_federation;
 pub mod bench_flood;
 pub mod bench_openb;
 pub mod bench_sandbox;

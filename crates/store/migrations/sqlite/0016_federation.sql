@@ -30,13 +30,16 @@ CREATE TABLE fed_site_tokens (
     PRIMARY KEY (tenant_id, site)
 );
 -- A job moved away from a site that did not answer: it is cancelled there before the site's
--- federation lease is renewed (it could not start there meanwhile).
+-- federation lease is renewed (it could not start there meanwhile). `site_key` is the
+-- idempotency key it was sent there with: a site that took it before its id was written here
+-- gives the id back for the same request and key.
 CREATE TABLE fed_left (
     site TEXT NOT NULL,
-    site_job_id BIGINT NOT NULL,
+    site_key TEXT NOT NULL,
+    site_job_id BIGINT,
     tenant_id BIGINT NOT NULL,
     fed_job_id BIGINT NOT NULL,
     left_ms BIGINT NOT NULL,
     cancelled_ms BIGINT,
-    PRIMARY KEY (site, site_job_id)
+    PRIMARY KEY (site, site_key)
 );
