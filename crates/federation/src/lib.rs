@@ -107,7 +107,7 @@ struct RecordRequest {
 
 /// What recording one job did.
 pub(crate) enum Recorded {
-    Done(store::FedInserted),
+    Done(Box<store::FedInserted>),
     /// Its idempotency key came before with another request.
     Conflict,
     Failed(String),
@@ -128,7 +128,7 @@ async fn write_records(store: Store, mut queue: tokio::sync::mpsc::Receiver<Reco
             Ok(results) => {
                 for (request, result) in batch.into_iter().zip(results) {
                     let answer = match result {
-                        Ok(inserted) => Recorded::Done(inserted),
+                        Ok(inserted) => Recorded::Done(Box::new(inserted)),
                         Err(store::StoreError::Conflict { .. }) => Recorded::Conflict,
                         Err(e) => Recorded::Failed(e.to_string()),
                     };

@@ -255,16 +255,14 @@ async fn submit(State(fed): Fed, headers: HeaderMap, body: axum::body::Bytes) ->
         reason,
     };
     let job = match fed.record(new).await {
-        crate::Recorded::Done(FedInserted::New(j)) => j,
-        crate::Recorded::Done(FedInserted::Existing(j)) => {
-            let at_site = live(&fed, &j, &tenant).await;
-            return Ok((
-                StatusCode::OK,
-                [("idempotent-replayed", "true")],
-                Json(fed.to_api(&j, &tenant.name, at_site)),
-            )
-                .into_response());
-        }
+        crate::Recorded::Done(inserted) => match *inserted {
+            FedInserted::New(j) => j,
+            FedInserted::Existing(j) => {
+                let at_site = live(&fed, &j, &tenant).await;
+                let body = Json(fed.to_api(&j, &tenant.name, at_site));
+                return Ok((StatusCode::OK, [("idempotent-replayed", "true")], body).into_response());
+            }
+        },
         crate::Recorded::Conflict => {
             return Err(Failure::new(
                 StatusCode::CONFLICT,
