@@ -77,6 +77,8 @@ pub(crate) struct Site {
     pub config: SiteConfig,
     pub client: SiteClient,
     pub view: RwLock<SiteView>,
+    /// Which slice of the jobs running there the next poll reads.
+    refresh_turn: std::sync::atomic::AtomicUsize,
 }
 
 /// The federation's shared state: its store, its sites and their last reports.
@@ -196,6 +198,7 @@ impl Federation {
                     config: c.clone(),
                     client: SiteClient::new(c, options.request_timeout)?,
                     view: RwLock::new(SiteView::default()),
+                    refresh_turn: std::sync::atomic::AtomicUsize::new(0),
                 })
             })
             .collect::<Result<Vec<_>, SiteError>>()?;
@@ -420,7 +423,7 @@ impl Federation {
             reason: job.reason.clone(),
             moves,
         };
-        let spec: api::JobSpec = serde_json::from_str(&job.spec_json).unwrap_or_else(|_| empty_spec());
+        let spec: api::JobSpec = serde_json::from_str(&job.spec_json).unwrap_or_default();
         match at_site {
             Some(mut j) => {
                 j.id = job.id;
@@ -466,33 +469,6 @@ impl Federation {
 pub(crate) fn site_key(job: &FedJob) -> String {
     let moves = serde_json::from_str::<Vec<api::FederationMove>>(&job.moves_json).map_or(0, |m| m.len());
     format!("federation-{}-{moves}", job.id)
-}
-
-pub(crate) fn empty_spec() -> api::JobSpec {
-    serde_json::from_value(serde_json::json!({"gpus_per_node": 0})).unwrap_or_else(|_| unreachable_spec())
-}
-
-fn unreachable_spec() -> api::JobSpec {
-    // JobSpec's required fields are all in the literal above; kept total all the same.
-    api::JobSpec {
-        name: None,
-        command: None,
-        args: Vec::new(),
-        env: Default::default(),
-        gpus_per_node: 0,
-        nodes: 1,
-        gpu_milli: None,
-        gpu_model: None,
-        cpu_milli: None,
-        memory_mib: None,
-        image: None,
-        priority: 0,
-        deferrable: false,
-        federated: false,
-        max_runtime_s: None,
-        restart_policy: api::RestartPolicy::Never,
-        max_restarts: 0,
-    }
 }
 
 pub(crate) fn state_from_str(s: &str) -> Option<api::JobState> {
@@ -704,6 +680,10 @@ async fn refresh_states(fed: &Federation, site: &Site) -> Result<(), FederationE
         by_tenant.entry(j.tenant_id).or_default().push(j);
     }
     let mut updates = Vec::new();
+    // Jobs that left the queue since the last look are read now; those already started, a
+    // slice of them each poll, in turn: a site running many jobs is not asked for all each time.
+    let mut left_queue: Vec<(&FedJob, i64, String)> = Vec::new();
+    let mut started: Vec<(&FedJob, i64, String)> = Vec::new();
     for (tenant_id, jobs) in by_tenant {
         let Some(tenant) = fed.store.tenant(tenant_id).await? else { continue };
         let token = fed.site_token(site, tenant_id, &tenant.name).await?;
@@ -715,27 +695,41 @@ async fn refresh_states(fed: &Federation, site: &Site) -> Result<(), FederationE
                 if j.state != "pending" {
                     updates.push(FedStateUpdate { id: j.id, state: "pending".into(), message: None });
                 }
-                continue;
+            } else if j.state == "pending" {
+                left_queue.push((j, site_id, token.clone()));
+            } else {
+                started.push((j, site_id, token.clone()));
             }
-            match site.client.job(&token, site_id).await {
-                Ok(now) => {
-                    let state = now.state.as_str();
-                    if state != j.state || now.message != j.message {
-                        updates.push(FedStateUpdate { id: j.id, state: state.into(), message: now.message });
-                    }
+        }
+    }
+    let turn = site.refresh_turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let slice = STARTED_READ_PER_POLL.min(started.len());
+    let from = if started.is_empty() { 0 } else { (turn * STARTED_READ_PER_POLL) % started.len() };
+    let in_turn = started.iter().cycle().skip(from).take(slice);
+    for (j, site_id, token) in left_queue.iter().take(LEFT_QUEUE_READ_PER_POLL).chain(in_turn) {
+        match site.client.job(token, *site_id).await {
+            Ok(now) => {
+                let state = now.state.as_str();
+                if state != j.state || now.message != j.message {
+                    updates.push(FedStateUpdate { id: j.id, state: state.into(), message: now.message });
                 }
-                Err(SiteError::Refused { status: 404, .. }) => updates.push(FedStateUpdate {
-                    id: j.id,
-                    state: "failed".into(),
-                    message: Some(format!("site {name} no longer knows its job {site_id}")),
-                }),
-                Err(e) => return Err(e.into()),
             }
+            Err(SiteError::Refused { status: 404, .. }) => updates.push(FedStateUpdate {
+                id: j.id,
+                state: "failed".into(),
+                message: Some(format!("site {name} no longer knows its job {site_id}")),
+            }),
+            Err(e) => return Err(e.into()),
         }
     }
     fed.store.fed_set_states(&updates, now_ms()).await?;
     Ok(())
 }
+
+/// Jobs read one by one at a site each poll: those that just left its queue, and those running
+/// there, in turn.
+const LEFT_QUEUE_READ_PER_POLL: usize = 1000;
+const STARTED_READ_PER_POLL: usize = 100;
 
 /// Forwards jobs recorded but not taken by a site (a site that did not answer, a move, a
 /// restart of the federation), now and then.
