@@ -141,6 +141,10 @@ pub struct JobSpec {
     /// cut off from it never starts there.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub federated: bool,
+    /// Where the job's input data lives: a federation endpoint weighs the time to move it over
+    /// the fiber when it picks a site (`data` dispatch). A site itself ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<Dataset>,
     /// The job is stopped (failed; an instance: expired) after this many seconds of running.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::ranges::opt_int64")]
     pub max_runtime_s: Option<u64>,
@@ -168,6 +172,7 @@ impl Default for JobSpec {
             priority: 0,
             deferrable: false,
             federated: false,
+            dataset: None,
             max_runtime_s: None,
             restart_policy: RestartPolicy::Never,
             max_restarts: default_max_restarts(),
@@ -225,6 +230,16 @@ pub struct Job {
     /// Answered by a federation endpoint: the site the job went to and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub federation: Option<FederationPlace>,
+}
+
+/// A job's input data, for a federation's choice of site.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Dataset {
+    /// The site that holds it.
+    pub site: String,
+    /// Its size, GB (10^9 bytes).
+    pub size_gb: f64,
 }
 
 /// Where a federation endpoint sent a job, and why.
@@ -494,6 +509,24 @@ pub struct Site {
     /// The site's GPUs by model, for nodes that have GPUs.
     #[serde(default)]
     pub gpu_models: Vec<SiteGpuModel>,
+    /// Mean grid price over the next 4 hours (UTC hour of the year on the shipped French grid
+    /// year), the site's price adder included, EUR/MWh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_eur_per_mwh: Option<f64>,
+    /// Mean grid carbon intensity over the next 4 hours, gCO2/kWh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub co2_g_per_kwh: Option<f64>,
+    /// Outdoor temperature this hour, °C: the site's climate normals, else the Valence year.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outdoor_celsius: Option<f64>,
+    /// What the site's heat network asks for this hour, watts; absent when the fleet declares
+    /// no heat network at the site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heat_demand_watts: Option<f64>,
+    /// Waste heat the site gives its heat network now, watts: its GPU draw (`power_watts`), at
+    /// most the demand; absent without a heat network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heat_supplied_watts: Option<f64>,
 }
 
 /// The GPUs of one model at a site.

@@ -135,6 +135,13 @@ async fn three_sites_one_api_a_lost_site_moves_its_waiting_jobs() {
     acknowledged.push(("lab".into(), a100["id"].as_i64().unwrap()));
     let r = http.post(format!("{base}/v1/jobs")).bearer_auth(&lab).json(&job("B200", 1)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 422, "no site holds a B200: {:?}", r.text().await);
+    // A dataset must be at a site of the federation.
+    let mut at_nowhere = job("H200", 1);
+    at_nowhere["dataset"] = json!({"site": "atlantis", "size_gb": 800});
+    let r = http.post(format!("{base}/v1/jobs")).bearer_auth(&lab).json(&at_nowhere).send().await.unwrap();
+    let status = r.status().as_u16();
+    let err: Value = r.json().await.unwrap();
+    assert_eq!((status, err["error"]["field"].as_str()), (422, Some("dataset.site")), "{err}");
     // A site's own validation is the answer, and nothing is kept.
     let r = http
         .post(format!("{base}/v1/jobs"))

@@ -85,17 +85,18 @@ impl EnergyModel {
             .zip(&power.sites)
             .map(|(site, it)| {
                 let cooling = cooling.unwrap_or(site.cooling);
-                let mut network = HeatNetwork::sized_for(it.busy_watts);
-                network.price_eur_per_mwh = heat.price_eur_per_mwh;
                 // A network the fleet file describes is the site's own; otherwise one sized to it.
-                if let Some(spec) = &site.env.heat_network {
-                    network.base_load_watts = spec.base_watts;
-                    network.heating_watts_per_kelvin = spec.heating_watts_per_kelvin;
-                    network.price_eur_per_mwh = spec.price_eur_per_mwh.unwrap_or(heat.price_eur_per_mwh);
-                }
-                network.base_load_watts *= heat.demand_scale.max(0.0);
-                network.heating_watts_per_kelvin *= heat.demand_scale.max(0.0);
-                network.supply_celsius = heat.supply_celsius;
+                let network = match &site.env.heat_network {
+                    Some(spec) => HeatNetwork::declared(spec, heat),
+                    None => {
+                        let mut network = HeatNetwork::sized_for(it.busy_watts);
+                        network.price_eur_per_mwh = heat.price_eur_per_mwh;
+                        network.base_load_watts *= heat.demand_scale.max(0.0);
+                        network.heating_watts_per_kelvin *= heat.demand_scale.max(0.0);
+                        network.supply_celsius = heat.supply_celsius;
+                        network
+                    }
+                };
                 SiteModel {
                     name: site.name.clone(),
                     cooling,

@@ -20,8 +20,9 @@
 //! and chemical plants of the Rhône valley) plus space heating proportional to heating degrees
 //! below 18 °C (the base Météo-France and French heat-network operators use for degree-days).
 
+use crate::account::HeatOptions;
 use crate::facility::ZERO_CELSIUS_KELVIN;
-use model::Cooling;
+use model::{Cooling, HeatNetworkSpec};
 use serde::Serialize;
 
 /// Heat pump COP as a fraction of Carnot.
@@ -87,6 +88,19 @@ impl HeatNetwork {
             base_load_watts: 0.35 * it_watts,
             heating_watts_per_kelvin: 0.04 * it_watts,
             price_eur_per_mwh: 40.0,
+        }
+    }
+
+    /// The network a fleet file declares next to a site, its demand scaled by
+    /// `heat.demand_scale`, supplied at `heat.supply_celsius` and paid at the file's price, else
+    /// `heat.price_eur_per_mwh`.
+    pub fn declared(spec: &HeatNetworkSpec, heat: &HeatOptions) -> HeatNetwork {
+        let scale = heat.demand_scale.max(0.0);
+        HeatNetwork {
+            supply_celsius: heat.supply_celsius,
+            base_load_watts: spec.base_watts * scale,
+            heating_watts_per_kelvin: spec.heating_watts_per_kelvin * scale,
+            price_eur_per_mwh: spec.price_eur_per_mwh.unwrap_or(heat.price_eur_per_mwh),
         }
     }
 

@@ -11,7 +11,9 @@
 //! - [`climate`] and [`grid`]: hourly temperature, price and carbon years (shipped for Valence and
 //!   France, or read from a user's CSV text);
 //! - [`account`]: the hour-by-hour accounting of a utilisation time series, and the cheap
-//!   site-power queries a power-capped scheduler needs.
+//!   site-power queries a power-capped scheduler needs;
+//! - [`site_hour`]: one site's grid price, carbon, outdoor temperature and heat demand at an hour,
+//!   as a federation's dispatch compares sites.
 //!
 //! The crate is pure and deterministic: no I/O (the shipped data files are compiled in), no clock,
 //! no global state.
@@ -25,6 +27,7 @@ pub mod heat;
 mod hourly_csv;
 pub mod it_power;
 mod rng;
+pub mod site_hour;
 
 pub use account::{
     EnergyModel, EnergyReport, GuardFigures, GuardNode, HeatOptions, HourPoint, SiteEnergy, SitePower, Totals, account,
@@ -36,6 +39,7 @@ pub use gpu_power::{GpuPowerProfile, throughput_at_cap};
 pub use grid::GridYear;
 pub use heat::{HeatNetwork, RecoverableHeat, heat_pump_cop};
 pub use it_power::FleetPower;
+pub use site_hour::{SiteHourFacts, site_hour_facts, site_temperature_year};
 
 /// Why energy inputs were refused.
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -1,6 +1,10 @@
-//! The federation's sites file: each site's address and admin token, what the federation knows of
-//! it beyond what it reports (its grid price and carbon, its heat network's demand), and tenants
-//! bound to a site or a region.
+//! The federation's sites file: each site's address and admin token, its fiber, fallbacks for what
+//! a site may not report, and tenants bound to a site or a region.
+//!
+//! A site server reports its grid price and carbon (over the hours ahead, its price adder
+//! included) and its heat network's demand from its own fleet file; the file's
+//! `price_eur_per_mwh`, `co2_g_per_kwh` and `heat_demand_mw` only stand in for a site that reports
+//! none (an older server, or no heat network declared in its fleet), and are otherwise ignored.
 //!
 //! ```toml
 //! [[site]]
@@ -8,9 +12,9 @@
 //! url = "http://10.0.0.1:8080"
 //! admin_token_file = "/etc/drome/valence.admin"   # or admin_token = "..."
 //! region = "FR-ARA"                 # else what the site reports
-//! price_eur_per_mwh = 62.0          # the hours ahead, with the site's adder
-//! co2_g_per_kwh = 32.0
-//! heat_demand_mw = 3.0              # what its heat network asks for
+//! price_eur_per_mwh = 62.0          # fallbacks, when the site reports no figure:
+//! co2_g_per_kwh = 32.0              #   the hours ahead, with the site's adder
+//! heat_demand_mw = 3.0              #   what its heat network asks for
 //! fiber_gbps = 400.0
 //!
 //! [[tenant]]
@@ -63,8 +67,11 @@ pub struct SiteConfig {
     pub url: String,
     pub admin_token: String,
     pub region: Option<String>,
+    /// Fallback when the site reports no price (0 when the file gives none either).
     pub price_eur_per_mwh: f64,
+    /// Fallback when the site reports no carbon intensity.
     pub co2_g_per_kwh: f64,
+    /// Fallback when the site reports no heat network demand.
     pub heat_demand_watts: f64,
     pub fiber_gbps: Option<f64>,
 }

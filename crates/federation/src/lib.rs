@@ -176,6 +176,35 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// One server's grid and heat figures for the dispatch. What the server reports of its sites
+/// now wins (price and carbon their mean, heat their sum); the sites file's values stand in for a
+/// figure none of its sites reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct GridAndHeat {
+    price_eur_per_mwh: f64,
+    co2_g_per_kwh: f64,
+    heat_demand_watts: f64,
+    heat_supplied_watts: f64,
+}
+
+impl GridAndHeat {
+    fn of(reports: &[api::Site], config: &SiteConfig) -> GridAndHeat {
+        let reported = |f: fn(&api::Site) -> Option<f64>| {
+            reports.iter().filter_map(f).fold((0.0, 0usize), |(sum, n), x| (sum + x, n + 1))
+        };
+        let mean_or = |(sum, n): (f64, usize), fallback: f64| if n == 0 { fallback } else { sum / n as f64 };
+        let sum_or = |(sum, n): (f64, usize), fallback: f64| if n == 0 { fallback } else { sum };
+        // A server that reports no supply: its whole GPU draw is taken as the heat on offer.
+        let power_watts: f64 = reports.iter().map(|r| r.power_watts).sum();
+        GridAndHeat {
+            price_eur_per_mwh: mean_or(reported(|r| r.price_eur_per_mwh), config.price_eur_per_mwh),
+            co2_g_per_kwh: mean_or(reported(|r| r.co2_g_per_kwh), config.co2_g_per_kwh),
+            heat_demand_watts: sum_or(reported(|r| r.heat_demand_watts), config.heat_demand_watts),
+            heat_supplied_watts: sum_or(reported(|r| r.heat_supplied_watts), power_watts),
+        }
+    }
+}
+
 /// GPUs a job holds, a share of one GPU counted as its fraction.
 pub fn job_gpus(spec: &api::JobSpec) -> f64 {
     match spec.gpu_milli {
@@ -246,6 +275,7 @@ impl Federation {
                 let queued = v.reports.first().map_or(0.0, |r| r.gpus_pending) + v.gpus_sent_since_report;
                 let headroom = v.reports.iter().all(|r| r.power_cap_watts.is_none_or(|cap| r.power_watts < cap));
                 let region = s.config.region.clone().or_else(|| v.reports.iter().find_map(|r| r.region.clone()));
+                let energy = GridAndHeat::of(&v.reports, &s.config);
                 SiteFacts {
                     name: s.config.name.clone(),
                     region,
@@ -256,10 +286,10 @@ impl Federation {
                     total_gpus: total_gpus as f64,
                     free_gpus: free_gpus as f64,
                     queued_gpus: queued,
-                    price_eur_per_mwh: s.config.price_eur_per_mwh,
-                    co2_g_per_kwh: s.config.co2_g_per_kwh,
-                    heat_demand_watts: s.config.heat_demand_watts,
-                    heat_supplied_watts: v.reports.iter().map(|r| r.power_watts).sum(),
+                    price_eur_per_mwh: energy.price_eur_per_mwh,
+                    co2_g_per_kwh: energy.co2_g_per_kwh,
+                    heat_demand_watts: energy.heat_demand_watts,
+                    heat_supplied_watts: energy.heat_supplied_watts,
                     fiber_gbps: s.config.fiber_gbps,
                 }
             })
@@ -273,7 +303,10 @@ impl Federation {
             gpus: job_gpus(spec),
             site: binding.and_then(|b| b.site.clone()),
             region: binding.and_then(|b| b.region.clone()),
-            dataset: None,
+            dataset: spec
+                .dataset
+                .as_ref()
+                .map(|d| dispatch::Dataset { site: d.site.clone(), bytes: (d.size_gb.max(0.0) * 1e9) as u64 }),
         }
     }
 
@@ -773,4 +806,86 @@ async fn forward_waiting(fed: &Federation) {
 /// Whether a stored state is one a job leaves no more.
 pub fn ended(state: &str) -> bool {
     is_terminal(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(power_watts: f64) -> api::Site {
+        api::Site {
+            name: "s".into(),
+            cooling: "liquid".into(),
+            region: None,
+            nodes: 1,
+            gpus: 8,
+            gpus_free: 8,
+            gpus_used: 0,
+            power_watts,
+            power_reporting_nodes: 0,
+            gpu_power_cap_watts: None,
+            power_nameplate_watts: 5600.0,
+            power_cap_watts: None,
+            gpus_pending: 0.0,
+            gpu_models: Vec::new(),
+            price_eur_per_mwh: None,
+            co2_g_per_kwh: None,
+            outdoor_celsius: None,
+            heat_demand_watts: None,
+            heat_supplied_watts: None,
+        }
+    }
+
+    fn file_says() -> SiteConfig {
+        SiteConfig {
+            name: "a".into(),
+            url: "http://127.0.0.1:1".into(),
+            admin_token: "t".into(),
+            region: None,
+            price_eur_per_mwh: 62.0,
+            co2_g_per_kwh: 32.0,
+            heat_demand_watts: 3e6,
+            fiber_gbps: None,
+        }
+    }
+
+    #[test]
+    fn reported_figures_win_over_the_sites_file() {
+        let mut with_network = report(4000.0);
+        with_network.price_eur_per_mwh = Some(50.0);
+        with_network.co2_g_per_kwh = Some(20.0);
+        with_network.heat_demand_watts = Some(3000.0);
+        with_network.heat_supplied_watts = Some(3000.0);
+        let mut without = report(1000.0);
+        without.price_eur_per_mwh = Some(70.0);
+        without.co2_g_per_kwh = Some(30.0);
+        let f = GridAndHeat::of(&[with_network, without], &file_says());
+        assert_eq!(
+            f,
+            GridAndHeat {
+                price_eur_per_mwh: 60.0,
+                co2_g_per_kwh: 25.0,
+                heat_demand_watts: 3000.0,
+                heat_supplied_watts: 3000.0
+            },
+            "price and carbon the sites' mean, heat their sum"
+        );
+    }
+
+    #[test]
+    fn the_sites_file_stands_in_for_what_is_not_reported() {
+        let f = GridAndHeat::of(&[report(4000.0), report(1000.0)], &file_says());
+        assert_eq!(
+            f,
+            GridAndHeat {
+                price_eur_per_mwh: 62.0,
+                co2_g_per_kwh: 32.0,
+                heat_demand_watts: 3e6,
+                heat_supplied_watts: 5000.0
+            },
+            "the GPU draw is the heat on offer"
+        );
+        let never_heard = GridAndHeat::of(&[], &file_says());
+        assert_eq!((never_heard.price_eur_per_mwh, never_heard.heat_supplied_watts), (62.0, 0.0));
+    }
 }

@@ -231,6 +231,19 @@ async fn submit(State(fed): Fed, headers: HeaderMap, body: axum::body::Bytes) ->
     let key = idempotency_key(&headers)?;
     let mut spec: api::JobSpec = parse_body(&body)?;
     spec.federated = false; // the federation's own mark, set when it forwards
+    if let Some(d) = &spec.dataset {
+        let field = |name: &str, message: String| {
+            let mut f = Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message);
+            f.field = Some(name.to_string());
+            f
+        };
+        if fed.site(&d.site).is_none() {
+            return Err(field("dataset.site", format!("no site '{}' in this federation", d.site)));
+        }
+        if !(d.size_gb.is_finite() && (0.0..=1e9).contains(&d.size_gb)) {
+            return Err(field("dataset.size_gb", "between 0 and 10^9 GB".into()));
+        }
+    }
     let spec_json = serde_json::to_string(&spec)
         .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
     let request_hash: String = Sha256::digest(spec_json.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();

@@ -122,7 +122,7 @@ pub struct SiteClimate {
 pub struct HeatNetworkSpec {
     /// Steady process-heat demand (industry, greenhouses), watts.
     pub base_watts: f64,
-    /// Space-heating demand per kelvin below 15 °C outside, watts.
+    /// Space-heating demand per kelvin below 18 °C outside (the heating base of degree-days), watts.
     pub heating_watts_per_kelvin: f64,
     /// What the network pays, EUR/MWh; `None`: the run's heat price.
     pub price_eur_per_mwh: Option<f64>,

@@ -165,6 +165,7 @@ pub fn job_to_api(job: &store::Job, tenant: &str, history: &[store::JobEvent]) -
             priority: i32::try_from(job.spec.priority).unwrap_or(0),
             deferrable: job.spec.deferrable,
             federated: job.spec.federated,
+            dataset: None,
             max_runtime_s: job.spec.max_runtime_s.and_then(|s| u64::try_from(s).ok()),
             restart_policy,
             max_restarts: u32::try_from(job.spec.max_restarts).unwrap_or(0),

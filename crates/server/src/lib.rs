@@ -189,6 +189,8 @@ pub struct AppState {
     pub(crate) leader_lease: Duration,
     /// What nodes' reports may say (agents are input too).
     pub(crate) node_bounds: Arc<agents::checks::NodeBounds>,
+    /// The grid and climate years the sites' price, carbon and heat figures are read from.
+    pub(crate) site_years: Arc<SiteYears>,
 }
 
 impl AppState {
@@ -301,6 +303,7 @@ struct Common {
     http: reqwest::Client,
     leader_lease: Duration,
     node_bounds: Arc<agents::checks::NodeBounds>,
+    site_years: Arc<SiteYears>,
     request_timeout: Duration,
 }
 
@@ -333,6 +336,7 @@ impl Common {
             http: self.http.clone(),
             leader_lease: self.leader_lease,
             node_bounds: self.node_bounds.clone(),
+            site_years: self.site_years.clone(),
             request_timeout: self.request_timeout,
         }
     }
@@ -393,6 +397,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         },
         leader_lease: config.leader_lease,
         node_bounds: Arc::new(agents::checks::NodeBounds::new(&fleet)),
+        site_years: Arc::new(SiteYears::of(&fleet)),
     };
     let mut background = Vec::new();
     if config.keep_events.is_some() || config.keep_spent_tokens.is_some() {
@@ -685,6 +690,52 @@ pub fn year_start_ms(ms: i64) -> i64 {
             return start;
         }
         (year, start) = (year + 1, next);
+    }
+}
+
+/// Hour of the UTC year holding `ms` (0-8783), the hour the energy years are read at.
+pub(crate) fn hour_of_year(ms: i64) -> usize {
+    ((ms - year_start_ms(ms)).max(0) / 3_600_000) as usize
+}
+
+/// Hours ahead whose mean price and carbon a site reports: the twin's federation compares the
+/// same span.
+pub(crate) const SITE_LOOKAHEAD_HOURS: usize = 4;
+
+/// The grid and climate years a site's price, carbon and heat figures are read from, built once
+/// at start: a site's climate year is synthesised from its normals, which takes milliseconds.
+pub(crate) struct SiteYears {
+    /// The shipped French grid year; `None` only if it could not be read.
+    grid: Option<energy::GridYear>,
+    /// Each site's temperature year, by site index.
+    temperature: Vec<Option<energy::TemperatureYear>>,
+}
+
+impl SiteYears {
+    fn of(fleet: &Fleet) -> SiteYears {
+        let grid = energy::GridYear::france()
+            .inspect_err(|e| tracing::warn!(error = %e, "grid year unreadable: sites report no price or carbon"))
+            .ok();
+        let temperature = fleet
+            .sites
+            .iter()
+            .map(|site| {
+                let year = energy::site_temperature_year(site);
+                if let Err(e) = &year {
+                    tracing::warn!(site = %site.name, error = %e, "temperature year unreadable: no grid or heat figures");
+                }
+                year.ok()
+            })
+            .collect();
+        SiteYears { grid, temperature }
+    }
+
+    /// The figures of the fleet's site `index` at `hour_of_year`, if its years could be read.
+    pub(crate) fn facts(&self, fleet: &Fleet, index: usize, hour_of_year: usize) -> Option<energy::SiteHourFacts> {
+        let site = fleet.sites.get(index)?;
+        let grid = self.grid.as_ref()?;
+        let temperature = self.temperature.get(index)?.as_ref()?;
+        Some(energy::site_hour_facts(site, grid, temperature, hour_of_year, SITE_LOOKAHEAD_HOURS))
     }
 }
 

@@ -873,6 +873,11 @@ fn sites(st: &AppState) -> Vec<api::Site> {
             // One queue for every site of this server: each reports all of it.
             gpus_pending: pending,
             gpu_models: Vec::new(),
+            price_eur_per_mwh: None,
+            co2_g_per_kwh: None,
+            outdoor_celsius: None,
+            heat_demand_watts: None,
+            heat_supplied_watts: None,
         })
         .collect();
     for (i, n) in fleet.nodes.iter().enumerate() {
@@ -914,8 +919,17 @@ fn sites(st: &AppState) -> Vec<api::Site> {
             m.gpus_free += u64::from(gpus - u);
         }
     }
-    for site in &mut sites {
+    let hour = crate::hour_of_year(crate::now_ms());
+    for (i, site) in sites.iter_mut().enumerate() {
         site.gpu_models.sort_by(|a, b| a.model.cmp(&b.model));
+        if let Some(f) = st.site_years.facts(fleet, i, hour) {
+            site.price_eur_per_mwh = Some(f.price_eur_per_mwh);
+            site.co2_g_per_kwh = Some(f.co2_g_per_kwh);
+            site.outdoor_celsius = Some(f.outdoor_celsius);
+            site.heat_demand_watts = f.heat_demand_watts;
+            // The GPUs' draw is the heat the site has to give.
+            site.heat_supplied_watts = f.heat_supplied_watts(site.power_watts);
+        }
     }
     sites
 }

@@ -95,3 +95,57 @@ async fn sites_report_region_models_and_pending_gpus(db: Db) {
     place.cleanup().await;
 }
 both_backends!(sites_tests, sites_report_region_models_and_pending_gpus);
+
+/// The small fleet with a cold climate, a heat network and a price adder on its immersion site;
+/// its air-cooled site declares none of them.
+fn fleet_with_a_heat_network() -> model::Fleet {
+    let toml = common::SMALL_FLEET.replace(
+        "name = \"lab-oil\"\ncooling = \"immersion\"",
+        "name = \"lab-oil\"\ncooling = \"immersion\"\n\
+         price_adder_eur_per_mwh = 12.5\n\
+         climate = { station = \"cold\", min_celsius = [-4,-4,-4,-4,-4,-4,-4,-4,-4,-4,-4,-4], max_celsius = [0,0,0,0,0,0,0,0,0,0,0,0] }\n\
+         heat_network = { base_mw = 0.001, heating_mw_per_kelvin = 0.0001 }",
+    );
+    assert_ne!(toml, common::SMALL_FLEET, "the heat network went in");
+    model::fleet_toml::parse_fleet(&toml).expect("fleet parses")
+}
+
+fn number(site: &Value, field: &str) -> f64 {
+    site[field].as_f64().unwrap_or_else(|| panic!("no {field} in {site}"))
+}
+
+async fn sites_report_price_carbon_and_heat(db: Db) {
+    let place = Place::new(db).await;
+    let s = TestServer::start_with(&place, fleet_with_a_heat_network()).await;
+    let acme = s.tenant("acme", None).await;
+
+    let idle = sites(&s, ADMIN).await;
+    let (oil, air) = (site(&idle, "lab-oil"), site(&idle, "lab-air"));
+    // Both on the shipped grid year: the same carbon, the oil site's adder on its price.
+    assert!(number(oil, "co2_g_per_kwh") > 0.0, "{oil}");
+    assert_eq!(number(oil, "co2_g_per_kwh"), number(air, "co2_g_per_kwh"));
+    let adder = number(oil, "price_eur_per_mwh") - number(air, "price_eur_per_mwh");
+    assert!((adder - 12.5).abs() < 1e-9, "adder {adder}: {oil} {air}");
+    assert!(number(air, "outdoor_celsius").is_finite(), "the Valence year stands in: {air}");
+    // Base load plus heating below 18 °C in a climate that never nears it.
+    let outdoor = number(oil, "outdoor_celsius");
+    assert!(outdoor < 18.0, "{oil}");
+    let demand = number(oil, "heat_demand_watts");
+    assert!((demand - (1000.0 + 100.0 * (18.0 - outdoor))).abs() < 1e-6, "{oil}");
+    assert_eq!(number(oil, "heat_supplied_watts"), 0.0, "no GPU busy, no heat given: {oil}");
+    for field in ["heat_demand_watts", "heat_supplied_watts"] {
+        assert!(air.get(field).is_none(), "no heat network declared, no {field}: {air}");
+    }
+
+    // A whole H200 node busy draws more than the network asks for: it gets all it asks.
+    let job = json!({"command": "sleep", "args": ["600"], "gpus_per_node": 8, "gpu_model": "H200"});
+    let id = s.submit(&acme, job).await["id"].as_i64().unwrap();
+    s.wait_state(&acme, id, "running").await;
+    let busy = sites(&s, &acme).await;
+    let oil = site(&busy, "lab-oil");
+    assert!(number(oil, "power_watts") > number(oil, "heat_demand_watts"), "{oil}");
+    assert_eq!(number(oil, "heat_supplied_watts"), number(oil, "heat_demand_watts"), "{oil}");
+    s.stop().await;
+    place.cleanup().await;
+}
+both_backends!(heat_tests, sites_report_price_carbon_and_heat);

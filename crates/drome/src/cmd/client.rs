@@ -83,6 +83,10 @@ pub struct SubmitArgs {
     /// Stop the job after this many seconds of running.
     #[arg(long)]
     pub max_runtime: Option<u64>,
+    /// Where the job's input data lives, SITE:GB: a federation weighs moving it when it picks
+    /// a site (a site alone ignores it).
+    #[arg(long, value_name = "SITE:GB", value_parser = parse_dataset)]
+    pub dataset: Option<api::Dataset>,
     /// Restart a failed job (up to --max-restarts times).
     #[arg(long, value_parser = ["never", "on-failure"], default_value = "never")]
     pub restart: String,
@@ -496,6 +500,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         priority: args.priority,
         deferrable: args.deferrable,
         federated: false,
+        dataset: args.dataset,
         max_runtime_s: args.max_runtime,
         restart_policy: if args.restart == "on-failure" {
             api::RestartPolicy::OnFailure
@@ -546,6 +551,15 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn parse_dataset(s: &str) -> Result<api::Dataset, String> {
+    let (site, gb) = s.rsplit_once(':').ok_or("SITE:GB, e.g. valence:800")?;
+    let size_gb: f64 = gb.parse().map_err(|_| format!("'{gb}' is not a size in GB"))?;
+    if site.is_empty() || !size_gb.is_finite() || size_gb < 0.0 {
+        return Err("SITE:GB with a site name and a size of 0 GB or more".into());
+    }
+    Ok(api::Dataset { site: site.to_string(), size_gb })
 }
 
 fn print_job(job: &api::Job, output: Output) -> anyhow::Result<()> {

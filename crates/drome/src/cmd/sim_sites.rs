@@ -27,10 +27,6 @@ pub fn parse_dispatch(list: &str) -> anyhow::Result<Vec<DispatchPolicy>> {
     Ok(out)
 }
 
-fn name_seed(name: &str) -> u64 {
-    name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3))
-}
-
 /// Each tenant's home site (where its data lives), drawn by `seed` in proportion to the sites'
 /// GPUs, and whether it is bound to its home's region.
 fn tenant_homes(fleet: &Fleet, tenants: usize, bound_share: f64, seed: u64) -> Vec<(usize, bool)> {
@@ -67,12 +63,8 @@ fn site_run(args: &SimArgs, fleet: &Fleet, s: usize, policy: &str, trace: &trace
         (Some(path), _) => {
             energy::TemperatureYear::parse(&read_text(path)?).with_context(|| format!("in {}", path.display()))?
         }
-        (None, Some(c)) => {
-            let normals =
-                energy::MonthlyNormals { station: "", min_celsius: c.min_celsius, max_celsius: c.max_celsius };
-            energy::climate::synthesize(&normals, name_seed(&c.station))
-        }
-        (None, None) => energy::TemperatureYear::valence()?,
+        // The same year a live site reports its outdoor temperature and heat demand from.
+        (None, _) => energy::site_temperature_year(site)?,
     };
     let grid = match &args.grid {
         Some(path) => energy::GridYear::parse(&read_text(path)?).with_context(|| format!("in {}", path.display()))?,
