@@ -554,6 +554,10 @@ pub struct FederationLease {
     /// How long from now, on the site's own clock, federated jobs may start: 1 to 600,000 ms.
     #[serde(deserialize_with = "crate::ranges::int64")]
     pub lease_ms: u64,
+    /// Jobs of this site (its ids) the federation lets start; a grant lasts until the job starts
+    /// or ends; at most 10,000 ids a call.
+    #[serde(default)]
+    pub grant: Vec<i64>,
 }
 
 /// The site's federation lease.
@@ -562,6 +566,10 @@ pub struct FederationLeaseState {
     /// Until when federated jobs may start, Unix milliseconds on the site's clock; 0 when no
     /// lease was ever given.
     pub until_ms: i64,
+    /// Federated jobs (this site's ids, ascending, at most 10,000) the scheduler would have
+    /// started in its latest rounds but held back for want of a grant; still pending.
+    #[serde(default)]
+    pub waiting_for_grant: Vec<i64>,
 }
 
 /// `PUT /v1/sites/{name}/gpu-power-cap`: the power cap every GPU of the site is to run under.

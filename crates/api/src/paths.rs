@@ -244,14 +244,15 @@ pub fn set_gpu_power_cap() {}
 pub fn get_federation_lease() {}
 
 /// Renews the site's federation lease (admin only, the federation endpoint's token): federated
-/// jobs may start here for `lease_ms` from now, on this server's clock. Once it runs out, they
-/// wait in the queue until the next renewal; other jobs are not affected.
+/// jobs may start here for `lease_ms` from now, on this server's clock, each once the federation
+/// has granted it (`grant`). Once the lease runs out, they wait in the queue until the next
+/// renewal; other jobs are not affected. The answer lists the jobs waiting for a grant.
 #[utoipa::path(put, path = "/v1/federation/lease", tag = "fleet", request_body = FederationLease,
     responses(
         (status = 200, description = "The lease as renewed", body = FederationLeaseState),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 403, description = "Not the admin token", body = ErrorBody),
-        (status = 422, description = "`lease_ms` out of range (1 to 600,000); `field` names it", body = ErrorBody),
+        (status = 422, description = "`lease_ms` out of range (1 to 600,000), or over 10,000 ids in `grant`; `field` names it", body = ErrorBody),
         (status = 400, description = "The body is not JSON", body = ErrorBody),
     ))]
 pub fn set_federation_lease() {}

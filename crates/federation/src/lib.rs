@@ -7,11 +7,13 @@
 //! finds the job the first one made. Sites are chosen by [`dispatch::choose`], the same code the
 //! twin replays years with.
 //!
-//! A site starts federated jobs only while it holds the federation's lease, renewed at every
-//! poll. A site that stops answering is skipped at once; once it has not answered for the loss
-//! delay and its lease has surely lapsed, the jobs waiting there move to other sites (those it
-//! ran are reported lost), and when it answers again it is told to drop the moved jobs before its
-//! lease is renewed: a moved job never starts at the site it left.
+//! A site starts a federated job only while it holds the federation's lease, renewed at every
+//! poll, and only once the federation has granted that job: the site says which jobs it would
+//! start, the federation notes them durably as possibly started, then grants them. A site that
+//! stops answering is skipped at once; once it has not answered for the loss delay and its lease
+//! has surely lapsed, the jobs waiting there that were never granted move to other sites (those
+//! granted or seen running are reported lost), and when it answers again it is told to drop the
+//! moved jobs before its lease is renewed: a job runs at one site at most.
 //!
 //! Knows nothing about scheduling inside a site, SQL (the store's) or the twin.
 
@@ -560,11 +562,18 @@ async fn poll_site(fed: Arc<Federation>, index: usize) {
                     }
                 }
                 site.view.write().unwrap_or_else(|e| e.into_inner()).last_lease_sent_ms = Some(now_ms());
-                if let Err(e) = site.client.renew_lease(fed.options.lease.as_millis() as u64).await {
-                    tracing::warn!(site = %name, error = %e, "lease not renewed");
-                    continue;
-                }
+                let lease_ms = fed.options.lease.as_millis() as u64;
+                let waiting = match site.client.renew_lease(lease_ms, Vec::new()).await {
+                    Ok(state) => state.waiting_for_grant,
+                    Err(e) => {
+                        tracing::warn!(site = %name, error = %e, "lease not renewed");
+                        continue;
+                    }
+                };
                 site.view.write().unwrap_or_else(|e| e.into_inner()).lost = false;
+                if let Err(e) = grant(&fed, site, &waiting, lease_ms).await {
+                    tracing::warn!(site = %name, error = %e, "starts not granted");
+                }
                 if let Err(e) = refresh_states(&fed, site).await {
                     tracing::debug!(site = %name, error = %e, "job states not refreshed");
                 }
@@ -596,6 +605,22 @@ async fn poll_site(fed: Arc<Federation>, index: usize) {
             }
         }
     }
+}
+
+/// Lets `site` start the jobs it asked to, once the federation has noted (durably) that they
+/// may have started there: such a job no longer moves if the site is lost.
+async fn grant(fed: &Federation, site: &Site, asked: &[i64], lease_ms: u64) -> Result<(), FederationError> {
+    if asked.is_empty() {
+        return Ok(());
+    }
+    let granted = fed.store.fed_grant(&site.config.name, asked, now_ms()).await?;
+    if granted.is_empty() {
+        return Ok(());
+    }
+    site.view.write().unwrap_or_else(|e| e.into_inner()).last_lease_sent_ms = Some(now_ms());
+    site.client.renew_lease(lease_ms, granted.clone()).await?;
+    tracing::debug!(site = %site.config.name, jobs = granted.len(), "starts granted");
+    Ok(())
 }
 
 /// Cancels at `site` the jobs moved off it. `Ok(false)` when some are still to drop.
@@ -645,8 +670,16 @@ async fn drop_moved(fed: &Federation, site: &Site) -> Result<bool, FederationErr
 /// Moves the jobs waiting at a lost site to others; those that ran there are reported lost.
 async fn move_off(fed: &Federation, site: &Site) -> Result<(), FederationError> {
     let name = &site.config.name;
-    let waiting = fed.store.fed_jobs_at(name, &[FED_FORWARDING, "pending"]).await?;
-    let ran = fed.store.fed_jobs_at(name, &["scheduled", "running", "preempted"]).await?;
+    // A job the site was let start may have started, whatever the federation last saw: it
+    // stays, reported lost like those seen running.
+    let (granted, waiting): (Vec<FedJob>, Vec<FedJob>) = fed
+        .store
+        .fed_jobs_at(name, &[FED_FORWARDING, "pending"])
+        .await?
+        .into_iter()
+        .partition(|j| j.granted_ms.is_some());
+    let mut ran = fed.store.fed_jobs_at(name, &["scheduled", "running", "preempted"]).await?;
+    ran.extend(granted);
     if !ran.is_empty() {
         let lost: Vec<FedStateUpdate> = ran
             .iter()

@@ -78,9 +78,10 @@ impl SiteClient {
         self.call(self.get("/v1/sites", &self.admin_token)).await
     }
 
-    /// Federated jobs may start at the site for `lease_ms` more, on its own clock.
-    pub async fn renew_lease(&self, lease_ms: u64) -> Result<api::FederationLeaseState, SiteError> {
-        let body = api::FederationLease { lease_ms };
+    /// Federated jobs may start at the site for `lease_ms` more, on its own clock, those of
+    /// `grant` (its ids) among them; the answer says which it would start but may not yet.
+    pub async fn renew_lease(&self, lease_ms: u64, grant: Vec<i64>) -> Result<api::FederationLeaseState, SiteError> {
+        let body = api::FederationLease { lease_ms, grant };
         let request =
             self.http.put(format!("{}/v1/federation/lease", self.url)).bearer_auth(&self.admin_token).json(&body);
         self.call(request).await

@@ -141,6 +141,8 @@ pub(crate) struct Snapshot {
     pub node_gpus_used: Vec<u32>,
     /// GPUs asked for by the pending jobs, thousandths (a share of one GPU counts as its share).
     pub gpus_pending_milli: u64,
+    /// Federated jobs held back for want of the federation's grant, ascending (capped).
+    pub waiting_for_grant: Vec<i64>,
 }
 
 /// Shared by every handler.
@@ -327,6 +329,7 @@ impl Common {
             snapshot: Arc::new(RwLock::new(Snapshot {
                 node_gpus_used: vec![0; self.fleet.nodes.len()],
                 gpus_pending_milli: 0,
+                waiting_for_grant: Vec::new(),
             })),
             remote: None,
             site_caps: Arc::default(),

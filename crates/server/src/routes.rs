@@ -19,7 +19,7 @@ use axum::routing::{MethodRouter, any, delete, get, post, put};
 use futures_util::Stream;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 use store::{Change, JobFilter, JobState};
@@ -1026,7 +1026,18 @@ async fn get_federation_lease(
     let stored = st.store.setting(crate::scheduler::FEDERATION_LEASE_KEY).await?;
     // Unreadable counts as none, as the scheduler reads it.
     let until_ms = stored.and_then(|v| v.parse().ok()).unwrap_or(0);
-    Ok(Json(api::FederationLeaseState { until_ms }))
+    Ok(Json(api::FederationLeaseState { until_ms, waiting_for_grant: waiting_for_grant(&st, &[]) }))
+}
+
+/// The federated jobs the scheduler last held back for want of a grant, less those just
+/// `granted` (the answer may lag the scheduler by a round).
+fn waiting_for_grant(st: &AppState, granted: &[i64]) -> Vec<i64> {
+    let snap = st.snapshot.read().unwrap_or_else(|e| e.into_inner());
+    if granted.is_empty() {
+        return snap.waiting_for_grant.clone();
+    }
+    let granted: HashSet<i64> = granted.iter().copied().collect();
+    snap.waiting_for_grant.iter().copied().filter(|id| !granted.contains(id)).collect()
 }
 
 /// Renews the federation lease from this server's clock, so the federation's clock never
@@ -1039,6 +1050,9 @@ async fn set_federation_lease(
     if !(1..=MAX_FEDERATION_LEASE_MS).contains(&body.lease_ms) {
         return Err(ApiError::invalid("lease_ms", format!("between 1 and {MAX_FEDERATION_LEASE_MS} milliseconds")));
     }
+    if body.grant.len() > crate::scheduler::MAX_GRANT_IDS {
+        return Err(ApiError::invalid("grant", format!("at most {} job ids a call", crate::scheduler::MAX_GRANT_IDS)));
+    }
     let now = now_ms();
     let until_ms = now.saturating_add(body.lease_ms as i64);
     // A lease taken anew is the admin's act, kept in the audit log; its renewals, every few
@@ -1050,9 +1064,11 @@ async fn set_federation_lease(
         audited(&st, "federation.lease", "federation", serde_json::json!({"lease_ms": body.lease_ms}))
     };
     store.set_setting(crate::scheduler::FEDERATION_LEASE_KEY, &until_ms.to_string()).await?;
-    st.tell_scheduler(crate::scheduler::SchedEvent::FederationLease(until_ms));
-    tracing::debug!(lease_ms = body.lease_ms, until_ms, "federation lease renewed");
-    Ok(Json(api::FederationLeaseState { until_ms }))
+    let waiting_for_grant = waiting_for_grant(&st, &body.grant);
+    tracing::debug!(lease_ms = body.lease_ms, until_ms, grants = body.grant.len(), "federation lease renewed");
+    // The event wakes the scheduler: granted jobs start in its next round.
+    st.tell_scheduler(crate::scheduler::SchedEvent::FederationLease { until_ms, grant: body.grant });
+    Ok(Json(api::FederationLeaseState { until_ms, waiting_for_grant }))
 }
 
 #[derive(Deserialize)]

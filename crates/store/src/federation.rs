@@ -27,6 +27,8 @@ pub struct FedJob {
     /// once its site is declared lost while it ran).
     pub state: String,
     pub message: Option<String>,
+    /// When its present site was let start it.
+    pub granted_ms: Option<i64>,
     /// Earlier sites, JSON.
     pub moves_json: String,
     pub submitted_ms: i64,
@@ -91,7 +93,7 @@ pub struct FedMove {
 }
 
 const FED_COLUMNS: &str = "id, tenant_id, name, spec_json, idempotency_key, request_hash, site, site_job_id, reason, \
-     state, message, moves_json, submitted_ms, updated_ms";
+     state, message, moves_json, submitted_ms, updated_ms, granted_ms";
 
 fn fed_job_of(r: &AnyRow) -> Result<FedJob> {
     Ok(FedJob {
@@ -109,6 +111,7 @@ fn fed_job_of(r: &AnyRow) -> Result<FedJob> {
         moves_json: r.try_get(11)?,
         submitted_ms: r.try_get(12)?,
         updated_ms: r.try_get(13)?,
+        granted_ms: r.try_get(14)?,
     })
 }
 
@@ -310,7 +313,7 @@ impl Store {
             .await?;
             sqlx::query(
                 "UPDATE fed_jobs SET site = $1, site_job_id = NULL, reason = $2, state = $3, message = NULL, \
-                 moves_json = $4, updated_ms = $5 WHERE id = $6",
+                 moves_json = $4, updated_ms = $5, granted_ms = NULL WHERE id = $6",
             )
             .bind(&m.to_site)
             .bind(&m.reason)
@@ -324,6 +327,34 @@ impl Store {
         }
         tx.commit().await?;
         Ok(out)
+    }
+
+    /// Notes that `site` may start these of its jobs (its ids), in one transaction, before it is
+    /// told so: from then on the federation counts them as possibly started there. Returns the
+    /// ids that are the federation's jobs at that site (others are left out, not granted).
+    pub async fn fed_grant(&self, site: &str, site_job_ids: &[i64], now_ms: i64) -> Result<Vec<i64>> {
+        let mut tx = self.write().await?;
+        let mut granted = Vec::with_capacity(site_job_ids.len());
+        for id in site_job_ids {
+            let row = sqlx::query("SELECT granted_ms FROM fed_jobs WHERE site = $1 AND site_job_id = $2")
+                .bind(site)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else { continue };
+            let already: Option<i64> = row.try_get(0)?;
+            if already.is_none() {
+                sqlx::query("UPDATE fed_jobs SET granted_ms = $1 WHERE site = $2 AND site_job_id = $3")
+                    .bind(now_ms)
+                    .bind(site)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            granted.push(*id);
+        }
+        tx.commit().await?;
+        Ok(granted)
     }
 
     /// The jobs moved off `site` that it has not been told to drop.

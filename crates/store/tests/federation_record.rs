@@ -42,6 +42,12 @@ async fn exercise(store: &Store) {
     assert_eq!(store.fed_jobs_at("north", &["pending", FED_FORWARDING]).await.unwrap().len(), 2);
     assert_eq!(store.fed_jobs(lab.id, Some("pending"), None, 10).await.unwrap().len(), 1);
     assert_eq!(store.fed_jobs(lab.id, None, Some(first.id + 1), 10).await.unwrap().len(), 1, "paged below");
+    // North asks to start 77 and a job that is not the federation's: only 77 is granted.
+    assert_eq!(store.fed_grant("north", &[77, 999], 13).await.unwrap(), vec![77]);
+    assert_eq!(store.fed_grant("valence", &[77], 13).await.unwrap(), Vec::<i64>::new(), "not there");
+    assert_eq!(store.fed_job(lab.id, first.id).await.unwrap().unwrap().granted_ms, Some(13));
+    assert_eq!(store.fed_grant("north", &[77], 14).await.unwrap(), vec![77], "granted again, noted once");
+    assert_eq!(store.fed_job(lab.id, first.id).await.unwrap().unwrap().granted_ms, Some(13));
 
     // North is lost: both move to valence; both are left for north to drop, by the key sent.
     let second = store.fed_forwarding(10).await.unwrap()[0].clone();
@@ -61,6 +67,7 @@ async fn exercise(store: &Store) {
     assert_eq!(store.fed_move(&moves[..1], 21).await.unwrap(), vec![false]);
     let moved = store.fed_job(lab.id, first.id).await.unwrap().unwrap();
     assert_eq!((moved.site.as_str(), moved.site_job_id, moved.state.as_str()), ("valence", None, FED_FORWARDING));
+    assert_eq!(moved.granted_ms, None, "a grant is for one site");
     let left = store.fed_left_at("north").await.unwrap();
     assert_eq!(left.len(), 2);
     assert_eq!(left[0].site_job_id, Some(77));

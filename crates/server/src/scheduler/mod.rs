@@ -8,12 +8,15 @@
 //! twice.
 
 pub mod bench;
+mod grants;
 mod live;
 mod power;
 
 use crate::convert::encode_placement;
 use crate::node::{NodeExecutor, RunFuture, RunOutcome, RunSpec};
 use crate::{AppState, now_ms};
+pub(crate) use grants::MAX_GRANT_IDS;
+use grants::{Gate, Grants};
 use live::{LiveState, Place, is_placed_state};
 use model::SimTime;
 use sched::{Decision, Placement, Policy};
@@ -32,9 +35,13 @@ pub(crate) enum SchedEvent {
         tenant_id: i64,
         quota: store::TenantQuota,
     },
-    /// The site's federation lease now runs until this time, Unix ms on this server's clock
-    /// (stored already under [`FEDERATION_LEASE_KEY`]).
-    FederationLease(i64),
+    /// The site's federation lease now runs until `until_ms`, Unix ms on this server's clock
+    /// (stored already under [`FEDERATION_LEASE_KEY`]), and the federation grants these jobs
+    /// their start (kept in memory only, see [`grants`]).
+    FederationLease {
+        until_ms: i64,
+        grant: Vec<i64>,
+    },
     /// What other replicas wrote may have been missed (their notices were lost): read the
     /// whole state from the store again.
     Reload,
@@ -112,6 +119,9 @@ pub struct Scheduler {
     federation_lease_until_ms: i64,
     /// Whether the last round found the federation lease held: its lapse is logged once.
     federation_open: bool,
+    /// The federation's per-job start grants, and the jobs waiting for one. Kept across reads
+    /// of the store, not across restarts.
+    grants: Grants,
     /// Fault injection for tests (`DROME_FAILPOINT=before-exit-recorded`): the process aborts,
     /// as under `kill -9`, once runs have ended and before their ends are recorded.
     crash_before_recording_ends: bool,
@@ -153,6 +163,7 @@ impl Scheduler {
             changed: true,
             federation_lease_until_ms: 0,
             federation_open: false,
+            grants: Grants::default(),
             crash_before_recording_ends: std::env::var("DROME_FAILPOINT").is_ok_and(|v| v == "before-exit-recorded"),
             crash_after_preempting: std::env::var("DROME_FAILPOINT").is_ok_and(|v| v == "after-preemption-recorded"),
             crash_on_cancel: std::env::var("DROME_FAILPOINT").is_ok_and(|v| v == "cancel-recorded"),
@@ -265,15 +276,21 @@ impl Scheduler {
                 }
             }
         }
-        // Federated jobs placed but not started (before a restart) start only under a lease:
-        // without one they go back to the queue, where they wait for it.
-        let (unleased, placed): (Vec<Job>, Vec<Job>) =
-            placed.into_iter().partition(|j| j.spec.federated && j.state == JobState::Scheduled && !lease_open);
-        if !unleased.is_empty() {
-            let steps: Vec<Transition> = unleased.iter().map(|j| requeue_step(j.id, JobState::Scheduled)).collect();
+        // Federated jobs placed but not started (before a restart, or a failed write) start
+        // only under a lease and with their grant: without them they go back to the queue,
+        // where they wait for them (after a restart no grant is known: they ask again).
+        let grants = &self.grants;
+        let (barred, placed): (Vec<Job>, Vec<Job>) = placed.into_iter().partition(|j| {
+            j.state == JobState::Scheduled && grants.gate(j.id, j.spec.federated, lease_open) != Gate::Open
+        });
+        if !barred.is_empty() {
+            let steps: Vec<Transition> = barred.iter().map(|j| requeue_step(j.id, JobState::Scheduled)).collect();
             let applied = store.transitions(&steps, now).await?;
-            for ((mut job, ok), step) in unleased.into_iter().zip(applied).zip(&steps) {
+            for ((mut job, ok), step) in barred.into_iter().zip(applied).zip(&steps) {
                 if ok {
+                    if lease_open {
+                        self.grants.held(job.id);
+                    }
                     job = requeued(&job, &step.change);
                     pending.push(job);
                     self.st.job_changed();
@@ -343,6 +360,7 @@ impl Scheduler {
                     j.job.generation += 1;
                     j.job.started_ms = Some(now);
                     self.st.job_changed();
+                    self.grants.done(*id);
                 }
             }
         }
@@ -378,6 +396,7 @@ impl Scheduler {
             snap.gpus_pending_milli = live.pending_gpu_milli();
         }
         let _ = live.take_touched_nodes();
+        self.grants.prune(None, |id| live.job(id).map(|j| j.job.state));
         tracing::info!(
             placed = live.placed_jobs(),
             pending = live.pending_jobs(),
@@ -416,9 +435,14 @@ impl Scheduler {
         let now = now_ms();
         let wall = SimTime(now.max(0) as u64);
         if self.inbox.iter().any(|e| matches!(e, SchedEvent::Reload)) {
-            // Everything the other events say is in the store, which the next round reads.
+            // Everything the other events say is in the store, which the next round reads; but
+            // for the grants, which live in memory only.
             tracing::info!("changes of other replicas may have been missed; reading the store again");
-            self.inbox.clear();
+            for event in self.inbox.drain(..) {
+                if let SchedEvent::FederationLease { grant, .. } = event {
+                    self.grants.grant(grant);
+                }
+            }
             self.live = None;
             return Ok(());
         }
@@ -436,6 +460,7 @@ impl Scheduler {
                     let _ = live.add_pending(*job, release, now);
                 }
                 SchedEvent::Cancelled(id) => {
+                    self.grants.done(id);
                     let Some(j) = live.job_mut(id) else { continue };
                     let (wid, state) = (j.wid, j.job.state);
                     if self.crash_on_cancel && state == JobState::Assigned {
@@ -469,8 +494,12 @@ impl Scheduler {
                     }
                 }
                 SchedEvent::QuotaSet { tenant_id, quota } => live.set_quota(tenant_id, quota),
-                // The next round opens the queue to federated jobs (or closes it).
-                SchedEvent::FederationLease(until_ms) => self.federation_lease_until_ms = until_ms,
+                // The next round opens the queue to federated jobs (or closes it), and starts the
+                // granted ones it places.
+                SchedEvent::FederationLease { until_ms, grant } => {
+                    self.federation_lease_until_ms = until_ms;
+                    self.grants.grant(grant);
+                }
                 SchedEvent::Reload => {}
             }
         }
@@ -558,6 +587,7 @@ impl Scheduler {
             tracing::debug!(job = step.job_id, state = %step.to, "job ended");
             self.st.job_changed();
             self.runs.remove(&step.job_id);
+            self.grants.done(step.job_id);
             let Some(j) = live.job(step.job_id) else { continue };
             // The policy forgets the run (and learns from it: durations, usage).
             let started = SimTime(j.job.started_ms.unwrap_or(now).max(0) as u64);
@@ -587,7 +617,16 @@ impl Scheduler {
         if result.is_ok() {
             self.live = Some(live);
         }
+        self.publish_waiting();
         result
+    }
+
+    /// The jobs waiting for the federation's grant, for the lease's answer, when they changed.
+    fn publish_waiting(&mut self) {
+        if let Some(waiting) = self.grants.take_waiting() {
+            let mut snap = self.st.snapshot.write().unwrap_or_else(|e| e.into_inner());
+            snap.waiting_for_grant = waiting;
+        }
     }
 
     async fn decide(&mut self, live: &mut LiveState, now: i64) -> Result<(), StoreError> {
@@ -595,6 +634,7 @@ impl Scheduler {
             self.changed = true;
         }
         self.follow_federation_lease(live, now);
+        self.grants.prune(Some(now), |id| live.job(id).map(|j| j.job.state));
         let sim_now = SimTime(now.max(0) as u64);
         // Nothing changed and nothing waits: an idle server does no work, but for the caps it
         // asks of the agents, which follow the hour (a look at what they follow, unless it moved).
@@ -664,16 +704,27 @@ impl Scheduler {
         let mut starts: Vec<(i64, Placement)> = Vec::new();
         let mut preempts: Vec<i64> = Vec::new();
         let lease_open = now < self.federation_lease_until_ms;
+        let mut held_for_grants = 0usize;
         for decision in decisions {
             match decision {
                 Decision::Start { job, placement } => match live.job_id_of(job) {
                     Some(id) if live.job(id).is_some_and(|j| j.place == Place::Queued) => {
-                        if lease_open || !live.job(id).is_some_and(|j| j.job.spec.federated) {
-                            starts.push((id, placement));
-                            continue;
+                        let federated = live.job(id).is_some_and(|j| j.job.spec.federated);
+                        match self.grants.gate(id, federated, lease_open) {
+                            Gate::Open => {
+                                starts.push((id, placement));
+                                continue;
+                            }
+                            // The federation is told (the lease's answer) and grants it with a
+                            // renewal, whose event brings the next round: no round of its own.
+                            Gate::NoGrant => {
+                                self.grants.held(id);
+                                held_for_grants += 1;
+                            }
+                            Gate::NoLease => {}
                         }
-                        // No start of a federated job without the lease, whatever placed it: it
-                        // stays queued for a round under a renewed lease.
+                        // No start of a federated job without the lease and its grant, whatever
+                        // placed it: it stays queued for a round that may start it.
                         let _ = live.cluster.release(job);
                         if let (Some(queued), Some(seq)) = (live.queue.get(job), live.queue.seq(job)) {
                             self.policy.start_undone(queued, seq, SimTime(now.max(0) as u64));
@@ -689,6 +740,9 @@ impl Scheduler {
                     }
                 }
             }
+        }
+        if held_for_grants > 0 {
+            tracing::debug!(jobs = held_for_grants, "federated jobs wait for the federation's grant");
         }
         // Nodes whose runs this round stops: work placed there waits for them.
         let mut stopped_nodes: HashSet<model::NodeId> = HashSet::new();
@@ -782,6 +836,7 @@ impl Scheduler {
                 let job = j.job.clone();
                 live.started(id, placement.clone());
                 if runs_now {
+                    self.grants.done(id);
                     self.launch(&job, &placement, now, job.generation);
                     launched += 1;
                 } else {
@@ -804,23 +859,25 @@ impl Scheduler {
     async fn start_ready(&mut self) -> Result<(), StoreError> {
         let now = now_ms();
         let lease_open = now < self.federation_lease_until_ms;
-        let (ready, unleased): (Vec<i64>, Vec<i64>) = match self.live.as_ref() {
-            Some(live) => live
-                .ready_to_run()
-                .into_iter()
-                .partition(|id| lease_open || !live.job(*id).is_some_and(|j| j.job.spec.federated)),
+        let grants = &self.grants;
+        let (ready, barred): (Vec<i64>, Vec<i64>) = match self.live.as_ref() {
+            Some(live) => live.ready_to_run().into_iter().partition(|id| {
+                let federated = live.job(*id).is_some_and(|j| j.job.spec.federated);
+                grants.gate(*id, federated, lease_open) == Gate::Open
+            }),
             None => return Ok(()),
         };
-        if ready.is_empty() && unleased.is_empty() {
+        if ready.is_empty() && barred.is_empty() {
             return Ok(());
         }
-        // Federated jobs whose lease lapsed while they waited do not start: back to the queue.
+        // Federated jobs without the lease (it lapsed while they waited) or their grant do not
+        // start: back to the queue.
         let mut steps: Vec<Transition> = ready.iter().map(|&id| run_step(id)).collect();
-        steps.extend(unleased.iter().map(|&id| requeue_step(id, JobState::Scheduled)));
+        steps.extend(barred.iter().map(|&id| requeue_step(id, JobState::Scheduled)));
         let applied = self.st.store.transitions(&steps, now).await?;
         let Some(mut live) = self.live.take() else { return Ok(()) };
         let wall = SimTime(now.max(0) as u64);
-        for ((id, ok), step) in unleased.iter().zip(&applied[ready.len()..]).zip(&steps[ready.len()..]) {
+        for ((id, ok), step) in barred.iter().zip(&applied[ready.len()..]).zip(&steps[ready.len()..]) {
             live.runs_now(*id);
             // Not scheduled any more: cancelled meanwhile, and its event removes it.
             let Some(j) = live.job(*id).filter(|_| *ok) else { continue };
@@ -830,7 +887,10 @@ impl Scheduler {
             let job = requeued(&j.job, &step.change);
             live.requeue(job);
             self.st.job_changed();
-            tracing::debug!(job = id, "federated job requeued: the federation lease lapsed before it ran");
+            if lease_open {
+                self.grants.held(*id);
+            }
+            tracing::debug!(job = id, lease_open, "federated job requeued: no lease or grant when it was to run");
         }
         for (id, ok) in ready.into_iter().zip(applied) {
             live.runs_now(id);
@@ -839,6 +899,7 @@ impl Scheduler {
                 continue;
             }
             self.st.job_changed();
+            self.grants.done(id);
             let Some(j) = live.job_mut(id) else { continue };
             j.job.state = JobState::Assigned;
             j.job.generation += 1;

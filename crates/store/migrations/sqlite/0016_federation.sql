@@ -14,6 +14,9 @@ CREATE TABLE fed_jobs (
     -- The state the site last gave, 'forwarding' before the site took it, 'lost' with its site.
     state TEXT NOT NULL,
     message TEXT,
+    -- When the federation let its present site start it (the site asked): from then on it
+    -- may have started there, and it no longer moves if that site is lost.
+    granted_ms BIGINT,
     -- Earlier sites, JSON: [{site, site_job_id, reason, left_ms, why}].
     moves_json TEXT NOT NULL DEFAULT '[]',
     submitted_ms BIGINT NOT NULL,
@@ -21,6 +24,7 @@ CREATE TABLE fed_jobs (
 );
 CREATE UNIQUE INDEX fed_jobs_idempotency ON fed_jobs (tenant_id, idempotency_key);
 CREATE INDEX fed_jobs_site_state ON fed_jobs (site, state);
+CREATE INDEX fed_jobs_site_job ON fed_jobs (site, site_job_id);
 CREATE INDEX fed_jobs_tenant ON fed_jobs (tenant_id, id);
 -- The federation acts at each site as the tenant, with a token of the tenant's there.
 CREATE TABLE fed_site_tokens (
