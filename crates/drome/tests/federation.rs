@@ -157,7 +157,9 @@ async fn three_sites_one_api_a_lost_site_moves_its_waiting_jobs() {
     acknowledged.push(("anchored".into(), first["id"].as_i64().unwrap()));
     // Fill both H200 sites, then queue more: capacity dispatch spreads them.
     for _ in 0..5 {
-        let j = submit(&http, &base, &lab, &job("H200", 600)).await;
+        let mut restartable = job("H200", 600);
+        restartable["restart_policy"] = json!("on-failure");
+        let j = submit(&http, &base, &lab, &restartable).await;
         assert!(["north", "valence"].contains(&site_of(&j)), "{j}");
         assert!(!j["federation"]["reason"].as_str().unwrap_or("").is_empty(), "{j}");
         acknowledged.push(("lab".into(), j["id"].as_i64().unwrap()));
@@ -212,17 +214,36 @@ async fn three_sites_one_api_a_lost_site_moves_its_waiting_jobs() {
             })
         });
         if moved {
-            let lost = running_at_north.iter().all(|id| {
-                all.iter()
-                    .any(|j| j["id"].as_i64() == Some(*id) && j["message"].as_str().unwrap_or("").contains("lost"))
-            });
-            assert!(lost, "jobs that ran at north are reported lost: {all:?}");
             break killed.elapsed();
         }
         assert!(killed.elapsed() < Duration::from_secs(30), "north's waiting jobs did not move within 30 s: {all:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     eprintln!("north's waiting jobs moved {:.1} s after it was killed", moved_after.as_secs_f64());
+    // The lab's jobs that ran at north restart on failure: once north has been silent for a lease
+    // past its lease's end (a north cut off, not dead, would have stopped them), they restart at
+    // valence. The bound tenant's run is reported lost.
+    loop {
+        let all = jobs(&http, &base, &lab).await;
+        let restarted = running_at_north.iter().all(|id| {
+            all.iter().any(|j| {
+                j["id"].as_i64() == Some(*id)
+                    && site_of(j) == "valence"
+                    && j["federation"]["moves"][0]["why"].as_str().unwrap_or("").contains("restarted")
+            })
+        });
+        if restarted {
+            break;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "north's runs did not restart within 30 s: {all:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("north's runs restarted elsewhere {:.1} s after it was killed", killed.elapsed().as_secs_f64());
+    let anchored_jobs = jobs(&http, &base, &anchored).await;
+    assert!(
+        anchored_jobs.iter().any(|j| j["message"].as_str().unwrap_or("").contains("lost")),
+        "the bound tenant's run at north is reported lost: {anchored_jobs:?}"
+    );
     assert_ne!(site_of(&during), "north", "{during}");
     for j in jobs(&http, &base, &anchored).await {
         assert_eq!(site_of(&j), "north", "a bound tenant's job left its site: {j}");

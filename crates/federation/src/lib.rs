@@ -580,7 +580,10 @@ async fn poll_site(fed: Arc<Federation>, index: usize) {
             }
             Err(e) => {
                 let now = now_ms();
-                let (declare, move_now) = {
+                // A site cut off for a lease past its lease's end has stopped its federated runs
+                // that restart elsewhere (on-failure); one more lease covers their stopping.
+                let lease_ms = fed.options.lease.as_millis() as i64;
+                let (declare, move_now, restart_now) = {
                     let mut v = site.view.write().unwrap_or_else(|e| e.into_inner());
                     if v.reachable {
                         tracing::warn!(site = %name, error = %e, "site does not answer; no new jobs go there");
@@ -594,13 +597,16 @@ async fn poll_site(fed: Arc<Federation>, index: usize) {
                     let lapsed_at = v.last_lease_sent_ms.map_or(0, |t| {
                         t + fed.options.request_timeout.as_millis() as i64 + fed.options.lease.as_millis() as i64
                     });
-                    (declare, v.lost && now > lapsed_at)
+                    (declare, v.lost && now > lapsed_at, v.lost && now > lapsed_at + 2 * lease_ms)
                 };
                 if declare {
                     tracing::warn!(site = %name, "site lost: its waiting jobs move once its lease has lapsed");
                 }
                 if move_now && let Err(e) = move_off(&fed, site).await {
                     tracing::warn!(site = %name, error = %e, "jobs not moved");
+                }
+                if restart_now && let Err(e) = restart_off(&fed, site).await {
+                    tracing::warn!(site = %name, error = %e, "jobs not restarted elsewhere");
                 }
             }
         }
@@ -729,6 +735,55 @@ async fn move_off(fed: &Federation, site: &Site) -> Result<(), FederationError> 
     let moved = fed.store.fed_move(&moves, now_ms()).await?;
     let count = moved.iter().filter(|m| **m).count();
     tracing::info!(site = %name, jobs = count, "waiting jobs moved off a lost site");
+    forward_waiting(fed).await;
+    Ok(())
+}
+
+/// Restarts elsewhere the jobs that ran at a lost site and restart on failure: the site, cut
+/// off for longer than its lease, has stopped them itself.
+async fn restart_off(fed: &Federation, site: &Site) -> Result<(), FederationError> {
+    let name = &site.config.name;
+    let ran = fed.store.fed_jobs_at(name, &[FED_LOST, "scheduled", "running", "preempted", "pending"]).await?;
+    let mut tenants = std::collections::HashMap::new();
+    let mut moves = Vec::new();
+    for job in ran.iter().filter(|j| j.state != "pending" || j.granted_ms.is_some()) {
+        let Ok(spec) = serde_json::from_str::<api::JobSpec>(&job.spec_json) else { continue };
+        if spec.restart_policy != api::RestartPolicy::OnFailure {
+            continue;
+        }
+        let tenant = match tenants.get(&job.tenant_id) {
+            Some(t) => t,
+            None => {
+                let t = fed.store.tenant(job.tenant_id).await?.map(|t| t.name).unwrap_or_default();
+                tenants.entry(job.tenant_id).or_insert(t)
+            }
+        };
+        let Ok((to, reason)) = fed.choose(tenant, &spec, Some(name)) else { continue };
+        if to == *name {
+            continue; // bound to this site: it waits for it
+        }
+        let mut history: Vec<api::FederationMove> = serde_json::from_str(&job.moves_json).unwrap_or_default();
+        history.push(api::FederationMove {
+            site: name.clone(),
+            site_job_id: job.site_job_id,
+            reason: job.reason.clone(),
+            left_at_ms: now_ms(),
+            why: format!("site {name} lost while it ran; stopped there, restarted here (restart policy on-failure)"),
+        });
+        moves.push(FedMove {
+            id: job.id,
+            from_site: name.clone(),
+            from_key: site_key(job),
+            to_site: to,
+            reason,
+            moves_json: serde_json::to_string(&history).unwrap_or_else(|_| "[]".into()),
+        });
+    }
+    if moves.is_empty() {
+        return Ok(());
+    }
+    let moved = fed.store.fed_move(&moves, now_ms()).await?;
+    tracing::info!(site = %name, jobs = moved.iter().filter(|m| **m).count(), "jobs that ran at a lost site restarted elsewhere");
     forward_waiting(fed).await;
     Ok(())
 }
