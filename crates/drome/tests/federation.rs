@@ -279,3 +279,133 @@ async fn three_sites_one_api_a_lost_site_moves_its_waiting_jobs() {
     }
     assert_eq!(lab_jobs.len() + anchored_jobs.len(), acknowledged.len());
 }
+
+/// A site cut off by a real partition (its server in a network namespace, the link down), alive
+/// all along: its waiting jobs move, its runs that restart on failure are stopped there and
+/// restart at the other site, and once the link is back nothing runs at the cut site any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_site_stops_what_the_federation_runs_elsewhere() {
+    let Some(netns) = common::Netns::create() else {
+        eprintln!("SKIPPED: cannot make a network namespace here (needs root and `ip netns`)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("drome-federation-cut-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let mut procs = Procs(Vec::new());
+    // The cut site, in the namespace.
+    let cut_dir = dir.join("cut");
+    std::fs::create_dir_all(&cut_dir).unwrap();
+    std::fs::write(cut_dir.join("fleet.toml"), fleet("cut", "FR-ARA", "H200")).unwrap();
+    let cut_port = free_port();
+    let log = std::fs::File::create(cut_dir.join("server.log")).unwrap();
+    procs.0.push(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &netns.name, env!("CARGO_BIN_EXE_drome"), "server"])
+            .args(["--db", &format!("sqlite://{}/site.db", cut_dir.display())])
+            .args(["--listen", &format!("{}:{cut_port}", netns.ns_addr), "--admin-token", SITE_ADMIN])
+            .arg("--fleet")
+            .arg(cut_dir.join("fleet.toml"))
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let cut_base = format!("http://{}:{cut_port}", netns.ns_addr);
+    // The other site and the federation, on this host.
+    let other_dir = dir.join("valence");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    std::fs::write(other_dir.join("fleet.toml"), fleet("valence", "FR-ARA", "H200")).unwrap();
+    let other_port = free_port();
+    let other_fleet = other_dir.join("fleet.toml").display().to_string();
+    let other_db = format!("sqlite://{}/site.db", other_dir.display());
+    procs.0.push(common::server(&other_db, other_port, SITE_ADMIN, &["--fleet", &other_fleet], &other_dir, None));
+    wait_healthy(&http, &cut_base).await;
+    wait_healthy(&http, &format!("http://127.0.0.1:{other_port}")).await;
+    let sites_toml = format!(
+        "[[site]]\nname = \"cut\"\nurl = \"{cut_base}\"\nadmin_token = \"{SITE_ADMIN}\"\n\n\
+         [[site]]\nname = \"valence\"\nurl = \"http://127.0.0.1:{other_port}\"\nadmin_token = \"{SITE_ADMIN}\"\n"
+    );
+    let sites_path = dir.join("sites.toml");
+    std::fs::write(&sites_path, sites_toml).unwrap();
+    let fed_port = free_port();
+    procs.0.push(federation(&sites_path, &format!("sqlite://{}/federation.db", dir.display()), fed_port, &dir));
+    let base = format!("http://127.0.0.1:{fed_port}");
+    wait_healthy(&http, &base).await;
+    let t0 = Instant::now();
+    loop {
+        let s = json_of(http.get(format!("{base}/v1/federation/sites")).bearer_auth(FED_ADMIN)).await;
+        if s.as_array().is_some_and(|a| a.len() == 2 && a.iter().all(|x| x["reachable"] == true)) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "sites never answered: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lab = common::create_tenant(&http, &base, FED_ADMIN, "lab").await;
+    // Six 8-GPU jobs that restart on failure over two sites of 16 GPUs: four run, two wait.
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let mut spec = job("H200", 600);
+        spec["restart_policy"] = json!("on-failure");
+        ids.push(submit(&http, &base, &lab, &spec).await["id"].as_i64().unwrap());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let t0 = Instant::now();
+    let at_cut = loop {
+        let all = jobs(&http, &base, &lab).await;
+        let at_cut: Vec<(i64, String)> = all
+            .iter()
+            .filter(|j| site_of(j) == "cut")
+            .map(|j| (j["id"].as_i64().unwrap(), j["state"].as_str().unwrap_or("").to_string()))
+            .collect();
+        let running = at_cut.iter().filter(|(_, s)| s == "running").count();
+        if running == 2 && at_cut.iter().any(|(_, s)| s == "pending") {
+            break at_cut;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "the cut site never ran two jobs with one waiting: {all:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    netns.link(false);
+    let cut_at = Instant::now();
+    // Every job that was at the cut site goes to valence: the waiting one moved, the running
+    // ones restarted once the cut site has stopped them.
+    loop {
+        let all = jobs(&http, &base, &lab).await;
+        let all_moved = at_cut.iter().all(|(id, _)| {
+            all.iter().any(|j| {
+                j["id"].as_i64() == Some(*id) && site_of(j) == "valence" && j["federation"]["moves"][0]["site"] == "cut"
+            })
+        });
+        if all_moved {
+            break;
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(30),
+            "the cut site's jobs did not all move within 30 s: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("the cut site's jobs all at valence {:.1} s after the cut", cut_at.elapsed().as_secs_f64());
+
+    // The link back: the cut site had stopped its runs itself and is told to drop what moved;
+    // nothing of the federation's runs or waits there.
+    netns.link(true);
+    let t0 = Instant::now();
+    loop {
+        let s = json_of(http.get(format!("{cut_base}/v1/sites")).bearer_auth(SITE_ADMIN)).await;
+        let f = json_of(http.get(format!("{base}/v1/federation/sites")).bearer_auth(FED_ADMIN)).await;
+        if s[0]["gpus_used"] == 0 && s[0]["gpus_pending"].as_f64() == Some(0.0) && f[0]["lost"] == false {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "the cut site still holds the federation's work: {s} {f}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all = jobs(&http, &base, &lab).await;
+    assert_eq!(all.len(), ids.len());
+    assert!(all.iter().all(|j| site_of(j) == "valence"), "{all:?}");
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}

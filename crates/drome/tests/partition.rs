@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{Procs, agent, create_tenant, get_job, join_token, submit, wait_healthy};
+use common::{Netns, Procs, agent, create_tenant, get_job, join_token, submit, wait_healthy};
 use serde_json::json;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -20,52 +20,6 @@ const FLEET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fleets/small.tom
 const INSIDE: &str = "hall-a-r001-n01";
 const OUTSIDE: &str = "hall-a-r001-n02";
 const LEASE_MS: u64 = 1000;
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
-}
-
-/// A network namespace with a veth pair to this host, deleted when dropped.
-struct Netns {
-    name: String,
-    host_if: String,
-    host_addr: String,
-}
-
-impl Netns {
-    fn create() -> Option<Netns> {
-        let k = std::process::id() % 50_000;
-        let (name, host_if, ns_if) = (format!("drome-p{k}"), format!("dph{k}"), format!("dpn{k}"));
-        let net = format!("10.213.{}", k % 250);
-        let (host_addr, ns_addr) = (format!("{net}.1"), format!("{net}.2"));
-        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
-        let _ = Command::new("ip").args(["link", "del", &host_if]).stderr(Stdio::null()).status();
-        if !ip(&["netns", "add", &name]) {
-            return None;
-        }
-        let made = Netns { name: name.clone(), host_if: host_if.clone(), host_addr: host_addr.clone() };
-        let ok = ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if])
-            && ip(&["link", "set", &ns_if, "netns", &name])
-            && ip(&["addr", "add", &format!("{host_addr}/30"), "dev", &host_if])
-            && ip(&["link", "set", &host_if, "up"])
-            && ip(&["netns", "exec", &name, "ip", "addr", "add", &format!("{ns_addr}/30"), "dev", &ns_if])
-            && ip(&["netns", "exec", &name, "ip", "link", "set", &ns_if, "up"])
-            && ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
-        ok.then_some(made)
-    }
-
-    /// Cuts (`false`) or heals (`true`) the link.
-    fn link(&self, up: bool) {
-        assert!(ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }]), "cannot set the veth link");
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).stderr(Stdio::null()).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_agent_stops_its_work_before_the_job_runs_elsewhere() {

@@ -1063,11 +1063,17 @@ async fn set_federation_lease(
     } else {
         audited(&st, "federation.lease", "federation", serde_json::json!({"lease_ms": body.lease_ms}))
     };
+    // The lease's length before its end: a lapse for as long again then counts from the new end.
+    let lease_ms = body.lease_ms as i64;
+    let known_ms = st.store.setting(crate::scheduler::FEDERATION_LEASE_MS_KEY).await?;
+    if known_ms.and_then(|v| v.parse::<i64>().ok()) != Some(lease_ms) {
+        st.store.set_setting(crate::scheduler::FEDERATION_LEASE_MS_KEY, &lease_ms.to_string()).await?;
+    }
     store.set_setting(crate::scheduler::FEDERATION_LEASE_KEY, &until_ms.to_string()).await?;
     let waiting_for_grant = waiting_for_grant(&st, &body.grant);
-    tracing::debug!(lease_ms = body.lease_ms, until_ms, grants = body.grant.len(), "federation lease renewed");
+    tracing::debug!(lease_ms, until_ms, grants = body.grant.len(), "federation lease renewed");
     // The event wakes the scheduler: granted jobs start in its next round.
-    st.tell_scheduler(crate::scheduler::SchedEvent::FederationLease { until_ms, grant: body.grant });
+    st.tell_scheduler(crate::scheduler::SchedEvent::FederationLease { until_ms, lease_ms, grant: body.grant });
     Ok(Json(api::FederationLeaseState { until_ms, waiting_for_grant }))
 }
 

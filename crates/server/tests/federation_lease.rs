@@ -205,3 +205,59 @@ async fn a_restart_reads_the_lease(db: Db) {
     place.cleanup().await;
 }
 both_backends!(restart_tests, a_restart_reads_the_lease);
+
+/// A site cut off from its federation for as long again as its lease stops its federated runs
+/// that restart on failure, as a cancellation does (the federation restarts them elsewhere);
+/// federated runs that never restart go on (reported lost meanwhile), as do jobs not federated.
+async fn a_long_lapse_stops_federated_runs_that_restart_elsewhere(db: Db) {
+    let place = Place::new(db).await;
+    let s = TestServer::start(&place).await;
+    let acme = s.tenant("acme", None).await;
+    let sleeper = |federated: bool, policy: &str| json!({"command": "sleep", "args": ["600"], "federated": federated, "restart_policy": policy});
+    let moves = s.submit(&acme, sleeper(true, "on-failure")).await["id"].as_i64().unwrap();
+    let stays = s.submit(&acme, sleeper(true, "never")).await["id"].as_i64().unwrap();
+    let plain = s.submit(&acme, sleeper(false, "on-failure")).await["id"].as_i64().unwrap();
+    let lease_ms = 1_500;
+    let until = renew_granting(&s, lease_ms as u64, &[moves, stays]).await["until_ms"].as_i64().unwrap();
+    for id in [moves, stays, plain] {
+        s.wait_state(&acme, id, "running").await;
+    }
+
+    // Lapsed, but not yet for as long again: everything runs on.
+    tokio::time::sleep(Duration::from_millis((until + lease_ms / 2 - now_ms()).max(0) as u64)).await;
+    assert_eq!(s.job(&acme, moves).await["state"], "running", "lapsed for less than the lease");
+
+    // Lapsed for as long again: the one that restarts elsewhere is cancelled, its run stopped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let stopped = loop {
+        let job = s.job(&acme, moves).await;
+        if job["finished_at_ms"].is_i64() {
+            break job;
+        }
+        assert!(std::time::Instant::now() < deadline, "never stopped: {job}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    };
+    assert_eq!(stopped["state"], "cancelled", "{stopped}");
+    assert_eq!(
+        stopped["message"],
+        "stopped: this site lost its federation for longer than its lease; the federation restarts it elsewhere"
+    );
+    let history = stopped["history"].as_array().unwrap();
+    let cancelled = history.iter().find(|c| c["state"] == "cancelled").expect("cancelled in its history");
+    let stopped_at = cancelled["at_ms"].as_i64().unwrap();
+    assert!(stopped_at >= until + lease_ms, "stopped {}ms after the lease's end", stopped_at - until);
+    for id in [stays, plain] {
+        assert_eq!(s.job(&acme, id).await["state"], "running", "job {id} runs on");
+    }
+
+    // A renewal re-opens the lease; the stopped job stays ended, the others run on.
+    renew(&s, 60_000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.job(&acme, moves).await["state"], "cancelled");
+    for id in [stays, plain] {
+        assert_eq!(s.job(&acme, id).await["state"], "running", "job {id} runs on");
+    }
+    s.stop().await;
+    place.cleanup().await;
+}
+both_backends!(long_lapse_tests, a_long_lapse_stops_federated_runs_that_restart_elsewhere);

@@ -168,3 +168,71 @@ pub fn shared_dir(path: &std::path::Path) {
     std::fs::create_dir_all(path).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
 }
+
+pub fn ip(args: &[&str]) -> bool {
+    std::process::Command::new("ip")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A network namespace with a veth pair to this host, deleted when dropped.
+pub struct Netns {
+    pub name: String,
+    pub host_if: String,
+    pub host_addr: String,
+    pub ns_addr: String,
+}
+
+impl Netns {
+    /// `None` where namespaces cannot be made (needs root and `ip netns`).
+    pub fn create() -> Option<Netns> {
+        let k = std::process::id() % 50_000;
+        let (name, host_if, ns_if) = (format!("drome-p{k}"), format!("dph{k}"), format!("dpn{k}"));
+        let net = format!("10.213.{}", k % 250);
+        let (host_addr, ns_addr) = (format!("{net}.1"), format!("{net}.2"));
+        let _ =
+            std::process::Command::new("ip").args(["netns", "del", &name]).stderr(std::process::Stdio::null()).status();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &host_if])
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !ip(&["netns", "add", &name]) {
+            return None;
+        }
+        let made = Netns {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            host_addr: host_addr.clone(),
+            ns_addr: ns_addr.clone(),
+        };
+        let ok = ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if])
+            && ip(&["link", "set", &ns_if, "netns", &name])
+            && ip(&["addr", "add", &format!("{host_addr}/30"), "dev", &host_if])
+            && ip(&["link", "set", &host_if, "up"])
+            && ip(&["netns", "exec", &name, "ip", "addr", "add", &format!("{ns_addr}/30"), "dev", &ns_if])
+            && ip(&["netns", "exec", &name, "ip", "link", "set", &ns_if, "up"])
+            && ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        ok.then_some(made)
+    }
+
+    /// Cuts (`false`) or heals (`true`) the link.
+    pub fn link(&self, up: bool) {
+        assert!(ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }]), "cannot set the veth link");
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}

@@ -35,11 +35,13 @@ pub(crate) enum SchedEvent {
         tenant_id: i64,
         quota: store::TenantQuota,
     },
-    /// The site's federation lease now runs until `until_ms`, Unix ms on this server's clock
-    /// (stored already under [`FEDERATION_LEASE_KEY`]), and the federation grants these jobs
-    /// their start (kept in memory only, see [`grants`]).
+    /// The site's federation lease now runs until `until_ms`, Unix ms on this server's clock,
+    /// given for `lease_ms` (both stored already, under [`FEDERATION_LEASE_KEY`] and
+    /// [`FEDERATION_LEASE_MS_KEY`]), and the federation grants these jobs their start (kept in
+    /// memory only, see [`grants`]).
     FederationLease {
         until_ms: i64,
+        lease_ms: i64,
         grant: Vec<i64>,
     },
     /// What other replicas wrote may have been missed (their notices were lost): read the
@@ -50,6 +52,15 @@ pub(crate) enum SchedEvent {
 /// The settings key of the site's federation lease: until when federated jobs may start, Unix
 /// ms on this server's clock.
 pub(crate) const FEDERATION_LEASE_KEY: &str = "federation_lease_until_ms";
+
+/// The settings key of the length of the last federation lease given, ms: once the lease has
+/// lapsed for as long again, the federation restarts elsewhere the jobs that may restart, and
+/// this site stops them first.
+pub(crate) const FEDERATION_LEASE_MS_KEY: &str = "federation_lease_ms";
+
+/// Why a federated job that restarts elsewhere was stopped on a site cut off from its federation.
+const CUT_OFF_MESSAGE: &str =
+    "stopped: this site lost its federation for longer than its lease; the federation restarts it elsewhere";
 
 /// The sending side handed to the API.
 pub(crate) type SchedEvents = mpsc::UnboundedSender<SchedEvent>;
@@ -119,6 +130,10 @@ pub struct Scheduler {
     federation_lease_until_ms: i64,
     /// Whether the last round found the federation lease held: its lapse is logged once.
     federation_open: bool,
+    /// The length of the last federation lease given, ms (0: none known).
+    federation_lease_ms: i64,
+    /// The lease end whose lapse for as long again was acted on: each lapse stops its runs once.
+    federation_cut_off_for_ms: i64,
     /// The federation's per-job start grants, and the jobs waiting for one. Kept across reads
     /// of the store, not across restarts.
     grants: Grants,
@@ -163,6 +178,8 @@ impl Scheduler {
             changed: true,
             federation_lease_until_ms: 0,
             federation_open: false,
+            federation_lease_ms: 0,
+            federation_cut_off_for_ms: 0,
             grants: Grants::default(),
             crash_before_recording_ends: std::env::var("DROME_FAILPOINT").is_ok_and(|v| v == "before-exit-recorded"),
             crash_after_preempting: std::env::var("DROME_FAILPOINT").is_ok_and(|v| v == "after-preemption-recorded"),
@@ -199,6 +216,14 @@ impl Scheduler {
             if self.federation_open && lapse_in_ms >= 0 {
                 wait = wait.min(Duration::from_millis(lapse_in_ms.clamp(1, i64::MAX) as u64));
             }
+            // So does its lapse for as long again, which stops the runs the federation restarts
+            // elsewhere.
+            if let Some(cut_off_ms) = self.federation_cut_off_ms() {
+                let cut_off_in_ms = cut_off_ms - now_ms();
+                if cut_off_in_ms >= 0 {
+                    wait = wait.min(Duration::from_millis(cut_off_in_ms.clamp(1, i64::MAX) as u64));
+                }
+            }
             let wake = self.st.wake.clone();
             tokio::select! {
                 _ = wake.notified() => self.changed = true,
@@ -230,6 +255,13 @@ impl Scheduler {
         self.federation_lease_until_ms = match store.setting(FEDERATION_LEASE_KEY).await? {
             Some(v) => v.parse().unwrap_or_else(|e| {
                 tracing::warn!(value = %v, error = %e, "stored federation lease unreadable; federated jobs wait");
+                0
+            }),
+            None => 0,
+        };
+        self.federation_lease_ms = match store.setting(FEDERATION_LEASE_MS_KEY).await? {
+            Some(v) => v.parse().unwrap_or_else(|e| {
+                tracing::warn!(value = %v, error = %e, "stored federation lease length unreadable; federated runs go on");
                 0
             }),
             None => 0,
@@ -496,8 +528,9 @@ impl Scheduler {
                 SchedEvent::QuotaSet { tenant_id, quota } => live.set_quota(tenant_id, quota),
                 // The next round opens the queue to federated jobs (or closes it), and starts the
                 // granted ones it places.
-                SchedEvent::FederationLease { until_ms, grant } => {
+                SchedEvent::FederationLease { until_ms, lease_ms, grant } => {
                     self.federation_lease_until_ms = until_ms;
+                    self.federation_lease_ms = lease_ms;
                     self.grants.grant(grant);
                 }
                 SchedEvent::Reload => {}
@@ -608,6 +641,7 @@ impl Scheduler {
             self.load().await?;
         }
         self.take_events().await?;
+        self.stop_cut_off_federated().await?;
         self.finish_all().await?;
         self.start_ready().await?;
         let now = now_ms();
@@ -619,6 +653,63 @@ impl Scheduler {
         }
         self.publish_waiting();
         result
+    }
+
+    /// When the federation takes this site for lost, Unix ms: the lease lapsed for as long again
+    /// as it was given. `None` when no lease is known, or once this lapse was acted on.
+    fn federation_cut_off_ms(&self) -> Option<i64> {
+        let until_ms = self.federation_lease_until_ms;
+        let acted_on = self.federation_cut_off_for_ms == until_ms;
+        (until_ms > 0 && self.federation_lease_ms > 0 && !acted_on)
+            .then(|| until_ms.saturating_add(self.federation_lease_ms))
+    }
+
+    /// Once the federation takes this site for lost, it restarts elsewhere the federated jobs
+    /// that restart on failure: they stop here first, as a tenant's cancellation stops them
+    /// (recorded cancelled, their processes stopped, their GPUs freed once gone). Those that
+    /// never restart run on: the federation reports them lost until the site answers again.
+    /// Pending ones cannot start without the lease anyway. Once per lapse.
+    async fn stop_cut_off_federated(&mut self) -> Result<(), StoreError> {
+        let Some(cut_off_ms) = self.federation_cut_off_ms() else { return Ok(()) };
+        let now = now_ms();
+        if now < cut_off_ms {
+            return Ok(());
+        }
+        let Some(live) = self.live.as_ref() else { return Ok(()) };
+        let on_failure = api::RestartPolicy::OnFailure.as_str();
+        let ids: Vec<i64> = live
+            .placed()
+            .filter(|(j, _)| j.job.spec.federated && j.job.spec.restart_policy == on_failure)
+            .map(|(j, _)| j.job.id)
+            .collect();
+        // A run that may have processes on its nodes ends once they are gone; one placed but not
+        // started ends now. One of the two steps applies.
+        let cancel = |job_id: i64, from: JobState, finished: bool| Transition {
+            job_id,
+            from: vec![from],
+            to: JobState::Cancelled,
+            change: Change { finished, message: Some(CUT_OFF_MESSAGE.into()), ..Default::default() },
+        };
+        let steps: Vec<Transition> = ids
+            .iter()
+            .flat_map(|&id| [cancel(id, JobState::Assigned, false), cancel(id, JobState::Scheduled, true)])
+            .collect();
+        let applied = self.st.store.transitions(&steps, now).await?;
+        let stopped: Vec<i64> = steps.iter().zip(applied).filter(|(_, ok)| *ok).map(|(s, _)| s.job_id).collect();
+        self.federation_cut_off_for_ms = self.federation_lease_until_ms;
+        tracing::warn!(
+            jobs = stopped.len(),
+            until_ms = self.federation_lease_until_ms,
+            lease_ms = self.federation_lease_ms,
+            "federation lost for longer than its lease; stopping federated runs that restart elsewhere"
+        );
+        if stopped.is_empty() {
+            return Ok(());
+        }
+        self.st.job_changed();
+        // Stopped as the API's cancellations are.
+        self.inbox.extend(stopped.into_iter().map(SchedEvent::Cancelled));
+        self.take_events().await
     }
 
     /// The jobs waiting for the federation's grant, for the lease's answer, when they changed.
