@@ -43,6 +43,8 @@ fn federation(sites_toml: &std::path::Path, db: &str, port: u16, dir: &std::path
         .arg(sites_toml)
         .args(["--db", db, "--listen", &format!("127.0.0.1:{port}"), "--admin-token", FED_ADMIN])
         .args(["--poll-ms", "200", "--loss-after-ms", "1500", "--lease-ms", "2000", "--request-timeout-ms", "500"])
+        // In-process nodes die with their server: nothing to wait for but the cut site's own stop.
+        .args(["--restart-after-ms", "4000"])
         .env("RUST_LOG", "info,sqlx=warn")
         .stdout(Stdio::null())
         .stderr(log)

@@ -43,6 +43,10 @@ pub struct FederationOptions {
     pub lease: Duration,
     /// A site not answering for this long is lost: its waiting jobs move.
     pub loss_after: Duration,
+    /// A lost site's runs that restart on failure restart elsewhere this long after its lease
+    /// has surely lapsed (at least two leases): longer than the sites' agent lease and grace, so
+    /// that a site whose server died has had its agents stop them.
+    pub restart_after: Duration,
     /// The admin's token (tenants are made with it).
     pub admin_token: String,
 }
@@ -56,6 +60,7 @@ impl FederationOptions {
             request_timeout: Duration::from_millis(2000),
             lease: Duration::from_millis(6000),
             loss_after: Duration::from_millis(5000),
+            restart_after: Duration::from_millis(30_000),
             admin_token,
         }
     }
@@ -581,7 +586,8 @@ async fn poll_site(fed: Arc<Federation>, index: usize) {
             Err(e) => {
                 let now = now_ms();
                 // A site cut off for a lease past its lease's end has stopped its federated runs
-                // that restart elsewhere (on-failure); one more lease covers their stopping.
+                // that restart elsewhere (on-failure), and a dead site's agents theirs after their
+                // own lease: `restart_after` waits for both.
                 let lease_ms = fed.options.lease.as_millis() as i64;
                 let (declare, move_now, restart_now) = {
                     let mut v = site.view.write().unwrap_or_else(|e| e.into_inner());
@@ -597,7 +603,8 @@ async fn poll_site(fed: Arc<Federation>, index: usize) {
                     let lapsed_at = v.last_lease_sent_ms.map_or(0, |t| {
                         t + fed.options.request_timeout.as_millis() as i64 + fed.options.lease.as_millis() as i64
                     });
-                    (declare, v.lost && now > lapsed_at, v.lost && now > lapsed_at + 2 * lease_ms)
+                    let restart_ms = (fed.options.restart_after.as_millis() as i64).max(2 * lease_ms);
+                    (declare, v.lost && now > lapsed_at, v.lost && now > lapsed_at + restart_ms)
                 };
                 if declare {
                     tracing::warn!(site = %name, "site lost: its waiting jobs move once its lease has lapsed");

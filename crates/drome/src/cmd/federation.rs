@@ -55,6 +55,12 @@ pub struct FederationArgs {
     /// A call to a site not answered within this is no answer.
     #[arg(long, default_value_t = 2000)]
     pub request_timeout_ms: u64,
+    /// A lost site's runs that restart on failure (`--restart on-failure`) restart elsewhere this
+    /// long after its lease has surely lapsed (at least two leases). Keep it above the sites'
+    /// agent lease and grace (`drome server --lease-ms 20000 --lease-grace-ms 2000` by default):
+    /// a site whose server died has its runs stopped by its agents, a cut-off site by itself.
+    #[arg(long, default_value_t = 30_000)]
+    pub restart_after_ms: u64,
 }
 
 pub fn run(args: FederationArgs) -> anyhow::Result<()> {
@@ -69,6 +75,7 @@ pub fn run(args: FederationArgs) -> anyhow::Result<()> {
     options.loss_after = Duration::from_millis(args.loss_after_ms);
     options.lease = Duration::from_millis(args.lease_ms);
     options.request_timeout = Duration::from_millis(args.request_timeout_ms.max(100));
+    options.restart_after = Duration::from_millis(args.restart_after_ms);
     super::server::runtime()?.block_on(async move {
         let store = store::Store::connect(&args.db).await.with_context(|| format!("opening {}", args.db))?;
         let sites = config.sites.len();
