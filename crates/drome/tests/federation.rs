@@ -127,8 +127,12 @@ async fn three_sites_one_api_a_lost_site_moves_its_waiting_jobs() {
     // A tenant is the federation's: the admin has no jobs, a stranger no access.
     let r = http.post(format!("{base}/v1/jobs")).bearer_auth(FED_ADMIN).json(&job("H200", 1)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 403);
-    let r = http.get(format!("{base}/v1/jobs")).bearer_auth("nobody").send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 401);
+    for path in ["/v1/jobs", "/v1/sites", "/v1/federation/sites"] {
+        let r = http.get(format!("{base}{path}")).bearer_auth("nobody").send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+    }
+    let r = http.get(format!("{base}/v1/sites")).bearer_auth(&lab).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "a tenant sees the sites");
 
     let mut acknowledged: Vec<(String, i64)> = Vec::new();
     // Constraints: the only A100 site gets the A100 job; a model no site holds is refused.
