@@ -41,6 +41,9 @@ struct TimedPath {
     p99_ms: f64,
     /// CPU the federation process used per job, milliseconds (0 for the direct path).
     federation_cpu_ms_per_job: f64,
+    /// Submission to running, one job at a time on idle sites, milliseconds.
+    start_p50_ms: f64,
+    start_max_ms: f64,
 }
 
 #[derive(Serialize)]
@@ -56,6 +59,8 @@ struct Report {
 }
 
 const ADMIN: &str = "bench-federation-admin";
+/// Jobs timed from submission to running, one at a time.
+const START_SAMPLES: u32 = 20;
 const FED_ADMIN: &str = "bench-federation-endpoint-admin";
 
 pub fn run(args: FederationBenchArgs) -> anyhow::Result<()> {
@@ -73,7 +78,15 @@ pub fn run(args: FederationBenchArgs) -> anyhow::Result<()> {
                 "drome federation dispatch: {} site servers and a federation endpoint on loopback, SQLite each, {} clients, {} dispatch",
                 r.sites, r.clients, r.dispatch
             );
-            let mut t = Table::new(["path", "jobs", "time (s)", "jobs/s", "p50 / p99 (ms)", "federation CPU ms/job"]);
+            let mut t = Table::new([
+                "path",
+                "jobs",
+                "time (s)",
+                "jobs/s",
+                "p50 / p99 (ms)",
+                "federation CPU ms/job",
+                "to running p50 / max (ms)",
+            ]);
             for p in &r.paths {
                 t.row(vec![
                     p.path.clone(),
@@ -82,6 +95,7 @@ pub fn run(args: FederationBenchArgs) -> anyhow::Result<()> {
                     format!("{:.0}", p.jobs_per_s),
                     format!("{:.1} / {:.1}", p.p50_ms, p.p99_ms),
                     format!("{:.3}", p.federation_cpu_ms_per_job),
+                    format!("{:.0} / {:.0}", p.start_p50_ms, p.start_max_ms),
                 ]);
             }
             println!("{}", t.render());
@@ -149,14 +163,20 @@ async fn bench(args: &FederationBenchArgs, dir: &Path) -> anyhow::Result<Report>
     let (_, site) = &sites[0];
     let direct_tenant = site.post("/v1/tenants", ADMIN, &json!({"name": "direct"})).await?;
     let direct_token = direct_tenant["token"].as_str().context("no tenant token")?.to_string();
+    let tenant = fed.post("/v1/tenants", FED_ADMIN, &json!({"name": "lab"})).await?;
+    let token = tenant["token"].as_str().context("no tenant token")?.to_string();
+    // Submission to running, one job at a time on idle sites: a federated start waits for its
+    // grant, asked and given at the federation's polls.
+    let mut direct_start = time_to_running(site, &direct_token, &spec, START_SAMPLES).await?;
+    let mut fed_start = time_to_running(&fed, &token, &spec, START_SAMPLES).await?;
+    direct_start.sort_by(f64::total_cmp);
+    fed_start.sort_by(f64::total_cmp);
     site.submit_many(&direct_token, &spec, args.clients, args.clients).await?;
     let t = Instant::now();
     let (_, mut direct_lat) = site.submit_many(&direct_token, &spec, args.jobs, args.clients).await?;
     let direct_s = t.elapsed().as_secs_f64();
     direct_lat.sort_by(f64::total_cmp);
 
-    let tenant = fed.post("/v1/tenants", FED_ADMIN, &json!({"name": "lab"})).await?;
-    let token = tenant["token"].as_str().context("no tenant token")?.to_string();
     // Warm: the tenant made at each site, the connections open.
     fed.submit_many(&token, &spec, args.clients.max(args.sites * 4), args.clients).await?;
     let cpu0 = cpu_seconds(federation.0.id()).unwrap_or(0.0);
@@ -189,6 +209,8 @@ async fn bench(args: &FederationBenchArgs, dir: &Path) -> anyhow::Result<Report>
                 p50_ms: quantile(&direct_lat, 0.5),
                 p99_ms: quantile(&direct_lat, 0.99),
                 federation_cpu_ms_per_job: 0.0,
+                start_p50_ms: quantile(&direct_start, 0.5),
+                start_max_ms: direct_start.last().copied().unwrap_or(0.0),
             },
             TimedPath {
                 path: format!("federation over {} sites", args.sites),
@@ -198,9 +220,38 @@ async fn bench(args: &FederationBenchArgs, dir: &Path) -> anyhow::Result<Report>
                 p50_ms: quantile(&fed_lat, 0.5),
                 p99_ms: quantile(&fed_lat, 0.99),
                 federation_cpu_ms_per_job: (cpu1 - cpu0) * 1000.0 / f64::from(args.jobs),
+                start_p50_ms: quantile(&fed_start, 0.5),
+                start_max_ms: fed_start.last().copied().unwrap_or(0.0),
             },
         ],
         per_site,
         ratio: fed_rate / direct_rate.max(1e-9),
     })
+}
+
+/// Submits `n` jobs one after the other, each once the one before runs: how long each took from
+/// its submission to running, milliseconds.
+async fn time_to_running(
+    c: &super::bench_agents::Client,
+    token: &str,
+    spec: &serde_json::Value,
+    n: u32,
+) -> anyhow::Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        let id = c.post("/v1/jobs", token, spec).await?["id"].as_i64().context("a submission's answer has no id")?;
+        loop {
+            let job = c.get(&format!("/v1/jobs/{id}"), token).await?;
+            if job["state"] == "running" {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                bail!("job {id} did not run within 60 s: {job}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        out.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(out)
 }
