@@ -86,6 +86,9 @@ pub(crate) struct Site {
     pub view: RwLock<SiteView>,
     /// Which slice of the jobs running there the next poll reads.
     refresh_turn: std::sync::atomic::AtomicUsize,
+    /// Woken when a job is sent here: a grant round follows shortly, so a job that fits starts
+    /// without waiting for the next poll.
+    sent: tokio::sync::Notify,
 }
 
 /// The federation's shared state: its store, its sites and their last reports.
@@ -235,6 +238,7 @@ impl Federation {
                     client: SiteClient::new(c, options.request_timeout)?,
                     view: RwLock::new(SiteView::default()),
                     refresh_turn: std::sync::atomic::AtomicUsize::new(0),
+                    sent: tokio::sync::Notify::new(),
                 })
             })
             .collect::<Result<Vec<_>, SiteError>>()?;
@@ -450,6 +454,7 @@ impl Federation {
             other => other?,
         };
         let _ = self.forwarded.send((job.id, job.site.clone(), taken.id, taken.state.as_str().to_string()));
+        site.sent.notify_one();
         Ok(taken)
     }
 
@@ -540,8 +545,18 @@ async fn poll_site(fed: Arc<Federation>, index: usize) {
     let mut tick = tokio::time::interval(fed.options.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
         let site = &fed.sites[index];
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = site.sent.notified() => {
+                // The site's scheduler holds a job that fits back for its grant in its next round.
+                tokio::time::sleep(GRANT_ROUND_DELAY).await;
+                if let Err(e) = grant_round(&fed, site).await {
+                    tracing::debug!(site = %site.config.name, error = %e, "grant round failed; the next poll grants");
+                }
+                continue;
+            }
+        }
         let name = site.config.name.clone();
         match site.client.sites().await {
             Ok(reports) => {
@@ -618,6 +633,26 @@ async fn poll_site(fed: Arc<Federation>, index: usize) {
             }
         }
     }
+}
+
+/// How long after a job is sent to a site its grant round runs: time for the site's scheduler
+/// to hold it back for want of a grant. It also bounds these rounds to a few dozen a second.
+const GRANT_ROUND_DELAY: Duration = Duration::from_millis(30);
+
+/// Between polls, after jobs were sent to `site`: asks which it would start now and grants
+/// them. Only while the site answers and holds the lease (never while moved jobs are still to
+/// drop there: the lease is not renewed before they are).
+async fn grant_round(fed: &Federation, site: &Site) -> Result<(), FederationError> {
+    {
+        let mut v = site.view.write().unwrap_or_else(|e| e.into_inner());
+        if !v.reachable || v.lost || v.last_lease_sent_ms.is_none() {
+            return Ok(());
+        }
+        v.last_lease_sent_ms = Some(now_ms());
+    }
+    let lease_ms = fed.options.lease.as_millis() as u64;
+    let waiting = site.client.renew_lease(lease_ms, Vec::new()).await?.waiting_for_grant;
+    grant(fed, site, &waiting, lease_ms).await
 }
 
 /// Lets `site` start the jobs it asked to, once the federation has noted (durably) that they
@@ -701,41 +736,7 @@ async fn move_off(fed: &Federation, site: &Site) -> Result<(), FederationError> 
         fed.store.fed_set_states(&lost, now_ms()).await?;
         tracing::warn!(site = %name, jobs = lost.len(), "jobs that ran at a lost site reported lost");
     }
-    let mut moves = Vec::new();
-    let mut tenants = std::collections::HashMap::new();
-    for job in &waiting {
-        let spec: api::JobSpec = match serde_json::from_str(&job.spec_json) {
-            Ok(s) => s,
-            Err(_) => continue,
-        };
-        let tenant = match tenants.get(&job.tenant_id) {
-            Some(t) => t,
-            None => {
-                let t = fed.store.tenant(job.tenant_id).await?.map(|t| t.name).unwrap_or_default();
-                tenants.entry(job.tenant_id).or_insert(t)
-            }
-        };
-        let Ok((to, reason)) = fed.choose(tenant, &spec, Some(name)) else { continue };
-        if to == *name {
-            continue; // bound to this site: it waits for it
-        }
-        let mut history: Vec<api::FederationMove> = serde_json::from_str(&job.moves_json).unwrap_or_default();
-        history.push(api::FederationMove {
-            site: name.clone(),
-            site_job_id: job.site_job_id,
-            reason: job.reason.clone(),
-            left_at_ms: now_ms(),
-            why: format!("site {name} stopped answering"),
-        });
-        moves.push(FedMove {
-            id: job.id,
-            from_site: name.clone(),
-            from_key: site_key(job),
-            to_site: to,
-            reason,
-            moves_json: serde_json::to_string(&history).unwrap_or_else(|_| "[]".into()),
-        });
-    }
+    let moves = plan_moves(fed, name, waiting.iter(), &format!("site {name} stopped answering")).await?;
     if moves.is_empty() {
         return Ok(());
     }
@@ -746,18 +747,18 @@ async fn move_off(fed: &Federation, site: &Site) -> Result<(), FederationError> 
     Ok(())
 }
 
-/// Restarts elsewhere the jobs that ran at a lost site and restart on failure: the site, cut
-/// off for longer than its lease, has stopped them itself.
-async fn restart_off(fed: &Federation, site: &Site) -> Result<(), FederationError> {
-    let name = &site.config.name;
-    let ran = fed.store.fed_jobs_at(name, &[FED_LOST, "scheduled", "running", "preempted", "pending"]).await?;
+/// Chooses another site for each of `jobs`, leaving `from`, and records why in each job's
+/// history. A job bound to `from`, or that fits nowhere else, is left where it is.
+async fn plan_moves<'a>(
+    fed: &Federation,
+    from: &str,
+    jobs: impl Iterator<Item = &'a FedJob>,
+    why: &str,
+) -> Result<Vec<FedMove>, FederationError> {
     let mut tenants = std::collections::HashMap::new();
     let mut moves = Vec::new();
-    for job in ran.iter().filter(|j| j.state != "pending" || j.granted_ms.is_some()) {
+    for job in jobs {
         let Ok(spec) = serde_json::from_str::<api::JobSpec>(&job.spec_json) else { continue };
-        if spec.restart_policy != api::RestartPolicy::OnFailure {
-            continue;
-        }
         let tenant = match tenants.get(&job.tenant_id) {
             Some(t) => t,
             None => {
@@ -765,27 +766,41 @@ async fn restart_off(fed: &Federation, site: &Site) -> Result<(), FederationErro
                 tenants.entry(job.tenant_id).or_insert(t)
             }
         };
-        let Ok((to, reason)) = fed.choose(tenant, &spec, Some(name)) else { continue };
-        if to == *name {
+        let Ok((to, reason)) = fed.choose(tenant, &spec, Some(from)) else { continue };
+        if to == from {
             continue; // bound to this site: it waits for it
         }
         let mut history: Vec<api::FederationMove> = serde_json::from_str(&job.moves_json).unwrap_or_default();
         history.push(api::FederationMove {
-            site: name.clone(),
+            site: from.to_string(),
             site_job_id: job.site_job_id,
             reason: job.reason.clone(),
             left_at_ms: now_ms(),
-            why: format!("site {name} lost while it ran; stopped there, restarted here (restart policy on-failure)"),
+            why: why.to_string(),
         });
         moves.push(FedMove {
             id: job.id,
-            from_site: name.clone(),
+            from_site: from.to_string(),
             from_key: site_key(job),
             to_site: to,
             reason,
             moves_json: serde_json::to_string(&history).unwrap_or_else(|_| "[]".into()),
         });
     }
+    Ok(moves)
+}
+
+/// Restarts elsewhere the jobs that ran at a lost site and restart on failure: the site, cut
+/// off for longer than its lease, has stopped them itself.
+async fn restart_off(fed: &Federation, site: &Site) -> Result<(), FederationError> {
+    let name = &site.config.name;
+    let ran = fed.store.fed_jobs_at(name, &[FED_LOST, "scheduled", "running", "preempted", "pending"]).await?;
+    let restarting = ran.iter().filter(|j| j.state != "pending" || j.granted_ms.is_some()).filter(|j| {
+        serde_json::from_str::<api::JobSpec>(&j.spec_json)
+            .is_ok_and(|spec| spec.restart_policy == api::RestartPolicy::OnFailure)
+    });
+    let why = format!("site {name} lost while it ran; stopped there, restarted here (restart policy on-failure)");
+    let moves = plan_moves(fed, name, restarting, &why).await?;
     if moves.is_empty() {
         return Ok(());
     }
