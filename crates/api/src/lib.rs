@@ -995,6 +995,100 @@ pub struct ClusterStatus {
     pub database: String,
 }
 
+/// The UTC calendar date of `ms` (Unix milliseconds): year, month (1-12), day (1-31). Usage
+/// reports name their days and months by it.
+pub fn utc_date(ms: i64) -> (i64, u32, u32) {
+    let days = ms.div_euclid(86_400_000);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m as u32, d as u32)
+}
+
+/// Unix milliseconds of the start (00:00 UTC) of the first day of the month `year`-`month`.
+pub fn utc_month_start_ms(year: i64, month: u32) -> i64 {
+    // Days from civil (Howard Hinnant's algorithm), day 1.
+    let (y, m) = (if month <= 2 { year - 1 } else { year }, i64::from(month));
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe - 719_468) * 86_400_000
+}
+
+/// How a usage report groups its rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageBy {
+    /// One row per tenant.
+    #[default]
+    Tenant,
+    /// One row per job (all its runs).
+    Job,
+    /// One row per UTC day.
+    Day,
+    /// One row per UTC month.
+    Month,
+    /// One row per GPU model (CPU-only work: `none`).
+    Model,
+}
+
+impl UsageBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageBy::Tenant => "tenant",
+            UsageBy::Job => "job",
+            UsageBy::Day => "day",
+            UsageBy::Month => "month",
+            UsageBy::Model => "model",
+        }
+    }
+}
+
+/// What some runs used within a report's window. Fractional GPUs count by their share.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageRow {
+    /// The group: a tenant's name, a job id, `2026-12-07`, `2026-12`, or a GPU model.
+    pub key: String,
+    /// The tenant, for rows by job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Runs counted (a job restarted runs again).
+    pub runs: u64,
+    /// Runs still going at the report's end: their use is counted up to it.
+    pub running: u64,
+    pub gpu_hours: f64,
+    /// CPU cores held, times hours.
+    pub cpu_core_hours: f64,
+    /// Memory held, GiB times hours.
+    pub memory_gib_hours: f64,
+    /// Energy its nodes' agents reported while it ran, its share of each node's draw, kWh.
+    pub energy_kwh_measured: f64,
+    /// Energy over the time no draw was reported, its GPUs counted at board power, kWh.
+    pub energy_kwh_estimated: f64,
+    /// Of its GPU-hours, the share over which a draw was reported (0 to 1).
+    pub measured_share: f64,
+}
+
+/// A usage report: `GET /v1/usage`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageReport {
+    /// The window, Unix ms: runs count for the part of them inside it.
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub by: UsageBy,
+    pub rows: Vec<UsageRow>,
+    /// All rows together.
+    pub total: UsageRow,
+}
+
 /// The OpenAPI document of drome's REST API.
 #[derive(OpenApi)]
 #[openapi(
@@ -1009,6 +1103,7 @@ pub struct ClusterStatus {
         paths::revoke_tenant_token,
         paths::remove_tenant,
         paths::audit_log,
+        paths::usage,
         paths::get_quota,
         paths::submit_job,
         paths::list_jobs,
@@ -1038,7 +1133,7 @@ pub struct ClusterStatus {
         GpuInfo, JoinToken, AgentJoin, AgentJoined, RunKey, RunExit, Heartbeat, Assignment, HeartbeatReply,
         NodeHeartbeat, HeartbeatBatch, NodeHeartbeatReply, HeartbeatBatchReply,
         LogStream, LogRequest, LogChunk, JobLogs, GpuPowerCap, Leader, Replica, ClusterStatus, NewJoinToken, JoinTokenInfo, Drain,
-        TokenRotation, AuditEntry, SiteGpuModel, FederationLease, FederationLeaseState
+        TokenRotation, AuditEntry, UsageBy, UsageRow, UsageReport, SiteGpuModel, FederationLease, FederationLeaseState
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

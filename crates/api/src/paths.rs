@@ -6,7 +6,7 @@ use crate::{
     AgentJoin, AgentJoined, AuditEntry, ClusterStatus, Drain, ErrorBody, Event, FederationLease, FederationLeaseState,
     GpuPowerCap, Health, Heartbeat, HeartbeatBatch, HeartbeatBatchReply, HeartbeatReply, Job, JobList, JobLogs,
     JobSpec, JoinToken, JoinTokenInfo, LogChunk, NewJoinToken, NewTenant, Node, Quota, QuotaUpdate, Site, Tenant,
-    TenantCreated, TokenRotation,
+    TenantCreated, TokenRotation, UsageBy, UsageReport,
 };
 
 /// Liveness and database reachability.
@@ -108,6 +108,25 @@ pub fn remove_tenant() {}
         (status = 422, description = "A field or query parameter is invalid; `field` names it", body = ErrorBody),
     ))]
 pub fn audit_log() {}
+
+/// What was used: GPU-, CPU- and memory-hours and measured energy of every run within a window,
+/// grouped by tenant, job, day, month or GPU model. A tenant sees its own; the admin sees all,
+/// or one tenant's with `tenant`.
+#[utoipa::path(get, path = "/v1/usage", tag = "tenants",
+    params(
+        ("since_ms" = Option<i64>, Query, description = "Window start, Unix ms (30 days before its end)"),
+        ("until_ms" = Option<i64>, Query, description = "Window end, Unix ms (now)"),
+        ("by" = Option<UsageBy>, Query, description = "tenant, job, day, month or model (tenant)"),
+        ("tenant" = Option<String>, Query, description = "Only this tenant's (admin only)"),
+    ),
+    responses(
+        (status = 200, description = "Usage in the window", body = UsageReport),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "`tenant` asked for by a tenant", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 422, description = "A query parameter is invalid; `field` names it", body = ErrorBody),
+    ))]
+pub fn usage() {}
 
 /// The caller's quota and use.
 #[utoipa::path(get, path = "/v1/quota", tag = "tenants", responses(

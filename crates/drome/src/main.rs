@@ -57,6 +57,8 @@ enum Command {
     Tenants(cmd::client::TenantsArgs),
     /// What the admin changed, newest first (admin).
     Audit(cmd::client::AuditArgs),
+    /// What was used: GPU-, CPU-, memory-hours and energy by tenant, job, day, month or GPU model.
+    Usage(cmd::client::UsageArgs),
     /// Show your quota and usage, or set a tenant's (admin).
     Quota(cmd::client::QuotaArgs),
     /// List join tokens for node agents, make one or revoke one (admin).
@@ -89,6 +91,7 @@ fn run() -> anyhow::Result<()> {
         Command::Audit(args) => cmd::client::audit(args),
         Command::JoinTokens(args) => cmd::client::join_tokens(args),
         Command::Quota(args) => cmd::client::quota(args),
+        Command::Usage(args) => cmd::client::usage(args),
         Command::Status(args) => cmd::client::status(args),
     }
 }

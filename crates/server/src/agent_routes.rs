@@ -211,6 +211,10 @@ async fn answer_node(
     renew: bool,
 ) -> Result<NodeAnswer, ApiError> {
     let plan = remote.beat(node, hb, renew);
+    if renew && let (Some(meter), Some(watts)) = (&st.meter, hb.power_watts) {
+        let gpus = st.node_ids.get(node).map_or(0, |id| u32::from(st.fleet.node(*id).gpu_count));
+        meter.record(node, crate::now_ms(), watts, gpus, &plan.metered);
+    }
     if renew && plan.delivered_exits {
         st.wake.notify_one();
     }

@@ -25,6 +25,7 @@ pub mod error;
 pub mod json;
 mod leadership;
 pub mod limits;
+mod meter;
 pub mod metrics;
 pub mod node;
 mod replicas;
@@ -32,6 +33,7 @@ mod resources;
 mod routes;
 mod scheduler;
 pub mod serve;
+mod usage;
 
 pub use agents::{LeaseConfig, RemoteNodes};
 pub use node::{InProcessNodes, NodeExecutor, RunOutcome, RunSpec};
@@ -193,6 +195,8 @@ pub struct AppState {
     pub(crate) node_bounds: Arc<agents::checks::NodeBounds>,
     /// The grid and climate years the sites' price, carbon and heat figures are read from.
     pub(crate) site_years: Arc<SiteYears>,
+    /// Integrates the nodes' reported draw into their runs' records (the leader, with agents).
+    pub(crate) meter: Option<Arc<meter::Meter>>,
 }
 
 impl AppState {
@@ -271,12 +275,13 @@ struct LeaderTasks {
     scheduler: tokio::task::JoinHandle<()>,
     leases: Option<tokio::task::JoinHandle<()>>,
     announcer: Option<tokio::task::JoinHandle<()>>,
+    meter: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl LeaderTasks {
     fn abort(&self) {
         self.scheduler.abort();
-        for t in [&self.leases, &self.announcer].into_iter().flatten() {
+        for t in [&self.leases, &self.announcer, &self.meter].into_iter().flatten() {
             t.abort();
         }
     }
@@ -340,6 +345,7 @@ impl Common {
             leader_lease: self.leader_lease,
             node_bounds: self.node_bounds.clone(),
             site_years: self.site_years.clone(),
+            meter: None,
             request_timeout: self.request_timeout,
         }
     }
@@ -636,6 +642,9 @@ async fn lead(
     let (sched_events, sched_events_rx) = tokio::sync::mpsc::unbounded_channel();
     state.sched_events = sched_events.clone();
     state.remote = remote.clone();
+    // Reports further apart than a lease are not integrated: the node was not heard from.
+    state.meter = remote.as_ref().map(|r| Arc::new(meter::Meter::new(r.config.lease.as_millis() as i64)));
+    let meter = state.meter.clone().map(|m| tokio::spawn(meter::flush_loop(m, state.store.clone())));
     state.site_caps = Arc::new(RwLock::new(site_caps));
     state.dynamic_caps = dynamic && guard.is_some();
     state.metrics.leader_acquired.inc();
@@ -679,7 +688,7 @@ async fn lead(
     let announcer = (store.backend() == store::Backend::Postgres)
         .then(|| tokio::spawn(replicas::announce_changes(store.clone(), state.events.subscribe())));
     let scheduler = tokio::spawn(scheduler.run());
-    Ok((state, LeaderTasks { scheduler, leases, announcer }, generated))
+    Ok((state, LeaderTasks { scheduler, leases, announcer, meter }, generated))
 }
 
 /// Unix milliseconds at which the UTC year holding `ms` began (0 for times before 1970).

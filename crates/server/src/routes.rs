@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{name}", delete(remove_tenant))
         .route("/tenants/{name}/token", post(rotate_tenant_token).delete(revoke_tenant_token))
         .route("/audit", get(audit_log))
+        .route("/usage", get(crate::usage::usage))
         .route("/quota", get(get_quota))
         .route("/jobs", post(submit_job).get(list_jobs))
         .route("/jobs/{id}", get(get_job))

@@ -27,10 +27,12 @@ use tokio::sync::{mpsc, oneshot};
 mod federation;
 mod notice;
 pub mod testing;
+mod usage;
 
 pub use federation::{FED_FORWARDING, FED_LOST, FedInserted, FedJob, FedLeft, FedMove, FedStateUpdate, NewFedJob};
 use notice::WriteKind;
 pub use notice::{Listener, Notice};
+pub use usage::{JobRun, RunEnergy};
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -409,6 +411,7 @@ migrations![
     (14, "tenant max priority", "0014_tenant_max_priority.sql"),
     (15, "federated jobs", "0015_federated.sql"),
     (16, "federation", "0016_federation.sql"),
+    (17, "job runs", "0017_job_runs.sql"),
 ];
 
 /// How long a call waits for a free connection before it fails.
@@ -1397,6 +1400,26 @@ impl Store {
             return Ok(false);
         };
         let tenant_id: i64 = row.try_get(0)?;
+        if to != JobState::Assigned && from.contains(&JobState::Assigned) {
+            // The run ends as the job leaves `running` (a job not running has none open).
+            sqlx::query("UPDATE job_runs SET ended_ms = $1, end_state = $2 WHERE job_id = $3 AND ended_ms IS NULL")
+                .bind(now_ms)
+                .bind(to.as_str())
+                .bind(job_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        if change.started && to == JobState::Assigned {
+            sqlx::query(
+                "INSERT INTO job_runs (job_id, generation, tenant_id, nodes, gpus_per_node, gpu_milli, cpu_milli, \
+                 memory_mib, placement_json, started_ms) SELECT id, generation, tenant_id, nodes, gpus_per_node, \
+                 gpu_milli, cpu_milli, memory_mib, placement_json, $1 FROM jobs WHERE id = $2",
+            )
+            .bind(now_ms)
+            .bind(job_id)
+            .execute(&mut *conn)
+            .await?;
+        }
         sqlx::query("INSERT INTO job_events (job_id, tenant_id, state, at_ms, message) VALUES ($1, $2, $3, $4, $5)")
             .bind(job_id)
             .bind(tenant_id)

@@ -229,6 +229,40 @@ pub struct AuditArgs {
     pub limit: u32,
 }
 
+/// `drome usage --by day --since 2026-12-01`: what runs used within a window. A tenant sees its
+/// own; the admin sees every tenant's, or one's with `--tenant`. A run counts for the part of it
+/// inside the window; one still going counts up to now.
+#[derive(clap::Args, Debug)]
+pub struct UsageArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Rows by `tenant`, `job`, `day`, `month` or `model` (GPU model).
+    #[arg(long, value_enum, default_value = "tenant")]
+    pub by: UsageByArg,
+    /// Window start: `2026-12-01`, `2026-12` (UTC), `7d` or `12h` ago, or Unix ms (default: 30 days
+    /// before its end).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Window end, as `--since` (default: now).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this tenant's (admin).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// CSV on stdout, for a spreadsheet or an invoice run.
+    #[arg(long, conflicts_with = "output")]
+    pub csv: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum UsageByArg {
+    Tenant,
+    Job,
+    Day,
+    Month,
+    Model,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct JoinTokensArgs {
     #[command(flatten)]
@@ -401,18 +435,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// `1712345678901` ms as `2024-04-05 19:34:38Z`-style UTC text.
 pub fn fmt_time(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = api::utc_date(ms);
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
@@ -826,6 +850,122 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
     let mut t = Table::new(["AT", "WHO", "ACTION", "TARGET", "DETAIL"]);
     for e in &entries {
         t.row([fmt_time(e.at_ms), e.actor.clone(), e.action.clone(), e.target.clone(), e.detail.clone()]);
+    }
+    println!("{}", t.render());
+    Ok(())
+}
+
+/// `2026-12-01`, `2026-12` (UTC), `7d`/`12h`/`30m` before `now_ms`, or Unix ms.
+pub fn parse_when(text: &str, now_ms: i64) -> anyhow::Result<i64> {
+    let text = text.trim();
+    let bad = || anyhow::anyhow!("'{text}' is not a time: give 2026-12-01, 2026-12, 7d, 12h, 30m or Unix ms");
+    for (suffix, unit_ms) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000)] {
+        if let Some(n) = text.strip_suffix(suffix).filter(|n| !n.contains('-'))
+            && let Ok(n) = n.parse::<i64>()
+        {
+            return now_ms.checked_sub(n.checked_mul(unit_ms).ok_or_else(bad)?).ok_or_else(bad);
+        }
+    }
+    let parts: Vec<&str> = text.split('-').collect();
+    let num = |s: &str| s.parse::<i64>().map_err(|_| bad());
+    match parts.as_slice() {
+        [ms] => num(ms),
+        [y, m] | [y, m, _] if y.len() == 4 => {
+            let (year, month) = (num(y)?, num(m)?);
+            if !(1..=12).contains(&month) {
+                return Err(bad());
+            }
+            let day = if let [_, _, d] = parts.as_slice() { num(d)? } else { 1 };
+            if !(1..=31).contains(&day) {
+                return Err(bad());
+            }
+            Ok(api::utc_month_start_ms(year, month as u32) + (day - 1) * 86_400_000)
+        }
+        _ => Err(bad()),
+    }
+}
+
+pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.conn)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let by = match args.by {
+        UsageByArg::Tenant => api::UsageBy::Tenant,
+        UsageByArg::Job => api::UsageBy::Job,
+        UsageByArg::Day => api::UsageBy::Day,
+        UsageByArg::Month => api::UsageBy::Month,
+        UsageByArg::Model => api::UsageBy::Model,
+    };
+    let mut query = format!("/v1/usage?by={}", by.as_str());
+    if let Some(s) = &args.since {
+        query.push_str(&format!("&since_ms={}", parse_when(s, now).context("--since")?));
+    }
+    if let Some(u) = &args.until {
+        query.push_str(&format!("&until_ms={}", parse_when(u, now).context("--until")?));
+    }
+    if let Some(t) = &args.tenant {
+        query.push_str(&format!("&tenant={t}"));
+    }
+    let report: api::UsageReport = runtime()?.block_on(client.get(&query))?;
+    if args.conn.output == Output::Json {
+        return print_json(&report);
+    }
+    let key = by.as_str().to_uppercase();
+    if args.csv {
+        let mut out = csv::Writer::from_writer(std::io::stdout());
+        out.write_record([
+            key.to_lowercase().as_str(),
+            "tenant",
+            "runs",
+            "running",
+            "gpu_hours",
+            "cpu_core_hours",
+            "memory_gib_hours",
+            "energy_kwh_measured",
+            "energy_kwh_estimated",
+            "measured_share",
+        ])?;
+        for r in report.rows.iter().chain(std::iter::once(&report.total)) {
+            out.write_record([
+                r.key.clone(),
+                r.tenant.clone().unwrap_or_default(),
+                r.runs.to_string(),
+                r.running.to_string(),
+                format!("{:.6}", r.gpu_hours),
+                format!("{:.6}", r.cpu_core_hours),
+                format!("{:.6}", r.memory_gib_hours),
+                format!("{:.6}", r.energy_kwh_measured),
+                format!("{:.6}", r.energy_kwh_estimated),
+                format!("{:.4}", r.measured_share),
+            ])?;
+        }
+        out.flush()?;
+        return Ok(());
+    }
+    println!("usage from {} to {}", fmt_time(report.since_ms), fmt_time(report.until_ms));
+    let mut t = Table::new([
+        key.as_str(),
+        "TENANT",
+        "RUNS",
+        "GPU-H",
+        "CPU-CORE-H",
+        "MEM-GIB-H",
+        "KWH MEASURED",
+        "KWH ESTIMATED",
+        "MEASURED",
+    ]);
+    for r in report.rows.iter().chain(std::iter::once(&report.total)) {
+        let runs = if r.running > 0 { format!("{} ({} running)", r.runs, r.running) } else { r.runs.to_string() };
+        t.row([
+            r.key.clone(),
+            r.tenant.clone().unwrap_or_default(),
+            runs,
+            format!("{:.2}", r.gpu_hours),
+            format!("{:.2}", r.cpu_core_hours),
+            format!("{:.2}", r.memory_gib_hours),
+            format!("{:.3}", r.energy_kwh_measured),
+            format!("{:.3}", r.energy_kwh_estimated),
+            format!("{:.0}%", r.measured_share * 100.0),
+        ]);
     }
     println!("{}", t.render());
     Ok(())

@@ -31,6 +31,8 @@ pub(crate) struct BeatPlan {
     pub cap: Option<f64>,
     pub cpu_cap: Option<f64>,
     pub cap_stale: bool,
+    /// The runs the node holds as assigned, when its report has a draw to meter.
+    pub metered: Vec<crate::meter::MeteredRun>,
 }
 
 struct Guard {
@@ -256,6 +258,7 @@ impl RemoteNodes {
                 cap: None,
                 cpu_cap: None,
                 cap_stale: false,
+                metered: Vec::new(),
             };
         };
         let mut assign = Vec::new();
@@ -281,9 +284,20 @@ impl RemoteNodes {
                 let _ = tx.send(RunOutcome::Lost { message: "stopped".into() });
             }
         }
+        let mut metered = Vec::new();
         for r in &hb.running {
             match slot.assigned.get(&(r.job_id, r.member)) {
-                Some(a) if a.assignment.run.generation == r.generation && !a.stopping => {}
+                Some(a) if a.assignment.run.generation == r.generation && !a.stopping => {
+                    if renew && hb.power_watts.is_some() {
+                        let whole = u32::try_from(a.assignment.gpus.len()).unwrap_or(u32::MAX).saturating_mul(1000);
+                        metered.push(crate::meter::MeteredRun {
+                            job_id: r.job_id,
+                            generation: r.generation,
+                            gpu_milli: a.assignment.gpu_milli.unwrap_or(whole),
+                            members: a.assignment.members,
+                        });
+                    }
+                }
                 Some(_) => kill.push(*r),
                 None => unknown.push(*r),
             }
@@ -309,6 +323,7 @@ impl RemoteNodes {
             cap: slot.asked_cap,
             cpu_cap: slot.asked_cpu_cap,
             cap_stale,
+            metered,
         }
     }
 

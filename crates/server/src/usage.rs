@@ -1,0 +1,368 @@
+//! `GET /v1/usage`: what runs used within a window, read from the store's run records and
+//! grouped by tenant, job, day, month or GPU model.
+//!
+//! The sums are made here from durable rows (one per run, opened by its start and closed as it
+//! leaves `running`, both in the transitions' own transactions), so they hold across restarts,
+//! agent losses and takeovers: nothing is added up in memory that a crash could count twice.
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::routes::query_error;
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use std::collections::HashMap;
+
+const HOUR_MS: f64 = 3_600_000.0;
+const DAY_MS: i64 = 86_400_000;
+/// The window when `since_ms` is not given: 30 days before its end.
+const DEFAULT_WINDOW_MS: i64 = 30 * DAY_MS;
+/// The longest window a report covers (rows by day stay a few thousand).
+const MAX_WINDOW_MS: i64 = 3_660 * DAY_MS;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UsageParams {
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    /// Read as text, so that a wrong value is named as this parameter's.
+    by: Option<String>,
+    tenant: Option<String>,
+}
+
+pub(crate) async fn usage(
+    State(st): State<AppState>,
+    caller: Caller,
+    params: Result<Query<UsageParams>, QueryRejection>,
+) -> Result<Json<api::UsageReport>, ApiError> {
+    let Query(params) = params.map_err(query_error)?;
+    let now = crate::now_ms();
+    let until = params.until_ms.unwrap_or(now);
+    let since = params.since_ms.unwrap_or(until.saturating_sub(DEFAULT_WINDOW_MS));
+    if !(0..=i64::MAX / 2).contains(&until) {
+        return Err(ApiError::invalid("until_ms", "Unix milliseconds, 0 or more"));
+    }
+    if since < 0 || since >= until {
+        return Err(ApiError::invalid("since_ms", "Unix milliseconds, 0 or more and before until_ms"));
+    }
+    if until - since > MAX_WINDOW_MS {
+        return Err(ApiError::invalid("since_ms", "a window of at most 3,660 days"));
+    }
+    let names: HashMap<i64, String> = st.store.tenants().await?.into_iter().map(|t| (t.id, t.name)).collect();
+    let tenant_id = match (&caller, &params.tenant) {
+        (Caller::Tenant(t), None) => Some(t.id),
+        (Caller::Tenant(t), Some(name)) if *name == t.name => Some(t.id),
+        (Caller::Tenant(_), Some(_)) => {
+            return Err(ApiError::Forbidden("a tenant sees its own usage only".into()));
+        }
+        (Caller::Admin, None) => None,
+        (Caller::Admin, Some(name)) => Some(
+            st.store.tenant_by_name(name).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?.id,
+        ),
+    };
+    let runs = st.store.job_runs(tenant_id, since, until).await?;
+    let by = match params.by.as_deref() {
+        None | Some("tenant") => api::UsageBy::Tenant,
+        Some("job") => api::UsageBy::Job,
+        Some("day") => api::UsageBy::Day,
+        Some("month") => api::UsageBy::Month,
+        Some("model") => api::UsageBy::Model,
+        Some(other) => {
+            return Err(ApiError::invalid("by", format!("'{other}' is not one of tenant, job, day, month, model")));
+        }
+    };
+    let model_of = |node: &str| {
+        st.node_ids.get(node).and_then(|id| st.fleet.node_gpu_model(*id)).map(|m| (m.name.clone(), m.board_power_watts))
+    };
+    Ok(Json(report(&runs, by, since, until, now, &names, model_of)))
+}
+
+/// One row's running sums.
+#[derive(Default)]
+struct Sums {
+    tenant: Option<String>,
+    runs: u64,
+    running: u64,
+    /// The last run counted here, so a run split over pieces counts once.
+    last_run: Option<(i64, i64)>,
+    gpu_hours: f64,
+    cpu_core_hours: f64,
+    memory_gib_hours: f64,
+    energy_joules: f64,
+    estimated_joules: f64,
+    measured_gpu_hours: f64,
+}
+
+impl Sums {
+    fn add(&mut self, run: &store::JobRun, piece: &Piece, now_ms: i64, until_ms: i64) {
+        if self.last_run != Some((run.job_id, run.generation)) {
+            self.last_run = Some((run.job_id, run.generation));
+            self.runs += 1;
+            if run.ended_ms.is_none_or(|e| e > until_ms.min(now_ms)) {
+                self.running += 1;
+            }
+        }
+        let hours = piece.ms as f64 / HOUR_MS;
+        let gpu_hours = piece.gpu_milli as f64 / 1000.0 * hours;
+        self.gpu_hours += gpu_hours;
+        self.cpu_core_hours += piece.cpu_milli as f64 / 1000.0 * hours;
+        self.memory_gib_hours += piece.memory_mib as f64 / 1024.0 * hours;
+        // The run's measured energy and coverage, spread evenly over its time so far.
+        let run_ms = (run.ended_ms.unwrap_or(now_ms) - run.started_ms).max(1) as f64;
+        let share_of_run = piece.ms as f64 / run_ms * piece.share_of_members;
+        self.energy_joules += run.energy_joules as f64 * share_of_run;
+        let measured = (run.energy_measured_ms as f64 / run_ms).min(1.0);
+        self.measured_gpu_hours += gpu_hours * measured;
+        // Where no draw was reported: its GPUs at board power, as the site's report counts them.
+        self.estimated_joules += piece.board_watts * piece.ms as f64 / 1000.0 * (1.0 - measured);
+    }
+
+    fn row(&self, key: String) -> api::UsageRow {
+        api::UsageRow {
+            key,
+            tenant: self.tenant.clone(),
+            runs: self.runs,
+            running: self.running,
+            gpu_hours: self.gpu_hours,
+            cpu_core_hours: self.cpu_core_hours,
+            memory_gib_hours: self.memory_gib_hours,
+            energy_kwh_measured: self.energy_joules / 3.6e6,
+            energy_kwh_estimated: self.estimated_joules / 3.6e6,
+            measured_share: if self.gpu_hours > 0.0 { self.measured_gpu_hours / self.gpu_hours } else { 0.0 },
+        }
+    }
+}
+
+/// A part of a run: some of its members over some of its time.
+struct Piece {
+    ms: i64,
+    gpu_milli: i64,
+    cpu_milli: i64,
+    memory_mib: i64,
+    /// The members' share of the whole run's GPUs (1 for all of them).
+    share_of_members: f64,
+    /// What the members' GPUs draw at board power, watts.
+    board_watts: f64,
+}
+
+/// The report of `runs` over `[since_ms, until_ms)`; a run still going counts up to `now_ms`.
+/// `model_of` names the GPU model of a node.
+pub(crate) fn report(
+    runs: &[store::JobRun],
+    by: api::UsageBy,
+    since_ms: i64,
+    until_ms: i64,
+    now_ms: i64,
+    tenant_names: &HashMap<i64, String>,
+    model_of: impl Fn(&str) -> Option<(String, f64)>,
+) -> api::UsageReport {
+    let mut rows: Vec<(String, Sums)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut total = Sums::default();
+    let tenant_of =
+        |run: &store::JobRun| tenant_names.get(&run.tenant_id).cloned().unwrap_or_else(|| run.tenant_id.to_string());
+    for run in runs {
+        let start = run.started_ms.max(since_ms);
+        let end = run.ended_ms.unwrap_or(now_ms).min(until_ms);
+        if end <= start {
+            continue;
+        }
+        let parts = by_model(run, &model_of);
+        let whole =
+            Piece { ms: end - start, board_watts: parts.iter().map(|p| p.1.board_watts).sum(), ..whole_of(run) };
+        total.add(run, &whole, now_ms, until_ms);
+        let mut pieces: Vec<(String, Piece)> = Vec::new();
+        match by {
+            api::UsageBy::Tenant => pieces.push((tenant_of(run), whole)),
+            api::UsageBy::Job => pieces.push((run.job_id.to_string(), whole)),
+            api::UsageBy::Day | api::UsageBy::Month => {
+                let mut at = start;
+                while at < end {
+                    let (y, m, d) = api::utc_date(at);
+                    let (key, next) = if by == api::UsageBy::Day {
+                        (format!("{y:04}-{m:02}-{d:02}"), (at.div_euclid(DAY_MS) + 1) * DAY_MS)
+                    } else {
+                        let next =
+                            if m == 12 { api::utc_month_start_ms(y + 1, 1) } else { api::utc_month_start_ms(y, m + 1) };
+                        (format!("{y:04}-{m:02}"), next)
+                    };
+                    let piece_end = next.min(end);
+                    pieces.push((key, Piece { ms: piece_end - at, ..whole }));
+                    at = piece_end;
+                }
+            }
+            api::UsageBy::Model => {
+                for (model, part) in parts {
+                    pieces.push((model, Piece { ms: end - start, ..part }));
+                }
+            }
+        }
+        for (key, piece) in pieces {
+            let at = *index.entry(key.clone()).or_insert_with(|| {
+                rows.push((key.clone(), Sums::default()));
+                rows.len() - 1
+            });
+            let sums = &mut rows[at].1;
+            if by == api::UsageBy::Job {
+                sums.tenant = Some(tenant_of(run));
+            }
+            sums.add(run, &piece, now_ms, until_ms);
+        }
+    }
+    rows.sort_by(|a, b| match by {
+        // Numbers in order, not as text.
+        api::UsageBy::Job => a.0.parse::<i64>().unwrap_or(0).cmp(&b.0.parse::<i64>().unwrap_or(0)),
+        _ => a.0.cmp(&b.0),
+    });
+    api::UsageReport {
+        since_ms,
+        until_ms,
+        by,
+        rows: rows.iter().map(|(k, s)| s.row(k.clone())).collect(),
+        total: total.row("total".into()),
+    }
+}
+
+fn whole_of(run: &store::JobRun) -> Piece {
+    Piece {
+        ms: 0,
+        gpu_milli: run.gpu_milli_held(),
+        cpu_milli: run.cpu_milli * run.nodes,
+        memory_mib: run.memory_mib * run.nodes,
+        share_of_members: 1.0,
+        board_watts: 0.0,
+    }
+}
+
+/// A run's members grouped by their node's GPU model (`none` for CPU-only work, `unknown` for a
+/// node no longer in the fleet); a run whose placement cannot be read counts whole as `unknown`.
+fn by_model(run: &store::JobRun, model_of: &impl Fn(&str) -> Option<(String, f64)>) -> Vec<(String, Piece)> {
+    let whole = whole_of(run);
+    if whole.gpu_milli == 0 {
+        return vec![("none".into(), whole)];
+    }
+    let members =
+        run.placement_json.as_deref().and_then(|p| crate::convert::decode_members(p).ok()).unwrap_or_default();
+    let held: i64 = members.iter().flat_map(|m| &m.gpus).map(|g| i64::from(g.milli)).sum();
+    if members.is_empty() || held == 0 {
+        return vec![("unknown".into(), whole)];
+    }
+    let mut parts: Vec<(String, Piece)> = Vec::new();
+    for m in &members {
+        let milli: i64 = m.gpus.iter().map(|g| i64::from(g.milli)).sum();
+        let (model, board_watts) = model_of(&m.node).unwrap_or_else(|| ("unknown".into(), 0.0));
+        let at = match parts.iter().position(|(k, _)| *k == model) {
+            Some(at) => at,
+            None => {
+                let empty =
+                    Piece { ms: 0, gpu_milli: 0, cpu_milli: 0, memory_mib: 0, share_of_members: 0.0, board_watts: 0.0 };
+                parts.push((model, empty));
+                parts.len() - 1
+            }
+        };
+        let part = &mut parts[at].1;
+        part.gpu_milli += milli;
+        part.cpu_milli += i64::try_from(m.cpu_milli).unwrap_or(i64::MAX);
+        part.memory_mib += i64::try_from(m.memory_mib).unwrap_or(i64::MAX);
+        part.share_of_members += milli as f64 / held as f64;
+        part.board_watts += milli as f64 / 1000.0 * board_watts;
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: i64 = 3_600_000;
+    /// 2026-12-07 00:00 UTC.
+    const DEC7: i64 = 1_796_601_600_000;
+
+    fn run(job_id: i64, tenant_id: i64, started_ms: i64, ended_ms: Option<i64>) -> store::JobRun {
+        store::JobRun {
+            job_id,
+            generation: 1,
+            tenant_id,
+            job_name: "train".into(),
+            nodes: 2,
+            gpus_per_node: 8,
+            gpu_milli: None,
+            cpu_milli: 16_000,
+            memory_mib: 65_536,
+            placement_json: Some(
+                r#"[{"node":"a","cpu_milli":16000,"memory_mib":65536,"gpus":[{"index":0,"milli":1000},{"index":1,"milli":1000},{"index":2,"milli":1000},{"index":3,"milli":1000},{"index":4,"milli":1000},{"index":5,"milli":1000},{"index":6,"milli":1000},{"index":7,"milli":1000}]},
+                   {"node":"b","cpu_milli":16000,"memory_mib":65536,"gpus":[{"index":0,"milli":1000},{"index":1,"milli":1000},{"index":2,"milli":1000},{"index":3,"milli":1000},{"index":4,"milli":1000},{"index":5,"milli":1000},{"index":6,"milli":1000},{"index":7,"milli":1000}]}]"#
+                    .into(),
+            ),
+            started_ms,
+            ended_ms,
+            end_state: ended_ms.map(|_| "succeeded".into()),
+            energy_joules: 0,
+            energy_measured_ms: 0,
+        }
+    }
+
+    fn names() -> HashMap<i64, String> {
+        [(1, "lab".to_string()), (2, "other".to_string())].into()
+    }
+
+    fn model(node: &str) -> Option<(String, f64)> {
+        Some(if node == "a" { ("H100".into(), 700.0) } else { ("H200".into(), 700.0) })
+    }
+
+    #[test]
+    fn a_run_over_midnight_splits_between_its_days() {
+        let runs = [run(1, 1, DEC7 - 2 * H, Some(DEC7 + H))];
+        let r = report(&runs, api::UsageBy::Day, 0, DEC7 + 10 * H, DEC7 + 10 * H, &names(), model);
+        let keys: Vec<&str> = r.rows.iter().map(|x| x.key.as_str()).collect();
+        assert_eq!(keys, ["2026-12-06", "2026-12-07"]);
+        assert!((r.rows[0].gpu_hours - 32.0).abs() < 1e-9, "16 GPUs, 2 h: {:?}", r.rows[0]);
+        assert!((r.rows[1].gpu_hours - 16.0).abs() < 1e-9);
+        assert!((r.total.gpu_hours - 48.0).abs() < 1e-9);
+        assert!((r.total.cpu_core_hours - 96.0).abs() < 1e-9, "32 cores, 3 h");
+        assert!((r.total.memory_gib_hours - 384.0).abs() < 1e-9, "128 GiB, 3 h");
+        assert_eq!((r.rows[0].runs, r.rows[1].runs, r.total.runs), (1, 1, 1), "counted once in each");
+        let months = report(&runs, api::UsageBy::Month, 0, DEC7 + 10 * H, DEC7 + 10 * H, &names(), model);
+        assert_eq!(months.rows.len(), 1);
+        assert_eq!(months.rows[0].key, "2026-12");
+    }
+
+    #[test]
+    fn the_window_cuts_runs_and_an_open_run_counts_up_to_now() {
+        let runs = [run(1, 1, DEC7, Some(DEC7 + 2 * H)), run(2, 2, DEC7 + H, None)];
+        let now = DEC7 + 3 * H;
+        let r = report(&runs, api::UsageBy::Tenant, DEC7 + H, DEC7 + 10 * H, now, &names(), model);
+        assert_eq!(r.rows.iter().map(|x| x.key.as_str()).collect::<Vec<_>>(), ["lab", "other"]);
+        assert!((r.rows[0].gpu_hours - 16.0).abs() < 1e-9, "1 h of 2 inside the window");
+        assert!((r.rows[1].gpu_hours - 32.0).abs() < 1e-9, "2 h so far");
+        assert_eq!((r.rows[0].running, r.rows[1].running), (0, 1));
+    }
+
+    #[test]
+    fn gpu_models_split_a_gang_by_its_members_nodes_and_shares_count_by_their_share() {
+        let mut share = run(2, 2, DEC7, Some(DEC7 + 4 * H));
+        share.nodes = 1;
+        share.gpus_per_node = 1;
+        share.gpu_milli = Some(250);
+        share.placement_json =
+            Some(r#"[{"node":"b","cpu_milli":1000,"memory_mib":1024,"gpus":[{"index":3,"milli":250}]}]"#.into());
+        let mut gang = run(1, 1, DEC7, Some(DEC7 + H));
+        gang.energy_joules = 3_600_000 * 10; // 10 kWh
+        gang.energy_measured_ms = H / 2;
+        let runs = [gang, share];
+        let r = report(&runs, api::UsageBy::Model, 0, DEC7 + 10 * H, DEC7 + 10 * H, &names(), model);
+        let got: Vec<(&str, f64)> = r.rows.iter().map(|x| (x.key.as_str(), x.gpu_hours)).collect();
+        assert_eq!(got, [("H100", 8.0), ("H200", 9.0)], "8 GPU-h each for the gang, 0.25 x 4 h for the share");
+        assert!((r.rows[0].energy_kwh_measured - 5.0).abs() < 1e-9, "half the gang's energy on each node");
+        assert!((r.total.energy_kwh_measured - 10.0).abs() < 1e-9);
+        assert!((r.rows[0].measured_share - 0.5).abs() < 1e-9, "a draw reported over half its run");
+        // The other half at board power: 8 GPUs x 700 W x 0.5 h on each node.
+        assert!((r.rows[0].energy_kwh_estimated - 2.8).abs() < 1e-9, "{:?}", r.rows[0]);
+        assert!((r.rows[1].energy_kwh_estimated - (2.8 + 0.25 * 0.7 * 4.0)).abs() < 1e-9, "{:?}", r.rows[1]);
+        let by_job = report(&runs, api::UsageBy::Job, 0, DEC7 + 10 * H, DEC7 + 10 * H, &names(), model);
+        assert_eq!(by_job.rows[1].tenant.as_deref(), Some("other"));
+        assert!((by_job.rows[1].gpu_hours - 1.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,131 @@
+//! The runs of jobs, the record usage and billing read: what each run held, from when to when,
+//! and the energy its nodes reported while it ran.
+//!
+//! Knows nothing about prices, fleets or HTTP: rows in, rows out. Runs are written by
+//! [`Store::transitions`] (a start opens one, leaving `running` closes it), never here.
+
+use crate::{Result, Store};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+/// One run of a job: one start, its generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRun {
+    pub job_id: i64,
+    pub generation: i64,
+    pub tenant_id: i64,
+    pub job_name: String,
+    pub nodes: i64,
+    pub gpus_per_node: i64,
+    /// A share of one GPU in thousandths, for a fractional job.
+    pub gpu_milli: Option<i64>,
+    /// CPUs (thousandths) and memory on each node.
+    pub cpu_milli: i64,
+    pub memory_mib: i64,
+    pub placement_json: Option<String>,
+    pub started_ms: i64,
+    /// `None` while it runs.
+    pub ended_ms: Option<i64>,
+    /// The state it left `running` for.
+    pub end_state: Option<String>,
+    /// Its share of its nodes' reported draw, integrated, and over how long a draw was reported.
+    pub energy_joules: i64,
+    pub energy_measured_ms: i64,
+}
+
+impl JobRun {
+    /// Thousandths of a GPU it held on all its nodes together.
+    pub fn gpu_milli_held(&self) -> i64 {
+        self.gpu_milli.unwrap_or(self.gpus_per_node * 1000) * self.nodes
+    }
+
+    /// The milliseconds of it within `[since_ms, until_ms)`, counting a run still going up to
+    /// `now_ms`.
+    pub fn ms_within(&self, since_ms: i64, until_ms: i64, now_ms: i64) -> i64 {
+        let end = self.ended_ms.unwrap_or(now_ms).min(until_ms);
+        (end - self.started_ms.max(since_ms)).max(0)
+    }
+}
+
+/// Energy measured for one run since the last write, to add to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunEnergy {
+    pub job_id: i64,
+    pub generation: i64,
+    pub joules: i64,
+    pub measured_ms: i64,
+}
+
+const RUN_COLUMNS: &str = "r.job_id, r.generation, r.tenant_id, j.name, r.nodes, r.gpus_per_node, r.gpu_milli, \
+     r.cpu_milli, r.memory_mib, r.placement_json, r.started_ms, r.ended_ms, r.end_state, r.energy_joules, \
+     r.energy_measured_ms";
+
+fn run_of(r: &AnyRow) -> Result<JobRun> {
+    Ok(JobRun {
+        job_id: r.try_get(0)?,
+        generation: r.try_get(1)?,
+        tenant_id: r.try_get(2)?,
+        job_name: r.try_get(3)?,
+        nodes: r.try_get(4)?,
+        gpus_per_node: r.try_get(5)?,
+        gpu_milli: r.try_get(6)?,
+        cpu_milli: r.try_get(7)?,
+        memory_mib: r.try_get(8)?,
+        placement_json: r.try_get(9)?,
+        started_ms: r.try_get(10)?,
+        ended_ms: r.try_get(11)?,
+        end_state: r.try_get(12)?,
+        energy_joules: r.try_get(13)?,
+        energy_measured_ms: r.try_get(14)?,
+    })
+}
+
+impl Store {
+    /// The runs that overlap `[since_ms, until_ms)`, of one tenant or of all, oldest first.
+    pub async fn job_runs(&self, tenant_id: Option<i64>, since_ms: i64, until_ms: i64) -> Result<Vec<JobRun>> {
+        // PostgreSQL cannot type a NULL parameter it only compares: two statements.
+        let tenant_clause = if tenant_id.is_some() { " AND r.tenant_id = $3" } else { "" };
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM job_runs r JOIN jobs j ON j.id = r.job_id \
+             WHERE r.started_ms < $1 AND (r.ended_ms IS NULL OR r.ended_ms > $2){tenant_clause} \
+             ORDER BY r.started_ms, r.job_id, r.generation"
+        );
+        let mut query = sqlx::query(&sql).bind(until_ms).bind(since_ms);
+        if let Some(t) = tenant_id {
+            query = query.bind(t);
+        }
+        let rows = query.fetch_all(&self.reader).await?;
+        rows.iter().map(run_of).collect()
+    }
+
+    /// A job's runs, first first.
+    pub async fn runs_of_job(&self, job_id: i64) -> Result<Vec<JobRun>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM job_runs r JOIN jobs j ON j.id = r.job_id WHERE r.job_id = $1 ORDER BY r.generation"
+        );
+        let rows = sqlx::query(&sql).bind(job_id).fetch_all(&self.reader).await?;
+        rows.iter().map(run_of).collect()
+    }
+
+    /// Adds measured energy to runs, in one transaction. A run that is not there is skipped.
+    pub async fn add_run_energy(&self, adds: &[RunEnergy]) -> Result<()> {
+        if adds.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write().await?;
+        for a in adds {
+            sqlx::query(
+                "UPDATE job_runs SET energy_joules = energy_joules + $1, energy_measured_ms = energy_measured_ms + $2 \
+                 WHERE job_id = $3 AND generation = $4",
+            )
+            .bind(a.joules)
+            .bind(a.measured_ms)
+            .bind(a.job_id)
+            .bind(a.generation)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
