@@ -1075,6 +1075,51 @@ pub struct UsageRow {
     pub energy_kwh_estimated: f64,
     /// Of its GPU-hours, the share over which a draw was reported (0 to 1).
     pub measured_share: f64,
+    /// What it costs by the price list now in force, in the report's currency.
+    pub cost: f64,
+}
+
+/// The price list usage is charged by (`PUT /v1/prices`, admin). Every figure is in `currency`,
+/// excluding taxes; a job that may wait for cheaper power (`deferrable`) pays less by
+/// `deferrable_discount`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Prices {
+    /// Three capital letters (`EUR`).
+    pub currency: String,
+    /// Per GPU-hour, by GPU model (`H200`); a share of a GPU pays its share.
+    #[serde(default)]
+    pub gpu_hour: BTreeMap<String, f64>,
+    /// Per GPU-hour of a model the list does not name.
+    #[serde(default)]
+    pub gpu_hour_default: f64,
+    /// Per CPU core held for an hour.
+    #[serde(default)]
+    pub cpu_core_hour: f64,
+    /// Per GiB of memory held for an hour.
+    #[serde(default)]
+    pub memory_gib_hour: f64,
+    /// Per kWh the job's GPUs drew (measured, or estimated where not reported); 0: included in
+    /// the GPU-hour.
+    #[serde(default)]
+    pub energy_kwh: f64,
+    /// The share taken off a deferrable job's cost, 0 to 1.
+    #[serde(default)]
+    pub deferrable_discount: f64,
+}
+
+impl Default for Prices {
+    fn default() -> Prices {
+        Prices {
+            currency: "EUR".into(),
+            gpu_hour: BTreeMap::new(),
+            gpu_hour_default: 0.0,
+            cpu_core_hour: 0.0,
+            memory_gib_hour: 0.0,
+            energy_kwh: 0.0,
+            deferrable_discount: 0.0,
+        }
+    }
 }
 
 /// A usage report: `GET /v1/usage`.
@@ -1084,6 +1129,8 @@ pub struct UsageReport {
     pub since_ms: i64,
     pub until_ms: i64,
     pub by: UsageBy,
+    /// The currency of `cost`.
+    pub currency: String,
     pub rows: Vec<UsageRow>,
     /// All rows together.
     pub total: UsageRow,
@@ -1104,6 +1151,8 @@ pub struct UsageReport {
         paths::remove_tenant,
         paths::audit_log,
         paths::usage,
+        paths::get_prices,
+        paths::set_prices,
         paths::get_quota,
         paths::submit_job,
         paths::list_jobs,
@@ -1133,7 +1182,7 @@ pub struct UsageReport {
         GpuInfo, JoinToken, AgentJoin, AgentJoined, RunKey, RunExit, Heartbeat, Assignment, HeartbeatReply,
         NodeHeartbeat, HeartbeatBatch, NodeHeartbeatReply, HeartbeatBatchReply,
         LogStream, LogRequest, LogChunk, JobLogs, GpuPowerCap, Leader, Replica, ClusterStatus, NewJoinToken, JoinTokenInfo, Drain,
-        TokenRotation, AuditEntry, UsageBy, UsageRow, UsageReport, SiteGpuModel, FederationLease, FederationLeaseState
+        TokenRotation, AuditEntry, UsageBy, UsageRow, UsageReport, Prices, SiteGpuModel, FederationLease, FederationLeaseState
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -5,8 +5,8 @@
 use crate::{
     AgentJoin, AgentJoined, AuditEntry, ClusterStatus, Drain, ErrorBody, Event, FederationLease, FederationLeaseState,
     GpuPowerCap, Health, Heartbeat, HeartbeatBatch, HeartbeatBatchReply, HeartbeatReply, Job, JobList, JobLogs,
-    JobSpec, JoinToken, JoinTokenInfo, LogChunk, NewJoinToken, NewTenant, Node, Quota, QuotaUpdate, Site, Tenant,
-    TenantCreated, TokenRotation, UsageBy, UsageReport,
+    JobSpec, JoinToken, JoinTokenInfo, LogChunk, NewJoinToken, NewTenant, Node, Prices, Quota, QuotaUpdate, Site,
+    Tenant, TenantCreated, TokenRotation, UsageBy, UsageReport,
 };
 
 /// Liveness and database reachability.
@@ -127,6 +127,24 @@ pub fn audit_log() {}
         (status = 422, description = "A query parameter is invalid; `field` names it", body = ErrorBody),
     ))]
 pub fn usage() {}
+
+/// The price list usage is charged by.
+#[utoipa::path(get, path = "/v1/prices", tag = "tenants", responses(
+    (status = 200, description = "The price list", body = Prices),
+    (status = 401, description = "Missing or bad token", body = ErrorBody),
+))]
+pub fn get_prices() {}
+
+/// Sets the price list (admin only): what runs cost from now on, and what usage reports charge.
+#[utoipa::path(put, path = "/v1/prices", tag = "tenants", request_body = Prices, responses(
+    (status = 200, description = "The price list set", body = Prices),
+    (status = 400, description = "The body is not JSON", body = ErrorBody),
+    (status = 401, description = "Missing or bad token", body = ErrorBody),
+    (status = 403, description = "Not the admin token", body = ErrorBody),
+    (status = 413, description = "Body too large", body = ErrorBody),
+    (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+))]
+pub fn set_prices() {}
 
 /// The caller's quota and use.
 #[utoipa::path(get, path = "/v1/quota", tag = "tenants", responses(

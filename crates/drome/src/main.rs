@@ -59,6 +59,8 @@ enum Command {
     Audit(cmd::client::AuditArgs),
     /// What was used: GPU-, CPU-, memory-hours and energy by tenant, job, day, month or GPU model.
     Usage(cmd::client::UsageArgs),
+    /// Show the price list usage is charged by, or set it (admin).
+    Prices(cmd::client::PricesArgs),
     /// Show your quota and usage, or set a tenant's (admin).
     Quota(cmd::client::QuotaArgs),
     /// List join tokens for node agents, make one or revoke one (admin).
@@ -92,6 +94,7 @@ fn run() -> anyhow::Result<()> {
         Command::JoinTokens(args) => cmd::client::join_tokens(args),
         Command::Quota(args) => cmd::client::quota(args),
         Command::Usage(args) => cmd::client::usage(args),
+        Command::Prices(args) => cmd::client::prices(args),
         Command::Status(args) => cmd::client::status(args),
     }
 }

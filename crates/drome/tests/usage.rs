@@ -80,6 +80,17 @@ async fn usage_follows_runs_on_real_agents_and_survives_kill_9() {
     let ran_ms = done["finished_at_ms"].as_i64().unwrap() - done["started_at_ms"].as_i64().unwrap();
     assert_eq!(ran_ms, running_ms(&done));
 
+    // The admin sets a price list with the CLI; a tenant may read it, not set it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drome"))
+        .args(["prices", "set", "--url", &base, "--token", ADMIN, "--gpu-hour-default", "2.5", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let prices = json_of(http.get(format!("{base}/v1/prices")).bearer_auth(&lab)).await;
+    assert_eq!((prices["gpu_hour_default"].as_f64(), prices["currency"].as_str()), (Some(2.5), Some("EUR")));
+    let refused = http.put(format!("{base}/v1/prices")).bearer_auth(&lab).json(&prices).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+
     // GPU-hours to the millisecond; energy as reported, once the meter's sums are written.
     let t0 = Instant::now();
     let report = loop {
@@ -94,6 +105,7 @@ async fn usage_follows_runs_on_real_agents_and_survives_kill_9() {
     let hours = ran_ms as f64 / 3.6e6;
     assert!((r["gpu_hours"].as_f64().unwrap() - 4.0 * hours).abs() < 1e-12, "{r} against {ran_ms} ms");
     assert_eq!(r["runs"], 1);
+    assert!((r["cost"].as_f64().unwrap() - 4.0 * hours * 2.5).abs() < 1e-9, "{r}");
     // Half the node's GPUs: half its draw, while it was measured (within a watt-hour).
     let measured_kwh = r["energy_kwh_measured"].as_f64().unwrap();
     let expected_kwh = busy_watts / 2.0 * hours * r["measured_share"].as_f64().unwrap() / 1000.0;

@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{name}/token", post(rotate_tenant_token).delete(revoke_tenant_token))
         .route("/audit", get(audit_log))
         .route("/usage", get(crate::usage::usage))
+        .route("/prices", get(crate::usage::get_prices).put(crate::usage::set_prices))
         .route("/quota", get(get_quota))
         .route("/jobs", post(submit_job).get(list_jobs))
         .route("/jobs/{id}", get(get_job))

@@ -6,8 +6,10 @@
 //! agent losses and takeovers: nothing is added up in memory that a crash could count twice.
 
 use crate::AppState;
+use crate::auth::AdminCaller;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::json::ApiJson;
 use crate::routes::query_error;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -63,6 +65,7 @@ pub(crate) async fn usage(
         ),
     };
     let runs = st.store.job_runs(tenant_id, since, until).await?;
+    let prices = prices_in_force(&st).await?;
     let by = match params.by.as_deref() {
         None | Some("tenant") => api::UsageBy::Tenant,
         Some("job") => api::UsageBy::Job,
@@ -76,7 +79,70 @@ pub(crate) async fn usage(
     let model_of = |node: &str| {
         st.node_ids.get(node).and_then(|id| st.fleet.node_gpu_model(*id)).map(|m| (m.name.clone(), m.board_power_watts))
     };
-    Ok(Json(report(&runs, by, since, until, now, &names, model_of)))
+    Ok(Json(report(&runs, by, since, until, now, &names, &prices, model_of)))
+}
+
+/// Where the price list is kept (the settings table, as JSON).
+const PRICES_KEY: &str = "prices";
+/// The most GPU models a price list names.
+const MAX_PRICED_MODELS: usize = 256;
+/// No figure of a price list is above this (per hour or kWh).
+const MAX_PRICE: f64 = 1e6;
+
+/// The price list in force: the admin's, or all zeros in euros.
+pub(crate) async fn prices_in_force(st: &AppState) -> Result<api::Prices, ApiError> {
+    let stored = st.store.setting(PRICES_KEY).await?;
+    Ok(stored.and_then(|v| serde_json::from_str(&v).ok()).unwrap_or_default())
+}
+
+pub(crate) async fn get_prices(State(st): State<AppState>, _caller: Caller) -> Result<Json<api::Prices>, ApiError> {
+    Ok(Json(prices_in_force(&st).await?))
+}
+
+pub(crate) async fn set_prices(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    ApiJson(prices): ApiJson<api::Prices>,
+) -> Result<Json<api::Prices>, ApiError> {
+    check_prices(&prices)?;
+    let json = serde_json::to_string(&prices).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let store = crate::routes::audited(&st, "prices.set", "prices", serde_json::from_str(&json).unwrap_or_default());
+    store.set_setting(PRICES_KEY, &json).await?;
+    tracing::info!(currency = %prices.currency, models = prices.gpu_hour.len(), "price list set");
+    Ok(Json(prices))
+}
+
+fn check_prices(p: &api::Prices) -> Result<(), ApiError> {
+    if p.currency.len() != 3 || !p.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(ApiError::invalid("currency", "three capital letters (EUR)"));
+    }
+    let price = |field: &str, v: f64| {
+        if v.is_finite() && (0.0..=MAX_PRICE).contains(&v) {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(field, format!("a price from 0 to {MAX_PRICE}")))
+        }
+    };
+    price("gpu_hour_default", p.gpu_hour_default)?;
+    price("cpu_core_hour", p.cpu_core_hour)?;
+    price("memory_gib_hour", p.memory_gib_hour)?;
+    price("energy_kwh", p.energy_kwh)?;
+    if !(p.deferrable_discount.is_finite() && (0.0..=1.0).contains(&p.deferrable_discount)) {
+        return Err(ApiError::invalid("deferrable_discount", "a share from 0 to 1"));
+    }
+    if p.gpu_hour.len() > MAX_PRICED_MODELS {
+        return Err(ApiError::invalid("gpu_hour", format!("at most {MAX_PRICED_MODELS} GPU models")));
+    }
+    for (model, &v) in &p.gpu_hour {
+        if model.is_empty() || model.len() > 64 || model.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "gpu_hour",
+                format!("'{model}' is not a GPU model name (1 to 64 characters)"),
+            ));
+        }
+        price(&format!("gpu_hour.{model}"), v)?;
+    }
+    Ok(())
 }
 
 /// One row's running sums.
@@ -93,10 +159,11 @@ struct Sums {
     energy_joules: f64,
     estimated_joules: f64,
     measured_gpu_hours: f64,
+    cost: f64,
 }
 
 impl Sums {
-    fn add(&mut self, run: &store::JobRun, piece: &Piece, now_ms: i64, until_ms: i64) {
+    fn add(&mut self, run: &store::JobRun, piece: &Piece, now_ms: i64, until_ms: i64, prices: &api::Prices) {
         if self.last_run != Some((run.job_id, run.generation)) {
             self.last_run = Some((run.job_id, run.generation));
             self.runs += 1;
@@ -116,7 +183,14 @@ impl Sums {
         let measured = (run.energy_measured_ms as f64 / run_ms).min(1.0);
         self.measured_gpu_hours += gpu_hours * measured;
         // Where no draw was reported: its GPUs at board power, as the site's report counts them.
-        self.estimated_joules += piece.board_watts * piece.ms as f64 / 1000.0 * (1.0 - measured);
+        let estimated_joules = piece.board_watts * piece.ms as f64 / 1000.0 * (1.0 - measured);
+        self.estimated_joules += estimated_joules;
+        let energy_kwh = (run.energy_joules as f64 * share_of_run + estimated_joules) / 3.6e6;
+        let cost = piece.gpu_price_per_hour * hours
+            + piece.cpu_milli as f64 / 1000.0 * hours * prices.cpu_core_hour
+            + piece.memory_mib as f64 / 1024.0 * hours * prices.memory_gib_hour
+            + energy_kwh * prices.energy_kwh;
+        self.cost += if run.deferrable { cost * (1.0 - prices.deferrable_discount) } else { cost };
     }
 
     fn row(&self, key: String) -> api::UsageRow {
@@ -131,6 +205,7 @@ impl Sums {
             energy_kwh_measured: self.energy_joules / 3.6e6,
             energy_kwh_estimated: self.estimated_joules / 3.6e6,
             measured_share: if self.gpu_hours > 0.0 { self.measured_gpu_hours / self.gpu_hours } else { 0.0 },
+            cost: self.cost,
         }
     }
 }
@@ -145,6 +220,8 @@ struct Piece {
     share_of_members: f64,
     /// What the members' GPUs draw at board power, watts.
     board_watts: f64,
+    /// What the members' GPUs cost an hour, by their models' prices.
+    gpu_price_per_hour: f64,
 }
 
 /// The report of `runs` over `[since_ms, until_ms)`; a run still going counts up to `now_ms`.
@@ -156,6 +233,7 @@ pub(crate) fn report(
     until_ms: i64,
     now_ms: i64,
     tenant_names: &HashMap<i64, String>,
+    prices: &api::Prices,
     model_of: impl Fn(&str) -> Option<(String, f64)>,
 ) -> api::UsageReport {
     let mut rows: Vec<(String, Sums)> = Vec::new();
@@ -170,9 +248,18 @@ pub(crate) fn report(
             continue;
         }
         let parts = by_model(run, &model_of);
-        let whole =
-            Piece { ms: end - start, board_watts: parts.iter().map(|p| p.1.board_watts).sum(), ..whole_of(run) };
-        total.add(run, &whole, now_ms, until_ms);
+        let mut parts = parts;
+        for (model, part) in &mut parts {
+            let per_gpu = prices.gpu_hour.get(model.as_str()).copied().unwrap_or(prices.gpu_hour_default);
+            part.gpu_price_per_hour = part.gpu_milli as f64 / 1000.0 * per_gpu;
+        }
+        let whole = Piece {
+            ms: end - start,
+            board_watts: parts.iter().map(|p| p.1.board_watts).sum(),
+            gpu_price_per_hour: parts.iter().map(|p| p.1.gpu_price_per_hour).sum(),
+            ..whole_of(run)
+        };
+        total.add(run, &whole, now_ms, until_ms, prices);
         let mut pieces: Vec<(String, Piece)> = Vec::new();
         match by {
             api::UsageBy::Tenant => pieces.push((tenant_of(run), whole)),
@@ -208,7 +295,7 @@ pub(crate) fn report(
             if by == api::UsageBy::Job {
                 sums.tenant = Some(tenant_of(run));
             }
-            sums.add(run, &piece, now_ms, until_ms);
+            sums.add(run, &piece, now_ms, until_ms, prices);
         }
     }
     rows.sort_by(|a, b| match by {
@@ -220,6 +307,7 @@ pub(crate) fn report(
         since_ms,
         until_ms,
         by,
+        currency: prices.currency.clone(),
         rows: rows.iter().map(|(k, s)| s.row(k.clone())).collect(),
         total: total.row("total".into()),
     }
@@ -233,6 +321,7 @@ fn whole_of(run: &store::JobRun) -> Piece {
         memory_mib: run.memory_mib * run.nodes,
         share_of_members: 1.0,
         board_watts: 0.0,
+        gpu_price_per_hour: 0.0,
     }
 }
 
@@ -256,8 +345,15 @@ fn by_model(run: &store::JobRun, model_of: &impl Fn(&str) -> Option<(String, f64
         let at = match parts.iter().position(|(k, _)| *k == model) {
             Some(at) => at,
             None => {
-                let empty =
-                    Piece { ms: 0, gpu_milli: 0, cpu_milli: 0, memory_mib: 0, share_of_members: 0.0, board_watts: 0.0 };
+                let empty = Piece {
+                    ms: 0,
+                    gpu_milli: 0,
+                    cpu_milli: 0,
+                    memory_mib: 0,
+                    share_of_members: 0.0,
+                    board_watts: 0.0,
+                    gpu_price_per_hour: 0.0,
+                };
                 parts.push((model, empty));
                 parts.len() - 1
             }
@@ -301,6 +397,7 @@ mod tests {
             end_state: ended_ms.map(|_| "succeeded".into()),
             energy_joules: 0,
             energy_measured_ms: 0,
+            deferrable: false,
         }
     }
 
@@ -315,7 +412,8 @@ mod tests {
     #[test]
     fn a_run_over_midnight_splits_between_its_days() {
         let runs = [run(1, 1, DEC7 - 2 * H, Some(DEC7 + H))];
-        let r = report(&runs, api::UsageBy::Day, 0, DEC7 + 10 * H, DEC7 + 10 * H, &names(), model);
+        let r =
+            report(&runs, api::UsageBy::Day, 0, DEC7 + 10 * H, DEC7 + 10 * H, &names(), &api::Prices::default(), model);
         let keys: Vec<&str> = r.rows.iter().map(|x| x.key.as_str()).collect();
         assert_eq!(keys, ["2026-12-06", "2026-12-07"]);
         assert!((r.rows[0].gpu_hours - 32.0).abs() < 1e-9, "16 GPUs, 2 h: {:?}", r.rows[0]);
@@ -324,7 +422,16 @@ mod tests {
         assert!((r.total.cpu_core_hours - 96.0).abs() < 1e-9, "32 cores, 3 h");
         assert!((r.total.memory_gib_hours - 384.0).abs() < 1e-9, "128 GiB, 3 h");
         assert_eq!((r.rows[0].runs, r.rows[1].runs, r.total.runs), (1, 1, 1), "counted once in each");
-        let months = report(&runs, api::UsageBy::Month, 0, DEC7 + 10 * H, DEC7 + 10 * H, &names(), model);
+        let months = report(
+            &runs,
+            api::UsageBy::Month,
+            0,
+            DEC7 + 10 * H,
+            DEC7 + 10 * H,
+            &names(),
+            &api::Prices::default(),
+            model,
+        );
         assert_eq!(months.rows.len(), 1);
         assert_eq!(months.rows[0].key, "2026-12");
     }
@@ -333,7 +440,8 @@ mod tests {
     fn the_window_cuts_runs_and_an_open_run_counts_up_to_now() {
         let runs = [run(1, 1, DEC7, Some(DEC7 + 2 * H)), run(2, 2, DEC7 + H, None)];
         let now = DEC7 + 3 * H;
-        let r = report(&runs, api::UsageBy::Tenant, DEC7 + H, DEC7 + 10 * H, now, &names(), model);
+        let r =
+            report(&runs, api::UsageBy::Tenant, DEC7 + H, DEC7 + 10 * H, now, &names(), &api::Prices::default(), model);
         assert_eq!(r.rows.iter().map(|x| x.key.as_str()).collect::<Vec<_>>(), ["lab", "other"]);
         assert!((r.rows[0].gpu_hours - 16.0).abs() < 1e-9, "1 h of 2 inside the window");
         assert!((r.rows[1].gpu_hours - 32.0).abs() < 1e-9, "2 h so far");
@@ -352,7 +460,16 @@ mod tests {
         gang.energy_joules = 3_600_000 * 10; // 10 kWh
         gang.energy_measured_ms = H / 2;
         let runs = [gang, share];
-        let r = report(&runs, api::UsageBy::Model, 0, DEC7 + 10 * H, DEC7 + 10 * H, &names(), model);
+        let r = report(
+            &runs,
+            api::UsageBy::Model,
+            0,
+            DEC7 + 10 * H,
+            DEC7 + 10 * H,
+            &names(),
+            &api::Prices::default(),
+            model,
+        );
         let got: Vec<(&str, f64)> = r.rows.iter().map(|x| (x.key.as_str(), x.gpu_hours)).collect();
         assert_eq!(got, [("H100", 8.0), ("H200", 9.0)], "8 GPU-h each for the gang, 0.25 x 4 h for the share");
         assert!((r.rows[0].energy_kwh_measured - 5.0).abs() < 1e-9, "half the gang's energy on each node");
@@ -361,8 +478,39 @@ mod tests {
         // The other half at board power: 8 GPUs x 700 W x 0.5 h on each node.
         assert!((r.rows[0].energy_kwh_estimated - 2.8).abs() < 1e-9, "{:?}", r.rows[0]);
         assert!((r.rows[1].energy_kwh_estimated - (2.8 + 0.25 * 0.7 * 4.0)).abs() < 1e-9, "{:?}", r.rows[1]);
-        let by_job = report(&runs, api::UsageBy::Job, 0, DEC7 + 10 * H, DEC7 + 10 * H, &names(), model);
+        let by_job =
+            report(&runs, api::UsageBy::Job, 0, DEC7 + 10 * H, DEC7 + 10 * H, &names(), &api::Prices::default(), model);
         assert_eq!(by_job.rows[1].tenant.as_deref(), Some("other"));
         assert!((by_job.rows[1].gpu_hours - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cost_follows_the_price_list_and_a_deferrable_job_pays_less() {
+        let mut prices = api::Prices { gpu_hour_default: 2.0, cpu_core_hour: 0.01, ..Default::default() };
+        prices.gpu_hour.insert("H100".into(), 3.0);
+        prices.deferrable_discount = 0.5;
+        let gang = run(1, 1, DEC7, Some(DEC7 + H));
+        let mut later = run(2, 1, DEC7, Some(DEC7 + H));
+        later.deferrable = true;
+        let r = report(&[gang, later], api::UsageBy::Job, 0, DEC7 + 10 * H, DEC7 + 10 * H, &names(), &prices, model);
+        // 8 H100-hours at 3, 8 H200-hours at the default 2, 32 core-hours at 0.01.
+        assert!((r.rows[0].cost - (24.0 + 16.0 + 0.32)).abs() < 1e-9, "{:?}", r.rows[0]);
+        assert!((r.rows[1].cost - (24.0 + 16.0 + 0.32) / 2.0).abs() < 1e-9, "{:?}", r.rows[1]);
+        assert_eq!(r.currency, "EUR");
+    }
+
+    #[test]
+    fn a_price_list_with_a_bad_figure_is_refused_by_its_field() {
+        let field = |p: api::Prices| match check_prices(&p) {
+            Err(ApiError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(api::Prices { currency: "euro".into(), ..Default::default() }), "currency");
+        assert_eq!(field(api::Prices { cpu_core_hour: -1.0, ..Default::default() }), "cpu_core_hour");
+        assert_eq!(field(api::Prices { deferrable_discount: 1.5, ..Default::default() }), "deferrable_discount");
+        let mut p = api::Prices::default();
+        p.gpu_hour.insert("H200".into(), f64::NAN);
+        assert_eq!(field(p), "gpu_hour.H200");
+        assert!(check_prices(&api::Prices::default()).is_ok());
     }
 }

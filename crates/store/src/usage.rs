@@ -31,6 +31,8 @@ pub struct JobRun {
     /// Its share of its nodes' reported draw, integrated, and over how long a draw was reported.
     pub energy_joules: i64,
     pub energy_measured_ms: i64,
+    /// The job may wait for cheaper power (priced at a discount).
+    pub deferrable: bool,
 }
 
 impl JobRun {
@@ -58,7 +60,7 @@ pub struct RunEnergy {
 
 const RUN_COLUMNS: &str = "r.job_id, r.generation, r.tenant_id, j.name, r.nodes, r.gpus_per_node, r.gpu_milli, \
      r.cpu_milli, r.memory_mib, r.placement_json, r.started_ms, r.ended_ms, r.end_state, r.energy_joules, \
-     r.energy_measured_ms";
+     r.energy_measured_ms, j.is_deferrable";
 
 fn run_of(r: &AnyRow) -> Result<JobRun> {
     Ok(JobRun {
@@ -77,6 +79,7 @@ fn run_of(r: &AnyRow) -> Result<JobRun> {
         end_state: r.try_get(12)?,
         energy_joules: r.try_get(13)?,
         energy_measured_ms: r.try_get(14)?,
+        deferrable: r.try_get::<i64, _>(15)? != 0,
     })
 }
 

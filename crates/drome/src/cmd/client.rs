@@ -254,6 +254,44 @@ pub struct UsageArgs {
     pub csv: bool,
 }
 
+/// `drome prices` shows the price list; `drome prices set --gpu-hour H200=3.10 --cpu-core-hour 0.02`
+/// replaces it (admin): figures not given are 0.
+#[derive(clap::Args, Debug)]
+pub struct PricesArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(subcommand)]
+    pub action: Option<PricesAction>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum PricesAction {
+    /// Replace the price list (admin).
+    Set {
+        /// Three capital letters.
+        #[arg(long, default_value = "EUR")]
+        currency: String,
+        /// Per GPU-hour of a model: `H200=3.10` (repeat for each model).
+        #[arg(long = "gpu-hour", value_name = "MODEL=PRICE")]
+        gpu_hour: Vec<String>,
+        /// Per GPU-hour of a model not named.
+        #[arg(long, default_value_t = 0.0)]
+        gpu_hour_default: f64,
+        /// Per CPU core held an hour.
+        #[arg(long, default_value_t = 0.0)]
+        cpu_core_hour: f64,
+        /// Per GiB of memory held an hour.
+        #[arg(long, default_value_t = 0.0)]
+        memory_gib_hour: f64,
+        /// Per kWh the job's GPUs drew (0: included in the GPU-hour).
+        #[arg(long, default_value_t = 0.0)]
+        energy_kwh: f64,
+        /// Share taken off a deferrable job's cost, 0 to 1.
+        #[arg(long, default_value_t = 0.0)]
+        deferrable_discount: f64,
+    },
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum UsageByArg {
     Tenant,
@@ -923,6 +961,8 @@ pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
             "energy_kwh_measured",
             "energy_kwh_estimated",
             "measured_share",
+            "cost",
+            "currency",
         ])?;
         for r in report.rows.iter().chain(std::iter::once(&report.total)) {
             out.write_record([
@@ -936,6 +976,8 @@ pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
                 format!("{:.6}", r.energy_kwh_measured),
                 format!("{:.6}", r.energy_kwh_estimated),
                 format!("{:.4}", r.measured_share),
+                format!("{:.4}", r.cost),
+                report.currency.clone(),
             ])?;
         }
         out.flush()?;
@@ -952,6 +994,7 @@ pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
         "KWH MEASURED",
         "KWH ESTIMATED",
         "MEASURED",
+        "COST",
     ]);
     for r in report.rows.iter().chain(std::iter::once(&report.total)) {
         let runs = if r.running > 0 { format!("{} ({} running)", r.runs, r.running) } else { r.runs.to_string() };
@@ -965,8 +1008,59 @@ pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
             format!("{:.3}", r.energy_kwh_measured),
             format!("{:.3}", r.energy_kwh_estimated),
             format!("{:.0}%", r.measured_share * 100.0),
+            format!("{:.2} {}", r.cost, report.currency),
         ]);
     }
+    println!("{}", t.render());
+    Ok(())
+}
+
+pub fn prices(args: PricesArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.conn)?;
+    let rt = runtime()?;
+    let prices: api::Prices = match args.action {
+        None => rt.block_on(client.get("/v1/prices"))?,
+        Some(PricesAction::Set {
+            currency,
+            gpu_hour,
+            gpu_hour_default,
+            cpu_core_hour,
+            memory_gib_hour,
+            energy_kwh,
+            deferrable_discount,
+        }) => {
+            let mut by_model = BTreeMap::new();
+            for item in &gpu_hour {
+                let (model, price) =
+                    item.split_once('=').ok_or_else(|| anyhow::anyhow!("--gpu-hour {item}: give MODEL=PRICE"))?;
+                let price: f64 = price.trim().parse().with_context(|| format!("--gpu-hour {item}: not a price"))?;
+                by_model.insert(model.trim().to_string(), price);
+            }
+            let body = api::Prices {
+                currency,
+                gpu_hour: by_model,
+                gpu_hour_default,
+                cpu_core_hour,
+                memory_gib_hour,
+                energy_kwh,
+                deferrable_discount,
+            };
+            rt.block_on(client.put("/v1/prices", &body))?
+        }
+    };
+    if args.conn.output == Output::Json {
+        return print_json(&prices);
+    }
+    let c = &prices.currency;
+    let mut t = Table::new(["ITEM", "PRICE"]);
+    for (model, p) in &prices.gpu_hour {
+        t.row([format!("{model} GPU-hour"), format!("{p:.4} {c}")]);
+    }
+    t.row(["other GPU-hour".to_string(), format!("{:.4} {c}", prices.gpu_hour_default)]);
+    t.row(["CPU core-hour".to_string(), format!("{:.4} {c}", prices.cpu_core_hour)]);
+    t.row(["memory GiB-hour".to_string(), format!("{:.4} {c}", prices.memory_gib_hour)]);
+    t.row(["energy kWh".to_string(), format!("{:.4} {c}", prices.energy_kwh)]);
+    t.row(["deferrable discount".to_string(), format!("{:.0}%", prices.deferrable_discount * 100.0)]);
     println!("{}", t.render());
     Ok(())
 }
