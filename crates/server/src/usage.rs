@@ -79,7 +79,7 @@ pub(crate) async fn usage(
     let model_of = |node: &str| {
         st.node_ids.get(node).and_then(|id| st.fleet.node_gpu_model(*id)).map(|m| (m.name.clone(), m.board_power_watts))
     };
-    Ok(Json(report(&runs, by, since, until, now, &names, &prices, model_of)))
+    Ok(Json(report(&runs, by, Window { since_ms: since, until_ms: until, now_ms: now }, &names, &prices, model_of)))
 }
 
 /// Where the price list is kept (the settings table, as JSON).
@@ -210,6 +210,14 @@ impl Sums {
     }
 }
 
+/// A report's window, `[since_ms, until_ms)`, read at `now_ms` (Unix ms).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub now_ms: i64,
+}
+
 /// A part of a run: some of its members over some of its time.
 struct Piece {
     ms: i64,
@@ -229,9 +237,7 @@ struct Piece {
 pub(crate) fn report(
     runs: &[store::JobRun],
     by: api::UsageBy,
-    since_ms: i64,
-    until_ms: i64,
-    now_ms: i64,
+    Window { since_ms, until_ms, now_ms }: Window,
     tenant_names: &HashMap<i64, String>,
     prices: &api::Prices,
     model_of: impl Fn(&str) -> Option<(String, f64)>,
@@ -412,8 +418,14 @@ mod tests {
     #[test]
     fn a_run_over_midnight_splits_between_its_days() {
         let runs = [run(1, 1, DEC7 - 2 * H, Some(DEC7 + H))];
-        let r =
-            report(&runs, api::UsageBy::Day, 0, DEC7 + 10 * H, DEC7 + 10 * H, &names(), &api::Prices::default(), model);
+        let r = report(
+            &runs,
+            api::UsageBy::Day,
+            Window { since_ms: 0, until_ms: DEC7 + 10 * H, now_ms: DEC7 + 10 * H },
+            &names(),
+            &api::Prices::default(),
+            model,
+        );
         let keys: Vec<&str> = r.rows.iter().map(|x| x.key.as_str()).collect();
         assert_eq!(keys, ["2026-12-06", "2026-12-07"]);
         assert!((r.rows[0].gpu_hours - 32.0).abs() < 1e-9, "16 GPUs, 2 h: {:?}", r.rows[0]);
@@ -425,9 +437,7 @@ mod tests {
         let months = report(
             &runs,
             api::UsageBy::Month,
-            0,
-            DEC7 + 10 * H,
-            DEC7 + 10 * H,
+            Window { since_ms: 0, until_ms: DEC7 + 10 * H, now_ms: DEC7 + 10 * H },
             &names(),
             &api::Prices::default(),
             model,
@@ -440,8 +450,14 @@ mod tests {
     fn the_window_cuts_runs_and_an_open_run_counts_up_to_now() {
         let runs = [run(1, 1, DEC7, Some(DEC7 + 2 * H)), run(2, 2, DEC7 + H, None)];
         let now = DEC7 + 3 * H;
-        let r =
-            report(&runs, api::UsageBy::Tenant, DEC7 + H, DEC7 + 10 * H, now, &names(), &api::Prices::default(), model);
+        let r = report(
+            &runs,
+            api::UsageBy::Tenant,
+            Window { since_ms: DEC7 + H, until_ms: DEC7 + 10 * H, now_ms: now },
+            &names(),
+            &api::Prices::default(),
+            model,
+        );
         assert_eq!(r.rows.iter().map(|x| x.key.as_str()).collect::<Vec<_>>(), ["lab", "other"]);
         assert!((r.rows[0].gpu_hours - 16.0).abs() < 1e-9, "1 h of 2 inside the window");
         assert!((r.rows[1].gpu_hours - 32.0).abs() < 1e-9, "2 h so far");
@@ -463,9 +479,7 @@ mod tests {
         let r = report(
             &runs,
             api::UsageBy::Model,
-            0,
-            DEC7 + 10 * H,
-            DEC7 + 10 * H,
+            Window { since_ms: 0, until_ms: DEC7 + 10 * H, now_ms: DEC7 + 10 * H },
             &names(),
             &api::Prices::default(),
             model,
@@ -478,8 +492,14 @@ mod tests {
         // The other half at board power: 8 GPUs x 700 W x 0.5 h on each node.
         assert!((r.rows[0].energy_kwh_estimated - 2.8).abs() < 1e-9, "{:?}", r.rows[0]);
         assert!((r.rows[1].energy_kwh_estimated - (2.8 + 0.25 * 0.7 * 4.0)).abs() < 1e-9, "{:?}", r.rows[1]);
-        let by_job =
-            report(&runs, api::UsageBy::Job, 0, DEC7 + 10 * H, DEC7 + 10 * H, &names(), &api::Prices::default(), model);
+        let by_job = report(
+            &runs,
+            api::UsageBy::Job,
+            Window { since_ms: 0, until_ms: DEC7 + 10 * H, now_ms: DEC7 + 10 * H },
+            &names(),
+            &api::Prices::default(),
+            model,
+        );
         assert_eq!(by_job.rows[1].tenant.as_deref(), Some("other"));
         assert!((by_job.rows[1].gpu_hours - 1.0).abs() < 1e-9);
     }
@@ -492,7 +512,14 @@ mod tests {
         let gang = run(1, 1, DEC7, Some(DEC7 + H));
         let mut later = run(2, 1, DEC7, Some(DEC7 + H));
         later.deferrable = true;
-        let r = report(&[gang, later], api::UsageBy::Job, 0, DEC7 + 10 * H, DEC7 + 10 * H, &names(), &prices, model);
+        let r = report(
+            &[gang, later],
+            api::UsageBy::Job,
+            Window { since_ms: 0, until_ms: DEC7 + 10 * H, now_ms: DEC7 + 10 * H },
+            &names(),
+            &prices,
+            model,
+        );
         // 8 H100-hours at 3, 8 H200-hours at the default 2, 32 core-hours at 0.01.
         assert!((r.rows[0].cost - (24.0 + 16.0 + 0.32)).abs() < 1e-9, "{:?}", r.rows[0]);
         assert!((r.rows[1].cost - (24.0 + 16.0 + 0.32) / 2.0).abs() < 1e-9, "{:?}", r.rows[1]);
