@@ -1077,6 +1077,11 @@ pub struct UsageRow {
     pub measured_share: f64,
     /// What it costs by the price list now in force, in the report's currency.
     pub cost: f64,
+    /// The site's facility energy its energy brought (cooling, power conversion): its measured
+    /// and estimated kWh times the site's marginal PUE less one, hour by hour, kWh.
+    pub facility_kwh: f64,
+    /// Its energy and the facility's, times the grid's carbon intensity hour by hour, kg CO2.
+    pub co2_kg: f64,
 }
 
 /// The price list usage is charged by (`PUT /v1/prices`, admin). Every figure is in `currency`,

@@ -114,6 +114,11 @@ async fn usage_follows_runs_on_real_agents_and_survives_kill_9() {
         "{measured_kwh} kWh measured, {expected_kwh} from {busy_watts} W"
     );
     assert!(measured_kwh > 0.0);
+    // Its site's facility and the grid's carbon come with it (the shipped French grid year).
+    let (facility, co2) = (r["facility_kwh"].as_f64().unwrap(), r["co2_kg"].as_f64().unwrap());
+    let it_kwh = measured_kwh + r["energy_kwh_estimated"].as_f64().unwrap();
+    assert!(facility > 0.0 && facility < it_kwh, "{r}");
+    assert!(co2 > 0.0 && co2 < (it_kwh + facility) * 1.0, "under 1 kg/kWh: {r}");
 
     // A whole node, restarted on failure: its node's agent is killed while it runs, it runs
     // again on the other node; the two runs count once each.

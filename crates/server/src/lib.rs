@@ -721,6 +721,8 @@ pub(crate) struct SiteYears {
     grid: Option<energy::GridYear>,
     /// Each site's temperature year, by site index.
     temperature: Vec<Option<energy::TemperatureYear>>,
+    /// The fleet's power model: what a site's facility adds to its IT draw.
+    energy: energy::EnergyModel,
 }
 
 impl SiteYears {
@@ -739,7 +741,20 @@ impl SiteYears {
                 year.ok()
             })
             .collect();
-        SiteYears { grid, temperature }
+        let energy = energy::EnergyModel::new(fleet, None, &energy::HeatOptions::default());
+        SiteYears { grid, temperature, energy }
+    }
+
+    /// What the energy of a run at the fleet's site `index` brings at `hour_of_year`: the
+    /// grid's carbon that hour and the site's marginal PUE at that hour's outdoor temperature.
+    pub(crate) fn hour_figures(&self, index: usize, hour_of_year: usize) -> Option<usage::HourFigures> {
+        let grid = self.grid.as_ref()?;
+        let outdoor = self.temperature.get(index)?.as_ref()?.at_hour(hour_of_year);
+        let site = model::SiteId(u32::try_from(index).ok()?);
+        let it_watts = self.energy.sites.get(index)?.it.max_watts.max(1.0);
+        let p0 = self.energy.site_power_at_it(site, 0.0, outdoor).total_watts;
+        let p1 = self.energy.site_power_at_it(site, it_watts, outdoor).total_watts;
+        Some(usage::HourFigures { co2_g_per_kwh: grid.co2_g_per_kwh(hour_of_year), marginal_pue: (p1 - p0) / it_watts })
     }
 
     /// The figures of the fleet's site `index` at `hour_of_year`, if its years could be read.

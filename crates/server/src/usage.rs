@@ -79,7 +79,12 @@ pub(crate) async fn usage(
     let model_of = |node: &str| {
         st.node_ids.get(node).and_then(|id| st.fleet.node_gpu_model(*id)).map(|m| (m.name.clone(), m.board_power_watts))
     };
-    Ok(Json(report(&runs, by, Window { since_ms: since, until_ms: until, now_ms: now }, &names, &prices, model_of)))
+    let hour_of = |node: &str, at_ms: i64| {
+        let site = st.fleet.node(*st.node_ids.get(node)?).site.index();
+        st.site_years.hour_figures(site, crate::hour_of_year(at_ms))
+    };
+    let window = Window { since_ms: since, until_ms: until, now_ms: now };
+    Ok(Json(report(&runs, by, window, &names, &prices, model_of, hour_of)))
 }
 
 /// Where the price list is kept (the settings table, as JSON).
@@ -160,6 +165,8 @@ struct Sums {
     estimated_joules: f64,
     measured_gpu_hours: f64,
     cost: f64,
+    facility_kwh: f64,
+    co2_g: f64,
 }
 
 impl Sums {
@@ -186,6 +193,8 @@ impl Sums {
         let estimated_joules = piece.board_watts * piece.ms as f64 / 1000.0 * (1.0 - measured);
         self.estimated_joules += estimated_joules;
         let energy_kwh = (run.energy_joules as f64 * share_of_run + estimated_joules) / 3.6e6;
+        self.facility_kwh += energy_kwh * piece.per_kwh.facility_kwh;
+        self.co2_g += energy_kwh * piece.per_kwh.co2_g;
         let cost = piece.gpu_price_per_hour * hours
             + piece.cpu_milli as f64 / 1000.0 * hours * prices.cpu_core_hour
             + piece.memory_mib as f64 / 1024.0 * hours * prices.memory_gib_hour
@@ -206,6 +215,8 @@ impl Sums {
             energy_kwh_estimated: self.estimated_joules / 3.6e6,
             measured_share: if self.gpu_hours > 0.0 { self.measured_gpu_hours / self.gpu_hours } else { 0.0 },
             cost: self.cost,
+            facility_kwh: self.facility_kwh,
+            co2_kg: self.co2_g / 1000.0,
         }
     }
 }
@@ -218,9 +229,28 @@ pub(crate) struct Window {
     pub now_ms: i64,
 }
 
+/// A site's figures at one hour, for the energy of the runs there.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct HourFigures {
+    /// The grid's carbon intensity, gCO2/kWh.
+    pub co2_g_per_kwh: f64,
+    /// Site watts per IT watt at the hour's outdoor temperature: the site's draw is linear in
+    /// its IT draw, so this is what one more IT watt costs the site (cooling, conversion).
+    pub marginal_pue: f64,
+}
+
+/// What one kWh of a piece's IT energy brings with it, averaged over the piece's hours.
+#[derive(Clone, Copy, Debug, Default)]
+struct PerKwh {
+    facility_kwh: f64,
+    co2_g: f64,
+}
+
 /// A part of a run: some of its members over some of its time.
+#[derive(Clone, Copy)]
 struct Piece {
     ms: i64,
+    per_kwh: PerKwh,
     gpu_milli: i64,
     cpu_milli: i64,
     memory_mib: i64,
@@ -241,7 +271,27 @@ pub(crate) fn report(
     tenant_names: &HashMap<i64, String>,
     prices: &api::Prices,
     model_of: impl Fn(&str) -> Option<(String, f64)>,
+    hour_of: impl Fn(&str, i64) -> Option<HourFigures>,
 ) -> api::UsageReport {
+    // Each (node, hour)'s figures once, however many rows a run's hours fall in.
+    let mut hours: HashMap<(String, i64), Option<HourFigures>> = HashMap::new();
+    let mut per_kwh = |node: Option<&str>, start_ms: i64, ms: i64| -> PerKwh {
+        let Some(node) = node else { return PerKwh::default() };
+        let (mut sum, mut at) = (PerKwh::default(), start_ms);
+        let end = start_ms + ms;
+        while at < end {
+            let hour = at.div_euclid(3_600_000);
+            let next = ((hour + 1) * 3_600_000).min(end);
+            let weight = (next - at) as f64 / ms.max(1) as f64;
+            let figures = *hours.entry((node.to_string(), hour)).or_insert_with(|| hour_of(node, hour * 3_600_000));
+            if let Some(f) = figures {
+                sum.facility_kwh += weight * (f.marginal_pue - 1.0).max(0.0);
+                sum.co2_g += weight * f.marginal_pue.max(1.0) * f.co2_g_per_kwh;
+            }
+            at = next;
+        }
+        sum
+    };
     let mut rows: Vec<(String, Sums)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut total = Sums::default();
@@ -259,8 +309,10 @@ pub(crate) fn report(
             let per_gpu = prices.gpu_hour.get(model.as_str()).copied().unwrap_or(prices.gpu_hour_default);
             part.gpu_price_per_hour = part.gpu_milli as f64 / 1000.0 * per_gpu;
         }
+        let node = first_node(run);
         let whole = Piece {
             ms: end - start,
+            per_kwh: per_kwh(node.as_deref(), start, end - start),
             board_watts: parts.iter().map(|p| p.1.board_watts).sum(),
             gpu_price_per_hour: parts.iter().map(|p| p.1.gpu_price_per_hour).sum(),
             ..whole_of(run)
@@ -282,13 +334,14 @@ pub(crate) fn report(
                         (format!("{y:04}-{m:02}"), next)
                     };
                     let piece_end = next.min(end);
-                    pieces.push((key, Piece { ms: piece_end - at, ..whole }));
+                    let per_kwh = per_kwh(node.as_deref(), at, piece_end - at);
+                    pieces.push((key, Piece { ms: piece_end - at, per_kwh, ..whole }));
                     at = piece_end;
                 }
             }
             api::UsageBy::Model => {
                 for (model, part) in parts {
-                    pieces.push((model, Piece { ms: end - start, ..part }));
+                    pieces.push((model, Piece { ms: end - start, per_kwh: whole.per_kwh, ..part }));
                 }
             }
         }
@@ -319,9 +372,16 @@ pub(crate) fn report(
     }
 }
 
+/// The node of a run's first member (a gang's members are at one site).
+fn first_node(run: &store::JobRun) -> Option<String> {
+    let members = crate::convert::decode_members(run.placement_json.as_deref()?).ok()?;
+    members.into_iter().next().map(|m| m.node)
+}
+
 fn whole_of(run: &store::JobRun) -> Piece {
     Piece {
         ms: 0,
+        per_kwh: PerKwh::default(),
         gpu_milli: run.gpu_milli_held(),
         cpu_milli: run.cpu_milli * run.nodes,
         memory_mib: run.memory_mib * run.nodes,
@@ -353,6 +413,7 @@ fn by_model(run: &store::JobRun, model_of: &impl Fn(&str) -> Option<(String, f64
             None => {
                 let empty = Piece {
                     ms: 0,
+                    per_kwh: PerKwh::default(),
                     gpu_milli: 0,
                     cpu_milli: 0,
                     memory_mib: 0,
@@ -407,6 +468,10 @@ mod tests {
         }
     }
 
+    fn no_hours(_node: &str, _at_ms: i64) -> Option<HourFigures> {
+        None
+    }
+
     fn names() -> HashMap<i64, String> {
         [(1, "lab".to_string()), (2, "other".to_string())].into()
     }
@@ -425,6 +490,7 @@ mod tests {
             &names(),
             &api::Prices::default(),
             model,
+            no_hours,
         );
         let keys: Vec<&str> = r.rows.iter().map(|x| x.key.as_str()).collect();
         assert_eq!(keys, ["2026-12-06", "2026-12-07"]);
@@ -441,6 +507,7 @@ mod tests {
             &names(),
             &api::Prices::default(),
             model,
+            no_hours,
         );
         assert_eq!(months.rows.len(), 1);
         assert_eq!(months.rows[0].key, "2026-12");
@@ -457,6 +524,7 @@ mod tests {
             &names(),
             &api::Prices::default(),
             model,
+            no_hours,
         );
         assert_eq!(r.rows.iter().map(|x| x.key.as_str()).collect::<Vec<_>>(), ["lab", "other"]);
         assert!((r.rows[0].gpu_hours - 16.0).abs() < 1e-9, "1 h of 2 inside the window");
@@ -483,6 +551,7 @@ mod tests {
             &names(),
             &api::Prices::default(),
             model,
+            no_hours,
         );
         let got: Vec<(&str, f64)> = r.rows.iter().map(|x| (x.key.as_str(), x.gpu_hours)).collect();
         assert_eq!(got, [("H100", 8.0), ("H200", 9.0)], "8 GPU-h each for the gang, 0.25 x 4 h for the share");
@@ -499,6 +568,7 @@ mod tests {
             &names(),
             &api::Prices::default(),
             model,
+            no_hours,
         );
         assert_eq!(by_job.rows[1].tenant.as_deref(), Some("other"));
         assert!((by_job.rows[1].gpu_hours - 1.0).abs() < 1e-9);
@@ -519,6 +589,7 @@ mod tests {
             &names(),
             &prices,
             model,
+            no_hours,
         );
         // 8 H100-hours at 3, 8 H200-hours at the default 2, 32 core-hours at 0.01.
         assert!((r.rows[0].cost - (24.0 + 16.0 + 0.32)).abs() < 1e-9, "{:?}", r.rows[0]);
@@ -539,5 +610,27 @@ mod tests {
         p.gpu_hour.insert("H200".into(), f64::NAN);
         assert_eq!(field(p), "gpu_hour.H200");
         assert!(check_prices(&api::Prices::default()).is_ok());
+    }
+
+    #[test]
+    fn facility_energy_and_carbon_follow_each_hours_figures() {
+        // Even hours: 100 g/kWh and a PUE of 1.1; odd hours: 300 g/kWh and 1.2.
+        let hour_of = |_node: &str, at_ms: i64| {
+            let even = (at_ms / H) % 2 == 0;
+            Some(HourFigures {
+                co2_g_per_kwh: if even { 100.0 } else { 300.0 },
+                marginal_pue: if even { 1.1 } else { 1.2 },
+            })
+        };
+        assert_eq!((DEC7 / H) % 2, 0);
+        let runs = [run(1, 1, DEC7, Some(DEC7 + 2 * H))];
+        let window = Window { since_ms: 0, until_ms: DEC7 + 10 * H, now_ms: DEC7 + 10 * H };
+        let r = report(&runs, api::UsageBy::Day, window, &names(), &api::Prices::default(), model, hour_of);
+        // No draw reported: 16 GPUs at 700 W, 11.2 kWh an hour.
+        let row = &r.rows[0];
+        assert!((row.energy_kwh_estimated - 22.4).abs() < 1e-9, "{row:?}");
+        assert!((row.facility_kwh - (11.2 * 0.1 + 11.2 * 0.2)).abs() < 1e-9, "{row:?}");
+        assert!((row.co2_kg - (11.2 * 1.1 * 100.0 + 11.2 * 1.2 * 300.0) / 1000.0).abs() < 1e-9, "{row:?}");
+        assert!((r.total.co2_kg - row.co2_kg).abs() < 1e-12);
     }
 }

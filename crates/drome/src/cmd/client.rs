@@ -961,6 +961,8 @@ pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
             "energy_kwh_measured",
             "energy_kwh_estimated",
             "measured_share",
+            "facility_kwh",
+            "co2_kg",
             "cost",
             "currency",
         ])?;
@@ -976,6 +978,8 @@ pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
                 format!("{:.6}", r.energy_kwh_measured),
                 format!("{:.6}", r.energy_kwh_estimated),
                 format!("{:.4}", r.measured_share),
+                format!("{:.6}", r.facility_kwh),
+                format!("{:.6}", r.co2_kg),
                 format!("{:.4}", r.cost),
                 report.currency.clone(),
             ])?;
@@ -994,6 +998,8 @@ pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
         "KWH MEASURED",
         "KWH ESTIMATED",
         "MEASURED",
+        "FACILITY KWH",
+        "CO2 KG",
         "COST",
     ]);
     for r in report.rows.iter().chain(std::iter::once(&report.total)) {
@@ -1008,6 +1014,8 @@ pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
             format!("{:.3}", r.energy_kwh_measured),
             format!("{:.3}", r.energy_kwh_estimated),
             format!("{:.0}%", r.measured_share * 100.0),
+            format!("{:.3}", r.facility_kwh),
+            format!("{:.3}", r.co2_kg),
             format!("{:.2} {}", r.cost, report.currency),
         ]);
     }
