@@ -1127,6 +1127,30 @@ impl Default for Prices {
     }
 }
 
+/// A tenant's monthly budget and where it stands this month (UTC): `GET /v1/budget`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Budget {
+    pub tenant: String,
+    /// The most it may spend in a month; none when it has no budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly: Option<f64>,
+    pub currency: String,
+    /// This month, `2026-12`.
+    pub month: String,
+    /// What its runs cost this month so far, by the price list in force.
+    pub spent: f64,
+    /// What its waiting and running jobs may still cost at most (their `max_runtime_s`).
+    pub held: f64,
+}
+
+/// Sets a tenant's monthly budget (`PUT /v1/tenants/{name}/budget`); absent removes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetUpdate {
+    #[serde(default)]
+    pub monthly: Option<f64>,
+}
+
 /// A usage report: `GET /v1/usage`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct UsageReport {
@@ -1158,6 +1182,8 @@ pub struct UsageReport {
         paths::usage,
         paths::get_prices,
         paths::set_prices,
+        paths::get_budget,
+        paths::set_budget,
         paths::get_quota,
         paths::submit_job,
         paths::list_jobs,
@@ -1187,7 +1213,7 @@ pub struct UsageReport {
         GpuInfo, JoinToken, AgentJoin, AgentJoined, RunKey, RunExit, Heartbeat, Assignment, HeartbeatReply,
         NodeHeartbeat, HeartbeatBatch, NodeHeartbeatReply, HeartbeatBatchReply,
         LogStream, LogRequest, LogChunk, JobLogs, GpuPowerCap, Leader, Replica, ClusterStatus, NewJoinToken, JoinTokenInfo, Drain,
-        TokenRotation, AuditEntry, UsageBy, UsageRow, UsageReport, Prices, SiteGpuModel, FederationLease, FederationLeaseState
+        TokenRotation, AuditEntry, UsageBy, UsageRow, UsageReport, Prices, Budget, BudgetUpdate, SiteGpuModel, FederationLease, FederationLeaseState
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -3,10 +3,10 @@
 #![allow(dead_code)]
 
 use crate::{
-    AgentJoin, AgentJoined, AuditEntry, ClusterStatus, Drain, ErrorBody, Event, FederationLease, FederationLeaseState,
-    GpuPowerCap, Health, Heartbeat, HeartbeatBatch, HeartbeatBatchReply, HeartbeatReply, Job, JobList, JobLogs,
-    JobSpec, JoinToken, JoinTokenInfo, LogChunk, NewJoinToken, NewTenant, Node, Prices, Quota, QuotaUpdate, Site,
-    Tenant, TenantCreated, TokenRotation, UsageBy, UsageReport,
+    AgentJoin, AgentJoined, AuditEntry, Budget, BudgetUpdate, ClusterStatus, Drain, ErrorBody, Event, FederationLease,
+    FederationLeaseState, GpuPowerCap, Health, Heartbeat, HeartbeatBatch, HeartbeatBatchReply, HeartbeatReply, Job,
+    JobList, JobLogs, JobSpec, JoinToken, JoinTokenInfo, LogChunk, NewJoinToken, NewTenant, Node, Prices, Quota,
+    QuotaUpdate, Site, Tenant, TenantCreated, TokenRotation, UsageBy, UsageReport,
 };
 
 /// Liveness and database reachability.
@@ -146,6 +146,32 @@ pub fn get_prices() {}
 ))]
 pub fn set_prices() {}
 
+/// A tenant's monthly budget and where it stands: the caller's own, or (admin) `tenant`'s.
+#[utoipa::path(get, path = "/v1/budget", tag = "tenants",
+    params(("tenant" = Option<String>, Query, description = "The tenant (admin: required; a tenant: its own)")),
+    responses(
+        (status = 200, description = "The budget", body = Budget),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Another tenant's, asked for by a tenant", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 422, description = "A query parameter is invalid; `field` names it", body = ErrorBody),
+    ))]
+pub fn get_budget() {}
+
+/// Sets or removes a tenant's monthly budget (admin only). Past it, the tenant's submissions are
+/// refused; its running work goes on.
+#[utoipa::path(put, path = "/v1/tenants/{name}/budget", tag = "tenants", request_body = BudgetUpdate,
+    params(("name" = String, Path, description = "Tenant name")),
+    responses(
+        (status = 200, description = "The budget set", body = Budget),
+        (status = 400, description = "The body is not JSON, or a path segment is not UTF-8", body = ErrorBody),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Not the admin token", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+    ))]
+pub fn set_budget() {}
+
 /// The caller's quota and use.
 #[utoipa::path(get, path = "/v1/quota", tag = "tenants", responses(
     (status = 200, description = "Quota", body = Quota),
@@ -165,7 +191,7 @@ pub fn get_quota() {}
         (status = 200, description = "A retry: the job stored for this key", body = Job),
         (status = 400, description = "Not JSON", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
-        (status = 403, description = "The admin token: work belongs to tenants", body = ErrorBody),
+        (status = 403, description = "The admin token (work belongs to tenants), or the job would pass the tenant's monthly budget", body = ErrorBody),
         (status = 429, description = "Past the tenant's request rate or its cap on pending jobs: try again after `Retry-After` seconds", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 409, description = "The key was used for a different request", body = ErrorBody),

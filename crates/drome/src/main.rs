@@ -61,6 +61,8 @@ enum Command {
     Usage(cmd::client::UsageArgs),
     /// Show the price list usage is charged by, or set it (admin).
     Prices(cmd::client::PricesArgs),
+    /// Show a tenant's monthly budget and what it spent and holds, or set it (admin).
+    Budget(cmd::client::BudgetArgs),
     /// Show your quota and usage, or set a tenant's (admin).
     Quota(cmd::client::QuotaArgs),
     /// List join tokens for node agents, make one or revoke one (admin).
@@ -95,6 +97,7 @@ fn run() -> anyhow::Result<()> {
         Command::Quota(args) => cmd::client::quota(args),
         Command::Usage(args) => cmd::client::usage(args),
         Command::Prices(args) => cmd::client::prices(args),
+        Command::Budget(args) => cmd::client::budget(args),
         Command::Status(args) => cmd::client::status(args),
     }
 }

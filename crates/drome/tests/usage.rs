@@ -193,6 +193,21 @@ async fn usage_follows_runs_on_real_agents_and_survives_kill_9() {
     let csv = String::from_utf8(out.stdout).unwrap();
     assert!(csv.starts_with("tenant,tenant,runs,running,gpu_hours"), "{csv}");
     assert_eq!(csv.lines().count(), 4, "header, lab, other, total: {csv}");
+    // A budget set and read with the CLI.
+    let drome = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_drome"))
+            .args(args)
+            .args(["--url", &base, "--token", ADMIN, "--output", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let set = drome(&["budget", "set", "lab", "--monthly", "100"]);
+    assert_eq!((set["monthly"].as_f64(), set["tenant"].as_str()), (Some(100.0), Some("lab")), "{set}");
+    let read = drome(&["budget", "--tenant", "lab"]);
+    assert_eq!(read["monthly"], set["monthly"]);
+    assert!(read["spent"].as_f64().unwrap() > 0.0, "its half-node job this month: {read}");
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
 }

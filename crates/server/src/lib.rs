@@ -20,6 +20,7 @@ use tokio::sync::{Notify, watch};
 mod agent_routes;
 pub mod agents;
 pub mod auth;
+mod budget;
 mod convert;
 pub mod error;
 pub mod json;
@@ -197,6 +198,8 @@ pub struct AppState {
     pub(crate) site_years: Arc<SiteYears>,
     /// Integrates the nodes' reported draw into their runs' records (the leader, with agents).
     pub(crate) meter: Option<Arc<meter::Meter>>,
+    /// Each budgeted tenant's submissions, one at a time through its check.
+    pub(crate) budget_locks: Arc<budget::BudgetLocks>,
 }
 
 impl AppState {
@@ -311,6 +314,7 @@ struct Common {
     leader_lease: Duration,
     node_bounds: Arc<agents::checks::NodeBounds>,
     site_years: Arc<SiteYears>,
+    budget_locks: Arc<budget::BudgetLocks>,
     request_timeout: Duration,
 }
 
@@ -346,6 +350,7 @@ impl Common {
             node_bounds: self.node_bounds.clone(),
             site_years: self.site_years.clone(),
             meter: None,
+            budget_locks: self.budget_locks.clone(),
             request_timeout: self.request_timeout,
         }
     }
@@ -407,6 +412,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         leader_lease: config.leader_lease,
         node_bounds: Arc::new(agents::checks::NodeBounds::new(&fleet)),
         site_years: Arc::new(SiteYears::of(&fleet)),
+        budget_locks: Arc::default(),
     };
     let mut background = Vec::new();
     if config.keep_events.is_some() || config.keep_spent_tokens.is_some() {

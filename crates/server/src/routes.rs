@@ -40,6 +40,8 @@ pub fn router(state: AppState) -> Router {
         .route("/audit", get(audit_log))
         .route("/usage", get(crate::usage::usage))
         .route("/prices", get(crate::usage::get_prices).put(crate::usage::set_prices))
+        .route("/budget", get(crate::budget::get_budget))
+        .route("/tenants/{name}/budget", put(crate::budget::set_budget))
         .route("/quota", get(get_quota))
         .route("/jobs", post(submit_job).get(list_jobs))
         .route("/jobs/{id}", get(get_job))
@@ -606,6 +608,8 @@ async fn submit_job(
     let key = idempotency_key(&headers)?;
     let new = validate(&st, &tenant, &spec, key)?;
     st.limiter.may_queue(tenant.id)?;
+    // Held until the job is written: the tenant's next submission sees it.
+    let _budget = crate::budget::check(&st, &tenant, &new).await?;
     let inserted = st.store.insert_job(&new, now_ms()).await?;
     if !inserted.created && inserted.job.spec.request_hash != new.request_hash {
         return Err(ApiError::Conflict("this Idempotency-Key was used for a different request".into()));

@@ -150,6 +150,21 @@ fn check_prices(p: &api::Prices) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// What each job's runs in `runs` cost within `window`, by job id.
+pub(crate) fn cost_by_job(
+    st: &AppState,
+    runs: &[store::JobRun],
+    window: Window,
+    prices: &api::Prices,
+) -> HashMap<i64, f64> {
+    let model_of = |node: &str| {
+        st.node_ids.get(node).and_then(|id| st.fleet.node_gpu_model(*id)).map(|m| (m.name.clone(), m.board_power_watts))
+    };
+    let hour_of = |_: &str, _: i64| None;
+    let r = report(runs, api::UsageBy::Job, window, &HashMap::new(), prices, model_of, hour_of);
+    r.rows.iter().filter_map(|row| Some((row.key.parse::<i64>().ok()?, row.cost))).collect()
+}
+
 /// One row's running sums.
 #[derive(Default)]
 struct Sums {

@@ -367,7 +367,7 @@ pub struct JobFilter {
 const TENANT_COLUMNS: &str =
     "id, name, gpu_quota, created_ms, cpu_milli_quota, memory_mib_quota, token_expires_ms, removed_ms, max_priority";
 
-const JOB_COLUMNS: &str = "id, tenant_id, name, command, args_json, env_json, gpus_per_node, nodes, gpu_model, \
+pub(crate) const JOB_COLUMNS: &str = "id, tenant_id, name, command, args_json, env_json, gpus_per_node, nodes, gpu_model, \
      priority, is_deferrable, max_runtime_s, restart_policy, max_restarts, idempotency_key, request_hash, state, \
      generation, placement_json, exit_code, message, submitted_ms, started_ms, finished_ms, gpu_milli, cpu_milli, memory_mib, image, \
      federated";

@@ -101,6 +101,19 @@ impl Store {
         rows.iter().map(run_of).collect()
     }
 
+    /// A tenant's jobs waiting or running.
+    pub async fn active_jobs_of(&self, tenant_id: i64) -> Result<Vec<crate::Job>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM jobs WHERE tenant_id = $1 AND state IN ('pending', 'scheduled', 'running', 'preempted') \
+             ORDER BY id",
+            crate::JOB_COLUMNS
+        ))
+        .bind(tenant_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(Store::job_of).collect()
+    }
+
     /// A job's runs, first first.
     pub async fn runs_of_job(&self, job_id: i64) -> Result<Vec<JobRun>> {
         let sql = format!(

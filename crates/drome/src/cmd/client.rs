@@ -292,6 +292,34 @@ pub enum PricesAction {
     },
 }
 
+/// `drome budget` shows your monthly budget; `drome budget --tenant lab` a tenant's (admin);
+/// `drome budget set lab --monthly 5000` sets it, `--remove` takes it away (admin). Past it, new
+/// submissions are refused; running work goes on.
+#[derive(clap::Args, Debug)]
+pub struct BudgetArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// The tenant (admin).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    #[command(subcommand)]
+    pub action: Option<BudgetAction>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BudgetAction {
+    /// Set or remove a tenant's monthly budget (admin).
+    Set {
+        tenant: String,
+        /// The most it may spend in a calendar month (UTC), in the price list's currency.
+        #[arg(long, required_unless_present = "remove")]
+        monthly: Option<f64>,
+        /// No budget: its submissions are never refused for cost.
+        #[arg(long, conflicts_with = "monthly")]
+        remove: bool,
+    },
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum UsageByArg {
     Tenant,
@@ -1069,6 +1097,38 @@ pub fn prices(args: PricesArgs) -> anyhow::Result<()> {
     t.row(["memory GiB-hour".to_string(), format!("{:.4} {c}", prices.memory_gib_hour)]);
     t.row(["energy kWh".to_string(), format!("{:.4} {c}", prices.energy_kwh)]);
     t.row(["deferrable discount".to_string(), format!("{:.0}%", prices.deferrable_discount * 100.0)]);
+    println!("{}", t.render());
+    Ok(())
+}
+
+pub fn budget(args: BudgetArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.conn)?;
+    let rt = runtime()?;
+    let b: api::Budget = match args.action {
+        Some(BudgetAction::Set { tenant, monthly, remove }) => {
+            let body = api::BudgetUpdate { monthly: if remove { None } else { monthly } };
+            rt.block_on(client.put(&format!("/v1/tenants/{tenant}/budget"), &body))?
+        }
+        None => match &args.tenant {
+            Some(t) => rt.block_on(client.get(&format!("/v1/budget?tenant={t}")))?,
+            None => rt.block_on(client.get("/v1/budget"))?,
+        },
+    };
+    if args.conn.output == Output::Json {
+        return print_json(&b);
+    }
+    let c = &b.currency;
+    let limit = b.monthly.map_or_else(|| "none".to_string(), |m| format!("{m:.2} {c}"));
+    let mut t = Table::new(["TENANT", "MONTH", "BUDGET", "SPENT", "HELD", "LEFT"]);
+    let left = b.monthly.map_or_else(|| "-".to_string(), |m| format!("{:.2} {c}", m - b.spent - b.held));
+    t.row([
+        b.tenant.clone(),
+        b.month.clone(),
+        limit,
+        format!("{:.2} {c}", b.spent),
+        format!("{:.2} {c}", b.held),
+        left,
+    ]);
     println!("{}", t.render());
     Ok(())
 }

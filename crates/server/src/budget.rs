@@ -1,0 +1,185 @@
+//! Monthly budgets: a tenant with one may hold no more than it in a calendar month (UTC). A
+//! submission is refused when what the tenant spent this month, what its waiting and running
+//! jobs may still cost, and what the new job may cost at most would pass it; work already
+//! running is never stopped for it.
+//!
+//! A job's most is known only when it bounds its runtime, so a tenant with a budget gives
+//! `max_runtime_s`. The check and the write of the new job are one step per tenant (a lock), so
+//! concurrent submissions cannot together pass the budget.
+
+use crate::AppState;
+use crate::auth::{AdminCaller, Caller};
+use crate::error::ApiError;
+use crate::json::ApiJson;
+use crate::json::PathSegment;
+use crate::routes::query_error;
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Where a tenant's budget is kept (the settings table), by tenant id.
+const BUDGET_PREFIX: &str = "budget.";
+/// No budget is above this, in any currency.
+const MAX_BUDGET: f64 = 1e12;
+
+fn key(tenant_id: i64) -> String {
+    format!("{BUDGET_PREFIX}{tenant_id}")
+}
+
+/// One lock per tenant with a budget: its check and its write go together.
+#[derive(Default)]
+pub(crate) struct BudgetLocks {
+    locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl BudgetLocks {
+    fn of(&self, tenant_id: i64) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(tenant_id).or_default().clone()
+    }
+}
+
+async fn monthly_budget(st: &AppState, tenant_id: i64) -> Result<Option<f64>, ApiError> {
+    Ok(st.store.setting(&key(tenant_id)).await?.and_then(|v| v.parse::<f64>().ok()))
+}
+
+/// The most `job` may cost: its GPUs at the dearest price it may pay (its model's, or the
+/// dearest on the list when it names none), its CPUs, memory and its GPUs' board power for its
+/// whole `max_runtime_s`. `None` when its runtime is not bounded.
+fn most_cost(st: &AppState, job: &store::NewJob, prices: &api::Prices) -> Option<f64> {
+    let hours = job.max_runtime_s? as f64 / 3600.0;
+    let gpus = job.gpu_milli.map_or(job.gpus_per_node as f64, |m| m as f64 / 1000.0) * job.nodes as f64;
+    let named = job.gpu_model.as_deref();
+    let dearest =
+        prices.gpu_hour.iter().filter(|(m, _)| named.is_none_or(|n| n.eq_ignore_ascii_case(m))).map(|(_, p)| *p);
+    let gpu_price = dearest.fold(prices.gpu_hour_default, f64::max);
+    let board_watts = st
+        .fleet
+        .gpu_models
+        .iter()
+        .filter(|m| named.is_none_or(|n| n.eq_ignore_ascii_case(&m.name)))
+        .map(|m| m.board_power_watts)
+        .fold(0.0, f64::max);
+    let cost = gpus * hours * (gpu_price + board_watts / 1000.0 * prices.energy_kwh)
+        + (job.cpu_milli * job.nodes) as f64 / 1000.0 * hours * prices.cpu_core_hour
+        + (job.memory_mib * job.nodes) as f64 / 1024.0 * hours * prices.memory_gib_hour;
+    Some(if job.deferrable { cost * (1.0 - prices.deferrable_discount) } else { cost })
+}
+
+/// Where a tenant stands against its budget this month.
+struct Standing {
+    month: String,
+    spent: f64,
+    held: f64,
+}
+
+async fn standing(st: &AppState, tenant_id: i64, prices: &api::Prices) -> Result<Standing, ApiError> {
+    let now = crate::now_ms();
+    let (y, m, _) = api::utc_date(now);
+    let since = api::utc_month_start_ms(y, m);
+    let runs = st.store.job_runs(Some(tenant_id), since, now.max(since + 1)).await?;
+    let window = crate::usage::Window { since_ms: since, until_ms: now.max(since + 1), now_ms: now };
+    let spent_by_job = crate::usage::cost_by_job(st, &runs, window, prices);
+    let spent = spent_by_job.values().sum();
+    // What its active jobs may still cost: their most, less what their runs cost so far.
+    let mut held = 0.0;
+    for job in st.store.active_jobs_of(tenant_id).await? {
+        let Some(most) = most_cost(st, &job.spec, prices) else { continue };
+        held += (most - spent_by_job.get(&job.id).copied().unwrap_or(0.0)).max(0.0);
+    }
+    Ok(Standing { month: format!("{y:04}-{m:02}"), spent, held })
+}
+
+/// Checks that `job` fits its tenant's budget; the guard, held until the job is written, keeps
+/// the tenant's other submissions waiting. `None` for a tenant without a budget.
+pub(crate) async fn check(
+    st: &AppState,
+    tenant: &store::Tenant,
+    job: &store::NewJob,
+) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, ApiError> {
+    let Some(budget) = monthly_budget(st, tenant.id).await? else { return Ok(None) };
+    let guard = st.budget_locks.of(tenant.id).lock_owned().await;
+    let prices = crate::usage::prices_in_force(st).await?;
+    let Some(most) = most_cost(st, job, &prices) else {
+        return Err(ApiError::invalid(
+            "max_runtime_s",
+            format!("tenant '{}' has a monthly budget: give max_runtime_s, so the job's cost is bounded", tenant.name),
+        ));
+    };
+    let s = standing(st, tenant.id, &prices).await?;
+    if s.spent + s.held + most > budget {
+        let c = &prices.currency;
+        return Err(ApiError::Forbidden(format!(
+            "tenant '{}' has a budget of {budget:.2} {c} for {}: {:.2} {c} spent, {:.2} {c} held by its waiting and \
+             running jobs, and this job may cost up to {most:.2} {c}; cancel work, or ask the admin to raise the budget",
+            tenant.name, s.month, s.spent, s.held
+        )));
+    }
+    Ok(Some(guard))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BudgetParams {
+    tenant: Option<String>,
+}
+
+/// `GET /v1/budget`: the caller's budget and where it stands (the admin: `?tenant=`).
+pub(crate) async fn get_budget(
+    State(st): State<AppState>,
+    caller: Caller,
+    params: Result<Query<BudgetParams>, QueryRejection>,
+) -> Result<Json<api::Budget>, ApiError> {
+    let Query(params) = params.map_err(query_error)?;
+    let tenant = match (caller, params.tenant) {
+        (Caller::Tenant(t), None) => t,
+        (Caller::Tenant(t), Some(name)) if name == t.name => t,
+        (Caller::Tenant(_), Some(_)) => return Err(ApiError::Forbidden("a tenant sees its own budget only".into())),
+        (Caller::Admin, None) => return Err(ApiError::invalid("tenant", "the admin names the tenant: ?tenant=NAME")),
+        (Caller::Admin, Some(name)) => {
+            st.store.tenant_by_name(&name).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?
+        }
+    };
+    budget_of(&st, &tenant).await.map(Json)
+}
+
+async fn budget_of(st: &AppState, tenant: &store::Tenant) -> Result<api::Budget, ApiError> {
+    let prices = crate::usage::prices_in_force(st).await?;
+    let monthly = monthly_budget(st, tenant.id).await?;
+    let s = standing(st, tenant.id, &prices).await?;
+    Ok(api::Budget {
+        tenant: tenant.name.clone(),
+        monthly,
+        currency: prices.currency,
+        month: s.month,
+        spent: s.spent,
+        held: s.held,
+    })
+}
+
+/// `PUT /v1/tenants/{name}/budget` (admin): sets or removes a tenant's monthly budget.
+pub(crate) async fn set_budget(
+    State(st): State<AppState>,
+    _admin: AdminCaller,
+    PathSegment(name): PathSegment,
+    ApiJson(body): ApiJson<api::BudgetUpdate>,
+) -> Result<Json<api::Budget>, ApiError> {
+    if let Some(b) = body.monthly
+        && !(b.is_finite() && (0.0..=MAX_BUDGET).contains(&b))
+    {
+        return Err(ApiError::invalid("monthly", format!("an amount from 0 to {MAX_BUDGET}")));
+    }
+    let tenant =
+        st.store.tenant_by_name(&name).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?;
+    let store = crate::routes::audited(&st, "budget.set", &name, serde_json::json!({"monthly": body.monthly}));
+    match body.monthly {
+        Some(b) => store.set_setting(&key(tenant.id), &b.to_string()).await?,
+        None => {
+            store.delete_setting(&key(tenant.id)).await?;
+        }
+    }
+    tracing::info!(tenant = %name, monthly = ?body.monthly, "budget set");
+    budget_of(&st, &tenant).await.map(Json)
+}
