@@ -1038,6 +1038,8 @@ pub enum UsageBy {
     Month,
     /// One row per GPU model (CPU-only work: `none`).
     Model,
+    /// One row per site (a gang's members are at one site).
+    Site,
 }
 
 impl UsageBy {
@@ -1048,6 +1050,7 @@ impl UsageBy {
             UsageBy::Day => "day",
             UsageBy::Month => "month",
             UsageBy::Model => "model",
+            UsageBy::Site => "site",
         }
     }
 }
@@ -1055,7 +1058,7 @@ impl UsageBy {
 /// What some runs used within a report's window. Fractional GPUs count by their share.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct UsageRow {
-    /// The group: a tenant's name, a job id, `2026-12-07`, `2026-12`, or a GPU model.
+    /// The group: a tenant's name, a job id, `2026-12-07`, `2026-12`, a GPU model or a site.
     pub key: String,
     /// The tenant, for rows by job.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -116,7 +116,7 @@ pub fn audit_log() {}
     params(
         ("since_ms" = Option<i64>, Query, description = "Window start, Unix ms (30 days before its end)"),
         ("until_ms" = Option<i64>, Query, description = "Window end, Unix ms (now)"),
-        ("by" = Option<UsageBy>, Query, description = "tenant, job, day, month or model (tenant)"),
+        ("by" = Option<UsageBy>, Query, description = "tenant, job, day, month, model or site (tenant)"),
         ("tenant" = Option<String>, Query, description = "Only this tenant's (admin only)"),
     ),
     responses(

@@ -59,6 +59,8 @@ enum Command {
     Audit(cmd::client::AuditArgs),
     /// What was used: GPU-, CPU-, memory-hours and energy by tenant, job, day, month or GPU model.
     Usage(cmd::client::UsageArgs),
+    /// A tenant's invoice for a month: its use by the price list, line by line (CSV or JSON too).
+    Invoice(cmd::client::InvoiceArgs),
     /// Show the price list usage is charged by, or set it (admin).
     Prices(cmd::client::PricesArgs),
     /// Show a tenant's monthly budget and what it spent and holds, or set it (admin).
@@ -97,6 +99,7 @@ fn run() -> anyhow::Result<()> {
         Command::Quota(args) => cmd::client::quota(args),
         Command::Usage(args) => cmd::client::usage(args),
         Command::Prices(args) => cmd::client::prices(args),
+        Command::Invoice(args) => cmd::client::invoice(args),
         Command::Budget(args) => cmd::client::budget(args),
         Command::Status(args) => cmd::client::status(args),
     }

@@ -208,6 +208,12 @@ async fn usage_follows_runs_on_real_agents_and_survives_kill_9() {
     let read = drome(&["budget", "--tenant", "lab"]);
     assert_eq!(read["monthly"], set["monthly"]);
     assert!(read["spent"].as_f64().unwrap() > 0.0, "its half-node job this month: {read}");
+    // lab's invoice for the month: its lines add up to its cost.
+    let invoice = drome(&["invoice", "--tenant", "lab"]);
+    let lab_cost = row(&by_tenant, "lab")["cost"].as_f64().unwrap();
+    let lines: f64 = invoice["lines"].as_array().unwrap().iter().map(|l| l["amount"].as_f64().unwrap()).sum();
+    assert!((invoice["total"].as_f64().unwrap() - lab_cost).abs() < 1e-6, "{invoice} against {lab_cost}");
+    assert!((lines - lab_cost).abs() < 1e-6, "{invoice}");
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
 }

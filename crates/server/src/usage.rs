@@ -72,13 +72,15 @@ pub(crate) async fn usage(
         Some("day") => api::UsageBy::Day,
         Some("month") => api::UsageBy::Month,
         Some("model") => api::UsageBy::Model,
+        Some("site") => api::UsageBy::Site,
         Some(other) => {
-            return Err(ApiError::invalid("by", format!("'{other}' is not one of tenant, job, day, month, model")));
+            return Err(ApiError::invalid(
+                "by",
+                format!("'{other}' is not one of tenant, job, day, month, model, site"),
+            ));
         }
     };
-    let model_of = |node: &str| {
-        st.node_ids.get(node).and_then(|id| st.fleet.node_gpu_model(*id)).map(|m| (m.name.clone(), m.board_power_watts))
-    };
+    let model_of = |node: &str| node_facts(&st, node);
     let hour_of = |node: &str, at_ms: i64| {
         let site = st.fleet.node(*st.node_ids.get(node)?).site.index();
         st.site_years.hour_figures(site, crate::hour_of_year(at_ms))
@@ -157,12 +159,28 @@ pub(crate) fn cost_by_job(
     window: Window,
     prices: &api::Prices,
 ) -> HashMap<i64, f64> {
-    let model_of = |node: &str| {
-        st.node_ids.get(node).and_then(|id| st.fleet.node_gpu_model(*id)).map(|m| (m.name.clone(), m.board_power_watts))
-    };
+    let model_of = |node: &str| node_facts(st, node);
     let hour_of = |_: &str, _: i64| None;
     let r = report(runs, api::UsageBy::Job, window, &HashMap::new(), prices, model_of, hour_of);
     r.rows.iter().filter_map(|row| Some((row.key.parse::<i64>().ok()?, row.cost))).collect()
+}
+
+/// What a report needs of a node: its GPU model, its GPUs' board power, its site.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct NodeFacts {
+    pub model: String,
+    pub board_watts: f64,
+    pub site: String,
+}
+
+fn node_facts(st: &AppState, node: &str) -> Option<NodeFacts> {
+    let id = *st.node_ids.get(node)?;
+    let site = st.fleet.sites.get(st.fleet.node(id).site.index())?.name.clone();
+    let (model, board_watts) = match st.fleet.node_gpu_model(id) {
+        Some(m) => (m.name.clone(), m.board_power_watts),
+        None => ("none".to_string(), 0.0),
+    };
+    Some(NodeFacts { model, board_watts, site })
 }
 
 /// One row's running sums.
@@ -278,14 +296,14 @@ struct Piece {
 }
 
 /// The report of `runs` over `[since_ms, until_ms)`; a run still going counts up to `now_ms`.
-/// `model_of` names the GPU model of a node.
+/// `model_of` gives a node's GPU model, board power and site.
 pub(crate) fn report(
     runs: &[store::JobRun],
     by: api::UsageBy,
     Window { since_ms, until_ms, now_ms }: Window,
     tenant_names: &HashMap<i64, String>,
     prices: &api::Prices,
-    model_of: impl Fn(&str) -> Option<(String, f64)>,
+    model_of: impl Fn(&str) -> Option<NodeFacts>,
     hour_of: impl Fn(&str, i64) -> Option<HourFigures>,
 ) -> api::UsageReport {
     // Each (node, hour)'s figures once, however many rows a run's hours fall in.
@@ -337,6 +355,10 @@ pub(crate) fn report(
         match by {
             api::UsageBy::Tenant => pieces.push((tenant_of(run), whole)),
             api::UsageBy::Job => pieces.push((run.job_id.to_string(), whole)),
+            api::UsageBy::Site => {
+                let site = node.as_deref().and_then(&model_of).map_or_else(|| "unknown".to_string(), |f| f.site);
+                pieces.push((site, whole));
+            }
             api::UsageBy::Day | api::UsageBy::Month => {
                 let mut at = start;
                 while at < end {
@@ -408,7 +430,7 @@ fn whole_of(run: &store::JobRun) -> Piece {
 
 /// A run's members grouped by their node's GPU model (`none` for CPU-only work, `unknown` for a
 /// node no longer in the fleet); a run whose placement cannot be read counts whole as `unknown`.
-fn by_model(run: &store::JobRun, model_of: &impl Fn(&str) -> Option<(String, f64)>) -> Vec<(String, Piece)> {
+fn by_model(run: &store::JobRun, model_of: &impl Fn(&str) -> Option<NodeFacts>) -> Vec<(String, Piece)> {
     let whole = whole_of(run);
     if whole.gpu_milli == 0 {
         return vec![("none".into(), whole)];
@@ -422,7 +444,8 @@ fn by_model(run: &store::JobRun, model_of: &impl Fn(&str) -> Option<(String, f64
     let mut parts: Vec<(String, Piece)> = Vec::new();
     for m in &members {
         let milli: i64 = m.gpus.iter().map(|g| i64::from(g.milli)).sum();
-        let (model, board_watts) = model_of(&m.node).unwrap_or_else(|| ("unknown".into(), 0.0));
+        let (model, board_watts) =
+            model_of(&m.node).map_or_else(|| ("unknown".into(), 0.0), |f| (f.model, f.board_watts));
         let at = match parts.iter().position(|(k, _)| *k == model) {
             Some(at) => at,
             None => {
@@ -491,8 +514,9 @@ mod tests {
         [(1, "lab".to_string()), (2, "other".to_string())].into()
     }
 
-    fn model(node: &str) -> Option<(String, f64)> {
-        Some(if node == "a" { ("H100".into(), 700.0) } else { ("H200".into(), 700.0) })
+    fn model(node: &str) -> Option<NodeFacts> {
+        let (model, site) = if node == "a" { ("H100", "valence") } else { ("H200", "lyon") };
+        Some(NodeFacts { model: model.into(), board_watts: 700.0, site: site.into() })
     }
 
     #[test]
@@ -587,6 +611,11 @@ mod tests {
         );
         assert_eq!(by_job.rows[1].tenant.as_deref(), Some("other"));
         assert!((by_job.rows[1].gpu_hours - 1.0).abs() < 1e-9);
+        // By site: a gang counts whole at its first member's site.
+        let window = Window { since_ms: 0, until_ms: DEC7 + 10 * H, now_ms: DEC7 + 10 * H };
+        let by_site = report(&runs, api::UsageBy::Site, window, &names(), &api::Prices::default(), model, no_hours);
+        let got: Vec<(&str, f64)> = by_site.rows.iter().map(|x| (x.key.as_str(), x.gpu_hours)).collect();
+        assert_eq!(got, [("lyon", 1.0), ("valence", 16.0)]);
     }
 
     #[test]

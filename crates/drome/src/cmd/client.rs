@@ -236,7 +236,7 @@ pub struct AuditArgs {
 pub struct UsageArgs {
     #[command(flatten)]
     pub conn: Conn,
-    /// Rows by `tenant`, `job`, `day`, `month` or `model` (GPU model).
+    /// Rows by `tenant`, `job`, `day`, `month`, `model` (GPU model) or `site`.
     #[arg(long, value_enum, default_value = "tenant")]
     pub by: UsageByArg,
     /// Window start: `2026-12-01`, `2026-12` (UTC), `7d` or `12h` ago, or Unix ms (default: 30 days
@@ -320,6 +320,43 @@ pub enum BudgetAction {
     },
 }
 
+/// `drome invoice --month 2026-11`: your invoice for a calendar month (UTC), by the price list in
+/// force; the admin names the tenant (`--tenant lab`).
+#[derive(clap::Args, Debug)]
+pub struct InvoiceArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// The tenant (admin).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// The month, `2026-11` (default: this month, so far).
+    #[arg(long)]
+    pub month: Option<String>,
+    /// CSV on stdout.
+    #[arg(long, conflicts_with = "output")]
+    pub csv: bool,
+}
+
+/// One line of an invoice.
+#[derive(Serialize, Debug)]
+pub struct InvoiceLine {
+    pub item: String,
+    pub quantity: f64,
+    pub unit: String,
+    pub unit_price: f64,
+    pub amount: f64,
+}
+
+/// A tenant's invoice for a month, as `drome invoice --output json` prints it.
+#[derive(Serialize, Debug)]
+pub struct Invoice {
+    pub tenant: Option<String>,
+    pub month: String,
+    pub currency: String,
+    pub lines: Vec<InvoiceLine>,
+    pub total: f64,
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum UsageByArg {
     Tenant,
@@ -327,6 +364,7 @@ pub enum UsageByArg {
     Day,
     Month,
     Model,
+    Site,
 }
 
 #[derive(clap::Args, Debug)]
@@ -960,6 +998,7 @@ pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
         UsageByArg::Day => api::UsageBy::Day,
         UsageByArg::Month => api::UsageBy::Month,
         UsageByArg::Model => api::UsageBy::Model,
+        UsageByArg::Site => api::UsageBy::Site,
     };
     let mut query = format!("/v1/usage?by={}", by.as_str());
     if let Some(s) = &args.since {
@@ -1048,6 +1087,97 @@ pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
         ]);
     }
     println!("{}", t.render());
+    Ok(())
+}
+
+pub fn invoice(args: InvoiceArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.conn)?;
+    let rt = runtime()?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let (year, month) = match &args.month {
+        Some(m) => {
+            let (y, mo) = m.split_once('-').ok_or_else(|| anyhow::anyhow!("--month {m}: give YEAR-MONTH, 2026-11"))?;
+            let (y, mo): (i64, u32) =
+                (y.parse().context("--month: the year")?, mo.parse().context("--month: the month")?);
+            if !(1..=12).contains(&mo) {
+                bail!("--month {m}: the month is 1 to 12");
+            }
+            (y, mo)
+        }
+        None => {
+            let (y, mo, _) = api::utc_date(now);
+            (y, mo)
+        }
+    };
+    let since = api::utc_month_start_ms(year, month);
+    let next =
+        if month == 12 { api::utc_month_start_ms(year + 1, 1) } else { api::utc_month_start_ms(year, month + 1) };
+    let until = next.min(now.max(since + 1));
+    let mut query = format!("/v1/usage?by=model&since_ms={since}&until_ms={until}");
+    if let Some(t) = &args.tenant {
+        query.push_str(&format!("&tenant={t}"));
+    }
+    let usage: api::UsageReport = rt.block_on(client.get(&query))?;
+    let prices: api::Prices = rt.block_on(client.get("/v1/prices"))?;
+    let line = |item: String, quantity: f64, unit: &str, unit_price: f64| InvoiceLine {
+        item,
+        quantity,
+        unit: unit.to_string(),
+        unit_price,
+        amount: quantity * unit_price,
+    };
+    let mut lines = Vec::new();
+    for r in usage.rows.iter().filter(|r| r.gpu_hours > 0.0) {
+        let price = prices.gpu_hour.get(&r.key).copied().unwrap_or(prices.gpu_hour_default);
+        lines.push(line(format!("{} GPUs", r.key), r.gpu_hours, "GPU-hour", price));
+    }
+    let t = &usage.total;
+    lines.push(line("CPUs".into(), t.cpu_core_hours, "core-hour", prices.cpu_core_hour));
+    lines.push(line("memory".into(), t.memory_gib_hours, "GiB-hour", prices.memory_gib_hour));
+    lines.push(line("energy".into(), t.energy_kwh_measured + t.energy_kwh_estimated, "kWh", prices.energy_kwh));
+    let listed: f64 = lines.iter().map(|l| l.amount).sum();
+    if (listed - t.cost).abs() > 1e-9 {
+        lines.push(line("deferrable jobs' discount".into(), 1.0, "", t.cost - listed));
+    }
+    let invoice = Invoice {
+        tenant: args.tenant.clone(),
+        month: format!("{year:04}-{month:02}"),
+        currency: usage.currency.clone(),
+        lines,
+        total: t.cost,
+    };
+    if args.conn.output == Output::Json {
+        return print_json(&invoice);
+    }
+    if args.csv {
+        let mut out = csv::Writer::from_writer(std::io::stdout());
+        out.write_record(["item", "quantity", "unit", "unit_price", "amount", "currency"])?;
+        for l in &invoice.lines {
+            let (q, p, a) = (format!("{:.6}", l.quantity), format!("{:.6}", l.unit_price), format!("{:.4}", l.amount));
+            out.write_record([l.item.as_str(), &q, &l.unit, &p, &a, &invoice.currency])?;
+        }
+        out.write_record(["total", "", "", "", &format!("{:.4}", invoice.total), &invoice.currency])?;
+        out.flush()?;
+        return Ok(());
+    }
+    let c = &invoice.currency;
+    println!(
+        "invoice for {}, {} (UTC), by the price list in force",
+        invoice.tenant.as_deref().unwrap_or("you"),
+        invoice.month
+    );
+    let mut table = Table::new(["ITEM", "QUANTITY", "UNIT", "UNIT PRICE", "AMOUNT"]);
+    for l in &invoice.lines {
+        table.row([
+            l.item.clone(),
+            format!("{:.3}", l.quantity),
+            l.unit.clone(),
+            format!("{:.4} {c}", l.unit_price),
+            format!("{:.2} {c}", l.amount),
+        ]);
+    }
+    table.row(["total".into(), String::new(), String::new(), String::new(), format!("{:.2} {c}", invoice.total)]);
+    println!("{}", table.render());
     Ok(())
 }
 
