@@ -5,7 +5,8 @@
 //!
 //! A job's most is known only when it bounds its runtime, so a tenant with a budget gives
 //! `max_runtime_s`. The check and the write of the new job are one step per tenant (a lock), so
-//! concurrent submissions cannot together pass the budget.
+//! concurrent submissions to one server cannot together pass the budget. Whether a tenant has a
+//! budget is read at most once a second per process: one set on another replica applies within it.
 
 use crate::AppState;
 use crate::auth::{AdminCaller, Caller};
@@ -19,6 +20,7 @@ use axum::extract::{Query, State};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Where a tenant's budget is kept (the settings table), by tenant id.
 const BUDGET_PREFIX: &str = "budget.";
@@ -29,20 +31,42 @@ fn key(tenant_id: i64) -> String {
     format!("{BUDGET_PREFIX}{tenant_id}")
 }
 
-/// One lock per tenant with a budget: its check and its write go together.
+/// How long this process trusts what it read of a tenant's budget before asking the store again:
+/// a budget set on another replica applies here within this; on this one, at once.
+const BUDGET_FRESH: Duration = Duration::from_secs(1);
+
+/// Per tenant: a lock that makes its check and its write one step, and its budget as read lately
+/// (so that submissions of tenants without one cost no read of the store).
 #[derive(Default)]
 pub(crate) struct BudgetLocks {
     locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+    known: Mutex<HashMap<i64, (Instant, Option<f64>)>>,
 }
 
 impl BudgetLocks {
     fn of(&self, tenant_id: i64) -> Arc<tokio::sync::Mutex<()>> {
         self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(tenant_id).or_default().clone()
     }
+
+    fn recent(&self, tenant_id: i64) -> Option<Option<f64>> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(&tenant_id).filter(|(at, _)| at.elapsed() < BUDGET_FRESH).map(|(_, b)| *b)
+    }
+
+    fn remember(&self, tenant_id: i64, budget: Option<f64>) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() > 100_000 {
+            known.retain(|_, (at, _)| at.elapsed() < BUDGET_FRESH);
+        }
+        known.insert(tenant_id, (Instant::now(), budget));
+    }
 }
 
+/// A tenant's budget as the store holds it now.
 async fn monthly_budget(st: &AppState, tenant_id: i64) -> Result<Option<f64>, ApiError> {
-    Ok(st.store.setting(&key(tenant_id)).await?.and_then(|v| v.parse::<f64>().ok()))
+    let budget = st.store.setting(&key(tenant_id)).await?.and_then(|v| v.parse::<f64>().ok());
+    st.budget_locks.remember(tenant_id, budget);
+    Ok(budget)
 }
 
 /// The most `job` may cost: its GPUs at the dearest price it may pay (its model's, or the
@@ -99,8 +123,16 @@ pub(crate) async fn check(
     tenant: &store::Tenant,
     job: &store::NewJob,
 ) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, ApiError> {
-    let Some(budget) = monthly_budget(st, tenant.id).await? else { return Ok(None) };
+    let lately = match st.budget_locks.recent(tenant.id) {
+        Some(b) => b,
+        None => monthly_budget(st, tenant.id).await?,
+    };
+    if lately.is_none() {
+        return Ok(None);
+    }
     let guard = st.budget_locks.of(tenant.id).lock_owned().await;
+    // Read again under the lock: the figure the check holds to is the store's.
+    let Some(budget) = monthly_budget(st, tenant.id).await? else { return Ok(None) };
     let prices = crate::usage::prices_in_force(st).await?;
     let Some(most) = most_cost(st, job, &prices) else {
         return Err(ApiError::invalid(
@@ -180,6 +212,7 @@ pub(crate) async fn set_budget(
             store.delete_setting(&key(tenant.id)).await?;
         }
     }
+    st.budget_locks.remember(tenant.id, body.monthly);
     tracing::info!(tenant = %name, monthly = ?body.monthly, "budget set");
     budget_of(&st, &tenant).await.map(Json)
 }
