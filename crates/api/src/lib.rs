@@ -1042,6 +1042,17 @@ pub enum UsageBy {
     Site,
 }
 
+impl std::str::FromStr for UsageBy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<UsageBy, String> {
+        [UsageBy::Tenant, UsageBy::Job, UsageBy::Day, UsageBy::Month, UsageBy::Model, UsageBy::Site]
+            .into_iter()
+            .find(|b| b.as_str() == s)
+            .ok_or_else(|| format!("'{s}' is not one of tenant, job, day, month, model, site"))
+    }
+}
+
 impl UsageBy {
     pub fn as_str(self) -> &'static str {
         match self {

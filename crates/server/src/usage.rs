@@ -67,18 +67,8 @@ pub(crate) async fn usage(
     let runs = st.store.job_runs(tenant_id, since, until).await?;
     let prices = prices_in_force(&st).await?;
     let by = match params.by.as_deref() {
-        None | Some("tenant") => api::UsageBy::Tenant,
-        Some("job") => api::UsageBy::Job,
-        Some("day") => api::UsageBy::Day,
-        Some("month") => api::UsageBy::Month,
-        Some("model") => api::UsageBy::Model,
-        Some("site") => api::UsageBy::Site,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "by",
-                format!("'{other}' is not one of tenant, job, day, month, model, site"),
-            ));
-        }
+        None => api::UsageBy::Tenant,
+        Some(text) => text.parse::<api::UsageBy>().map_err(|why| ApiError::invalid("by", why))?,
     };
     let model_of = |node: &str| node_facts(&st, node);
     let hour_of = |node: &str, at_ms: i64| {

@@ -237,8 +237,8 @@ pub struct UsageArgs {
     #[command(flatten)]
     pub conn: Conn,
     /// Rows by `tenant`, `job`, `day`, `month`, `model` (GPU model) or `site`.
-    #[arg(long, value_enum, default_value = "tenant")]
-    pub by: UsageByArg,
+    #[arg(long, default_value = "tenant", value_parser = clap::builder::ValueParser::new(str::parse::<api::UsageBy>))]
+    pub by: api::UsageBy,
     /// Window start: `2026-12-01`, `2026-12` (UTC), `7d` or `12h` ago, or Unix ms (default: 30 days
     /// before its end).
     #[arg(long)]
@@ -355,16 +355,6 @@ pub struct Invoice {
     pub currency: String,
     pub lines: Vec<InvoiceLine>,
     pub total: f64,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum UsageByArg {
-    Tenant,
-    Job,
-    Day,
-    Month,
-    Model,
-    Site,
 }
 
 #[derive(clap::Args, Debug)]
@@ -992,14 +982,7 @@ pub fn parse_when(text: &str, now_ms: i64) -> anyhow::Result<i64> {
 pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let by = match args.by {
-        UsageByArg::Tenant => api::UsageBy::Tenant,
-        UsageByArg::Job => api::UsageBy::Job,
-        UsageByArg::Day => api::UsageBy::Day,
-        UsageByArg::Month => api::UsageBy::Month,
-        UsageByArg::Model => api::UsageBy::Model,
-        UsageByArg::Site => api::UsageBy::Site,
-    };
+    let by = args.by;
     let mut query = format!("/v1/usage?by={}", by.as_str());
     if let Some(s) = &args.since {
         query.push_str(&format!("&since_ms={}", parse_when(s, now).context("--since")?));
