@@ -131,6 +131,12 @@ pub(crate) async fn check(
         return Ok(None);
     }
     let guard = st.budget_locks.of(tenant.id).lock_owned().await;
+    // A retry of a submission already taken is answered with its job: no new cost.
+    if let Some(k) = &job.idempotency_key
+        && st.store.job_id_by_idempotency_key(tenant.id, k).await?.is_some()
+    {
+        return Ok(Some(guard));
+    }
     // Read again under the lock: the figure the check holds to is the store's.
     let Some(budget) = monthly_budget(st, tenant.id).await? else { return Ok(None) };
     let prices = crate::usage::prices_in_force(st).await?;
@@ -141,7 +147,8 @@ pub(crate) async fn check(
         ));
     };
     let s = standing(st, tenant.id, &prices).await?;
-    if s.spent + s.held + most > budget {
+    // Sums of costs carry rounding: a job that fits to the cent is taken.
+    if s.spent + s.held + most > budget + 1e-6 {
         let c = &prices.currency;
         return Err(ApiError::Forbidden(format!(
             "tenant '{}' has a budget of {budget:.2} {c} for {}: {:.2} {c} spent, {:.2} {c} held by its waiting and \

@@ -21,11 +21,19 @@ pub(crate) struct MeteredRun {
 }
 
 #[derive(Default)]
+struct Pending {
+    joules: f64,
+    ms: f64,
+    fresh: bool,
+}
+
+#[derive(Default)]
 struct Inner {
     /// Each node's last report: when (server ms) and its draw.
     last: HashMap<String, (i64, f64)>,
-    /// Joules and measured milliseconds to add to each run, by (job, generation).
-    pending: HashMap<(i64, i64), (f64, f64)>,
+    /// Joules and measured milliseconds to add to each run, by (job, generation), and whether
+    /// anything was added since the last take.
+    pending: HashMap<(i64, i64), Pending>,
 }
 
 pub(crate) struct Meter {
@@ -45,7 +53,13 @@ impl Meter {
     /// node without GPUs the runs share it evenly.
     pub fn record(&self, node: &str, now_ms: i64, watts: f64, node_gpus: u32, runs: &[MeteredRun]) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let previous = inner.last.insert(node.to_string(), (now_ms, watts));
+        // Two reports of a node handled at once may come here out of order: the older one is
+        // not integrated (its span is in the newer one's).
+        let previous = inner.last.get(node).copied();
+        if previous.is_some_and(|(then_ms, _)| now_ms <= then_ms) {
+            return;
+        }
+        inner.last.insert(node.to_string(), (now_ms, watts));
         let Some((then_ms, then_watts)) = previous else { return };
         let gap_ms = now_ms - then_ms;
         if gap_ms <= 0 || gap_ms > self.max_gap_ms || runs.is_empty() {
@@ -59,23 +73,27 @@ impl Meter {
                 1.0 / runs.len() as f64
             };
             let entry = inner.pending.entry((run.job_id, run.generation)).or_default();
-            entry.0 += joules * share.min(1.0);
-            entry.1 += gap_ms as f64 / f64::from(run.members.max(1));
+            entry.joules += joules * share.min(1.0);
+            entry.ms += gap_ms as f64 / f64::from(run.members.max(1));
+            entry.fresh = true;
         }
     }
 
-    /// The whole joules and milliseconds gathered, to add to the store; fractions stay for next time.
+    /// The whole joules and milliseconds gathered, to add to the store; fractions stay for next
+    /// time while the run is reported, and go rounded once a take finds nothing new for it (so
+    /// ended runs leave no entry behind).
     pub fn take(&self) -> Vec<store::RunEnergy> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
-        inner.pending.retain(|&(job_id, generation), (joules, ms)| {
-            let (whole_j, whole_ms) = (joules.floor(), ms.floor());
+        inner.pending.retain(|&(job_id, generation), p| {
+            let (whole_j, whole_ms) =
+                if p.fresh { (p.joules.floor(), p.ms.floor()) } else { (p.joules.round(), p.ms.round()) };
             if whole_j >= 1.0 || whole_ms >= 1.0 {
                 out.push(store::RunEnergy { job_id, generation, joules: whole_j as i64, measured_ms: whole_ms as i64 });
-                *joules -= whole_j;
-                *ms -= whole_ms;
             }
-            *joules >= 1e-9 || *ms >= 1e-9
+            let keep = p.fresh;
+            (p.joules, p.ms, p.fresh) = (p.joules - whole_j, p.ms - whole_ms, false);
+            keep
         });
         out.sort_by_key(|e| (e.job_id, e.generation));
         out
@@ -86,8 +104,9 @@ impl Meter {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for e in energy {
             let entry = inner.pending.entry((e.job_id, e.generation)).or_default();
-            entry.0 += e.joules as f64;
-            entry.1 += e.measured_ms as f64;
+            entry.joules += e.joules as f64;
+            entry.ms += e.measured_ms as f64;
+            entry.fresh = true;
         }
     }
 }
@@ -156,6 +175,12 @@ mod tests {
         assert_eq!((got[0].joules, got[0].measured_ms), (0, 10));
         meter.record("n1", 5020, 500.0, 8, &runs);
         assert_eq!(meter.take()[0].joules, 1, "0.625 + 0.625");
+        // Nothing new: the 0.25 J left goes rounded (to nothing) and the entry with it.
+        assert!(meter.take().is_empty());
+        assert!(meter.inner.lock().unwrap().pending.is_empty(), "an ended run leaves nothing behind");
+        // A report older than the last one is not integrated.
+        meter.record("n1", 5015, 500.0, 8, &runs);
+        assert!(meter.take().is_empty());
         meter.put_back(&[store::RunEnergy { job_id: 1, generation: 1, joules: 7, measured_ms: 3 }]);
         assert_eq!(meter.take()[0].joules, 7);
     }

@@ -42,7 +42,7 @@ pub(crate) async fn usage(
     let Query(params) = params.map_err(query_error)?;
     let now = crate::now_ms();
     let until = params.until_ms.unwrap_or(now);
-    let since = params.since_ms.unwrap_or(until.saturating_sub(DEFAULT_WINDOW_MS));
+    let since = params.since_ms.unwrap_or(until.saturating_sub(DEFAULT_WINDOW_MS).max(0));
     if !(0..=i64::MAX / 2).contains(&until) {
         return Err(ApiError::invalid("until_ms", "Unix milliseconds, 0 or more"));
     }
@@ -70,13 +70,28 @@ pub(crate) async fn usage(
         None => api::UsageBy::Tenant,
         Some(text) => text.parse::<api::UsageBy>().map_err(|why| ApiError::invalid("by", why))?,
     };
-    let model_of = |node: &str| node_facts(&st, node);
-    let hour_of = |node: &str, at_ms: i64| {
-        let site = st.fleet.node(*st.node_ids.get(node)?).site.index();
-        st.site_years.hour_figures(site, crate::hour_of_year(at_ms))
-    };
     let window = Window { since_ms: since, until_ms: until, now_ms: now };
-    Ok(Json(report(&runs, by, window, &names, &prices, model_of, hour_of)))
+    // Hours of many long runs add up: the sums run beside the server's request threads.
+    let report = tokio::task::spawn_blocking(move || {
+        let model_of = |node: &str| node_facts(&st, node);
+        let hour_of = |node: &str, at_ms: i64| {
+            let site = st.fleet.node(*st.node_ids.get(node)?).site.index();
+            st.site_years.hour_figures(site, crate::hour_of_year(at_ms))
+        };
+        report(&runs, by, window, &names, &prices, model_of, Some(hour_of))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("usage report: {e}")))?;
+    Ok(Json(report))
+}
+
+/// A GPU-hour of `model` on the price list (its name matched as the fleet matches models,
+/// without regard to case), or the list's default.
+pub(crate) fn gpu_hour_price(prices: &api::Prices, model: &str) -> f64 {
+    prices.gpu_hour.get(model).copied().unwrap_or_else(|| {
+        let named = prices.gpu_hour.iter().find(|(m, _)| m.eq_ignore_ascii_case(model));
+        named.map_or(prices.gpu_hour_default, |(_, p)| *p)
+    })
 }
 
 /// Where the price list is kept (the settings table, as JSON).
@@ -150,8 +165,8 @@ pub(crate) fn cost_by_job(
     prices: &api::Prices,
 ) -> HashMap<i64, f64> {
     let model_of = |node: &str| node_facts(st, node);
-    let hour_of = |_: &str, _: i64| None;
-    let r = report(runs, api::UsageBy::Job, window, &HashMap::new(), prices, model_of, hour_of);
+    let no_hours: Option<fn(&str, i64) -> Option<HourFigures>> = None;
+    let r = report(runs, api::UsageBy::Job, window, &HashMap::new(), prices, model_of, no_hours);
     r.rows.iter().filter_map(|row| Some((row.key.parse::<i64>().ok()?, row.cost))).collect()
 }
 
@@ -294,12 +309,12 @@ pub(crate) fn report(
     tenant_names: &HashMap<i64, String>,
     prices: &api::Prices,
     model_of: impl Fn(&str) -> Option<NodeFacts>,
-    hour_of: impl Fn(&str, i64) -> Option<HourFigures>,
+    hour_of: Option<impl Fn(&str, i64) -> Option<HourFigures>>,
 ) -> api::UsageReport {
     // Each (node, hour)'s figures once, however many rows a run's hours fall in.
     let mut hours: HashMap<(String, i64), Option<HourFigures>> = HashMap::new();
     let mut per_kwh = |node: Option<&str>, start_ms: i64, ms: i64| -> PerKwh {
-        let Some(node) = node else { return PerKwh::default() };
+        let (Some(node), Some(hour_of)) = (node, hour_of.as_ref()) else { return PerKwh::default() };
         let (mut sum, mut at) = (PerKwh::default(), start_ms);
         let end = start_ms + ms;
         while at < end {
@@ -329,7 +344,7 @@ pub(crate) fn report(
         let parts = by_model(run, &model_of);
         let mut parts = parts;
         for (model, part) in &mut parts {
-            let per_gpu = prices.gpu_hour.get(model.as_str()).copied().unwrap_or(prices.gpu_hour_default);
+            let per_gpu = gpu_hour_price(prices, model);
             part.gpu_price_per_hour = part.gpu_milli as f64 / 1000.0 * per_gpu;
         }
         let node = first_node(run);
@@ -496,9 +511,7 @@ mod tests {
         }
     }
 
-    fn no_hours(_node: &str, _at_ms: i64) -> Option<HourFigures> {
-        None
-    }
+    const NO_HOURS: Option<fn(&str, i64) -> Option<HourFigures>> = None;
 
     fn names() -> HashMap<i64, String> {
         [(1, "lab".to_string()), (2, "other".to_string())].into()
@@ -519,7 +532,7 @@ mod tests {
             &names(),
             &api::Prices::default(),
             model,
-            no_hours,
+            NO_HOURS,
         );
         let keys: Vec<&str> = r.rows.iter().map(|x| x.key.as_str()).collect();
         assert_eq!(keys, ["2026-12-06", "2026-12-07"]);
@@ -536,7 +549,7 @@ mod tests {
             &names(),
             &api::Prices::default(),
             model,
-            no_hours,
+            NO_HOURS,
         );
         assert_eq!(months.rows.len(), 1);
         assert_eq!(months.rows[0].key, "2026-12");
@@ -553,7 +566,7 @@ mod tests {
             &names(),
             &api::Prices::default(),
             model,
-            no_hours,
+            NO_HOURS,
         );
         assert_eq!(r.rows.iter().map(|x| x.key.as_str()).collect::<Vec<_>>(), ["lab", "other"]);
         assert!((r.rows[0].gpu_hours - 16.0).abs() < 1e-9, "1 h of 2 inside the window");
@@ -580,7 +593,7 @@ mod tests {
             &names(),
             &api::Prices::default(),
             model,
-            no_hours,
+            NO_HOURS,
         );
         let got: Vec<(&str, f64)> = r.rows.iter().map(|x| (x.key.as_str(), x.gpu_hours)).collect();
         assert_eq!(got, [("H100", 8.0), ("H200", 9.0)], "8 GPU-h each for the gang, 0.25 x 4 h for the share");
@@ -597,13 +610,13 @@ mod tests {
             &names(),
             &api::Prices::default(),
             model,
-            no_hours,
+            NO_HOURS,
         );
         assert_eq!(by_job.rows[1].tenant.as_deref(), Some("other"));
         assert!((by_job.rows[1].gpu_hours - 1.0).abs() < 1e-9);
         // By site: a gang counts whole at its first member's site.
         let window = Window { since_ms: 0, until_ms: DEC7 + 10 * H, now_ms: DEC7 + 10 * H };
-        let by_site = report(&runs, api::UsageBy::Site, window, &names(), &api::Prices::default(), model, no_hours);
+        let by_site = report(&runs, api::UsageBy::Site, window, &names(), &api::Prices::default(), model, NO_HOURS);
         let got: Vec<(&str, f64)> = by_site.rows.iter().map(|x| (x.key.as_str(), x.gpu_hours)).collect();
         assert_eq!(got, [("lyon", 1.0), ("valence", 16.0)]);
     }
@@ -623,7 +636,7 @@ mod tests {
             &names(),
             &prices,
             model,
-            no_hours,
+            NO_HOURS,
         );
         // 8 H100-hours at 3, 8 H200-hours at the default 2, 32 core-hours at 0.01.
         assert!((r.rows[0].cost - (24.0 + 16.0 + 0.32)).abs() < 1e-9, "{:?}", r.rows[0]);
@@ -659,7 +672,7 @@ mod tests {
         assert_eq!((DEC7 / H) % 2, 0);
         let runs = [run(1, 1, DEC7, Some(DEC7 + 2 * H))];
         let window = Window { since_ms: 0, until_ms: DEC7 + 10 * H, now_ms: DEC7 + 10 * H };
-        let r = report(&runs, api::UsageBy::Day, window, &names(), &api::Prices::default(), model, hour_of);
+        let r = report(&runs, api::UsageBy::Day, window, &names(), &api::Prices::default(), model, Some(hour_of));
         // No draw reported: 16 GPUs at 700 W, 11.2 kWh an hour.
         let row = &r.rows[0];
         assert!((row.energy_kwh_estimated - 22.4).abs() < 1e-9, "{row:?}");

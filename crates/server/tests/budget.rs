@@ -38,6 +38,15 @@ async fn concurrent_submissions_never_pass_the_budget(db: Db) {
     let committed = b["spent"].as_f64().unwrap() + b["held"].as_f64().unwrap();
     assert!((committed - 50.0).abs() < 1e-6, "five jobs of 10 EUR at most: {b}");
 
+    // Room for one more; its retry under the same key is answered with it, not refused.
+    let (status, _) = s.call(Method::PUT, "/v1/tenants/lab/budget", Some(ADMIN), Some(json!({"monthly": 60.0}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let keyed = || s.req(Method::POST, "/v1/jobs", Some(&lab)).header("idempotency-key", "once").json(&job);
+    let first = keyed().send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let again = keyed().send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK, "{:?}", again.text().await);
+
     // No runtime bound, no cost bound: refused by that field.
     let (status, v) = s.call(Method::POST, "/v1/jobs", Some(&lab), Some(json!({"gpus_per_node": 1}))).await;
     assert_eq!(
@@ -57,7 +66,7 @@ async fn concurrent_submissions_never_pass_the_budget(db: Db) {
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (_, jobs) = s.call(Method::GET, "/v1/jobs", Some(&lab), None).await;
     let active = jobs["jobs"].as_array().unwrap().iter().filter(|j| j["state"] != "cancelled").count();
-    assert_eq!(active, 5, "{jobs}");
+    assert_eq!(active, 6, "{jobs}");
     // Removed: taken again.
     let (status, v) = s.call(Method::PUT, "/v1/tenants/lab/budget", Some(ADMIN), Some(json!({}))).await;
     assert_eq!((status, v.get("monthly")), (StatusCode::OK, None), "{v}");

@@ -101,6 +101,16 @@ impl Store {
         rows.iter().map(run_of).collect()
     }
 
+    /// The job a tenant's idempotency key made, if any.
+    pub async fn job_id_by_idempotency_key(&self, tenant_id: i64, key: &str) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT id FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2")
+            .bind(tenant_id)
+            .bind(key)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
     /// A tenant's jobs waiting or running.
     pub async fn active_jobs_of(&self, tenant_id: i64) -> Result<Vec<crate::Job>> {
         let rows = sqlx::query(&format!(

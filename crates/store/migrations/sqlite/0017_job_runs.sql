@@ -27,3 +27,9 @@ CREATE TABLE job_runs (
 CREATE INDEX job_runs_by_tenant ON job_runs (tenant_id, started_ms);
 CREATE INDEX job_runs_by_start ON job_runs (started_ms);
 CREATE INDEX job_runs_open ON job_runs (ended_ms);
+CREATE INDEX job_runs_by_tenant_end ON job_runs (tenant_id, ended_ms);
+-- Jobs running when this came in: their run so far, from their start.
+INSERT INTO job_runs (job_id, generation, tenant_id, nodes, gpus_per_node, gpu_milli, cpu_milli, memory_mib,
+    placement_json, started_ms)
+SELECT id, generation, tenant_id, nodes, gpus_per_node, gpu_milli, cpu_milli, memory_mib, placement_json, started_ms
+FROM jobs WHERE state = 'running' AND started_ms IS NOT NULL;
