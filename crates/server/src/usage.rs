@@ -285,7 +285,7 @@ struct PerKwh {
 }
 
 /// A part of a run: some of its members over some of its time.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Piece {
     ms: i64,
     per_kwh: PerKwh,
@@ -341,8 +341,7 @@ pub(crate) fn report(
         if end <= start {
             continue;
         }
-        let parts = by_model(run, &model_of);
-        let mut parts = parts;
+        let mut parts = by_model(run, &model_of);
         for (model, part) in &mut parts {
             let per_gpu = gpu_hour_price(prices, model);
             part.gpu_price_per_hour = part.gpu_milli as f64 / 1000.0 * per_gpu;
@@ -422,14 +421,11 @@ fn first_node(run: &store::JobRun) -> Option<String> {
 
 fn whole_of(run: &store::JobRun) -> Piece {
     Piece {
-        ms: 0,
-        per_kwh: PerKwh::default(),
         gpu_milli: run.gpu_milli_held(),
         cpu_milli: run.cpu_milli * run.nodes,
         memory_mib: run.memory_mib * run.nodes,
         share_of_members: 1.0,
-        board_watts: 0.0,
-        gpu_price_per_hour: 0.0,
+        ..Piece::default()
     }
 }
 
@@ -454,17 +450,7 @@ fn by_model(run: &store::JobRun, model_of: &impl Fn(&str) -> Option<NodeFacts>) 
         let at = match parts.iter().position(|(k, _)| *k == model) {
             Some(at) => at,
             None => {
-                let empty = Piece {
-                    ms: 0,
-                    per_kwh: PerKwh::default(),
-                    gpu_milli: 0,
-                    cpu_milli: 0,
-                    memory_mib: 0,
-                    share_of_members: 0.0,
-                    board_watts: 0.0,
-                    gpu_price_per_hour: 0.0,
-                };
-                parts.push((model, empty));
+                parts.push((model, Piece::default()));
                 parts.len() - 1
             }
         };

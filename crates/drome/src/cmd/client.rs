@@ -949,6 +949,11 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// This machine's clock, Unix ms.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 /// `2026-12-01`, `2026-12` (UTC), `7d`/`12h`/`30m` before `now_ms`, or Unix ms.
 pub fn parse_when(text: &str, now_ms: i64) -> anyhow::Result<i64> {
     let text = text.trim();
@@ -981,7 +986,7 @@ pub fn parse_when(text: &str, now_ms: i64) -> anyhow::Result<i64> {
 
 pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let now = now_ms();
     let by = args.by;
     let mut query = format!("/v1/usage?by={}", by.as_str());
     if let Some(s) = &args.since {
@@ -1076,7 +1081,7 @@ pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
 pub fn invoice(args: InvoiceArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
     let rt = runtime()?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let now = now_ms();
     let (year, month) = match &args.month {
         Some(m) => {
             let (y, mo) = m.split_once('-').ok_or_else(|| anyhow::anyhow!("--month {m}: give YEAR-MONTH, 2026-11"))?;
