@@ -1040,16 +1040,19 @@ pub enum UsageBy {
     Model,
     /// One row per site (a gang's members are at one site).
     Site,
+    /// One row per site and UTC month (`valence 2026-11`): the site's monthly report.
+    #[serde(rename = "site-month")]
+    SiteMonth,
 }
 
 impl std::str::FromStr for UsageBy {
     type Err = String;
 
     fn from_str(s: &str) -> Result<UsageBy, String> {
-        [UsageBy::Tenant, UsageBy::Job, UsageBy::Day, UsageBy::Month, UsageBy::Model, UsageBy::Site]
+        [UsageBy::Tenant, UsageBy::Job, UsageBy::Day, UsageBy::Month, UsageBy::Model, UsageBy::Site, UsageBy::SiteMonth]
             .into_iter()
             .find(|b| b.as_str() == s)
-            .ok_or_else(|| format!("'{s}' is not one of tenant, job, day, month, model, site"))
+            .ok_or_else(|| format!("'{s}' is not one of tenant, job, day, month, model, site, site-month"))
     }
 }
 
@@ -1062,6 +1065,7 @@ impl UsageBy {
             UsageBy::Month => "month",
             UsageBy::Model => "model",
             UsageBy::Site => "site",
+            UsageBy::SiteMonth => "site-month",
         }
     }
 }
@@ -1069,7 +1073,8 @@ impl UsageBy {
 /// What some runs used within a report's window. Fractional GPUs count by their share.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct UsageRow {
-    /// The group: a tenant's name, a job id, `2026-12-07`, `2026-12`, a GPU model or a site.
+    /// The group: a tenant's name, a job id, `2026-12-07`, `2026-12`, a GPU model, a site or a
+    /// site's month (`valence 2026-11`).
     pub key: String,
     /// The tenant, for rows by job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1096,6 +1101,16 @@ pub struct UsageRow {
     pub facility_kwh: f64,
     /// Its energy and the facility's, times the grid's carbon intensity hour by hour, kg CO2.
     pub co2_kg: f64,
+    /// Its energy and the facility's at each hour's grid price: what the site paid for it, EUR.
+    #[serde(default)]
+    pub grid_cost_eur: f64,
+    /// Heat its energy brought to the site's heat network, hour by hour (the share the network
+    /// took of the heat the site recovers, at full load), kWh.
+    #[serde(default)]
+    pub heat_sold_kwh: f64,
+    /// What the heat network paid for that heat, EUR.
+    #[serde(default)]
+    pub heat_revenue_eur: f64,
 }
 
 /// The price list usage is charged by (`PUT /v1/prices`, admin). Every figure is in `currency`,
@@ -1125,6 +1140,25 @@ pub struct Prices {
     /// The share taken off a deferrable job's cost, 0 to 1.
     #[serde(default)]
     pub deferrable_discount: f64,
+    /// Also charge each run's energy and the facility's at the hour's grid price (the site's
+    /// cost passed through; the currency must be EUR, the grid's).
+    #[serde(default)]
+    pub energy_pass_through: bool,
+    /// The share of the heat revenue a run's energy earned that is taken off its cost, 0 to 1
+    /// (the currency must be EUR, the heat network's).
+    #[serde(default)]
+    pub heat_credit_share: f64,
+}
+
+impl Prices {
+    /// A GPU-hour of `model` (matched without regard to case, as the fleet matches models), or
+    /// the list's default.
+    pub fn gpu_hour_of(&self, model: &str) -> f64 {
+        self.gpu_hour.get(model).copied().unwrap_or_else(|| {
+            let named = self.gpu_hour.iter().find(|(m, _)| m.eq_ignore_ascii_case(model));
+            named.map_or(self.gpu_hour_default, |(_, p)| *p)
+        })
+    }
 }
 
 impl Default for Prices {
@@ -1137,6 +1171,8 @@ impl Default for Prices {
             memory_gib_hour: 0.0,
             energy_kwh: 0.0,
             deferrable_discount: 0.0,
+            energy_pass_through: false,
+            heat_credit_share: 0.0,
         }
     }
 }
@@ -1179,6 +1215,52 @@ pub struct UsageReport {
     pub total: UsageRow,
 }
 
+/// One finished job in `GET /v1/history` (what Slurm's `sacct` lists).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HistoryRow {
+    pub job_id: i64,
+    pub name: String,
+    pub tenant: String,
+    /// How it ended: succeeded, failed, cancelled or expired.
+    pub state: JobState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub submitted_ms: i64,
+    /// Its first run's start; `None` if it never ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<i64>,
+    pub finished_ms: i64,
+    /// Runs it had (a restart runs again).
+    pub runs: u64,
+    /// Its runs' time together, seconds.
+    pub elapsed_s: f64,
+    pub nodes: u32,
+    /// GPUs it held (a share counts by its share).
+    pub gpus: f64,
+    /// The nodes of its last run.
+    #[serde(default)]
+    pub node_list: Vec<String>,
+    pub gpu_hours: f64,
+    /// Measured and estimated, kWh.
+    pub energy_kwh: f64,
+    /// What its runs cost by the price list in force, in the history's currency.
+    pub cost: f64,
+}
+
+/// Finished jobs: `GET /v1/history`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct History {
+    /// Jobs that finished in `[since_ms, until_ms)`, Unix ms, oldest end first.
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub currency: String,
+    pub rows: Vec<HistoryRow>,
+    /// More jobs finished in the window than `limit`: ask again from the last `finished_ms`.
+    pub truncated: bool,
+}
+
 /// The OpenAPI document of drome's REST API.
 #[derive(OpenApi)]
 #[openapi(
@@ -1194,6 +1276,7 @@ pub struct UsageReport {
         paths::remove_tenant,
         paths::audit_log,
         paths::usage,
+        paths::history,
         paths::get_prices,
         paths::set_prices,
         paths::get_budget,
@@ -1227,7 +1310,7 @@ pub struct UsageReport {
         GpuInfo, JoinToken, AgentJoin, AgentJoined, RunKey, RunExit, Heartbeat, Assignment, HeartbeatReply,
         NodeHeartbeat, HeartbeatBatch, NodeHeartbeatReply, HeartbeatBatchReply,
         LogStream, LogRequest, LogChunk, JobLogs, GpuPowerCap, Leader, Replica, ClusterStatus, NewJoinToken, JoinTokenInfo, Drain,
-        TokenRotation, AuditEntry, UsageBy, UsageRow, UsageReport, Prices, Budget, BudgetUpdate, SiteGpuModel, FederationLease, FederationLeaseState
+        TokenRotation, AuditEntry, UsageBy, UsageRow, UsageReport, HistoryRow, History, Prices, Budget, BudgetUpdate, SiteGpuModel, FederationLease, FederationLeaseState
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use crate::{
-    AgentJoin, AgentJoined, AuditEntry, Budget, BudgetUpdate, ClusterStatus, Drain, ErrorBody, Event, FederationLease,
+    AgentJoin, AgentJoined, AuditEntry, Budget, BudgetUpdate, ClusterStatus, Drain, History, ErrorBody, Event, FederationLease,
     FederationLeaseState, GpuPowerCap, Health, Heartbeat, HeartbeatBatch, HeartbeatBatchReply, HeartbeatReply, Job,
     JobList, JobLogs, JobSpec, JoinToken, JoinTokenInfo, LogChunk, NewJoinToken, NewTenant, Node, Prices, Quota,
     QuotaUpdate, Site, Tenant, TenantCreated, TokenRotation, UsageBy, UsageReport,
@@ -116,7 +116,7 @@ pub fn audit_log() {}
     params(
         ("since_ms" = Option<i64>, Query, description = "Window start, Unix ms (30 days before its end)"),
         ("until_ms" = Option<i64>, Query, description = "Window end, Unix ms (now)"),
-        ("by" = Option<UsageBy>, Query, description = "tenant, job, day, month, model or site (tenant)"),
+        ("by" = Option<UsageBy>, Query, description = "tenant, job, day, month, model, site or site-month (tenant)"),
         ("tenant" = Option<String>, Query, description = "Only this tenant's (admin only)"),
     ),
     responses(
@@ -127,6 +127,24 @@ pub fn audit_log() {}
         (status = 422, description = "A query parameter is invalid; `field` names it", body = ErrorBody),
     ))]
 pub fn usage() {}
+
+/// Finished jobs, like Slurm's `sacct`: how each ended, its exit code, times, GPUs, energy and
+/// cost. A tenant sees its own; the admin sees all, or one tenant's with `tenant`.
+#[utoipa::path(get, path = "/v1/history", tag = "tenants",
+    params(
+        ("since_ms" = Option<i64>, Query, description = "Jobs that finished from then, Unix ms (7 days before until_ms)"),
+        ("until_ms" = Option<i64>, Query, description = "... up to then, Unix ms (now)"),
+        ("tenant" = Option<String>, Query, description = "Only this tenant's (admin only)"),
+        ("limit" = Option<i64>, Query, description = "At most this many, 1 to 10,000 (1,000)"),
+    ),
+    responses(
+        (status = 200, description = "Finished jobs, oldest end first", body = History),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "`tenant` asked for by a tenant", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 422, description = "A query parameter is invalid; `field` names it", body = ErrorBody),
+    ))]
+pub fn history() {}
 
 /// The price list usage is charged by.
 #[utoipa::path(get, path = "/v1/prices", tag = "tenants", responses(

@@ -59,6 +59,8 @@ enum Command {
     Audit(cmd::client::AuditArgs),
     /// What was used: GPU-, CPU-, memory-hours and energy by tenant, job, day, month or GPU model.
     Usage(cmd::client::UsageArgs),
+    /// Finished jobs, like sacct: how each ended, exit code, times, GPUs, energy and cost.
+    History(cmd::client::HistoryArgs),
     /// A tenant's invoice for a month: its use by the price list, line by line (CSV or JSON too).
     Invoice(cmd::client::InvoiceArgs),
     /// Show the price list usage is charged by, or set it (admin).
@@ -100,6 +102,7 @@ fn run() -> anyhow::Result<()> {
         Command::Usage(args) => cmd::client::usage(args),
         Command::Prices(args) => cmd::client::prices(args),
         Command::Invoice(args) => cmd::client::invoice(args),
+        Command::History(args) => cmd::client::history(args),
         Command::Budget(args) => cmd::client::budget(args),
         Command::Status(args) => cmd::client::status(args),
     }

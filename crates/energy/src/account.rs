@@ -150,6 +150,17 @@ impl EnergyModel {
         (0..self.sites.len()).map(|i| self.site_worst_case_watts(SiteId(i as u32), outdoor_c)).sum()
     }
 
+    /// The heat `site` sells to its network when its servers take `it_watts` at the wall at
+    /// `outdoor_c` (the heat pump held within the grid connection), as the hourly account
+    /// reckons it; `None` for a site the model does not have.
+    pub fn site_heat_at_it(&self, site: SiteId, it_watts: f64, outdoor_c: f64) -> Option<crate::heat::HeatExport> {
+        let s = self.sites.get(site.index())?;
+        let plain = self.power_at(s, it_watts, outdoor_c);
+        let budget = s.grid_power_cap_watts.map_or(f64::INFINITY, |cap| cap - plain.total_watts);
+        let demand = s.network.demand_watts(outdoor_c);
+        Some(export_heat(s.recoverable.share * it_watts, s.recoverable.celsius, &s.network, demand, budget))
+    }
+
     /// Draw of `site` when its servers take `it_watts` at the wall, no heat exported: the query
     /// a power-capped scheduler makes when its GPUs run under power caps. Linear in `it_watts` at
     /// a given temperature.
@@ -292,19 +303,18 @@ pub struct Totals {
 
 impl Totals {
     fn add_hour(&mut self, h: &HourFlows, hours: f64, price: f64, co2: f64) {
-        self.it_mwh += h.it_watts * hours / 1e6;
-        self.facility_mwh += h.facility_watts * hours / 1e6;
+        let one = SiteHour::of(h, hours, price, co2);
+        self.it_mwh += one.it_mwh;
+        self.facility_mwh += one.facility_mwh;
         self.heat_pump_mwh += h.heat_pump_watts * hours / 1e6;
-        let site_mwh = (h.facility_watts + h.heat_pump_watts) * hours / 1e6;
-        self.site_mwh += site_mwh;
+        self.site_mwh += one.site_mwh;
         self.heat_recoverable_mwh += h.recoverable_watts * hours / 1e6;
         self.heat_recovered_mwh += h.recovered_watts * hours / 1e6;
-        self.heat_exported_mwh += h.exported_watts * hours / 1e6;
+        self.heat_exported_mwh += one.heat_exported_mwh;
         self.heat_demand_mwh += h.demand_watts * hours / 1e6;
-        self.heat_revenue_eur += h.exported_watts * hours / 1e6 * h.heat_price;
-        self.energy_cost_eur += site_mwh * price;
-        // g/kWh = t/GWh
-        self.co2_t += site_mwh * co2 / 1e3;
+        self.heat_revenue_eur += one.heat_revenue_eur;
+        self.energy_cost_eur += one.energy_cost_eur;
+        self.co2_t += one.co2_t;
     }
 
     fn finish(&mut self) {
@@ -341,6 +351,36 @@ pub struct HourPoint {
     pub co2_g_per_kwh: f64,
 }
 
+/// One site over one hour of a run: what it drew, paid, emitted and sold, to be shared among the
+/// work that ran there then.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct SiteHour {
+    pub it_mwh: f64,
+    pub facility_mwh: f64,
+    /// Grid energy: facility plus heat pump.
+    pub site_mwh: f64,
+    pub energy_cost_eur: f64,
+    pub co2_t: f64,
+    pub heat_exported_mwh: f64,
+    pub heat_revenue_eur: f64,
+}
+
+impl SiteHour {
+    fn of(h: &HourFlows, hours: f64, price: f64, co2: f64) -> SiteHour {
+        let site_mwh = (h.facility_watts + h.heat_pump_watts) * hours / 1e6;
+        SiteHour {
+            it_mwh: h.it_watts * hours / 1e6,
+            facility_mwh: h.facility_watts * hours / 1e6,
+            site_mwh,
+            energy_cost_eur: site_mwh * price,
+            // g/kWh = t/GWh
+            co2_t: site_mwh * co2 / 1e3,
+            heat_exported_mwh: h.exported_watts * hours / 1e6,
+            heat_revenue_eur: h.exported_watts * hours / 1e6 * h.heat_price,
+        }
+    }
+}
+
 /// A run's energy account.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EnergyReport {
@@ -355,6 +395,9 @@ pub struct EnergyReport {
     pub sites: Vec<SiteEnergy>,
     #[serde(skip)]
     pub hourly: Vec<HourPoint>,
+    /// Each site's hours (`site_hours[site][hour]`), for sharing them among tenants.
+    #[serde(skip)]
+    pub site_hours: Vec<Vec<SiteHour>>,
 }
 
 struct HourFlows {
@@ -480,6 +523,7 @@ pub fn account_by_site(
         })
         .collect();
     let mut points = Vec::with_capacity(hourly.len());
+    let mut site_hours: Vec<Vec<SiteHour>> = model.sites.iter().map(|_| Vec::with_capacity(hourly.len())).collect();
     let (mut hours_total, mut alloc_sum, mut temp_sum) = (0.0, 0.0, 0.0);
     for (k, &(_, hours)) in hourly.iter().enumerate() {
         let allocation = fleet_allocation(k);
@@ -519,6 +563,7 @@ pub fn account_by_site(
                 heat_price: s.network.price_eur_per_mwh,
             };
             let site_watts = flows.facility_watts + flows.heat_pump_watts;
+            site_hours[i].push(SiteHour::of(&flows, hours, price, co2));
             let st = &mut sites[i].totals;
             st.add_hour(&flows, hours, price, co2);
             st.peak_site_mw = st.peak_site_mw.max(site_watts / 1e6);
@@ -556,6 +601,7 @@ pub fn account_by_site(
         totals,
         sites,
         hourly: points,
+        site_hours,
     })
 }
 

@@ -760,7 +760,18 @@ impl SiteYears {
         let it_watts = self.energy.sites.get(index)?.it.max_watts.max(1.0);
         let p0 = self.energy.site_power_at_it(site, 0.0, outdoor).total_watts;
         let p1 = self.energy.site_power_at_it(site, it_watts, outdoor).total_watts;
-        Some(usage::HourFigures { co2_g_per_kwh: grid.co2_g_per_kwh(hour_of_year), marginal_pue: (p1 - p0) / it_watts })
+        // Heat sold per IT watt as at full load: the share of its heat the network takes is then
+        // at its lowest, so a run is never credited heat a fuller site could not sell.
+        let full_it = it_watts * self.energy.site_wall_factor(site);
+        let heat = self.energy.site_heat_at_it(site, full_it, outdoor);
+        let network = &self.energy.sites.get(index)?.network;
+        Some(usage::HourFigures {
+            co2_g_per_kwh: grid.co2_g_per_kwh(hour_of_year),
+            marginal_pue: (p1 - p0) / it_watts,
+            price_eur_per_mwh: grid.price_eur_per_mwh(hour_of_year),
+            heat_sold_per_it: heat.map_or(0.0, |h| h.exported_watts / full_it.max(1.0)),
+            heat_price_eur_per_mwh: network.price_eur_per_mwh,
+        })
     }
 
     /// The figures of the fleet's site `index` at `hour_of_year`, if its years could be read.

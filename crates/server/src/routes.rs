@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{name}/token", post(rotate_tenant_token).delete(revoke_tenant_token))
         .route("/audit", get(audit_log))
         .route("/usage", get(crate::usage::usage))
+        .route("/history", get(crate::usage::history))
         .route("/prices", get(crate::usage::get_prices).put(crate::usage::set_prices))
         .route("/budget", get(crate::budget::get_budget))
         .route("/tenants/{name}/budget", put(crate::budget::set_budget))

@@ -53,17 +53,7 @@ pub(crate) async fn usage(
         return Err(ApiError::invalid("since_ms", "a window of at most 3,660 days"));
     }
     let names: HashMap<i64, String> = st.store.tenants().await?.into_iter().map(|t| (t.id, t.name)).collect();
-    let tenant_id = match (&caller, &params.tenant) {
-        (Caller::Tenant(t), None) => Some(t.id),
-        (Caller::Tenant(t), Some(name)) if *name == t.name => Some(t.id),
-        (Caller::Tenant(_), Some(_)) => {
-            return Err(ApiError::Forbidden("a tenant sees its own usage only".into()));
-        }
-        (Caller::Admin, None) => None,
-        (Caller::Admin, Some(name)) => Some(
-            st.store.tenant_by_name(name).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?.id,
-        ),
-    };
+    let tenant_id = tenant_filter(&st, &caller, params.tenant.as_deref()).await?;
     let runs = st.store.job_runs(tenant_id, since, until).await?;
     let prices = prices_in_force(&st).await?;
     let by = match params.by.as_deref() {
@@ -74,10 +64,7 @@ pub(crate) async fn usage(
     // Hours of many long runs add up: the sums run beside the server's request threads.
     let report = tokio::task::spawn_blocking(move || {
         let model_of = |node: &str| node_facts(&st, node);
-        let hour_of = |node: &str, at_ms: i64| {
-            let site = st.fleet.node(*st.node_ids.get(node)?).site.index();
-            st.site_years.hour_figures(site, crate::hour_of_year(at_ms))
-        };
+        let hour_of = |node: &str, at_ms: i64| hour_figures_of(&st, node, at_ms);
         report(&runs, by, window, &names, &prices, model_of, Some(hour_of))
     })
     .await
@@ -85,13 +72,123 @@ pub(crate) async fn usage(
     Ok(Json(report))
 }
 
-/// A GPU-hour of `model` on the price list (its name matched as the fleet matches models,
-/// without regard to case), or the list's default.
-pub(crate) fn gpu_hour_price(prices: &api::Prices, model: &str) -> f64 {
-    prices.gpu_hour.get(model).copied().unwrap_or_else(|| {
-        let named = prices.gpu_hour.iter().find(|(m, _)| m.eq_ignore_ascii_case(model));
-        named.map_or(prices.gpu_hour_default, |(_, p)| *p)
+/// Whose runs a report covers: a tenant's own (never another's), or for the admin everyone's or
+/// the named tenant's.
+async fn tenant_filter(st: &AppState, caller: &Caller, tenant: Option<&str>) -> Result<Option<i64>, ApiError> {
+    Ok(match (caller, tenant) {
+        (Caller::Tenant(t), None) => Some(t.id),
+        (Caller::Tenant(t), Some(name)) if name == t.name => Some(t.id),
+        (Caller::Tenant(_), Some(_)) => {
+            return Err(ApiError::Forbidden("a tenant sees its own usage only".into()));
+        }
+        (Caller::Admin, None) => None,
+        (Caller::Admin, Some(name)) => Some(
+            st.store.tenant_by_name(name).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?.id,
+        ),
     })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HistoryParams {
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    tenant: Option<String>,
+    limit: Option<i64>,
+}
+
+/// The history's window when `since_ms` is not given: 7 days before its end.
+const DEFAULT_HISTORY_MS: i64 = 7 * DAY_MS;
+const DEFAULT_HISTORY_LIMIT: i64 = 1_000;
+const MAX_HISTORY_LIMIT: i64 = 10_000;
+
+/// `GET /v1/history`: jobs that finished in a window, with how they ended and what they cost.
+pub(crate) async fn history(
+    State(st): State<AppState>,
+    caller: Caller,
+    params: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Json<api::History>, ApiError> {
+    let Query(params) = params.map_err(query_error)?;
+    let now = crate::now_ms();
+    let until = params.until_ms.unwrap_or(now);
+    let since = params.since_ms.unwrap_or(until.saturating_sub(DEFAULT_HISTORY_MS).max(0));
+    if !(0..=i64::MAX / 2).contains(&until) {
+        return Err(ApiError::invalid("until_ms", "Unix milliseconds, 0 or more"));
+    }
+    if since < 0 || since >= until {
+        return Err(ApiError::invalid("since_ms", "Unix milliseconds, 0 or more and before until_ms"));
+    }
+    let limit = params.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+    if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("1 to {MAX_HISTORY_LIMIT}")));
+    }
+    let tenant_id = tenant_filter(&st, &caller, params.tenant.as_deref()).await?;
+    let mut jobs = st.store.finished_jobs(tenant_id, since, until, limit + 1).await?;
+    let truncated = jobs.len() as i64 > limit;
+    jobs.truncate(limit as usize);
+    let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+    let runs = st.store.runs_of_jobs(&ids).await?;
+    let names: HashMap<i64, String> = st.store.tenants().await?.into_iter().map(|t| (t.id, t.name)).collect();
+    let prices = prices_in_force(&st).await?;
+    let currency = prices.currency.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        let first = runs.iter().map(|r| r.started_ms).min().unwrap_or(since).min(since);
+        let window = Window { since_ms: first, until_ms: now.max(until) + 1, now_ms: now };
+        let per_job = job_rows(&st, &runs, window, &prices);
+        history_rows(&jobs, &runs, &per_job, &names)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("history: {e}")))?;
+    Ok(Json(api::History { since_ms: since, until_ms: until, currency, rows, truncated }))
+}
+
+/// The history's rows of `jobs`, from their runs and each job's usage row.
+fn history_rows(
+    jobs: &[store::Job],
+    runs: &[store::JobRun],
+    per_job: &HashMap<i64, api::UsageRow>,
+    names: &HashMap<i64, String>,
+) -> Vec<api::HistoryRow> {
+    let mut by_job: HashMap<i64, Vec<&store::JobRun>> = HashMap::new();
+    for r in runs {
+        by_job.entry(r.job_id).or_default().push(r);
+    }
+    jobs.iter()
+        .map(|job| {
+            let mine = by_job.get(&job.id).map(Vec::as_slice).unwrap_or_default();
+            let usage = per_job.get(&job.id);
+            let finished = job.finished_ms.unwrap_or(job.submitted_ms);
+            let elapsed_ms: i64 = mine.iter().map(|r| (r.ended_ms.unwrap_or(finished) - r.started_ms).max(0)).sum();
+            let last_placement = mine.last().and_then(|r| r.placement_json.as_deref()).or(job.placement_json.as_deref());
+            let node_list = last_placement
+                .and_then(|p| crate::convert::decode_members(p).ok())
+                .map(|ms| ms.into_iter().map(|m| m.node).collect())
+                .unwrap_or_default();
+            let gpus = match job.spec.gpu_milli {
+                Some(m) => m as f64 / 1000.0,
+                None => (job.spec.gpus_per_node * job.spec.nodes) as f64,
+            };
+            api::HistoryRow {
+                job_id: job.id,
+                name: job.spec.name.clone(),
+                tenant: names.get(&job.spec.tenant_id).cloned().unwrap_or_else(|| job.spec.tenant_id.to_string()),
+                state: crate::convert::state_to_api(job.state),
+                exit_code: job.exit_code,
+                message: job.message.clone(),
+                submitted_ms: job.submitted_ms,
+                started_ms: mine.first().map(|r| r.started_ms),
+                finished_ms: finished,
+                runs: mine.len() as u64,
+                elapsed_s: elapsed_ms as f64 / 1000.0,
+                nodes: u32::try_from(job.spec.nodes).unwrap_or(0),
+                gpus,
+                node_list,
+                gpu_hours: usage.map_or(0.0, |u| u.gpu_hours),
+                energy_kwh: usage.map_or(0.0, |u| u.energy_kwh_measured + u.energy_kwh_estimated),
+                cost: usage.map_or(0.0, |u| u.cost),
+            }
+        })
+        .collect()
 }
 
 /// Where the price list is kept (the settings table, as JSON).
@@ -142,6 +239,18 @@ fn check_prices(p: &api::Prices) -> Result<(), ApiError> {
     if !(p.deferrable_discount.is_finite() && (0.0..=1.0).contains(&p.deferrable_discount)) {
         return Err(ApiError::invalid("deferrable_discount", "a share from 0 to 1"));
     }
+    if !(p.heat_credit_share.is_finite() && (0.0..=1.0).contains(&p.heat_credit_share)) {
+        return Err(ApiError::invalid("heat_credit_share", "a share from 0 to 1"));
+    }
+    // The grid's and the heat network's prices are in euros.
+    if p.currency != "EUR" {
+        if p.energy_pass_through {
+            return Err(ApiError::invalid("energy_pass_through", "the grid's prices are in EUR: set currency EUR"));
+        }
+        if p.heat_credit_share > 0.0 {
+            return Err(ApiError::invalid("heat_credit_share", "the heat network pays in EUR: set currency EUR"));
+        }
+    }
     if p.gpu_hour.len() > MAX_PRICED_MODELS {
         return Err(ApiError::invalid("gpu_hour", format!("at most {MAX_PRICED_MODELS} GPU models")));
     }
@@ -164,10 +273,23 @@ pub(crate) fn cost_by_job(
     window: Window,
     prices: &api::Prices,
 ) -> HashMap<i64, f64> {
+    job_rows(st, runs, window, prices).into_iter().map(|(id, row)| (id, row.cost)).collect()
+}
+
+/// Each job's usage row over `window`, by job id.
+fn job_rows(st: &AppState, runs: &[store::JobRun], window: Window, prices: &api::Prices) -> HashMap<i64, api::UsageRow> {
     let model_of = |node: &str| node_facts(st, node);
-    let no_hours: Option<fn(&str, i64) -> Option<HourFigures>> = None;
-    let r = report(runs, api::UsageBy::Job, window, &HashMap::new(), prices, model_of, no_hours);
-    r.rows.iter().filter_map(|row| Some((row.key.parse::<i64>().ok()?, row.cost))).collect()
+    // The hours' figures only where the price list charges by them (they cost a lookup an hour).
+    let by_hour = prices.energy_pass_through || prices.heat_credit_share > 0.0;
+    let hour_of = by_hour.then_some(|node: &str, at_ms: i64| hour_figures_of(st, node, at_ms));
+    let r = report(runs, api::UsageBy::Job, window, &HashMap::new(), prices, model_of, hour_of);
+    r.rows.into_iter().filter_map(|row| Some((row.key.parse::<i64>().ok()?, row))).collect()
+}
+
+/// The figures of the hour at `at_ms` of the site of `node`.
+fn hour_figures_of(st: &AppState, node: &str, at_ms: i64) -> Option<HourFigures> {
+    let site = st.fleet.node(*st.node_ids.get(node)?).site.index();
+    st.site_years.hour_figures(site, crate::hour_of_year(at_ms))
 }
 
 /// What a report needs of a node: its GPU model, its GPUs' board power, its site.
@@ -205,6 +327,9 @@ struct Sums {
     cost: f64,
     facility_kwh: f64,
     co2_g: f64,
+    grid_eur: f64,
+    heat_kwh: f64,
+    heat_eur: f64,
 }
 
 impl Sums {
@@ -233,10 +358,20 @@ impl Sums {
         let energy_kwh = (run.energy_joules as f64 * share_of_run + estimated_joules) / 3.6e6;
         self.facility_kwh += energy_kwh * piece.per_kwh.facility_kwh;
         self.co2_g += energy_kwh * piece.per_kwh.co2_g;
-        let cost = piece.gpu_price_per_hour * hours
+        let grid_eur = energy_kwh * piece.per_kwh.grid_eur;
+        let heat_eur = energy_kwh * piece.per_kwh.heat_eur;
+        self.grid_eur += grid_eur;
+        self.heat_kwh += energy_kwh * piece.per_kwh.heat_kwh;
+        self.heat_eur += heat_eur;
+        let mut cost = piece.gpu_price_per_hour * hours
             + piece.cpu_milli as f64 / 1000.0 * hours * prices.cpu_core_hour
             + piece.memory_mib as f64 / 1024.0 * hours * prices.memory_gib_hour
             + energy_kwh * prices.energy_kwh;
+        if prices.energy_pass_through {
+            cost += grid_eur;
+        }
+        // The credit never takes a run's cost below zero.
+        cost = (cost - heat_eur * prices.heat_credit_share).max(0.0);
         self.cost += if run.deferrable { cost * (1.0 - prices.deferrable_discount) } else { cost };
     }
 
@@ -255,6 +390,9 @@ impl Sums {
             cost: self.cost,
             facility_kwh: self.facility_kwh,
             co2_kg: self.co2_g / 1000.0,
+            grid_cost_eur: self.grid_eur,
+            heat_sold_kwh: self.heat_kwh,
+            heat_revenue_eur: self.heat_eur,
         }
     }
 }
@@ -275,6 +413,12 @@ pub(crate) struct HourFigures {
     /// Site watts per IT watt at the hour's outdoor temperature: the site's draw is linear in
     /// its IT draw, so this is what one more IT watt costs the site (cooling, conversion).
     pub marginal_pue: f64,
+    /// The grid's price, EUR/MWh.
+    pub price_eur_per_mwh: f64,
+    /// Heat sold to the site's network per unit of IT energy.
+    pub heat_sold_per_it: f64,
+    /// What the network pays for heat, EUR/MWh.
+    pub heat_price_eur_per_mwh: f64,
 }
 
 /// What one kWh of a piece's IT energy brings with it, averaged over the piece's hours.
@@ -282,6 +426,10 @@ pub(crate) struct HourFigures {
 struct PerKwh {
     facility_kwh: f64,
     co2_g: f64,
+    /// Its energy and the facility's at the hour's grid price, EUR.
+    grid_eur: f64,
+    heat_kwh: f64,
+    heat_eur: f64,
 }
 
 /// A part of a run: some of its members over some of its time.
@@ -325,6 +473,9 @@ pub(crate) fn report(
             if let Some(f) = figures {
                 sum.facility_kwh += weight * (f.marginal_pue - 1.0).max(0.0);
                 sum.co2_g += weight * f.marginal_pue.max(1.0) * f.co2_g_per_kwh;
+                sum.grid_eur += weight * f.marginal_pue.max(1.0) * f.price_eur_per_mwh / 1000.0;
+                sum.heat_kwh += weight * f.heat_sold_per_it;
+                sum.heat_eur += weight * f.heat_sold_per_it * f.heat_price_eur_per_mwh / 1000.0;
             }
             at = next;
         }
@@ -343,7 +494,7 @@ pub(crate) fn report(
         }
         let mut parts = by_model(run, &model_of);
         for (model, part) in &mut parts {
-            let per_gpu = gpu_hour_price(prices, model);
+            let per_gpu = prices.gpu_hour_of(model);
             part.gpu_price_per_hour = part.gpu_milli as f64 / 1000.0 * per_gpu;
         }
         let node = first_node(run);
@@ -363,7 +514,10 @@ pub(crate) fn report(
                 let site = node.as_deref().and_then(&model_of).map_or_else(|| "unknown".to_string(), |f| f.site);
                 pieces.push((site, whole));
             }
-            api::UsageBy::Day | api::UsageBy::Month => {
+            api::UsageBy::Day | api::UsageBy::Month | api::UsageBy::SiteMonth => {
+                let site = (by == api::UsageBy::SiteMonth).then(|| {
+                    node.as_deref().and_then(&model_of).map_or_else(|| "unknown".to_string(), |f| f.site)
+                });
                 let mut at = start;
                 while at < end {
                     let (y, m, d) = api::utc_date(at);
@@ -372,7 +526,10 @@ pub(crate) fn report(
                     } else {
                         let next =
                             if m == 12 { api::utc_month_start_ms(y + 1, 1) } else { api::utc_month_start_ms(y, m + 1) };
-                        (format!("{y:04}-{m:02}"), next)
+                        match &site {
+                            Some(site) => (format!("{site} {y:04}-{m:02}"), next),
+                            None => (format!("{y:04}-{m:02}"), next),
+                        }
                     };
                     let piece_end = next.min(end);
                     let per_kwh = per_kwh(node.as_deref(), at, piece_end - at);
@@ -653,6 +810,9 @@ mod tests {
             Some(HourFigures {
                 co2_g_per_kwh: if even { 100.0 } else { 300.0 },
                 marginal_pue: if even { 1.1 } else { 1.2 },
+                price_eur_per_mwh: if even { 50.0 } else { 150.0 },
+                heat_sold_per_it: if even { 0.5 } else { 0.0 },
+                heat_price_eur_per_mwh: 40.0,
             })
         };
         assert_eq!((DEC7 / H) % 2, 0);
@@ -665,5 +825,35 @@ mod tests {
         assert!((row.facility_kwh - (11.2 * 0.1 + 11.2 * 0.2)).abs() < 1e-9, "{row:?}");
         assert!((row.co2_kg - (11.2 * 1.1 * 100.0 + 11.2 * 1.2 * 300.0) / 1000.0).abs() < 1e-9, "{row:?}");
         assert!((r.total.co2_kg - row.co2_kg).abs() < 1e-12);
+        // The grid's cost hour by hour, and heat sold in the even hour only.
+        assert!((row.grid_cost_eur - (11.2 * 1.1 * 0.05 + 11.2 * 1.2 * 0.15)).abs() < 1e-9, "{row:?}");
+        assert!((row.heat_sold_kwh - 5.6).abs() < 1e-9, "{row:?}");
+        assert!((row.heat_revenue_eur - 5.6 * 0.04).abs() < 1e-9, "{row:?}");
+        assert_eq!(row.cost, 0.0, "nothing is charged by an empty price list");
+
+        // Passed through, the grid's cost is charged; credited, the heat's revenue comes off.
+        let prices = api::Prices {
+            gpu_hour_default: 1.0,
+            energy_pass_through: true,
+            heat_credit_share: 0.5,
+            ..Default::default()
+        };
+        let r = report(&runs, api::UsageBy::Day, window, &names(), &prices, model, Some(hour_of));
+        let row = &r.rows[0];
+        let want = 16.0 * 2.0 + row.grid_cost_eur - 0.5 * row.heat_revenue_eur;
+        assert!((row.cost - want).abs() < 1e-9, "{row:?}, want {want}");
+    }
+
+    #[test]
+    fn pass_through_and_heat_credit_need_the_grids_currency() {
+        let field = |p: api::Prices| match check_prices(&p) {
+            Err(ApiError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let usd = || api::Prices { currency: "USD".into(), ..Default::default() };
+        assert_eq!(field(api::Prices { energy_pass_through: true, ..usd() }), "energy_pass_through");
+        assert_eq!(field(api::Prices { heat_credit_share: 0.2, ..usd() }), "heat_credit_share");
+        assert_eq!(field(api::Prices { heat_credit_share: 2.0, ..Default::default() }), "heat_credit_share");
+        assert!(check_prices(&api::Prices { energy_pass_through: true, ..Default::default() }).is_ok());
     }
 }

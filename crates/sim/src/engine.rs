@@ -2,7 +2,7 @@
 
 use crate::metrics::{EventKind, JobRecord, SimEvent, SimReport, TimePoint, at, mean, percentile, tenant_rows};
 use crate::power::PowerOptions;
-use crate::power::{Meter, PowerSummary, summarize};
+use crate::power::{Meter, PowerSummary, TenantDraw, TenantUse, summarize};
 use model::{Fleet, SimDuration, SimTime, Workload, WorkloadId};
 use sched::{ClusterState, Decision, Demand, Policy, Queue, QueuedJob};
 use std::cmp::Reverse;
@@ -68,6 +68,8 @@ struct JobState {
     switches: u32,
     /// What the running job adds to its sites' DC draw, nW per site, as last metered.
     dc_nw: Vec<i64>,
+    /// The GPU model of its last placement's first node (a gang's nodes share one in practice).
+    gpu_model: Option<model::GpuModelId>,
     /// GPUs' worth of throughput its caps take, billionths, as last metered.
     lost_ngpu: i64,
 }
@@ -212,6 +214,76 @@ pub(crate) struct Engine<'a> {
     /// The span the report covers when the caller sets one (a federation's sites all report over
     /// the federation's span, idle time included); otherwise first submission to last event.
     span: Option<(SimTime, SimTime)>,
+    /// Each tenant's share of the sites' draw, hour by hour, for its part of the energy bill.
+    tenant_meter: TenantMeter,
+}
+
+/// Integrates each tenant's DC draw per site into hours counted from the report's first hour, so
+/// that each hour's energy, cost, carbon and heat can be shared among the tenants that drew it.
+/// An entry is integrated only when it changes (and at the end), so the cost follows the starts
+/// and ends, not the number of tenants. Ordered maps: the sums are made in the same order on
+/// every run (bit-for-bit results).
+#[derive(Debug, Default)]
+struct TenantMeter {
+    /// The tenants' draw above idle, nW by (tenant, site), and since when it has held; no zero
+    /// entries.
+    nw: std::collections::BTreeMap<(u32, u32), (i64, f64)>,
+    /// DC joules by (tenant, site, hour since `origin_s`).
+    joules: std::collections::BTreeMap<(u32, u32, u32), f64>,
+    origin_s: Option<f64>,
+}
+
+impl TenantMeter {
+    /// Adds (`sign` 1) or removes (-1) a job's draw per site to its tenant's at `t_s`.
+    fn add(&mut self, tenant: u32, dc_nw: &[i64], sign: i64, t_s: f64, origin_s: impl FnOnce() -> f64) {
+        let origin = *self.origin_s.get_or_insert_with(origin_s);
+        for (site, &nw) in dc_nw.iter().enumerate() {
+            if nw == 0 {
+                continue;
+            }
+            let key = (tenant, site as u32);
+            let (sum, since) = self.nw.entry(key).or_insert((0, t_s));
+            accrue(&mut self.joules, origin, key, *sum, *since, t_s);
+            *sum += sign * nw;
+            *since = t_s;
+            if *sum == 0 {
+                self.nw.remove(&key);
+            }
+        }
+    }
+
+    /// Counts every entry's draw up to `t_s`.
+    fn flush(&mut self, t_s: f64) {
+        let Some(origin) = self.origin_s else { return };
+        for (&key, (nw, since)) in &mut self.nw {
+            accrue(&mut self.joules, origin, key, *nw, *since, t_s);
+            *since = t_s;
+        }
+    }
+}
+
+/// Adds `nw` held by `key` over `[from, to)` to its hours (counted from `origin`).
+fn accrue(
+    joules: &mut std::collections::BTreeMap<(u32, u32, u32), f64>,
+    origin: f64,
+    key: (u32, u32),
+    nw: i64,
+    from: f64,
+    to: f64,
+) {
+    let mut t = from.max(origin);
+    if nw == 0 {
+        return;
+    }
+    while t < to {
+        let hour = ((t - origin) / 3600.0).floor().max(0.0);
+        let end = (origin + (hour + 1.0) * 3600.0).min(to);
+        if end <= t {
+            break;
+        }
+        *joules.entry((key.0, key.1, hour as u32)).or_insert(0.0) += nw as f64 / 1e9 * (end - t);
+        t = end;
+    }
 }
 
 impl<'a> Engine<'a> {
@@ -283,6 +355,7 @@ impl<'a> Engine<'a> {
             dc_nw: Vec::new(),
             lost_ngpu: 0,
             span: None,
+            tenant_meter: TenantMeter::default(),
         })
     }
 
@@ -490,6 +563,7 @@ impl<'a> Engine<'a> {
                     state.running = true;
                     state.last_start = Some(now);
                     state.first_start.get_or_insert(now);
+                    state.gpu_model = placement.members.first().and_then(|m| fleet.node(m.node).gpu_model);
                     if placement.members.len() > 1 {
                         state.switches = sched::switches_spanned(&fleet, &placement);
                         self.gang_starts += 1;
@@ -621,6 +695,7 @@ impl<'a> Engine<'a> {
                     }
                 }
             }
+            let (shared, span, t_now) = (&self.shared, self.span, at(now));
             let (guard, ceiling) = (&self.guard, self.ceiling);
             let cap_of = |id: WorkloadId| guard.as_ref().map_or(1.0, |g| g.job_cap(id)).min(ceiling);
             let sites = fleet.sites.len();
@@ -641,6 +716,8 @@ impl<'a> Engine<'a> {
                 // Every running job at its new cap.
                 self.dc_nw.iter_mut().for_each(|x| *x = 0);
                 self.lost_ngpu = 0;
+                self.tenant_meter.flush(t_now);
+                self.tenant_meter.nw.clear();
                 for id in self.touched.drain(..) {
                     if let Some(state) = self.jobs.get_mut(id.0 as usize) {
                         state.dc_nw.clear();
@@ -650,12 +727,19 @@ impl<'a> Engine<'a> {
                 for (id, p) in self.cluster.allocations() {
                     let Some(state) = self.jobs.get_mut(id.0 as usize).filter(|s| s.running) else { continue };
                     meter_job(*id, state, &mut self.dc_nw, &mut self.lost_ngpu, p);
+                    if let Some(w) = shared.get(id.0 as usize) {
+                        self.tenant_meter.add(w.tenant.0, &state.dc_nw, 1, t_now, || report_origin_s(shared, span));
+                    }
                 }
             } else {
                 for id in self.touched.drain(..) {
                     let Some(state) = self.jobs.get_mut(id.0 as usize) else { continue };
+                    let tenant = shared.get(id.0 as usize).map(|w| w.tenant.0);
                     for (sum, nw) in self.dc_nw.iter_mut().zip(&state.dc_nw) {
                         *sum -= nw;
+                    }
+                    if let Some(t) = tenant {
+                        self.tenant_meter.add(t, &state.dc_nw, -1, t_now, || report_origin_s(shared, span));
                     }
                     self.lost_ngpu -= state.lost_ngpu;
                     state.dc_nw.clear();
@@ -664,6 +748,9 @@ impl<'a> Engine<'a> {
                         && let Some(p) = self.cluster.allocation(id)
                     {
                         meter_job(id, state, &mut self.dc_nw, &mut self.lost_ngpu, p);
+                        if let Some(t) = tenant {
+                            self.tenant_meter.add(t, &state.dc_nw, 1, t_now, || report_origin_s(shared, span));
+                        }
                     }
                 }
             }
@@ -740,6 +827,8 @@ impl<'a> Engine<'a> {
         let mut records = Vec::with_capacity(self.shared.len());
         let mut unfinished = 0u64;
         let mut lost_gpu_s = 0.0;
+        // GPU-hours (all, deferrable) by tenant and the GPU model of each job's last placement.
+        let mut use_by_model: std::collections::BTreeMap<(u32, String), (f64, f64)> = Default::default();
         for (w, job) in self.shared.iter().zip(&self.jobs) {
             let submit = w.submit_time;
             if let Some(s) = job.first_start {
@@ -757,6 +846,17 @@ impl<'a> Engine<'a> {
                 attained += w.gpu.total_gpus() * end.since(s).as_secs_f64();
             }
             lost_gpu_s += job.lost_gpu_s;
+            let gh = attained / 3600.0;
+            if gh > 0.0 {
+                let model = job
+                    .gpu_model
+                    .map_or_else(|| "none".to_string(), |m| self.fleet.gpu_model(m).name.clone());
+                let e = use_by_model.entry((w.tenant.0, model)).or_insert((0.0, 0.0));
+                e.0 += gh;
+                if w.deferrable {
+                    e.1 += gh;
+                }
+            }
             records.push(JobRecord {
                 id: w.id,
                 tenant: w.tenant.0,
@@ -781,9 +881,26 @@ impl<'a> Engine<'a> {
                     let idle = vec![0.0; eq.len()];
                     self.energy_series.push((at(end), idle));
                 }
-                let gh: Vec<(u32, f64)> = tenants.iter().map(|t| (t.tenant, t.gpu_hours)).collect();
+                let (shared, span) = (&self.shared, self.span);
+                self.tenant_meter.flush(at(end));
+                let uses: Vec<TenantUse> = tenants
+                    .iter()
+                    .map(|t| TenantUse {
+                        tenant: t.tenant,
+                        gpu_hours: t.gpu_hours,
+                        by_model: use_by_model
+                            .range((t.tenant, String::new())..)
+                            .take_while(|((tenant, _), _)| *tenant == t.tenant)
+                            .map(|((_, model), &(gh, deferrable))| (model.clone(), gh, deferrable))
+                            .collect(),
+                    })
+                    .collect();
+                let drawn = TenantDraw {
+                    joules: &self.tenant_meter.joules,
+                    origin_s: self.tenant_meter.origin_s.unwrap_or_else(|| report_origin_s(shared, span)),
+                };
                 let mut summary =
-                    summarize(p, &self.energy_series, &gh).map_err(|e| SimError::Energy(e.to_string()))?;
+                    summarize(p, &self.energy_series, &uses, &drawn).map_err(|e| SimError::Energy(e.to_string()))?;
                 let span =
                     self.energy_series.last().map_or(0.0, |l| l.0) - self.energy_series.first().map_or(0.0, |f| f.0);
                 summary.peak_site_mw = self.peak_site_w / 1e6;
@@ -843,6 +960,18 @@ impl<'a> Engine<'a> {
             power: power_summary,
         })
     }
+}
+
+/// Where the report's hours start, seconds: the first submission, or the span's start if earlier.
+fn report_origin_s(shared: &[Arc<Workload>], span: Option<(SimTime, SimTime)>) -> f64 {
+    let first = shared.iter().map(|w| w.submit_time).min();
+    let origin = match (first, span) {
+        (Some(f), Some((start, _))) => f.min(start),
+        (Some(f), None) => f,
+        (None, Some((start, _))) => start,
+        (None, None) => SimTime::ZERO,
+    };
+    at(origin)
 }
 
 fn caps_of(guard: &Option<sched::power::PowerGuard>, sites: usize) -> Vec<f64> {

@@ -225,15 +225,38 @@ impl Meter {
     }
 }
 
-/// One tenant's share of the energy.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// One tenant's share of the energy: of each site's hour (its IT, facility and heat-pump energy,
+/// its cost and carbon, the heat it sold), the part its work's draw above idle is of the hour's IT
+/// energy. Idle power is no one's.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct TenantEnergy {
     pub tenant: u32,
     pub gpu_hours: f64,
-    /// Facility energy shared in proportion to GPU-hours held (idle power included).
+    /// `(GPU model, GPU-hours, of which deferrable)`, by the model of each job's last placement.
+    pub gpu_hours_by_model: Vec<(String, f64, f64)>,
+    pub it_mwh: f64,
     pub facility_mwh: f64,
+    /// Facility plus the heat pump's electricity.
+    pub site_mwh: f64,
+    /// The grid energy at each hour's price.
     pub energy_cost_eur: f64,
     pub co2_t: f64,
+    pub heat_exported_mwh: f64,
+    pub heat_revenue_eur: f64,
+}
+
+/// What a tenant held over a run, for [`summarize`].
+#[derive(Clone, Debug)]
+pub(crate) struct TenantUse {
+    pub tenant: u32,
+    pub gpu_hours: f64,
+    pub by_model: Vec<(String, f64, f64)>,
+}
+
+/// The tenants' DC energy by (tenant, site, hour since `origin_s`), joules.
+pub(crate) struct TenantDraw<'a> {
+    pub joules: &'a std::collections::BTreeMap<(u32, u32, u32), f64>,
+    pub origin_s: f64,
 }
 
 /// Energy, power and heat of a run (flattened into the JSON report).
@@ -281,12 +304,70 @@ pub struct PowerSummary {
     pub site_mw: Vec<(f64, f64)>,
 }
 
+/// Gives each tenant its part of each site-hour of `site_hours` (hour 0 starting at `t0_s`): its
+/// work's draw above idle at the wall over the site's IT energy of the hour, of the hour's IT,
+/// facility and heat-pump energy, cost, carbon and heat sold. Idle power is no one's, as the live
+/// meter counts it.
+fn share_among_tenants(
+    tenants: &[TenantUse],
+    drawn: &TenantDraw<'_>,
+    t0_s: f64,
+    site_hours: &[Vec<energy::SiteHour>],
+    wall_factor: &[f64],
+) -> Vec<TenantEnergy> {
+    use std::collections::BTreeMap;
+    // The meter's hours start at `origin_s`; the accounting's at `t0_s`. They are the same
+    // instant in practice; when not, a meter hour is split over the two it overlaps.
+    let offset_h = (drawn.origin_s - t0_s) / 3600.0;
+    let mut by_hour: BTreeMap<(u32, u32, usize), f64> = BTreeMap::new();
+    for (&(tenant, site, hour), &j) in drawn.joules {
+        let start = f64::from(hour) + offset_h;
+        let k = start.floor();
+        let first = (k + 1.0 - start).clamp(0.0, 1.0);
+        for (kk, part) in [(k, first), (k + 1.0, 1.0 - first)] {
+            if part > 0.0 && kk >= 0.0 {
+                *by_hour.entry((tenant, site, kk as usize)).or_insert(0.0) += j * part;
+            }
+        }
+    }
+    let mut rows: BTreeMap<u32, TenantEnergy> = tenants
+        .iter()
+        .map(|t| {
+            let row = TenantEnergy {
+                tenant: t.tenant,
+                gpu_hours: t.gpu_hours,
+                gpu_hours_by_model: t.by_model.clone(),
+                ..TenantEnergy::default()
+            };
+            (t.tenant, row)
+        })
+        .collect();
+    for (&(tenant, site, k), &dc_joules) in &by_hour {
+        let Some(h) = site_hours.get(site as usize).and_then(|s| s.get(k)) else { continue };
+        let wall_joules = dc_joules * wall_factor.get(site as usize).copied().unwrap_or(1.0);
+        if h.it_mwh <= 0.0 || wall_joules <= 0.0 {
+            continue;
+        }
+        let share = (wall_joules / (h.it_mwh * 3.6e9)).min(1.0);
+        let row = rows.entry(tenant).or_insert_with(|| TenantEnergy { tenant, ..TenantEnergy::default() });
+        row.it_mwh += h.it_mwh * share;
+        row.facility_mwh += h.facility_mwh * share;
+        row.site_mwh += h.site_mwh * share;
+        row.energy_cost_eur += h.energy_cost_eur * share;
+        row.co2_t += h.co2_t * share;
+        row.heat_exported_mwh += h.heat_exported_mwh * share;
+        row.heat_revenue_eur += h.heat_revenue_eur * share;
+    }
+    rows.into_values().collect()
+}
+
 /// Accounts `series` (`(t_s, equivalent allocation of each site)`) hour by hour, each site at
 /// its own load.
 pub(crate) fn summarize(
     opts: &PowerOptions,
     series: &[(f64, Vec<f64>)],
-    tenant_gpu_hours: &[(u32, f64)],
+    tenants: &[TenantUse],
+    drawn: &TenantDraw<'_>,
 ) -> Result<PowerSummary, energy::EnergyError> {
     let mut model = opts.model.clone();
     if let Some(caps) = &opts.cap_watts {
@@ -313,18 +394,8 @@ pub(crate) fn summarize(
     let first = points.first().map_or(0.0, |p| p.0);
     let start = opts.hour_of(first);
     let r = account_by_site(&model, &opts.temperature, &opts.grid, &by_site, start)?;
-    let total_gh: f64 = tenant_gpu_hours.iter().map(|t| t.1).sum();
-    let share = |gh: f64| if total_gh > 0.0 { gh / total_gh } else { 0.0 };
-    let tenant_energy = tenant_gpu_hours
-        .iter()
-        .map(|&(tenant, gh)| TenantEnergy {
-            tenant,
-            gpu_hours: gh,
-            facility_mwh: r.totals.facility_mwh * share(gh),
-            energy_cost_eur: r.totals.energy_cost_eur * share(gh),
-            co2_t: r.totals.co2_t * share(gh),
-        })
-        .collect();
+    let wall: Vec<f64> = (0..model.sites.len()).map(|s| model.site_wall_factor(SiteId(s as u32))).collect();
+    let tenant_energy = share_among_tenants(tenants, drawn, first, &r.site_hours, &wall);
     Ok(PowerSummary {
         cooling: r.cooling.clone(),
         start_hour: opts.start_hour,

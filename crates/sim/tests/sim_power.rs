@@ -295,3 +295,36 @@ fn dynamic_even_cap_on_one_small_node_holds() {
     assert_eq!(e.cap_violations, 0);
     assert_eq!(e.worst_case_violations, 0);
 }
+
+#[test]
+fn each_hour_of_energy_goes_to_the_tenants_that_drew_it() {
+    // Tenant 0: 8 GPUs for two hours from 0. Tenant 1: 8 GPUs for the first hour, then 16 GPUs
+    // in the fourth hour. The third hour nothing runs.
+    let f = fleet(4, 8, "H200");
+    let mut js = jobs(&[(0, 8, 7200), (0, 8, 3600), (3 * 3600, 16, 3600)]);
+    js[1].tenant = model::TenantId(1);
+    js[2].tenant = model::TenantId(1);
+    let r = run(f.clone(), &js, "fifo", options(&f, Cooling::Air, None, PowerMode::Admission));
+    let e = r.power.unwrap();
+    let hour = |k: usize| e.hourly[k].it_mw * e.hourly[k].hours;
+    assert_eq!(e.hourly.len(), 4, "{:?}", e.hourly);
+    let t = |id: u32| e.tenant_energy.iter().find(|x| x.tenant == id).unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1e-9);
+    // Every GPU draws alike here: tenant 1 held 24 GPU-hours to tenant 0's 16, so 1.5 times its
+    // energy; and both together are the run's IT energy less the idle draw of every hour (the
+    // third hour's, all idle, four times).
+    assert!(close(t(1).it_mwh / t(0).it_mwh, 1.5), "{} vs {}", t(1).it_mwh, t(0).it_mwh);
+    let idle = hour(2);
+    assert!(close(t(0).it_mwh + t(1).it_mwh, e.it_mwh - 4.0 * idle), "{} + {} vs {}", t(0).it_mwh, t(1).it_mwh, e.it_mwh);
+    for x in [t(0), t(1)] {
+        assert!(x.facility_mwh > x.it_mwh && x.energy_cost_eur > 0.0 && x.co2_t > 0.0);
+        assert!(x.heat_revenue_eur >= 0.0 && x.heat_exported_mwh >= 0.0);
+    }
+    assert!(t(0).co2_t + t(1).co2_t < e.co2_t && t(0).energy_cost_eur + t(1).energy_cost_eur < e.energy_cost_eur);
+    assert!(t(0).heat_revenue_eur + t(1).heat_revenue_eur <= e.heat_revenue_eur * (1.0 + 1e-9));
+    assert_eq!(t(0).gpu_hours_by_model, vec![("H200".to_string(), 16.0, 0.0)]);
+    assert_eq!(t(1).gpu_hours_by_model, vec![("H200".to_string(), 24.0, 0.0)]);
+    // The same run twice gives the same shares, bit for bit.
+    let again = run(f.clone(), &js, "fifo", options(&f, Cooling::Air, None, PowerMode::Admission));
+    assert_eq!(again.power.unwrap().tenant_energy, e.tenant_energy);
+}

@@ -973,6 +973,28 @@ impl Store {
         rows.iter().map(Self::job_of).collect()
     }
 
+    /// Jobs that finished (any end: done, failed, cancelled, expired) in `[since_ms, until_ms)`,
+    /// one tenant's or everyone's, oldest end first, at most `limit`.
+    pub async fn finished_jobs(
+        &self,
+        tenant_id: Option<i64>,
+        since_ms: i64,
+        until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Job>> {
+        let by_tenant = if tenant_id.is_some() { " AND tenant_id = $4" } else { "" };
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE finished_ms >= $1 AND finished_ms < $2{by_tenant} \
+             ORDER BY finished_ms, id LIMIT $3"
+        );
+        let mut q = sqlx::query(&sql).bind(since_ms).bind(until_ms).bind(limit.max(0));
+        if let Some(t) = tenant_id {
+            q = q.bind(t);
+        }
+        let rows = q.fetch_all(&self.reader).await?;
+        rows.iter().map(Self::job_of).collect()
+    }
+
     /// Every tenant's pending, scheduled, running and preempted (being stopped) jobs, and the
     /// cancelled ones whose run is not yet known to be gone (no `finished_ms`), oldest first:
     /// what the scheduler rebuilds its state from.

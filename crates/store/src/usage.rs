@@ -133,6 +133,28 @@ impl Store {
         rows.iter().map(run_of).collect()
     }
 
+    /// The runs of the jobs `ids`, by job and generation.
+    pub async fn runs_of_jobs(&self, ids: &[i64]) -> Result<Vec<JobRun>> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(500) {
+            let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {RUN_COLUMNS} FROM job_runs r JOIN jobs j ON j.id = r.job_id WHERE r.job_id IN ({}) \
+                 ORDER BY r.job_id, r.generation",
+                params.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(&self.reader).await? {
+                out.push(run_of(&r)?);
+            }
+        }
+        out.sort_by_key(|r| (r.job_id, r.generation));
+        Ok(out)
+    }
+
     /// Adds measured energy to runs, in one transaction. A run that is not there is skipped.
     pub async fn add_run_energy(&self, adds: &[RunEnergy]) -> Result<()> {
         if adds.is_empty() {

@@ -236,7 +236,8 @@ pub struct AuditArgs {
 pub struct UsageArgs {
     #[command(flatten)]
     pub conn: Conn,
-    /// Rows by `tenant`, `job`, `day`, `month`, `model` (GPU model) or `site`.
+    /// Rows by `tenant`, `job`, `day`, `month`, `model` (GPU model), `site`, or `site-month` (each
+    /// site's monthly report: energy, PUE, carbon, heat sold).
     #[arg(long, default_value = "tenant", value_parser = clap::builder::ValueParser::new(str::parse::<api::UsageBy>))]
     pub by: api::UsageBy,
     /// Window start: `2026-12-01`, `2026-12` (UTC), `7d` or `12h` ago, or Unix ms (default: 30 days
@@ -289,6 +290,12 @@ pub enum PricesAction {
         /// Share taken off a deferrable job's cost, 0 to 1.
         #[arg(long, default_value_t = 0.0)]
         deferrable_discount: f64,
+        /// Also charge each run's energy and the facility's at the hour's grid price (EUR only).
+        #[arg(long)]
+        energy_pass_through: bool,
+        /// Share of the heat revenue a run's energy earned taken off its cost, 0 to 1 (EUR only).
+        #[arg(long, default_value_t = 0.0)]
+        heat_credit_share: f64,
     },
 }
 
@@ -318,6 +325,31 @@ pub enum BudgetAction {
         #[arg(long, conflicts_with = "monthly")]
         remove: bool,
     },
+}
+
+/// `drome history --since 7d`: finished jobs, like `sacct`: how each ended, its exit code, when
+/// it was submitted, started and finished, how long it ran, its GPUs, energy and cost. A tenant
+/// sees its own; the admin sees all, or one tenant's with `--tenant`.
+#[derive(clap::Args, Debug)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Jobs that finished from then: `2026-12-01`, `2026-12`, `7d` or `12h` ago, or Unix ms
+    /// (default: 7 days before --until).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// ... up to then, as `--since` (default: now).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this tenant's (admin).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// At most this many (1 to 10,000).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: u32,
+    /// CSV on stdout.
+    #[arg(long, conflicts_with = "output")]
+    pub csv: bool,
 }
 
 /// `drome invoice --month 2026-11`: your invoice for a calendar month (UTC), by the price list in
@@ -1018,6 +1050,9 @@ pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
             "measured_share",
             "facility_kwh",
             "co2_kg",
+            "grid_cost_eur",
+            "heat_sold_kwh",
+            "heat_revenue_eur",
             "cost",
             "currency",
         ])?;
@@ -1035,6 +1070,9 @@ pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
                 format!("{:.4}", r.measured_share),
                 format!("{:.6}", r.facility_kwh),
                 format!("{:.6}", r.co2_kg),
+                format!("{:.4}", r.grid_cost_eur),
+                format!("{:.6}", r.heat_sold_kwh),
+                format!("{:.4}", r.heat_revenue_eur),
                 format!("{:.4}", r.cost),
                 report.currency.clone(),
             ])?;
@@ -1054,11 +1092,19 @@ pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
         "KWH ESTIMATED",
         "MEASURED",
         "FACILITY KWH",
+        "PUE",
         "CO2 KG",
+        "HEAT SOLD KWH",
         "COST",
     ]);
     for r in report.rows.iter().chain(std::iter::once(&report.total)) {
         let runs = if r.running > 0 { format!("{} ({} running)", r.runs, r.running) } else { r.runs.to_string() };
+        let it_kwh = r.energy_kwh_measured + r.energy_kwh_estimated;
+        let pue = if it_kwh > 0.0 && r.facility_kwh > 0.0 {
+            format!("{:.3}", (it_kwh + r.facility_kwh) / it_kwh)
+        } else {
+            "-".to_string()
+        };
         t.row([
             r.key.clone(),
             r.tenant.clone().unwrap_or_default(),
@@ -1070,11 +1116,102 @@ pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
             format!("{:.3}", r.energy_kwh_estimated),
             format!("{:.0}%", r.measured_share * 100.0),
             format!("{:.3}", r.facility_kwh),
+            pue,
             format!("{:.3}", r.co2_kg),
+            format!("{:.3} ({:.2} EUR)", r.heat_sold_kwh, r.heat_revenue_eur),
             format!("{:.2} {}", r.cost, report.currency),
         ]);
     }
     println!("{}", t.render());
+    Ok(())
+}
+
+pub fn history(args: HistoryArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.conn)?;
+    let now = now_ms();
+    let mut query = format!("/v1/history?limit={}", args.limit);
+    if let Some(s) = &args.since {
+        query.push_str(&format!("&since_ms={}", parse_when(s, now).context("--since")?));
+    }
+    if let Some(u) = &args.until {
+        query.push_str(&format!("&until_ms={}", parse_when(u, now).context("--until")?));
+    }
+    if let Some(t) = &args.tenant {
+        query.push_str(&format!("&tenant={t}"));
+    }
+    let h: api::History = runtime()?.block_on(client.get(&query))?;
+    if args.conn.output == Output::Json {
+        return print_json(&h);
+    }
+    if args.csv {
+        let mut out = csv::Writer::from_writer(std::io::stdout());
+        out.write_record([
+            "job_id",
+            "name",
+            "tenant",
+            "state",
+            "exit_code",
+            "submitted",
+            "started",
+            "finished",
+            "elapsed_s",
+            "runs",
+            "nodes",
+            "gpus",
+            "node_list",
+            "gpu_hours",
+            "energy_kwh",
+            "cost",
+            "currency",
+        ])?;
+        for r in &h.rows {
+            out.write_record([
+                r.job_id.to_string(),
+                r.name.clone(),
+                r.tenant.clone(),
+                r.state.as_str().to_string(),
+                r.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                fmt_time(r.submitted_ms),
+                r.started_ms.map(fmt_time).unwrap_or_default(),
+                fmt_time(r.finished_ms),
+                format!("{:.3}", r.elapsed_s),
+                r.runs.to_string(),
+                r.nodes.to_string(),
+                format!("{}", r.gpus),
+                r.node_list.join(","),
+                format!("{:.6}", r.gpu_hours),
+                format!("{:.6}", r.energy_kwh),
+                format!("{:.4}", r.cost),
+                h.currency.clone(),
+            ])?;
+        }
+        out.flush()?;
+        return Ok(());
+    }
+    let mut t = Table::new([
+        "JOB", "NAME", "TENANT", "STATE", "EXIT", "START", "END", "ELAPSED", "RUNS", "GPUS", "NODES", "KWH", "COST",
+    ]);
+    for r in &h.rows {
+        t.row([
+            r.job_id.to_string(),
+            r.name.clone(),
+            r.tenant.clone(),
+            r.state.as_str().to_string(),
+            r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            r.started_ms.map(fmt_time).unwrap_or_else(|| "-".into()),
+            fmt_time(r.finished_ms),
+            report::format::fmt_duration_s(r.elapsed_s),
+            r.runs.to_string(),
+            format!("{}", r.gpus),
+            if r.node_list.is_empty() { "-".into() } else { r.node_list.join(",") },
+            format!("{:.3}", r.energy_kwh),
+            format!("{:.2} {}", r.cost, h.currency),
+        ]);
+    }
+    println!("{}", t.render());
+    if h.truncated {
+        println!("(more jobs finished in the window: raise --limit, or start --since after the last one shown)");
+    }
     Ok(())
 }
 
@@ -1116,13 +1253,20 @@ pub fn invoice(args: InvoiceArgs) -> anyhow::Result<()> {
     };
     let mut lines = Vec::new();
     for r in usage.rows.iter().filter(|r| r.gpu_hours > 0.0) {
-        let price = prices.gpu_hour.get(&r.key).copied().unwrap_or(prices.gpu_hour_default);
+        let price = prices.gpu_hour_of(&r.key);
         lines.push(line(format!("{} GPUs", r.key), r.gpu_hours, "GPU-hour", price));
     }
     let t = &usage.total;
     lines.push(line("CPUs".into(), t.cpu_core_hours, "core-hour", prices.cpu_core_hour));
     lines.push(line("memory".into(), t.memory_gib_hours, "GiB-hour", prices.memory_gib_hour));
     lines.push(line("energy".into(), t.energy_kwh_measured + t.energy_kwh_estimated, "kWh", prices.energy_kwh));
+    if prices.energy_pass_through {
+        lines.push(line("energy and facility at the hour's grid price".into(), 1.0, "", t.grid_cost_eur));
+    }
+    if prices.heat_credit_share > 0.0 {
+        let credit = -t.heat_revenue_eur * prices.heat_credit_share;
+        lines.push(line(format!("heat credit ({:.1} kWh sold)", t.heat_sold_kwh), 1.0, "", credit));
+    }
     let listed: f64 = lines.iter().map(|l| l.amount).sum();
     if (listed - t.cost).abs() > 1e-9 {
         lines.push(line("deferrable jobs' discount".into(), 1.0, "", t.cost - listed));
@@ -1182,6 +1326,8 @@ pub fn prices(args: PricesArgs) -> anyhow::Result<()> {
             memory_gib_hour,
             energy_kwh,
             deferrable_discount,
+            energy_pass_through,
+            heat_credit_share,
         }) => {
             let mut by_model = BTreeMap::new();
             for item in &gpu_hour {
@@ -1198,6 +1344,8 @@ pub fn prices(args: PricesArgs) -> anyhow::Result<()> {
                 memory_gib_hour,
                 energy_kwh,
                 deferrable_discount,
+                energy_pass_through,
+                heat_credit_share,
             };
             rt.block_on(client.put("/v1/prices", &body))?
         }
@@ -1215,6 +1363,9 @@ pub fn prices(args: PricesArgs) -> anyhow::Result<()> {
     t.row(["memory GiB-hour".to_string(), format!("{:.4} {c}", prices.memory_gib_hour)]);
     t.row(["energy kWh".to_string(), format!("{:.4} {c}", prices.energy_kwh)]);
     t.row(["deferrable discount".to_string(), format!("{:.0}%", prices.deferrable_discount * 100.0)]);
+    let pass = if prices.energy_pass_through { "charged at the hour's grid price" } else { "no" };
+    t.row(["energy pass-through".to_string(), pass.to_string()]);
+    t.row(["heat credit".to_string(), format!("{:.0}% of the heat revenue", prices.heat_credit_share * 100.0)]);
     println!("{}", t.render());
     Ok(())
 }

@@ -136,6 +136,12 @@ pub struct SimArgs {
     /// With --dispatch: this share of tenants (drawn by --seed) is bound to its home site's region.
     #[arg(long, default_value_t = 0.0)]
     pub bound_share: f64,
+    /// A price list (JSON, as `drome prices --output json` prints it and `PUT /v1/prices` takes
+    /// it): each tenant's bill for the replay, by the live server's
+    /// rules (GPU-hours by model, energy per kWh, the grid's cost passed through, the heat credit,
+    /// the deferrable discount on GPU-hours). Turns on power accounting.
+    #[arg(long)]
+    pub prices: Option<PathBuf>,
 }
 
 /// The policy `name`, with `--quota`'s shares when it is the quota policy.
@@ -405,6 +411,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         || args.power_cap_frac.is_some()
         || args.defer_for.is_some()
         || args.price_cap.is_some()
+        || args.prices.is_some()
         || args.deferrable_share.is_some();
     if args.compare_cooling.is_some() && policies.len() > 1 {
         anyhow::bail!("--compare-cooling takes one --policy");
@@ -451,6 +458,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         }
     }
     let load = sim::offered_load(&trace.workloads, fleet.total_gpus());
+    let prices = args.prices.as_deref().map(read_prices).transpose()?;
     match args.output {
         Output::Json => {
             let mut runs = Vec::with_capacity(reports.len());
@@ -459,7 +467,19 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                 if let Some(obj) = value.as_object_mut() {
                     obj.insert("trace".into(), args.trace.display().to_string().into());
                     obj.insert("offered_load".into(), load.into());
-                    if let Some(rows) = obj.get_mut("tenants").and_then(|t| t.as_array_mut()) {
+                    if let (Some(prices), Some(rows)) =
+                        (&prices, obj.get_mut("tenant_energy").and_then(|t| t.as_array_mut()))
+                    {
+                        let bills = r.power.as_ref().map(|p| p.tenant_energy.as_slice()).unwrap_or_default();
+                        for (row, te) in rows.iter_mut().zip(bills) {
+                            if let Some(o) = row.as_object_mut() {
+                                o.insert("cost".into(), tenant_cost(prices, te).into());
+                                o.insert("currency".into(), prices.currency.clone().into());
+                            }
+                        }
+                    }
+                    for key in ["tenants", "tenant_energy"] {
+                        let Some(rows) = obj.get_mut(key).and_then(|t| t.as_array_mut()) else { continue };
                         for row in rows {
                             let name = row
                                 .get("tenant")
@@ -483,6 +503,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             }
             if !compare {
                 print_tenants(&reports[0], &trace.tenants);
+                if let Some(p) = &reports[0].power {
+                    print_bills(p, &trace.tenants, prices.as_ref());
+                }
             }
             Ok(())
         }
@@ -556,6 +579,93 @@ fn print_tenants(r: &SimReport, names: &[String]) {
     }
     println!("{}", t.render());
     println!("Jain's fairness over tenants' mean slowdown: {:.3}", r.jain_fairness);
+}
+
+/// The price list of `--prices` (JSON).
+fn read_prices(path: &Path) -> anyhow::Result<api::Prices> {
+    let text = read_text(path)?;
+    let prices: api::Prices = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let figures = [
+        ("gpu_hour_default", prices.gpu_hour_default),
+        ("energy_kwh", prices.energy_kwh),
+        ("deferrable_discount", prices.deferrable_discount),
+        ("heat_credit_share", prices.heat_credit_share),
+    ];
+    for (field, v) in figures.into_iter().chain(prices.gpu_hour.iter().map(|(m, v)| (m.as_str(), *v))) {
+        if !(v.is_finite() && v >= 0.0) {
+            anyhow::bail!("{}: {field} must be a non-negative number, got {v}", path.display());
+        }
+    }
+    for (field, v) in [("deferrable_discount", prices.deferrable_discount), ("heat_credit_share", prices.heat_credit_share)] {
+        if v > 1.0 {
+            anyhow::bail!("{}: {field} is a share from 0 to 1, got {v}", path.display());
+        }
+    }
+    Ok(prices)
+}
+
+/// A tenant's bill for a replay, by the live server's rules: its GPU-hours by model (deferrable
+/// ones at the discount), its IT energy per kWh, the grid's cost of its hours when passed through,
+/// less its share of the heat revenue; never below zero.
+pub(super) fn tenant_cost(prices: &api::Prices, t: &sim::TenantEnergy) -> f64 {
+    let gpus: f64 = t
+        .gpu_hours_by_model
+        .iter()
+        .map(|(model, gh, deferrable)| prices.gpu_hour_of(model) * (gh - deferrable * prices.deferrable_discount))
+        .sum();
+    let mut cost = gpus + t.it_mwh * 1000.0 * prices.energy_kwh;
+    if prices.energy_pass_through {
+        cost += t.energy_cost_eur;
+    }
+    (cost - t.heat_revenue_eur * prices.heat_credit_share).max(0.0)
+}
+
+/// Each tenant's share of the replay's energy, carbon and heat, and its bill under `prices`.
+fn print_bills(p: &sim::PowerSummary, names: &[String], prices: Option<&api::Prices>) {
+    let tty = report::table::stdout_is_tty();
+    let mut head = vec![
+        "tenant",
+        "GPU-hours",
+        "IT MWh",
+        "facility MWh",
+        "grid EUR",
+        "CO2 t",
+        "heat sold MWh",
+        "heat EUR",
+    ];
+    let currency = prices.map(|p| format!("cost {}", p.currency));
+    if let Some(c) = &currency {
+        head.push(c);
+    }
+    let mut t = Table::new(head).utf8(tty);
+    let (mut it, mut total_cost) = (0.0, 0.0);
+    for row in &p.tenant_energy {
+        it += row.it_mwh;
+        let mut cells = vec![
+            names.get(row.tenant as usize).cloned().unwrap_or_else(|| row.tenant.to_string()),
+            format!("{:.0}", row.gpu_hours),
+            format!("{:.1}", row.it_mwh),
+            format!("{:.1}", row.facility_mwh),
+            format!("{:.0}", row.energy_cost_eur),
+            format!("{:.2}", row.co2_t),
+            format!("{:.1}", row.heat_exported_mwh),
+            format!("{:.0}", row.heat_revenue_eur),
+        ];
+        if let Some(prices) = prices {
+            let cost = tenant_cost(prices, row);
+            total_cost += cost;
+            cells.push(format!("{cost:.0}"));
+        }
+        t.row(cells);
+    }
+    println!("{}", t.render());
+    println!(
+        "a tenant's part of each site-hour (energy, cost, carbon, heat sold) is its work's draw above idle over the hour's IT energy; idle draw ({:.1} MWh of IT energy) is no one's",
+        (p.it_mwh - it).max(0.0)
+    );
+    if let Some(prices) = prices {
+        println!("billed: {total_cost:.0} {} in all", prices.currency);
+    }
 }
 
 fn write_compare_csv(path: &Path, reports: &[SimReport]) -> anyhow::Result<()> {
