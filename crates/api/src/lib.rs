@@ -1191,6 +1191,10 @@ pub struct Budget {
     pub spent: f64,
     /// What its waiting and running jobs may still cost at most (their `max_runtime_s`).
     pub held: f64,
+    /// Once this month's spending reaches the budget, its running and waiting jobs are
+    /// cancelled (the admin's choice; otherwise only new submissions are refused).
+    #[serde(default)]
+    pub stop_running: bool,
 }
 
 /// Sets a tenant's monthly budget (`PUT /v1/tenants/{name}/budget`); absent removes it.
@@ -1199,6 +1203,10 @@ pub struct Budget {
 pub struct BudgetUpdate {
     #[serde(default)]
     pub monthly: Option<f64>,
+    /// Cancel the tenant's running and waiting jobs once the month's spending reaches the
+    /// budget (default: running work goes on, new submissions are refused).
+    #[serde(default)]
+    pub stop_running: bool,
 }
 
 /// A usage report: `GET /v1/usage`.

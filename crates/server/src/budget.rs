@@ -1,7 +1,8 @@
 //! Monthly budgets: a tenant with one may hold no more than it in a calendar month (UTC). A
 //! submission is refused when what the tenant spent this month, what its waiting and running
-//! jobs may still cost, and what the new job may cost at most would pass it; work already
-//! running is never stopped for it.
+//! jobs may still cost, and what the new job may cost at most would pass it. Work already
+//! running goes on, unless the admin chose `stop_running`: then the leader cancels a tenant's
+//! jobs once its month's spending reaches the budget (checked every [`ENFORCE_EVERY`]).
 //!
 //! A job's most is known only when it bounds its runtime, so a tenant with a budget gives
 //! `max_runtime_s`. The check and the write of the new job are one step per tenant (a lock), so
@@ -62,11 +63,97 @@ impl BudgetLocks {
     }
 }
 
+/// A budget as the settings table holds it: a bare amount (as first written), or JSON.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, Deserialize)]
+struct Stored {
+    monthly: f64,
+    #[serde(default)]
+    stop_running: bool,
+}
+
+fn parse_stored(text: &str) -> Option<Stored> {
+    match text.trim().parse::<f64>() {
+        Ok(monthly) => Some(Stored { monthly, stop_running: false }),
+        Err(_) => serde_json::from_str(text).ok(),
+    }
+}
+
 /// A tenant's budget as the store holds it now.
-async fn monthly_budget(st: &AppState, tenant_id: i64) -> Result<Option<f64>, ApiError> {
-    let budget = st.store.setting(&key(tenant_id)).await?.and_then(|v| v.parse::<f64>().ok());
-    st.budget_locks.remember(tenant_id, budget);
+async fn stored_budget(st: &AppState, tenant_id: i64) -> Result<Option<Stored>, ApiError> {
+    let budget = st.store.setting(&key(tenant_id)).await?.as_deref().and_then(parse_stored);
+    st.budget_locks.remember(tenant_id, budget.map(|b| b.monthly));
     Ok(budget)
+}
+
+async fn monthly_budget(st: &AppState, tenant_id: i64) -> Result<Option<f64>, ApiError> {
+    Ok(stored_budget(st, tenant_id).await?.map(|b| b.monthly))
+}
+
+/// How often the leader looks for tenants past a budget that stops running work.
+pub(crate) const ENFORCE_EVERY: Duration = Duration::from_secs(10);
+
+/// The leader's loop that cancels the jobs of tenants whose month's spending reached a budget
+/// set with `stop_running`. Idempotent: a tenant past its budget has nothing left to cancel.
+pub(crate) async fn enforce_loop(st: AppState, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = enforce(&st).await {
+            tracing::warn!(error = %e, "budgets not enforced this round");
+        }
+    }
+}
+
+async fn enforce(st: &AppState) -> Result<(), ApiError> {
+    let budgets = st.store.settings_with_prefix(BUDGET_PREFIX).await?;
+    let stopping: Vec<(i64, Stored)> = budgets
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(BUDGET_PREFIX)?.parse::<i64>().ok()?, parse_stored(v)?)))
+        .filter(|(_, b)| b.stop_running)
+        .collect();
+    if stopping.is_empty() {
+        return Ok(());
+    }
+    let prices = crate::usage::prices_in_force(st).await?;
+    for (tenant_id, budget) in stopping {
+        let active = st.store.active_jobs_of(tenant_id).await?;
+        if active.is_empty() {
+            continue;
+        }
+        let s = standing(st, tenant_id, &prices).await?;
+        if s.spent + 1e-6 < budget.monthly {
+            continue;
+        }
+        let message = format!(
+            "cancelled: the tenant's budget of {:.2} {} for {} is spent ({:.2})",
+            budget.monthly, prices.currency, s.month, s.spent
+        );
+        let mut steps = Vec::with_capacity(active.len() * 2);
+        for job in &active {
+            let cancel = |from: Vec<store::JobState>, finished: bool| store::Transition {
+                job_id: job.id,
+                from,
+                to: store::JobState::Cancelled,
+                change: store::Change { finished, message: Some(message.clone()), ..Default::default() },
+            };
+            steps.push(cancel(vec![store::JobState::Assigned, store::JobState::Preempted], false));
+            steps.push(cancel(vec![store::JobState::Pending, store::JobState::Scheduled], true));
+        }
+        let done = st.store.transitions(&steps, crate::now_ms()).await?;
+        let mut cancelled = 0;
+        for (job, pair) in active.iter().zip(done.chunks(2)) {
+            if pair.contains(&true) {
+                cancelled += 1;
+                st.tell_scheduler(crate::scheduler::SchedEvent::Cancelled(job.id));
+            }
+        }
+        if cancelled > 0 {
+            st.job_changed();
+            tracing::info!(tenant_id, jobs = cancelled, spent = s.spent, budget = budget.monthly, "budget spent: jobs cancelled");
+        }
+    }
+    Ok(())
 }
 
 /// The most `job` may cost: its GPUs at the dearest price it may pay (its model's, or the
@@ -86,7 +173,9 @@ fn most_cost(st: &AppState, job: &store::NewJob, prices: &api::Prices) -> Option
         .filter(|m| named.is_none_or(|n| n.eq_ignore_ascii_case(&m.name)))
         .map(|m| m.board_power_watts)
         .fold(0.0, f64::max);
-    let cost = gpus * hours * (gpu_price + board_watts / 1000.0 * prices.energy_kwh)
+    // Energy passed through at the dearest hour's price, facility included.
+    let passed = if prices.energy_pass_through { st.site_years.dearest_it_kwh_eur } else { 0.0 };
+    let cost = gpus * hours * (gpu_price + board_watts / 1000.0 * (prices.energy_kwh + passed))
         + (job.cpu_milli * job.nodes) as f64 / 1000.0 * hours * prices.cpu_core_hour
         + (job.memory_mib * job.nodes) as f64 / 1024.0 * hours * prices.memory_gib_hour;
     Some(if job.deferrable { cost * (1.0 - prices.deferrable_discount) } else { cost })
@@ -186,11 +275,12 @@ pub(crate) async fn get_budget(
 
 async fn budget_of(st: &AppState, tenant: &store::Tenant) -> Result<api::Budget, ApiError> {
     let prices = crate::usage::prices_in_force(st).await?;
-    let monthly = monthly_budget(st, tenant.id).await?;
+    let stored = stored_budget(st, tenant.id).await?;
     let s = standing(st, tenant.id, &prices).await?;
     Ok(api::Budget {
         tenant: tenant.name.clone(),
-        monthly,
+        monthly: stored.map(|b| b.monthly),
+        stop_running: stored.is_some_and(|b| b.stop_running),
         currency: prices.currency,
         month: s.month,
         spent: s.spent,
@@ -212,9 +302,14 @@ pub(crate) async fn set_budget(
     }
     let tenant =
         st.store.tenant_by_name(&name).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?;
-    let store = crate::routes::audited(&st, "budget.set", &name, serde_json::json!({"monthly": body.monthly}));
+    let detail = serde_json::json!({"monthly": body.monthly, "stop_running": body.stop_running});
+    let store = crate::routes::audited(&st, "budget.set", &name, detail);
     match body.monthly {
-        Some(b) => store.set_setting(&key(tenant.id), &b.to_string()).await?,
+        Some(b) => {
+            let stored = Stored { monthly: b, stop_running: body.stop_running };
+            let text = serde_json::to_string(&stored).map_err(|e| ApiError::Internal(e.to_string()))?;
+            store.set_setting(&key(tenant.id), &text).await?
+        }
         None => {
             store.delete_setting(&key(tenant.id)).await?;
         }

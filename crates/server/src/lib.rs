@@ -107,6 +107,8 @@ pub struct Config {
     /// How long ended jobs' state changes and spent join tokens are kept (`None`: for good).
     pub keep_events: Option<Duration>,
     pub keep_spent_tokens: Option<Duration>,
+    /// How often the leader cancels the work of tenants past a budget that stops running work.
+    pub budget_every: Duration,
 }
 
 impl Config {
@@ -133,6 +135,7 @@ impl Config {
             tenant_limits: limits::TenantLimits::unlimited(),
             keep_events: None,
             keep_spent_tokens: None,
+            budget_every: budget::ENFORCE_EVERY,
         }
     }
 }
@@ -279,11 +282,13 @@ struct LeaderTasks {
     leases: Option<tokio::task::JoinHandle<()>>,
     announcer: Option<tokio::task::JoinHandle<()>>,
     meter: Option<tokio::task::JoinHandle<()>>,
+    budgets: tokio::task::JoinHandle<()>,
 }
 
 impl LeaderTasks {
     fn abort(&self) {
         self.scheduler.abort();
+        self.budgets.abort();
         for t in [&self.leases, &self.announcer, &self.meter].into_iter().flatten() {
             t.abort();
         }
@@ -367,6 +372,7 @@ struct LeaderConfig {
     power_mode: sched::power::PowerMode,
     deferral: Option<sched::defer::DeferralGate>,
     gpu_cap_by_hour: Option<Vec<f64>>,
+    budget_every: Duration,
 }
 
 /// The router every request goes through: the standby's until the replica leads, the leader's
@@ -452,6 +458,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         power_mode: config.power_mode,
         deferral: config.deferral,
         gpu_cap_by_hour: config.gpu_cap_by_hour,
+        budget_every: config.budget_every,
     };
     let lease = config.leader_lease;
     let leading: Arc<Mutex<Option<LeaderTasks>>> = Arc::default();
@@ -694,7 +701,8 @@ async fn lead(
     let announcer = (store.backend() == store::Backend::Postgres)
         .then(|| tokio::spawn(replicas::announce_changes(store.clone(), state.events.subscribe())));
     let scheduler = tokio::spawn(scheduler.run());
-    Ok((state, LeaderTasks { scheduler, leases, announcer, meter }, generated))
+    let budgets = tokio::spawn(budget::enforce_loop(state.clone(), config.budget_every));
+    Ok((state, LeaderTasks { scheduler, leases, announcer, meter, budgets }, generated))
 }
 
 /// Unix milliseconds at which the UTC year holding `ms` began (0 for times before 1970).
@@ -729,6 +737,9 @@ pub(crate) struct SiteYears {
     temperature: Vec<Option<energy::TemperatureYear>>,
     /// The fleet's power model: what a site's facility adds to its IT draw.
     energy: energy::EnergyModel,
+    /// The most an IT kWh costs the site at any hour of the year at any site (its facility
+    /// included, at the grid's price), EUR: what a budget holds for energy passed through.
+    pub(crate) dearest_it_kwh_eur: f64,
 }
 
 impl SiteYears {
@@ -748,7 +759,14 @@ impl SiteYears {
             })
             .collect();
         let energy = energy::EnergyModel::new(fleet, None, &energy::HeatOptions::default());
-        SiteYears { grid, temperature, energy }
+        let mut years = SiteYears { grid, temperature, energy, dearest_it_kwh_eur: 0.0 };
+        let dearest = (0..fleet.sites.len())
+            .flat_map(|i| (0..energy::HOURS_PER_YEAR).map(move |h| (i, h)))
+            .filter_map(|(i, h)| years.hour_figures(i, h))
+            .map(|f| f.marginal_pue.max(1.0) * f.price_eur_per_mwh / 1000.0)
+            .fold(0.0, f64::max);
+        years.dearest_it_kwh_eur = dearest;
+        years
     }
 
     /// What the energy of a run at the fleet's site `index` brings at `hour_of_year`: the

@@ -2,7 +2,8 @@
 //! submissions, exactly those that fit the budget are taken (each job's most: its runtime bound
 //! at the price list); the others are refused with the budget, what was spent and held, and the
 //! job's most; a job without a runtime bound is refused by that field; another tenant is not
-//! held back; lowering the budget stops no work; only the admin sets one.
+//! held back; lowering the budget stops no work unless the admin asked for it; only the admin
+//! sets one.
 
 mod common;
 
@@ -67,6 +68,25 @@ async fn concurrent_submissions_never_pass_the_budget(db: Db) {
     let (_, jobs) = s.call(Method::GET, "/v1/jobs", Some(&lab), None).await;
     let active = jobs["jobs"].as_array().unwrap().iter().filter(|j| j["state"] != "cancelled").count();
     assert_eq!(active, 6, "{jobs}");
+    // The admin's choice: past the budget, running and waiting work is cancelled too (a job
+    // of 10 EUR an hour spends 0.001 EUR in under a second); another tenant's goes on.
+    let stop = json!({"monthly": 0.001, "stop_running": true});
+    let (status, v) = s.call(Method::PUT, "/v1/tenants/lab/budget", Some(ADMIN), Some(stop)).await;
+    assert_eq!((status, v["stop_running"].as_bool()), (StatusCode::OK, Some(true)), "{v}");
+    let t0 = std::time::Instant::now();
+    loop {
+        let (_, jobs) = s.call(Method::GET, "/v1/jobs", Some(&lab), None).await;
+        let jobs = jobs["jobs"].as_array().unwrap().clone();
+        if jobs.iter().all(|j| j["state"] == "cancelled") {
+            let spent = jobs.iter().find(|j| j["message"].as_str().is_some_and(|m| m.contains("budget")));
+            assert!(spent.is_some(), "cancelled for the budget: {jobs:?}");
+            break;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(20), "never stopped: {jobs:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (_, others) = s.call(Method::GET, "/v1/jobs", Some(&other), None).await;
+    assert!(others["jobs"].as_array().unwrap().iter().all(|j| j["state"] != "cancelled"), "{others}");
     // Removed: taken again.
     let (status, v) = s.call(Method::PUT, "/v1/tenants/lab/budget", Some(ADMIN), Some(json!({}))).await;
     assert_eq!((status, v.get("monthly")), (StatusCode::OK, None), "{v}");

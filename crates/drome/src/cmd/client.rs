@@ -301,7 +301,7 @@ pub enum PricesAction {
 
 /// `drome budget` shows your monthly budget; `drome budget --tenant lab` a tenant's (admin);
 /// `drome budget set lab --monthly 5000` sets it, `--remove` takes it away (admin). Past it, new
-/// submissions are refused; running work goes on.
+/// submissions are refused; running work goes on, unless it was set with `--stop-running`.
 #[derive(clap::Args, Debug)]
 pub struct BudgetArgs {
     #[command(flatten)]
@@ -324,6 +324,10 @@ pub enum BudgetAction {
         /// No budget: its submissions are never refused for cost.
         #[arg(long, conflicts_with = "monthly")]
         remove: bool,
+        /// Once the month's spending reaches the budget, cancel the tenant's running and waiting
+        /// jobs too (default: they go on; only new submissions are refused).
+        #[arg(long, conflicts_with = "remove")]
+        stop_running: bool,
     },
 }
 
@@ -1374,8 +1378,8 @@ pub fn budget(args: BudgetArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
     let rt = runtime()?;
     let b: api::Budget = match args.action {
-        Some(BudgetAction::Set { tenant, monthly, remove }) => {
-            let body = api::BudgetUpdate { monthly: if remove { None } else { monthly } };
+        Some(BudgetAction::Set { tenant, monthly, remove, stop_running }) => {
+            let body = api::BudgetUpdate { monthly: if remove { None } else { monthly }, stop_running };
             rt.block_on(client.put(&format!("/v1/tenants/{tenant}/budget"), &body))?
         }
         None => match &args.tenant {
@@ -1387,7 +1391,11 @@ pub fn budget(args: BudgetArgs) -> anyhow::Result<()> {
         return print_json(&b);
     }
     let c = &b.currency;
-    let limit = b.monthly.map_or_else(|| "none".to_string(), |m| format!("{m:.2} {c}"));
+    let limit = match b.monthly {
+        None => "none".to_string(),
+        Some(m) if b.stop_running => format!("{m:.2} {c} (stops running work)"),
+        Some(m) => format!("{m:.2} {c}"),
+    };
     let mut t = Table::new(["TENANT", "MONTH", "BUDGET", "SPENT", "HELD", "LEFT"]);
     let left = b.monthly.map_or_else(|| "-".to_string(), |m| format!("{:.2} {c}", m - b.spent - b.held));
     t.row([

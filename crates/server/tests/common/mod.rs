@@ -74,6 +74,7 @@ impl TestServer {
     /// A server on `fleet` with its configuration changed by `tune` first.
     pub async fn start_tuned(place: &Place, fleet: model::Fleet, tune: impl FnOnce(&mut server::Config)) -> TestServer {
         let mut config = server::Config::new(place.url.clone(), "127.0.0.1:0".parse().unwrap(), fleet);
+        config.budget_every = std::time::Duration::from_millis(200);
         config.admin_token = Some(ADMIN.into());
         config.tick = Duration::from_millis(50);
         tune(&mut config);
