@@ -3,9 +3,9 @@
 #![allow(dead_code)]
 
 use crate::{
-    AgentJoin, AgentJoined, AuditEntry, Budget, BudgetUpdate, ClusterStatus, Drain, History, ErrorBody, Event, FederationLease,
-    FederationLeaseState, GpuPowerCap, Health, Heartbeat, HeartbeatBatch, HeartbeatBatchReply, HeartbeatReply, Job,
-    JobList, JobLogs, JobSpec, JoinToken, JoinTokenInfo, LogChunk, NewJoinToken, NewTenant, Node, Prices, Quota,
+    AgentJoin, AgentJoined, AuditEntry, Budget, BudgetUpdate, ClusterStatus, Drain, ErrorBody, Event, FederationLease,
+    FederationLeaseState, GpuPowerCap, Health, Heartbeat, HeartbeatBatch, HeartbeatBatchReply, HeartbeatReply, History,
+    Job, JobList, JobLogs, JobSpec, JoinToken, JoinTokenInfo, LogChunk, NewJoinToken, NewTenant, Node, Prices, Quota,
     QuotaUpdate, Site, Tenant, TenantCreated, TokenRotation, UsageBy, UsageReport,
 };
 

@@ -221,7 +221,10 @@ async fn usage_follows_runs_on_real_agents_and_survives_kill_9() {
     let rows = history["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{history}");
     let h = rows.iter().find(|r| r["job_id"] == half).unwrap();
-    assert_eq!((h["state"].as_str(), h["exit_code"].as_i64(), h["runs"].as_u64()), (Some("succeeded"), Some(0), Some(1)));
+    assert_eq!(
+        (h["state"].as_str(), h["exit_code"].as_i64(), h["runs"].as_u64()),
+        (Some("succeeded"), Some(0), Some(1))
+    );
     assert_eq!(h["tenant"], "lab");
     assert!((h["elapsed_s"].as_f64().unwrap() - ran_ms as f64 / 1000.0).abs() < 1e-9, "{h}");
     assert_eq!(h["node_list"][0].as_str(), Some(node.as_str()));
@@ -230,10 +233,7 @@ async fn usage_follows_runs_on_real_agents_and_survives_kill_9() {
     let w = rows.iter().find(|r| r["job_id"] == whole).unwrap();
     assert_eq!((w["state"].as_str(), w["runs"].as_u64(), w["gpus"].as_f64()), (Some("cancelled"), Some(2), Some(8.0)));
     // A tenant's history holds its own jobs only.
-    let own = json_of(
-        http.get(format!("{base}/v1/history?since_ms={since}&until_ms={now}")).bearer_auth(&lab),
-    )
-    .await;
+    let own = json_of(http.get(format!("{base}/v1/history?since_ms={since}&until_ms={now}")).bearer_auth(&lab)).await;
     assert_eq!(own["rows"].as_array().unwrap().len(), 1, "{own}");
     assert_eq!(own["rows"][0]["job_id"], half);
     let bad = http.get(format!("{base}/v1/history?limit=0")).bearer_auth(&lab).send().await.unwrap();
@@ -244,8 +244,15 @@ async fn usage_follows_runs_on_real_agents_and_survives_kill_9() {
     let first = &sites["rows"][0];
     let key = first["key"].as_str().unwrap();
     let (y, m, _) = api::utc_date(since);
-    assert!(key.ends_with(&format!(" {y:04}-{m:02}")) || key.ends_with(&format!(" {:04}-{:02}", api::utc_date(now).0, api::utc_date(now).1)), "{sites}");
-    assert!(first["heat_sold_kwh"].as_f64().unwrap() >= 0.0 && first["grid_cost_eur"].as_f64().unwrap() > 0.0, "{sites}");
+    assert!(
+        key.ends_with(&format!(" {y:04}-{m:02}"))
+            || key.ends_with(&format!(" {:04}-{:02}", api::utc_date(now).0, api::utc_date(now).1)),
+        "{sites}"
+    );
+    assert!(
+        first["heat_sold_kwh"].as_f64().unwrap() >= 0.0 && first["grid_cost_eur"].as_f64().unwrap() > 0.0,
+        "{sites}"
+    );
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
 }

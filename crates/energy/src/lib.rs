@@ -30,8 +30,8 @@ mod rng;
 pub mod site_hour;
 
 pub use account::{
-    EnergyModel, EnergyReport, GuardFigures, GuardNode, HeatOptions, HourPoint, SiteEnergy, SiteHour, SitePower, Totals, account,
-    account_by_site, parse_allocation_csv, site_power_watts, worst_case_site_power_watts,
+    EnergyModel, EnergyReport, GuardFigures, GuardNode, HeatOptions, HourPoint, SiteEnergy, SiteHour, SitePower,
+    Totals, account, account_by_site, parse_allocation_csv, site_power_watts, worst_case_site_power_watts,
 };
 pub use climate::{HOURS_PER_YEAR, MonthlyNormals, TemperatureYear, VALENCE_NORMALS};
 pub use facility::{CoolingDesign, FacilityPower};

@@ -150,7 +150,13 @@ async fn enforce(st: &AppState) -> Result<(), ApiError> {
         }
         if cancelled > 0 {
             st.job_changed();
-            tracing::info!(tenant_id, jobs = cancelled, spent = s.spent, budget = budget.monthly, "budget spent: jobs cancelled");
+            tracing::info!(
+                tenant_id,
+                jobs = cancelled,
+                spent = s.spent,
+                budget = budget.monthly,
+                "budget spent: jobs cancelled"
+            );
         }
     }
     Ok(())

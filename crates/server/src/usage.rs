@@ -159,7 +159,8 @@ fn history_rows(
             let usage = per_job.get(&job.id);
             let finished = job.finished_ms.unwrap_or(job.submitted_ms);
             let elapsed_ms: i64 = mine.iter().map(|r| (r.ended_ms.unwrap_or(finished) - r.started_ms).max(0)).sum();
-            let last_placement = mine.last().and_then(|r| r.placement_json.as_deref()).or(job.placement_json.as_deref());
+            let last_placement =
+                mine.last().and_then(|r| r.placement_json.as_deref()).or(job.placement_json.as_deref());
             let node_list = last_placement
                 .and_then(|p| crate::convert::decode_members(p).ok())
                 .map(|ms| ms.into_iter().map(|m| m.node).collect())
@@ -277,7 +278,12 @@ pub(crate) fn cost_by_job(
 }
 
 /// Each job's usage row over `window`, by job id.
-fn job_rows(st: &AppState, runs: &[store::JobRun], window: Window, prices: &api::Prices) -> HashMap<i64, api::UsageRow> {
+fn job_rows(
+    st: &AppState,
+    runs: &[store::JobRun],
+    window: Window,
+    prices: &api::Prices,
+) -> HashMap<i64, api::UsageRow> {
     let model_of = |node: &str| node_facts(st, node);
     // The hours' figures only where the price list charges by them (they cost a lookup an hour).
     let by_hour = prices.energy_pass_through || prices.heat_credit_share > 0.0;
@@ -515,9 +521,8 @@ pub(crate) fn report(
                 pieces.push((site, whole));
             }
             api::UsageBy::Day | api::UsageBy::Month | api::UsageBy::SiteMonth => {
-                let site = (by == api::UsageBy::SiteMonth).then(|| {
-                    node.as_deref().and_then(&model_of).map_or_else(|| "unknown".to_string(), |f| f.site)
-                });
+                let site = (by == api::UsageBy::SiteMonth)
+                    .then(|| node.as_deref().and_then(&model_of).map_or_else(|| "unknown".to_string(), |f| f.site));
                 let mut at = start;
                 while at < end {
                     let (y, m, d) = api::utc_date(at);

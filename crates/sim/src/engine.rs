@@ -848,9 +848,7 @@ impl<'a> Engine<'a> {
             lost_gpu_s += job.lost_gpu_s;
             let gh = attained / 3600.0;
             if gh > 0.0 {
-                let model = job
-                    .gpu_model
-                    .map_or_else(|| "none".to_string(), |m| self.fleet.gpu_model(m).name.clone());
+                let model = job.gpu_model.map_or_else(|| "none".to_string(), |m| self.fleet.gpu_model(m).name.clone());
                 let e = use_by_model.entry((w.tenant.0, model)).or_insert((0.0, 0.0));
                 e.0 += gh;
                 if w.deferrable {

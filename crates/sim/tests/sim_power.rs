@@ -315,7 +315,13 @@ fn each_hour_of_energy_goes_to_the_tenants_that_drew_it() {
     // third hour's, all idle, four times).
     assert!(close(t(1).it_mwh / t(0).it_mwh, 1.5), "{} vs {}", t(1).it_mwh, t(0).it_mwh);
     let idle = hour(2);
-    assert!(close(t(0).it_mwh + t(1).it_mwh, e.it_mwh - 4.0 * idle), "{} + {} vs {}", t(0).it_mwh, t(1).it_mwh, e.it_mwh);
+    assert!(
+        close(t(0).it_mwh + t(1).it_mwh, e.it_mwh - 4.0 * idle),
+        "{} + {} vs {}",
+        t(0).it_mwh,
+        t(1).it_mwh,
+        e.it_mwh
+    );
     for x in [t(0), t(1)] {
         assert!(x.facility_mwh > x.it_mwh && x.energy_cost_eur > 0.0 && x.co2_t > 0.0);
         assert!(x.heat_revenue_eur >= 0.0 && x.heat_exported_mwh >= 0.0);

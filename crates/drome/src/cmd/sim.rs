@@ -596,7 +596,9 @@ fn read_prices(path: &Path) -> anyhow::Result<api::Prices> {
             anyhow::bail!("{}: {field} must be a non-negative number, got {v}", path.display());
         }
     }
-    for (field, v) in [("deferrable_discount", prices.deferrable_discount), ("heat_credit_share", prices.heat_credit_share)] {
+    for (field, v) in
+        [("deferrable_discount", prices.deferrable_discount), ("heat_credit_share", prices.heat_credit_share)]
+    {
         if v > 1.0 {
             anyhow::bail!("{}: {field} is a share from 0 to 1, got {v}", path.display());
         }
@@ -623,16 +625,8 @@ pub(super) fn tenant_cost(prices: &api::Prices, t: &sim::TenantEnergy) -> f64 {
 /// Each tenant's share of the replay's energy, carbon and heat, and its bill under `prices`.
 fn print_bills(p: &sim::PowerSummary, names: &[String], prices: Option<&api::Prices>) {
     let tty = report::table::stdout_is_tty();
-    let mut head = vec![
-        "tenant",
-        "GPU-hours",
-        "IT MWh",
-        "facility MWh",
-        "grid EUR",
-        "CO2 t",
-        "heat sold MWh",
-        "heat EUR",
-    ];
+    let mut head =
+        vec!["tenant", "GPU-hours", "IT MWh", "facility MWh", "grid EUR", "CO2 t", "heat sold MWh", "heat EUR"];
     let currency = prices.map(|p| format!("cost {}", p.currency));
     if let Some(c) = &currency {
         head.push(c);
