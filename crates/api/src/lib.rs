@@ -37,8 +37,8 @@ pub enum JobState {
     Succeeded,
     /// Ended with a non-zero exit code, or ran past its maximum runtime.
     Failed,
-    /// Cancelled by its tenant (a GPU instance released); it has its finish time once its
-    /// processes are gone.
+    /// Cancelled by its tenant (a GPU instance released), or for a spent budget set to stop
+    /// running work; it has its finish time once its processes are gone.
     Cancelled,
     /// Taken off its GPUs by the scheduler, its processes being stopped; it goes back to the
     /// queue once they are gone.
@@ -1101,7 +1101,8 @@ pub struct UsageRow {
     pub facility_kwh: f64,
     /// Its energy and the facility's, times the grid's carbon intensity hour by hour, kg CO2.
     pub co2_kg: f64,
-    /// Its energy and the facility's at each hour's grid price: what the site paid for it, EUR.
+    /// Its energy, the facility's and the heat pump's that sold its heat, at each hour's grid
+    /// price: what the site paid for it, EUR.
     #[serde(default)]
     pub grid_cost_eur: f64,
     /// Heat its energy brought to the site's heat network, hour by hour (the share the network
@@ -1140,8 +1141,8 @@ pub struct Prices {
     /// The share taken off a deferrable job's cost, 0 to 1.
     #[serde(default)]
     pub deferrable_discount: f64,
-    /// Also charge each run's energy and the facility's at the hour's grid price (the site's
-    /// cost passed through; the currency must be EUR, the grid's).
+    /// Also charge each run's energy, the facility's and the heat pump's at the hour's grid price
+    /// (the site's cost passed through, `grid_cost_eur`; the currency must be EUR, the grid's).
     #[serde(default)]
     pub energy_pass_through: bool,
     /// The share of the heat revenue a run's energy earned that is taken off its cost, 0 to 1
@@ -1229,7 +1230,7 @@ pub struct HistoryRow {
     pub job_id: i64,
     pub name: String,
     pub tenant: String,
-    /// How it ended: succeeded, failed, cancelled or expired.
+    /// How it ended: succeeded, failed or cancelled.
     pub state: JobState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
@@ -1265,7 +1266,8 @@ pub struct History {
     pub until_ms: i64,
     pub currency: String,
     pub rows: Vec<HistoryRow>,
-    /// More jobs finished in the window than `limit`: ask again from the last `finished_ms`.
+    /// More jobs finished in the window than `limit`: ask again with `since_ms` the last row's
+    /// `finished_ms` and `after_id` its `job_id`.
     pub truncated: bool,
 }
 

@@ -136,6 +136,7 @@ pub fn usage() {}
         ("until_ms" = Option<i64>, Query, description = "... up to then, Unix ms (now)"),
         ("tenant" = Option<String>, Query, description = "Only this tenant's (admin only)"),
         ("limit" = Option<i64>, Query, description = "At most this many, 1 to 10,000 (1,000)"),
+        ("after_id" = Option<i64>, Query, description = "Of the jobs that finished at `since_ms`, only those with a greater id (the next page)"),
     ),
     responses(
         (status = 200, description = "Finished jobs, oldest end first", body = History),
@@ -177,7 +178,8 @@ pub fn set_prices() {}
 pub fn get_budget() {}
 
 /// Sets or removes a tenant's monthly budget (admin only). Past it, the tenant's submissions are
-/// refused; its running work goes on.
+/// refused; its running work goes on, unless `stop_running`: then its running and waiting jobs
+/// are cancelled once the month's spending reaches the budget.
 #[utoipa::path(put, path = "/v1/tenants/{name}/budget", tag = "tenants", request_body = BudgetUpdate,
     params(("name" = String, Path, description = "Tenant name")),
     responses(

@@ -236,6 +236,19 @@ async fn usage_follows_runs_on_real_agents_and_survives_kill_9() {
     let own = json_of(http.get(format!("{base}/v1/history?since_ms={since}&until_ms={now}")).bearer_auth(&lab)).await;
     assert_eq!(own["rows"].as_array().unwrap().len(), 1, "{own}");
     assert_eq!(own["rows"][0]["job_id"], half);
+    // Paged one at a time: the first page says there is more, the next starts after it.
+    let page = |q: String| {
+        let http = http.clone();
+        let url = format!("{base}/v1/history?until_ms={now}&limit=1&{q}");
+        async move { json_of(http.get(url).bearer_auth(ADMIN)).await }
+    };
+    let first = page(format!("since_ms={since}")).await;
+    assert_eq!((first["rows"].as_array().unwrap().len(), first["truncated"].as_bool()), (1, Some(true)), "{first}");
+    let (at, id) = (first["rows"][0]["finished_ms"].as_i64().unwrap(), first["rows"][0]["job_id"].as_i64().unwrap());
+    let second = page(format!("since_ms={at}&after_id={id}")).await;
+    assert_eq!(second["rows"].as_array().unwrap().len(), 1, "{second}");
+    assert_ne!(second["rows"][0]["job_id"], first["rows"][0]["job_id"]);
+    assert_eq!(second["truncated"], false);
     let bad = http.get(format!("{base}/v1/history?limit=0")).bearer_auth(&lab).send().await.unwrap();
     assert_eq!(bad.status(), 422);
 

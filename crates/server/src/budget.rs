@@ -200,7 +200,12 @@ async fn standing(st: &AppState, tenant_id: i64, prices: &api::Prices) -> Result
     let since = api::utc_month_start_ms(y, m);
     let runs = st.store.job_runs(Some(tenant_id), since, now.max(since + 1)).await?;
     let window = crate::usage::Window { since_ms: since, until_ms: now.max(since + 1), now_ms: now };
-    let spent_by_job = crate::usage::cost_by_job(st, &runs, window, prices);
+    // Priced hour by hour (energy passed through, heat credited), a month of long runs adds up:
+    // off the async workers.
+    let (st2, prices2) = (st.clone(), prices.clone());
+    let spent_by_job = tokio::task::spawn_blocking(move || crate::usage::cost_by_job(&st2, &runs, window, &prices2))
+        .await
+        .map_err(|e| ApiError::Internal(format!("budget standing: {e}")))?;
     let spent = spent_by_job.values().sum();
     // What its active jobs may still cost: their most, less what their runs cost so far.
     let mut held = 0.0;
@@ -306,13 +311,18 @@ pub(crate) async fn set_budget(
     {
         return Err(ApiError::invalid("monthly", format!("an amount from 0 to {MAX_BUDGET}")));
     }
+    if body.stop_running && body.monthly.is_none() {
+        return Err(ApiError::invalid("stop_running", "stops work past a budget: give monthly too"));
+    }
     let tenant =
         st.store.tenant_by_name(&name).await?.ok_or_else(|| ApiError::NotFound(format!("no tenant '{name}'")))?;
     let detail = serde_json::json!({"monthly": body.monthly, "stop_running": body.stop_running});
     let store = crate::routes::audited(&st, "budget.set", &name, detail);
     match body.monthly {
+        // A bare amount unless it stops running work: what replicas of before read.
+        Some(b) if !body.stop_running => store.set_setting(&key(tenant.id), &b.to_string()).await?,
         Some(b) => {
-            let stored = Stored { monthly: b, stop_running: body.stop_running };
+            let stored = Stored { monthly: b, stop_running: true };
             let text = serde_json::to_string(&stored).map_err(|e| ApiError::Internal(e.to_string()))?;
             store.set_setting(&key(tenant.id), &text).await?
         }

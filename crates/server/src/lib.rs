@@ -788,6 +788,7 @@ impl SiteYears {
             marginal_pue: (p1 - p0) / it_watts,
             price_eur_per_mwh: grid.price_eur_per_mwh(hour_of_year),
             heat_sold_per_it: heat.map_or(0.0, |h| h.exported_watts / full_it.max(1.0)),
+            heat_pump_per_it: heat.map_or(0.0, |h| h.heat_pump_watts / full_it.max(1.0)),
             heat_price_eur_per_mwh: network.price_eur_per_mwh,
         })
     }

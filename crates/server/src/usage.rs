@@ -95,6 +95,7 @@ pub(crate) struct HistoryParams {
     until_ms: Option<i64>,
     tenant: Option<String>,
     limit: Option<i64>,
+    after_id: Option<i64>,
 }
 
 /// The history's window when `since_ms` is not given: 7 days before its end.
@@ -123,7 +124,8 @@ pub(crate) async fn history(
         return Err(ApiError::invalid("limit", format!("1 to {MAX_HISTORY_LIMIT}")));
     }
     let tenant_id = tenant_filter(&st, &caller, params.tenant.as_deref()).await?;
-    let mut jobs = st.store.finished_jobs(tenant_id, since, until, limit + 1).await?;
+    let after_id = params.after_id.unwrap_or(i64::MIN);
+    let mut jobs = st.store.finished_jobs(tenant_id, since, until, after_id, limit + 1).await?;
     let truncated = jobs.len() as i64 > limit;
     jobs.truncate(limit as usize);
     let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
@@ -376,7 +378,7 @@ impl Sums {
         if prices.energy_pass_through {
             cost += grid_eur;
         }
-        // The credit never takes a run's cost below zero.
+        // The credit never takes a piece's cost below zero.
         cost = (cost - heat_eur * prices.heat_credit_share).max(0.0);
         self.cost += if run.deferrable { cost * (1.0 - prices.deferrable_discount) } else { cost };
     }
@@ -421,8 +423,10 @@ pub(crate) struct HourFigures {
     pub marginal_pue: f64,
     /// The grid's price, EUR/MWh.
     pub price_eur_per_mwh: f64,
-    /// Heat sold to the site's network per unit of IT energy.
+    /// Heat sold to the site's network per unit of IT energy (the heat pump's work included).
     pub heat_sold_per_it: f64,
+    /// The heat pump's electricity per unit of IT energy: paid at the grid's price with the rest.
+    pub heat_pump_per_it: f64,
     /// What the network pays for heat, EUR/MWh.
     pub heat_price_eur_per_mwh: f64,
 }
@@ -479,7 +483,8 @@ pub(crate) fn report(
             if let Some(f) = figures {
                 sum.facility_kwh += weight * (f.marginal_pue - 1.0).max(0.0);
                 sum.co2_g += weight * f.marginal_pue.max(1.0) * f.co2_g_per_kwh;
-                sum.grid_eur += weight * f.marginal_pue.max(1.0) * f.price_eur_per_mwh / 1000.0;
+                // The site's grid energy: IT, facility and the heat pump that sells the heat.
+                sum.grid_eur += weight * (f.marginal_pue.max(1.0) + f.heat_pump_per_it) * f.price_eur_per_mwh / 1000.0;
                 sum.heat_kwh += weight * f.heat_sold_per_it;
                 sum.heat_eur += weight * f.heat_sold_per_it * f.heat_price_eur_per_mwh / 1000.0;
             }
@@ -817,6 +822,7 @@ mod tests {
                 marginal_pue: if even { 1.1 } else { 1.2 },
                 price_eur_per_mwh: if even { 50.0 } else { 150.0 },
                 heat_sold_per_it: if even { 0.5 } else { 0.0 },
+                heat_pump_per_it: if even { 0.1 } else { 0.0 },
                 heat_price_eur_per_mwh: 40.0,
             })
         };
@@ -831,7 +837,7 @@ mod tests {
         assert!((row.co2_kg - (11.2 * 1.1 * 100.0 + 11.2 * 1.2 * 300.0) / 1000.0).abs() < 1e-9, "{row:?}");
         assert!((r.total.co2_kg - row.co2_kg).abs() < 1e-12);
         // The grid's cost hour by hour, and heat sold in the even hour only.
-        assert!((row.grid_cost_eur - (11.2 * 1.1 * 0.05 + 11.2 * 1.2 * 0.15)).abs() < 1e-9, "{row:?}");
+        assert!((row.grid_cost_eur - (11.2 * 1.2 * 0.05 + 11.2 * 1.2 * 0.15)).abs() < 1e-9, "{row:?}");
         assert!((row.heat_sold_kwh - 5.6).abs() < 1e-9, "{row:?}");
         assert!((row.heat_revenue_eur - 5.6 * 0.04).abs() < 1e-9, "{row:?}");
         assert_eq!(row.cost, 0.0, "nothing is charged by an empty price list");

@@ -70,6 +70,9 @@ async fn concurrent_submissions_never_pass_the_budget(db: Db) {
     assert_eq!(active, 6, "{jobs}");
     // The admin's choice: past the budget, running and waiting work is cancelled too (a job
     // of 10 EUR an hour spends 0.001 EUR in under a second); another tenant's goes on.
+    let (status, v) =
+        s.call(Method::PUT, "/v1/tenants/lab/budget", Some(ADMIN), Some(json!({"stop_running": true}))).await;
+    assert_eq!((status, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("stop_running")));
     let stop = json!({"monthly": 0.001, "stop_running": true});
     let (status, v) = s.call(Method::PUT, "/v1/tenants/lab/budget", Some(ADMIN), Some(stop)).await;
     assert_eq!((status, v["stop_running"].as_bool()), (StatusCode::OK, Some(true)), "{v}");

@@ -262,7 +262,9 @@ impl TenantMeter {
     }
 }
 
-/// Adds `nw` held by `key` over `[from, to)` to its hours (counted from `origin`).
+/// Adds `nw` held by `key` over `[from, to)` to its hours (counted from `origin`). Times are taken
+/// relative to `origin` first, so that hour boundaries are whole multiples of an hour and an
+/// interval is never cut short by rounding at one.
 fn accrue(
     joules: &mut std::collections::BTreeMap<(u32, u32, u32), f64>,
     origin: f64,
@@ -271,16 +273,16 @@ fn accrue(
     from: f64,
     to: f64,
 ) {
-    let mut t = from.max(origin);
     if nw == 0 {
         return;
     }
-    while t < to {
-        let hour = ((t - origin) / 3600.0).floor().max(0.0);
-        let end = (origin + (hour + 1.0) * 3600.0).min(to);
-        if end <= t {
-            break;
+    let (mut t, end_rel) = ((from - origin).max(0.0), to - origin);
+    while t < end_rel {
+        let mut hour = (t / 3600.0).floor();
+        if (hour + 1.0) * 3600.0 <= t {
+            hour += 1.0;
         }
+        let end = ((hour + 1.0) * 3600.0).min(end_rel);
         *joules.entry((key.0, key.1, hour as u32)).or_insert(0.0) += nw as f64 / 1e9 * (end - t);
         t = end;
     }
@@ -978,4 +980,23 @@ fn caps_of(guard: &Option<sched::power::PowerGuard>, sites: usize) -> Vec<f64> {
 
 fn bug(policy: &dyn Policy, detail: String) -> SimError {
     SimError::PolicyBug { policy: policy.name().to_string(), detail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenants_draw_is_counted_whole_from_any_origin() {
+        // Origins with a fraction of a second put hour boundaries where rounding bites.
+        for origin in [0.0, 1234.567, 0.001, 98_765.4321, 3599.999] {
+            let mut joules = std::collections::BTreeMap::new();
+            let span = 100.0 * 3600.0 + 17.25;
+            accrue(&mut joules, origin, (1, 0), 2_000_000_000, origin + 0.5, origin + 0.5 + span);
+            let total: f64 = joules.values().sum();
+            assert!((total - 2.0 * span).abs() < 1e-6, "origin {origin}: {total} J of {}", 2.0 * span);
+            assert_eq!(joules.len(), 101, "origin {origin}");
+            assert!((joules[&(1, 0, 0)] - 2.0 * 3599.5).abs() < 1e-6);
+        }
+    }
 }

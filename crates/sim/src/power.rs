@@ -306,8 +306,9 @@ pub struct PowerSummary {
 
 /// Gives each tenant its part of each site-hour of `site_hours` (hour 0 starting at `t0_s`): its
 /// work's draw above idle at the wall over the site's IT energy of the hour, of the hour's IT,
-/// facility and heat-pump energy, cost, carbon and heat sold. Idle power is no one's, as the live
-/// meter counts it.
+/// facility and heat-pump energy, cost, carbon and heat sold. Idle draw, of held GPUs and hosts as
+/// of free ones, is no one's: the twin knows each job's draw above idle, where the live meter
+/// shares a node's whole reported draw among the runs holding its GPUs.
 fn share_among_tenants(
     tenants: &[TenantUse],
     drawn: &TenantDraw<'_>,

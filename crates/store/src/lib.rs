@@ -973,21 +973,23 @@ impl Store {
         rows.iter().map(Self::job_of).collect()
     }
 
-    /// Jobs that finished (any end: done, failed, cancelled, expired) in `[since_ms, until_ms)`,
-    /// one tenant's or everyone's, oldest end first, at most `limit`.
+    /// Jobs that finished (succeeded, failed or cancelled) in `[since_ms, until_ms)`, one
+    /// tenant's or everyone's, by end then id, at most `limit`; of those that finished at
+    /// `since_ms`, only the ones with an id above `after_id` (paging).
     pub async fn finished_jobs(
         &self,
         tenant_id: Option<i64>,
         since_ms: i64,
         until_ms: i64,
+        after_id: i64,
         limit: i64,
     ) -> Result<Vec<Job>> {
-        let by_tenant = if tenant_id.is_some() { " AND tenant_id = $4" } else { "" };
+        let by_tenant = if tenant_id.is_some() { " AND tenant_id = $5" } else { "" };
         let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE finished_ms >= $1 AND finished_ms < $2{by_tenant} \
-             ORDER BY finished_ms, id LIMIT $3"
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE finished_ms >= $1 AND finished_ms < $2 \
+             AND (finished_ms > $1 OR id > $3){by_tenant} ORDER BY finished_ms, id LIMIT $4"
         );
-        let mut q = sqlx::query(&sql).bind(since_ms).bind(until_ms).bind(limit.max(0));
+        let mut q = sqlx::query(&sql).bind(since_ms).bind(until_ms).bind(after_id).bind(limit.max(0));
         if let Some(t) = tenant_id {
             q = q.bind(t);
         }

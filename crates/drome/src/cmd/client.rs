@@ -351,6 +351,9 @@ pub struct HistoryArgs {
     /// At most this many (1 to 10,000).
     #[arg(long, default_value_t = 1000)]
     pub limit: u32,
+    /// Of the jobs that finished at --since (Unix ms), only those with a greater id: the next page.
+    #[arg(long)]
+    pub after_id: Option<i64>,
     /// CSV on stdout.
     #[arg(long, conflicts_with = "output")]
     pub csv: bool,
@@ -1134,6 +1137,9 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
     let now = now_ms();
     let mut query = format!("/v1/history?limit={}", args.limit);
+    if let Some(id) = args.after_id {
+        query.push_str(&format!("&after_id={id}"));
+    }
     if let Some(s) = &args.since {
         query.push_str(&format!("&since_ms={}", parse_when(s, now).context("--since")?));
     }
@@ -1214,7 +1220,12 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<()> {
     }
     println!("{}", t.render());
     if h.truncated {
-        println!("(more jobs finished in the window: raise --limit, or start --since after the last one shown)");
+        if let Some(last) = h.rows.last() {
+            println!(
+                "(more jobs finished in the window: raise --limit, or go on with --since {} --after-id {})",
+                last.finished_ms, last.job_id
+            );
+        }
     }
     Ok(())
 }

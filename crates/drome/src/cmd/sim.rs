@@ -137,9 +137,9 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 0.0)]
     pub bound_share: f64,
     /// A price list (JSON, as `drome prices --output json` prints it and `PUT /v1/prices` takes
-    /// it): each tenant's bill for the replay, by the live server's
-    /// rules (GPU-hours by model, energy per kWh, the grid's cost passed through, the heat credit,
-    /// the deferrable discount on GPU-hours). Turns on power accounting.
+    /// it): each tenant's bill for the replay: GPU-hours by model, energy per kWh, the grid's cost
+    /// passed through, the heat credit, the deferrable discount (traces carry no CPU or memory).
+    /// Turns on power accounting.
     #[arg(long)]
     pub prices: Option<PathBuf>,
 }
@@ -603,23 +603,29 @@ fn read_prices(path: &Path) -> anyhow::Result<api::Prices> {
             anyhow::bail!("{}: {field} is a share from 0 to 1, got {v}", path.display());
         }
     }
+    if prices.currency != "EUR" && (prices.energy_pass_through || prices.heat_credit_share > 0.0) {
+        anyhow::bail!(
+            "{}: the grid's and the heat network's prices are in EUR: pass-through and heat credit need currency EUR",
+            path.display()
+        );
+    }
     Ok(prices)
 }
 
-/// A tenant's bill for a replay, by the live server's rules: its GPU-hours by model (deferrable
-/// ones at the discount), its IT energy per kWh, the grid's cost of its hours when passed through,
-/// less its share of the heat revenue; never below zero.
+/// A tenant's bill for a replay, by the price list: its GPU-hours by model, its IT energy per kWh,
+/// the grid's cost of its part of each site-hour when passed through, less its share of the heat
+/// revenue (never below zero); the deferrable discount on the part of it its deferrable GPU-hours
+/// are. Traces carry no CPU or memory, so their prices do not apply.
 pub(super) fn tenant_cost(prices: &api::Prices, t: &sim::TenantEnergy) -> f64 {
-    let gpus: f64 = t
-        .gpu_hours_by_model
-        .iter()
-        .map(|(model, gh, deferrable)| prices.gpu_hour_of(model) * (gh - deferrable * prices.deferrable_discount))
-        .sum();
+    let gpus: f64 = t.gpu_hours_by_model.iter().map(|(model, gh, _)| prices.gpu_hour_of(model) * gh).sum();
     let mut cost = gpus + t.it_mwh * 1000.0 * prices.energy_kwh;
     if prices.energy_pass_through {
         cost += t.energy_cost_eur;
     }
-    (cost - t.heat_revenue_eur * prices.heat_credit_share).max(0.0)
+    cost = (cost - t.heat_revenue_eur * prices.heat_credit_share).max(0.0);
+    let deferrable: f64 = t.gpu_hours_by_model.iter().map(|m| m.2).sum();
+    let share = if t.gpu_hours > 0.0 { (deferrable / t.gpu_hours).min(1.0) } else { 0.0 };
+    cost * (1.0 - share * prices.deferrable_discount)
 }
 
 /// Each tenant's share of the replay's energy, carbon and heat, and its bill under `prices`.
