@@ -366,6 +366,17 @@ pub struct SiteHour {
 }
 
 impl SiteHour {
+    /// Adds `share` (0 to 1) of `other`.
+    pub fn add_share(&mut self, other: &SiteHour, share: f64) {
+        self.it_mwh += other.it_mwh * share;
+        self.facility_mwh += other.facility_mwh * share;
+        self.site_mwh += other.site_mwh * share;
+        self.energy_cost_eur += other.energy_cost_eur * share;
+        self.co2_t += other.co2_t * share;
+        self.heat_exported_mwh += other.heat_exported_mwh * share;
+        self.heat_revenue_eur += other.heat_revenue_eur * share;
+    }
+
     fn of(h: &HourFlows, hours: f64, price: f64, co2: f64) -> SiteHour {
         let site_mwh = (h.facility_watts + h.heat_pump_watts) * hours / 1e6;
         SiteHour {

@@ -41,14 +41,7 @@ pub(crate) async fn usage(
 ) -> Result<Json<api::UsageReport>, ApiError> {
     let Query(params) = params.map_err(query_error)?;
     let now = crate::now_ms();
-    let until = params.until_ms.unwrap_or(now);
-    let since = params.since_ms.unwrap_or(until.saturating_sub(DEFAULT_WINDOW_MS).max(0));
-    if !(0..=i64::MAX / 2).contains(&until) {
-        return Err(ApiError::invalid("until_ms", "Unix milliseconds, 0 or more"));
-    }
-    if since < 0 || since >= until {
-        return Err(ApiError::invalid("since_ms", "Unix milliseconds, 0 or more and before until_ms"));
-    }
+    let (since, until) = window_of(params.since_ms, params.until_ms, now, DEFAULT_WINDOW_MS)?;
     if until - since > MAX_WINDOW_MS {
         return Err(ApiError::invalid("since_ms", "a window of at most 3,660 days"));
     }
@@ -70,6 +63,19 @@ pub(crate) async fn usage(
     .await
     .map_err(|e| ApiError::Internal(format!("usage report: {e}")))?;
     Ok(Json(report))
+}
+
+/// A report's window from its query: `until_ms` (now) and `since_ms` (`default_ms` before it).
+fn window_of(since_ms: Option<i64>, until_ms: Option<i64>, now: i64, default_ms: i64) -> Result<(i64, i64), ApiError> {
+    let until = until_ms.unwrap_or(now);
+    let since = since_ms.unwrap_or(until.saturating_sub(default_ms).max(0));
+    if !(0..=i64::MAX / 2).contains(&until) {
+        return Err(ApiError::invalid("until_ms", "Unix milliseconds, 0 or more"));
+    }
+    if since < 0 || since >= until {
+        return Err(ApiError::invalid("since_ms", "Unix milliseconds, 0 or more and before until_ms"));
+    }
+    Ok((since, until))
 }
 
 /// Whose runs a report covers: a tenant's own (never another's), or for the admin everyone's or
@@ -111,14 +117,7 @@ pub(crate) async fn history(
 ) -> Result<Json<api::History>, ApiError> {
     let Query(params) = params.map_err(query_error)?;
     let now = crate::now_ms();
-    let until = params.until_ms.unwrap_or(now);
-    let since = params.since_ms.unwrap_or(until.saturating_sub(DEFAULT_HISTORY_MS).max(0));
-    if !(0..=i64::MAX / 2).contains(&until) {
-        return Err(ApiError::invalid("until_ms", "Unix milliseconds, 0 or more"));
-    }
-    if since < 0 || since >= until {
-        return Err(ApiError::invalid("since_ms", "Unix milliseconds, 0 or more and before until_ms"));
-    }
+    let (since, until) = window_of(params.since_ms, params.until_ms, now, DEFAULT_HISTORY_MS)?;
     let limit = params.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
     if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
         return Err(ApiError::invalid("limit", format!("1 to {MAX_HISTORY_LIMIT}")));

@@ -234,15 +234,10 @@ pub struct TenantEnergy {
     pub gpu_hours: f64,
     /// `(GPU model, GPU-hours, of which deferrable)`, by the model of each job's last placement.
     pub gpu_hours_by_model: Vec<(String, f64, f64)>,
-    pub it_mwh: f64,
-    pub facility_mwh: f64,
-    /// Facility plus the heat pump's electricity.
-    pub site_mwh: f64,
-    /// The grid energy at each hour's price.
-    pub energy_cost_eur: f64,
-    pub co2_t: f64,
-    pub heat_exported_mwh: f64,
-    pub heat_revenue_eur: f64,
+    /// Its part of the sites' hours: IT, facility and grid energy, the grid's cost, carbon, heat
+    /// sold and its revenue.
+    #[serde(flatten)]
+    pub energy: energy::SiteHour,
 }
 
 /// What a tenant held over a run, for [`summarize`].
@@ -351,13 +346,7 @@ fn share_among_tenants(
         }
         let share = (wall_joules / (h.it_mwh * 3.6e9)).min(1.0);
         let row = rows.entry(tenant).or_insert_with(|| TenantEnergy { tenant, ..TenantEnergy::default() });
-        row.it_mwh += h.it_mwh * share;
-        row.facility_mwh += h.facility_mwh * share;
-        row.site_mwh += h.site_mwh * share;
-        row.energy_cost_eur += h.energy_cost_eur * share;
-        row.co2_t += h.co2_t * share;
-        row.heat_exported_mwh += h.heat_exported_mwh * share;
-        row.heat_revenue_eur += h.heat_revenue_eur * share;
+        row.energy.add_share(h, share);
     }
     rows.into_values().collect()
 }

@@ -313,21 +313,24 @@ fn each_hour_of_energy_goes_to_the_tenants_that_drew_it() {
     // Every GPU draws alike here: tenant 1 held 24 GPU-hours to tenant 0's 16, so 1.5 times its
     // energy; and both together are the run's IT energy less the idle draw of every hour (the
     // third hour's, all idle, four times).
-    assert!(close(t(1).it_mwh / t(0).it_mwh, 1.5), "{} vs {}", t(1).it_mwh, t(0).it_mwh);
+    assert!(close(t(1).energy.it_mwh / t(0).energy.it_mwh, 1.5), "{} vs {}", t(1).energy.it_mwh, t(0).energy.it_mwh);
     let idle = hour(2);
     assert!(
-        close(t(0).it_mwh + t(1).it_mwh, e.it_mwh - 4.0 * idle),
+        close(t(0).energy.it_mwh + t(1).energy.it_mwh, e.it_mwh - 4.0 * idle),
         "{} + {} vs {}",
-        t(0).it_mwh,
-        t(1).it_mwh,
+        t(0).energy.it_mwh,
+        t(1).energy.it_mwh,
         e.it_mwh
     );
     for x in [t(0), t(1)] {
-        assert!(x.facility_mwh > x.it_mwh && x.energy_cost_eur > 0.0 && x.co2_t > 0.0);
-        assert!(x.heat_revenue_eur >= 0.0 && x.heat_exported_mwh >= 0.0);
+        assert!(x.energy.facility_mwh > x.energy.it_mwh && x.energy.energy_cost_eur > 0.0 && x.energy.co2_t > 0.0);
+        assert!(x.energy.heat_revenue_eur >= 0.0 && x.energy.heat_exported_mwh >= 0.0);
     }
-    assert!(t(0).co2_t + t(1).co2_t < e.co2_t && t(0).energy_cost_eur + t(1).energy_cost_eur < e.energy_cost_eur);
-    assert!(t(0).heat_revenue_eur + t(1).heat_revenue_eur <= e.heat_revenue_eur * (1.0 + 1e-9));
+    assert!(
+        t(0).energy.co2_t + t(1).energy.co2_t < e.co2_t
+            && t(0).energy.energy_cost_eur + t(1).energy.energy_cost_eur < e.energy_cost_eur
+    );
+    assert!(t(0).energy.heat_revenue_eur + t(1).energy.heat_revenue_eur <= e.heat_revenue_eur * (1.0 + 1e-9));
     assert_eq!(t(0).gpu_hours_by_model, vec![("H200".to_string(), 16.0, 0.0)]);
     assert_eq!(t(1).gpu_hours_by_model, vec![("H200".to_string(), 24.0, 0.0)]);
     // The same run twice gives the same shares, bit for bit.

@@ -1023,20 +1023,32 @@ pub fn parse_when(text: &str, now_ms: i64) -> anyhow::Result<i64> {
     }
 }
 
+/// Adds a report's window (`--since`, `--until`, read at `now`) and tenant to `query`.
+fn window_query(
+    query: &mut String,
+    since: Option<&str>,
+    until: Option<&str>,
+    tenant: Option<&str>,
+    now: i64,
+) -> anyhow::Result<()> {
+    if let Some(s) = since {
+        query.push_str(&format!("&since_ms={}", parse_when(s, now).context("--since")?));
+    }
+    if let Some(u) = until {
+        query.push_str(&format!("&until_ms={}", parse_when(u, now).context("--until")?));
+    }
+    if let Some(t) = tenant {
+        query.push_str(&format!("&tenant={t}"));
+    }
+    Ok(())
+}
+
 pub fn usage(args: UsageArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.conn)?;
     let now = now_ms();
     let by = args.by;
     let mut query = format!("/v1/usage?by={}", by.as_str());
-    if let Some(s) = &args.since {
-        query.push_str(&format!("&since_ms={}", parse_when(s, now).context("--since")?));
-    }
-    if let Some(u) = &args.until {
-        query.push_str(&format!("&until_ms={}", parse_when(u, now).context("--until")?));
-    }
-    if let Some(t) = &args.tenant {
-        query.push_str(&format!("&tenant={t}"));
-    }
+    window_query(&mut query, args.since.as_deref(), args.until.as_deref(), args.tenant.as_deref(), now)?;
     let report: api::UsageReport = runtime()?.block_on(client.get(&query))?;
     if args.conn.output == Output::Json {
         return print_json(&report);
@@ -1140,15 +1152,7 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<()> {
     if let Some(id) = args.after_id {
         query.push_str(&format!("&after_id={id}"));
     }
-    if let Some(s) = &args.since {
-        query.push_str(&format!("&since_ms={}", parse_when(s, now).context("--since")?));
-    }
-    if let Some(u) = &args.until {
-        query.push_str(&format!("&until_ms={}", parse_when(u, now).context("--until")?));
-    }
-    if let Some(t) = &args.tenant {
-        query.push_str(&format!("&tenant={t}"));
-    }
+    window_query(&mut query, args.since.as_deref(), args.until.as_deref(), args.tenant.as_deref(), now)?;
     let h: api::History = runtime()?.block_on(client.get(&query))?;
     if args.conn.output == Output::Json {
         return print_json(&h);

@@ -618,11 +618,11 @@ fn read_prices(path: &Path) -> anyhow::Result<api::Prices> {
 /// are. Traces carry no CPU or memory, so their prices do not apply.
 pub(super) fn tenant_cost(prices: &api::Prices, t: &sim::TenantEnergy) -> f64 {
     let gpus: f64 = t.gpu_hours_by_model.iter().map(|(model, gh, _)| prices.gpu_hour_of(model) * gh).sum();
-    let mut cost = gpus + t.it_mwh * 1000.0 * prices.energy_kwh;
+    let mut cost = gpus + t.energy.it_mwh * 1000.0 * prices.energy_kwh;
     if prices.energy_pass_through {
-        cost += t.energy_cost_eur;
+        cost += t.energy.energy_cost_eur;
     }
-    cost = (cost - t.heat_revenue_eur * prices.heat_credit_share).max(0.0);
+    cost = (cost - t.energy.heat_revenue_eur * prices.heat_credit_share).max(0.0);
     let deferrable: f64 = t.gpu_hours_by_model.iter().map(|m| m.2).sum();
     let share = if t.gpu_hours > 0.0 { (deferrable / t.gpu_hours).min(1.0) } else { 0.0 };
     cost * (1.0 - share * prices.deferrable_discount)
@@ -640,16 +640,16 @@ fn print_bills(p: &sim::PowerSummary, names: &[String], prices: Option<&api::Pri
     let mut t = Table::new(head).utf8(tty);
     let (mut it, mut total_cost) = (0.0, 0.0);
     for row in &p.tenant_energy {
-        it += row.it_mwh;
+        it += row.energy.it_mwh;
         let mut cells = vec![
             names.get(row.tenant as usize).cloned().unwrap_or_else(|| row.tenant.to_string()),
             format!("{:.0}", row.gpu_hours),
-            format!("{:.1}", row.it_mwh),
-            format!("{:.1}", row.facility_mwh),
-            format!("{:.0}", row.energy_cost_eur),
-            format!("{:.2}", row.co2_t),
-            format!("{:.1}", row.heat_exported_mwh),
-            format!("{:.0}", row.heat_revenue_eur),
+            format!("{:.1}", row.energy.it_mwh),
+            format!("{:.1}", row.energy.facility_mwh),
+            format!("{:.0}", row.energy.energy_cost_eur),
+            format!("{:.2}", row.energy.co2_t),
+            format!("{:.1}", row.energy.heat_exported_mwh),
+            format!("{:.0}", row.energy.heat_revenue_eur),
         ];
         if let Some(prices) = prices {
             let cost = tenant_cost(prices, row);
