@@ -1223,13 +1223,13 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<()> {
         ]);
     }
     println!("{}", t.render());
-    if h.truncated {
-        if let Some(last) = h.rows.last() {
-            println!(
-                "(more jobs finished in the window: raise --limit, or go on with --since {} --after-id {})",
-                last.finished_ms, last.job_id
-            );
-        }
+    if h.truncated
+        && let Some(last) = h.rows.last()
+    {
+        println!(
+            "(more jobs finished in the window: raise --limit, or go on with --since {} --after-id {})",
+            last.finished_ms, last.job_id
+        );
     }
     Ok(())
 }
