@@ -989,7 +989,7 @@ mod tests {
     #[test]
     fn a_tenants_draw_is_counted_whole_from_any_origin() {
         // Origins with a fraction of a second put hour boundaries where rounding bites.
-        for origin in [0.0, 1234.567, 0.001, 98_765.4321, 3599.999] {
+        for origin in [0.0, 1234.567, 0.001, 98_765.432_1, 3599.999] {
             let mut joules = std::collections::BTreeMap::new();
             let span = 100.0 * 3600.0 + 17.25;
             accrue(&mut joules, origin, (1, 0), 2_000_000_000, origin + 0.5, origin + 0.5 + span);
