@@ -68,6 +68,9 @@ pub enum RestartPolicy {
     Never,
     /// A failed job goes back to the queue, up to `max_restarts` times.
     OnFailure,
+    /// A job whose node (or site) is lost goes back to the queue under the same id, up to
+    /// `max_restarts` times; one whose program fails stays failed. For work that checkpoints.
+    OnNodeLoss,
 }
 
 impl RestartPolicy {
@@ -75,7 +78,21 @@ impl RestartPolicy {
         match self {
             RestartPolicy::Never => "never",
             RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::OnNodeLoss => "on-node-loss",
         }
+    }
+
+    /// The policy named `text` as [`Self::as_str`] writes it; `never` for any other text.
+    pub fn from_name(text: &str) -> RestartPolicy {
+        [RestartPolicy::OnFailure, RestartPolicy::OnNodeLoss]
+            .into_iter()
+            .find(|p| p.as_str() == text)
+            .unwrap_or(RestartPolicy::Never)
+    }
+
+    /// Whether a job under it runs again when its node or site is lost.
+    pub fn restarts_on_node_loss(self) -> bool {
+        matches!(self, RestartPolicy::OnFailure | RestartPolicy::OnNodeLoss)
     }
 }
 

@@ -120,10 +120,10 @@ async fn usage_follows_runs_on_real_agents_and_survives_kill_9() {
     assert!(facility > 0.0 && facility < it_kwh, "{r}");
     assert!(co2 > 0.0 && co2 < (it_kwh + facility) * 1.0, "under 1 kg/kWh: {r}");
 
-    // A whole node, restarted on failure: its node's agent is killed while it runs, it runs
-    // again on the other node; the two runs count once each.
+    // A whole node, restarted on node loss: its node's agent is killed while it runs, it runs
+    // again on the other node, under the same id; the two runs count once each.
     let spec = json!({"name": "whole", "gpus_per_node": 8, "command": "sleep", "args": ["60"],
-        "restart_policy": "on-failure", "max_restarts": 1});
+        "restart_policy": "on-node-loss", "max_restarts": 1});
     let whole = common::submit(&http, &base, &other, &spec).await;
     let first = wait_state(&http, &base, &other, whole, "running").await;
     let first_node = first["placement"][0]["node"].as_str().unwrap().to_string();

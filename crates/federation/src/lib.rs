@@ -796,10 +796,9 @@ async fn restart_off(fed: &Federation, site: &Site) -> Result<(), FederationErro
     let name = &site.config.name;
     let ran = fed.store.fed_jobs_at(name, &[FED_LOST, "scheduled", "running", "preempted", "pending"]).await?;
     let restarting = ran.iter().filter(|j| j.state != "pending" || j.granted_ms.is_some()).filter(|j| {
-        serde_json::from_str::<api::JobSpec>(&j.spec_json)
-            .is_ok_and(|spec| spec.restart_policy == api::RestartPolicy::OnFailure)
+        serde_json::from_str::<api::JobSpec>(&j.spec_json).is_ok_and(|spec| spec.restart_policy.restarts_on_node_loss())
     });
-    let why = format!("site {name} lost while it ran; stopped there, restarted here (restart policy on-failure)");
+    let why = format!("site {name} lost while it ran; stopped there, restarted here (its restart policy)");
     let moves = plan_moves(fed, name, restarting, &why).await?;
     if moves.is_empty() {
         return Ok(());

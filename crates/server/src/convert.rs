@@ -142,8 +142,7 @@ pub fn job_to_api(job: &store::Job, tenant: &str, history: &[store::JobEvent]) -
             .collect(),
         None => Vec::new(),
     };
-    let restart_policy =
-        if job.spec.restart_policy == "on-failure" { api::RestartPolicy::OnFailure } else { api::RestartPolicy::Never };
+    let restart_policy = api::RestartPolicy::from_name(&job.spec.restart_policy);
     Ok(api::Job {
         id: job.id,
         tenant: tenant.to_string(),

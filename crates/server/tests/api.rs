@@ -34,6 +34,12 @@ async fn lifecycle(db: Db) {
     let failed = s.wait_state(&acme, flaky["id"].as_i64().unwrap(), "failed").await;
     assert_eq!(failed["attempts"], 2);
     assert_eq!(history(&failed), ["pending", "scheduled", "running", "pending", "scheduled", "running", "failed"]);
+    // Restarting on node loss only: a program that fails is not run again.
+    let spec = json!({"command": "false", "restart_policy": "on-node-loss", "max_restarts": 1});
+    let checkpointed = s.submit(&acme, spec).await;
+    assert_eq!(checkpointed["spec"]["restart_policy"], "on-node-loss");
+    let failed = s.wait_state(&acme, checkpointed["id"].as_i64().unwrap(), "failed").await;
+    assert_eq!((failed["attempts"].as_i64(), failed["exit_code"].as_i64()), (Some(1), Some(1)));
 
     // A long job is cancelled while running, and its GPUs come back.
     let long = s.submit(&acme, json!({"command": "sleep", "args": ["600"], "gpus_per_node": 8})).await;
@@ -76,7 +82,7 @@ async fn lifecycle(db: Db) {
     assert_eq!(list["jobs"].as_array().unwrap().len(), 2);
     let before = list["next_before"].as_i64().unwrap();
     let (_, rest) = s.call(Method::GET, &format!("/v1/jobs?before={before}"), Some(&acme), None).await;
-    assert_eq!(rest["jobs"].as_array().unwrap().len(), 3);
+    assert_eq!(rest["jobs"].as_array().unwrap().len(), 4);
     let (_, succeeded) = s.call(Method::GET, "/v1/jobs?state=succeeded", Some(&acme), None).await;
     assert_eq!(succeeded["jobs"].as_array().unwrap().len(), 2);
 

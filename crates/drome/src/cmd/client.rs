@@ -87,8 +87,10 @@ pub struct SubmitArgs {
     /// a site (a site alone ignores it).
     #[arg(long, value_name = "SITE:GB", value_parser = parse_dataset)]
     pub dataset: Option<api::Dataset>,
-    /// Restart a failed job (up to --max-restarts times).
-    #[arg(long, value_parser = ["never", "on-failure"], default_value = "never")]
+    /// Restart a failed job (up to --max-restarts times): `on-failure` whatever failed,
+    /// `on-node-loss` only when its node (or site) was lost, not when its program failed (for
+    /// work that checkpoints).
+    #[arg(long, value_parser = ["never", "on-failure", "on-node-loss"], default_value = "never")]
     pub restart: String,
     #[arg(long, default_value_t = 3)]
     pub max_restarts: u32,
@@ -659,11 +661,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         federated: false,
         dataset: args.dataset,
         max_runtime_s: args.max_runtime,
-        restart_policy: if args.restart == "on-failure" {
-            api::RestartPolicy::OnFailure
-        } else {
-            api::RestartPolicy::Never
-        },
+        restart_policy: api::RestartPolicy::from_name(&args.restart),
         max_restarts: args.max_restarts,
     };
     let client = Client::new(&args.conn)?;

@@ -676,10 +676,12 @@ impl Scheduler {
             return Ok(());
         }
         let Some(live) = self.live.as_ref() else { return Ok(()) };
-        let on_failure = api::RestartPolicy::OnFailure.as_str();
         let ids: Vec<i64> = live
             .placed()
-            .filter(|(j, _)| j.job.spec.federated && j.job.spec.restart_policy == on_failure)
+            .filter(|(j, _)| {
+                j.job.spec.federated
+                    && api::RestartPolicy::from_name(&j.job.spec.restart_policy).restarts_on_node_loss()
+            })
             .map(|(j, _)| j.job.id)
             .collect();
         // A run that may have processes on its nodes ends once they are gone; one placed but not
@@ -1183,14 +1185,22 @@ fn ending(job: &Job, outcome: &Ended) -> (JobState, Change) {
                 ..Default::default()
             },
         ),
-        Ended::Exited(code) => failure(job, Some(i64::from(*code)), format!("exited with code {code}")),
-        Ended::Lost(message) => failure(job, None, message.clone()),
-        Ended::Stopped => failure(job, None, "stopped".into()),
+        Ended::Exited(code) => failure(job, Some(i64::from(*code)), format!("exited with code {code}"), false),
+        Ended::Lost(message) => failure(job, None, message.clone(), true),
+        Ended::Stopped => failure(job, None, "stopped".into(), false),
     }
 }
 
-fn failure(job: &Job, exit_code: Option<i64>, why: String) -> (JobState, Change) {
-    if job.spec.restart_policy == "on-failure" && job.generation <= job.spec.max_restarts {
+/// A run that failed (`node_lost`: its node was lost) restarts as its policy says, under the same
+/// id with a new generation at its next start.
+fn failure(job: &Job, exit_code: Option<i64>, why: String, node_lost: bool) -> (JobState, Change) {
+    let policy = api::RestartPolicy::from_name(&job.spec.restart_policy);
+    let restarts = match policy {
+        api::RestartPolicy::Never => false,
+        api::RestartPolicy::OnFailure => true,
+        api::RestartPolicy::OnNodeLoss => node_lost,
+    };
+    if restarts && job.generation <= job.spec.max_restarts {
         let message = format!("{why}; restarting (restart {} of {})", job.generation, job.spec.max_restarts);
         let change = Change {
             placement_json: Some(None),
